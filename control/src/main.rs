@@ -1,0 +1,2 @@
+//! The `greenroom` server binary.
+fn main() {}

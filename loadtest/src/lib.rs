@@ -1,0 +1,1 @@
+//! Greenroom's load tester and WebRTC client bots.

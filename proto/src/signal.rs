@@ -1,0 +1,660 @@
+//! Messages on the signaling WebSocket and the call events pushed over it.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use crate::{CallCid, CallType, Capability, CapabilitySet, Role, TrackSource};
+
+/// A machine-readable error code, used in HTTP error bodies and in `error` messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request body or message is not valid JSON or misses fields.
+    InvalidJson,
+    /// The request is well-formed but its values are wrong.
+    BadRequest,
+    /// No token, or a token that does not verify.
+    Unauthorized,
+    /// The token has expired.
+    TokenExpired,
+    /// The caller lacks a capability; `capability` names it.
+    MissingCapability,
+    /// The token is limited to another call.
+    WrongCall,
+    /// The call, user or track does not exist.
+    NotFound,
+    /// The user is blocked from this call.
+    Blocked,
+    /// The call has ended.
+    CallEnded,
+    /// The call is in backstage and the user may not join backstage.
+    Backstage,
+    /// The action needs a joined call first.
+    NotJoined,
+    /// The socket already joined a call.
+    AlreadyJoined,
+    /// The permission may not be requested in this call type.
+    NotRequestable,
+    /// A message or body larger than allowed.
+    TooLarge,
+    /// A message type the server does not know.
+    UnknownMessage,
+    /// SDP or media negotiation failed.
+    MediaError,
+    /// The server is shutting down.
+    ShuttingDown,
+    /// An unexpected server error.
+    Internal,
+}
+
+/// The JSON body of every HTTP error and the payload of an `error` message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// Machine-readable code.
+    pub code: ErrorCode,
+    /// Human-readable explanation.
+    pub message: String,
+    /// The missing capability, for `missing_capability`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capability: Option<Capability>,
+}
+
+/// A member of a call, with the role that applies to them in this call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Member {
+    /// The user.
+    pub user_id: String,
+    /// Their role in this call (overrides the global role).
+    pub role: Role,
+}
+
+/// Settings chosen by a client when joining.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct JoinSettings {
+    /// Join without video.
+    #[serde(default)]
+    pub audio_only: bool,
+    /// Join with the microphone muted.
+    #[serde(default)]
+    pub start_audio_muted: bool,
+    /// Join with the camera off.
+    #[serde(default)]
+    pub start_video_muted: bool,
+}
+
+/// A published track as the call sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct TrackInfo {
+    /// Stable id of the track: `<participant_id>:<source>`.
+    pub track_id: String,
+    /// The publishing participant session.
+    pub participant_id: String,
+    /// The publishing user.
+    pub user_id: String,
+    /// What the track carries.
+    pub source: TrackSource,
+    /// Whether forwarding is stopped (muted by the user, by a moderator, or capability revoked).
+    pub muted: bool,
+}
+
+/// One joined session of a user.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ParticipantInfo {
+    /// The session id, unique per join.
+    pub participant_id: String,
+    /// The user.
+    pub user_id: String,
+    /// The role that applies to the user in this call.
+    pub role: Role,
+    /// Unix milliseconds at join.
+    pub joined_at_ms: u64,
+    /// Sources the participant publishes.
+    #[serde(default)]
+    pub published: Vec<TrackSource>,
+    /// Sources that are muted (by the user, a moderator or a revoke).
+    #[serde(default)]
+    pub muted: Vec<TrackSource>,
+}
+
+/// A call's state.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CallState {
+    /// `type:id`.
+    pub cid: CallCid,
+    /// The call type.
+    #[serde(rename = "type")]
+    pub call_type: CallType,
+    /// The call id.
+    pub id: String,
+    /// Who created the call.
+    pub created_by: String,
+    /// Unix milliseconds at creation.
+    pub created_at_ms: u64,
+    /// Whether backstage applies to this call type.
+    pub backstage_enabled: bool,
+    /// Whether the call is in backstage (backstage on and not live).
+    pub backstage: bool,
+    /// Whether the call is live.
+    pub live: bool,
+    /// Whether the call has ended.
+    pub ended: bool,
+    /// Listed members and their roles.
+    pub members: Vec<Member>,
+    /// Joined sessions.
+    pub participants: Vec<ParticipantInfo>,
+    /// Users blocked from the call.
+    pub blocked_user_ids: Vec<String>,
+    /// Free-form settings given at creation.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub settings: serde_json::Value,
+}
+
+/// Which kinds of media a mute applies to.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MuteKinds {
+    /// Microphone.
+    #[serde(default)]
+    pub audio: bool,
+    /// Camera.
+    #[serde(default)]
+    pub video: bool,
+    /// Screen share (video and audio).
+    #[serde(default)]
+    pub screenshare: bool,
+}
+
+impl MuteKinds {
+    /// Whether a source is covered.
+    pub fn covers(self, source: TrackSource) -> bool {
+        match source {
+            TrackSource::Microphone => self.audio,
+            TrackSource::Camera => self.video,
+            TrackSource::ScreenShare | TrackSource::ScreenShareAudio => self.screenshare,
+        }
+    }
+
+    /// Whether nothing is covered.
+    pub fn is_empty(self) -> bool {
+        !(self.audio || self.video || self.screenshare)
+    }
+}
+
+/// Which PeerConnection an ICE candidate belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PeerTarget {
+    /// The client's sending connection (client offers).
+    Publisher,
+    /// The client's receiving connection (server offers).
+    Subscriber,
+}
+
+/// The mid of a publisher transceiver and the source it carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PublishTrack {
+    /// The transceiver's mid in the publisher offer.
+    pub mid: String,
+    /// What it carries.
+    pub source: TrackSource,
+}
+
+/// A subscriber transceiver's mid and the track it carries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SubscribedTrack {
+    /// The transceiver's mid in the subscriber offer.
+    pub mid: String,
+    /// The track it carries.
+    #[serde(flatten)]
+    pub track: TrackInfo,
+}
+
+/// Simulcast quality a subscriber asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Quality {
+    /// The lowest layer.
+    Low,
+    /// The middle layer.
+    Medium,
+    /// The highest layer.
+    High,
+}
+
+/// A message from a client on `/v1/signal`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// Join a call (it must exist unless `create` is set and the caller may create calls).
+    Join {
+        /// The call to join.
+        call_cid: CallCid,
+        /// Create the call if it does not exist.
+        #[serde(default)]
+        create: bool,
+        /// Join settings.
+        #[serde(default)]
+        settings: JoinSettings,
+    },
+    /// Leave the joined call.
+    Leave,
+    /// Ask the call's moderators for capabilities.
+    RequestPermission {
+        /// What to ask for.
+        permissions: Vec<Capability>,
+    },
+    /// Mute or unmute one of one's own sources.
+    SetMuted {
+        /// The source.
+        source: TrackSource,
+        /// Muted or not.
+        muted: bool,
+    },
+    /// Keep-alive; answered with `pong`.
+    Ping,
+    /// A publisher offer (first publish and every renegotiation) with the source of each mid.
+    Publish {
+        /// SDP offer of the client's publisher PeerConnection.
+        sdp: String,
+        /// Every sending transceiver's mid and source.
+        tracks: Vec<PublishTrack>,
+    },
+    /// Stop publishing a source (the client then renegotiates or stops the sender).
+    Unpublish {
+        /// The source to stop.
+        source: TrackSource,
+    },
+    /// The answer to a `subscriber_offer`.
+    SubscriberAnswer {
+        /// SDP answer of the client's subscriber PeerConnection.
+        sdp: String,
+    },
+    /// A trickled ICE candidate (optional: the server is ICE-lite and learns addresses from checks).
+    IceCandidate {
+        /// Which connection.
+        target: PeerTarget,
+        /// The `candidate:` attribute value.
+        candidate: String,
+    },
+    /// Receive a track (every track is subscribed by default).
+    Subscribe {
+        /// The track.
+        track_id: String,
+    },
+    /// Stop receiving a track.
+    Unsubscribe {
+        /// The track.
+        track_id: String,
+    },
+    /// Ask for a simulcast quality of a track.
+    SetQuality {
+        /// The track.
+        track_id: String,
+        /// The quality.
+        quality: Quality,
+    },
+}
+
+/// A signaling reply or media instruction from the server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum SignalMessage {
+    /// The join succeeded.
+    Joined {
+        /// Protocol version.
+        protocol: u32,
+        /// This session.
+        participant: ParticipantInfo,
+        /// The call as it is now.
+        call: Box<CallState>,
+        /// What this participant may do.
+        own_capabilities: CapabilitySet,
+        /// Capabilities this participant may request in this call type.
+        requestable: CapabilitySet,
+    },
+    /// The socket left the call.
+    Left {
+        /// The call.
+        call_cid: CallCid,
+    },
+    /// A request failed; the connection stays.
+    Error {
+        /// The error.
+        #[serde(flatten)]
+        error: ErrorBody,
+        /// The `type` of the client message that failed, when known.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        request: Option<String>,
+    },
+    /// Reply to `ping`.
+    Pong,
+    /// The answer to a `publish` offer.
+    PublishAnswer {
+        /// SDP answer.
+        sdp: String,
+    },
+    /// The server offers (or renegotiates) the subscriber connection.
+    SubscriberOffer {
+        /// SDP offer.
+        sdp: String,
+        /// Which mid carries which track.
+        tracks: Vec<SubscribedTrack>,
+    },
+    /// The server stopped forwarding these sources and asks the client to stop sending them.
+    StopPublishing {
+        /// The sources.
+        sources: Vec<TrackSource>,
+        /// Why: `permission_revoked`, `muted_by_moderator`.
+        reason: String,
+    },
+    /// The server is shutting down; reconnect later.
+    GoingAway {
+        /// Milliseconds until the server closes the connection.
+        drain_ms: u64,
+    },
+}
+
+/// A call event, pushed to the participants who should see it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum CallEvent {
+    /// Someone joined.
+    #[serde(rename = "call.session_participant_joined")]
+    ParticipantJoined {
+        /// The call.
+        call_cid: CallCid,
+        /// The new session.
+        participant: ParticipantInfo,
+    },
+    /// Someone left (or was kicked, blocked, dropped).
+    #[serde(rename = "call.session_participant_left")]
+    ParticipantLeft {
+        /// The call.
+        call_cid: CallCid,
+        /// The session that left.
+        participant: ParticipantInfo,
+        /// `left`, `kicked`, `blocked`, `disconnected`, `call_ended`.
+        reason: String,
+    },
+    /// A user asks for capabilities; sent to holders of `update-call-permissions`.
+    #[serde(rename = "call.permission_request")]
+    PermissionRequest {
+        /// The call.
+        call_cid: CallCid,
+        /// Who asks.
+        user_id: String,
+        /// What they ask for.
+        permissions: Vec<Capability>,
+    },
+    /// A user's capabilities changed; sent to that user.
+    #[serde(rename = "call.permissions_updated")]
+    PermissionsUpdated {
+        /// The call.
+        call_cid: CallCid,
+        /// The user.
+        user_id: String,
+        /// Their capabilities now.
+        own_capabilities: CapabilitySet,
+    },
+    /// The call went live.
+    #[serde(rename = "call.live_started")]
+    LiveStarted {
+        /// The call.
+        call_cid: CallCid,
+    },
+    /// The call went back to backstage.
+    #[serde(rename = "call.live_stopped")]
+    LiveStopped {
+        /// The call.
+        call_cid: CallCid,
+    },
+    /// Users were muted (by a moderator or by themselves).
+    #[serde(rename = "call.user_muted")]
+    UserMuted {
+        /// The call.
+        call_cid: CallCid,
+        /// Who muted.
+        from_user_id: String,
+        /// Who was muted.
+        muted_user_ids: Vec<String>,
+        /// Which sources.
+        sources: Vec<TrackSource>,
+    },
+    /// A user unmuted a source.
+    #[serde(rename = "call.user_unmuted")]
+    UserUnmuted {
+        /// The call.
+        call_cid: CallCid,
+        /// Who unmuted.
+        user_id: String,
+        /// Which sources.
+        sources: Vec<TrackSource>,
+    },
+    /// A user was kicked.
+    #[serde(rename = "call.kicked_user")]
+    KickedUser {
+        /// The call.
+        call_cid: CallCid,
+        /// Who was kicked.
+        user_id: String,
+        /// By whom.
+        kicked_by: String,
+    },
+    /// A user was blocked.
+    #[serde(rename = "call.blocked_user")]
+    BlockedUser {
+        /// The call.
+        call_cid: CallCid,
+        /// Who was blocked.
+        user_id: String,
+        /// By whom.
+        blocked_by: String,
+    },
+    /// A user was unblocked.
+    #[serde(rename = "call.unblocked_user")]
+    UnblockedUser {
+        /// The call.
+        call_cid: CallCid,
+        /// Who was unblocked.
+        user_id: String,
+        /// By whom.
+        unblocked_by: String,
+    },
+    /// The call ended for everyone.
+    #[serde(rename = "call.ended")]
+    Ended {
+        /// The call.
+        call_cid: CallCid,
+        /// Who ended it.
+        ended_by: String,
+    },
+    /// A track was published.
+    #[serde(rename = "call.track_published")]
+    TrackPublished {
+        /// The call.
+        call_cid: CallCid,
+        /// The track.
+        track: TrackInfo,
+    },
+    /// A track was unpublished.
+    #[serde(rename = "call.track_unpublished")]
+    TrackUnpublished {
+        /// The call.
+        call_cid: CallCid,
+        /// The track.
+        track: TrackInfo,
+    },
+    /// The loudest participants changed (debounced).
+    #[serde(rename = "call.speakers_changed")]
+    SpeakersChanged {
+        /// The call.
+        call_cid: CallCid,
+        /// Speaking sessions, loudest first.
+        speakers: Vec<Speaker>,
+    },
+}
+
+/// One active speaker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Speaker {
+    /// The session.
+    pub participant_id: String,
+    /// The user.
+    pub user_id: String,
+    /// Level 0.0 (silence) to 1.0 (loudest).
+    pub level: f32,
+}
+
+/// Anything the server sends on the socket: a signaling message or a call event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ServerMessage {
+    /// A reply or media instruction.
+    Signal(SignalMessage),
+    /// A call event.
+    Event(CallEvent),
+}
+
+impl CallEvent {
+    /// The event's `type` string, e.g. `call.ended`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            CallEvent::ParticipantJoined { .. } => "call.session_participant_joined",
+            CallEvent::ParticipantLeft { .. } => "call.session_participant_left",
+            CallEvent::PermissionRequest { .. } => "call.permission_request",
+            CallEvent::PermissionsUpdated { .. } => "call.permissions_updated",
+            CallEvent::LiveStarted { .. } => "call.live_started",
+            CallEvent::LiveStopped { .. } => "call.live_stopped",
+            CallEvent::UserMuted { .. } => "call.user_muted",
+            CallEvent::UserUnmuted { .. } => "call.user_unmuted",
+            CallEvent::KickedUser { .. } => "call.kicked_user",
+            CallEvent::BlockedUser { .. } => "call.blocked_user",
+            CallEvent::UnblockedUser { .. } => "call.unblocked_user",
+            CallEvent::Ended { .. } => "call.ended",
+            CallEvent::TrackPublished { .. } => "call.track_published",
+            CallEvent::TrackUnpublished { .. } => "call.track_unpublished",
+            CallEvent::SpeakersChanged { .. } => "call.speakers_changed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_parses_from_documented_json() {
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"join","call_cid":"audio_room:stage1"}"#).unwrap();
+        match m {
+            ClientMessage::Join {
+                call_cid,
+                create,
+                settings,
+            } => {
+                assert_eq!(call_cid.to_string(), "audio_room:stage1");
+                assert!(!create);
+                assert_eq!(settings, JoinSettings::default());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn unknown_type_is_an_error() {
+        assert!(serde_json::from_str::<ClientMessage>(r#"{"type":"fly"}"#).is_err());
+    }
+
+    #[test]
+    fn events_serialize_with_dotted_type() {
+        let e = ServerMessage::Event(CallEvent::LiveStarted {
+            call_cid: "audio_room:x".parse().unwrap(),
+        });
+        let j = serde_json::to_value(&e).unwrap();
+        assert_eq!(j["type"], "call.live_started");
+        assert_eq!(j["call_cid"], "audio_room:x");
+        let back: ServerMessage = serde_json::from_value(j).unwrap();
+        assert_eq!(back, e);
+    }
+
+    #[test]
+    fn error_message_flattens_body() {
+        let e = ServerMessage::Signal(SignalMessage::Error {
+            error: ErrorBody {
+                code: ErrorCode::MissingCapability,
+                message: "missing send-video".into(),
+                capability: Some(Capability::SendVideo),
+            },
+            request: Some("publish".into()),
+        });
+        let j = serde_json::to_value(&e).unwrap();
+        assert_eq!(j["type"], "error");
+        assert_eq!(j["code"], "missing_capability");
+        assert_eq!(j["capability"], "send-video");
+        assert_eq!(j["request"], "publish");
+        let back: ServerMessage = serde_json::from_value(j).unwrap();
+        assert_eq!(back, e);
+    }
+}
+
+/// A set of track sources as a bit mask (bit = index in [`TrackSource::ALL`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SourceSet(u8);
+
+impl SourceSet {
+    /// No source.
+    pub const EMPTY: SourceSet = SourceSet(0);
+    /// Every source.
+    pub const ALL: SourceSet = SourceSet(0b1111);
+
+    /// The bit of one source.
+    pub const fn bit(source: TrackSource) -> u8 {
+        1 << (source as u8)
+    }
+
+    /// Whether `source` is in the set.
+    pub const fn contains(self, source: TrackSource) -> bool {
+        self.0 & SourceSet::bit(source) != 0
+    }
+
+    /// This set plus `source`.
+    #[must_use]
+    pub const fn with(self, source: TrackSource) -> SourceSet {
+        SourceSet(self.0 | SourceSet::bit(source))
+    }
+
+    /// This set without `source`.
+    #[must_use]
+    pub const fn without(self, source: TrackSource) -> SourceSet {
+        SourceSet(self.0 & !SourceSet::bit(source))
+    }
+
+    /// The raw mask.
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+
+    /// The sources in the set.
+    pub fn iter(self) -> impl Iterator<Item = TrackSource> {
+        TrackSource::ALL
+            .into_iter()
+            .filter(move |s| self.contains(*s))
+    }
+}
+
+impl FromIterator<TrackSource> for SourceSet {
+    fn from_iter<I: IntoIterator<Item = TrackSource>>(iter: I) -> Self {
+        iter.into_iter().fold(SourceSet::EMPTY, |s, x| s.with(x))
+    }
+}
+
+/// What the media plane lets one participant do, computed by the control plane after every
+/// change (capabilities, mutes, backstage/live, kick) and tested per packet by the SFU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct MediaGate {
+    /// Sources whose packets are forwarded: the capability is held, the source is not muted,
+    /// and the call is live or the publisher may be backstage.
+    pub send: SourceSet,
+    /// Whether the participant receives media (false while backstage for a listener).
+    pub receive: bool,
+}
