@@ -1,1 +1,69 @@
-//! Greenroom's control plane.
+//! Greenroom's control plane: calls, roles and capabilities (a pure state machine), tokens, the
+//! HTTP API, the signaling WebSocket, and the glue that programs the media plane.
+
+pub mod api;
+pub mod auth;
+pub mod call;
+pub mod config;
+pub mod error;
+pub mod policy;
+pub mod signal;
+pub mod state;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::get;
+use axum::Router;
+use tower_http::services::ServeDir;
+
+pub use state::AppState;
+
+/// The folder of the web app and SDK built into this crate.
+pub fn default_web_root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/web"))
+}
+
+/// The whole HTTP application: API, signaling WebSocket and static web app.
+pub fn app(state: Arc<AppState>) -> Router {
+    let web_root = state
+        .config
+        .server
+        .web_root
+        .clone()
+        .unwrap_or_else(default_web_root);
+    let limit = state.config.limits.max_body_bytes;
+    api::routes()
+        .route("/v1/signal", get(signal::signal))
+        .layer(DefaultBodyLimit::max(limit))
+        .fallback_service(ServeDir::new(web_root))
+        .with_state(state)
+}
+
+/// Starts the media plane (when `with_media`) and returns the shared state. Media events are
+/// pumped into the state by a background task.
+pub async fn start_state(
+    config: config::Config,
+    with_media: bool,
+) -> Result<Arc<AppState>, greenroom_sfu::SfuError> {
+    if !with_media {
+        return Ok(AppState::new(config, None));
+    }
+    let (sfu, mut events) = greenroom_sfu::Sfu::start(greenroom_sfu::SfuConfig {
+        bind: config.rtc.udp_addr,
+        advertise_ip: config.rtc.node_ip,
+    })
+    .await?;
+    let state = AppState::new(config, Some(sfu));
+    let weak = Arc::downgrade(&state);
+    tokio::spawn(async move {
+        while let Some(ev) = events.recv().await {
+            match weak.upgrade() {
+                Some(s) => s.on_sfu_event(ev),
+                None => break,
+            }
+        }
+    });
+    Ok(state)
+}

@@ -1,2 +1,193 @@
-//! The `greenroom` server binary.
-fn main() {}
+//! The `greenroom` binary: `serve` (the default), `token`, `config check`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use greenroom_control::config::{Config, DEV_API_KEY, DEV_API_SECRET};
+use greenroom_proto::{CallCid, Role};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "greenroom",
+    version,
+    about = "Greenroom: a selective forwarding media server with role permissions"
+)]
+struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, short, global = true, env = "GREENROOM_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Mint a token; prints the JWT alone on stdout.
+    Token(TokenArgs),
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ConfigCommand {
+    /// Validate the configuration (file, environment) and print the effective values.
+    Check,
+}
+
+#[derive(Args, Debug, Default)]
+struct ServeArgs {
+    /// HTTP and WebSocket address.
+    #[arg(long)]
+    http_addr: Option<SocketAddr>,
+    /// The UDP address of the media plane.
+    #[arg(long)]
+    udp_addr: Option<SocketAddr>,
+    /// IP advertised to clients in ICE candidates.
+    #[arg(long)]
+    node_ip: Option<IpAddr>,
+    /// Seconds to drain connections on shutdown.
+    #[arg(long, default_value_t = 5)]
+    drain_secs: u64,
+}
+
+#[derive(Args, Debug)]
+struct TokenArgs {
+    /// The user id (`sub`).
+    #[arg(long)]
+    user: String,
+    /// Limit the token to one call, `type:id`.
+    #[arg(long)]
+    call: Option<CallCid>,
+    /// The global role.
+    #[arg(long)]
+    role: Option<Role>,
+    /// Lifetime in seconds.
+    #[arg(long, default_value_t = 6 * 3600)]
+    ttl: u64,
+    /// A server-side token with every capability.
+    #[arg(long)]
+    admin: bool,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("GREENROOM_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
+    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+        Command::Token(t) => {
+            let auth =
+                greenroom_control::auth::Auth::new(&config.keys.api_key, &config.keys.api_secret);
+            let token = auth.mint(&t.user, t.call.as_ref(), t.role, t.admin, t.ttl)?;
+            println!("{token}");
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            let text = toml::to_string_pretty(&config).context("printing configuration")?;
+            println!("{text}");
+            eprintln!("configuration OK");
+            Ok(())
+        }
+        Command::Serve(args) => {
+            init_tracing();
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .context("starting the runtime")?;
+            runtime.block_on(serve(config, args))
+        }
+    }
+}
+
+async fn serve(mut config: Config, args: ServeArgs) -> Result<()> {
+    if let Some(a) = args.http_addr {
+        config.server.http_addr = a;
+    }
+    if let Some(a) = args.udp_addr {
+        config.rtc.udp_addr = a;
+    }
+    if let Some(ip) = args.node_ip {
+        config.rtc.node_ip = ip;
+    }
+    if config.uses_dev_secret() {
+        tracing::warn!(
+            api_key = DEV_API_KEY,
+            api_secret = DEV_API_SECRET,
+            "using the built-in development API key and secret: anyone can mint tokens; set keys.api_secret for production"
+        );
+        eprintln!("Development credentials: api_key={DEV_API_KEY} api_secret={DEV_API_SECRET}");
+        eprintln!("Mint a token: cargo run --release -- token --user alice --role host");
+    }
+    let http_addr = config.server.http_addr;
+    let state = greenroom_control::start_state(config, true)
+        .await
+        .context("starting the media plane")?;
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("binding {http_addr}"))?;
+    let udp = state.sfu.as_ref().map(|s| s.local_addr());
+    tracing::info!(http = %http_addr, udp = ?udp, "greenroom listening");
+    let app = greenroom_control::app(state.clone());
+    let drain = Duration::from_secs(args.drain_secs);
+    let shutdown_state = state.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            tracing::info!(
+                drain_secs = drain.as_secs(),
+                "shutting down: draining connections"
+            );
+            shutdown_state.begin_shutdown(drain.as_millis() as u64);
+            tokio::spawn(async move {
+                tokio::time::sleep(drain).await;
+                tracing::info!("drain time over, exiting");
+                std::process::exit(0);
+            });
+        })
+        .await
+        .context("serving HTTP")?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

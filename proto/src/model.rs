@@ -221,7 +221,9 @@ impl<'de> Deserialize<'de> for CapabilitySet {
 }
 
 /// Where a published track comes from; decides which capability gates it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum TrackSource {
     /// A microphone: gated by `send-audio`.

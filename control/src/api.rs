@@ -1,0 +1,362 @@
+//! The HTTP API under `/v1` and its OpenAPI document.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use greenroom_proto::{
+    CallCid, CallState, CallType, Capability, CapabilitySet, ErrorBody, Member, MuteKinds,
+};
+use serde::{Deserialize, Serialize};
+use utoipa::{OpenApi, ToSchema};
+
+use crate::auth::Claims;
+use crate::call::Actor;
+use crate::error::{ApiError, ApiJson};
+use crate::state::AppState;
+
+/// The verified claims of the request's bearer token.
+#[derive(Debug, Clone)]
+pub struct Authed(pub Claims);
+
+impl FromRequestParts<Arc<AppState>> for Authed {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Self, Self::Rejection> {
+        let header = parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok());
+        let token = match header {
+            Some(h) => h.strip_prefix("Bearer ").ok_or_else(|| {
+                crate::auth::AuthError::Invalid("expected `Bearer <token>`".into())
+            })?,
+            None => return Err(crate::auth::AuthError::Missing.into()),
+        };
+        Ok(Authed(state.auth.verify(token.trim())?))
+    }
+}
+
+/// Body of `POST /v1/calls/{type}/{id}`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCallRequest {
+    /// Members and their roles in this call.
+    #[serde(default)]
+    pub members: Vec<Member>,
+    /// Free-form settings.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub settings: serde_json::Value,
+}
+
+/// A call and what the caller may do in it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CallResponse {
+    /// The call.
+    pub call: CallState,
+    /// The caller's capabilities in this call.
+    pub own_capabilities: CapabilitySet,
+    /// Whether this request created the call.
+    #[serde(default)]
+    pub created: bool,
+}
+
+/// Body of `request_permission`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RequestPermissionRequest {
+    /// Capabilities asked for.
+    pub permissions: Vec<Capability>,
+}
+
+/// Body of `user_permissions`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdatePermissionsRequest {
+    /// The user whose capabilities change.
+    pub user_id: String,
+    /// Capabilities to grant.
+    #[serde(default)]
+    pub grant_permissions: Vec<Capability>,
+    /// Capabilities to revoke.
+    #[serde(default)]
+    pub revoke_permissions: Vec<Capability>,
+}
+
+/// Body of `mute_users`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MuteUsersRequest {
+    /// Users to mute.
+    #[serde(default)]
+    pub user_ids: Vec<String>,
+    /// Mute everyone but the caller.
+    #[serde(default)]
+    pub mute_all_users: bool,
+    /// Mute microphones.
+    #[serde(default)]
+    pub audio: bool,
+    /// Mute cameras.
+    #[serde(default)]
+    pub video: bool,
+    /// Mute screen shares.
+    #[serde(default)]
+    pub screenshare: bool,
+}
+
+/// Body of `kick`, `block`, `unblock`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UserRequest {
+    /// The user.
+    pub user_id: String,
+}
+
+/// Reply of `GET /healthz`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `draining` while shutting down.
+    pub status: String,
+    /// Joined sessions.
+    pub sessions: usize,
+}
+
+fn cid_of(call_type: &str, id: &str) -> Result<CallCid, ApiError> {
+    let t: CallType = call_type
+        .parse()
+        .map_err(|e: greenroom_proto::ProtoError| ApiError::NotFound(e.to_string()))?;
+    CallCid::new(t, id).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+fn authorize(claims: &Claims, cid: &CallCid) -> Result<Actor, ApiError> {
+    if !claims.allows_call(cid) {
+        return Err(ApiError::WrongCall(claims.call.clone().unwrap_or_default()));
+    }
+    Ok(claims.actor())
+}
+
+fn call_response(
+    state: &AppState,
+    cid: &CallCid,
+    actor: &Actor,
+    created: bool,
+) -> Result<CallResponse, ApiError> {
+    state.read_call(cid, |c| CallResponse {
+        call: c.state(),
+        own_capabilities: c.capabilities(actor),
+        created,
+    })
+}
+
+/// The `/v1` routes and `/healthz`.
+pub fn routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/v1/openapi.json", get(openapi))
+        .route(
+            "/v1/calls/{call_type}/{id}",
+            post(get_or_create).get(get_call),
+        )
+        .route("/v1/calls/{call_type}/{id}/go_live", post(go_live))
+        .route("/v1/calls/{call_type}/{id}/stop_live", post(stop_live))
+        .route("/v1/calls/{call_type}/{id}/end", post(end_call))
+        .route(
+            "/v1/calls/{call_type}/{id}/request_permission",
+            post(request_permission),
+        )
+        .route(
+            "/v1/calls/{call_type}/{id}/user_permissions",
+            post(user_permissions),
+        )
+        .route("/v1/calls/{call_type}/{id}/mute_users", post(mute_users))
+        .route("/v1/calls/{call_type}/{id}/kick", post(kick))
+        .route("/v1/calls/{call_type}/{id}/block", post(block))
+        .route("/v1/calls/{call_type}/{id}/unblock", post(unblock))
+}
+
+/// Liveness.
+#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
+pub async fn healthz(State(state): State<Arc<AppState>>) -> Json<Health> {
+    Json(Health {
+        status: if state.is_shutting_down() {
+            "draining"
+        } else {
+            "ok"
+        }
+        .to_owned(),
+        sessions: state.session_count(),
+    })
+}
+
+/// This API's OpenAPI document.
+pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+/// Gets a call, creating it (with members) when it does not exist (`create-call`).
+#[utoipa::path(post, path = "/v1/calls/{call_type}/{id}", request_body = CreateCallRequest,
+    params(("call_type" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = CallResponse), (status = 400, body = ErrorBody),
+        (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_or_create(
+    State(state): State<Arc<AppState>>,
+    Authed(claims): Authed,
+    Path((call_type, id)): Path<(String, String)>,
+    body: Bytes,
+) -> Result<Json<CallResponse>, ApiError> {
+    let cid = cid_of(&call_type, &id)?;
+    let actor = authorize(&claims, &cid)?;
+    let req: CreateCallRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CreateCallRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?
+    };
+    for m in &req.members {
+        greenroom_proto::validate_id(&m.user_id)
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    }
+    let created = state.get_or_create(&cid, &actor, req.members, req.settings)?;
+    Ok(Json(call_response(&state, &cid, &actor, created)?))
+}
+
+/// A call's state, members, participants and the caller's capabilities (`read-call`).
+#[utoipa::path(get, path = "/v1/calls/{call_type}/{id}",
+    params(("call_type" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = CallResponse), (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_call(
+    State(state): State<Arc<AppState>>,
+    Authed(claims): Authed,
+    Path((call_type, id)): Path<(String, String)>,
+) -> Result<Json<CallResponse>, ApiError> {
+    let cid = cid_of(&call_type, &id)?;
+    let actor = authorize(&claims, &cid)?;
+    let caps = state.read_call(&cid, |c| c.capabilities(&actor))?;
+    if !caps.contains(Capability::ReadCall) {
+        return Err(crate::call::CallError::MissingCapability(Capability::ReadCall).into());
+    }
+    Ok(Json(call_response(&state, &cid, &actor, false)?))
+}
+
+macro_rules! call_action {
+    ($(#[$doc:meta])* $name:ident, $path:literal, |$call:ident, $actor:ident| $body:expr) => {
+        $(#[$doc])*
+        #[utoipa::path(post, path = $path,
+            params(("call_type" = String, Path), ("id" = String, Path)),
+            responses((status = 200, body = CallResponse), (status = 403, body = ErrorBody),
+                (status = 404, body = ErrorBody)),
+            security(("bearer" = [])))]
+        pub async fn $name(
+            State(state): State<Arc<AppState>>,
+            Authed(claims): Authed,
+            Path((call_type, id)): Path<(String, String)>,
+        ) -> Result<Json<CallResponse>, ApiError> {
+            let cid = cid_of(&call_type, &id)?;
+            let $actor = authorize(&claims, &cid)?;
+            state.with_call(&cid, |$call| Ok(((), $body?)))?;
+            Ok(Json(call_response(&state, &cid, &$actor, false)?))
+        }
+    };
+}
+
+call_action!(
+    /// Goes live (`update-call`).
+    go_live, "/v1/calls/{call_type}/{id}/go_live", |call, actor| call.go_live(&actor)
+);
+call_action!(
+    /// Stops live, back to backstage (`update-call`).
+    stop_live, "/v1/calls/{call_type}/{id}/stop_live", |call, actor| call.stop_live(&actor)
+);
+call_action!(
+    /// Ends the call for everyone (`end-call`).
+    end_call, "/v1/calls/{call_type}/{id}/end", |call, actor| call.end(&actor)
+);
+
+macro_rules! body_action {
+    ($(#[$doc:meta])* $name:ident, $path:literal, $req:ty, |$call:ident, $actor:ident, $r:ident| $body:expr) => {
+        $(#[$doc])*
+        #[utoipa::path(post, path = $path, request_body = $req,
+            params(("call_type" = String, Path), ("id" = String, Path)),
+            responses((status = 200, body = CallResponse), (status = 400, body = ErrorBody),
+                (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+            security(("bearer" = [])))]
+        pub async fn $name(
+            State(state): State<Arc<AppState>>,
+            Authed(claims): Authed,
+            Path((call_type, id)): Path<(String, String)>,
+            ApiJson($r): ApiJson<$req>,
+        ) -> Result<Json<CallResponse>, ApiError> {
+            let cid = cid_of(&call_type, &id)?;
+            let $actor = authorize(&claims, &cid)?;
+            state.with_call(&cid, |$call| Ok(((), $body?)))?;
+            Ok(Json(call_response(&state, &cid, &$actor, false)?))
+        }
+    };
+}
+
+body_action!(
+    /// Asks the call's moderators for capabilities.
+    request_permission, "/v1/calls/{call_type}/{id}/request_permission", RequestPermissionRequest,
+    |call, actor, r| call.request_permission(&actor, &r.permissions)
+);
+body_action!(
+    /// Grants and revokes a user's capabilities (`update-call-permissions`).
+    user_permissions, "/v1/calls/{call_type}/{id}/user_permissions", UpdatePermissionsRequest,
+    |call, actor, r| call.update_permissions(&actor, &r.user_id, &r.grant_permissions, &r.revoke_permissions)
+);
+body_action!(
+    /// Mutes users' audio, video or screen share (`mute-users`).
+    mute_users, "/v1/calls/{call_type}/{id}/mute_users", MuteUsersRequest,
+    |call, actor, r| call.mute_users(&actor, &r.user_ids, r.mute_all_users,
+        MuteKinds { audio: r.audio, video: r.video, screenshare: r.screenshare })
+);
+body_action!(
+    /// Kicks a user out of the call (`kick-user`).
+    kick, "/v1/calls/{call_type}/{id}/kick", UserRequest, |call, actor, r| call.kick(&actor, &r.user_id)
+);
+body_action!(
+    /// Blocks a user (`block-users`).
+    block, "/v1/calls/{call_type}/{id}/block", UserRequest, |call, actor, r| call.block(&actor, &r.user_id)
+);
+body_action!(
+    /// Unblocks a user (`block-users`).
+    unblock, "/v1/calls/{call_type}/{id}/unblock", UserRequest, |call, actor, r| call.unblock(&actor, &r.user_id)
+);
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// The OpenAPI document, generated from the handlers above.
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Greenroom API", description = "Calls, roles, capabilities and permissions of the Greenroom SFU"),
+    paths(healthz, get_or_create, get_call, go_live, stop_live, end_call, request_permission,
+        user_permissions, mute_users, kick, block, unblock),
+    components(schemas(CreateCallRequest, CallResponse, RequestPermissionRequest,
+        UpdatePermissionsRequest, MuteUsersRequest, UserRequest, Health, ErrorBody)),
+    modifiers(&BearerAuth)
+)]
+pub struct ApiDoc;

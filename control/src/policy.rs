@@ -1,0 +1,221 @@
+//! Call types and their default grants: which role holds which capability, whether backstage is
+//! on, and what a user may request. Every value can be overridden per call type in configuration.
+
+use std::collections::BTreeMap;
+
+use greenroom_proto::{CallType, Capability, CapabilitySet, Role};
+use serde::{Deserialize, Serialize};
+
+use Capability as C;
+
+/// The settings of one call type.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallTypePolicy {
+    /// Whether calls of this type start in backstage (only `join-backstage` holders until live).
+    pub backstage: bool,
+    /// Capabilities each role holds in calls of this type.
+    pub grants: BTreeMap<Role, CapabilitySet>,
+    /// Capabilities a participant may ask for (`request_permission`).
+    pub requestable: CapabilitySet,
+    /// How long a ringing call rings before it is missed, in milliseconds.
+    pub ring_timeout_ms: u64,
+}
+
+impl CallTypePolicy {
+    /// The capabilities of a role in this call type (an unknown role gets none).
+    pub fn grants_of(&self, role: Role) -> CapabilitySet {
+        self.grants.get(&role).copied().unwrap_or_default()
+    }
+}
+
+/// The policies of every call type.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    types: BTreeMap<CallType, CallTypePolicy>,
+}
+
+/// An override of one call type, as written in configuration; absent fields keep the default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallTypeOverride {
+    /// Backstage on or off.
+    pub backstage: Option<bool>,
+    /// Replace the grants of the listed roles.
+    #[serde(default)]
+    pub grants: BTreeMap<Role, CapabilitySet>,
+    /// Replace what may be requested.
+    pub requestable: Option<CapabilitySet>,
+    /// Replace the ring timeout.
+    pub ring_timeout_ms: Option<u64>,
+}
+
+const BASE: &[Capability] = &[C::JoinCall, C::ReadCall, C::CreateReaction];
+const MEDIA: &[Capability] = &[C::SendAudio, C::SendVideo, C::Screenshare];
+const MODERATE: &[Capability] = &[
+    C::UpdateCallPermissions,
+    C::MuteUsers,
+    C::KickUser,
+    C::BlockUsers,
+];
+const HOST_EXTRA: &[Capability] = &[
+    C::JoinBackstage,
+    C::UpdateCall,
+    C::UpdateCallSettings,
+    C::EndCall,
+    C::CreateCall,
+];
+
+fn set(parts: &[&[Capability]]) -> CapabilitySet {
+    parts.iter().flat_map(|p| p.iter().copied()).collect()
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        let mut types = BTreeMap::new();
+        let host = set(&[BASE, MODERATE, HOST_EXTRA]);
+
+        // default: a meeting.
+        let everyone = set(&[BASE, MEDIA, &[C::CreateCall]]);
+        let staff = everyone.union(host);
+        types.insert(
+            CallType::Default,
+            CallTypePolicy {
+                backstage: false,
+                grants: BTreeMap::from([
+                    (Role::Admin, staff.with(C::JoinEndedCall)),
+                    (Role::Host, staff),
+                    (Role::Moderator, staff),
+                    (Role::User, everyone),
+                    (Role::CallMember, everyone),
+                ]),
+                requestable: set(&[MEDIA]),
+                ring_timeout_ms: 15_000,
+            },
+        );
+
+        // audio_room: hosts speak, listeners ask to speak.
+        let speaker = host.with(C::SendAudio);
+        let listener = CapabilitySet::of(&[C::JoinCall, C::ReadCall]);
+        types.insert(
+            CallType::AudioRoom,
+            CallTypePolicy {
+                backstage: true,
+                grants: BTreeMap::from([
+                    (Role::Admin, speaker.with(C::JoinEndedCall)),
+                    (Role::Host, speaker),
+                    (Role::Moderator, set(&[BASE, MODERATE, &[C::JoinBackstage]])),
+                    (Role::User, listener),
+                    (Role::CallMember, listener),
+                ]),
+                requestable: CapabilitySet::of(&[C::SendAudio]),
+                ring_timeout_ms: 15_000,
+            },
+        );
+
+        // livestream: hosts publish, viewers watch.
+        let broadcaster = host.union(set(&[MEDIA]));
+        types.insert(
+            CallType::Livestream,
+            CallTypePolicy {
+                backstage: true,
+                grants: BTreeMap::from([
+                    (Role::Admin, broadcaster.with(C::JoinEndedCall)),
+                    (Role::Host, broadcaster),
+                    (Role::Moderator, set(&[BASE, MODERATE, &[C::JoinBackstage]])),
+                    (Role::User, listener),
+                    (Role::CallMember, listener),
+                ]),
+                requestable: CapabilitySet::EMPTY,
+                ring_timeout_ms: 15_000,
+            },
+        );
+
+        // development: everything for everyone.
+        types.insert(
+            CallType::Development,
+            CallTypePolicy {
+                backstage: false,
+                grants: Role::ALL
+                    .iter()
+                    .map(|r| (*r, CapabilitySet::all()))
+                    .collect(),
+                requestable: CapabilitySet::all(),
+                ring_timeout_ms: 15_000,
+            },
+        );
+        Policy { types }
+    }
+}
+
+impl Policy {
+    /// The default policy with configuration overrides applied.
+    pub fn with_overrides(overrides: &BTreeMap<CallType, CallTypeOverride>) -> Policy {
+        let mut p = Policy::default();
+        for (t, o) in overrides {
+            let entry = p.types.get_mut(t);
+            // Every CallType has a default entry, so the lookup always succeeds.
+            if let Some(tp) = entry {
+                if let Some(b) = o.backstage {
+                    tp.backstage = b;
+                }
+                for (role, caps) in &o.grants {
+                    tp.grants.insert(*role, *caps);
+                }
+                if let Some(r) = o.requestable {
+                    tp.requestable = r;
+                }
+                if let Some(ms) = o.ring_timeout_ms {
+                    tp.ring_timeout_ms = ms;
+                }
+            }
+        }
+        p
+    }
+
+    /// The policy of a call type.
+    pub fn of(&self, t: CallType) -> &CallTypePolicy {
+        // The constructor fills every CallType; fall back to development's shape is never needed.
+        &self.types[&t]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audio_room_listeners_only_join_and_read() {
+        let p = Policy::default();
+        let ar = p.of(CallType::AudioRoom);
+        assert!(ar.backstage);
+        assert_eq!(
+            ar.grants_of(Role::User),
+            CapabilitySet::of(&[C::JoinCall, C::ReadCall])
+        );
+        assert!(ar.grants_of(Role::Host).contains(C::SendAudio));
+        assert!(!ar.grants_of(Role::Host).contains(C::SendVideo));
+        assert_eq!(ar.requestable, CapabilitySet::of(&[C::SendAudio]));
+    }
+
+    #[test]
+    fn overrides_replace_only_named_fields() {
+        let o = BTreeMap::from([(
+            CallType::Default,
+            CallTypeOverride {
+                backstage: Some(true),
+                grants: BTreeMap::from([(Role::User, CapabilitySet::of(&[C::JoinCall]))]),
+                ..Default::default()
+            },
+        )]);
+        let p = Policy::with_overrides(&o);
+        let d = p.of(CallType::Default);
+        assert!(d.backstage);
+        assert_eq!(d.grants_of(Role::User), CapabilitySet::of(&[C::JoinCall]));
+        assert!(d.grants_of(Role::Host).contains(C::SendVideo));
+        assert_eq!(
+            p.of(CallType::AudioRoom),
+            Policy::default().of(CallType::AudioRoom)
+        );
+    }
+}

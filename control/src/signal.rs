@@ -1,0 +1,390 @@
+//! The signaling WebSocket, `GET /v1/signal?token=...` (or a bearer header).
+//!
+//! One connection joins at most one call at a time. A reader loop parses [`ClientMessage`]s; a
+//! writer task drains the session's bounded queue. Oversized messages close the socket with
+//! 1009; malformed or unknown messages get an `error` message and the connection stays; a
+//! dropped socket leaves the call.
+
+use std::sync::Arc;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures_util::{SinkExt, StreamExt};
+use greenroom_proto::{
+    CallCid, ClientMessage, ServerMessage, SignalMessage, SourceSet, TrackSource, PROTOCOL_VERSION,
+};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::auth::{unix_now_ms, AuthError, Claims};
+use crate::call::CallError;
+use crate::error::ApiError;
+use crate::state::{AppState, Outbound, SESSION_QUEUE};
+
+/// Query string of the signaling endpoint.
+#[derive(Debug, Deserialize)]
+pub struct SignalQuery {
+    /// The token, when not sent as a bearer header.
+    pub token: Option<String>,
+}
+
+/// Upgrades to the signaling WebSocket after verifying the token (401 before upgrade).
+pub async fn signal(
+    State(state): State<Arc<AppState>>,
+    Query(q): Query<SignalQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let header = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|h| h.strip_prefix("Bearer "))
+        .map(str::to_owned);
+    let token = q.token.or(header).ok_or(AuthError::Missing)?;
+    let claims = state.auth.verify(&token)?;
+    let limit = state.config.limits.max_message_bytes;
+    // The hard cap is above our limit so an oversized message is seen and answered with 1009.
+    Ok(ws
+        .max_message_size(limit * 4)
+        .max_frame_size(limit * 4)
+        .on_upgrade(move |socket| run(state, claims, socket)))
+}
+
+struct Conn {
+    state: Arc<AppState>,
+    claims: Claims,
+    tx: mpsc::Sender<Outbound>,
+    joined: Option<(CallCid, String)>,
+    /// Sources published by the current session (mid list comes with each publish).
+    published: SourceSet,
+}
+
+async fn run(state: Arc<AppState>, claims: Claims, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<Outbound>(SESSION_QUEUE);
+    let (removed_tx, mut removed_rx) = mpsc::unbounded_channel::<&'static str>();
+    let writer = tokio::spawn(async move {
+        while let Some(o) = rx.recv().await {
+            match o {
+                Outbound::Msg(m) => {
+                    let text = match serde_json::to_string(&*m) {
+                        Ok(t) => t,
+                        Err(e) => {
+                            tracing::error!("cannot serialize message: {e}");
+                            continue;
+                        }
+                    };
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Outbound::Removed { reason } => {
+                    let _ = removed_tx.send(reason);
+                }
+                Outbound::Close(code, reason) => {
+                    let _ = sink
+                        .send(Message::Close(Some(CloseFrame {
+                            code,
+                            reason: Utf8Bytes::from(reason),
+                        })))
+                        .await;
+                    break;
+                }
+            }
+        }
+    });
+    let limit = state.config.limits.max_message_bytes;
+    let mut conn = Conn {
+        state,
+        claims,
+        tx,
+        joined: None,
+        published: SourceSet::EMPTY,
+    };
+    loop {
+        tokio::select! {
+            reason = removed_rx.recv() => {
+                if let (Some(reason), Some((cid, _))) = (reason, conn.joined.take()) {
+                    conn.published = SourceSet::EMPTY;
+                    tracing::info!(%cid, reason, "session removed from call");
+                    conn.reply(SignalMessage::Left { call_cid: cid });
+                }
+            }
+            msg = stream.next() => {
+                let Some(msg) = msg else { break };
+                match msg {
+                    Ok(Message::Text(text)) => {
+                        if text.len() > limit {
+                            conn.close(1009, "message too big");
+                            break;
+                        }
+                        conn.handle_text(&text).await;
+                    }
+                    Ok(Message::Binary(b)) => {
+                        if b.len() > limit {
+                            conn.close(1009, "message too big");
+                            break;
+                        }
+                        conn.error(ApiError::BadRequest("binary messages are not supported".into()), None);
+                    }
+                    Ok(Message::Close(_)) => break,
+                    Ok(_) => {}
+                    Err(e) => {
+                        let too_big = std::error::Error::source(&e)
+                            .map(|s| s.to_string().contains("too long") || s.to_string().contains("Space limit"))
+                            .unwrap_or(false)
+                            || e.to_string().contains("too long");
+                        if too_big {
+                            conn.close(1009, "message too big");
+                        }
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    conn.leave("disconnected");
+    drop(conn);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+}
+
+impl Conn {
+    fn send(&self, m: ServerMessage) {
+        let _ = self.tx.try_send(Outbound::Msg(Box::new(m)));
+    }
+
+    fn reply(&self, m: SignalMessage) {
+        self.send(ServerMessage::Signal(m));
+    }
+
+    fn close(&self, code: u16, reason: &str) {
+        let _ = self.tx.try_send(Outbound::Close(code, reason.to_owned()));
+    }
+
+    fn error(&self, e: ApiError, request: Option<&str>) {
+        self.reply(SignalMessage::Error {
+            error: e.body(),
+            request: request.map(str::to_owned),
+        });
+    }
+
+    fn leave(&mut self, reason: &'static str) {
+        if let Some((cid, pid)) = self.joined.take() {
+            let _ = self
+                .state
+                .with_call(&cid, |c| Ok(((), c.leave(&pid, reason))));
+            if let Some(sfu) = &self.state.sfu {
+                sfu.leave(&pid);
+            }
+            self.published = SourceSet::EMPTY;
+        }
+    }
+
+    async fn handle_text(&mut self, text: &str) {
+        let value: serde_json::Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return self.error(ApiError::InvalidJson(e.to_string()), None),
+        };
+        let kind = value
+            .get("type")
+            .and_then(|t| t.as_str())
+            .map(str::to_owned);
+        let msg: ClientMessage = match serde_json::from_value(value) {
+            Ok(m) => m,
+            Err(e) => {
+                let unknown = e.to_string().starts_with("unknown variant");
+                let err = if unknown || kind.is_none() {
+                    ApiError::BadRequest(format!("unknown message type: {e}"))
+                } else {
+                    ApiError::InvalidJson(e.to_string())
+                };
+                let mut body = err.body();
+                if unknown || kind.is_none() {
+                    body.code = greenroom_proto::ErrorCode::UnknownMessage;
+                }
+                return self.reply(SignalMessage::Error {
+                    error: body,
+                    request: kind,
+                });
+            }
+        };
+        let kind = kind.unwrap_or_default();
+        if let Err(e) = self.handle(msg).await {
+            self.error(e, Some(&kind));
+        }
+    }
+
+    fn joined(&self) -> Result<(CallCid, String), ApiError> {
+        self.joined
+            .clone()
+            .ok_or_else(|| ApiError::BadRequest("join a call first".into()))
+    }
+
+    fn sfu(&self) -> Result<&greenroom_sfu::Sfu, ApiError> {
+        self.state
+            .sfu
+            .as_ref()
+            .ok_or_else(|| ApiError::Media("the media plane is not running".into()))
+    }
+
+    async fn handle(&mut self, msg: ClientMessage) -> Result<(), ApiError> {
+        match msg {
+            ClientMessage::Ping => self.reply(SignalMessage::Pong),
+            ClientMessage::Join {
+                call_cid,
+                create,
+                settings,
+            } => self.join(call_cid, create, settings)?,
+            ClientMessage::Leave => {
+                let (cid, _) = self.joined()?;
+                self.leave("left");
+                self.reply(SignalMessage::Left { call_cid: cid });
+            }
+            ClientMessage::RequestPermission { permissions } => {
+                let (cid, _) = self.joined()?;
+                let actor = self.claims.actor();
+                self.state.with_call(&cid, |c| {
+                    Ok(((), c.request_permission(&actor, &permissions)?))
+                })?;
+            }
+            ClientMessage::SetMuted { source, muted } => {
+                let (cid, pid) = self.joined()?;
+                self.state
+                    .with_call(&cid, |c| Ok(((), c.set_self_muted(&pid, source, muted)?)))?;
+            }
+            ClientMessage::Publish { sdp, tracks } => {
+                let (cid, pid) = self.joined()?;
+                let sfu = self.sfu()?.clone();
+                let mut sources = SourceSet::EMPTY;
+                for t in &tracks {
+                    if sources.contains(t.source) {
+                        return Err(ApiError::BadRequest(format!(
+                            "source {} is published twice",
+                            t.source
+                        )));
+                    }
+                    sources = sources.with(t.source);
+                }
+                self.state.read_call(&cid, |c| {
+                    tracks
+                        .iter()
+                        .try_for_each(|t| c.check_publish(&pid, t.source))
+                })??;
+                let answer = sfu
+                    .publish(&pid, sdp, tracks)
+                    .await
+                    .map_err(|e| ApiError::Media(e.to_string()))?;
+                self.reply(SignalMessage::PublishAnswer { sdp: answer });
+                self.published = sources;
+                self.state
+                    .with_call(&cid, |c| Ok(((), c.set_published(&pid, sources)?)))?;
+            }
+            ClientMessage::Unpublish { source } => {
+                let (cid, pid) = self.joined()?;
+                if let Some(sfu) = &self.state.sfu {
+                    sfu.unpublish(&pid, source);
+                }
+                self.published = self.published.without(source);
+                let now = self.published;
+                self.state
+                    .with_call(&cid, |c| Ok(((), c.set_published(&pid, now)?)))?;
+            }
+            ClientMessage::SubscriberAnswer { sdp } => {
+                let (_, pid) = self.joined()?;
+                self.sfu()?
+                    .subscriber_answer(&pid, sdp)
+                    .await
+                    .map_err(|e| ApiError::Media(e.to_string()))?;
+            }
+            ClientMessage::IceCandidate { target, candidate } => {
+                let (_, pid) = self.joined()?;
+                self.sfu()?.ice_candidate(&pid, target, candidate);
+            }
+            ClientMessage::Subscribe { track_id } => {
+                let (_, pid) = self.joined()?;
+                self.sfu()?.set_subscribed(&pid, &track_id, true);
+            }
+            ClientMessage::Unsubscribe { track_id } => {
+                let (_, pid) = self.joined()?;
+                self.sfu()?.set_subscribed(&pid, &track_id, false);
+            }
+            ClientMessage::SetQuality { track_id, quality } => {
+                let (_, pid) = self.joined()?;
+                self.sfu()?.set_quality(&pid, &track_id, quality);
+            }
+        }
+        Ok(())
+    }
+
+    fn join(
+        &mut self,
+        cid: CallCid,
+        create: bool,
+        settings: greenroom_proto::JoinSettings,
+    ) -> Result<(), ApiError> {
+        if self.joined.is_some() {
+            let mut body =
+                ApiError::BadRequest("this connection already joined a call".into()).body();
+            body.code = greenroom_proto::ErrorCode::AlreadyJoined;
+            self.reply(SignalMessage::Error {
+                error: body,
+                request: Some("join".into()),
+            });
+            return Ok(());
+        }
+        if self.state.is_shutting_down() {
+            return Err(ApiError::ShuttingDown);
+        }
+        if !self.claims.allows_call(&cid) {
+            return Err(ApiError::WrongCall(
+                self.claims.call.clone().unwrap_or_default(),
+            ));
+        }
+        let actor = self.claims.actor();
+        if create {
+            self.state
+                .get_or_create(&cid, &actor, Vec::new(), serde_json::Value::Null)?;
+        }
+        let pid = uuid::Uuid::new_v4().simple().to_string();
+        let handle = AppState::session_handle(cid.clone(), &actor.user_id, self.tx.clone());
+        let state = self.state.clone();
+        let tx = self.tx.clone();
+        let joined = self.state.with_call(&cid, |c| {
+            let (info, mut out) = c.join(&actor, &pid, unix_now_ms())?;
+            state.register_session(&pid, handle);
+            if let Some(sfu) = &state.sfu {
+                sfu.join(&cid, &pid, &actor.user_id, c.gate(&pid).unwrap_or_default());
+            }
+            if settings.start_audio_muted {
+                out.merge(c.set_self_muted(&pid, TrackSource::Microphone, true)?);
+            }
+            if settings.start_video_muted || settings.audio_only {
+                out.merge(c.set_self_muted(&pid, TrackSource::Camera, true)?);
+            }
+            let joined = SignalMessage::Joined {
+                protocol: PROTOCOL_VERSION,
+                participant: c.participant(&pid).unwrap_or(info),
+                call: Box::new(c.state()),
+                own_capabilities: c.capabilities(&actor),
+                requestable: c.requestable(),
+            };
+            // Queued before the outcome is applied, so `joined` precedes every event.
+            let _ = tx.try_send(Outbound::Msg(Box::new(ServerMessage::Signal(joined))));
+            Ok(((), out))
+        });
+        match joined {
+            Ok(()) => {
+                self.joined = Some((cid, pid));
+                Ok(())
+            }
+            Err(e) => {
+                if let ApiError::Call(CallError::UnknownParticipant(_)) = e {
+                    return Err(ApiError::NotFound("participant".into()));
+                }
+                Err(e)
+            }
+        }
+    }
+}
