@@ -96,6 +96,10 @@ test('alice and bob receive each other\'s audio and video through greenroom', { 
       if (broken >= 0) {
         assert.fail(`${USERS[broken]}'s page stopped: ${snaps[broken].error ?? snaps[broken].state}\n${report(snaps)}`);
       }
+      const fatal = snaps.findIndex((s) => (s.errors ?? []).some((e) => /^server error|connection failed/.test(e)));
+      if (fatal >= 0) {
+        assert.fail(`${USERS[fatal]}'s page: ${snaps[fatal].errors.join('; ')}\n${report(snaps)}`);
+      }
       if (server.exited()) {
         assert.fail(`greenroom serve exited during the test: ${JSON.stringify(server.exited())}\n${report(snaps)}`);
       }
