@@ -52,6 +52,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// Per call type overrides of the default grants.
     pub call_types: BTreeMap<CallType, CallTypeOverride>,
+    /// Webhook receivers.
+    pub webhooks: crate::webhook::WebhookConfig,
 }
 
 /// HTTP and WebSocket settings.
@@ -62,6 +64,20 @@ pub struct ServerConfig {
     pub http_addr: SocketAddr,
     /// Folder with the web app and SDK served at `/` (default: the one built into the crate).
     pub web_root: Option<PathBuf>,
+    /// Serve HTTPS and WSS with this certificate and key.
+    pub tls: Option<TlsConfig>,
+    /// Seconds to drain connections on shutdown before exiting.
+    pub drain_secs: u64,
+}
+
+/// A certificate and key (PEM files) for HTTPS and WSS.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificate chain, PEM.
+    pub cert_path: PathBuf,
+    /// Private key, PEM.
+    pub key_path: PathBuf,
 }
 
 /// Media plane settings.
@@ -99,6 +115,8 @@ impl Default for ServerConfig {
         ServerConfig {
             http_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7880),
             web_root: None,
+            tls: None,
+            drain_secs: 10,
         }
     }
 }
@@ -129,7 +147,6 @@ impl Default for LimitsConfig {
         }
     }
 }
-
 
 fn env_parse<T: std::str::FromStr>(
     name: &'static str,
@@ -193,6 +210,19 @@ impl Config {
         }
         if let Some(v) = get("GREENROOM_API_SECRET") {
             self.keys.api_secret = v;
+        }
+        if let Some(v) = env_parse("GREENROOM_DRAIN_SECS", get)? {
+            self.server.drain_secs = v;
+        }
+        if let Some(v) = get("GREENROOM_WEBHOOK_URLS") {
+            self.webhooks.urls = v
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(v) = get("GREENROOM_WEBHOOK_SECRET") {
+            self.webhooks.secret = v;
         }
         if let Some(v) = env_parse("GREENROOM_MAX_MESSAGE_BYTES", get)? {
             self.limits.max_message_bytes = v;

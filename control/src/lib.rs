@@ -6,9 +6,12 @@ pub mod auth;
 pub mod call;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod policy;
 pub mod signal;
 pub mod state;
+pub mod tls;
+pub mod webhook;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -36,6 +39,7 @@ pub fn app(state: Arc<AppState>) -> Router {
     let limit = state.config.limits.max_body_bytes;
     api::routes()
         .route("/v1/signal", get(signal::signal))
+        .route("/metrics", get(metrics::handler))
         .layer(DefaultBodyLimit::max(limit))
         .fallback_service(ServeDir::new(web_root))
         .with_state(state)

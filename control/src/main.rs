@@ -53,9 +53,12 @@ struct ServeArgs {
     /// IP advertised to clients in ICE candidates.
     #[arg(long)]
     node_ip: Option<IpAddr>,
-    /// Seconds to drain connections on shutdown.
-    #[arg(long, default_value_t = 5)]
-    drain_secs: u64,
+    /// Seconds to drain connections on shutdown (default: server.drain_secs).
+    #[arg(long)]
+    drain_secs: Option<u64>,
+    /// Serve HTTPS/WSS with a freshly generated self-signed certificate (LAN demos).
+    #[arg(long)]
+    dev_tls: bool,
 }
 
 #[derive(Args, Debug)]
@@ -140,34 +143,72 @@ async fn serve(mut config: Config, args: ServeArgs) -> Result<()> {
         eprintln!("Development credentials: api_key={DEV_API_KEY} api_secret={DEV_API_SECRET}");
         eprintln!("Mint a token: cargo run --release -- token --user alice --role host");
     }
+    if let Some(d) = args.drain_secs {
+        config.server.drain_secs = d;
+    }
     let http_addr = config.server.http_addr;
+    let tls = if args.dev_tls {
+        let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+        names.push(config.rtc.node_ip.to_string());
+        names.dedup();
+        Some(greenroom_control::tls::dev_config(&names).await?)
+    } else if let Some(t) = &config.server.tls {
+        Some(greenroom_control::tls::from_files(&t.cert_path, &t.key_path).await?)
+    } else {
+        None
+    };
+    let drain = Duration::from_secs(config.server.drain_secs);
     let state = greenroom_control::start_state(config, true)
         .await
         .context("starting the media plane")?;
-    let listener = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .with_context(|| format!("binding {http_addr}"))?;
     let udp = state.sfu.as_ref().map(|s| s.local_addr());
-    tracing::info!(http = %http_addr, udp = ?udp, "greenroom listening");
     let app = greenroom_control::app(state.clone());
-    let drain = Duration::from_secs(args.drain_secs);
     let shutdown_state = state.clone();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            shutdown_signal().await;
-            tracing::info!(
-                drain_secs = drain.as_secs(),
-                "shutting down: draining connections"
-            );
-            shutdown_state.begin_shutdown(drain.as_millis() as u64);
+    let on_shutdown = async move {
+        shutdown_signal().await;
+        tracing::info!(
+            drain_secs = drain.as_secs(),
+            "shutting down: draining connections"
+        );
+        shutdown_state.begin_shutdown(drain.as_millis() as u64);
+        let drain_state = shutdown_state.clone();
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + drain;
+            while drain_state.session_count() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            drain_state.close_all("server shutting down");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            tracing::info!("drained, exiting");
+            std::process::exit(0);
+        });
+    };
+    match tls {
+        Some(tls) => {
+            tracing::info!(https = %http_addr, udp = ?udp, "greenroom listening (TLS)");
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
             tokio::spawn(async move {
-                tokio::time::sleep(drain).await;
-                tracing::info!("drain time over, exiting");
-                std::process::exit(0);
+                on_shutdown.await;
+                h.graceful_shutdown(Some(drain));
             });
-        })
-        .await
-        .context("serving HTTP")?;
+            axum_server::bind_rustls(http_addr, tls)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+                .context("serving HTTPS")?;
+        }
+        None => {
+            let listener = tokio::net::TcpListener::bind(http_addr)
+                .await
+                .with_context(|| format!("binding {http_addr}"))?;
+            tracing::info!(http = %http_addr, udp = ?udp, "greenroom listening");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(on_shutdown)
+                .await
+                .context("serving HTTP")?;
+        }
+    }
     Ok(())
 }
 

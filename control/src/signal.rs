@@ -342,6 +342,7 @@ impl Conn {
                 self.claims.call.clone().unwrap_or_default(),
             ));
         }
+        let started = std::time::Instant::now();
         let actor = self.claims.actor();
         if create {
             self.state
@@ -376,6 +377,7 @@ impl Conn {
         });
         match joined {
             Ok(()) => {
+                crate::metrics::JOIN_SECONDS.observe(started.elapsed().as_secs_f64());
                 self.joined = Some((cid, pid));
                 Ok(())
             }

@@ -54,6 +54,8 @@ pub struct AppState {
     pub config: Config,
     /// The media plane, when running.
     pub sfu: Option<Sfu>,
+    /// Webhook senders, when receivers are configured.
+    pub webhooks: Option<crate::webhook::Webhooks>,
     calls: Mutex<HashMap<CallCid, Call>>,
     sessions: DashMap<String, SessionHandle>,
     shutting_down: AtomicBool,
@@ -73,6 +75,7 @@ impl AppState {
         Arc::new(AppState {
             auth: Auth::new(&config.keys.api_key, &config.keys.api_secret),
             policy: Policy::with_overrides(&config.call_types),
+            webhooks: crate::webhook::Webhooks::start(&config.webhooks, &config.keys.api_secret),
             config,
             sfu,
             calls: Mutex::new(HashMap::new()),
@@ -93,6 +96,18 @@ impl AppState {
             let _ = s.tx.try_send(Outbound::Msg(Box::new(ServerMessage::Signal(
                 SignalMessage::GoingAway { drain_ms },
             ))));
+        }
+    }
+
+    /// Number of calls in memory that have not ended.
+    pub fn call_count(&self) -> usize {
+        self.calls.lock().values().filter(|c| !c.is_ended()).count()
+    }
+
+    /// Closes every session's socket (close code 1001, going away).
+    pub fn close_all(&self, reason: &str) {
+        for s in self.sessions.iter() {
+            let _ = s.tx.try_send(Outbound::Close(1001, reason.to_owned()));
         }
     }
 
@@ -193,6 +208,15 @@ impl AppState {
             removed,
         } = out;
         for d in events {
+            crate::metrics::EVENTS
+                .with_label_values(&[d.event.kind()])
+                .inc();
+            if let Some(w) = &self.webhooks {
+                match serde_json::to_value(&d.event) {
+                    Ok(v) => w.send(d.event.kind(), v),
+                    Err(e) => tracing::error!("cannot serialize event: {e}"),
+                }
+            }
             let msg = ServerMessage::Event(d.event);
             for pid in &d.to {
                 self.send_to(pid, msg.clone());

@@ -126,6 +126,11 @@ impl Sfu {
     /// Sets the preferred simulcast quality of a subscribed track.
     pub fn set_quality(&self, _participant_id: &str, _track_id: &str, _quality: Quality) {}
 
+    /// The media plane's counters in the Prometheus text format.
+    pub fn metrics_text(&self) -> String {
+        String::new()
+    }
+
     /// Tears down a participant's media at once.
     pub fn leave(&self, _participant_id: &str) {}
 }
