@@ -178,8 +178,8 @@ impl Bot {
                     protocol: *protocol,
                     participant: participant.clone(),
                     call: (**call).clone(),
-                    own_capabilities: own_capabilities.clone(),
-                    requestable: requestable.clone(),
+                    own_capabilities: *own_capabilities,
+                    requestable: *requestable,
                 }),
                 _ => None,
             })

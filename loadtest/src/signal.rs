@@ -155,7 +155,9 @@ impl SignalReceiver {
             match frame.map_err(Box::new)? {
                 Message::Text(t) => return Ok(Some(serde_json::from_str(t.as_str())?)),
                 Message::Binary(_) => {
-                    return Err(BotError::Protocol("binary frame on the signal socket".into()))
+                    return Err(BotError::Protocol(
+                        "binary frame on the signal socket".into(),
+                    ))
                 }
                 Message::Close(_) => return Ok(None),
                 Message::Ping(_) | Message::Pong(_) | Message::Frame(_) => {}
@@ -209,14 +211,14 @@ mod tests {
             signal_url("http://127.0.0.1:7880", "a.b-c_d"),
             "ws://127.0.0.1:7880/v1/signal?token=a.b-c_d"
         );
-        assert_eq!(
-            signal_url("https://h/", "t"),
-            "wss://h/v1/signal?token=t"
-        );
+        assert_eq!(signal_url("https://h/", "t"), "wss://h/v1/signal?token=t");
         assert_eq!(
             signal_url("ws://h:1/v1/signal", "t"),
             "ws://h:1/v1/signal?token=t"
         );
-        assert_eq!(signal_url("h:1", "a b+"), "ws://h:1/v1/signal?token=a%20b%2B");
+        assert_eq!(
+            signal_url("h:1", "a b+"),
+            "ws://h:1/v1/signal?token=a%20b%2B"
+        );
     }
 }

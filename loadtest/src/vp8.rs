@@ -157,9 +157,9 @@ pub fn parse_descriptor(payload: &[u8]) -> Option<Vp8Descriptor> {
 /// VP8 payload header is 0.
 pub fn is_keyframe_start(payload: &[u8]) -> bool {
     match parse_descriptor(payload) {
-        Some(d) if d.start_of_partition && d.partition_id == 0 => payload
-            .get(d.len)
-            .is_some_and(|first| first & 0x01 == 0),
+        Some(d) if d.start_of_partition && d.partition_id == 0 => {
+            payload.get(d.len).is_some_and(|first| first & 0x01 == 0)
+        }
         _ => false,
     }
 }

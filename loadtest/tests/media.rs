@@ -15,8 +15,7 @@ const WAIT: Duration = Duration::from_secs(5);
 fn init_logs() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_test_writer()
         .try_init();
@@ -47,7 +46,10 @@ async fn pair(sources: &[TrackSource]) -> (Publisher, Subscriber) {
     let subscriber = Subscriber::new(SubscriberConfig::default()).await.unwrap();
     let (offer, tracks) = publisher.create_offer().await.unwrap();
     assert_eq!(tracks.len(), sources.len());
-    assert!(offer.contains("a=candidate"), "no trickle: candidates in the offer");
+    assert!(
+        offer.contains("a=candidate"),
+        "no trickle: candidates in the offer"
+    );
     assert!(offer.contains("127.0.0.1"), "bound to loopback");
     let answer = subscriber
         .apply_offer(&offer, subscribed(&tracks))
@@ -60,7 +62,7 @@ async fn pair(sources: &[TrackSource]) -> (Publisher, Subscriber) {
     (publisher, subscriber)
 }
 
-fn get<'a>(s: &'a HashMap<String, TrackStats>, source: TrackSource) -> &'a TrackStats {
+fn get(s: &HashMap<String, TrackStats>, source: TrackSource) -> &TrackStats {
     s.get(&format!("pub:{source}"))
         .unwrap_or_else(|| panic!("no stats for {source}: {s:?}"))
 }
@@ -124,12 +126,20 @@ async fn paused_source_stops_and_resumes_with_a_keyframe() {
     let mic_before = publisher.sent()[&TrackSource::Microphone].packets;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let after = publisher.sent();
-    assert_eq!(after[&TrackSource::Camera].packets, frozen.packets, "paused: nothing sent");
-    assert!(after[&TrackSource::Microphone].packets > mic_before, "other sources go on");
+    assert_eq!(
+        after[&TrackSource::Camera].packets,
+        frozen.packets,
+        "paused: nothing sent"
+    );
+    assert!(
+        after[&TrackSource::Microphone].packets > mic_before,
+        "other sources go on"
+    );
     // Everything sent arrives, and nothing more.
     let s = subscriber
         .wait_for_stats(WAIT, |s| {
-            s.get("pub:camera").is_some_and(|t| t.packets == frozen.packets)
+            s.get("pub:camera")
+                .is_some_and(|t| t.packets == frozen.packets)
         })
         .await
         .unwrap();
@@ -144,7 +154,10 @@ async fn paused_source_stops_and_resumes_with_a_keyframe() {
         .await
         .unwrap();
     let cam = get(&s, TrackSource::Camera);
-    assert_eq!(cam.lost, 0, "a pause is not loss: the probe sequence does not advance");
+    assert_eq!(
+        cam.lost, 0,
+        "a pause is not loss: the probe sequence does not advance"
+    );
     assert_eq!(cam.out_of_order, 0);
 
     publisher.close().await.unwrap();
@@ -179,7 +192,8 @@ async fn renegotiation_adds_sources_and_apply_offer_repeats() {
     let s = subscriber
         .wait_for_stats(WAIT, |s| {
             s.get("pub:screen_share").is_some_and(|t| t.keyframes >= 1)
-                && s.get("pub:screen_share_audio").is_some_and(|t| t.packets >= 5)
+                && s.get("pub:screen_share_audio")
+                    .is_some_and(|t| t.packets >= 5)
                 && s.get("pub:microphone").is_some_and(|t| t.packets >= 30)
         })
         .await

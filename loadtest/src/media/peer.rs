@@ -97,7 +97,10 @@ pub(crate) struct PeerState {
 }
 
 /// Builds a connection with Opus and VP8 only, bound to one UDP socket on `bind_ip`.
-pub(crate) async fn build_peer(bind_ip: IpAddr, on_track: Option<OnTrack>) -> Result<(Pc, PeerState)> {
+pub(crate) async fn build_peer(
+    bind_ip: IpAddr,
+    on_track: Option<OnTrack>,
+) -> Result<(Pc, PeerState)> {
     let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
     let (gathering_tx, gathering) = watch::channel(RTCIceGatheringState::New);
     let handler = Arc::new(Handler {
@@ -131,7 +134,9 @@ pub(crate) async fn gathered_local_sdp(
 ) -> Result<String> {
     let mut g = gathering.clone();
     let done = tokio::time::timeout(timeout, async {
-        g.wait_for(|s| *s == RTCIceGatheringState::Complete).await.is_ok()
+        g.wait_for(|s| *s == RTCIceGatheringState::Complete)
+            .await
+            .is_ok()
     })
     .await
     .map_err(|_| BotError::timeout("ICE gathering", timeout))?;

@@ -170,7 +170,7 @@ impl LocalSource {
             }
             Err(e) => {
                 let n = self.counters.write_errors.fetch_add(1, Ordering::Relaxed);
-                if n % 100 == 0 {
+                if n.is_multiple_of(100) {
                     tracing::debug!(source = %self.source, error = %e, "write_rtp failed");
                 }
             }
@@ -279,8 +279,8 @@ impl Publisher {
     pub async fn create_offer(&self) -> Result<(String, Vec<PublishTrack>)> {
         let offer = self.pc.create_offer(None).await?;
         self.pc.set_local_description(offer).await?;
-        let sdp = gathered_local_sdp(&self.pc, &self.state.gathering, self.config.gather_timeout)
-            .await?;
+        let sdp =
+            gathered_local_sdp(&self.pc, &self.state.gathering, self.config.gather_timeout).await?;
         let by_ssrc = self.transceivers_by_ssrc().await?;
         let mut tracks = Vec::new();
         for s in self.sources.lock().iter() {
@@ -529,10 +529,14 @@ async fn run_video(
             continue;
         }
         let periodic = params.keyframe_interval > 0
-            && frame % u64::from(params.keyframe_interval) == 0;
+            && frame.is_multiple_of(u64::from(params.keyframe_interval));
         let keyframe = frame == 0 || periodic || s.force_keyframe.swap(false, Ordering::SeqCst);
         let spec = Vp8FrameSpec {
-            frame_bytes: if keyframe { frame_bytes * 3 } else { frame_bytes },
+            frame_bytes: if keyframe {
+                frame_bytes * 3
+            } else {
+                frame_bytes
+            },
             keyframe,
             picture_id,
             width: params.width,
