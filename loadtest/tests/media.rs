@@ -101,6 +101,19 @@ async fn opus_and_vp8_flow_and_are_counted() {
     assert!(cam.packets >= 2 * cam.markers, "frames are split: {cam:?}");
     assert!(cam.max_latency_us.is_some());
     assert_ne!(mic.mid, cam.mid);
+    for t in [mic, cam] {
+        eprintln!(
+            "{}: packets={} bytes={} keyframes={} lost={} latency min/mean/max us = {:?}/{:?}/{:?}",
+            t.track_id,
+            t.packets,
+            t.bytes,
+            t.keyframes,
+            t.lost,
+            t.min_latency_us,
+            t.mean_latency().map(|d| d.as_micros()),
+            t.max_latency_us
+        );
+    }
 
     publisher.close().await.unwrap();
     subscriber.close().await.unwrap();
