@@ -1,1 +1,4 @@
 //! Greenroom's control plane.
+
+pub mod history;
+pub mod ring;
