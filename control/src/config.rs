@@ -130,7 +130,6 @@ impl Default for LimitsConfig {
     }
 }
 
-
 fn env_parse<T: std::str::FromStr>(
     name: &'static str,
     get: &dyn Fn(&str) -> Option<String>,
