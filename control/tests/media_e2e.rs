@@ -50,7 +50,11 @@ impl Server {
 
     /// POSTs an admin action; panics with the body unless it succeeds.
     async fn admin(&self, cid: &str, action: &str, body: serde_json::Value) {
-        let token = self.state.auth.mint("backend", None, None, true, 600).unwrap();
+        let token = self
+            .state
+            .auth
+            .mint("backend", None, None, true, 600)
+            .unwrap();
         let (t, id) = cid.split_once(':').unwrap();
         let res = reqwest::Client::new()
             .post(format!("{}/v1/calls/{t}/{id}/{action}", self.url))
@@ -74,7 +78,12 @@ async fn received_more(bot: &Bot, id: &str, n: u64) -> u64 {
     let s = bot
         .wait_for_received(WAIT, |s| track(s, id) > n)
         .await
-        .unwrap_or_else(|e| panic!("no packets on {id} beyond {n}: {e}; have {:?}", bot.received()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "no packets on {id} beyond {n}: {e}; have {:?}",
+                bot.received()
+            )
+        });
     track(&s, id)
 }
 
@@ -140,14 +149,20 @@ async fn revoke_video_stops_video_only_and_regrant_resumes_same_track() {
     let (sources, reason) = alice.wait_for_stop_publishing(from, WAIT).await.unwrap();
     assert_eq!(sources, vec![TrackSource::Camera]);
     assert_eq!(reason, "permission_revoked");
-    bob.wait_for_event(0, "call.user_muted", WAIT).await.unwrap();
+    bob.wait_for_event(0, "call.user_muted", WAIT)
+        .await
+        .unwrap();
 
     // Let in-flight packets land, then video must stay frozen while audio flows on.
     tokio::time::sleep(Duration::from_millis(400)).await;
     let frozen_video = track(&bob.received(), &cam);
     let audio_before = track(&bob.received(), &mic);
     received_more(&bob, &mic, audio_before + 25).await;
-    assert_eq!(track(&bob.received(), &cam), frozen_video, "video leaked after revoke");
+    assert_eq!(
+        track(&bob.received(), &cam),
+        frozen_video,
+        "video leaked after revoke"
+    );
 
     // Granting again resumes the same track on the same connections.
     s.admin(
@@ -234,7 +249,10 @@ async fn go_live_opens_media_to_listeners() {
     listener.join(cid, false).await.unwrap();
     received_more(&listener, &mic, 10).await;
     // The listener cannot publish without send-audio.
-    let err = listener.publish(&[TrackSource::Microphone]).await.unwrap_err();
+    let err = listener
+        .publish(&[TrackSource::Microphone])
+        .await
+        .unwrap_err();
     let text = format!("{err:?}");
     assert!(text.contains("send-audio"), "{text}");
     let _ = ErrorCode::MissingCapability;
