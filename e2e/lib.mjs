@@ -37,12 +37,17 @@ export function ensureArtifacts() {
   return ARTIFACTS;
 }
 
-/** Launches headless Chromium with fake media devices. */
-export async function launchBrowser() {
+/**
+ * Launches headless Chromium with fake media devices.
+ * `fakeUi: false` drops --use-fake-ui-for-media-stream so that permissions are controlled by the
+ * test (context permissions, CDP Browser.setPermission); `extraArgs` are appended.
+ */
+export async function launchBrowser({ fakeUi = true, extraArgs = [] } = {}) {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`Chromium not found at ${CHROMIUM}: run scripts/install-browser-deps.sh`);
   }
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args: CHROMIUM_ARGS, timeout: 20_000 });
+  const args = CHROMIUM_ARGS.filter((a) => fakeUi || a !== '--use-fake-ui-for-media-stream').concat(extraArgs);
+  return chromium.launch({ executablePath: CHROMIUM, headless: true, args, timeout: 20_000 });
 }
 
 /** Collects a page's console output and page errors, for diagnostics. */
@@ -109,9 +114,16 @@ export function runBin(args, timeoutMs = 10_000) {
   });
 }
 
-/** Mints a signaling token with `greenroom token --user <user> --call <cid>`. */
-export async function mintToken(user, cid) {
-  const out = await runBin(['token', '--user', user, '--call', cid]);
+/**
+ * Mints a signaling token with `greenroom token --user <user> --call <cid>` (cid may be null),
+ * optionally with `--role <role>` or `--admin`.
+ */
+export async function mintToken(user, cid, { role = null, admin = false } = {}) {
+  const args = ['token', '--user', user];
+  if (cid) args.push('--call', cid);
+  if (role) args.push('--role', role);
+  if (admin) args.push('--admin');
+  const out = await runBin(args);
   const jwt = out.split(/\s+/).pop() ?? '';
   if (!/^[\w-]+\.[\w-]+\.[\w-]*$/.test(jwt)) {
     throw new Error(`greenroom token printed no JWT for ${user}: ${JSON.stringify(out.slice(0, 300))}`);
@@ -135,7 +147,7 @@ export { sleep };
  * Starts `greenroom serve` (defaults: HTTP 127.0.0.1:7880, media UDP 7882) and waits for /healthz.
  * Returns {url, stop(), logTail()}. The process is also killed if node exits.
  */
-export async function startServer({ httpUrl = 'http://127.0.0.1:7880', healthTimeoutMs = 15_000 } = {}) {
+export async function startServer({ httpUrl = 'http://127.0.0.1:7880', healthTimeoutMs = 15_000, args = [], logName = 'server.log' } = {}) {
   if (!existsSync(GREENROOM_BIN)) {
     throw new Error(
       `greenroom binary not found at ${GREENROOM_BIN}: build it (cargo build -p greenroom-control) or set GREENROOM_BIN`,
@@ -145,7 +157,7 @@ export async function startServer({ httpUrl = 'http://127.0.0.1:7880', healthTim
     throw new Error(`something already answers ${httpUrl}/healthz: stop the other greenroom server first`);
   }
   ensureArtifacts();
-  const logPath = join(ARTIFACTS, 'server.log');
+  const logPath = join(ARTIFACTS, logName);
   const log = createWriteStream(logPath);
   const tail = [];
   const keep = (chunk) => {
@@ -153,7 +165,7 @@ export async function startServer({ httpUrl = 'http://127.0.0.1:7880', healthTim
     tail.push(...chunk.toString().split('\n'));
     if (tail.length > 200) tail.splice(0, tail.length - 200);
   };
-  const child = spawn(GREENROOM_BIN, ['serve'], {
+  const child = spawn(GREENROOM_BIN, ['serve', ...args], {
     cwd: ROOT,
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { RUST_LOG: 'info', ...process.env },

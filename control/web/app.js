@@ -1,0 +1,848 @@
+// Greenroom web app: dev login, pre-join (name, devices, permission check), video call
+// (grid / spotlight) and audio room (stage, audience, raised hands, backstage). Built on the SDK
+// in ./sdk/ (plain ES modules, no build step).
+//
+// Dev entry: /?token=<JWT>&call=<type:id>[&name=<display name>] or paste a token on the login form.
+// Test hook: window.app = { screen, call, client, access, lastError }.
+
+import {
+  GreenroomClient,
+  checkMediaAccess,
+  describeAccess,
+  permissionInstructions,
+  environmentCheck,
+  listDevices,
+  captureTrack,
+  watchDevices,
+  canSelectAudioOutput,
+  browserName,
+  watchPermission,
+} from './sdk/index.js';
+
+const $ = (id) => document.getElementById(id);
+
+/** Creates an element: h('div', {class: 'x', onclick}, child, 'text'). */
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs ?? {})) {
+    if (v == null || v === false) continue;
+    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (k === 'class') el.className = v;
+    else if (k === 'dataset') Object.assign(el.dataset, v);
+    else if (k === 'testid') el.dataset.testid = v;
+    else el.setAttribute(k, v === true ? '' : v);
+  }
+  for (const c of children.flat()) {
+    if (c == null || c === false) continue;
+    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
+  }
+  return el;
+}
+
+const ICON = { mic: '🎙', micOff: '🔇', cam: '📷', camOff: '🚫', screen: '🖥', hand: '✋', leave: '📞', people: '👥', grid: '▦', spot: '◧', end: '⏹', live: '●' };
+
+const app = {
+  screen: 'loading',
+  /** @type {GreenroomClient|null} */
+  client: null,
+  /** @type {import('./sdk/client.js').Call|null} */
+  call: null,
+  cid: '',
+  callType: 'default',
+  /** GET /v1/calls result, or null when the call does not exist yet. */
+  callInfo: null,
+  /** Capabilities known before joining (from GET), or null. */
+  preCaps: null,
+  access: null,
+  preview: { audio: null, video: null },
+  prefs: { audioMuted: false, videoMuted: false, audioOnly: false, layout: 'grid' },
+  devices: { audioInput: null, videoInput: null, audioOutput: null },
+  requests: new Map(),
+  banners: new Map(),
+  joinedAudioOnlyBecauseCamera: false,
+  lastError: null,
+  endReason: null,
+  panelOpen: false,
+  activeSpeaker: null,
+};
+window.app = app;
+
+function show(screen) {
+  app.screen = screen;
+  $('app').dataset.screen = screen;
+  for (const s of ['login', 'prejoin', 'call', 'end']) $(`screen-${s}`).hidden = s !== screen;
+}
+
+function toast(text, kind = '') {
+  const el = h('div', { class: `toast ${kind}`, role: 'status' }, text);
+  $('toasts').append(el);
+  setTimeout(() => el.remove(), 5000);
+}
+
+function initials(name) {
+  const parts = String(name || '?').split(/[\s._@-]+/).filter(Boolean);
+  return (parts[0]?.[0] ?? '?') + (parts[1]?.[0] ?? '');
+}
+
+function avatarColor(id) {
+  let hsh = 0;
+  for (const c of String(id)) hsh = (hsh * 31 + c.charCodeAt(0)) >>> 0;
+  return `hsl(${hsh % 360} 45% 38%)`;
+}
+
+function avatar(id, name, cls = 'avatar') {
+  const a = h('div', { class: cls }, initials(name));
+  a.style.background = avatarColor(id);
+  return a;
+}
+
+const isRoom = () => app.callType === 'audio_room';
+const displayName = (p) => (p.isLocal ? `${localName()} (you)` : p.userId);
+const localName = () => ($('display-name').value.trim() || app.client?.userId || 'You');
+
+// ---- boot & login ---------------------------------------------------------------------------
+
+function boot() {
+  const q = new URLSearchParams(location.search);
+  const token = q.get('token') || sessionStorage.getItem('greenroom.token') || '';
+  let cid = q.get('call') || sessionStorage.getItem('greenroom.call') || '';
+  if (q.get('name')) localStorage.setItem('greenroom.name', q.get('name'));
+  if (token && !cid) cid = decodeClaim(token).call || '';
+  if (token && cid) {
+    start(token, cid);
+  } else {
+    $('login-token').value = token;
+    $('login-call').value = cid;
+    show('login');
+  }
+  $('login-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    const t = $('login-token').value.trim();
+    const c = $('login-call').value.trim() || decodeClaim(t).call || '';
+    if (!decodeClaim(t).sub) {
+      $('login-error').textContent = 'That does not look like a Greenroom token (a JWT with a user id).';
+      $('login-error').hidden = false;
+      return;
+    }
+    sessionStorage.setItem('greenroom.token', t);
+    sessionStorage.setItem('greenroom.call', c);
+    start(t, c);
+  });
+}
+
+function decodeClaim(token) {
+  try {
+    const p = token.split('.')[1];
+    return JSON.parse(atob(p.replace(/-/g, '+').replace(/_/g, '/').padEnd(Math.ceil(p.length / 4) * 4, '=')));
+  } catch {
+    return {};
+  }
+}
+
+async function start(token, cid) {
+  app.client = new GreenroomClient({ token });
+  app.cid = cid;
+  app.callType = cid.split(':')[0] || 'default';
+  $('display-name').value = localStorage.getItem('greenroom.name') || app.client.userId;
+  await prejoin();
+}
+
+// ---- pre-join -------------------------------------------------------------------------------
+
+async function prejoin() {
+  show('prejoin');
+  $('topbar-call').textContent = app.cid;
+  $('prejoin-kind').textContent = isRoom() ? 'Audio room' : app.callType === 'livestream' ? 'Livestream' : 'Video call';
+  $('opt-video-muted-wrap').hidden = isRoom();
+  $('opt-audio-only-wrap').hidden = isRoom();
+  $('opt-layout-wrap').hidden = isRoom();
+  $('sel-audio-out-wrap').hidden = !canSelectAudioOutput();
+  $('preview-avatar').textContent = initials(localName());
+  $('preview-avatar').style.background = avatarColor(app.client.userId);
+  $('display-name').oninput = () => {
+    localStorage.setItem('greenroom.name', $('display-name').value.trim());
+    $('preview-avatar').textContent = initials(localName());
+  };
+  $('join').onclick = () => join().catch((e) => joinFailed(e));
+  $('pre-mic').onclick = () => {
+    app.prefs.audioMuted = !app.prefs.audioMuted;
+    $('opt-audio-muted').checked = app.prefs.audioMuted;
+    renderPrejoin();
+  };
+  $('pre-cam').onclick = () => {
+    app.prefs.videoMuted = !app.prefs.videoMuted;
+    $('opt-video-muted').checked = app.prefs.videoMuted;
+    renderPrejoin();
+  };
+  $('opt-audio-muted').onchange = (e) => { app.prefs.audioMuted = e.target.checked; renderPrejoin(); };
+  $('opt-video-muted').onchange = (e) => { app.prefs.videoMuted = e.target.checked; renderPrejoin(); };
+  $('opt-audio-only').onchange = (e) => { app.prefs.audioOnly = e.target.checked; renderPrejoin(); };
+  $('opt-layout').onchange = (e) => { app.prefs.layout = e.target.value; };
+  for (const [sel, kind] of [['sel-audio-in', 'audio'], ['sel-video-in', 'video']]) {
+    $(sel).onchange = (e) => switchPreviewDevice(kind, e.target.value);
+  }
+  $('sel-audio-out').onchange = (e) => { app.devices.audioOutput = e.target.value; };
+
+  // What the user may do in this call (when it exists already).
+  try {
+    app.callInfo = await app.client.getCall(app.cid);
+    app.preCaps = new Set(app.callInfo.own_capabilities ?? []);
+  } catch (e) {
+    app.callInfo = null;
+    app.preCaps = null;
+    if (e.code === 'unauthorized' || e.code === 'token_expired' || e.code === 'wrong_call') {
+      return fatalPrejoin(e.code === 'token_expired' ? 'Your access token has expired. Get a new one and try again.' :
+        e.code === 'wrong_call' ? `This token is for another call, not ${app.cid}.` : 'The server did not accept this access token.');
+    }
+    if (e.code !== 'not_found' && e.code !== 'missing_capability') console.warn('call lookup failed', e);
+  }
+  const info = app.callInfo?.call;
+  $('prejoin-title').textContent = isRoom() ? (info?.live ? 'The room is live' : 'Ready to enter the room?') : 'Ready to join?';
+  const n = info?.participants?.length ?? 0;
+  $('prejoin-sub').textContent = info
+    ? (n === 0 ? 'Nobody is here yet.' : `${n} ${n === 1 ? 'person is' : 'people are'} in the call: ${info.participants.map((p) => p.user_id).slice(0, 4).join(', ')}${n > 4 ? '…' : ''}`)
+    : 'You will start this call.';
+
+  await checkAccess(true);
+  watchDevices(() => refreshDeviceLists());
+  for (const name of ['microphone', 'camera']) {
+    watchPermission(name, (state) => {
+      if (app.screen !== 'prejoin') return;
+      if (state === 'granted' || state === 'denied') checkAccess(true);
+    });
+  }
+}
+
+function fatalPrejoin(msg) {
+  const perm = $('perm');
+  perm.className = 'perm bad';
+  perm.replaceChildren(h('strong', {}, 'Cannot join'), msg, h('div', {}, h('button', { class: 'btn small', onclick: () => { sessionStorage.clear(); location.search = ''; } }, 'Use another token')));
+  $('join').disabled = true;
+}
+
+/** Whether this user needs to send audio / video here. */
+function needs() {
+  const caps = app.preCaps;
+  const role = app.client.claims.role;
+  const privileged = ['host', 'admin', 'moderator'].includes(role) || app.client.claims.admin;
+  if (isRoom()) {
+    const speaker = caps ? caps.has('send-audio') : privileged;
+    return { audio: speaker, video: false, listener: !speaker };
+  }
+  return { audio: caps ? caps.has('send-audio') : true, video: caps ? caps.has('send-video') : true, listener: false };
+}
+
+async function checkAccess(ask) {
+  stopPreview();
+  const want = needs();
+  const perm = $('perm');
+  perm.className = 'perm';
+  perm.textContent = 'Checking your camera and microphone…';
+  $('join').disabled = true;
+  const res = await checkMediaAccess({
+    audio: true,
+    video: !isRoom() && want.video,
+    audioDeviceId: app.devices.audioInput,
+    videoDeviceId: app.devices.videoInput,
+    ask,
+  });
+  app.access = { microphone: res.microphone.state, camera: isRoom() ? 'unused' : res.camera.state, environment: res.environment, errors: { microphone: res.microphone.error, camera: res.camera.error } };
+  app.preview.audio = res.microphone.track;
+  app.preview.video = res.camera.track;
+  await refreshDeviceLists();
+  startMeter();
+  renderPrejoin();
+}
+
+function stopPreview() {
+  app.preview.audio?.stop();
+  app.preview.video?.stop();
+  app.preview = { audio: null, video: null };
+  stopMeter();
+}
+
+async function switchPreviewDevice(kind, deviceId) {
+  const key = kind === 'audio' ? 'audioInput' : 'videoInput';
+  app.devices[key] = deviceId;
+  try {
+    const t = await captureTrack(kind, deviceId);
+    app.preview[kind]?.stop();
+    app.preview[kind] = t;
+    if (kind === 'audio') startMeter();
+    renderPrejoin();
+  } catch (e) {
+    toast(`Could not switch ${kind === 'audio' ? 'microphone' : 'camera'}: ${e.message}`, 'bad');
+  }
+}
+
+async function refreshDeviceLists() {
+  const lists = await listDevices().catch(() => ({ audioInputs: [], audioOutputs: [], videoInputs: [] }));
+  fillSelect($('sel-audio-in'), lists.audioInputs, app.preview.audio?.getSettings?.().deviceId ?? app.devices.audioInput, 'Microphone');
+  fillSelect($('sel-video-in'), lists.videoInputs, app.preview.video?.getSettings?.().deviceId ?? app.devices.videoInput, 'Camera');
+  fillSelect($('sel-audio-out'), lists.audioOutputs, app.devices.audioOutput, 'Speaker');
+  $('sel-video-in').closest('label').hidden = isRoom();
+  return lists;
+}
+
+function fillSelect(sel, devices, current, fallback) {
+  sel.replaceChildren(...devices.map((d, i) => h('option', { value: d.deviceId, selected: d.deviceId === current }, d.label || `${fallback} ${i + 1}`)));
+  if (devices.length === 0) sel.append(h('option', { value: '' }, `No ${fallback.toLowerCase()} available`));
+  sel.disabled = devices.length === 0 || !devices[0].label;
+}
+
+let meter = null;
+function startMeter() {
+  stopMeter();
+  const t = app.preview.audio;
+  if (!t || typeof AudioContext === 'undefined') return;
+  try {
+    const ctx = new AudioContext();
+    const src = ctx.createMediaStreamSource(new MediaStream([t]));
+    const an = ctx.createAnalyser();
+    an.fftSize = 256;
+    src.connect(an);
+    const buf = new Uint8Array(an.fftSize);
+    const tick = () => {
+      an.getByteTimeDomainData(buf);
+      let peak = 0;
+      for (const v of buf) peak = Math.max(peak, Math.abs(v - 128));
+      $('pre-meter').style.width = `${app.prefs.audioMuted ? 0 : Math.min(100, (peak / 64) * 100)}%`;
+      meter.raf = requestAnimationFrame(tick);
+    };
+    meter = { ctx, raf: requestAnimationFrame(tick) };
+  } catch {
+    meter = null;
+  }
+}
+
+function stopMeter() {
+  if (!meter) return;
+  cancelAnimationFrame(meter.raf);
+  meter.ctx.close().catch(() => {});
+  meter = null;
+  $('pre-meter').style.width = '0';
+}
+
+function instructionsList(what) {
+  const ins = permissionInstructions(what, browserName());
+  return h('div', {}, h('span', { class: 'hint' }, `In ${ins.browser}:`), h('ol', {}, ins.steps.map((s) => h('li', {}, s))));
+}
+
+/** Renders the permission panel, preview and join button from app.access. */
+function renderPrejoin() {
+  const a = app.access;
+  if (!a) return;
+  const want = needs();
+  const mic = a.microphone;
+  const cam = a.camera;
+  const perm = $('perm');
+  const retry = h('button', { class: 'btn small', type: 'button', testid: 'check-again', onclick: () => checkAccess(true) }, 'Check again');
+  let cls = 'ok';
+  let body = [];
+  let canJoin = true;
+  let audioOnly = app.prefs.audioOnly;
+  let label = 'Join';
+  const status = h('div', { class: 'status-row' },
+    h('span', { class: `pill ${mic === 'granted' ? 'ok' : 'bad'}`, testid: 'mic-status', dataset: { state: mic } }, describeAccess('microphone', mic)),
+    isRoom() ? null : h('span', { class: `pill ${cam === 'granted' ? 'ok' : 'bad'}`, testid: 'camera-status', dataset: { state: cam } }, describeAccess('camera', cam)));
+
+  if (mic === 'insecure' || mic === 'unsupported') {
+    cls = 'bad';
+    canJoin = false;
+    body = [h('strong', {}, mic === 'insecure' ? 'This page is not secure' : 'This browser cannot make calls'), a.environment.message];
+  } else if (want.listener) {
+    label = 'Join as listener';
+    if (mic === 'granted') body = [h('strong', {}, 'You will join as a listener'), 'Raise your hand in the room to ask to speak. Your microphone is ready.'];
+    else {
+      cls = 'warn';
+      body = [h('strong', {}, 'You will join as a listener'), `${describeAccess('microphone', mic)}: you can listen, but to speak you will need to allow it.`, mic === 'denied' ? instructionsList('microphone') : null, retry];
+    }
+  } else if (mic !== 'granted' && want.audio) {
+    cls = 'bad';
+    canJoin = false;
+    const both = cam !== 'granted' && !isRoom();
+    if (mic === 'denied') {
+      body = [h('strong', {}, both ? 'Camera and microphone are blocked' : 'Microphone is blocked'),
+        `You can't join ${isRoom() ? 'the stage' : 'this call'} until the browser lets Greenroom use your microphone: otherwise nobody would hear you.`,
+        instructionsList(both ? 'both' : 'microphone'), retry];
+    } else if (mic === 'not-found') {
+      body = [h('strong', {}, 'No microphone found'), 'Connect a microphone or a headset, then check again.', retry];
+    } else if (mic === 'in-use') {
+      body = [h('strong', {}, 'Your microphone is busy'), 'Another app is using it. Close that app, then check again.', retry];
+    } else if (mic === 'prompt') {
+      cls = 'warn';
+      body = [h('strong', {}, 'Allow your microphone'), 'Your browser will ask for access so others can hear you.',
+        h('button', { class: 'btn small primary', type: 'button', testid: 'allow-access', onclick: () => checkAccess(true) }, 'Allow access')];
+    } else {
+      body = [h('strong', {}, 'Microphone could not start'), a.errors.microphone ?? '', retry];
+    }
+  } else if (!isRoom() && want.video && cam !== 'granted') {
+    cls = 'warn';
+    audioOnly = true;
+    label = 'Join with audio only';
+    const why = cam === 'denied' ? 'Camera is blocked' : cam === 'not-found' ? 'No camera found' : cam === 'in-use' ? 'Your camera is busy' : 'Camera is not available';
+    body = [h('strong', {}, why), 'You can join with audio only. To turn video on later, allow the camera in your browser and press the camera button in the call.',
+      cam === 'denied' ? instructionsList('camera') : null,
+      h('div', { class: 'actions' }, retry)];
+  } else {
+    body = [h('strong', {}, isRoom() ? 'Microphone ready' : 'Camera and microphone are ready'), audioOnly ? 'You will join with audio only.' : 'Check your picture and sound, then join.'];
+  }
+  perm.className = `perm ${cls}`;
+  perm.dataset.state = cls;
+  perm.replaceChildren(status, ...body.filter(Boolean).map((b) => (typeof b === 'string' ? h('div', {}, b) : b)));
+  app.joinAudioOnly = audioOnly;
+  const join = $('join');
+  join.disabled = !canJoin;
+  join.textContent = label;
+
+  // Preview.
+  const video = $('preview-video');
+  const camOn = !isRoom() && app.preview.video && !app.prefs.videoMuted && !audioOnly;
+  video.srcObject = camOn ? new MediaStream([app.preview.video]) : null;
+  video.hidden = !camOn;
+  $('preview-placeholder').hidden = !!camOn;
+  $('preview-placeholder-text').textContent = isRoom() ? 'Audio room: voice only' : cam !== 'granted' ? describeAccess('camera', cam) : audioOnly ? 'Audio only' : 'Camera is off';
+  const pm = $('pre-mic');
+  pm.textContent = app.prefs.audioMuted || mic !== 'granted' ? ICON.micOff : ICON.mic;
+  pm.classList.toggle('off', app.prefs.audioMuted || mic !== 'granted');
+  pm.disabled = mic !== 'granted';
+  pm.title = app.prefs.audioMuted ? 'Unmute' : 'Mute';
+  const pc = $('pre-cam');
+  pc.hidden = isRoom();
+  pc.textContent = camOn ? ICON.cam : ICON.camOff;
+  pc.classList.toggle('off', !camOn);
+  pc.disabled = cam !== 'granted' || audioOnly;
+}
+
+function joinFailed(e) {
+  const el = $('join-error');
+  const msgs = {
+    backstage: 'The room has not started yet: only hosts can enter backstage. Try again when it goes live.',
+    blocked: 'You have been blocked from this call.',
+    call_ended: 'This call has ended.',
+    not_found: 'This call does not exist.',
+    missing_capability: `You are not allowed to join this call (${e.capability ?? 'missing permission'}).`,
+    wrong_call: 'This token is for another call.',
+    connection_failed: 'Could not reach the server, or it refused the token.',
+  };
+  el.textContent = msgs[e.code] ?? `Could not join: ${e.message}`;
+  el.hidden = false;
+  $('join').disabled = false;
+  app.lastError = e;
+  app.call = null;
+}
+
+// ---- joining --------------------------------------------------------------------------------
+
+async function join() {
+  $('join').disabled = true;
+  $('join-error').hidden = true;
+  const want = needs();
+  const audioOnly = isRoom() || app.joinAudioOnly;
+  app.joinedAudioOnlyBecauseCamera = !isRoom() && !app.prefs.audioOnly && app.joinAudioOnly;
+  app.devices.audioInput = app.preview.audio?.getSettings?.().deviceId ?? app.devices.audioInput;
+  app.devices.videoInput = app.preview.video?.getSettings?.().deviceId ?? app.devices.videoInput;
+  stopMeter();
+  const call = app.client.call(app.cid);
+  app.call = call;
+  wireCall(call);
+  const tracks = { audio: want.audio || !want.listener ? app.preview.audio : null, video: audioOnly ? null : app.preview.video };
+  if (!tracks.audio) app.preview.audio?.stop();
+  if (!tracks.video) app.preview.video?.stop();
+  app.preview = { audio: null, video: null };
+  try {
+    await call.join({
+      create: true,
+      audioOnly,
+      startAudioMuted: app.prefs.audioMuted,
+      startVideoMuted: app.prefs.videoMuted,
+      layout: app.prefs.layout,
+      tracks,
+      devices: { ...app.devices },
+    });
+  } catch (e) {
+    await checkAccess(true);
+    throw e;
+  }
+  app.requests.clear();
+  app.banners.clear();
+  if (app.joinedAudioOnlyBecauseCamera) {
+    setBanner('audio-only', 'info', 'You joined with audio only', 'To turn your camera on, allow it in your browser, then press Camera.');
+  }
+  show('call');
+  renderCall();
+}
+
+function wireCall(call) {
+  const rerender = () => renderCall();
+  call.on('participantsChanged', rerender);
+  call.on('localChanged', rerender);
+  call.on('layoutChanged', rerender);
+  call.on('callStateChanged', rerender);
+  call.on('connectionState', renderConnection);
+  call.on('participantJoined', (p) => toast(`${p.userId} joined`));
+  call.on('participantLeft', ({ participant, reason }) => toast(`${participant.userId} ${reason === 'disconnected' ? 'lost connection' : reason === 'kicked' ? 'was removed' : 'left'}`));
+  call.on('userMuted', ({ userIds, by, sources, byModerator }) => {
+    if (userIds.includes(app.client.userId) && byModerator && by !== app.client.userId) {
+      toast(`${by} muted your ${sources.map(sourceName).join(' and ')}`, 'bad');
+    }
+  });
+  call.on('screenShareStarted', ({ participant, local }) => toast(local ? 'You are sharing your screen' : `${participant.userId} is sharing their screen`));
+  call.on('screenShareStopped', ({ participant, local }) => toast(local ? 'You stopped sharing' : `${participant.userId} stopped sharing`));
+  call.on('callSwitchedToVideo', ({ initiator }) => { if (initiator !== app.client.userId) toast(`${initiator} turned on video`); });
+  call.on('speakersChanged', (speakers) => { app.activeSpeaker = speakers[0]?.participantId ?? app.activeSpeaker; });
+  call.on('permissionRequest', ({ userId, permissions }) => {
+    app.requests.set(userId, permissions);
+    toast(`✋ ${userId} asks to ${permissions.map(capName).join(', ')}`);
+    app.panelOpen = true;
+    renderCall();
+  });
+  call.on('permissionRequestAnswered', ({ capability, granted }) => {
+    toast(granted ? `You can ${capName(capability)} now` : `A host declined your request to ${capName(capability)}`, granted ? '' : 'bad');
+    renderCall();
+  });
+  call.on('permissionsUpdated', rerender);
+  call.on('stopPublishing', ({ sources, reason }) => {
+    if (reason === 'permission_revoked') {
+      const text = isRoom() && sources.includes('microphone') ? 'A host moved you back to the audience.' : `A host took away your permission to share your ${sources.map(sourceName).join(' and ')}.`;
+      setBanner('revoked', 'warn', 'Permission removed', text);
+    }
+  });
+  call.on('liveStarted', () => toast(isRoom() ? 'The room is live' : 'The call is live'));
+  call.on('liveStopped', () => toast('Back to backstage'));
+  call.on('deviceBlocked', ({ source }) => {
+    const mic = source === 'microphone';
+    setBanner(`${source}-blocked`, 'bad', mic ? 'Microphone blocked' : 'Camera blocked',
+      mic ? 'Greenroom lost access to your microphone: others see you muted and cannot hear you. Allow it again and your audio comes back without leaving the call.'
+        : 'Greenroom lost access to your camera: others see your name instead of video. Your audio continues. Allow the camera again and your video comes back.',
+      source);
+  });
+  call.on('deviceRestored', ({ source }) => {
+    app.banners.delete(`${source}-blocked`);
+    if (source === 'camera') app.banners.delete('audio-only');
+    toast(source === 'microphone' ? 'Microphone is back: you are live again' : 'Camera is back');
+    renderCall();
+  });
+  call.on('devicePermissionChanged', ({ source, state }) => {
+    if (source === 'camera' && state === 'granted' && app.joinedAudioOnlyBecauseCamera && !call.local.camera.track) {
+      setBanner('audio-only', 'info', 'Camera allowed', 'Press Camera to turn your video on.');
+    }
+  });
+  call.on('autoplayBlocked', () => setBanner('autoplay', 'info', 'Sound is paused by the browser', 'Click anywhere to hear the call.'));
+  call.on('error', (e) => {
+    app.lastError = e;
+    const text = e.code === 'media_error' ? `Media could not be connected: ${e.message}` : e.message;
+    toast(text, 'bad');
+  });
+  call.on('left', ({ reason }) => {
+    app.endReason = reason;
+    if (app.screen === 'call') showEnd(reason);
+  });
+  call.on('callEnded', ({ endedBy }) => { app.endedBy = endedBy; });
+  document.addEventListener('click', () => { if (app.banners.delete('autoplay')) { call.resumeAudio(); renderCall(); } }, { once: false });
+}
+
+function sourceName(s) {
+  return { microphone: 'microphone', camera: 'camera', screen_share: 'screen share', screen_share_audio: 'screen audio' }[s] ?? s;
+}
+
+function capName(c) {
+  return { 'send-audio': 'speak', 'send-video': 'turn on video', screenshare: 'share the screen' }[c] ?? c;
+}
+
+function setBanner(key, kind, title, text, instructionsFor) {
+  app.banners.set(key, { kind, title, text, instructionsFor });
+  renderCall();
+}
+
+function showEnd(reason) {
+  const titles = {
+    call_ended: 'The call has ended',
+    kicked: 'You were removed from the call',
+    blocked: 'You were blocked from this call',
+    disconnected: 'Connection lost',
+    removed: 'You were removed from the call',
+    left: 'You left the call',
+  };
+  $('end-title').textContent = titles[reason] ?? 'You left the call';
+  $('end-text').textContent = reason === 'call_ended' && app.endedBy ? `Ended by ${app.endedBy}.` : reason === 'disconnected' ? 'The connection to the server dropped.' : '';
+  $('rejoin').hidden = reason === 'call_ended' || reason === 'blocked';
+  $('rejoin').onclick = () => { app.call = null; prejoin(); };
+  show('end');
+  $('connection').hidden = true;
+}
+
+// ---- in call --------------------------------------------------------------------------------
+
+function renderConnection() {
+  const el = $('connection');
+  const c = app.call?.connection;
+  if (!c || app.screen !== 'call') {
+    el.hidden = true;
+    return;
+  }
+  el.hidden = false;
+  const text = { connected: 'Connected', connecting: 'Connecting…', 'connecting-media': 'Connecting media…', 'media-failed': 'Media connection failed', disconnected: 'Disconnected', new: 'Starting…' }[c.overall] ?? c.overall;
+  el.textContent = text;
+  el.dataset.state = c.overall;
+  el.className = `pill ${c.overall === 'connected' ? 'ok' : c.overall === 'media-failed' || c.overall === 'disconnected' ? 'bad' : ''}`;
+}
+
+function renderCall() {
+  const call = app.call;
+  if (!call || app.screen !== 'call') return;
+  renderTopbar(call);
+  renderBanners(call);
+  if (isRoom()) renderRoom(call);
+  else renderTiles(call);
+  renderControls(call);
+  renderPanel(call);
+  renderConnection();
+}
+
+function renderTopbar(call) {
+  const n = call.participants.size;
+  const parts = [h('span', {}, app.cid), h('span', { class: 'pill' }, `${n} ${n === 1 ? 'person' : 'people'}`)];
+  if (call.info.backstageEnabled) {
+    parts.push(call.info.live ? h('span', { class: 'pill live', testid: 'live-badge' }, 'LIVE') : h('span', { class: 'pill backstage', testid: 'backstage-badge' }, 'Backstage'));
+  }
+  $('topbar-call').replaceChildren(...parts);
+}
+
+function renderBanners(call) {
+  const out = [];
+  if (call.info.backstageEnabled && !call.info.live) {
+    const host = call.hasCapability('update-call');
+    out.push(h('div', { class: 'banner warn', testid: 'backstage-banner' },
+      h('div', {}, h('strong', {}, 'Backstage'), h('div', {}, host ? 'You are backstage: only hosts and moderators are here. Listeners can join once you go live.' : 'The room is not live yet.')),
+      host ? h('button', { class: 'btn danger small', testid: 'go-live', onclick: () => call.goLive().catch(showErr) }, `${ICON.live} Go live`) : null));
+  }
+  for (const [key, b] of app.banners) {
+    const source = b.instructionsFor;
+    out.push(h('div', { class: `banner ${b.kind}`, testid: key, role: b.kind === 'bad' ? 'alert' : 'status' },
+      h('div', {}, h('strong', {}, b.title), h('div', {}, b.text), source ? instructionsList(source) : null),
+      h('div', { class: 'person-actions' },
+        source ? h('button', { class: 'btn small', onclick: () => call.retryDevice(source).catch((e) => toast(`Still blocked: ${e.message}`, 'bad')) }, 'Try again') : null,
+        h('button', { class: 'icon-btn', 'aria-label': 'Dismiss', onclick: () => { app.banners.delete(key); renderCall(); } }, '✕'))));
+  }
+  $('banners').replaceChildren(...out);
+}
+
+const tileEls = new Map();
+
+function ensureTile(key) {
+  let t = tileEls.get(key);
+  if (!t) {
+    const video = h('video', { autoplay: true, playsinline: true });
+    video.muted = true; // audio plays through the SDK's audio elements
+    const ph = h('div', { class: 'placeholder', testid: 'video-off' });
+    const name = h('div', { class: 'name' });
+    t = { el: h('div', { class: 'tile' }, video, ph, name), video, ph, name, track: null };
+    tileEls.set(key, t);
+  }
+  return t;
+}
+
+function updateTile(t, p, kind) {
+  const isScreen = kind === 'screen';
+  const track = isScreen ? p.tracks.screen_share : p.tracks.camera;
+  const camOff = !track || (!isScreen && (p.muted.has('camera') || (p.isLocal && !app.call.localState().camera.on)));
+  t.el.className = `tile${p.isLocal ? ' local' : ''}${isScreen ? ' screen' : ''}${p.speaking && !isScreen ? ' speaking' : ''}`;
+  t.el.dataset.participantId = p.participantId;
+  t.el.dataset.userId = p.userId;
+  t.el.dataset.kind = kind;
+  t.el.dataset.testid = isScreen ? 'screen-tile' : 'tile';
+  t.el.dataset.videoOff = String(camOff);
+  t.video.className = isScreen ? '' : 'cam';
+  if (!camOff && t.track !== track) {
+    t.track = track;
+    t.video.srcObject = new MediaStream([track]);
+  } else if (camOff && t.track) {
+    t.track = null;
+    t.video.srcObject = null;
+  }
+  t.video.hidden = camOff;
+  t.ph.hidden = !camOff;
+  if (camOff) {
+    const blocked = p.isLocal && app.call.local.camera.blocked;
+    t.ph.replaceChildren(avatar(p.userId, p.isLocal ? localName() : p.userId, 'avatar big'), h('span', { class: 'label' }, blocked ? 'Camera blocked' : 'Camera off'));
+  }
+  const micMuted = !isScreen && (p.muted.has('microphone') || !p.published.has('microphone') || (p.isLocal && !app.call.localState().microphone.on));
+  t.name.replaceChildren(
+    micMuted ? h('span', { class: 'badge-muted', testid: 'muted-badge', title: 'Muted' }, ICON.micOff) : null,
+    h('span', {}, isScreen ? `${displayName(p)}: screen` : displayName(p)));
+  if (t.video.srcObject && t.video.paused) t.video.play().catch(() => {});
+}
+
+function renderTiles(call) {
+  const stage = $('stage');
+  stage.className = `stage${call.layout === 'spotlight' ? ' spotlight' : ''}`;
+  const items = [];
+  for (const p of call.participantList()) {
+    items.push({ key: `${p.participantId}:cam`, p, kind: 'cam' });
+    if (p.tracks.screen_share || (!p.isLocal && p.published.has('screen_share') && !p.muted.has('screen_share'))) items.push({ key: `${p.participantId}:screen`, p, kind: 'screen' });
+  }
+  const keep = new Set(items.map((i) => i.key));
+  for (const [k] of tileEls) if (!keep.has(k)) tileEls.delete(k);
+  for (const i of items) updateTile(ensureTile(i.key), i.p, i.kind);
+  if (call.layout === 'spotlight' && items.length > 1) {
+    const main = items.find((i) => i.kind === 'screen')
+      ?? items.find((i) => i.p.participantId === app.activeSpeaker && !i.p.isLocal)
+      ?? items.find((i) => !i.p.isLocal) ?? items[0];
+    const mainBox = h('div', { class: 'spot-main' }, tileEls.get(main.key).el);
+    const strip = h('div', { class: 'spot-strip' }, items.filter((i) => i !== main).map((i) => tileEls.get(i.key).el));
+    stage.replaceChildren(mainBox, strip);
+  } else {
+    stage.replaceChildren(...items.map((i) => tileEls.get(i.key).el));
+  }
+  for (const t of tileEls.values()) if (t.video.srcObject && t.video.paused) t.video.play().catch(() => {});
+}
+
+function onStage(call, p) {
+  if (p.isLocal) return call.hasCapability('send-audio');
+  return ['host', 'moderator', 'admin'].includes(p.role) || (p.published.has('microphone') && !p.muted.has('microphone'));
+}
+
+function seat(call, p) {
+  const muted = p.muted.has('microphone') || !p.published.has('microphone') || (p.isLocal && !call.localState().microphone.on);
+  const hand = app.requests.has(p.userId) || (p.isLocal && call.pendingRequests.size > 0);
+  return h('div', { class: `seat${p.speaking ? ' speaking' : ''}`, testid: 'seat', dataset: { userId: p.userId, participantId: p.participantId } },
+    avatar(p.userId, p.isLocal ? localName() : p.userId),
+    hand ? h('span', { class: 'hand', title: 'Hand raised' }, ICON.hand) : null,
+    muted && onStage(call, p) ? h('span', { class: 'badge-muted', testid: 'muted-badge' }, ICON.micOff) : null,
+    h('div', {}, displayName(p)),
+    h('div', { class: 'role' }, p.role));
+}
+
+function renderRoom(call) {
+  const stage = $('stage');
+  stage.className = 'stage room';
+  tileEls.clear();
+  const all = call.participantList();
+  const speakers = all.filter((p) => onStage(call, p));
+  const audience = all.filter((p) => !onStage(call, p));
+  stage.replaceChildren(
+    h('h3', {}, `On stage · ${speakers.length}`),
+    h('div', { class: 'room-grid', testid: 'room-stage' }, speakers.length ? speakers.map((p) => seat(call, p)) : h('p', { class: 'empty' }, 'Nobody is speaking yet.')),
+    h('h3', {}, `Listeners · ${audience.length}`),
+    h('div', { class: 'room-grid audience', testid: 'room-audience' }, audience.length ? audience.map((p) => seat(call, p)) : h('p', { class: 'empty' }, 'No listeners yet.')));
+}
+
+function ctrl(opts) {
+  const { icon, label, onclick, cls = '', testid, disabled = false, title, pressed } = opts;
+  return h('button', { class: `ctrl ${cls}`, testid, onclick, disabled, title: title ?? label, 'aria-pressed': pressed == null ? null : String(pressed) },
+    h('span', { class: 'ico', 'aria-hidden': 'true' }, icon), h('span', { class: 'lbl' }, label));
+}
+
+function showErr(e) {
+  app.lastError = e;
+  toast(e.message ?? String(e), 'bad');
+}
+
+function renderControls(call) {
+  const ls = call.localState();
+  const out = [];
+  const canAudio = call.hasCapability('send-audio');
+  if (canAudio || ls.microphone.published) {
+    const blocked = !!ls.microphone.blocked;
+    out.push(ctrl({
+      icon: ls.microphone.on ? ICON.mic : ICON.micOff,
+      label: blocked ? 'Mic blocked' : ls.microphone.on ? 'Mute' : 'Unmute',
+      cls: ls.microphone.on ? '' : 'off',
+      testid: 'toggle-mic',
+      pressed: !ls.microphone.on,
+      onclick: () => (blocked ? call.retryDevice('microphone') : call.setMicrophoneMuted(ls.microphone.on)).catch(showErr),
+    }));
+  }
+  if (!isRoom()) {
+    const blocked = !!ls.camera.blocked;
+    out.push(ctrl({
+      icon: ls.camera.on ? ICON.cam : ICON.camOff,
+      label: blocked ? 'Camera blocked' : ls.camera.on ? 'Stop video' : 'Start video',
+      cls: ls.camera.on ? '' : 'off',
+      testid: 'toggle-camera',
+      disabled: !call.hasCapability('send-video'),
+      onclick: () => (blocked ? call.retryDevice('camera') : call.setCameraMuted(ls.camera.on)).catch(showErr),
+    }));
+    if (call.hasCapability('screenshare')) {
+      const sharing = !!call.local.screen_share.track;
+      out.push(ctrl({ icon: ICON.screen, label: sharing ? 'Stop sharing' : 'Share screen', cls: sharing ? 'active' : '', testid: 'toggle-screen',
+        onclick: () => (sharing ? call.stopScreenShare() : call.startScreenShare()).catch((e) => showErr(e.name === 'NotAllowedError' ? new Error('Screen sharing was cancelled or blocked') : e)) }));
+    }
+    out.push(ctrl({ icon: call.layout === 'grid' ? ICON.spot : ICON.grid, label: call.layout === 'grid' ? 'Spotlight' : 'Grid', testid: 'toggle-layout',
+      onclick: () => call.setLayout(call.layout === 'grid' ? 'spotlight' : 'grid') }));
+  }
+  for (const cap of ['send-audio', 'send-video', 'screenshare']) {
+    if (!call.canRequest(cap)) continue;
+    if (!isRoom() && cap !== 'send-audio' && call.capabilities.has('send-audio')) continue;
+    const pending = call.pendingRequests.has(cap);
+    out.push(ctrl({
+      icon: ICON.hand,
+      label: pending ? 'Waiting…' : isRoom() ? 'Raise hand' : `Ask to ${capName(cap)}`,
+      cls: pending ? 'active' : '',
+      testid: pending ? 'hand-pending' : 'raise-hand',
+      title: pending ? 'Your request is waiting for a host. Click to lower your hand.' : 'Ask a host for permission',
+      onclick: () => (pending ? Promise.resolve(call.cancelPermissionRequest()) : call.requestPermission([cap])).then(() => pending || toast('Request sent to the hosts')).catch(showErr),
+    }));
+    if (isRoom()) break;
+  }
+  const nReq = app.requests.size;
+  out.push(ctrl({ icon: ICON.people, label: nReq ? `People (${nReq})` : 'People', cls: nReq ? 'active' : '', testid: 'toggle-people', onclick: () => { app.panelOpen = !app.panelOpen; renderCall(); } }));
+  if (call.info.backstageEnabled && call.info.live && call.hasCapability('update-call')) {
+    out.push(ctrl({ icon: ICON.end, label: 'Stop live', testid: 'stop-live', onclick: () => call.stopLive().catch(showErr) }));
+  }
+  out.push(ctrl({ icon: ICON.leave, label: isRoom() ? 'Leave quietly' : 'Leave', cls: 'leave', testid: 'leave', onclick: () => call.leave() }));
+  if (call.hasCapability('end-call')) {
+    out.push(ctrl({ icon: ICON.end, label: 'End for all', cls: 'leave', testid: 'end-call', onclick: () => { if (confirm('End the call for everyone?')) call.endCall().catch(showErr); } }));
+  }
+  $('controls').replaceChildren(...out);
+}
+
+function renderPanel(call) {
+  $('panel').hidden = !app.panelOpen;
+  $('panel-close').onclick = () => { app.panelOpen = false; renderCall(); };
+  if (!app.panelOpen) return;
+  const canPerm = call.hasCapability('update-call-permissions');
+  const reqs = [...app.requests].map(([userId, perms]) => h('div', { class: 'request', testid: `request-${userId}` },
+    h('p', {}, `✋ ${userId} asks to ${perms.map(capName).join(', ')}`),
+    h('div', { class: 'person-actions' },
+      h('button', { class: 'btn small primary', testid: `approve-${userId}`, onclick: () => answer(userId, perms, true) }, 'Approve'),
+      h('button', { class: 'btn small ghost', testid: `deny-${userId}`, onclick: () => answer(userId, perms, false) }, 'Deny'))));
+  $('requests').replaceChildren(...(canPerm ? reqs : []));
+  const people = call.participantList().map((p) => {
+    const micMuted = p.muted.has('microphone') || !p.published.has('microphone');
+    const actions = [];
+    if (!p.isLocal && call.hasCapability('mute-users') && !micMuted) {
+      actions.push(h('button', { class: 'btn small ghost', testid: `mute-${p.userId}`, onclick: () => call.muteUsers([p.userId], { audio: true }).catch(showErr) }, 'Mute'));
+    }
+    if (!p.isLocal && canPerm && !['host', 'admin', 'moderator'].includes(p.role)) {
+      const speaking = p.published.has('microphone') && !p.muted.has('microphone');
+      if (isRoom() || call.requestable.size) {
+        actions.push(speaking
+          ? h('button', { class: 'btn small ghost', testid: `revoke-${p.userId}`, onclick: () => call.revokePermissions(p.userId, ['send-audio']).catch(showErr) }, isRoom() ? 'Move to audience' : 'Revoke audio')
+          : h('button', { class: 'btn small ghost', testid: `grant-${p.userId}`, onclick: () => call.grantPermissions(p.userId, ['send-audio']).catch(showErr) }, isRoom() ? 'Invite to speak' : 'Allow audio'));
+      }
+    }
+    return h('li', { dataset: { userId: p.userId } }, avatar(p.userId, p.isLocal ? localName() : p.userId),
+      h('div', { class: 'who' }, displayName(p), h('small', {}, `${p.role}${micMuted ? ' · muted' : ''}${p.published.has('screen_share') ? ' · sharing' : ''}`)),
+      h('div', { class: 'person-actions' }, actions));
+  });
+  $('people').replaceChildren(...people);
+}
+
+async function answer(userId, perms, approve) {
+  try {
+    if (approve) await app.call.grantPermissions(userId, perms);
+    else await app.call.revokePermissions(userId, perms);
+    app.requests.delete(userId);
+    toast(approve ? `${userId} can ${perms.map(capName).join(', ')} now` : `Declined ${userId}'s request`);
+  } catch (e) {
+    showErr(e);
+  }
+  renderCall();
+}
+
+window.addEventListener('unhandledrejection', (ev) => { app.lastError = ev.reason; console.warn('unhandled', ev.reason); });
+const env = environmentCheck();
+if (!env.secure) console.warn(env.message);
+boot();
