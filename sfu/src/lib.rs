@@ -48,6 +48,7 @@ use greenroom_proto::{
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
+pub use crate::engine::rtc_config;
 use crate::engine::Cmd;
 use crate::forward::GateCell;
 
