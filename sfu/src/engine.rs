@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use greenroom_proto::{
-    CallCid, PeerTarget, PublishTrack, Quality, SourceSet, SubscribedTrack, TrackInfo,
-    TrackSource,
+    CallCid, PeerTarget, PublishTrack, Quality, SourceSet, SubscribedTrack, TrackInfo, TrackSource,
 };
 use str0m::bwe::{Bitrate, BweKind};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
@@ -201,8 +200,8 @@ struct Peer {
     rtc: Rtc,
     owner: String,
     role: Role,
-    /// Next timeout str0m asked for.
-    timeout: Instant,
+    /// Next timeout str0m asked for (`None` while its timer entry is being fired).
+    timeout: Option<Instant>,
     dirty: bool,
     connected: bool,
     /// ICE/DTLS must connect before this.
@@ -485,8 +484,8 @@ impl Engine {
         }));
         let fail = match res {
             Ok(Ok(t)) => {
-                if t != peer.timeout {
-                    peer.timeout = t;
+                if Some(t) != peer.timeout {
+                    peer.timeout = Some(t);
                     timers.push(Reverse((t, key)));
                 }
                 if peer.rtc.is_alive() {
@@ -539,8 +538,12 @@ impl Engine {
                 break;
             }
             self.timers.pop();
-            if self.peers.get(key).is_some_and(|p| p.timeout == t) {
-                self.drive(key, None, now);
+            if let Some(p) = self.peers.get_mut(key) {
+                if p.timeout == Some(t) {
+                    // Re-armed by `drive` whatever timeout str0m asks for next.
+                    p.timeout = None;
+                    self.drive(key, None, now);
+                }
             }
         }
     }
@@ -557,7 +560,7 @@ impl Engine {
             rtc,
             owner: owner.to_owned(),
             role,
-            timeout: now,
+            timeout: None,
             dirty: false,
             connected: false,
             deadline: None,
@@ -606,7 +609,11 @@ impl Engine {
     fn consumer_layer(&self, pk: Key, sub: Key) -> Option<usize> {
         let prod = self.producers.get(pk)?;
         let c = prod.consumers.iter().find(|c| c.peer == sub)?;
-        let l = if c.target != NO_LAYER { c.target } else { c.cur };
+        let l = if c.target != NO_LAYER {
+            c.target
+        } else {
+            c.cur
+        };
         (l != NO_LAYER).then_some(usize::from(l))
     }
 
@@ -726,14 +733,17 @@ impl Engine {
                     continue;
                 }
             }
-            let (seq, ts, resumed) =
-                match c
-                    .st
-                    .step(c.gate.receives(), epoch, in_seq, in_ts, pkt.timestamp, clock_rate)
-                {
-                    Step::Drop => continue,
-                    Step::Forward { seq, ts, resumed } => (seq, ts, resumed),
-                };
+            let (seq, ts, resumed) = match c.st.step(
+                c.gate.receives(),
+                epoch,
+                in_seq,
+                in_ts,
+                pkt.timestamp,
+                clock_rate,
+            ) {
+                Step::Drop => continue,
+                Step::Forward { seq, ts, resumed } => (seq, ts, resumed),
+            };
             let Some(sub) = peers.get_mut(c.peer) else {
                 continue;
             };
@@ -803,8 +813,7 @@ impl Engine {
         let rid = match prod.layers.get_mut(li) {
             Some(l) => {
                 if !force
-                    && l
-                        .last_keyframe_req
+                    && l.last_keyframe_req
                         .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_INTERVAL)
                 {
                     return;
@@ -905,7 +914,14 @@ impl Engine {
         }
     }
 
-    fn join(&mut self, call: CallCid, pid: String, user_id: String, gate: Arc<GateCell>, now: Instant) {
+    fn join(
+        &mut self,
+        call: CallCid,
+        pid: String,
+        user_id: String,
+        gate: Arc<GateCell>,
+        now: Instant,
+    ) {
         if self.parts.contains_key(&pid) {
             self.leave(&pid, now);
         }
@@ -924,7 +940,11 @@ impl Engine {
                 quality: HashMap::new(),
             },
         );
-        self.calls.entry(call).or_default().members.push(pid.clone());
+        self.calls
+            .entry(call)
+            .or_default()
+            .members
+            .push(pid.clone());
         self.renegotiate(&pid, now);
     }
 
@@ -979,7 +999,11 @@ impl Engine {
                     return Err(SfuError::Sdp(format!(
                         "mid {} does not carry {} media",
                         t.mid,
-                        if t.source.is_audio() { "audio" } else { "video" }
+                        if t.source.is_audio() {
+                            "audio"
+                        } else {
+                            "video"
+                        }
                     )))
                 }
                 None => return Err(SfuError::Sdp(format!("mid {} not in the offer", t.mid))),
@@ -1002,7 +1026,11 @@ impl Engine {
             }
         }
         for (source, mid, kind) in wanted {
-            let pks = self.parts.get(pid).map(|p| p.producers.clone()).unwrap_or_default();
+            let pks = self
+                .parts
+                .get(pid)
+                .map(|p| p.producers.clone())
+                .unwrap_or_default();
             let existing = pks
                 .into_iter()
                 .find(|pk| self.producers.get(*pk).is_some_and(|p| p.source == source));
@@ -1222,7 +1250,9 @@ impl Engine {
                 return Err(SfuError::Sdp("answer made the engine fail".into()));
             }
         }
-        part.sub.tracks.retain(|t| t.state != SubTrackState::Stopping);
+        part.sub
+            .tracks
+            .retain(|t| t.state != SubTrackState::Stopping);
         let mut opened = Vec::new();
         for t in &mut part.sub.tracks {
             if t.state == SubTrackState::Negotiating {
@@ -1237,7 +1267,11 @@ impl Engine {
             let Some(peer) = self.peers.get_mut(sub_key) else {
                 break;
             };
-            let ssrc = peer.rtc.direct_api().stream_tx_by_mid(mid, None).map(|s| s.ssrc());
+            let ssrc = peer
+                .rtc
+                .direct_api()
+                .stream_tx_by_mid(mid, None)
+                .map(|s| s.ssrc());
             let Some(ssrc) = ssrc else {
                 warn!("subscriber {pid}: no send stream for mid {mid}");
                 continue;
@@ -1329,7 +1363,11 @@ impl Engine {
             return;
         };
         let call = part.call.clone();
-        let peers: Vec<Key> = part.publisher.into_iter().chain([part.subscriber]).collect();
+        let peers: Vec<Key> = part
+            .publisher
+            .into_iter()
+            .chain([part.subscriber])
+            .collect();
         for pk in part.producers.clone() {
             self.remove_producer(pk);
         }
@@ -1469,7 +1507,11 @@ impl Engine {
         }
         // Layers ordered by measured rate (rid names carry no order).
         let mut order: Vec<usize> = (0..prod.layers.len()).collect();
-        order.sort_by(|a, b| prod.layers[*a].rate_bps.total_cmp(&prod.layers[*b].rate_bps));
+        order.sort_by(|a, b| {
+            prod.layers[*a]
+                .rate_bps
+                .total_cmp(&prod.layers[*b].rate_bps)
+        });
         let mut requests = Vec::new();
         for c in &mut prod.consumers {
             let want = match c.quality {

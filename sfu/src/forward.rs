@@ -134,8 +134,7 @@ impl Forwarder {
                     let next = st.max_out_seq + 1;
                     st.seq_off = next.wrapping_sub(in_seq);
                     let elapsed = arrival.saturating_duration_since(st.last_wall);
-                    let ticks = (elapsed.as_micros() as u64)
-                        .saturating_mul(u64::from(clock_rate))
+                    let ticks = (elapsed.as_micros() as u64).saturating_mul(u64::from(clock_rate))
                         / 1_000_000;
                     let ticks = ticks.clamp(1, u64::from(u32::MAX / 2)) as u32;
                     st.ts_off = st.last_out_ts.wrapping_add(ticks).wrapping_sub(in_ts);

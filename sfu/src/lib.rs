@@ -34,8 +34,8 @@
 //! ICE ufrag carries the shard index so the first STUN can be steered. The handle would keep
 //! one command channel per shard. Not implemented yet: one engine thread today.
 
-pub mod forward;
 mod engine;
+pub mod forward;
 mod media;
 mod speakers;
 
@@ -141,7 +141,9 @@ impl Sfu {
         cfg: SfuConfig,
     ) -> Result<(Sfu, mpsc::UnboundedReceiver<SfuEvent>), SfuError> {
         let socket = UdpSocket::bind(cfg.bind).map_err(|e| SfuError::Bind(cfg.bind, e))?;
-        let local_addr = socket.local_addr().map_err(|e| SfuError::Bind(cfg.bind, e))?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(|e| SfuError::Bind(cfg.bind, e))?;
         // The waker talks to the engine over loopback when bound to a wildcard address.
         let wake_ip: IpAddr = match local_addr.ip() {
             IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
@@ -151,7 +153,9 @@ impl Sfu {
         let wake_to = SocketAddr::new(wake_ip, local_addr.port());
         let waker = UdpSocket::bind(SocketAddr::new(wake_ip, 0))
             .map_err(|e| SfuError::Bind(cfg.bind, e))?;
-        let wake_from = waker.local_addr().map_err(|e| SfuError::Bind(cfg.bind, e))?;
+        let wake_from = waker
+            .local_addr()
+            .map_err(|e| SfuError::Bind(cfg.bind, e))?;
         let advertised = SocketAddr::new(cfg.advertise_ip, local_addr.port());
         let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();

@@ -91,7 +91,12 @@ impl Client {
     }
 
     fn received(&self, mid: &str) -> Rx {
-        self.rx.lock().unwrap().get(mid).cloned().unwrap_or_default()
+        self.rx
+            .lock()
+            .unwrap()
+            .get(mid)
+            .cloned()
+            .unwrap_or_default()
     }
 
     fn count(&self, mid: &str) -> u64 {
@@ -253,11 +258,7 @@ fn send_media(st: &mut ClientState, now: Instant) {
             continue;
         };
         // Separate sequence spaces per stream: audio and video each count their own packets.
-        let seq = if audio {
-            st.seq
-        } else {
-            u64::from(st.frame)
-        };
+        let seq = if audio { st.seq } else { u64::from(st.frame) };
         tx.write_rtp(
             RtpWrite::new(pt, SeqNo::from(seq), ts, now, payload)
                 .marker(true)
@@ -443,7 +444,11 @@ async fn publisher_to_two_subscribers_with_gate_and_receive_flag() {
     assert_eq!(bv2.ssrcs.len(), 1, "same send stream on the same mid");
     let last_before = *bv.seqs.iter().max().unwrap();
     let first_after = bv2.seqs[bv.seqs.len()..].iter().min().copied().unwrap();
-    assert_eq!(first_after, last_before + 1, "seamless sequence across the gate");
+    assert_eq!(
+        first_after,
+        last_before + 1,
+        "seamless sequence across the gate"
+    );
     assert!(!events.has_offer("bob") && !events.has_offer("carol"));
 
     // Carol stops receiving: she gets nothing, Bob is unaffected.
@@ -487,5 +492,9 @@ async fn publisher_to_two_subscribers_with_gate_and_receive_flag() {
         assert!(tracks.is_empty(), "{pid}: alice's tracks are gone");
     }
     events.drain();
-    assert!(events.failed.is_empty(), "no peer failed: {:?}", events.failed);
+    assert!(
+        events.failed.is_empty(),
+        "no peer failed: {:?}",
+        events.failed
+    );
 }
