@@ -39,7 +39,29 @@ function h(tag, attrs = {}, ...children) {
   return el;
 }
 
-const ICON = { mic: '🎙', micOff: '🔇', cam: '📷', camOff: '🚫', screen: '🖥', hand: '✋', leave: '📞', people: '👥', grid: '▦', spot: '◧', end: '⏹', live: '●' };
+// Inline SVG icons (stroke icons drawn for this app; no icon font or emoji font needed).
+const SVG = {
+  mic: '<rect x="9" y="3" width="6" height="11" rx="3"/><path d="M5 11a7 7 0 0 0 14 0M12 18v3"/>',
+  micOff: '<rect x="9" y="3" width="6" height="11" rx="3"/><path d="M5 11a7 7 0 0 0 14 0M12 18v3M4 4l16 16"/>',
+  cam: '<rect x="3" y="7" width="12" height="10" rx="2"/><path d="M15 11l6-3v8l-6-3z"/>',
+  camOff: '<rect x="3" y="7" width="12" height="10" rx="2"/><path d="M15 11l6-3v8l-6-3zM3 4l17 16"/>',
+  screen: '<rect x="3" y="4" width="18" height="12" rx="2"/><path d="M8 20h8M12 16v4M9 10l3-3 3 3M12 7v6"/>',
+  hand: '<path d="M8 13V5.5a1.5 1.5 0 0 1 3 0V12M11 11V4.5a1.5 1.5 0 0 1 3 0V12M14 11V6.5a1.5 1.5 0 0 1 3 0V15a6 6 0 0 1-6 6h-1a6 6 0 0 1-5-2.7L3 14.5a1.5 1.5 0 0 1 2.5-1.6L8 15"/>',
+  leave: '<path d="M4 15c4.5-4 11.5-4 16 0l-2 3-3-1v-2.5a9 9 0 0 0-6 0V17l-3 1z"/>',
+  people: '<circle cx="9" cy="8" r="3.5"/><path d="M2.5 20a6.5 6.5 0 0 1 13 0M16 4.5a3.5 3.5 0 0 1 0 7M18 14a6.5 6.5 0 0 1 3.5 6"/>',
+  grid: '<rect x="3" y="3" width="8" height="8" rx="1"/><rect x="13" y="3" width="8" height="8" rx="1"/><rect x="3" y="13" width="8" height="8" rx="1"/><rect x="13" y="13" width="8" height="8" rx="1"/>',
+  spot: '<rect x="3" y="3" width="18" height="13" rx="1.5"/><rect x="3" y="18" width="5" height="3" rx=".5"/><rect x="9.5" y="18" width="5" height="3" rx=".5"/><rect x="16" y="18" width="5" height="3" rx=".5"/>',
+  end: '<rect x="6" y="6" width="12" height="12" rx="2"/>',
+  live: '<circle cx="12" cy="12" r="4" fill="currentColor"/><path d="M6.3 6.3a8 8 0 0 0 0 11.4M17.7 6.3a8 8 0 0 1 0 11.4"/>',
+};
+function icon(name) {
+  const span = document.createElement('span');
+  span.className = 'svg-ico';
+  span.setAttribute('aria-hidden', 'true');
+  span.innerHTML = `<svg viewBox="0 0 24 24" width="22" height="22" fill="none" stroke="currentColor" stroke-width="1.8" stroke-linecap="round" stroke-linejoin="round">${SVG[name]}</svg>`;
+  return span;
+}
+const ICON = Object.fromEntries(Object.keys(SVG).map((k) => [k, k]));
 
 const app = {
   screen: 'loading',
@@ -403,13 +425,13 @@ function renderPrejoin() {
   $('preview-placeholder').hidden = !!camOn;
   $('preview-placeholder-text').textContent = isRoom() ? 'Audio room: voice only' : cam !== 'granted' ? describeAccess('camera', cam) : audioOnly ? 'Audio only' : 'Camera is off';
   const pm = $('pre-mic');
-  pm.textContent = app.prefs.audioMuted || mic !== 'granted' ? ICON.micOff : ICON.mic;
+  pm.replaceChildren(icon(app.prefs.audioMuted || mic !== 'granted' ? 'micOff' : 'mic'));
   pm.classList.toggle('off', app.prefs.audioMuted || mic !== 'granted');
   pm.disabled = mic !== 'granted';
   pm.title = app.prefs.audioMuted ? 'Unmute' : 'Mute';
   const pc = $('pre-cam');
   pc.hidden = isRoom();
-  pc.textContent = camOn ? ICON.cam : ICON.camOff;
+  pc.replaceChildren(icon(camOn ? 'cam' : 'camOff'));
   pc.classList.toggle('off', !camOn);
   pc.disabled = cam !== 'granted' || audioOnly;
 }
@@ -493,7 +515,7 @@ function wireCall(call) {
   call.on('speakersChanged', (speakers) => { app.activeSpeaker = speakers[0]?.participantId ?? app.activeSpeaker; });
   call.on('permissionRequest', ({ userId, permissions }) => {
     app.requests.set(userId, permissions);
-    toast(`✋ ${userId} asks to ${permissions.map(capName).join(', ')}`);
+    toast(`${userId} raised a hand: asks to ${permissions.map(capName).join(', ')}`);
     app.panelOpen = true;
     renderCall();
   });
@@ -615,7 +637,7 @@ function renderBanners(call) {
     const host = call.hasCapability('update-call');
     out.push(h('div', { class: 'banner warn', testid: 'backstage-banner' },
       h('div', {}, h('strong', {}, 'Backstage'), h('div', {}, host ? 'You are backstage: only hosts and moderators are here. Listeners can join once you go live.' : 'The room is not live yet.')),
-      host ? h('button', { class: 'btn danger small', testid: 'go-live', onclick: () => call.goLive().catch(showErr) }, `${ICON.live} Go live`) : null));
+      host ? h('button', { class: 'btn danger small', testid: 'go-live', onclick: () => call.goLive().catch(showErr) }, icon('live'), ' Go live') : null));
   }
   for (const [key, b] of app.banners) {
     const source = b.instructionsFor;
@@ -669,8 +691,8 @@ function updateTile(t, p, kind) {
   }
   const micMuted = !isScreen && (p.muted.has('microphone') || !p.published.has('microphone') || (p.isLocal && !app.call.localState().microphone.on));
   t.name.replaceChildren(
-    micMuted ? h('span', { class: 'badge-muted', testid: 'muted-badge', title: 'Muted' }, ICON.micOff) : null,
-    h('span', {}, isScreen ? `${displayName(p)}: screen` : displayName(p)));
+    ...[micMuted ? h('span', { class: 'badge-muted', testid: 'muted-badge', title: 'Muted' }, icon('micOff')) : null,
+      h('span', {}, isScreen ? `${displayName(p)}: screen` : displayName(p))].filter(Boolean));
   if (t.video.srcObject && t.video.paused) t.video.play().catch(() => {});
 }
 
@@ -708,8 +730,8 @@ function seat(call, p) {
   const hand = app.requests.has(p.userId) || (p.isLocal && call.pendingRequests.size > 0);
   return h('div', { class: `seat${p.speaking ? ' speaking' : ''}`, testid: 'seat', dataset: { userId: p.userId, participantId: p.participantId } },
     avatar(p.userId, p.isLocal ? localName() : p.userId),
-    hand ? h('span', { class: 'hand', title: 'Hand raised' }, ICON.hand) : null,
-    muted && onStage(call, p) ? h('span', { class: 'badge-muted', testid: 'muted-badge' }, ICON.micOff) : null,
+    hand ? h('span', { class: 'hand', title: 'Hand raised' }, icon('hand')) : null,
+    muted && onStage(call, p) ? h('span', { class: 'badge-muted', testid: 'muted-badge' }, icon('micOff')) : null,
     h('div', {}, displayName(p)),
     h('div', { class: 'role' }, p.role));
 }
@@ -728,10 +750,14 @@ function renderRoom(call) {
     h('div', { class: 'room-grid audience', testid: 'room-audience' }, audience.length ? audience.map((p) => seat(call, p)) : h('p', { class: 'empty' }, 'No listeners yet.')));
 }
 
+function iconEl(name) {
+  return SVG[name] ? icon(name) : name;
+}
+
 function ctrl(opts) {
-  const { icon, label, onclick, cls = '', testid, disabled = false, title, pressed } = opts;
+  const { icon: ic, label, onclick, cls = '', testid, disabled = false, title, pressed } = opts;
   return h('button', { class: `ctrl ${cls}`, testid, onclick, disabled, title: title ?? label, 'aria-pressed': pressed == null ? null : String(pressed) },
-    h('span', { class: 'ico', 'aria-hidden': 'true' }, icon), h('span', { class: 'lbl' }, label));
+    h('span', { class: 'ico', 'aria-hidden': 'true' }, iconEl(ic)), h('span', { class: 'lbl' }, label));
 }
 
 function showErr(e) {
@@ -804,7 +830,7 @@ function renderPanel(call) {
   if (!app.panelOpen) return;
   const canPerm = call.hasCapability('update-call-permissions');
   const reqs = [...app.requests].map(([userId, perms]) => h('div', { class: 'request', testid: `request-${userId}` },
-    h('p', {}, `✋ ${userId} asks to ${perms.map(capName).join(', ')}`),
+    h('p', {}, icon('hand'), ` ${userId} asks to ${perms.map(capName).join(', ')}`),
     h('div', { class: 'person-actions' },
       h('button', { class: 'btn small primary', testid: `approve-${userId}`, onclick: () => answer(userId, perms, true) }, 'Approve'),
       h('button', { class: 'btn small ghost', testid: `deny-${userId}`, onclick: () => answer(userId, perms, false) }, 'Deny'))));

@@ -39,6 +39,8 @@ import { captureTrack, listDevices, watchDevices, watchPermission, queryPermissi
 const GATHER_TIMEOUT_MS = 4000;
 const REPLY_TIMEOUT_MS = 15000;
 const PING_INTERVAL_MS = 20000;
+/** Audio level (0..1, from call.speakers_changed) from which a participant counts as speaking. */
+const SPEAKING_LEVEL = 0.05;
 const PC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
 
 /** Capability that gates each source. */
@@ -775,7 +777,7 @@ export class Call extends Emitter {
         const levels = new Map(speakers.map((s) => [s.participant_id, s.level]));
         for (const p of this.participants.values()) {
           p.audioLevel = levels.get(p.participantId) ?? 0;
-          p.speaking = levels.has(p.participantId) && !p.muted.has('microphone');
+          p.speaking = p.audioLevel >= SPEAKING_LEVEL && !p.muted.has('microphone');
         }
         this.emit('speakersChanged', speakers.map((s) => ({ participantId: s.participant_id, userId: s.user_id, level: s.level })));
         this._participantsChanged();

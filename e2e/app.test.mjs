@@ -1,0 +1,272 @@
+// End-to-end tests of the web app (control/web/index.html + the SDK in control/web/sdk/) against a
+// real `greenroom serve`, in headless Chromium with fake devices. Permissions are controlled by the
+// test: the main browser runs WITHOUT --use-fake-ui-for-media-stream; contexts get permissions at
+// creation, and CDP Browser.setPermission revokes or grants one permission mid-call.
+//
+// The server listens on a free port (not 7880) so this file can run next to media.test.mjs.
+// Screenshots: test-artifacts/screenshots/. Server log: test-artifacts/app-server.log.
+// Media assertions need the media plane (sfu); every wait is bounded and says what is missing.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { ROOT, launchBrowser, startServer, freePort, mintToken } from './lib.mjs';
+import {
+  SHOTS, ensureShots, openApp, appState, audioBytesFrom, framesFrom, waitUntil, waitGrowing, waitStalled,
+  setPermission, tileOf, diagnostics,
+} from './app-helpers.mjs';
+
+const MEDIA_TIMEOUT_MS = 20_000;
+const UI_TIMEOUT_MS = 10_000;
+const rand = () => randomBytes(3).toString('hex');
+
+let server;
+let baseUrl;
+let browser;
+let shareBrowser;
+let adminToken;
+
+before(async () => {
+  const http = await freePort();
+  const udp = await freePort();
+  baseUrl = `http://127.0.0.1:${http}`;
+  // Serve this checkout's web app, whichever binary runs.
+  process.env.GREENROOM_WEB_ROOT ??= join(ROOT, 'control/web');
+  server = await startServer({
+    httpUrl: baseUrl,
+    args: ['--http-addr', `127.0.0.1:${http}`, '--udp-addr', `127.0.0.1:${udp}`],
+    logName: 'app-server.log',
+  });
+  browser = await launchBrowser({ fakeUi: false });
+  adminToken = await mintToken('e2e-admin', null, { admin: true });
+  ensureShots();
+});
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await shareBrowser?.close().catch(() => {});
+  await server?.stop().catch(() => {});
+});
+
+async function getCall(cid) {
+  const [type, id] = cid.split(':');
+  const r = await fetch(`${baseUrl}/v1/calls/${type}/${id}`, { headers: { authorization: `Bearer ${adminToken}` } });
+  return { status: r.status, body: await r.json().catch(() => null) };
+}
+
+async function shot(handle, name) {
+  await handle.page.screenshot({ path: join(SHOTS, name) }).catch(() => {});
+}
+
+async function joinFromPrejoin(h) {
+  const join = h.page.getByTestId('join');
+  await join.waitFor({ state: 'visible', timeout: UI_TIMEOUT_MS });
+  await waitUntil(`${h.user}: join button enabled`, () => join.isEnabled(), { timeout: UI_TIMEOUT_MS, diag: () => diagnostics([h], server) });
+  await join.click();
+  await waitUntil(`${h.user}: in the call`, async () => (await appState(h.page)).screen === 'call', { timeout: UI_TIMEOUT_MS, diag: () => diagnostics([h], server) });
+}
+
+// ---- pre-join permission checks --------------------------------------------------------------
+
+test('pre-join: no camera/microphone permission shows why and does not join with media', { timeout: 45_000 }, async () => {
+  const cid = `default:app-noperm-${rand()}`;
+  const h = await openApp(browser, { baseUrl, user: 'nina', cid, permissions: [] });
+  try {
+    const perm = h.page.getByTestId('permission-message');
+    await waitUntil('a blocking permission message', async () => (await perm.getAttribute('data-state')) === 'bad', { timeout: UI_TIMEOUT_MS, diag: () => diagnostics([h], server) });
+    const text = await perm.innerText();
+    assert.match(text, /microphone/i, text);
+    assert.match(text, /blocked/i, text);
+    assert.match(text, /Chrome/, `browser-specific instructions expected: ${text}`);
+    assert.equal(await h.page.getByTestId('mic-status').getAttribute('data-state'), 'denied');
+    assert.equal(await h.page.getByTestId('join').isDisabled(), true, 'join must be disabled without a microphone');
+    await shot(h, 'prejoin-blocked.png');
+    // Nobody joined: the call was never created.
+    const c = await getCall(cid);
+    assert.ok(c.status === 404 || (c.body?.call?.participants ?? []).length === 0, `call ${cid}: ${c.status} ${JSON.stringify(c.body)}`);
+
+    // The user allows the devices and checks again: ready to join.
+    // The app watches the permissions and checks again by itself; "Check again" is the fallback.
+    await h.ctx.grantPermissions(['camera', 'microphone'], { origin: baseUrl });
+    const auto = await waitUntil('the automatic re-check', async () => (await perm.getAttribute('data-state')) === 'ok', { timeout: 3000 }).catch(() => false);
+    if (!auto) await h.page.getByTestId('check-again').click();
+    await waitUntil('the ready message', async () => (await perm.getAttribute('data-state')) === 'ok', { timeout: UI_TIMEOUT_MS, diag: () => diagnostics([h], server) });
+    assert.equal(await h.page.getByTestId('join').isEnabled(), true);
+    await waitUntil('the camera preview', () => h.page.locator('#preview-video').isVisible(), { timeout: UI_TIMEOUT_MS });
+    await shot(h, 'prejoin.png');
+  } finally {
+    await h.ctx.close();
+  }
+});
+
+// ---- audio-only, microphone and camera revoked mid-call --------------------------------------
+
+/** alice: microphone only (camera denied); bob: both. Shared by the next tests. */
+const duo = { cid: `default:app-duo-${rand()}`, alice: null, bob: null, alicePid: null };
+const duoDiag = () => diagnostics([duo.alice, duo.bob], server);
+
+test('camera denied, microphone granted: joins audio-only and the other side receives audio', { timeout: 60_000 }, async () => {
+  duo.alice = await openApp(browser, { baseUrl, user: 'alice', cid: duo.cid, permissions: ['microphone'] });
+  duo.bob = await openApp(browser, { baseUrl, user: 'bob', cid: duo.cid, permissions: ['camera', 'microphone'] });
+  const { alice, bob } = duo;
+
+  const perm = alice.page.getByTestId('permission-message');
+  await waitUntil('alice: camera warning', async () => (await perm.getAttribute('data-state')) === 'warn', { timeout: UI_TIMEOUT_MS, diag: duoDiag });
+  assert.match(await perm.innerText(), /audio only/i);
+  assert.equal(await alice.page.getByTestId('camera-status').getAttribute('data-state'), 'denied');
+  assert.match(await alice.page.getByTestId('join').innerText(), /audio only/i);
+
+  await joinFromPrejoin(alice);
+  await joinFromPrejoin(bob);
+  const a = await appState(alice.page);
+  duo.alicePid = a.call.participantId;
+  assert.ok(duo.alicePid, 'alice has a participant id');
+  assert.equal(a.call.local.audioOnly, true, 'alice joined audio-only');
+  assert.equal(a.call.local.camera.published, false, 'alice does not publish a camera');
+  await waitUntil('alice: audio-only banner', () => alice.page.getByTestId('audio-only').isVisible(), { timeout: UI_TIMEOUT_MS, diag: duoDiag });
+  // Bob sees alice with the video-off placeholder.
+  await waitUntil("bob: alice's tile with a placeholder", async () => {
+    const t = tileOf(bob.page, 'alice');
+    return (await t.count()) === 1 && (await t.getAttribute('data-video-off')) === 'true' && (await t.getByTestId('video-off').isVisible());
+  }, { timeout: UI_TIMEOUT_MS, diag: duoDiag });
+  await shot(bob, 'call.png');
+
+  // Media: bob receives alice's audio.
+  await waitUntil("bob receives alice's audio", async () => (await audioBytesFrom(bob.page, 'alice')) > 0, { timeout: MEDIA_TIMEOUT_MS, diag: duoDiag });
+  await waitGrowing("alice's audio at bob keeps flowing", () => audioBytesFrom(bob.page, 'alice'), { timeout: 5000, diag: duoDiag });
+  await waitUntil('bob: published camera decodes at alice', async () => (await framesFrom(alice.page, 'bob')) > 0, { timeout: MEDIA_TIMEOUT_MS, diag: duoDiag });
+  await shot(bob, 'call.png');
+  await bob.page.setViewportSize({ width: 390, height: 780 });
+  await shot(bob, 'call-phone.png');
+  await bob.page.setViewportSize({ width: 1100, height: 720 });
+});
+
+test('microphone revoked mid-call: "Microphone blocked", audio stops, then resumes in the same session', { timeout: 60_000 }, async () => {
+  const { alice, bob } = duo;
+  assert.ok(alice && bob && duo.alicePid, 'needs the call of the previous test');
+  await setPermission(alice, 'microphone', 'denied');
+  const banner = alice.page.getByTestId('microphone-blocked');
+  await waitUntil('alice: "Microphone blocked"', () => banner.isVisible(), { timeout: UI_TIMEOUT_MS, diag: duoDiag });
+  assert.match(await banner.innerText(), /Microphone blocked/);
+  const local = (await appState(alice.page)).call.local.microphone;
+  assert.equal(local.on, false, 'alice no longer sends audio');
+  assert.ok(local.blocked, 'the microphone is marked blocked');
+  await shot(alice, 'call-mic-blocked.png');
+
+  // Others see alice muted, and her audio stops reaching bob.
+  await waitUntil("bob: alice's muted badge", () => tileOf(bob.page, 'alice').getByTestId('muted-badge').isVisible(), { timeout: UI_TIMEOUT_MS, diag: duoDiag });
+  const stalledAt = await waitStalled("alice's audio at bob after the revoke", () => audioBytesFrom(bob.page, 'alice'), { diag: duoDiag });
+  assert.ok(stalledAt > 0, 'audio had flowed before the revoke');
+
+  // Granted again: same session, audio resumes.
+  await setPermission(alice, 'microphone', 'granted');
+  await waitUntil('alice: banner gone', async () => !(await banner.isVisible()), { timeout: UI_TIMEOUT_MS, diag: duoDiag });
+  const after = await appState(alice.page);
+  assert.equal(after.call.participantId, duo.alicePid, 'same participant session');
+  assert.equal(after.call.local.microphone.on, true, 'microphone live again');
+  await waitUntil("bob: alice's audio grows again", async () => (await audioBytesFrom(bob.page, 'alice')) > stalledAt, { timeout: MEDIA_TIMEOUT_MS, diag: duoDiag });
+  const bobView = await appState(bob.page);
+  assert.ok(bobView.call.participants.some((p) => p.participantId === duo.alicePid), 'bob still sees the same alice session');
+  await waitUntil("bob: alice's muted badge gone", async () => !(await tileOf(bob.page, 'alice').getByTestId('muted-badge').isVisible()), { timeout: UI_TIMEOUT_MS, diag: duoDiag });
+});
+
+test('camera revoked mid-call: the other side shows the placeholder, audio keeps flowing', { timeout: 60_000 }, async () => {
+  const { alice, bob } = duo;
+  assert.ok(alice && bob, 'needs the call of the previous tests');
+  await waitGrowing("alice decodes bob's camera", () => framesFrom(alice.page, 'bob'), { timeout: MEDIA_TIMEOUT_MS, diag: duoDiag });
+  await waitUntil("alice: bob's video shown", async () => (await tileOf(alice.page, 'bob').getAttribute('data-video-off')) === 'false', { timeout: UI_TIMEOUT_MS, diag: duoDiag });
+
+  await setPermission(bob, 'camera', 'denied');
+  await waitUntil('bob: "Camera blocked"', () => bob.page.getByTestId('camera-blocked').isVisible(), { timeout: UI_TIMEOUT_MS, diag: duoDiag });
+  await waitUntil("alice: bob's video-off placeholder", async () => {
+    const t = tileOf(alice.page, 'bob');
+    return (await t.getAttribute('data-video-off')) === 'true' && (await t.getByTestId('video-off').isVisible());
+  }, { timeout: UI_TIMEOUT_MS, diag: duoDiag });
+  await waitGrowing("bob's audio at alice keeps flowing", () => audioBytesFrom(alice.page, 'bob'), { timeout: 5000, diag: duoDiag });
+  await shot(alice, 'call-camera-off.png');
+
+  await setPermission(bob, 'camera', 'granted');
+  await waitUntil("alice: bob's video back", async () => (await tileOf(alice.page, 'bob').getAttribute('data-video-off')) === 'false', { timeout: MEDIA_TIMEOUT_MS, diag: duoDiag });
+  await waitGrowing("alice decodes bob's camera again", () => framesFrom(alice.page, 'bob'), { timeout: MEDIA_TIMEOUT_MS, diag: duoDiag });
+});
+
+test('close the video call', async () => {
+  for (const h of [duo.alice, duo.bob]) await h?.ctx.close().catch(() => {});
+});
+
+// ---- audio room: raise hand, approve, hear, revoke -------------------------------------------
+
+test('audio room: a listener raises a hand, the host approves, a third page hears them; revoke stops it', { timeout: 75_000 }, async () => {
+  const cid = `audio_room:app-room-${rand()}`;
+  const host = await openApp(browser, { baseUrl, user: 'hana', role: 'host', cid, permissions: ['microphone'] });
+  const handles = [host];
+  const diag = () => diagnostics(handles, server);
+  try {
+    await joinFromPrejoin(host);
+    await waitUntil('host: backstage banner', () => host.page.getByTestId('backstage-banner').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
+    await shot(host, 'audio-room-backstage.png');
+    await host.page.getByTestId('go-live').click();
+    await waitUntil('host: LIVE', () => host.page.getByTestId('live-badge').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
+
+    const leo = await openApp(browser, { baseUrl, user: 'leo', role: 'user', cid, permissions: ['microphone'] });
+    const eve = await openApp(browser, { baseUrl, user: 'eve', role: 'user', cid, permissions: ['microphone'] });
+    handles.push(leo, eve);
+    assert.match(await leo.page.getByTestId('join').innerText(), /listener/i);
+    await joinFromPrejoin(leo);
+    await joinFromPrejoin(eve);
+    await waitUntil('leo in the audience', () => leo.page.locator('[data-testid=room-audience] [data-user-id=leo]').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
+
+    await leo.page.getByTestId('raise-hand').click();
+    await waitUntil('leo: request pending', () => leo.page.getByTestId('hand-pending').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
+    await waitUntil("host: leo's request", () => host.page.getByTestId('request-leo').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
+    await shot(host, 'audio-room-request.png');
+    await host.page.getByTestId('approve-leo').click();
+    await waitUntil('leo: may speak', async () => (await appState(leo.page)).call.capabilities.includes('send-audio'), { timeout: UI_TIMEOUT_MS, diag });
+    await waitUntil('leo: pending gone', async () => !(await leo.page.getByTestId('hand-pending').isVisible()), { timeout: UI_TIMEOUT_MS, diag });
+    await waitUntil('leo: mic control', () => leo.page.getByTestId('toggle-mic').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
+    await shot(host, 'audio-room.png');
+
+    // Media: eve hears leo.
+    await waitUntil("eve receives leo's audio", async () => (await audioBytesFrom(eve.page, 'leo')) > 0, { timeout: MEDIA_TIMEOUT_MS, diag });
+    await waitGrowing("leo's audio at eve keeps flowing", () => audioBytesFrom(eve.page, 'leo'), { timeout: 5000, diag });
+    await waitUntil('leo on stage at eve', () => eve.page.locator('[data-testid=room-stage] [data-user-id=leo]').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
+    await shot(host, 'audio-room.png');
+
+    // The host moves leo back to the audience: his audio stops.
+    const revoke = host.page.getByTestId('revoke-leo');
+    await waitUntil('host: revoke control for leo', () => revoke.isVisible(), { timeout: UI_TIMEOUT_MS, diag });
+    await revoke.click();
+    await waitUntil('leo: send-audio revoked', async () => !(await appState(leo.page)).call.capabilities.includes('send-audio'), { timeout: UI_TIMEOUT_MS, diag });
+    await waitUntil('leo: told he is back in the audience', () => leo.page.getByTestId('revoked').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
+    await waitStalled("leo's audio at eve after the revoke", () => audioBytesFrom(eve.page, 'leo'), { diag });
+  } finally {
+    for (const h of handles) await h.ctx.close().catch(() => {});
+  }
+});
+
+// ---- screen share ----------------------------------------------------------------------------
+
+test('screen share start and stop are seen by the other page', { timeout: 60_000 }, async () => {
+  // getDisplayMedia needs the fake UI (auto-accepts the picker) in its own browser.
+  shareBrowser = await launchBrowser({ fakeUi: true, extraArgs: ['--auto-select-desktop-capture-source=Entire screen'] });
+  const cid = `default:app-share-${rand()}`;
+  const sam = await openApp(shareBrowser, { baseUrl, user: 'sam', cid });
+  const vic = await openApp(shareBrowser, { baseUrl, user: 'vic', cid });
+  const diag = () => diagnostics([sam, vic], server);
+  try {
+    await joinFromPrejoin(sam);
+    await joinFromPrejoin(vic);
+    await sam.page.getByTestId('toggle-screen').click();
+    await waitUntil('sam: sharing locally', () => tileOf(sam.page, 'sam', 'screen').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
+    await waitUntil("vic: sam's screen tile", () => tileOf(vic.page, 'sam', 'screen').isVisible(), { timeout: MEDIA_TIMEOUT_MS, diag });
+    await waitUntil("vic decodes sam's screen", async () => (await framesFrom(vic.page, 'sam', 'screen_share')) > 0, { timeout: MEDIA_TIMEOUT_MS, diag });
+    await vic.page.getByTestId('toggle-layout').click();
+    await shot(vic, 'call-screenshare.png');
+    await sam.page.getByTestId('toggle-screen').click();
+    await waitUntil("vic: sam's screen tile gone", async () => (await tileOf(vic.page, 'sam', 'screen').count()) === 0, { timeout: UI_TIMEOUT_MS, diag });
+  } finally {
+    await sam.ctx.close().catch(() => {});
+    await vic.ctx.close().catch(() => {});
+  }
+});
