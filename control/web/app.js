@@ -501,6 +501,7 @@ function wireCall(call) {
   call.on('localChanged', rerender);
   call.on('layoutChanged', rerender);
   call.on('callStateChanged', rerender);
+  call.on('devicesChanged', () => { if (app.panelOpen) renderCallDevices(call); });
   call.on('connectionState', renderConnection);
   call.on('participantJoined', (p) => toast(`${p.userId} joined`));
   call.on('participantLeft', ({ participant, reason }) => toast(`${participant.userId} ${reason === 'disconnected' ? 'lost connection' : reason === 'kicked' ? 'was removed' : 'left'}`));
@@ -854,6 +855,22 @@ function renderPanel(call) {
       h('div', { class: 'person-actions' }, actions));
   });
   $('people').replaceChildren(...people);
+  renderCallDevices(call);
+}
+
+/** The in-call device pickers: switching keeps the call (replaceTrack / setSinkId). */
+async function renderCallDevices(call) {
+  const lists = await listDevices().catch(() => ({ audioInputs: [], audioOutputs: [], videoInputs: [] }));
+  const cur = (src) => call.local[src].track?.getSettings?.().deviceId ?? null;
+  fillSelect($('call-audio-in'), lists.audioInputs, cur('microphone') ?? call.devices.audioInput, 'Microphone');
+  fillSelect($('call-video-in'), lists.videoInputs, cur('camera') ?? call.devices.videoInput, 'Camera');
+  fillSelect($('call-audio-out'), lists.audioOutputs, call.devices.audioOutput, 'Speaker');
+  $('call-video-in-wrap').hidden = isRoom();
+  $('call-audio-out-wrap').hidden = !canSelectAudioOutput();
+  const sw = (kind, what) => (e) => call.switchDevice(kind, e.target.value).then(() => toast(`${what} switched`)).catch(showErr);
+  $('call-audio-in').onchange = sw('audioInput', 'Microphone');
+  $('call-video-in').onchange = sw('videoInput', 'Camera');
+  $('call-audio-out').onchange = sw('audioOutput', 'Speaker');
 }
 
 async function answer(userId, perms, approve) {
