@@ -227,6 +227,14 @@ test('audio room: a listener raises a hand, the host approves, a third page hear
     await waitUntil('leo: mic control', () => leo.page.getByTestId('toggle-mic').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
     await shot(host, 'audio-room.png');
 
+    // Eve asks too and the host declines: her hand goes down and she stays a listener.
+    await eve.page.getByTestId('raise-hand').click();
+    await waitUntil("host: eve's request", () => host.page.getByTestId('request-eve').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
+    await host.page.getByTestId('deny-eve').click();
+    await waitUntil('eve: request answered', async () => (await eve.page.getByTestId('raise-hand').isVisible()) && (await appState(eve.page)).call.pending.length === 0, { timeout: UI_TIMEOUT_MS, diag });
+    assert.ok(!(await appState(eve.page)).call.capabilities.includes('send-audio'), 'eve may not speak');
+    await waitUntil("host: eve's request gone", async () => !(await host.page.getByTestId('request-eve').isVisible()), { timeout: UI_TIMEOUT_MS, diag });
+
     // Media: eve hears leo.
     await waitUntil("eve receives leo's audio", async () => (await audioBytesFrom(eve.page, 'leo')) > 0, { timeout: MEDIA_TIMEOUT_MS, diag });
     await waitGrowing("leo's audio at eve keeps flowing", () => audioBytesFrom(eve.page, 'leo'), { timeout: 5000, diag });

@@ -854,14 +854,14 @@ export class Call extends Emitter {
     const granted = [...now].filter((c) => !before.has(c));
     const revoked = [...before].filter((c) => !now.has(c));
     this.capabilities = now;
-    if (granted.length === 0 && revoked.length === 0) return;
+    if (granted.length === 0 && revoked.length === 0 && this.pendingRequests.size === 0) return;
     for (const c of [...this.pendingRequests]) {
+      this.pendingRequests.delete(c);
       if (now.has(c)) {
-        this.pendingRequests.delete(c);
         this.emit('permissionRequestAnswered', { capability: c, granted: true });
-      } else if (revoked.includes(c) || this.pendingRequests.has(c)) {
-        // A permissions update that leaves a pending capability out is the hosts' answer: denied.
-        this.pendingRequests.delete(c);
+      } else {
+        // An update that leaves a pending capability out is the hosts' answer: denied
+        // (a host's deny is a revoke, which changes nothing for a user who never had it).
         this._wantAutoPublish.delete(c);
         this.emit('permissionRequestAnswered', { capability: c, granted: false });
       }
