@@ -97,8 +97,10 @@ function show(screen) {
 
 function toast(text, kind = '') {
   const el = h('div', { class: `toast ${kind}`, role: 'status' }, text);
-  $('toasts').append(el);
-  setTimeout(() => el.remove(), 5000);
+  const box = $('toasts');
+  box.append(el);
+  while (box.children.length > 3) box.firstElementChild.remove();
+  setTimeout(() => el.remove(), 4000);
 }
 
 function initials(name) {
