@@ -705,7 +705,8 @@ function renderTiles(call) {
   const items = [];
   for (const p of call.participantList()) {
     items.push({ key: `${p.participantId}:cam`, p, kind: 'cam' });
-    if (p.tracks.screen_share || (!p.isLocal && p.published.has('screen_share') && !p.muted.has('screen_share'))) items.push({ key: `${p.participantId}:screen`, p, kind: 'screen' });
+    const sharing = p.isLocal ? !!p.tracks.screen_share : p.published.has('screen_share') && !p.muted.has('screen_share');
+    if (sharing) items.push({ key: `${p.participantId}:screen`, p, kind: 'screen' });
   }
   const keep = new Set(items.map((i) => i.key));
   for (const [k] of tileEls) if (!keep.has(k)) tileEls.delete(k);

@@ -761,13 +761,18 @@ export class Call extends Emitter {
         const on = msg.type === 'call.track_published';
         if (p) {
           if (on) p.published.add(t.source);
-          else p.published.delete(t.source);
+          else {
+            p.published.delete(t.source);
+            // The receiver may linger until the next subscriber offer: drop it now.
+            if (!p.isLocal) delete p.tracks[t.source];
+          }
           if (t.muted) p.muted.add(t.source);
           else p.muted.delete(t.source);
           if (t.source === 'screen_share' && !p.isLocal) {
             this.emit(on ? 'screenShareStarted' : 'screenShareStopped', { participant: p, local: false });
           }
           if (t.source === 'camera' && on && !p.isLocal) this.emit('callSwitchedToVideo', { initiator: p.userId });
+          if (on && !p.isLocal) this._rebuildRemoteTracks();
           this._participantsChanged();
         }
         break;
@@ -1044,7 +1049,7 @@ export class Call extends Emitter {
       const next = {};
       for (const [key, track] of seen) {
         const [pid, source] = key.split('|');
-        if (pid === p.participantId) next[source] = track;
+        if (pid === p.participantId && p.published.has(source)) next[source] = track;
       }
       p.tracks = next;
       const audio = next.microphone;
