@@ -564,7 +564,6 @@ function wireCall(call) {
     if (app.screen === 'call') showEnd(reason);
   });
   call.on('callEnded', ({ endedBy }) => { app.endedBy = endedBy; });
-  document.addEventListener('click', () => { if (app.banners.delete('autoplay')) { call.resumeAudio(); renderCall(); } }, { once: false });
 }
 
 function sourceName(s) {
@@ -888,6 +887,13 @@ async function answer(userId, perms, approve) {
   renderCall();
 }
 
+// A click anywhere resumes audio that the browser's autoplay policy paused.
+document.addEventListener('click', () => {
+  if (app.banners.delete('autoplay')) {
+    app.call?.resumeAudio();
+    renderCall();
+  }
+});
 window.addEventListener('unhandledrejection', (ev) => { app.lastError = ev.reason; console.warn('unhandled', ev.reason); });
 const env = environmentCheck();
 if (!env.secure) console.warn(env.message);
