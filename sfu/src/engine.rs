@@ -78,6 +78,11 @@ pub(crate) enum Cmd {
     Leave {
         pid: String,
     },
+    #[cfg(feature = "fault-injection")]
+    InjectPanic {
+        pid: String,
+        target: PeerTarget,
+    },
     Stop,
 }
 
@@ -212,6 +217,9 @@ struct Peer {
     sub_mids: HashMap<Mid, Key>,
     /// Subscriber: latest egress bandwidth estimate.
     bwe: Option<Bitrate>,
+    /// Test hook: panic inside the next drive of this peer.
+    #[cfg(feature = "fault-injection")]
+    panic_next: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -467,8 +475,14 @@ impl Engine {
             return;
         };
         peer.dirty = false;
+        #[cfg(feature = "fault-injection")]
+        let inject = std::mem::take(&mut peer.panic_next);
         let rtc = &mut peer.rtc;
         let res = catch_unwind(AssertUnwindSafe(|| -> Result<Instant, str0m::RtcError> {
+            #[cfg(feature = "fault-injection")]
+            if inject {
+                panic!("injected fault");
+            }
             rtc.handle_input(input.unwrap_or(Input::Timeout(now)))?;
             loop {
                 match rtc.poll_output()? {
@@ -567,6 +581,8 @@ impl Engine {
             ssrcs: Vec::new(),
             sub_mids: HashMap::new(),
             bwe: None,
+            #[cfg(feature = "fault-injection")]
+            panic_next: false,
         })
     }
 
@@ -705,10 +721,12 @@ impl Engine {
                 prod.level.observe(level);
             }
         }
-        let mut out_ext = ExtensionValues::default();
-        out_ext.audio_level = ext.audio_level;
-        out_ext.voice_activity = ext.voice_activity;
-        out_ext.video_orientation = ext.video_orientation;
+        let out_ext = ExtensionValues {
+            audio_level: ext.audio_level,
+            voice_activity: ext.voice_activity,
+            video_orientation: ext.video_orientation,
+            ..Default::default()
+        };
         let simulcast = prod.layers.len() > 1;
         let keyframe = simulcast && is_keyframe(codec, &pkt.payload);
         let in_seq = *pkt.seq_no;
@@ -910,6 +928,16 @@ impl Engine {
                 }
             }
             Cmd::Leave { pid } => self.leave(&pid, now),
+            #[cfg(feature = "fault-injection")]
+            Cmd::InjectPanic { pid, target } => {
+                let key = self.parts.get(&pid).and_then(|p| match target {
+                    PeerTarget::Publisher => p.publisher,
+                    PeerTarget::Subscriber => Some(p.subscriber),
+                });
+                if let Some(peer) = key.and_then(|k| self.peers.get_mut(k)) {
+                    peer.panic_next = true;
+                }
+            }
             Cmd::Stop => {}
         }
     }
@@ -1485,7 +1513,7 @@ impl Engine {
             }
             self.choose_layers(*pk, now);
         }
-        if self.ticks % 2 == 0 {
+        if self.ticks.is_multiple_of(2) {
             self.speakers();
         }
         let peers = &self.peers;

@@ -289,6 +289,16 @@ impl Sfu {
         });
     }
 
+    /// Test hook (feature `fault-injection`): the next time the engine drives this
+    /// participant's peer, str0m's driver panics inside it. Only that peer must end.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_panic(&self, participant_id: &str, target: PeerTarget) {
+        let _ = self.send(Cmd::InjectPanic {
+            pid: participant_id.to_owned(),
+            target,
+        });
+    }
+
     /// Tears down a participant's media at once and re-offers to the others.
     pub fn leave(&self, participant_id: &str) {
         self.inner.gates.lock().remove(participant_id);
