@@ -26,12 +26,10 @@ use tracing::{debug, info, warn};
 use crate::forward::{ConsumerState, GateCell, PtLookup, Step};
 use crate::media::is_keyframe;
 use crate::speakers::{LevelMeter, SpeakerRanking};
-use crate::{SfuError, SfuEvent};
+use crate::{SfuError, SfuEvent, SfuOptions};
 
 /// Housekeeping period (deadlines, layer choice); speakers run every second tick.
 const TICK: Duration = Duration::from_millis(250);
-/// ICE + DTLS must complete within this time after the SDP exchange.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// At most one keyframe request per producer layer per this interval.
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 /// Initial bandwidth estimate towards subscribers.
@@ -88,6 +86,7 @@ pub(crate) enum Cmd {
 
 /// Spawns the engine thread.
 pub(crate) fn spawn(
+    opts: SfuOptions,
     socket: UdpSocket,
     advertised: SocketAddr,
     wake_from: SocketAddr,
@@ -97,7 +96,7 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("greenroom-sfu".into())
         .spawn(move || {
-            let mut engine = Engine::new(socket, advertised, wake_from, cmds, events);
+            let mut engine = Engine::new(opts, socket, advertised, wake_from, cmds, events);
             engine.run();
         })?;
     Ok(())
@@ -310,6 +309,7 @@ struct CallState {
 }
 
 struct Engine {
+    opts: SfuOptions,
     socket: UdpSocket,
     local: SocketAddr,
     wake_from: SocketAddr,
@@ -335,6 +335,7 @@ enum Fail {
 
 impl Engine {
     fn new(
+        opts: SfuOptions,
         socket: UdpSocket,
         local: SocketAddr,
         wake_from: SocketAddr,
@@ -342,6 +343,7 @@ impl Engine {
         events: mpsc::UnboundedSender<SfuEvent>,
     ) -> Engine {
         Engine {
+            opts,
             socket,
             local,
             wake_from,
@@ -1010,7 +1012,7 @@ impl Engine {
             }
         };
         if !peer.connected && peer.deadline.is_none() {
-            peer.deadline = Some(now + CONNECT_TIMEOUT);
+            peer.deadline = Some(now + self.opts.connect_timeout);
         }
         peer.ssrcs.clear();
         // Resolve each announced track to its m-line.
@@ -1205,7 +1207,7 @@ impl Engine {
         };
         part.sub.pending = Some(pending);
         if !peer.connected && peer.deadline.is_none() {
-            peer.deadline = Some(now + CONNECT_TIMEOUT);
+            peer.deadline = Some(now + self.opts.connect_timeout);
         }
         let listed: Vec<(Mid, Key)> = part
             .sub
