@@ -77,6 +77,13 @@
 
 pub mod bot;
 pub mod error;
+pub mod histogram;
+pub mod janus;
+pub mod procstat;
+pub mod report;
+pub mod runner;
+pub mod scenario;
+pub mod token;
 pub mod media;
 pub mod probe;
 pub mod signal;

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# Starts Janus (Debian package `janus`, videoroom plugin, HTTP API) bound to 127.0.0.1 only, for
+# the load tester's side-by-side comparison. Idempotent: installs the package if missing, writes
+# its configuration under target/janus/, and does nothing if the Janus it started is still running.
+#
+#   scripts/janus/start.sh            # HTTP API on 127.0.0.1:8088 (JANUS_HTTP_PORT to change)
+#   scripts/janus/stop.sh
+#
+# Prints the PID (also in target/janus/janus.pid) and the API URL on stdout's last two lines.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+DIR="${JANUS_DIR:-$ROOT/target/janus}"
+PORT="${JANUS_HTTP_PORT:-8088}"
+RTP_RANGE="${JANUS_RTP_RANGE:-20000-40000}"
+DEBUG_LEVEL="${JANUS_DEBUG_LEVEL:-3}"
+
+if ! command -v janus >/dev/null 2>&1; then
+  echo "installing the janus package" >&2
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq >&2 || true
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends janus >&2
+fi
+
+mkdir -p "$DIR/conf"
+PIDFILE="$DIR/janus.pid"
+if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null \
+  && curl -fsS "http://127.0.0.1:$PORT/janus/info" >/dev/null 2>&1; then
+  cat "$PIDFILE"
+  echo "http://127.0.0.1:$PORT/janus"
+  exit 0
+fi
+
+PLUGINS="$(dpkg -L janus 2>/dev/null | grep -m1 '/janus/plugins$' || echo /usr/lib/x86_64-linux-gnu/janus/plugins)"
+TRANSPORTS="$(dirname "$PLUGINS")/transports"
+
+cat > "$DIR/conf/janus.jcfg" <<CFG
+general: {
+  configs_folder = "$DIR/conf"
+  plugins_folder = "$PLUGINS"
+  transports_folder = "$TRANSPORTS"
+  events_folder = "$(dirname "$PLUGINS")/events"
+  loggers_folder = "$(dirname "$PLUGINS")/loggers"
+  debug_level = $DEBUG_LEVEL
+  admin_secret = "janusoverlord-disabled"
+  protected_folders = [ "/bin", "/boot", "/dev", "/etc", "/initrd", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys", "/usr", "/var" ]
+  session_timeout = 120
+}
+certificates: {
+}
+media: {
+  rtp_port_range = "$RTP_RANGE"
+  nack_optimizations = false
+}
+nat: {
+  nice_debug = false
+  ice_lite = false
+  ice_tcp = false
+  full_trickle = false
+  ice_enforce_list = "127.0.0.1"
+}
+plugins: {
+  disable = "libjanus_audiobridge.so,libjanus_duktape.so,libjanus_echotest.so,libjanus_lua.so,libjanus_nosip.so,libjanus_recordplay.so,libjanus_sip.so,libjanus_streaming.so,libjanus_textroom.so,libjanus_videocall.so,libjanus_voicemail.so"
+}
+transports: {
+  disable = "libjanus_websockets.so,libjanus_pfunix.so,libjanus_mqtt.so,libjanus_nanomsg.so,libjanus_rabbitmq.so"
+}
+loggers: {
+  disable = "libjanus_jsonlog.so"
+}
+events: {
+  broadcast = false
+}
+CFG
+
+cat > "$DIR/conf/janus.transport.http.jcfg" <<CFG
+general: {
+  json = "indented"
+  base_path = "/janus"
+  http = true
+  port = $PORT
+  ip = "127.0.0.1"
+  https = false
+}
+admin: {
+  admin_http = false
+  admin_https = false
+}
+cors: {
+}
+CFG
+
+# Rooms are created by the load tester through the API; no static rooms.
+cat > "$DIR/conf/janus.plugin.videoroom.jcfg" <<CFG
+general: {
+  string_ids = false
+}
+CFG
+
+rm -f "$PIDFILE"
+janus --config="$DIR/conf/janus.jcfg" --configs-folder="$DIR/conf" \
+  --interface=127.0.0.1 --ice-enforce-list=127.0.0.1 \
+  --log-file="$DIR/janus.log" --disable-stdout --disable-colors \
+  --pid-file="$PIDFILE" --daemon >/dev/null 2>&1 || true
+
+for _ in $(seq 1 100); do
+  if curl -fsS "http://127.0.0.1:$PORT/janus/info" >/dev/null 2>&1 && [ -s "$PIDFILE" ]; then
+    cat "$PIDFILE"
+    echo "http://127.0.0.1:$PORT/janus"
+    exit 0
+  fi
+  sleep 0.1
+done
+echo "janus did not come up; see $DIR/janus.log" >&2
+tail -20 "$DIR/janus.log" >&2 || true
+exit 1
