@@ -51,8 +51,9 @@ done
 
 # Janus (idempotent start; left running for later comparisons, stop with scripts/janus/stop.sh).
 JANUS_OUT="$(scripts/janus/start.sh)"
-JANUS_PID="$(echo "$JANUS_OUT" | tail -2 | head -1)"
-JANUS_URL="$(echo "$JANUS_OUT" | tail -1)"
+JANUS_PID="$(echo "$JANUS_OUT" | tail -3 | sed -n 1p)"
+JANUS_URL="$(echo "$JANUS_OUT" | tail -3 | sed -n 2p)"
+JANUS_ICE_IP="$(echo "$JANUS_OUT" | tail -3 | sed -n 3p)"
 
 echo "== greenroom (pid $GR_PID, http $HTTP_PORT, udp $UDP_PORT)"
 "$BIN_DIR/greenroom-loadtest" --target greenroom --url "http://127.0.0.1:$HTTP_PORT" \
@@ -60,7 +61,7 @@ echo "== greenroom (pid $GR_PID, http $HTTP_PORT, udp $UDP_PORT)"
 sleep 2
 echo "== janus (pid $JANUS_PID, $JANUS_URL)"
 "$BIN_DIR/greenroom-loadtest" --target janus --url "$JANUS_URL" \
-  --server-pid "$JANUS_PID" --name "$NAME" --out "$OUT" "$@" || echo "janus run failed"
+  --server-pid "$JANUS_PID" --bind-ip "$JANUS_ICE_IP" --name "$NAME" --out "$OUT" "$@" || echo "janus run failed"
 
 echo
 echo "== side by side ($NAME)"

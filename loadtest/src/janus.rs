@@ -403,6 +403,7 @@ impl JanusPublisher {
             )
             .await?;
         let answer = jsep_sdp(&reply, "answer")?;
+        tracing::debug!(%offer, %answer, "janus publisher negotiation");
         publisher.apply_answer(&answer).await?;
         handle.trickle_completed().await?;
         publisher.wait_connected(timeout).await?;

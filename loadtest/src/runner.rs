@@ -67,6 +67,8 @@ pub struct RunConfig {
     pub warmup: Duration,
     /// Show a progress bar.
     pub progress: bool,
+    /// Local address of the bots' media sockets.
+    pub bind_ip: std::net::IpAddr,
 }
 
 impl RunConfig {
@@ -81,6 +83,7 @@ impl RunConfig {
             sample_every: Duration::from_secs(1),
             warmup: Duration::from_secs(1),
             progress: false,
+            bind_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
         }
     }
 }
@@ -462,6 +465,7 @@ impl Run {
         let mut cfg = BotConfig::new(&self.config.url, tok.clone());
         cfg.timeout = self.config.timeout;
         cfg.publisher = self.publisher_config();
+        cfg.bind_ip = self.config.bind_ip;
         let bot = Bot::connect(cfg).await?;
         bot.join(&self.greenroom_cid, publisher).await?;
         if publisher {
@@ -508,14 +512,14 @@ impl Run {
             video: self.scenario.video,
             audio: self.scenario.audio,
             gather_timeout: self.config.timeout,
-            ..PublisherConfig::default()
+            bind_ip: self.config.bind_ip,
         }
     }
 
     fn subscriber_config(&self) -> SubscriberConfig {
         SubscriberConfig {
             gather_timeout: self.config.timeout,
-            ..SubscriberConfig::default()
+            bind_ip: self.config.bind_ip,
         }
     }
 
@@ -553,7 +557,8 @@ impl Run {
     async fn janus_cross_subscribe(self: &Arc<Self>) {
         let Some(ctx) = &self.janus else { return };
         let feeds = self.feeds.lock().clone();
-        let gap = Duration::from_secs_f64(1.0 / self.scenario.join_rate);
+        let gap = Duration::try_from_secs_f64(1.0 / self.scenario.join_rate)
+            .unwrap_or(Duration::from_secs(1));
         for m in self.members() {
             let Member::JanusPublisher(p, slot) = &*m else {
                 continue;
@@ -580,7 +585,9 @@ impl Run {
 
     /// Starts `count` joins at the join rate and waits for all of them.
     async fn join_many(self: &Arc<Self>, first_index: usize, count: usize, sources: &[TrackSource]) {
-        let gap = Duration::from_secs_f64(1.0 / self.scenario.join_rate);
+        let gap = Duration::try_from_secs_f64(1.0 / self.scenario.join_rate)
+            .unwrap_or(Duration::from_secs(1))
+            .max(Duration::from_micros(100));
         let mut tasks = Vec::with_capacity(count);
         let mut tick = tokio::time::interval(gap);
         for i in 0..count {

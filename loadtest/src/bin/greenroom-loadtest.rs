@@ -109,6 +109,9 @@ struct Args {
     /// Timeout for each join/connection.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Local address of the bots' media sockets.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_ip: std::net::IpAddr,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -151,7 +154,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     if !(v >= 0.0) {
         return Err(format!("bad duration {s:?}"));
     }
-    Ok(Duration::from_secs_f64(v * mult))
+    Duration::try_from_secs_f64(v * mult).map_err(|e| format!("bad duration {s:?}: {e}"))
 }
 
 fn scenario_of(a: &Args) -> Scenario {
@@ -222,6 +225,7 @@ async fn main() -> anyhow::Result<()> {
     config.secret = args.secret.clone();
     config.timeout = args.timeout;
     config.progress = !args.no_progress;
+    config.bind_ip = args.bind_ip;
     config.server = match (args.server_pid, &args.metrics_url) {
         (Some(pid), _) => ServerProbe::Pid(pid),
         (None, Some(u)) => ServerProbe::metrics(u.clone()),
