@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::routing::{get, post};
@@ -210,8 +211,16 @@ pub async fn get_or_create(
     State(state): State<Arc<AppState>>,
     Authed(claims): Authed,
     Path((call_type, id)): Path<(String, String)>,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<CallResponse>, ApiError> {
+    // An oversized body gets the same `too_large` error body as the JSON routes.
+    let body = body.map_err(|r| {
+        if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge
+        } else {
+            ApiError::BadRequest(r.body_text())
+        }
+    })?;
     let cid = cid_of(&call_type, &id)?;
     let actor = authorize(&claims, &cid)?;
     let req: CreateCallRequest = if body.iter().all(u8::is_ascii_whitespace) {

@@ -459,7 +459,7 @@ impl Call {
         now_ms: u64,
     ) -> Result<(ParticipantInfo, Outcome), CallError> {
         let caps = self.capabilities(actor);
-        if self.blocked.contains(&actor.user_id) && !actor.admin {
+        if self.blocked.contains(&actor.user_id) {
             return Err(CallError::Blocked(actor.user_id.clone()));
         }
         if self.ended && !caps.contains(Capability::JoinEndedCall) {
@@ -586,6 +586,9 @@ impl Call {
     ) -> Result<Outcome, CallError> {
         if permissions.is_empty() {
             return Err(CallError::BadRequest("permissions is empty".into()));
+        }
+        if self.blocked.contains(&actor.user_id) {
+            return Err(CallError::Blocked(actor.user_id.clone()));
         }
         if let Some(c) = permissions
             .iter()

@@ -5,9 +5,11 @@
 //! convention, following docs/PROTOCOL.md), the load tester and the tests all speak these types.
 
 mod model;
+mod ring;
 mod signal;
 
 pub use model::{validate_id, CallCid, CallType, Capability, CapabilitySet, Role, TrackSource};
+pub use ring::*;
 pub use signal::*;
 
 /// Protocol version announced in `joined`; bumped on incompatible wire changes.

@@ -1,14 +1,56 @@
-//! Greenroom's media plane.
+//! Greenroom's media plane: str0m 0.25 in RTP mode, ICE-lite, DTLS-SRTP, every peer on one UDP
+//! port, and a gated Producer -> Router -> Consumer fan-out.
 //!
-//! CONTRACT ONLY (placeholder until the engine lands): the control plane programs against this
-//! API. The engine behind it replaces the bodies, keeping the signatures.
+//! # Engine structure
+//!
+//! [`Sfu::start`] binds the UDP socket and spawns ONE dedicated engine thread that owns the
+//! socket, every str0m `Rtc`, every producer and consumer. Nothing in the engine is shared or
+//! locked except each participant's [`forward::GateCell`] (one atomic byte written by
+//! [`Sfu::set_gate`], read by the engine per packet), so a gate change applies to the very next
+//! packet the engine handles after `set_gate` returns.
+//!
+//! * Commands from the control plane go through a channel; the handle then sends an empty
+//!   datagram from a private "waker" socket to the engine's port, which wakes the engine's
+//!   blocking `recv_from` at once (the engine recognises the waker's address and drains the
+//!   channel). Replies (SDP answers) come back on oneshot channels.
+//! * Demultiplexing: a map source address -> peer, filled on the first `Rtc::accepts` hit, so
+//!   only unknown addresses (first STUN of a new peer) scan the peers.
+//! * Only the peer that got input is driven (`handle_input` + `poll_output` until `Timeout`),
+//!   plus the subscribers that packets were written to; each peer's next timeout lives in a
+//!   min-heap (lazy deletion), so idle peers cost nothing.
+//! * Each `handle_input`/`poll_output` run and each SDP operation is wrapped in `catch_unwind`:
+//!   a panic inside str0m ends that peer only and emits [`SfuEvent::PeerFailed`].
+//! * A 250 ms housekeeping tick checks ICE/DTLS deadlines, publishes active speakers
+//!   (debounced 500 ms) and re-chooses simulcast layers from the bandwidth estimates.
+//!
+//! Per participant there is one publisher `Rtc` (client offers) and one subscriber `Rtc`
+//! (server offers every other participant's producers in the same call as SendOnly media).
+//!
+//! # Scaling across cores (design)
+//!
+//! Calls are independent: the engine state is already partitioned by call (router, producers,
+//! consumers). Sharding = N engine threads, each with its own `SO_REUSEPORT` socket on the same
+//! port or a socket per shard; a participant is pinned to `hash(call) % N` at `join`, and its
+//! ICE ufrag carries the shard index so the first STUN can be steered. The handle would keep
+//! one command channel per shard. Not implemented yet: one engine thread today.
 
-use std::net::{IpAddr, SocketAddr};
+mod engine;
+pub mod forward;
+mod media;
+mod speakers;
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::Arc;
 
 use greenroom_proto::{
     CallCid, MediaGate, PeerTarget, PublishTrack, Quality, SubscribedTrack, TrackSource,
 };
-use tokio::sync::mpsc;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+pub use crate::engine::rtc_config;
+use crate::engine::Cmd;
+use crate::forward::GateCell;
 
 /// Media plane configuration.
 #[derive(Debug, Clone)]
@@ -65,9 +107,32 @@ pub enum SfuEvent {
 }
 
 /// Handle to the running media plane; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Sfu {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     local_addr: SocketAddr,
+    cmds: std::sync::mpsc::Sender<Cmd>,
+    waker: UdpSocket,
+    wake_to: SocketAddr,
+    gates: Mutex<std::collections::HashMap<String, Arc<GateCell>>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let _ = self.cmds.send(Cmd::Stop);
+        let _ = self.waker.send_to(&[], self.wake_to);
+    }
+}
+
+impl std::fmt::Debug for Sfu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sfu")
+            .field("local_addr", &self.inner.local_addr)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Sfu {
@@ -75,62 +140,165 @@ impl Sfu {
     pub async fn start(
         cfg: SfuConfig,
     ) -> Result<(Sfu, mpsc::UnboundedReceiver<SfuEvent>), SfuError> {
-        let (_tx, rx) = mpsc::unbounded_channel();
+        let socket = UdpSocket::bind(cfg.bind).map_err(|e| SfuError::Bind(cfg.bind, e))?;
+        let local_addr = socket
+            .local_addr()
+            .map_err(|e| SfuError::Bind(cfg.bind, e))?;
+        // The waker talks to the engine over loopback when bound to a wildcard address.
+        let wake_ip: IpAddr = match local_addr.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        let wake_to = SocketAddr::new(wake_ip, local_addr.port());
+        let waker = UdpSocket::bind(SocketAddr::new(wake_ip, 0))
+            .map_err(|e| SfuError::Bind(cfg.bind, e))?;
+        let wake_from = waker
+            .local_addr()
+            .map_err(|e| SfuError::Bind(cfg.bind, e))?;
+        let advertised = SocketAddr::new(cfg.advertise_ip, local_addr.port());
+        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
+        let (ev_tx, ev_rx) = mpsc::unbounded_channel();
+        engine::spawn(socket, advertised, wake_from, cmd_rx, ev_tx)
+            .map_err(|e| SfuError::Bind(cfg.bind, e))?;
+        let inner = Inner {
+            local_addr,
+            cmds: cmd_tx,
+            waker,
+            wake_to,
+            gates: Mutex::new(Default::default()),
+        };
         Ok((
             Sfu {
-                local_addr: cfg.bind,
+                inner: Arc::new(inner),
             },
-            rx,
+            ev_rx,
         ))
+    }
+
+    fn send(&self, cmd: Cmd) -> Result<(), SfuError> {
+        self.inner.cmds.send(cmd).map_err(|_| SfuError::Stopped)?;
+        // A lost wake-up datagram only delays the command until the next packet or timer.
+        let _ = self.inner.waker.send_to(&[], self.inner.wake_to);
+        Ok(())
     }
 
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+        self.inner.local_addr
     }
 
     /// Registers a joined participant with its gate.
-    pub fn join(&self, _call: &CallCid, _participant_id: &str, _user_id: &str, _gate: MediaGate) {}
+    pub fn join(&self, call: &CallCid, participant_id: &str, user_id: &str, gate: MediaGate) {
+        let cell = Arc::new(GateCell::new(gate));
+        self.inner
+            .gates
+            .lock()
+            .insert(participant_id.to_owned(), cell.clone());
+        let _ = self.send(Cmd::Join {
+            call: call.clone(),
+            pid: participant_id.to_owned(),
+            user_id: user_id.to_owned(),
+            gate: cell,
+        });
+    }
 
-    /// Applies a publisher offer; returns the answer.
+    /// Applies a publisher offer (first publish or renegotiation with the full track list);
+    /// returns the answer. Sources outside the gate's `send` set are registered but forward
+    /// nothing until the gate lets them.
     pub async fn publish(
         &self,
         participant_id: &str,
-        _sdp: String,
-        _tracks: Vec<PublishTrack>,
+        sdp: String,
+        tracks: Vec<PublishTrack>,
     ) -> Result<String, SfuError> {
-        Err(SfuError::UnknownParticipant(participant_id.to_owned()))
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::Publish {
+            pid: participant_id.to_owned(),
+            sdp,
+            tracks,
+            reply: tx,
+        })?;
+        rx.await.map_err(|_| SfuError::Stopped)?
     }
 
     /// Applies a subscriber answer.
     pub async fn subscriber_answer(
         &self,
         participant_id: &str,
-        _sdp: String,
+        sdp: String,
     ) -> Result<(), SfuError> {
-        Err(SfuError::UnknownParticipant(participant_id.to_owned()))
+        let (tx, rx) = oneshot::channel();
+        self.send(Cmd::SubscriberAnswer {
+            pid: participant_id.to_owned(),
+            sdp,
+            reply: tx,
+        })?;
+        rx.await.map_err(|_| SfuError::Stopped)?
     }
 
     /// Adds a trickled remote candidate.
-    pub fn ice_candidate(&self, _participant_id: &str, _target: PeerTarget, _candidate: String) {}
+    pub fn ice_candidate(&self, participant_id: &str, target: PeerTarget, candidate: String) {
+        let _ = self.send(Cmd::IceCandidate {
+            pid: participant_id.to_owned(),
+            target,
+            candidate,
+        });
+    }
 
     /// Stops and removes a published source.
-    pub fn unpublish(&self, _participant_id: &str, _source: TrackSource) {}
+    pub fn unpublish(&self, participant_id: &str, source: TrackSource) {
+        let _ = self.send(Cmd::Unpublish {
+            pid: participant_id.to_owned(),
+            source,
+        });
+    }
 
     /// Replaces a participant's gate; takes effect on the next packet.
-    pub fn set_gate(&self, _participant_id: &str, _gate: MediaGate) {}
+    pub fn set_gate(&self, participant_id: &str, gate: MediaGate) {
+        if let Some(cell) = self.inner.gates.lock().get(participant_id) {
+            cell.store(gate);
+        }
+    }
 
-    /// Subscribes or unsubscribes a participant to a track.
-    pub fn set_subscribed(&self, _participant_id: &str, _track_id: &str, _subscribed: bool) {}
+    /// The gate last set for a participant (`None`: unknown participant).
+    pub fn gate(&self, participant_id: &str) -> Option<MediaGate> {
+        self.inner
+            .gates
+            .lock()
+            .get(participant_id)
+            .map(|c| c.load())
+    }
+
+    /// Subscribes or unsubscribes a participant to a track (`<participant_id>:<source>`);
+    /// unsubscribing pauses the consumer without renegotiation.
+    pub fn set_subscribed(&self, participant_id: &str, track_id: &str, subscribed: bool) {
+        let _ = self.send(Cmd::SetSubscribed {
+            pid: participant_id.to_owned(),
+            track_id: track_id.to_owned(),
+            subscribed,
+        });
+    }
 
     /// Sets the preferred simulcast quality of a subscribed track.
-    pub fn set_quality(&self, _participant_id: &str, _track_id: &str, _quality: Quality) {}
+    pub fn set_quality(&self, participant_id: &str, track_id: &str, quality: Quality) {
+        let _ = self.send(Cmd::SetQuality {
+            pid: participant_id.to_owned(),
+            track_id: track_id.to_owned(),
+            quality,
+        });
+    }
 
-    /// The media plane's counters in the Prometheus text format.
+    /// The media plane's counters in the Prometheus text format (appended to `/metrics`).
     pub fn metrics_text(&self) -> String {
         String::new()
     }
 
-    /// Tears down a participant's media at once.
-    pub fn leave(&self, _participant_id: &str) {}
+    /// Tears down a participant's media at once and re-offers to the others.
+    pub fn leave(&self, participant_id: &str) {
+        self.inner.gates.lock().remove(participant_id);
+        let _ = self.send(Cmd::Leave {
+            pid: participant_id.to_owned(),
+        });
+    }
 }

@@ -1,0 +1,1568 @@
+//! The engine thread: owns the UDP socket, every `Rtc`, producers and consumers.
+//! See the crate docs for the structure.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use greenroom_proto::{
+    CallCid, PeerTarget, PublishTrack, Quality, SourceSet, SubscribedTrack, TrackInfo, TrackSource,
+};
+use str0m::bwe::{Bitrate, BweKind};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::PayloadParams;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::forward::{ConsumerState, GateCell, PtLookup, Step};
+use crate::media::is_keyframe;
+use crate::speakers::{LevelMeter, SpeakerRanking};
+use crate::{SfuError, SfuEvent};
+
+/// Housekeeping period (deadlines, layer choice); speakers run every second tick.
+const TICK: Duration = Duration::from_millis(250);
+/// ICE + DTLS must complete within this time after the SDP exchange.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
+/// At most one keyframe request per producer layer per this interval.
+const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+/// Initial bandwidth estimate towards subscribers.
+const INITIAL_BWE: Bitrate = Bitrate::kbps(2_500);
+
+/// A command from the [`crate::Sfu`] handle.
+pub(crate) enum Cmd {
+    Join {
+        call: CallCid,
+        pid: String,
+        user_id: String,
+        gate: Arc<GateCell>,
+    },
+    Publish {
+        pid: String,
+        sdp: String,
+        tracks: Vec<PublishTrack>,
+        reply: oneshot::Sender<Result<String, SfuError>>,
+    },
+    SubscriberAnswer {
+        pid: String,
+        sdp: String,
+        reply: oneshot::Sender<Result<(), SfuError>>,
+    },
+    IceCandidate {
+        pid: String,
+        target: PeerTarget,
+        candidate: String,
+    },
+    Unpublish {
+        pid: String,
+        source: TrackSource,
+    },
+    SetSubscribed {
+        pid: String,
+        track_id: String,
+        subscribed: bool,
+    },
+    SetQuality {
+        pid: String,
+        track_id: String,
+        quality: Quality,
+    },
+    Leave {
+        pid: String,
+    },
+    Stop,
+}
+
+/// Spawns the engine thread.
+pub(crate) fn spawn(
+    socket: UdpSocket,
+    advertised: SocketAddr,
+    wake_from: SocketAddr,
+    cmds: Receiver<Cmd>,
+    events: mpsc::UnboundedSender<SfuEvent>,
+) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("greenroom-sfu".into())
+        .spawn(move || {
+            let mut engine = Engine::new(socket, advertised, wake_from, cmds, events);
+            engine.run();
+        })?;
+    Ok(())
+}
+
+/// The str0m configuration of every server-side peer.
+pub fn rtc_config(subscriber: bool) -> RtcConfig {
+    let mut cfg = RtcConfig::new()
+        .set_ice_lite(true)
+        .set_rtp_mode(true)
+        .enable_h265(false)
+        .enable_h266(false);
+    if subscriber {
+        cfg = cfg.enable_bwe(Some(INITIAL_BWE));
+    }
+    cfg
+}
+
+// ---------------------------------------------------------------------------------------------
+// Generational slab.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Key {
+    idx: u32,
+    gen: u32,
+}
+
+struct Slab<T> {
+    items: Vec<(u32, Option<T>)>,
+    free: Vec<u32>,
+}
+
+impl<T> Slab<T> {
+    fn new() -> Self {
+        Slab {
+            items: Vec::new(),
+            free: Vec::new(),
+        }
+    }
+
+    fn insert(&mut self, v: T) -> Key {
+        if let Some(idx) = self.free.pop() {
+            let slot = &mut self.items[idx as usize];
+            slot.0 = slot.0.wrapping_add(1);
+            slot.1 = Some(v);
+            Key { idx, gen: slot.0 }
+        } else {
+            let idx = self.items.len() as u32;
+            self.items.push((0, Some(v)));
+            Key { idx, gen: 0 }
+        }
+    }
+
+    #[inline]
+    fn get(&self, k: Key) -> Option<&T> {
+        match self.items.get(k.idx as usize) {
+            Some((g, Some(v))) if *g == k.gen => Some(v),
+            _ => None,
+        }
+    }
+
+    #[inline]
+    fn get_mut(&mut self, k: Key) -> Option<&mut T> {
+        match self.items.get_mut(k.idx as usize) {
+            Some((g, Some(v))) if *g == k.gen => Some(v),
+            _ => None,
+        }
+    }
+
+    fn remove(&mut self, k: Key) -> Option<T> {
+        match self.items.get_mut(k.idx as usize) {
+            Some((g, v @ Some(_))) if *g == k.gen => {
+                self.free.push(k.idx);
+                v.take()
+            }
+            _ => None,
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Key, &T)> {
+        self.items.iter().enumerate().filter_map(|(i, (g, v))| {
+            v.as_ref().map(|v| {
+                (
+                    Key {
+                        idx: i as u32,
+                        gen: *g,
+                    },
+                    v,
+                )
+            })
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// State.
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Publisher,
+    Subscriber,
+}
+
+struct Peer {
+    rtc: Rtc,
+    owner: String,
+    role: Role,
+    /// Next timeout str0m asked for (`None` while its timer entry is being fired).
+    timeout: Option<Instant>,
+    dirty: bool,
+    connected: bool,
+    /// ICE/DTLS must connect before this.
+    deadline: Option<Instant>,
+    /// Publisher: incoming SSRC -> (producer, layer index).
+    ssrcs: Vec<(Ssrc, Key, u8)>,
+    /// Subscriber: outgoing mid -> producer.
+    sub_mids: HashMap<Mid, Key>,
+    /// Subscriber: latest egress bandwidth estimate.
+    bwe: Option<Bitrate>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SubTrackState {
+    Negotiating,
+    Open,
+    Stopping,
+}
+
+struct SubTrack {
+    mid: Mid,
+    producer: Key,
+    state: SubTrackState,
+}
+
+#[derive(Default)]
+struct SubState {
+    tracks: Vec<SubTrack>,
+    pending: Option<SdpPendingOffer>,
+    /// A change arrived while an offer was unanswered.
+    again: bool,
+}
+
+struct Participant {
+    call: CallCid,
+    user_id: String,
+    gate: Arc<GateCell>,
+    publisher: Option<Key>,
+    subscriber: Key,
+    producers: Vec<Key>,
+    sub: SubState,
+    unsubscribed: HashSet<String>,
+    quality: HashMap<String, Quality>,
+}
+
+struct Layer {
+    rid: Option<Rid>,
+    ssrc: Option<Ssrc>,
+    last_keyframe_req: Option<Instant>,
+    /// Bytes received in the current tick, and the smoothed rate in bits per second.
+    bytes: u64,
+    rate_bps: f64,
+}
+
+/// No layer chosen yet.
+const NO_LAYER: u8 = u8::MAX;
+
+struct Consumer {
+    peer: Key,
+    ssrc: Ssrc,
+    gate: Arc<GateCell>,
+    st: ConsumerState,
+    quality: Quality,
+    /// Simulcast: the layer being forwarded and the one wanted.
+    cur: u8,
+    target: u8,
+}
+
+struct Producer {
+    owner: String,
+    call: CallCid,
+    source: TrackSource,
+    bit: u8,
+    gate: Arc<GateCell>,
+    publisher: Key,
+    mid: Mid,
+    kind: MediaKind,
+    /// Bumped on SSRC change and gate reopening.
+    epoch: u32,
+    open: bool,
+    layers: Vec<Layer>,
+    /// Incoming payload type -> its codec parameters (filled lazily).
+    params: Vec<(Pt, PayloadParams)>,
+    consumers: Vec<Consumer>,
+    level: LevelMeter,
+}
+
+impl Producer {
+    fn track_id(&self) -> String {
+        format!("{}:{}", self.owner, self.source)
+    }
+}
+
+#[derive(Default)]
+struct CallState {
+    members: Vec<String>,
+    speakers: SpeakerRanking,
+}
+
+struct Engine {
+    socket: UdpSocket,
+    local: SocketAddr,
+    wake_from: SocketAddr,
+    cmds: Receiver<Cmd>,
+    events: mpsc::UnboundedSender<SfuEvent>,
+    peers: Slab<Peer>,
+    producers: Slab<Producer>,
+    parts: HashMap<String, Participant>,
+    calls: HashMap<CallCid, CallState>,
+    addr_cache: HashMap<SocketAddr, Key>,
+    timers: BinaryHeap<Reverse<(Instant, Key)>>,
+    /// Events collected while driving peers, handled after.
+    pending_events: Vec<(Key, Event)>,
+    dirty: Vec<Key>,
+    next_tick: Instant,
+    ticks: u64,
+    last_read_timeout: Option<Duration>,
+}
+
+enum Fail {
+    Error(String),
+}
+
+impl Engine {
+    fn new(
+        socket: UdpSocket,
+        local: SocketAddr,
+        wake_from: SocketAddr,
+        cmds: Receiver<Cmd>,
+        events: mpsc::UnboundedSender<SfuEvent>,
+    ) -> Engine {
+        Engine {
+            socket,
+            local,
+            wake_from,
+            cmds,
+            events,
+            peers: Slab::new(),
+            producers: Slab::new(),
+            parts: HashMap::new(),
+            calls: HashMap::new(),
+            addr_cache: HashMap::new(),
+            timers: BinaryHeap::new(),
+            pending_events: Vec::new(),
+            dirty: Vec::new(),
+            next_tick: Instant::now() + TICK,
+            ticks: 0,
+            last_read_timeout: None,
+        }
+    }
+
+    fn run(&mut self) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let now = Instant::now();
+            self.fire_timers(now);
+            if now >= self.next_tick {
+                self.housekeeping(now);
+                self.next_tick = now + TICK;
+            }
+            self.settle(Instant::now());
+
+            let next = self
+                .timers
+                .peek()
+                .map(|Reverse((t, _))| *t)
+                .unwrap_or(self.next_tick)
+                .min(self.next_tick);
+            let wait = next
+                .saturating_duration_since(Instant::now())
+                .max(Duration::from_micros(200));
+            // Millisecond granularity is enough and saves a setsockopt per packet.
+            let wait = Duration::from_millis(wait.as_millis().max(1) as u64);
+            if self.last_read_timeout != Some(wait) {
+                if let Err(e) = self.socket.set_read_timeout(Some(wait)) {
+                    warn!("set_read_timeout: {e}");
+                }
+                self.last_read_timeout = Some(wait);
+            }
+            match self.socket.recv_from(&mut buf) {
+                Ok((n, src)) => {
+                    if src != self.wake_from {
+                        let data = &buf[..n];
+                        self.on_datagram(data, src, Instant::now());
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::ConnectionRefused
+                            | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => {
+                    warn!("UDP receive failed: {e}");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+            loop {
+                match self.cmds.try_recv() {
+                    Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => {
+                        info!("media engine stopping");
+                        return;
+                    }
+                    Ok(cmd) => {
+                        let now = Instant::now();
+                        self.on_cmd(cmd, now);
+                        self.settle(now);
+                    }
+                    Err(TryRecvError::Empty) => break,
+                }
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Driving peers.
+
+    fn on_datagram(&mut self, data: &[u8], src: SocketAddr, now: Instant) {
+        let Ok(recv) = Receive::new(Protocol::Udp, src, self.local, data) else {
+            return; // Not STUN, DTLS, RTP or RTCP.
+        };
+        let input = Input::Receive(now, recv);
+        let cached = self
+            .addr_cache
+            .get(&src)
+            .copied()
+            .filter(|k| self.peers.get(*k).is_some_and(|p| p.rtc.accepts(&input)));
+        let key = match cached {
+            Some(k) => k,
+            None => {
+                let found = self
+                    .peers
+                    .iter()
+                    .find(|(_, p)| {
+                        catch_unwind(AssertUnwindSafe(|| p.rtc.accepts(&input))).unwrap_or(false)
+                    })
+                    .map(|(k, _)| k);
+                let Some(k) = found else {
+                    debug!("no peer accepts datagram from {src}");
+                    return;
+                };
+                self.addr_cache.insert(src, k);
+                k
+            }
+        };
+        self.drive(key, Some(input), now);
+        self.settle(now);
+    }
+
+    /// Runs one peer: input (or a timeout), then drains its output until it asks for a timeout.
+    fn drive(&mut self, key: Key, input: Option<Input<'_>>, now: Instant) {
+        let Engine {
+            peers,
+            socket,
+            pending_events,
+            timers,
+            ..
+        } = self;
+        let Some(peer) = peers.get_mut(key) else {
+            return;
+        };
+        peer.dirty = false;
+        let rtc = &mut peer.rtc;
+        let res = catch_unwind(AssertUnwindSafe(|| -> Result<Instant, str0m::RtcError> {
+            rtc.handle_input(input.unwrap_or(Input::Timeout(now)))?;
+            loop {
+                match rtc.poll_output()? {
+                    Output::Timeout(t) => return Ok(t),
+                    Output::Transmit(t) => {
+                        if let Err(e) = socket.send_to(&t.contents, t.destination) {
+                            debug!("send to {} failed: {e}", t.destination);
+                        }
+                    }
+                    Output::Event(e) => pending_events.push((key, e)),
+                }
+            }
+        }));
+        let fail = match res {
+            Ok(Ok(t)) => {
+                if Some(t) != peer.timeout {
+                    peer.timeout = Some(t);
+                    timers.push(Reverse((t, key)));
+                }
+                if peer.rtc.is_alive() {
+                    None
+                } else {
+                    Some(Fail::Error("connection closed".into()))
+                }
+            }
+            Ok(Err(e)) => Some(Fail::Error(format!("rtc error: {e}"))),
+            Err(_) => Some(Fail::Error("media engine panic in peer".into())),
+        };
+        if let Some(Fail::Error(reason)) = fail {
+            self.fail_peer(key, &reason);
+        }
+    }
+
+    fn mark_dirty(&mut self, key: Key) {
+        if let Some(p) = self.peers.get_mut(key) {
+            if !p.dirty {
+                p.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+
+    /// Handles collected events and drives dirty peers until nothing is left.
+    fn settle(&mut self, now: Instant) {
+        loop {
+            if !self.pending_events.is_empty() {
+                let mut evs = std::mem::take(&mut self.pending_events);
+                for (k, e) in evs.drain(..) {
+                    self.on_event(k, e, now);
+                }
+                if self.pending_events.is_empty() {
+                    self.pending_events = evs;
+                }
+                continue;
+            }
+            if let Some(k) = self.dirty.pop() {
+                self.drive(k, None, now);
+                continue;
+            }
+            break;
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(Reverse((t, key))) = self.timers.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            if let Some(p) = self.peers.get_mut(key) {
+                if p.timeout == Some(t) {
+                    // Re-armed by `drive` whatever timeout str0m asks for next.
+                    p.timeout = None;
+                    self.drive(key, None, now);
+                }
+            }
+        }
+    }
+
+    fn new_peer(&mut self, owner: &str, role: Role, now: Instant) -> Key {
+        let mut rtc = rtc_config(role == Role::Subscriber).build(now);
+        match Candidate::host(self.local, "udp") {
+            Ok(c) => {
+                rtc.add_local_candidate(c);
+            }
+            Err(e) => warn!("host candidate {}: {e}", self.local),
+        }
+        self.peers.insert(Peer {
+            rtc,
+            owner: owner.to_owned(),
+            role,
+            timeout: None,
+            dirty: false,
+            connected: false,
+            deadline: None,
+            ssrcs: Vec::new(),
+            sub_mids: HashMap::new(),
+            bwe: None,
+        })
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Events from peers.
+
+    fn on_event(&mut self, key: Key, ev: Event, now: Instant) {
+        match ev {
+            Event::RtpPacket(pkt) => self.on_rtp(key, pkt, now),
+            Event::KeyframeRequest(req) => {
+                let prod = self
+                    .peers
+                    .get(key)
+                    .and_then(|p| p.sub_mids.get(&req.mid).copied());
+                if let Some(pk) = prod {
+                    let layer = self.consumer_layer(pk, key);
+                    self.request_keyframe(pk, layer, req.kind, now, false);
+                }
+            }
+            Event::Connected => {
+                if let Some(p) = self.peers.get_mut(key) {
+                    p.connected = true;
+                    p.deadline = None;
+                    debug!("peer {} ({:?}) connected", p.owner, p.role);
+                }
+            }
+            Event::IceConnectionStateChange(IceConnectionState::Disconnected) => {
+                self.fail_peer(key, "ICE disconnected");
+            }
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                if let Some(p) = self.peers.get_mut(key) {
+                    p.bwe = Some(estimate);
+                }
+            }
+            Event::Closed => self.fail_peer(key, "closed by remote"),
+            _ => {}
+        }
+    }
+
+    fn consumer_layer(&self, pk: Key, sub: Key) -> Option<usize> {
+        let prod = self.producers.get(pk)?;
+        let c = prod.consumers.iter().find(|c| c.peer == sub)?;
+        let l = if c.target != NO_LAYER {
+            c.target
+        } else {
+            c.cur
+        };
+        (l != NO_LAYER).then_some(usize::from(l))
+    }
+
+    /// The producer and layer of an incoming SSRC (cached per publisher peer).
+    fn resolve_ssrc(&mut self, key: Key, ssrc: Ssrc) -> Option<(Key, u8)> {
+        let peer = self.peers.get_mut(key)?;
+        if let Some((_, pk, l)) = peer.ssrcs.iter().find(|(s, _, _)| *s == ssrc) {
+            return Some((*pk, *l));
+        }
+        let (mid, rid) = {
+            let mut api = peer.rtc.direct_api();
+            let rx = api.stream_rx(&ssrc)?;
+            (rx.mid(), rx.rid())
+        };
+        let owner = self.parts.get(&peer.owner)?;
+        let pk = owner
+            .producers
+            .iter()
+            .copied()
+            .find(|pk| self.producers.get(*pk).is_some_and(|p| p.mid == mid))?;
+        let prod = self.producers.get_mut(pk)?;
+        let li = match prod.layers.iter().position(|l| l.rid == rid) {
+            Some(i) => i,
+            None => {
+                prod.layers.push(Layer {
+                    rid,
+                    ssrc: None,
+                    last_keyframe_req: None,
+                    bytes: 0,
+                    rate_bps: 0.0,
+                });
+                prod.layers.len() - 1
+            }
+        };
+        let layer = &mut prod.layers[li];
+        if layer.ssrc.is_some_and(|s| s != ssrc) {
+            // The publisher restarted this stream: new epoch for every consumer.
+            prod.epoch = prod.epoch.wrapping_add(1);
+        }
+        layer.ssrc = Some(ssrc);
+        let li = li.min(usize::from(NO_LAYER - 1)) as u8;
+        peer.ssrcs.push((ssrc, pk, li));
+        Some((pk, li))
+    }
+
+    /// The hot path: one incoming RTP packet to every consumer of its producer.
+    fn on_rtp(&mut self, key: Key, pkt: RtpPacket, now: Instant) {
+        let Some((pk, layer)) = self.resolve_ssrc(key, pkt.header.ssrc) else {
+            return;
+        };
+        let Some(prod) = self.producers.get_mut(pk) else {
+            return;
+        };
+        if let Some(l) = prod.layers.get_mut(usize::from(layer)) {
+            l.bytes += pkt.payload.len() as u64;
+        }
+        // Gate: one bit test against the publisher's current gate.
+        if !prod.gate.sends(prod.bit) {
+            prod.open = false;
+            return;
+        }
+        let mut want_keyframe = false;
+        if !prod.open {
+            prod.open = true;
+            prod.epoch = prod.epoch.wrapping_add(1);
+            want_keyframe = prod.kind == MediaKind::Video;
+        }
+        let pt = pkt.header.payload_type;
+        let params = match prod.params.iter().find(|(p, _)| *p == pt) {
+            Some((_, params)) => *params,
+            None => {
+                let Some(pubpeer) = self.peers.get(prod.publisher) else {
+                    return;
+                };
+                let Some(params) = pubpeer.rtc.codec_config().find(|p| p.pt() == pt).copied()
+                else {
+                    return;
+                };
+                prod.params.push((pt, params));
+                params
+            }
+        };
+        let codec = params.spec().codec;
+        let clock_rate = params.spec().clock_rate.get();
+        let video = prod.kind == MediaKind::Video;
+        let ext = &pkt.header.ext_vals;
+        if !video {
+            if let Some(level) = ext.audio_level {
+                prod.level.observe(level);
+            }
+        }
+        let mut out_ext = ExtensionValues::default();
+        out_ext.audio_level = ext.audio_level;
+        out_ext.voice_activity = ext.voice_activity;
+        out_ext.video_orientation = ext.video_orientation;
+        let simulcast = prod.layers.len() > 1;
+        let keyframe = simulcast && is_keyframe(codec, &pkt.payload);
+        let in_seq = *pkt.seq_no;
+        let in_ts = pkt.header.timestamp;
+        let marker = pkt.header.marker;
+        let epoch = prod.epoch;
+        let Engine {
+            peers,
+            dirty,
+            producers,
+            ..
+        } = self;
+        let Some(prod) = producers.get_mut(pk) else {
+            return;
+        };
+        for c in &mut prod.consumers {
+            if simulcast && layer != c.cur {
+                if layer == c.target && keyframe {
+                    c.cur = layer;
+                    c.st.fwd.resync();
+                } else {
+                    continue;
+                }
+            }
+            let (seq, ts, resumed) = match c.st.step(
+                c.gate.receives(),
+                epoch,
+                in_seq,
+                in_ts,
+                pkt.timestamp,
+                clock_rate,
+            ) {
+                Step::Drop => continue,
+                Step::Forward { seq, ts, resumed } => (seq, ts, resumed),
+            };
+            let Some(sub) = peers.get_mut(c.peer) else {
+                continue;
+            };
+            let out_pt = match c.st.pts.get(*pt) {
+                PtLookup::Mapped(v) => v,
+                PtLookup::Unmappable => continue,
+                PtLookup::Unknown => {
+                    let m = sub.rtc.codec_config().match_params(params).map(|p| *p.pt());
+                    c.st.pts.set(*pt, m);
+                    match m {
+                        Some(v) => v,
+                        None => {
+                            warn!("subscriber {} cannot take codec {codec:?}", sub.owner);
+                            continue;
+                        }
+                    }
+                }
+            };
+            let mut api = sub.rtc.direct_api();
+            let Some(tx) = api.stream_tx(&c.ssrc) else {
+                continue;
+            };
+            tx.write_rtp(
+                RtpWrite::new(
+                    Pt::from(out_pt),
+                    SeqNo::from(seq),
+                    ts,
+                    pkt.timestamp,
+                    pkt.payload.clone(),
+                )
+                .marker(marker)
+                .ext_vals(out_ext.clone())
+                .nackable(video),
+            );
+            if !sub.dirty {
+                sub.dirty = true;
+                dirty.push(c.peer);
+            }
+            want_keyframe |= resumed && video;
+        }
+        if want_keyframe {
+            self.request_keyframe(
+                pk,
+                Some(usize::from(layer)),
+                KeyframeRequestKind::Pli,
+                now,
+                false,
+            );
+        }
+    }
+
+    fn request_keyframe(
+        &mut self,
+        pk: Key,
+        layer: Option<usize>,
+        kind: KeyframeRequestKind,
+        now: Instant,
+        force: bool,
+    ) {
+        let Some(prod) = self.producers.get_mut(pk) else {
+            return;
+        };
+        if prod.kind != MediaKind::Video {
+            return;
+        }
+        let li = layer.unwrap_or(0);
+        let rid = match prod.layers.get_mut(li) {
+            Some(l) => {
+                if !force
+                    && l.last_keyframe_req
+                        .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_INTERVAL)
+                {
+                    return;
+                }
+                l.last_keyframe_req = Some(now);
+                l.rid
+            }
+            None => None,
+        };
+        let (publisher, mid) = (prod.publisher, prod.mid);
+        let Some(peer) = self.peers.get_mut(publisher) else {
+            return;
+        };
+        let sent = catch_unwind(AssertUnwindSafe(|| {
+            let mut api = peer.rtc.direct_api();
+            match api.stream_rx_by_mid(mid, rid) {
+                Some(rx) => {
+                    rx.request_keyframe(kind);
+                    true
+                }
+                None => false,
+            }
+        }))
+        .unwrap_or(false);
+        if sent {
+            self.mark_dirty(publisher);
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Commands.
+
+    fn on_cmd(&mut self, cmd: Cmd, now: Instant) {
+        match cmd {
+            Cmd::Join {
+                call,
+                pid,
+                user_id,
+                gate,
+            } => self.join(call, pid, user_id, gate, now),
+            Cmd::Publish {
+                pid,
+                sdp,
+                tracks,
+                reply,
+            } => {
+                let r = self.publish(&pid, &sdp, tracks, now);
+                let _ = reply.send(r);
+            }
+            Cmd::SubscriberAnswer { pid, sdp, reply } => {
+                let r = self.subscriber_answer(&pid, &sdp, now);
+                let _ = reply.send(r);
+            }
+            Cmd::IceCandidate {
+                pid,
+                target,
+                candidate,
+            } => self.ice_candidate(&pid, target, &candidate),
+            Cmd::Unpublish { pid, source } => {
+                let pks: Vec<Key> = self
+                    .parts
+                    .get(&pid)
+                    .map(|p| p.producers.clone())
+                    .unwrap_or_default();
+                for pk in pks {
+                    if self.producers.get(pk).is_some_and(|p| p.source == source) {
+                        self.remove_producer(pk);
+                    }
+                }
+                self.renegotiate_call_of(&pid, now);
+            }
+            Cmd::SetSubscribed {
+                pid,
+                track_id,
+                subscribed,
+            } => self.set_subscribed(&pid, &track_id, subscribed, now),
+            Cmd::SetQuality {
+                pid,
+                track_id,
+                quality,
+            } => {
+                if let Some(p) = self.parts.get_mut(&pid) {
+                    p.quality.insert(track_id.clone(), quality);
+                }
+                if let Some((pk, sub)) = self.find_consumer(&pid, &track_id) {
+                    if let Some(c) = self
+                        .producers
+                        .get_mut(pk)
+                        .and_then(|p| p.consumers.iter_mut().find(|c| c.peer == sub))
+                    {
+                        c.quality = quality;
+                    }
+                    self.choose_layers(pk, now);
+                }
+            }
+            Cmd::Leave { pid } => self.leave(&pid, now),
+            Cmd::Stop => {}
+        }
+    }
+
+    fn join(
+        &mut self,
+        call: CallCid,
+        pid: String,
+        user_id: String,
+        gate: Arc<GateCell>,
+        now: Instant,
+    ) {
+        if self.parts.contains_key(&pid) {
+            self.leave(&pid, now);
+        }
+        let subscriber = self.new_peer(&pid, Role::Subscriber, now);
+        self.parts.insert(
+            pid.clone(),
+            Participant {
+                call: call.clone(),
+                user_id,
+                gate,
+                publisher: None,
+                subscriber,
+                producers: Vec::new(),
+                sub: SubState::default(),
+                unsubscribed: HashSet::new(),
+                quality: HashMap::new(),
+            },
+        );
+        self.calls
+            .entry(call)
+            .or_default()
+            .members
+            .push(pid.clone());
+        self.renegotiate(&pid, now);
+    }
+
+    fn publish(
+        &mut self,
+        pid: &str,
+        sdp: &str,
+        tracks: Vec<PublishTrack>,
+        now: Instant,
+    ) -> Result<String, SfuError> {
+        let offer = SdpOffer::from_sdp_string(sdp).map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let part = self
+            .parts
+            .get(pid)
+            .ok_or_else(|| SfuError::UnknownParticipant(pid.to_owned()))?;
+        let existing = part.publisher.filter(|k| self.peers.get(*k).is_some());
+        let key = match existing {
+            Some(k) => k,
+            None => self.new_peer(pid, Role::Publisher, now),
+        };
+        if let Some(p) = self.parts.get_mut(pid) {
+            p.publisher = Some(key);
+        }
+        let peer = self
+            .peers
+            .get_mut(key)
+            .ok_or_else(|| SfuError::UnknownParticipant(pid.to_owned()))?;
+        let rtc = &mut peer.rtc;
+        let answer = match catch_unwind(AssertUnwindSafe(|| rtc.sdp_api().accept_offer(offer))) {
+            Ok(Ok(a)) => a,
+            Ok(Err(e)) => return Err(SfuError::Sdp(e.to_string())),
+            Err(_) => {
+                self.fail_peer(key, "media engine panic while applying the offer");
+                return Err(SfuError::Sdp("offer made the engine fail".into()));
+            }
+        };
+        if !peer.connected && peer.deadline.is_none() {
+            peer.deadline = Some(now + CONNECT_TIMEOUT);
+        }
+        peer.ssrcs.clear();
+        // Resolve each announced track to its m-line.
+        let mut wanted: Vec<(TrackSource, Mid, MediaKind)> = Vec::new();
+        for t in &tracks {
+            let mid = Mid::from(t.mid.as_str());
+            match peer.rtc.media(mid) {
+                Some(m) if m.kind().is_audio() == t.source.is_audio() => {
+                    if !wanted.iter().any(|w| w.0 == t.source) {
+                        wanted.push((t.source, mid, m.kind()));
+                    }
+                }
+                Some(_) => {
+                    return Err(SfuError::Sdp(format!(
+                        "mid {} does not carry {} media",
+                        t.mid,
+                        if t.source.is_audio() {
+                            "audio"
+                        } else {
+                            "video"
+                        }
+                    )))
+                }
+                None => return Err(SfuError::Sdp(format!("mid {} not in the offer", t.mid))),
+            }
+        }
+        let Some(part) = self.parts.get(pid) else {
+            return Err(SfuError::UnknownParticipant(pid.to_owned()));
+        };
+        let (call, gate, old) = (part.call.clone(), part.gate.clone(), part.producers.clone());
+        let mut changed = false;
+        // Drop producers whose source left the list.
+        for pk in &old {
+            let keep = self
+                .producers
+                .get(*pk)
+                .is_some_and(|p| wanted.iter().any(|w| w.0 == p.source));
+            if !keep {
+                self.remove_producer(*pk);
+                changed = true;
+            }
+        }
+        for (source, mid, kind) in wanted {
+            let pks = self
+                .parts
+                .get(pid)
+                .map(|p| p.producers.clone())
+                .unwrap_or_default();
+            let existing = pks
+                .into_iter()
+                .find(|pk| self.producers.get(*pk).is_some_and(|p| p.source == source));
+            match existing.and_then(|pk| self.producers.get_mut(pk)) {
+                Some(p) => {
+                    if p.mid != mid {
+                        p.mid = mid;
+                        p.layers.clear();
+                        p.epoch = p.epoch.wrapping_add(1);
+                    }
+                    p.publisher = key;
+                    p.params.clear();
+                }
+                None => {
+                    let pk = self.producers.insert(Producer {
+                        owner: pid.to_owned(),
+                        call: call.clone(),
+                        source,
+                        bit: SourceSet::bit(source),
+                        gate: gate.clone(),
+                        publisher: key,
+                        mid,
+                        kind,
+                        epoch: 0,
+                        open: false,
+                        layers: Vec::new(),
+                        params: Vec::new(),
+                        consumers: Vec::new(),
+                        level: LevelMeter::default(),
+                    });
+                    if let Some(p) = self.parts.get_mut(pid) {
+                        p.producers.push(pk);
+                    }
+                    changed = true;
+                }
+            }
+        }
+        self.mark_dirty(key);
+        if changed {
+            self.renegotiate_call_of(pid, now);
+        }
+        Ok(answer.to_sdp_string())
+    }
+
+    fn remove_producer(&mut self, pk: Key) {
+        let Some(prod) = self.producers.remove(pk) else {
+            return;
+        };
+        if let Some(p) = self.parts.get_mut(&prod.owner) {
+            p.producers.retain(|k| *k != pk);
+        }
+        if let Some(peer) = self.peers.get_mut(prod.publisher) {
+            peer.ssrcs.retain(|(_, k, _)| *k != pk);
+        }
+        for c in &prod.consumers {
+            if let Some(peer) = self.peers.get_mut(c.peer) {
+                peer.sub_mids.retain(|_, k| *k != pk);
+            }
+        }
+    }
+
+    /// Re-offers to everyone in `pid`'s call except `pid` (their track set changed).
+    fn renegotiate_call_of(&mut self, pid: &str, now: Instant) {
+        let Some(call) = self.parts.get(pid).map(|p| p.call.clone()) else {
+            return;
+        };
+        let members = self
+            .calls
+            .get(&call)
+            .map(|c| c.members.clone())
+            .unwrap_or_default();
+        for m in members.iter().filter(|m| *m != pid) {
+            self.renegotiate(m, now);
+        }
+    }
+
+    /// Brings `pid`'s subscriber peer in line with the producers it may receive: adds media
+    /// for new producers, stops media of gone ones, offers (or queues if an offer is pending).
+    fn renegotiate(&mut self, pid: &str, now: Instant) {
+        let Some(part) = self.parts.get(pid) else {
+            return;
+        };
+        if part.sub.pending.is_some() {
+            if let Some(p) = self.parts.get_mut(pid) {
+                p.sub.again = true;
+            }
+            return;
+        }
+        let call = part.call.clone();
+        let sub_key = part.subscriber;
+        let desired: Vec<Key> = self
+            .producers
+            .iter()
+            .filter(|(_, p)| p.call == call && p.owner != pid)
+            .map(|(k, _)| k)
+            .collect();
+        let Some(part) = self.parts.get_mut(pid) else {
+            return;
+        };
+        let Some(peer) = self.peers.get_mut(sub_key) else {
+            return;
+        };
+        let producers = &self.producers;
+        let res = catch_unwind(AssertUnwindSafe(|| {
+            let mut api = peer.rtc.sdp_api();
+            for t in &mut part.sub.tracks {
+                if t.state != SubTrackState::Stopping && producers.get(t.producer).is_none() {
+                    api.stop_media(t.mid);
+                    t.state = SubTrackState::Stopping;
+                }
+            }
+            for pk in &desired {
+                if part.sub.tracks.iter().any(|t| t.producer == *pk) {
+                    continue;
+                }
+                let Some(prod) = producers.get(*pk) else {
+                    continue;
+                };
+                let mid = api.add_media(
+                    prod.kind,
+                    Direction::SendOnly,
+                    Some(prod.owner.clone()),
+                    Some(prod.track_id()),
+                    None,
+                );
+                part.sub.tracks.push(SubTrack {
+                    mid,
+                    producer: *pk,
+                    state: SubTrackState::Negotiating,
+                });
+            }
+            if !api.has_changes() {
+                return None;
+            }
+            api.apply()
+        }));
+        let (offer, pending) = match res {
+            Ok(Some(x)) => x,
+            Ok(None) => return,
+            Err(_) => {
+                self.fail_peer(sub_key, "media engine panic while creating an offer");
+                return;
+            }
+        };
+        part.sub.pending = Some(pending);
+        if !peer.connected && peer.deadline.is_none() {
+            peer.deadline = Some(now + CONNECT_TIMEOUT);
+        }
+        let listed: Vec<(Mid, Key)> = part
+            .sub
+            .tracks
+            .iter()
+            .filter(|t| t.state != SubTrackState::Stopping)
+            .map(|t| (t.mid, t.producer))
+            .collect();
+        let tracks = listed
+            .into_iter()
+            .filter_map(|(mid, pk)| {
+                let prod = self.producers.get(pk)?;
+                Some(SubscribedTrack {
+                    mid: mid.to_string(),
+                    track: TrackInfo {
+                        track_id: prod.track_id(),
+                        participant_id: prod.owner.clone(),
+                        user_id: self
+                            .parts
+                            .get(&prod.owner)
+                            .map(|p| p.user_id.clone())
+                            .unwrap_or_default(),
+                        source: prod.source,
+                        muted: !prod.gate.sends(prod.bit),
+                    },
+                })
+            })
+            .collect();
+        let _ = self.events.send(SfuEvent::SubscriberOffer {
+            participant_id: pid.to_owned(),
+            sdp: offer.to_sdp_string(),
+            tracks,
+        });
+    }
+
+    fn subscriber_answer(&mut self, pid: &str, sdp: &str, now: Instant) -> Result<(), SfuError> {
+        let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::Sdp(e.to_string()))?;
+        let part = self
+            .parts
+            .get_mut(pid)
+            .ok_or_else(|| SfuError::UnknownParticipant(pid.to_owned()))?;
+        let pending = part
+            .sub
+            .pending
+            .take()
+            .ok_or_else(|| SfuError::Sdp("no subscriber offer is pending".into()))?;
+        let sub_key = part.subscriber;
+        let gate = part.gate.clone();
+        let Some(peer) = self.peers.get_mut(sub_key) else {
+            return Err(SfuError::UnknownParticipant(pid.to_owned()));
+        };
+        let rtc = &mut peer.rtc;
+        match catch_unwind(AssertUnwindSafe(|| {
+            rtc.sdp_api().accept_answer(pending, answer)
+        })) {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                // The offer is gone; roll the track list back so the next offer retries.
+                part.sub
+                    .tracks
+                    .retain(|t| t.state != SubTrackState::Negotiating);
+                let again = std::mem::take(&mut part.sub.again);
+                if again {
+                    self.renegotiate(pid, now);
+                }
+                return Err(SfuError::Sdp(e.to_string()));
+            }
+            Err(_) => {
+                self.fail_peer(sub_key, "media engine panic while applying the answer");
+                return Err(SfuError::Sdp("answer made the engine fail".into()));
+            }
+        }
+        part.sub
+            .tracks
+            .retain(|t| t.state != SubTrackState::Stopping);
+        let mut opened = Vec::new();
+        for t in &mut part.sub.tracks {
+            if t.state == SubTrackState::Negotiating {
+                t.state = SubTrackState::Open;
+                opened.push((t.mid, t.producer));
+            }
+        }
+        let again = std::mem::take(&mut part.sub.again);
+        let unsubscribed = part.unsubscribed.clone();
+        let quality = part.quality.clone();
+        for (mid, pk) in opened {
+            let Some(peer) = self.peers.get_mut(sub_key) else {
+                break;
+            };
+            let ssrc = peer
+                .rtc
+                .direct_api()
+                .stream_tx_by_mid(mid, None)
+                .map(|s| s.ssrc());
+            let Some(ssrc) = ssrc else {
+                warn!("subscriber {pid}: no send stream for mid {mid}");
+                continue;
+            };
+            peer.sub_mids.insert(mid, pk);
+            let Some(prod) = self.producers.get_mut(pk) else {
+                continue;
+            };
+            let track_id = prod.track_id();
+            prod.consumers.push(Consumer {
+                peer: sub_key,
+                ssrc,
+                gate: gate.clone(),
+                st: ConsumerState::new(unsubscribed.contains(&track_id)),
+                quality: quality.get(&track_id).copied().unwrap_or(Quality::High),
+                cur: NO_LAYER,
+                target: NO_LAYER,
+            });
+            self.choose_layers(pk, now);
+            // A new subscriber needs a keyframe at once.
+            let layer = self.consumer_layer(pk, sub_key);
+            self.request_keyframe(pk, layer, KeyframeRequestKind::Pli, now, true);
+        }
+        self.mark_dirty(sub_key);
+        if again {
+            self.renegotiate(pid, now);
+        }
+        Ok(())
+    }
+
+    fn ice_candidate(&mut self, pid: &str, target: PeerTarget, candidate: &str) {
+        let Some(part) = self.parts.get(pid) else {
+            return;
+        };
+        let key = match target {
+            PeerTarget::Publisher => part.publisher,
+            PeerTarget::Subscriber => Some(part.subscriber),
+        };
+        let Some(peer) = key.and_then(|k| self.peers.get_mut(k)) else {
+            return;
+        };
+        let s = candidate.trim();
+        let s = s.strip_prefix("a=").unwrap_or(s);
+        let parsed = Candidate::from_sdp_string(s)
+            .or_else(|_| Candidate::from_sdp_string(&format!("candidate:{s}")));
+        match parsed {
+            Ok(c) => peer.rtc.add_remote_candidate(c),
+            Err(e) => debug!("ignoring candidate {s:?}: {e}"),
+        }
+    }
+
+    fn find_consumer(&self, pid: &str, track_id: &str) -> Option<(Key, Key)> {
+        let sub = self.parts.get(pid)?.subscriber;
+        let (owner, source) = track_id.rsplit_once(':')?;
+        let owner = self.parts.get(owner)?;
+        owner.producers.iter().copied().find_map(|pk| {
+            let p = self.producers.get(pk)?;
+            (p.source.as_str() == source).then_some((pk, sub))
+        })
+    }
+
+    fn set_subscribed(&mut self, pid: &str, track_id: &str, subscribed: bool, now: Instant) {
+        if let Some(p) = self.parts.get_mut(pid) {
+            if subscribed {
+                p.unsubscribed.remove(track_id);
+            } else {
+                p.unsubscribed.insert(track_id.to_owned());
+            }
+        }
+        let Some((pk, sub)) = self.find_consumer(pid, track_id) else {
+            return;
+        };
+        let Some(c) = self
+            .producers
+            .get_mut(pk)
+            .and_then(|p| p.consumers.iter_mut().find(|c| c.peer == sub))
+        else {
+            return;
+        };
+        c.st.paused = !subscribed;
+        if subscribed {
+            let layer = self.consumer_layer(pk, sub);
+            self.request_keyframe(pk, layer, KeyframeRequestKind::Pli, now, false);
+        }
+    }
+
+    fn leave(&mut self, pid: &str, now: Instant) {
+        let Some(part) = self.parts.get(pid) else {
+            return;
+        };
+        let call = part.call.clone();
+        let peers: Vec<Key> = part
+            .publisher
+            .into_iter()
+            .chain([part.subscriber])
+            .collect();
+        for pk in part.producers.clone() {
+            self.remove_producer(pk);
+        }
+        for k in peers {
+            self.drop_peer(k);
+        }
+        self.parts.remove(pid);
+        if let Some(c) = self.calls.get_mut(&call) {
+            c.members.retain(|m| m != pid);
+            if c.members.is_empty() {
+                self.calls.remove(&call);
+            }
+        }
+        let members = self
+            .calls
+            .get(&call)
+            .map(|c| c.members.clone())
+            .unwrap_or_default();
+        for m in members {
+            self.renegotiate(&m, now);
+        }
+    }
+
+    /// Removes a peer and everything that forwards to it.
+    fn drop_peer(&mut self, key: Key) {
+        let Some(peer) = self.peers.remove(key) else {
+            return;
+        };
+        if peer.role == Role::Subscriber {
+            for pk in peer.sub_mids.values() {
+                if let Some(p) = self.producers.get_mut(*pk) {
+                    p.consumers.retain(|c| c.peer != key);
+                }
+            }
+        }
+        self.addr_cache.retain(|_, k| *k != key);
+    }
+
+    /// A peer failed (timeout, error, panic): drop it, tell the control plane, and keep the
+    /// participant usable (fresh subscriber peer, publisher removed with its producers).
+    fn fail_peer(&mut self, key: Key, reason: &str) {
+        let Some(peer) = self.peers.get(key) else {
+            return;
+        };
+        let (owner, role) = (peer.owner.clone(), peer.role);
+        warn!("peer of {owner} ({role:?}) failed: {reason}");
+        self.drop_peer(key);
+        let _ = self.events.send(SfuEvent::PeerFailed {
+            participant_id: owner.clone(),
+            reason: reason.to_owned(),
+        });
+        let now = Instant::now();
+        match role {
+            Role::Publisher => {
+                let pks = match self.parts.get_mut(&owner) {
+                    Some(p) if p.publisher == Some(key) => {
+                        p.publisher = None;
+                        p.producers.clone()
+                    }
+                    _ => return,
+                };
+                for pk in pks {
+                    self.remove_producer(pk);
+                }
+                self.renegotiate_call_of(&owner, now);
+            }
+            Role::Subscriber => {
+                let is_current = self.parts.get(&owner).is_some_and(|p| p.subscriber == key);
+                if !is_current {
+                    return;
+                }
+                let fresh = self.new_peer(&owner, Role::Subscriber, now);
+                if let Some(p) = self.parts.get_mut(&owner) {
+                    p.subscriber = fresh;
+                    p.sub = SubState::default();
+                }
+                self.renegotiate(&owner, now);
+            }
+        }
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Housekeeping.
+
+    fn housekeeping(&mut self, now: Instant) {
+        self.ticks += 1;
+        let expired: Vec<Key> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.connected && p.deadline.is_some_and(|d| d <= now))
+            .map(|(k, _)| k)
+            .collect();
+        for k in expired {
+            self.fail_peer(k, "ICE/DTLS timeout");
+        }
+        // Layer rates and choice.
+        let secs = TICK.as_secs_f64();
+        let simulcast: Vec<Key> = self
+            .producers
+            .iter()
+            .filter(|(_, p)| p.layers.len() > 1)
+            .map(|(k, _)| k)
+            .collect();
+        for pk in &simulcast {
+            if let Some(p) = self.producers.get_mut(*pk) {
+                for l in &mut p.layers {
+                    let inst = l.bytes as f64 * 8.0 / secs;
+                    l.rate_bps = if l.rate_bps == 0.0 {
+                        inst
+                    } else {
+                        0.7 * l.rate_bps + 0.3 * inst
+                    };
+                    l.bytes = 0;
+                }
+            }
+            self.choose_layers(*pk, now);
+        }
+        if self.ticks % 2 == 0 {
+            self.speakers();
+        }
+        let peers = &self.peers;
+        self.addr_cache.retain(|_, k| peers.get(*k).is_some());
+    }
+
+    /// Picks each consumer's simulcast layer: the requested quality, stepped down while the
+    /// subscriber's bandwidth estimate cannot carry it. Switches happen on the next keyframe.
+    fn choose_layers(&mut self, pk: Key, now: Instant) {
+        let Some(prod) = self.producers.get_mut(pk) else {
+            return;
+        };
+        if prod.layers.len() <= 1 {
+            for c in &mut prod.consumers {
+                c.cur = 0;
+                c.target = 0;
+            }
+            return;
+        }
+        // Layers ordered by measured rate (rid names carry no order).
+        let mut order: Vec<usize> = (0..prod.layers.len()).collect();
+        order.sort_by(|a, b| {
+            prod.layers[*a]
+                .rate_bps
+                .total_cmp(&prod.layers[*b].rate_bps)
+        });
+        let mut requests = Vec::new();
+        for c in &mut prod.consumers {
+            let want = match c.quality {
+                Quality::Low => 0,
+                Quality::Medium => order.len() / 2,
+                Quality::High => order.len() - 1,
+            };
+            let bwe = self.peers.get(c.peer).and_then(|p| p.bwe);
+            let mut rank = want;
+            if let Some(b) = bwe {
+                while rank > 0 && prod.layers[order[rank]].rate_bps > b.as_f64() * 0.9 {
+                    rank -= 1;
+                }
+            }
+            let target = order[rank] as u8;
+            if target != c.target {
+                c.target = target;
+                if target != c.cur {
+                    requests.push(usize::from(target));
+                }
+            }
+        }
+        requests.dedup();
+        for l in requests {
+            self.request_keyframe(pk, Some(l), KeyframeRequestKind::Pli, now, false);
+        }
+    }
+
+    fn speakers(&mut self) {
+        let mut levels: HashMap<CallCid, Vec<(String, f32)>> = HashMap::new();
+        let keys: Vec<Key> = self.producers.iter().map(|(k, _)| k).collect();
+        for k in keys {
+            if let Some(p) = self.producers.get_mut(k) {
+                if p.source == TrackSource::Microphone {
+                    let open = p.gate.sends(p.bit);
+                    let l = p.level.take();
+                    levels
+                        .entry(p.call.clone())
+                        .or_default()
+                        .push((p.owner.clone(), if open { l } else { 0.0 }));
+                }
+            }
+        }
+        for (call, state) in &mut self.calls {
+            let l = levels.remove(call).unwrap_or_default();
+            if let Some(speakers) = state.speakers.update(l) {
+                let _ = self.events.send(SfuEvent::Speakers {
+                    call: call.clone(),
+                    speakers,
+                });
+            }
+        }
+    }
+}

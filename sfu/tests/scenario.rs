@@ -1,0 +1,500 @@
+//! End-to-end scenario over real UDP on 127.0.0.1: the real engine, and independent str0m
+//! clients (non-ICE-lite, each with its own socket and pump thread) as publisher and
+//! subscribers. Shows forwarding to two subscribers, the gate cutting video while audio
+//! continues, zero leaked video while gated, resumption on the same subscriber track without
+//! renegotiation, the receive flag, garbage UDP, and leave.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use greenroom_proto::{CallCid, MediaGate, PublishTrack, SourceSet, SubscribedTrack, TrackSource};
+use greenroom_sfu::{Sfu, SfuConfig, SfuEvent};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// What a client received: per mid, packet count, SSRCs seen and sequence numbers.
+#[derive(Default, Debug, Clone)]
+struct Rx {
+    count: u64,
+    ssrcs: Vec<u32>,
+    seqs: Vec<u64>,
+}
+
+type Job = Box<dyn FnOnce(&mut ClientState) + Send>;
+
+struct ClientState {
+    rtc: Rtc,
+    /// (mid, codec) of media this client sends synthetic RTP on.
+    send: Vec<(Mid, Codec)>,
+    sending: bool,
+    seq: u64,
+    next_audio: Instant,
+    next_video: Instant,
+    frame: u32,
+}
+
+/// A str0m client peer with its own UDP socket, pumped by its own thread.
+struct Client {
+    jobs: std_mpsc::Sender<Job>,
+    rx: Arc<Mutex<HashMap<String, Rx>>>,
+    connected: Arc<Mutex<bool>>,
+}
+
+impl Client {
+    fn new() -> Client {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let now = Instant::now();
+        let mut rtc = RtcConfig::new().set_rtp_mode(true).build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let (jobs, job_rx) = std_mpsc::channel::<Job>();
+        let rx: Arc<Mutex<HashMap<String, Rx>>> = Default::default();
+        let connected: Arc<Mutex<bool>> = Default::default();
+        let (rx2, conn2) = (rx.clone(), connected.clone());
+        std::thread::spawn(move || {
+            let mut st = ClientState {
+                rtc,
+                send: Vec::new(),
+                sending: false,
+                seq: 0,
+                next_audio: now,
+                next_video: now,
+                frame: 0,
+            };
+            pump(&mut st, socket, addr, job_rx, rx2, conn2);
+        });
+        Client {
+            jobs,
+            rx,
+            connected,
+        }
+    }
+
+    fn call<T: Send + 'static>(&self, f: impl FnOnce(&mut ClientState) -> T + Send + 'static) -> T {
+        let (tx, rx) = std_mpsc::channel();
+        self.jobs
+            .send(Box::new(move |st| {
+                let _ = tx.send(f(st));
+            }))
+            .unwrap();
+        rx.recv().unwrap()
+    }
+
+    fn received(&self, mid: &str) -> Rx {
+        self.rx
+            .lock()
+            .unwrap()
+            .get(mid)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn count(&self, mid: &str) -> u64 {
+        self.received(mid).count
+    }
+
+    /// Creates a publisher offer with audio + video (SendOnly).
+    fn publish_offer(&self) -> (String, Vec<PublishTrack>, SdpPendingOffer) {
+        self.call(|st| {
+            let mut api = st.rtc.sdp_api();
+            let a = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+            let v = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+            let (offer, pending) = api.apply().unwrap();
+            st.send = vec![(a, Codec::Opus), (v, Codec::Vp8)];
+            let tracks = vec![
+                PublishTrack {
+                    mid: a.to_string(),
+                    source: TrackSource::Microphone,
+                },
+                PublishTrack {
+                    mid: v.to_string(),
+                    source: TrackSource::Camera,
+                },
+            ];
+            (offer.to_sdp_string(), tracks, pending)
+        })
+    }
+
+    fn accept_answer(&self, pending: SdpPendingOffer, answer: String) {
+        self.call(move |st| {
+            let answer = SdpAnswer::from_sdp_string(&answer).unwrap();
+            st.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        })
+    }
+
+    fn accept_offer(&self, offer: String) -> String {
+        self.call(move |st| {
+            let offer = SdpOffer::from_sdp_string(&offer).unwrap();
+            st.rtc
+                .sdp_api()
+                .accept_offer(offer)
+                .unwrap()
+                .to_sdp_string()
+        })
+    }
+
+    fn set_sending(&self, on: bool) {
+        self.call(move |st| st.sending = on)
+    }
+
+    fn is_connected(&self) -> bool {
+        *self.connected.lock().unwrap()
+    }
+}
+
+fn pump(
+    st: &mut ClientState,
+    socket: UdpSocket,
+    addr: SocketAddr,
+    jobs: std_mpsc::Receiver<Job>,
+    rx: Arc<Mutex<HashMap<String, Rx>>>,
+    connected: Arc<Mutex<bool>>,
+) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        loop {
+            match jobs.try_recv() {
+                Ok(job) => job(st),
+                Err(std_mpsc::TryRecvError::Empty) => break,
+                Err(std_mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+        let now = Instant::now();
+        if st.sending && *connected.lock().unwrap() {
+            send_media(st, now);
+        }
+        st.rtc.handle_input(Input::Timeout(now)).unwrap();
+        let timeout = loop {
+            match st.rtc.poll_output().unwrap() {
+                Output::Timeout(t) => break t,
+                Output::Transmit(t) => {
+                    let _ = socket.send_to(&t.contents, t.destination);
+                }
+                Output::Event(Event::Connected) => *connected.lock().unwrap() = true,
+                Output::Event(Event::RtpPacket(p)) => {
+                    let mid = st
+                        .rtc
+                        .direct_api()
+                        .stream_rx(&p.header.ssrc)
+                        .map(|s| s.mid().to_string())
+                        .unwrap_or_default();
+                    let mut m = rx.lock().unwrap();
+                    let e = m.entry(mid).or_default();
+                    e.count += 1;
+                    if !e.ssrcs.contains(&*p.header.ssrc) {
+                        e.ssrcs.push(*p.header.ssrc);
+                    }
+                    e.seqs.push(*p.seq_no);
+                }
+                Output::Event(_) => {}
+            }
+        };
+        let mut wait = timeout.saturating_duration_since(Instant::now());
+        if st.sending {
+            wait = wait.min(Duration::from_millis(5));
+        }
+        let wait = wait.clamp(Duration::from_millis(1), Duration::from_millis(20));
+        socket.set_read_timeout(Some(wait)).unwrap();
+        if let Ok((n, src)) = socket.recv_from(&mut buf) {
+            if let Ok(r) = Receive::new(Protocol::Udp, src, addr, &buf[..n]) {
+                st.rtc
+                    .handle_input(Input::Receive(Instant::now(), r))
+                    .unwrap();
+            }
+        }
+    }
+}
+
+fn pt_for(rtc: &Rtc, codec: Codec) -> Pt {
+    rtc.codec_config()
+        .find(|p| p.spec().codec == codec)
+        .map(|p| p.pt())
+        .unwrap()
+}
+
+/// Synthetic media: Opus-sized audio every 20 ms, one VP8 packet per 33 ms frame.
+fn send_media(st: &mut ClientState, now: Instant) {
+    let send = st.send.clone();
+    for (mid, codec) in send {
+        let audio = codec == Codec::Opus;
+        let due = if audio { st.next_audio } else { st.next_video };
+        if now < due {
+            continue;
+        }
+        if audio {
+            st.next_audio = now + Duration::from_millis(20);
+        } else {
+            st.next_video = now + Duration::from_millis(33);
+            st.frame += 1;
+        }
+        st.seq += 1;
+        let pt = pt_for(&st.rtc, codec);
+        let (ts, payload): (u32, Vec<u8>) = if audio {
+            (st.seq as u32 * 960, vec![0xfc; 80])
+        } else {
+            // A VP8 keyframe every 30 frames, delta frames otherwise.
+            let key = st.frame % 30 == 1;
+            let mut p = vec![0x10, if key { 0x00 } else { 0x01 }, 0x9d, 0x01, 0x2a];
+            p.resize(600, 0x55);
+            (st.frame * 3000, p)
+        };
+        let mut ext = ExtensionValues::default();
+        if audio {
+            ext.audio_level = Some(-20);
+            ext.voice_activity = Some(true);
+        }
+        let mut api = st.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            continue;
+        };
+        // Separate sequence spaces per stream: audio and video each count their own packets.
+        let seq = if audio { st.seq } else { u64::from(st.frame) };
+        tx.write_rtp(
+            RtpWrite::new(pt, SeqNo::from(seq), ts, now, payload)
+                .marker(true)
+                .ext_vals(ext)
+                .nackable(!audio),
+        );
+    }
+}
+
+/// The SFU's event stream with per-participant offer queues.
+struct Events {
+    rx: UnboundedReceiver<SfuEvent>,
+    offers: HashMap<String, VecDeque<(String, Vec<SubscribedTrack>)>>,
+    speakers: Vec<Vec<(String, f32)>>,
+    failed: Vec<(String, String)>,
+}
+
+impl Events {
+    fn drain(&mut self) {
+        while let Ok(ev) = self.rx.try_recv() {
+            self.push(ev);
+        }
+    }
+
+    fn push(&mut self, ev: SfuEvent) {
+        match ev {
+            SfuEvent::SubscriberOffer {
+                participant_id,
+                sdp,
+                tracks,
+            } => self
+                .offers
+                .entry(participant_id)
+                .or_default()
+                .push_back((sdp, tracks)),
+            SfuEvent::Speakers { speakers, .. } => self.speakers.push(speakers),
+            SfuEvent::PeerFailed {
+                participant_id,
+                reason,
+            } => self.failed.push((participant_id, reason)),
+        }
+    }
+
+    async fn offer(&mut self, pid: &str) -> (String, Vec<SubscribedTrack>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(o) = self.offers.get_mut(pid).and_then(|q| q.pop_front()) {
+                return o;
+            }
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(ev)) => self.push(ev),
+                _ => panic!("no subscriber offer for {pid}"),
+            }
+        }
+    }
+
+    fn has_offer(&mut self, pid: &str) -> bool {
+        self.drain();
+        self.offers.get(pid).is_some_and(|q| !q.is_empty())
+    }
+}
+
+async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn mid_of(tracks: &[SubscribedTrack], source: TrackSource) -> String {
+    tracks
+        .iter()
+        .find(|t| t.track.source == source)
+        .map(|t| t.mid.clone())
+        .unwrap()
+}
+
+const ALL: MediaGate = MediaGate {
+    send: SourceSet::ALL,
+    receive: true,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publisher_to_two_subscribers_with_gate_and_receive_flag() {
+    let (sfu, rx) = Sfu::start(SfuConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        advertise_ip: "127.0.0.1".parse().unwrap(),
+    })
+    .await
+    .unwrap();
+    let mut events = Events {
+        rx,
+        offers: HashMap::new(),
+        speakers: Vec::new(),
+        failed: Vec::new(),
+    };
+    let call: CallCid = "default:room1".parse().unwrap();
+    sfu.join(&call, "alice", "u-alice", ALL);
+    sfu.join(&call, "bob", "u-bob", ALL);
+    sfu.join(&call, "carol", "u-carol", ALL);
+
+    // Alice publishes audio + video.
+    let alice = Client::new();
+    let (offer, tracks, pending) = alice.publish_offer();
+    let answer = sfu.publish("alice", offer, tracks).await.unwrap();
+    alice.accept_answer(pending, answer);
+
+    // Bob and Carol get offers with Alice's two tracks (never their own).
+    let bob = Client::new();
+    let carol = Client::new();
+    let mut mids = HashMap::new();
+    for (pid, client) in [("bob", &bob), ("carol", &carol)] {
+        let (sdp, tracks) = events.offer(pid).await;
+        assert_eq!(tracks.len(), 2, "{pid} gets alice's microphone and camera");
+        assert!(tracks.iter().all(|t| t.track.participant_id == "alice"));
+        assert!(tracks.iter().any(|t| t.track.track_id == "alice:camera"));
+        let answer = client.accept_offer(sdp);
+        sfu.subscriber_answer(pid, answer).await.unwrap();
+        mids.insert(
+            pid,
+            (
+                mid_of(&tracks, TrackSource::Microphone),
+                mid_of(&tracks, TrackSource::Camera),
+            ),
+        );
+    }
+    assert!(!events.has_offer("alice"), "no offer of her own tracks");
+    let (bob_a, bob_v) = mids["bob"].clone();
+    let (carol_a, carol_v) = mids["carol"].clone();
+
+    wait_for("all peers connected", || {
+        alice.is_connected() && bob.is_connected() && carol.is_connected()
+    })
+    .await;
+    alice.set_sending(true);
+
+    // Garbage on the media port must disturb nobody.
+    let junk = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for i in 0..50u8 {
+        let mut p = vec![0x80, 0x60 + (i % 3), i, i, 1, 2, 3, 4, 5, 6, 7, 8];
+        p.extend(std::iter::repeat_n(i, usize::from(i)));
+        junk.send_to(&p, sfu.local_addr()).unwrap();
+        junk.send_to(&[i; 3], sfu.local_addr()).unwrap();
+    }
+
+    wait_for("audio+video at both subscribers", || {
+        bob.count(&bob_a) > 20
+            && bob.count(&bob_v) > 20
+            && carol.count(&carol_a) > 20
+            && carol.count(&carol_v) > 20
+    })
+    .await;
+
+    // Revoke the camera: video stops, audio continues.
+    sfu.set_gate(
+        "alice",
+        MediaGate {
+            send: SourceSet::EMPTY.with(TrackSource::Microphone),
+            receive: true,
+        },
+    );
+    let a0 = bob.count(&bob_a);
+    // Packets already in flight before the gate change may still land; let them.
+    wait_for("audio continues", || bob.count(&bob_a) > a0 + 10).await;
+    let (bv, cv) = (bob.received(&bob_v), carol.received(&carol_v));
+    let (a1, c1) = (bob.count(&bob_a), carol.count(&carol_a));
+    // Alice keeps sending video all along: none of it may leak.
+    wait_for("more audio while gated", || {
+        bob.count(&bob_a) > a1 + 50 && carol.count(&carol_a) > c1 + 50
+    })
+    .await;
+    assert_eq!(bob.count(&bob_v), bv.count, "no video leaked to bob");
+    assert_eq!(carol.count(&carol_v), cv.count, "no video leaked to carol");
+
+    // Restore: the same subscriber track resumes, no renegotiation, continuous sequence.
+    sfu.set_gate("alice", ALL);
+    wait_for("video resumes", || {
+        bob.count(&bob_v) > bv.count + 10 && carol.count(&carol_v) > cv.count + 10
+    })
+    .await;
+    let bv2 = bob.received(&bob_v);
+    assert_eq!(bv2.ssrcs.len(), 1, "same send stream on the same mid");
+    let last_before = *bv.seqs.iter().max().unwrap();
+    let first_after = bv2.seqs[bv.seqs.len()..].iter().min().copied().unwrap();
+    assert_eq!(
+        first_after,
+        last_before + 1,
+        "seamless sequence across the gate"
+    );
+    assert!(!events.has_offer("bob") && !events.has_offer("carol"));
+
+    // Carol stops receiving: she gets nothing, Bob is unaffected.
+    sfu.set_gate(
+        "carol",
+        MediaGate {
+            send: SourceSet::ALL,
+            receive: false,
+        },
+    );
+    let b0 = bob.count(&bob_a);
+    wait_for("bob audio", || bob.count(&bob_a) > b0 + 10).await;
+    let (ca, cvv) = (carol.count(&carol_a), carol.count(&carol_v));
+    let b1 = bob.count(&bob_a);
+    wait_for("bob audio and video", || {
+        bob.count(&bob_a) > b1 + 50 && bob.count(&bob_v) > bv2.count + 40
+    })
+    .await;
+    assert_eq!(carol.count(&carol_a), ca, "receive=false: no audio");
+    assert_eq!(carol.count(&carol_v), cvv, "receive=false: no video");
+    sfu.set_gate("carol", ALL);
+    wait_for("carol receives again", || {
+        carol.count(&carol_a) > ca + 10 && carol.count(&carol_v) > cvv + 5
+    })
+    .await;
+
+    // Active speaker: alice's audio level is reported for the call.
+    wait_for("speakers", || {
+        events.drain();
+        events
+            .speakers
+            .iter()
+            .any(|s| s.first().is_some_and(|(p, _)| p == "alice"))
+    })
+    .await;
+
+    // Alice leaves: the others are re-offered without her tracks.
+    sfu.leave("alice");
+    for pid in ["bob", "carol"] {
+        let (_, tracks) = events.offer(pid).await;
+        assert!(tracks.is_empty(), "{pid}: alice's tracks are gone");
+    }
+    events.drain();
+    assert!(
+        events.failed.is_empty(),
+        "no peer failed: {:?}",
+        events.failed
+    );
+}
