@@ -97,10 +97,7 @@ impl LatencyHistogram {
                 return Some(value_of(i));
             }
         }
-        self.counts
-            .iter()
-            .rposition(|c| *c > 0)
-            .map(value_of)
+        self.counts.iter().rposition(|c| *c > 0).map(value_of)
     }
 }
 

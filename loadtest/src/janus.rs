@@ -352,7 +352,9 @@ impl JanusHandle {
 
 fn jsep_sdp(v: &Value, kind: &str) -> Result<String> {
     if v["jsep"]["type"] != kind {
-        return Err(JanusError::Protocol(format!("expected a jsep {kind} in {v}")));
+        return Err(JanusError::Protocol(format!(
+            "expected a jsep {kind} in {v}"
+        )));
     }
     v["jsep"]["sdp"]
         .as_str()
@@ -483,7 +485,10 @@ pub fn subscribed_tracks(streams: &Value) -> Vec<SubscribedTrack> {
                 "video" => TrackSource::Camera,
                 _ => return None,
             };
-            let feed = s["feed_id"].as_u64().map(|f| f.to_string()).unwrap_or_default();
+            let feed = s["feed_id"]
+                .as_u64()
+                .map(|f| f.to_string())
+                .unwrap_or_default();
             Some(SubscribedTrack {
                 mid,
                 track: TrackInfo {
@@ -520,7 +525,10 @@ mod tests {
 
     #[test]
     fn errors_are_recognised() {
-        assert!(janus_error(&json!({"janus": "error", "error": {"code": 458, "reason": "x"}})).is_some());
+        assert!(
+            janus_error(&json!({"janus": "error", "error": {"code": 458, "reason": "x"}}))
+                .is_some()
+        );
         assert!(janus_error(&json!({"janus": "success"})).is_none());
         assert!(plugin_error(&json!({"error_code": 426, "error": "No such room"})).is_some());
         assert!(jsep_sdp(&json!({"jsep": {"type": "offer", "sdp": "v=0"}}), "answer").is_err());

@@ -79,15 +79,15 @@ pub mod bot;
 pub mod error;
 pub mod histogram;
 pub mod janus;
+pub mod media;
+pub mod probe;
 pub mod procstat;
 pub mod report;
 pub mod runner;
 pub mod scenario;
-pub mod token;
-pub mod media;
-pub mod probe;
 pub mod signal;
 pub mod stats;
+pub mod token;
 pub mod vp8;
 
 pub use bot::{Bot, BotConfig, Joined, StopMode};

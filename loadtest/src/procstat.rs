@@ -181,7 +181,11 @@ mod tests {
     #[test]
     fn own_process_is_readable_and_uses_memory() {
         let s = read_pid(std::process::id());
-        assert!(s.as_ref().is_ok_and(|s| s.rss_bytes > 0 && s.cpu_seconds >= 0.0), "{s:?}");
+        assert!(
+            s.as_ref()
+                .is_ok_and(|s| s.rss_bytes > 0 && s.cpu_seconds >= 0.0),
+            "{s:?}"
+        );
     }
 
     #[test]
@@ -190,7 +194,10 @@ mod tests {
                  process_cpu_seconds_total 12.5\nprocess_resident_memory_bytes{a=\"b\"} 1.5e7\n\
                  process_cpu_seconds_total_other 3\n";
         assert_eq!(metric_value(t, "process_cpu_seconds_total"), Some(12.5));
-        assert_eq!(metric_value(t, "process_resident_memory_bytes"), Some(1.5e7));
+        assert_eq!(
+            metric_value(t, "process_resident_memory_bytes"),
+            Some(1.5e7)
+        );
         assert_eq!(metric_value(t, "missing"), None);
     }
 }

@@ -14,10 +14,17 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
     vec![
         ("target", s.target.clone()),
         ("scenario", s.scenario.clone()),
-        ("joined / failed", format!("{} / {}", s.joined, s.join_failures)),
+        (
+            "joined / failed",
+            format!("{} / {}", s.joined, s.join_failures),
+        ),
         (
             "join time p50 / p99 (ms)",
-            format!("{} / {}", opt(s.join_time.p50_ms, 0), opt(s.join_time.p99_ms, 0)),
+            format!(
+                "{} / {}",
+                opt(s.join_time.p50_ms, 0),
+                opt(s.join_time.p99_ms, 0)
+            ),
         ),
         (
             "first media p50 / p99 (ms)",
@@ -32,8 +39,14 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
             "forwarded pkt/s (expected)",
             format!("{:.0} ({:.0})", s.forwarded_pps, s.expected_pps),
         ),
-        ("packets sent / forwarded", format!("{} / {}", s.sent_packets, s.forwarded_packets)),
-        ("loss (%)", format!("{:.3} ({} pkts)", s.loss_pct, s.lost_packets)),
+        (
+            "packets sent / forwarded",
+            format!("{} / {}", s.sent_packets, s.forwarded_packets),
+        ),
+        (
+            "loss (%)",
+            format!("{:.3} ({} pkts)", s.loss_pct, s.lost_packets),
+        ),
         (
             "latency p50 / p99 / p99.9 (ms)",
             format!(
@@ -44,7 +57,10 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
             ),
         ),
         ("server CPU (% of a core)", opt(s.server_cpu_pct, 1)),
-        ("server CPU-s per M fwd pkts", opt(s.server_cpu_s_per_mpkt, 2)),
+        (
+            "server CPU-s per M fwd pkts",
+            opt(s.server_cpu_s_per_mpkt, 2),
+        ),
         (
             "server RSS before / after (MiB)",
             format!(
@@ -53,16 +69,29 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
                 opt(s.server_rss_after_mib, 1)
             ),
         ),
-        ("server KiB per subscriber", opt(s.server_kib_per_subscriber, 0)),
-        ("load tester CPU (% of a core)", format!("{:.1}", s.bot_cpu_pct)),
-        ("load tester µs CPU per rx pkt", opt(s.bot_cpu_us_per_packet, 1)),
+        (
+            "server KiB per subscriber",
+            opt(s.server_kib_per_subscriber, 0),
+        ),
+        (
+            "load tester CPU (% of a core)",
+            format!("{:.1}", s.bot_cpu_pct),
+        ),
+        (
+            "load tester µs CPU per rx pkt",
+            opt(s.bot_cpu_us_per_packet, 1),
+        ),
     ]
 }
 
 /// The summary as an aligned text table.
 pub fn table(s: &Summary) -> String {
     let rows = rows(s);
-    let w = rows.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+    let w = rows
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
     let mut out = String::new();
     for (k, v) in rows {
         let _ = writeln!(out, "{k:<w$}  {v}");
@@ -89,7 +118,11 @@ pub fn side_by_side(summaries: &[&Summary]) -> String {
     let Some(first) = cols.first() else {
         return String::new();
     };
-    let w = first.iter().map(|(k, _)| k.chars().count()).max().unwrap_or(0);
+    let w = first
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
     let cw = cols
         .iter()
         .flat_map(|c| c.iter().map(|(_, v)| v.chars().count()))
@@ -150,7 +183,11 @@ fn chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
             w - r,
             l - 4.0,
             y(v) + 4.0,
-            if ymax >= 100.0 { format!("{v:.0}") } else { format!("{v:.2}") },
+            if ymax >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            },
             y = y(v)
         );
     }
@@ -199,7 +236,10 @@ fn series<'a>(
     Series {
         name,
         color,
-        points: samples.iter().filter_map(|s| f(s).map(|v| (s.t, v))).collect(),
+        points: samples
+            .iter()
+            .filter_map(|s| f(s).map(|v| (s.t, v)))
+            .collect(),
     }
 }
 

@@ -476,16 +476,16 @@ impl Run {
         } else {
             // Wait for the subscriber connection when the server offers at join; media
             // arrival is measured separately (first_media).
-            let _ = bot
-                .subscriber()
-                .wait_connected(self.config.timeout)
-                .await;
+            let _ = bot.subscriber().wait_connected(self.config.timeout).await;
         }
         Ok(Member::Greenroom(bot))
     }
 
     fn needs_go_live(&self) -> bool {
-        matches!(self.scenario.call_type.as_str(), "audio_room" | "livestream")
+        matches!(
+            self.scenario.call_type.as_str(),
+            "audio_room" | "livestream"
+        )
     }
 
     async fn go_live(&self, host_token: &str) -> Result<(), LoadError> {
@@ -584,7 +584,12 @@ impl Run {
     }
 
     /// Starts `count` joins at the join rate and waits for all of them.
-    async fn join_many(self: &Arc<Self>, first_index: usize, count: usize, sources: &[TrackSource]) {
+    async fn join_many(
+        self: &Arc<Self>,
+        first_index: usize,
+        count: usize,
+        sources: &[TrackSource],
+    ) {
         let gap = Duration::try_from_secs_f64(1.0 / self.scenario.join_rate)
             .unwrap_or(Duration::from_secs(1))
             .max(Duration::from_micros(100));
@@ -787,7 +792,13 @@ impl Run {
             }
     }
 
-    fn summarize(&self, from: &Totals, to: &Totals, before: Option<ProcSample>, receivers: usize) -> Summary {
+    fn summarize(
+        &self,
+        from: &Totals,
+        to: &Totals,
+        before: Option<ProcSample>,
+        receivers: usize,
+    ) -> Summary {
         let d = to.since(from);
         let mib = |b: u64| b as f64 / 1048576.0;
         let server_cpu_pct = d.server_cpu.map(|c| c * 100.0 / d.secs);
@@ -865,7 +876,8 @@ pub async fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunResult, L
     let result = match joined {
         Ok(()) => {
             let (from, to) = run.measure(scenario.duration).await;
-            let mut summary = run.summarize(&from, &to, before, run.receivers(scenario.subscribers));
+            let mut summary =
+                run.summarize(&from, &to, before, run.receivers(scenario.subscribers));
             summary.expected_pps = scenario.expected_forward_rate();
             Ok(summary)
         }
@@ -997,14 +1009,20 @@ mod tests {
             rx_packets: 100,
             lost: 0,
             at: Some(t0),
-            server: Some(ProcSample { cpu_seconds: 1.0, rss_bytes: 0 }),
+            server: Some(ProcSample {
+                cpu_seconds: 1.0,
+                rss_bytes: 0,
+            }),
             ..Totals::default()
         };
         let b = Totals {
             rx_packets: 1090,
             lost: 10,
             at: Some(t0 + Duration::from_secs(2)),
-            server: Some(ProcSample { cpu_seconds: 1.5, rss_bytes: 0 }),
+            server: Some(ProcSample {
+                cpu_seconds: 1.5,
+                rss_bytes: 0,
+            }),
             ..Totals::default()
         };
         let d = b.since(&a);

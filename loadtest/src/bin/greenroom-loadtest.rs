@@ -35,7 +35,11 @@ struct Args {
     #[arg(long)]
     url: Option<String>,
     /// HS256 secret for Greenroom tokens.
-    #[arg(long, env = "GREENROOM_JWT_SECRET", default_value = "greenroom-dev-secret")]
+    #[arg(
+        long,
+        env = "GREENROOM_JWT_SECRET",
+        default_value = "greenroom-dev-secret"
+    )]
     secret: String,
     /// Read the server's CPU and memory from /proc/<pid> (local server).
     #[arg(long)]
@@ -109,9 +113,10 @@ struct Args {
     /// Timeout for each join/connection.
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
     timeout: Duration,
-    /// Local address of the bots' media sockets.
-    #[arg(long, default_value = "127.0.0.1")]
-    bind_ip: std::net::IpAddr,
+    /// Local address of the bots' media sockets (default 127.0.0.1; for Janus, the media
+    /// address scripts/janus/start.sh chose: $JANUS_ICE_IP or target/janus/ice-ip).
+    #[arg(long)]
+    bind_ip: Option<std::net::IpAddr>,
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
@@ -126,7 +131,8 @@ struct Args {
 fn compare(files: &[PathBuf]) -> anyhow::Result<()> {
     let mut summaries = Vec::new();
     for f in files {
-        let text = std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
         let v: serde_json::Value = serde_json::from_str(&text)?;
         for r in v.as_array().into_iter().flatten() {
             let s: runner::Summary = serde_json::from_value(r["summary"].clone())
@@ -150,7 +156,10 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
     } else {
         (s, 1.0)
     };
-    let v: f64 = num.trim().parse().map_err(|_| format!("bad duration {s:?}"))?;
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}"))?;
     if !(v >= 0.0) {
         return Err(format!("bad duration {s:?}"));
     }
@@ -225,7 +234,15 @@ async fn main() -> anyhow::Result<()> {
     config.secret = args.secret.clone();
     config.timeout = args.timeout;
     config.progress = !args.no_progress;
-    config.bind_ip = args.bind_ip;
+    config.bind_ip = match (args.bind_ip, target) {
+        (Some(ip), _) => ip,
+        (None, Target::Janus) => std::env::var("JANUS_ICE_IP")
+            .ok()
+            .or_else(|| std::fs::read_to_string("target/janus/ice-ip").ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(config.bind_ip),
+        (None, Target::Greenroom) => config.bind_ip,
+    };
     config.server = match (args.server_pid, &args.metrics_url) {
         (Some(pid), _) => ServerProbe::Pid(pid),
         (None, Some(u)) => ServerProbe::metrics(u.clone()),
