@@ -154,7 +154,7 @@ impl Scenario {
         if self.publishers() == 0 {
             return Err("a scenario needs at least one publisher".into());
         }
-        if !(self.join_rate > 0.0) {
+        if self.join_rate.is_nan() || self.join_rate <= 0.0 {
             return Err("--join-rate must be positive".into());
         }
         if self.duration.is_zero() {
