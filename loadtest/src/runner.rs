@@ -936,11 +936,16 @@ pub async fn find_max(
                 ok: d.loss_pct <= bounds.max_loss_pct
                     && p99.is_some_and(|p| p <= bounds.max_p99_ms),
             };
-            run.bar.println(format!(
+            let line = format!(
                 "step: {} subscribers, {:.0} pkt/s, loss {:.2}%, p99 {:?} ms, server {:?}%, bots {:.0}%",
                 step.subscribers, step.forwarded_pps, step.loss_pct, step.p99_ms,
                 step.server_cpu_pct.map(|c| c.round()), step.bot_cpu_pct
-            ));
+            );
+            if run.bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                run.bar.println(line);
+            }
             let ok = step.ok;
             let bot_pct = step.bot_cpu_pct;
             capacity.steps.push(step);
