@@ -10,6 +10,15 @@
 //!   `subscriber_offer`, obey (or, in [`StopMode::Adversarial`], ignore) `stop_publishing`,
 //!   record every server message.
 //!
+//! # The load tester
+//!
+//! The `greenroom-loadtest` binary (see `docs/BENCHMARKS.md`) is built from [`scenario`] (what
+//! to run), [`runner`] (joins bots at a join rate, samples throughput, loss, latency, CPU and
+//! memory every second, [`runner::find_max`] ramps subscribers to a bound), [`janus`] (the same
+//! media layer behind Janus videoroom signaling), [`procstat`] (server CPU and RSS from `/proc`
+//! or `/metrics`), [`histogram`] (latency percentiles), [`token`] (HS256 tokens) and [`report`]
+//! (table, JSON, self-contained HTML).
+//!
 //! # Synthetic media
 //!
 //! Opus: 50 packets/s, 100-160 byte payloads, timestamp +960. VP8: `fps` frames per second at
@@ -77,10 +86,17 @@
 
 pub mod bot;
 pub mod error;
+pub mod histogram;
+pub mod janus;
 pub mod media;
 pub mod probe;
+pub mod procstat;
+pub mod report;
+pub mod runner;
+pub mod scenario;
 pub mod signal;
 pub mod stats;
+pub mod token;
 pub mod vp8;
 
 pub use bot::{Bot, BotConfig, Joined, StopMode};

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use greenroom_proto::TrackSource;
 
+use crate::histogram::LatencyHistogram;
 use crate::probe::Probe;
 use crate::vp8;
 
@@ -53,6 +54,8 @@ pub struct TrackStats {
     pub first_packet_at: Option<Instant>,
     /// When the last packet arrived.
     pub last_packet_at: Option<Instant>,
+    /// Distribution of probe latencies, microseconds (for percentiles).
+    pub latency_hist: LatencyHistogram,
 }
 
 impl TrackStats {
@@ -150,6 +153,7 @@ impl TrackCounter {
         s.min_latency_us = Some(s.min_latency_us.map_or(latency, |m| m.min(latency)));
         s.max_latency_us = Some(s.max_latency_us.map_or(latency, |m| m.max(latency)));
         s.sum_latency_us = s.sum_latency_us.saturating_add(latency);
+        s.latency_hist.record(latency);
         self.sequence(probe.seq);
     }
 

@@ -1,0 +1,332 @@
+//! `greenroom-loadtest`: runs load-test scenarios with real WebRTC bots against Greenroom or
+//! Janus's videoroom, and writes a table, a JSON file and an HTML report.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, ValueEnum};
+use greenroom_loadtest::procstat::ServerProbe;
+use greenroom_loadtest::report;
+use greenroom_loadtest::runner::{self, FindMax, RunConfig, RunResult};
+use greenroom_loadtest::scenario::{suite, Scenario, Target, VideoPreset};
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum TargetArg {
+    Greenroom,
+    Janus,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PresetArg {
+    Low,
+    Medium,
+    High,
+}
+
+/// Load-test a Greenroom server (or Janus's videoroom, for comparison) with webrtc-rs bots.
+#[derive(Debug, Parser)]
+#[command(name = "greenroom-loadtest", version)]
+struct Args {
+    /// The server kind.
+    #[arg(long, value_enum, default_value = "greenroom")]
+    target: TargetArg,
+    /// Server URL (default http://127.0.0.1:7880, or http://127.0.0.1:8088/janus for Janus).
+    #[arg(long)]
+    url: Option<String>,
+    /// HS256 secret for Greenroom tokens.
+    #[arg(
+        long,
+        env = "GREENROOM_JWT_SECRET",
+        default_value = "greenroom-dev-secret"
+    )]
+    secret: String,
+    /// Read the server's CPU and memory from /proc/<pid> (local server).
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Read the server's CPU and memory from its Prometheus endpoint instead.
+    #[arg(long, conflicts_with = "server_pid")]
+    metrics_url: Option<String>,
+    /// Publishers sending Opus.
+    #[arg(long, default_value_t = 0)]
+    audio_publishers: usize,
+    /// Publishers sending VP8 + Opus.
+    #[arg(long, default_value_t = 0)]
+    video_publishers: usize,
+    /// Participants that only receive.
+    #[arg(long, default_value_t = 0)]
+    subscribers: usize,
+    /// Publishers do not receive each other (default: they do, like a meeting).
+    #[arg(long)]
+    no_cross_subscribe: bool,
+    /// How long to measure once everyone joined (e.g. 10s, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Video preset.
+    #[arg(long, value_enum, default_value = "medium")]
+    video_preset: PresetArg,
+    /// Video bitrate in kbit/s (overrides the preset's).
+    #[arg(long)]
+    video_bitrate: Option<u32>,
+    /// Video frames per second (overrides the preset's).
+    #[arg(long)]
+    video_fps: Option<u32>,
+    /// Simulcast publishing (not supported by the bots yet: refused).
+    #[arg(long)]
+    simulcast: bool,
+    /// Greenroom call type (default, audio_room, livestream, development).
+    #[arg(long, default_value = "default")]
+    call_type: String,
+    /// Joins started per second.
+    #[arg(long, default_value_t = 20.0)]
+    join_rate: f64,
+    /// Run the standard suite (audio rooms, meetings, livestream) instead of one scenario.
+    #[arg(long)]
+    suite: bool,
+    /// Listeners in the suite's audio rooms (livestream viewers: half).
+    #[arg(long, default_value_t = 100)]
+    suite_listeners: usize,
+    /// Ramp subscribers until loss or latency breaks a bound; report the capacity.
+    #[arg(long)]
+    find_max: bool,
+    /// find-max: subscribers added per step.
+    #[arg(long, default_value_t = 25)]
+    step: usize,
+    /// find-max: measurement per step.
+    #[arg(long, default_value = "4s", value_parser = parse_duration)]
+    step_duration: Duration,
+    /// find-max: never go beyond this many subscribers.
+    #[arg(long, default_value_t = 200)]
+    max_subscribers: usize,
+    /// find-max: loss bound, percent.
+    #[arg(long, default_value_t = 1.0)]
+    max_loss: f64,
+    /// find-max: latency p99 bound, ms.
+    #[arg(long, default_value_t = 200.0)]
+    max_p99_ms: f64,
+    /// Scenario name in reports.
+    #[arg(long)]
+    name: Option<String>,
+    /// Directory for the JSON and HTML reports.
+    #[arg(long, default_value = "target/loadtest")]
+    out: PathBuf,
+    /// Timeout for each join/connection.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    timeout: Duration,
+    /// Local address of the bots' media sockets (default 127.0.0.1; for Janus, the media
+    /// address scripts/janus/start.sh chose: $JANUS_ICE_IP or target/janus/ice-ip).
+    #[arg(long)]
+    bind_ip: Option<std::net::IpAddr>,
+    /// No progress bar.
+    #[arg(long)]
+    no_progress: bool,
+    /// Exit with an error if no media was forwarded (smoke tests).
+    #[arg(long)]
+    require_media: bool,
+    /// Print the summaries of earlier JSON reports side by side, and exit.
+    #[arg(long, num_args = 1..)]
+    compare: Vec<PathBuf>,
+}
+
+fn compare(files: &[PathBuf]) -> anyhow::Result<()> {
+    let mut summaries = Vec::new();
+    for f in files {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        let v: serde_json::Value = serde_json::from_str(&text)?;
+        for r in v.as_array().into_iter().flatten() {
+            let s: runner::Summary = serde_json::from_value(r["summary"].clone())
+                .with_context(|| format!("summary in {}", f.display()))?;
+            summaries.push(s);
+        }
+    }
+    let refs: Vec<&runner::Summary> = summaries.iter().collect();
+    print!("{}", report::side_by_side(&refs));
+    Ok(())
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, mult) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 0.001)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1.0)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60.0)
+    } else {
+        (s, 1.0)
+    };
+    let v: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}"))?;
+    if v.is_nan() || v < 0.0 {
+        return Err(format!("bad duration {s:?}"));
+    }
+    Duration::try_from_secs_f64(v * mult).map_err(|e| format!("bad duration {s:?}: {e}"))
+}
+
+fn scenario_of(a: &Args) -> Scenario {
+    let name = a.name.clone().unwrap_or_else(|| {
+        format!(
+            "a{}-v{}-s{}",
+            a.audio_publishers, a.video_publishers, a.subscribers
+        )
+    });
+    let mut s = Scenario::new(name);
+    s.audio_publishers = a.audio_publishers;
+    s.video_publishers = a.video_publishers;
+    s.subscribers = a.subscribers;
+    s.publishers_subscribe = !a.no_cross_subscribe;
+    s.duration = a.duration;
+    s.join_rate = a.join_rate;
+    s.call_type = a.call_type.clone();
+    s.video = match a.video_preset {
+        PresetArg::Low => VideoPreset::Low,
+        PresetArg::Medium => VideoPreset::Medium,
+        PresetArg::High => VideoPreset::High,
+    }
+    .params();
+    if let Some(k) = a.video_bitrate {
+        s.video.bitrate_bps = k.saturating_mul(1000);
+    }
+    if let Some(f) = a.video_fps {
+        s.video.fps = f.max(1);
+    }
+    s
+}
+
+fn write_reports(out: &std::path::Path, stem: &str, results: &[RunResult]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let json = out.join(format!("{stem}.json"));
+    let html = out.join(format!("{stem}.html"));
+    std::fs::write(&json, serde_json::to_string_pretty(results)?)?;
+    std::fs::write(&html, report::html(results))?;
+    eprintln!("reports: {} {}", json.display(), html.display());
+    Ok(())
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "error".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if !args.compare.is_empty() {
+        return compare(&args.compare);
+    }
+    if args.simulcast {
+        bail!("--simulcast: the bots do not publish simulcast layers yet");
+    }
+    let target = match args.target {
+        TargetArg::Greenroom => Target::Greenroom,
+        TargetArg::Janus => Target::Janus,
+    };
+    let url = args.url.clone().unwrap_or_else(|| match target {
+        Target::Greenroom => "http://127.0.0.1:7880".into(),
+        Target::Janus => "http://127.0.0.1:8088/janus".into(),
+    });
+    let mut config = RunConfig::new(target, url);
+    config.secret = args.secret.clone();
+    config.timeout = args.timeout;
+    config.progress = !args.no_progress;
+    config.bind_ip = match (args.bind_ip, target) {
+        (Some(ip), _) => ip,
+        (None, Target::Janus) => std::env::var("JANUS_ICE_IP")
+            .ok()
+            .or_else(|| std::fs::read_to_string("target/janus/ice-ip").ok())
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(config.bind_ip),
+        (None, Target::Greenroom) => config.bind_ip,
+    };
+    config.server = match (args.server_pid, &args.metrics_url) {
+        (Some(pid), _) => ServerProbe::Pid(pid),
+        (None, Some(u)) => ServerProbe::metrics(u.clone()),
+        (None, None) => ServerProbe::None,
+    };
+    let scenarios = if args.suite {
+        suite(args.suite_listeners, args.duration)
+            .into_iter()
+            .map(|mut s| {
+                s.join_rate = args.join_rate;
+                s.call_type = args.call_type.clone();
+                s
+            })
+            .collect()
+    } else {
+        vec![scenario_of(&args)]
+    };
+    let mut results = Vec::new();
+    for s in &scenarios {
+        eprintln!(
+            "== {} on {}: {} audio + {} video publishers, {} subscribers, {:?}",
+            s.name,
+            target.as_str(),
+            s.audio_publishers,
+            s.video_publishers,
+            s.subscribers,
+            s.duration
+        );
+        let r = if args.find_max {
+            let bounds = FindMax {
+                step: args.step.max(1),
+                step_duration: args.step_duration,
+                max_subscribers: args.max_subscribers,
+                max_loss_pct: args.max_loss,
+                max_p99_ms: args.max_p99_ms,
+            };
+            runner::find_max(s, &config, bounds).await
+        } else {
+            runner::run(s, &config).await
+        };
+        match r {
+            Ok(r) => {
+                println!("{}", report::table(&r.summary));
+                if let Some(c) = &r.capacity {
+                    println!(
+                        "capacity: {} subscribers ({})",
+                        c.max_subscribers, c.stopped_because
+                    );
+                }
+                results.push(r);
+            }
+            Err(e) => {
+                eprintln!("{}: {e}", s.name);
+                if !args.suite {
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    let stem = if args.suite {
+        format!("suite-{}", target.as_str())
+    } else {
+        format!("{}-{}", scenarios[0].name, target.as_str())
+    };
+    write_reports(&args.out, &stem, &results)?;
+    if args.require_media {
+        let none = results.is_empty() || results.iter().any(|r| r.summary.forwarded_packets == 0);
+        if none {
+            bail!("no media arrived at the subscribers");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("-1s").is_err());
+    }
+}

@@ -1,0 +1,366 @@
+//! Report writers: a text table, a JSON file and a self-contained HTML page with inline SVG
+//! charts (throughput, loss, latency and CPU over time). No external assets.
+
+use std::fmt::Write as _;
+
+use crate::runner::{RunResult, Sample, Summary};
+
+fn opt(v: Option<f64>, digits: usize) -> String {
+    v.map_or("-".into(), |v| format!("{v:.digits$}"))
+}
+
+/// The rows of the summary table: (label, value).
+pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
+    vec![
+        ("target", s.target.clone()),
+        ("scenario", s.scenario.clone()),
+        (
+            "joined / failed",
+            format!("{} / {}", s.joined, s.join_failures),
+        ),
+        (
+            "join time p50 / p99 (ms)",
+            format!(
+                "{} / {}",
+                opt(s.join_time.p50_ms, 0),
+                opt(s.join_time.p99_ms, 0)
+            ),
+        ),
+        (
+            "first media p50 / p99 (ms)",
+            format!(
+                "{} / {}",
+                opt(s.first_media.p50_ms, 0),
+                opt(s.first_media.p99_ms, 0)
+            ),
+        ),
+        ("window (s)", format!("{:.1}", s.window_secs)),
+        (
+            "forwarded pkt/s (expected)",
+            format!("{:.0} ({:.0})", s.forwarded_pps, s.expected_pps),
+        ),
+        (
+            "packets sent / forwarded",
+            format!("{} / {}", s.sent_packets, s.forwarded_packets),
+        ),
+        (
+            "loss (%)",
+            format!("{:.3} ({} pkts)", s.loss_pct, s.lost_packets),
+        ),
+        (
+            "latency p50 / p99 / p99.9 (ms)",
+            format!(
+                "{} / {} / {}",
+                opt(s.latency_p50_ms, 2),
+                opt(s.latency_p99_ms, 2),
+                opt(s.latency_p999_ms, 2)
+            ),
+        ),
+        ("server CPU (% of a core)", opt(s.server_cpu_pct, 1)),
+        (
+            "server CPU-s per M fwd pkts",
+            opt(s.server_cpu_s_per_mpkt, 2),
+        ),
+        (
+            "server RSS before / after (MiB)",
+            format!(
+                "{} / {}",
+                opt(s.server_rss_before_mib, 1),
+                opt(s.server_rss_after_mib, 1)
+            ),
+        ),
+        (
+            "server KiB per subscriber",
+            opt(s.server_kib_per_subscriber, 0),
+        ),
+        (
+            "load tester CPU (% of a core)",
+            format!("{:.1}", s.bot_cpu_pct),
+        ),
+        (
+            "load tester µs CPU per rx pkt",
+            opt(s.bot_cpu_us_per_packet, 1),
+        ),
+    ]
+}
+
+/// The summary as an aligned text table.
+pub fn table(s: &Summary) -> String {
+    let rows = rows(s);
+    let w = rows
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for (k, v) in rows {
+        let _ = writeln!(out, "{k:<w$}  {v}");
+    }
+    if s.bots_heavier_than_server == Some(true) {
+        let _ = writeln!(
+            out,
+            "note: the bots used more CPU than the server; on a shared machine the load tester, \
+             not the server, may be the limit"
+        );
+    }
+    if !s.errors.is_empty() {
+        let _ = writeln!(out, "errors (first {}):", s.errors.len());
+        for e in s.errors.iter().take(5) {
+            let _ = writeln!(out, "  {e}");
+        }
+    }
+    out
+}
+
+/// Several summaries side by side (e.g. Greenroom vs Janus).
+pub fn side_by_side(summaries: &[&Summary]) -> String {
+    let cols: Vec<Vec<(&'static str, String)>> = summaries.iter().map(|s| rows(s)).collect();
+    let Some(first) = cols.first() else {
+        return String::new();
+    };
+    let w = first
+        .iter()
+        .map(|(k, _)| k.chars().count())
+        .max()
+        .unwrap_or(0);
+    let cw = cols
+        .iter()
+        .flat_map(|c| c.iter().map(|(_, v)| v.chars().count()))
+        .max()
+        .unwrap_or(0)
+        .max(10);
+    let mut out = String::new();
+    for (i, (k, _)) in first.iter().enumerate() {
+        let _ = write!(out, "{k:<w$}");
+        for c in &cols {
+            let v = c.get(i).map_or("", |(_, v)| v.as_str());
+            let _ = write!(out, "  {v:>cw$}");
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// One series of a chart.
+struct Series<'a> {
+    name: &'a str,
+    color: &'a str,
+    points: Vec<(f64, f64)>,
+}
+
+/// An SVG line chart of `series` against time (s).
+fn chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
+    let (w, h, l, r, t, b) = (720.0, 220.0, 60.0, 10.0, 24.0, 28.0);
+    let all = series.iter().flat_map(|s| s.points.iter());
+    let xmax = all.clone().map(|p| p.0).fold(1.0f64, f64::max);
+    let ymax = all.map(|p| p.1).fold(0.0f64, f64::max);
+    let ymax = if ymax <= 0.0 { 1.0 } else { ymax * 1.1 };
+    let x = |v: f64| l + (w - l - r) * v / xmax;
+    let y = |v: f64| t + (h - t - b) * (1.0 - v / ymax);
+    let mut svg = String::new();
+    let _ = write!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">"#
+    );
+    let _ = write!(
+        svg,
+        r#"<text x="{l}" y="14" font-size="13" font-weight="bold">{} ({})</text>"#,
+        esc(title),
+        esc(unit)
+    );
+    for i in 0..=4 {
+        let v = ymax * f64::from(i) / 4.0;
+        let _ = write!(
+            svg,
+            r##"<line x1="{l}" x2="{}" y1="{y:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{}" y="{:.1}" text-anchor="end">{}</text>"##,
+            w - r,
+            l - 4.0,
+            y(v) + 4.0,
+            if ymax >= 100.0 {
+                format!("{v:.0}")
+            } else {
+                format!("{v:.2}")
+            },
+            y = y(v)
+        );
+    }
+    for i in 0..=5 {
+        let v = xmax * f64::from(i) / 5.0;
+        let _ = write!(
+            svg,
+            r#"<text x="{:.1}" y="{}" text-anchor="middle">{v:.0}s</text>"#,
+            x(v),
+            h - 8.0
+        );
+    }
+    for (i, s) in series.iter().enumerate() {
+        if s.points.is_empty() {
+            continue;
+        }
+        let pts: Vec<String> = s
+            .points
+            .iter()
+            .map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b)))
+            .collect();
+        let _ = write!(
+            svg,
+            r#"<polyline fill="none" stroke="{}" stroke-width="1.8" points="{}"/>"#,
+            s.color,
+            pts.join(" ")
+        );
+        let _ = write!(
+            svg,
+            r#"<text x="{}" y="14" fill="{}" text-anchor="end">{}</text>"#,
+            w - r - 110.0 * i as f64,
+            s.color,
+            esc(s.name)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn series<'a>(
+    name: &'a str,
+    color: &'a str,
+    samples: &[Sample],
+    f: impl Fn(&Sample) -> Option<f64>,
+) -> Series<'a> {
+    Series {
+        name,
+        color,
+        points: samples
+            .iter()
+            .filter_map(|s| f(s).map(|v| (s.t, v)))
+            .collect(),
+    }
+}
+
+/// A self-contained HTML page for one or more runs.
+pub fn html(results: &[RunResult]) -> String {
+    let mut out = String::from(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>greenroom-loadtest report</title>\
+         <style>body{font-family:sans-serif;margin:24px;max-width:960px}table{border-collapse:collapse}\
+         td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}h2{margin-top:32px}</style>\
+         </head><body><h1>greenroom-loadtest report</h1>",
+    );
+    for r in results {
+        let s = &r.summary;
+        let _ = write!(
+            out,
+            "<h2>{} on {}</h2><table>",
+            esc(&s.scenario),
+            esc(&s.target)
+        );
+        for (k, v) in rows(s) {
+            let _ = write!(out, "<tr><th>{}</th><td>{}</td></tr>", esc(k), esc(&v));
+        }
+        out.push_str("</table>");
+        if let Some(c) = &r.capacity {
+            let _ = write!(
+                out,
+                "<h3>find-max: {} subscribers</h3><p>{}</p><table><tr><th>subscribers</th><th>pkt/s</th><th>loss %</th><th>p99 ms</th><th>server CPU %</th><th>bots CPU %</th><th>ok</th></tr>",
+                c.max_subscribers,
+                esc(&c.stopped_because)
+            );
+            for st in &c.steps {
+                let _ = write!(
+                    out,
+                    "<tr><td>{}</td><td>{:.0}</td><td>{:.3}</td><td>{}</td><td>{}</td><td>{:.0}</td><td>{}</td></tr>",
+                    st.subscribers,
+                    st.forwarded_pps,
+                    st.loss_pct,
+                    opt(st.p99_ms, 2),
+                    opt(st.server_cpu_pct, 0),
+                    st.bot_cpu_pct,
+                    st.ok
+                );
+            }
+            out.push_str("</table>");
+        }
+        let sm = &r.samples;
+        out.push_str(&chart(
+            "throughput",
+            "packets/s",
+            &[
+                series("forwarded", "#1f77b4", sm, |s| Some(s.rx_pps)),
+                series("sent", "#2ca02c", sm, |s| Some(s.tx_pps)),
+            ],
+        ));
+        out.push_str(&chart(
+            "loss",
+            "%",
+            &[series("loss", "#d62728", sm, |s| Some(s.loss_pct))],
+        ));
+        out.push_str(&chart(
+            "one-way latency",
+            "ms",
+            &[
+                series("p50", "#1f77b4", sm, |s| s.p50_ms),
+                series("p99", "#ff7f0e", sm, |s| s.p99_ms),
+            ],
+        ));
+        out.push_str(&chart(
+            "CPU",
+            "% of one core",
+            &[
+                series("server", "#9467bd", sm, |s| s.server_cpu_pct),
+                series("load tester", "#8c564b", sm, |s| Some(s.bot_cpu_pct)),
+            ],
+        ));
+        out.push_str(&chart(
+            "participants",
+            "count",
+            &[series("joined", "#17becf", sm, |s| Some(s.joined as f64))],
+        ));
+    }
+    out.push_str("</body></html>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn html_is_self_contained_and_escaped() {
+        let mut r = RunResult::default();
+        r.summary.scenario = "<x>".into();
+        r.summary.target = "janus".into();
+        r.samples = (0..5)
+            .map(|i| Sample {
+                t: f64::from(i),
+                rx_pps: 100.0 * f64::from(i),
+                p99_ms: Some(1.5),
+                ..Sample::default()
+            })
+            .collect();
+        let page = html(&[r]);
+        assert!(page.contains("&lt;x&gt;"));
+        assert!(!page.contains("<x>"));
+        assert!(page.contains("<polyline"));
+        assert!(!page.contains("<script src"));
+        assert!(!page.contains("https://"));
+    }
+
+    #[test]
+    fn tables_have_every_row() {
+        let s = Summary {
+            target: "greenroom".into(),
+            loss_pct: 0.5,
+            ..Summary::default()
+        };
+        let t = table(&s);
+        assert!(t.contains("loss (%)"));
+        assert!(t.contains("0.500"));
+        let sbs = side_by_side(&[&s, &s]);
+        assert_eq!(sbs.lines().count(), rows(&s).len());
+    }
+}

@@ -1,0 +1,1039 @@
+//! Runs a [`Scenario`] against a server: joins bots at the join rate (publishers first), lets
+//! media flow, samples throughput, loss, latency and CPU/memory every second, and summarises.
+//! [`find_max`] ramps subscribers until loss or latency breaks a bound.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use greenroom_proto::TrackSource;
+use indicatif::{ProgressBar, ProgressStyle};
+use parking_lot::Mutex;
+use serde::Serialize;
+
+use crate::bot::{Bot, BotConfig};
+use crate::error::BotError;
+use crate::histogram::LatencyHistogram;
+use crate::janus::{JanusError, JanusHandle, JanusPublisher, JanusSession, JanusSubscriber};
+use crate::media::{PublisherConfig, SubscriberConfig};
+use crate::procstat::{read_pid, ProcError, ProcSample, ServerProbe};
+use crate::scenario::{Scenario, Target};
+use crate::stats::TrackStats;
+use crate::token;
+
+/// Errors of a load-test run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// A Greenroom bot failed.
+    #[error(transparent)]
+    Bot(#[from] BotError),
+    /// Janus signaling failed.
+    #[error(transparent)]
+    Janus(#[from] JanusError),
+    /// Reading resource usage failed.
+    #[error(transparent)]
+    Proc(#[from] ProcError),
+    /// A token could not be signed.
+    #[error("token: {0}")]
+    Token(#[from] jsonwebtoken::errors::Error),
+    /// HTTP (go-live) failed.
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    /// The scenario or options are not usable.
+    #[error("{0}")]
+    Config(String),
+    /// Not enough publishers came up to run the scenario.
+    #[error("no publisher could join: {0}")]
+    NoPublisher(String),
+}
+
+/// How to reach the server and what to measure.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// The server.
+    pub target: Target,
+    /// Greenroom base URL (`http://127.0.0.1:7880`) or Janus API URL
+    /// (`http://127.0.0.1:8088/janus`).
+    pub url: String,
+    /// HS256 secret for Greenroom tokens.
+    pub secret: String,
+    /// Where the server's CPU and memory are read.
+    pub server: ServerProbe,
+    /// Limit for each join and connection.
+    pub timeout: Duration,
+    /// Sampling period of the timeline.
+    pub sample_every: Duration,
+    /// Ignore this long after the last join before measuring.
+    pub warmup: Duration,
+    /// Show a progress bar.
+    pub progress: bool,
+    /// Local address of the bots' media sockets.
+    pub bind_ip: std::net::IpAddr,
+}
+
+impl RunConfig {
+    /// Defaults for `target` at `url`: dev secret, no server probe, 10 s timeouts, 1 s samples.
+    pub fn new(target: Target, url: impl Into<String>) -> RunConfig {
+        RunConfig {
+            target,
+            url: url.into(),
+            secret: token::DEV_SECRET.into(),
+            server: ServerProbe::None,
+            timeout: Duration::from_secs(10),
+            sample_every: Duration::from_secs(1),
+            warmup: Duration::from_secs(1),
+            progress: false,
+            bind_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        }
+    }
+}
+
+/// One point of the timeline (rates over the preceding sample period).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Sample {
+    /// Seconds since the run started.
+    pub t: f64,
+    /// Participants connected.
+    pub joined: usize,
+    /// Joins that failed so far.
+    pub failed: usize,
+    /// Media packets received by all bots per second (= forwarded by the server).
+    pub rx_pps: f64,
+    /// Media bits received per second (payload).
+    pub rx_bps: f64,
+    /// Packets sent by all publishers per second.
+    pub tx_pps: f64,
+    /// Probe loss in the period, percent.
+    pub loss_pct: f64,
+    /// Latency p50 in the period, ms.
+    pub p50_ms: Option<f64>,
+    /// Latency p99 in the period, ms.
+    pub p99_ms: Option<f64>,
+    /// Server CPU in the period, percent of one core.
+    pub server_cpu_pct: Option<f64>,
+    /// Server resident memory, MiB.
+    pub server_rss_mib: Option<f64>,
+    /// Load tester CPU in the period, percent of one core.
+    pub bot_cpu_pct: f64,
+}
+
+/// Percentiles of a set of durations, ms.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct Spread {
+    /// Count.
+    pub n: usize,
+    /// Median.
+    pub p50_ms: Option<f64>,
+    /// 99th percentile.
+    pub p99_ms: Option<f64>,
+    /// Maximum.
+    pub max_ms: Option<f64>,
+}
+
+impl Spread {
+    fn of(mut v: Vec<f64>) -> Spread {
+        v.sort_by(f64::total_cmp);
+        let q = |q: f64| -> Option<f64> {
+            if v.is_empty() {
+                return None;
+            }
+            let i = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+            Some(v[i])
+        };
+        Spread {
+            n: v.len(),
+            p50_ms: q(0.5),
+            p99_ms: q(0.99),
+            max_ms: v.last().copied(),
+        }
+    }
+}
+
+/// The figures of a run (measurement window: after the last join + warm-up, to the end).
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize)]
+pub struct Summary {
+    /// The server.
+    pub target: String,
+    /// The scenario name.
+    pub scenario: String,
+    /// Unix time of the start.
+    pub started_unix: u64,
+    /// Participants that joined and connected.
+    pub joined: usize,
+    /// Joins that failed.
+    pub join_failures: usize,
+    /// Signaling join to media connection up, per participant.
+    pub join_time: Spread,
+    /// Join start to first media packet, per receiving participant.
+    pub first_media: Spread,
+    /// Length of the measurement window, s.
+    pub window_secs: f64,
+    /// Packets sent by publishers in the window.
+    pub sent_packets: u64,
+    /// Packets received by all bots in the window (= forwarded by the server).
+    pub forwarded_packets: u64,
+    /// Forwarded packets per second.
+    pub forwarded_pps: f64,
+    /// What the scenario should forward per second at full delivery.
+    pub expected_pps: f64,
+    /// Packets lost (probe sequence gaps) in the window.
+    pub lost_packets: u64,
+    /// Loss, percent.
+    pub loss_pct: f64,
+    /// One-way latency through the server, p50, ms.
+    pub latency_p50_ms: Option<f64>,
+    /// p99, ms.
+    pub latency_p99_ms: Option<f64>,
+    /// p99.9, ms.
+    pub latency_p999_ms: Option<f64>,
+    /// Server CPU time in the window, s.
+    pub server_cpu_seconds: Option<f64>,
+    /// Server CPU, percent of one core.
+    pub server_cpu_pct: Option<f64>,
+    /// Server CPU-seconds per million forwarded packets.
+    pub server_cpu_s_per_mpkt: Option<f64>,
+    /// Server RSS before the bots joined, MiB.
+    pub server_rss_before_mib: Option<f64>,
+    /// Server RSS at the end, MiB.
+    pub server_rss_after_mib: Option<f64>,
+    /// (RSS after - before) / receiving participants, KiB.
+    pub server_kib_per_subscriber: Option<f64>,
+    /// Load tester CPU in the window, s.
+    pub bot_cpu_seconds: f64,
+    /// Load tester CPU, percent of one core.
+    pub bot_cpu_pct: f64,
+    /// Load tester CPU per received packet, µs.
+    pub bot_cpu_us_per_packet: Option<f64>,
+    /// The bots used more CPU than the server: on a shared machine the bots limit the test.
+    pub bots_heavier_than_server: Option<bool>,
+    /// The first errors seen.
+    pub errors: Vec<String>,
+}
+
+/// One step of [`find_max`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Step {
+    /// Subscribers connected during the step.
+    pub subscribers: usize,
+    /// Forwarded packets per second.
+    pub forwarded_pps: f64,
+    /// Loss, percent.
+    pub loss_pct: f64,
+    /// Latency p99, ms.
+    pub p99_ms: Option<f64>,
+    /// Server CPU, percent of one core.
+    pub server_cpu_pct: Option<f64>,
+    /// Load tester CPU, percent of one core.
+    pub bot_cpu_pct: f64,
+    /// Whether the step met the bounds.
+    pub ok: bool,
+}
+
+/// The outcome of [`find_max`].
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Capacity {
+    /// Subscribers of the last step within bounds.
+    pub max_subscribers: usize,
+    /// Why the ramp stopped.
+    pub stopped_because: String,
+    /// Every step.
+    pub steps: Vec<Step>,
+    /// Loss bound, percent.
+    pub max_loss_pct: f64,
+    /// Latency p99 bound, ms.
+    pub max_p99_ms: f64,
+}
+
+/// A run's result: the summary, the timeline and (for [`find_max`]) the capacity.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RunResult {
+    /// The scenario.
+    pub scenario: Option<Scenario>,
+    /// Figures.
+    pub summary: Summary,
+    /// The timeline.
+    pub samples: Vec<Sample>,
+    /// The ramp, for find-max runs.
+    pub capacity: Option<Capacity>,
+}
+
+/// One joined participant.
+enum Member {
+    Greenroom(Bot),
+    JanusPublisher(JanusPublisher, Mutex<Option<Arc<JanusSubscriber>>>),
+    JanusSubscriber(JanusSubscriber),
+}
+
+impl Member {
+    fn received(&self) -> HashMap<String, TrackStats> {
+        match self {
+            Member::Greenroom(b) => b.received(),
+            Member::JanusSubscriber(s) => s.subscriber.stats(),
+            Member::JanusPublisher(_, s) => {
+                let s = s.lock().clone();
+                s.map(|s| s.subscriber.stats()).unwrap_or_default()
+            }
+        }
+    }
+
+    fn sent_packets(&self) -> u64 {
+        let sent = match self {
+            Member::Greenroom(b) => b.sent(),
+            Member::JanusPublisher(p, _) => p.publisher.sent(),
+            Member::JanusSubscriber(_) => return 0,
+        };
+        sent.values().map(|s| s.packets).sum()
+    }
+
+    async fn close(&self) {
+        match self {
+            Member::Greenroom(b) => {
+                let _ = b.close().await;
+            }
+            Member::JanusPublisher(p, s) => {
+                let s = s.lock().take();
+                if let Some(s) = s {
+                    s.close().await;
+                }
+                p.close().await;
+            }
+            Member::JanusSubscriber(s) => s.close().await,
+        }
+    }
+}
+
+/// Cumulative counters over all members.
+#[derive(Debug, Clone, Default)]
+struct Totals {
+    rx_packets: u64,
+    rx_bytes: u64,
+    lost: u64,
+    tx_packets: u64,
+    hist: LatencyHistogram,
+    at: Option<Instant>,
+    server: Option<ProcSample>,
+    bot: ProcSample,
+}
+
+impl Totals {
+    /// Rates and loss between `earlier` and `self`.
+    fn since(&self, earlier: &Totals) -> Delta {
+        let secs = match (self.at, earlier.at) {
+            (Some(a), Some(b)) => a.duration_since(b).as_secs_f64().max(1e-6),
+            _ => 1.0,
+        };
+        let rx = self.rx_packets.saturating_sub(earlier.rx_packets);
+        let lost = self.lost.saturating_sub(earlier.lost);
+        let hist = self.hist.since(&earlier.hist);
+        let server_cpu = match (self.server, earlier.server) {
+            (Some(a), Some(b)) => Some((a.cpu_seconds - b.cpu_seconds).max(0.0)),
+            _ => None,
+        };
+        Delta {
+            secs,
+            rx,
+            rx_bytes: self.rx_bytes.saturating_sub(earlier.rx_bytes),
+            tx: self.tx_packets.saturating_sub(earlier.tx_packets),
+            lost,
+            loss_pct: if rx + lost > 0 {
+                lost as f64 * 100.0 / (rx + lost) as f64
+            } else {
+                0.0
+            },
+            hist,
+            server_cpu,
+            bot_cpu: (self.bot.cpu_seconds - earlier.bot.cpu_seconds).max(0.0),
+        }
+    }
+}
+
+struct Delta {
+    secs: f64,
+    rx: u64,
+    rx_bytes: u64,
+    tx: u64,
+    lost: u64,
+    loss_pct: f64,
+    hist: LatencyHistogram,
+    server_cpu: Option<f64>,
+    bot_cpu: f64,
+}
+
+fn ms(us: Option<u64>) -> Option<f64> {
+    us.map(|u| u as f64 / 1000.0)
+}
+
+/// Live state of a run, shared with the sampler.
+struct Run {
+    config: RunConfig,
+    scenario: Scenario,
+    members: Mutex<Vec<Arc<Member>>>,
+    /// When each member's join started, parallel to `members`.
+    join_started: Mutex<Vec<Instant>>,
+    join_times: Mutex<Vec<f64>>,
+    failed: Mutex<usize>,
+    errors: Mutex<Vec<String>>,
+    started: Instant,
+    samples: Mutex<Vec<Sample>>,
+    bar: ProgressBar,
+    /// Greenroom call or Janus room.
+    greenroom_cid: String,
+    janus: Option<JanusCtx>,
+    feeds: Mutex<Vec<u64>>,
+}
+
+struct JanusCtx {
+    session: Arc<JanusSession>,
+    control: JanusHandle,
+    room: u64,
+}
+
+impl Run {
+    async fn totals(&self) -> Totals {
+        let members = self.members();
+        let mut t = Totals::default();
+        for m in &members {
+            for s in m.received().values() {
+                t.rx_packets += s.packets;
+                t.rx_bytes += s.bytes;
+                t.lost += s.lost;
+                t.hist.merge(&s.latency_hist);
+            }
+            t.tx_packets += m.sent_packets();
+        }
+        t.at = Some(Instant::now());
+        t.server = match self.config.server.read().await {
+            Ok(s) => s,
+            Err(e) => {
+                self.error(format!("server probe: {e}"));
+                None
+            }
+        };
+        t.bot = read_pid(std::process::id()).unwrap_or_default();
+        t
+    }
+
+    fn error(&self, e: String) {
+        let mut errors = self.errors.lock();
+        if errors.len() < 20 {
+            tracing::warn!("{e}");
+            errors.push(e);
+        }
+    }
+
+    fn members(&self) -> Vec<Arc<Member>> {
+        self.members.lock().clone()
+    }
+
+    fn joined(&self) -> usize {
+        self.members.lock().len()
+    }
+
+    /// Joins participant `index` (a publisher of `sources`, or a listener when empty).
+    async fn join_one(self: Arc<Self>, index: usize, sources: Vec<TrackSource>) {
+        let t0 = Instant::now();
+        let res = match self.config.target {
+            Target::Greenroom => self.join_greenroom(index, &sources).await,
+            Target::Janus => self.join_janus(index, &sources).await,
+        };
+        match res {
+            Ok(m) => {
+                self.join_times
+                    .lock()
+                    .push(t0.elapsed().as_secs_f64() * 1000.0);
+                let mut members = self.members.lock();
+                members.push(Arc::new(m));
+                self.join_started.lock().push(t0);
+            }
+            Err(e) => {
+                *self.failed.lock() += 1;
+                self.error(format!("join {index}: {e}"));
+            }
+        }
+        self.bar.inc(1);
+    }
+
+    async fn join_greenroom(
+        &self,
+        index: usize,
+        sources: &[TrackSource],
+    ) -> Result<Member, LoadError> {
+        let publisher = !sources.is_empty();
+        let role = if publisher { "host" } else { "user" };
+        let user = format!("bot-{index}");
+        let tok = token::mint(&self.config.secret, &user, &self.greenroom_cid, role, 3600)?;
+        let mut cfg = BotConfig::new(&self.config.url, tok.clone());
+        cfg.timeout = self.config.timeout;
+        cfg.publisher = self.publisher_config();
+        cfg.bind_ip = self.config.bind_ip;
+        let bot = Bot::connect(cfg).await?;
+        bot.join(&self.greenroom_cid, publisher).await?;
+        if publisher {
+            if index == 0 && self.needs_go_live() {
+                self.go_live(&tok).await?;
+            }
+            bot.publish(sources).await?;
+        } else {
+            // Wait for the subscriber connection when the server offers at join; media
+            // arrival is measured separately (first_media).
+            let _ = bot.subscriber().wait_connected(self.config.timeout).await;
+        }
+        Ok(Member::Greenroom(bot))
+    }
+
+    fn needs_go_live(&self) -> bool {
+        matches!(
+            self.scenario.call_type.as_str(),
+            "audio_room" | "livestream"
+        )
+    }
+
+    async fn go_live(&self, host_token: &str) -> Result<(), LoadError> {
+        let (ty, id) = self
+            .greenroom_cid
+            .split_once(':')
+            .ok_or_else(|| LoadError::Config("bad call cid".into()))?;
+        let url = format!(
+            "{}/v1/calls/{ty}/{id}/go_live",
+            self.config.url.trim_end_matches('/')
+        );
+        reqwest::Client::new()
+            .post(url)
+            .bearer_auth(host_token)
+            .timeout(self.config.timeout)
+            .send()
+            .await?
+            .error_for_status()?;
+        Ok(())
+    }
+
+    fn publisher_config(&self) -> PublisherConfig {
+        PublisherConfig {
+            video: self.scenario.video,
+            audio: self.scenario.audio,
+            gather_timeout: self.config.timeout,
+            bind_ip: self.config.bind_ip,
+        }
+    }
+
+    fn subscriber_config(&self) -> SubscriberConfig {
+        SubscriberConfig {
+            gather_timeout: self.config.timeout,
+            bind_ip: self.config.bind_ip,
+        }
+    }
+
+    async fn join_janus(&self, index: usize, sources: &[TrackSource]) -> Result<Member, LoadError> {
+        let ctx = self
+            .janus
+            .as_ref()
+            .ok_or_else(|| LoadError::Config("no janus session".into()))?;
+        if sources.is_empty() {
+            let feeds = self.feeds.lock().clone();
+            let s = JanusSubscriber::join(
+                &ctx.session,
+                ctx.room,
+                &feeds,
+                self.subscriber_config(),
+                self.config.timeout,
+            )
+            .await?;
+            return Ok(Member::JanusSubscriber(s));
+        }
+        let p = JanusPublisher::join(
+            &ctx.session,
+            ctx.room,
+            &format!("bot-{index}"),
+            sources,
+            self.publisher_config(),
+            self.config.timeout,
+        )
+        .await?;
+        self.feeds.lock().push(p.feed);
+        Ok(Member::JanusPublisher(p, Mutex::new(None)))
+    }
+
+    /// Janus meetings: each publisher also subscribes to the other publishers' feeds.
+    async fn janus_cross_subscribe(self: &Arc<Self>) {
+        let Some(ctx) = &self.janus else { return };
+        let feeds = self.feeds.lock().clone();
+        let gap = Duration::try_from_secs_f64(1.0 / self.scenario.join_rate)
+            .unwrap_or(Duration::from_secs(1));
+        for m in self.members() {
+            let Member::JanusPublisher(p, slot) = &*m else {
+                continue;
+            };
+            let others: Vec<u64> = feeds.iter().copied().filter(|f| *f != p.feed).collect();
+            if others.is_empty() {
+                continue;
+            }
+            match JanusSubscriber::join(
+                &ctx.session,
+                ctx.room,
+                &others,
+                self.subscriber_config(),
+                self.config.timeout,
+            )
+            .await
+            {
+                Ok(s) => *slot.lock() = Some(Arc::new(s)),
+                Err(e) => self.error(format!("publisher subscription: {e}")),
+            }
+            tokio::time::sleep(gap).await;
+        }
+    }
+
+    /// Starts `count` joins at the join rate and waits for all of them.
+    async fn join_many(
+        self: &Arc<Self>,
+        first_index: usize,
+        count: usize,
+        sources: &[TrackSource],
+    ) {
+        let gap = Duration::try_from_secs_f64(1.0 / self.scenario.join_rate)
+            .unwrap_or(Duration::from_secs(1))
+            .max(Duration::from_micros(100));
+        let mut tasks = Vec::with_capacity(count);
+        let mut tick = tokio::time::interval(gap);
+        for i in 0..count {
+            tick.tick().await;
+            tasks.push(tokio::spawn(
+                self.clone().join_one(first_index + i, sources.to_vec()),
+            ));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    fn sample_from(&self, prev: &Totals, now: &Totals) -> Sample {
+        let d = now.since(prev);
+        Sample {
+            t: now
+                .at
+                .map(|a| a.duration_since(self.started).as_secs_f64())
+                .unwrap_or(0.0),
+            joined: self.joined(),
+            failed: *self.failed.lock(),
+            rx_pps: d.rx as f64 / d.secs,
+            rx_bps: d.rx_bytes as f64 * 8.0 / d.secs,
+            tx_pps: d.tx as f64 / d.secs,
+            loss_pct: d.loss_pct,
+            p50_ms: ms(d.hist.quantile(0.5)),
+            p99_ms: ms(d.hist.quantile(0.99)),
+            server_cpu_pct: d.server_cpu.map(|c| c * 100.0 / d.secs),
+            server_rss_mib: now.server.map(|s| s.rss_bytes as f64 / 1048576.0),
+            bot_cpu_pct: d.bot_cpu * 100.0 / d.secs,
+        }
+    }
+
+    fn spawn_sampler(self: &Arc<Self>) -> tokio::task::JoinHandle<()> {
+        let run = self.clone();
+        tokio::spawn(async move {
+            let mut prev = run.totals().await;
+            let mut tick = tokio::time::interval(run.config.sample_every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let now = run.totals().await;
+                let s = run.sample_from(&prev, &now);
+                run.bar.set_message(format!(
+                    "joined {} fail {} | {:.0} pkt/s fwd | loss {:.2}% | p99 {} | server {} | bots {:.0}%",
+                    s.joined,
+                    s.failed,
+                    s.rx_pps,
+                    s.loss_pct,
+                    s.p99_ms.map_or("-".into(), |v| format!("{v:.1} ms")),
+                    s.server_cpu_pct.map_or("-".into(), |v| format!("{v:.0}%")),
+                    s.bot_cpu_pct,
+                ));
+                run.samples.lock().push(s);
+                prev = now;
+            }
+        })
+    }
+
+    fn first_media(&self) -> Spread {
+        let members: Vec<Arc<Member>> = self.members();
+        let starts = self.join_started.lock().clone();
+        let mut v = Vec::new();
+        for (m, start) in members.iter().zip(starts.iter()) {
+            let first = m
+                .received()
+                .values()
+                .filter_map(|s| s.first_packet_at)
+                .min();
+            if let Some(first) = first {
+                v.push(first.saturating_duration_since(*start).as_secs_f64() * 1000.0);
+            }
+        }
+        Spread::of(v)
+    }
+
+    async fn close_all(&self) {
+        let members: Vec<Arc<Member>> = self.members.lock().drain(..).collect();
+        let closing = futures_util::future::join_all(members.iter().map(|m| m.close()));
+        let _ = tokio::time::timeout(Duration::from_secs(15), closing).await;
+        if let Some(ctx) = &self.janus {
+            ctx.control.destroy_room(ctx.room).await;
+            ctx.session.destroy().await;
+        }
+    }
+}
+
+/// Bounds and steps of [`find_max`].
+#[derive(Debug, Clone, Copy)]
+pub struct FindMax {
+    /// Subscribers added per step.
+    pub step: usize,
+    /// Measurement per step (after a warm-up).
+    pub step_duration: Duration,
+    /// Stop here even if the bounds hold (bots cost CPU on the same machine).
+    pub max_subscribers: usize,
+    /// Loss bound, percent.
+    pub max_loss_pct: f64,
+    /// Latency p99 bound, ms.
+    pub max_p99_ms: f64,
+}
+
+impl Default for FindMax {
+    fn default() -> Self {
+        FindMax {
+            step: 25,
+            step_duration: Duration::from_secs(4),
+            max_subscribers: 200,
+            max_loss_pct: 1.0,
+            max_p99_ms: 200.0,
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Run {
+    async fn start(scenario: &Scenario, config: &RunConfig) -> Result<Arc<Run>, LoadError> {
+        scenario.validate().map_err(LoadError::Config)?;
+        let room: u64 = rand::random::<u64>() % (1u64 << 40) + 1;
+        let janus = match config.target {
+            Target::Janus => {
+                let session = JanusSession::create(&config.url, config.timeout).await?;
+                let control = session.attach().await?;
+                control.create_room(room, scenario.publishers() + 1).await?;
+                Some(JanusCtx {
+                    session,
+                    control,
+                    room,
+                })
+            }
+            Target::Greenroom => None,
+        };
+        let bar = if config.progress {
+            let b = ProgressBar::new(scenario.participants() as u64);
+            b.set_style(
+                ProgressStyle::with_template("{prefix:>8} [{bar:30}] {pos}/{len} {msg}")
+                    .map_err(|e| LoadError::Config(e.to_string()))?
+                    .progress_chars("=> "),
+            );
+            b.set_prefix("joining");
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        Ok(Arc::new(Run {
+            config: config.clone(),
+            scenario: scenario.clone(),
+            members: Mutex::new(Vec::new()),
+            join_started: Mutex::new(Vec::new()),
+            join_times: Mutex::new(Vec::new()),
+            failed: Mutex::new(0),
+            errors: Mutex::new(Vec::new()),
+            started: Instant::now(),
+            samples: Mutex::new(Vec::new()),
+            bar,
+            greenroom_cid: format!("{}:lt{room:x}", scenario.call_type),
+            janus,
+            feeds: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Publishers (audio, then video), Janus cross-subscriptions, then `subscribers` listeners.
+    async fn join_publishers(self: &Arc<Self>) -> Result<(), LoadError> {
+        let s = &self.scenario;
+        self.join_many(0, s.audio_publishers, &[TrackSource::Microphone])
+            .await;
+        self.join_many(
+            s.audio_publishers,
+            s.video_publishers,
+            &[TrackSource::Microphone, TrackSource::Camera],
+        )
+        .await;
+        if self.joined() == 0 {
+            let first = self.errors.lock().first().cloned().unwrap_or_default();
+            return Err(LoadError::NoPublisher(first));
+        }
+        if self.config.target == Target::Janus && s.publishers_subscribe {
+            self.janus_cross_subscribe().await;
+        }
+        Ok(())
+    }
+
+    fn receivers(&self, subscribers: usize) -> usize {
+        let s = &self.scenario;
+        subscribers
+            + if s.publishers_subscribe && s.publishers() > 1 {
+                s.publishers()
+            } else {
+                0
+            }
+    }
+
+    fn summarize(
+        &self,
+        from: &Totals,
+        to: &Totals,
+        before: Option<ProcSample>,
+        receivers: usize,
+    ) -> Summary {
+        let d = to.since(from);
+        let mib = |b: u64| b as f64 / 1048576.0;
+        let server_cpu_pct = d.server_cpu.map(|c| c * 100.0 / d.secs);
+        let per_m = d
+            .server_cpu
+            .filter(|_| d.rx > 0)
+            .map(|c| c / (d.rx as f64 / 1e6));
+        let rss_after = to.server.map(|s| s.rss_bytes);
+        let per_sub = match (before, rss_after) {
+            (Some(b), Some(a)) if receivers > 0 => {
+                Some((a as f64 - b.rss_bytes as f64) / 1024.0 / receivers as f64)
+            }
+            _ => None,
+        };
+        Summary {
+            target: self.config.target.as_str().into(),
+            scenario: self.scenario.name.clone(),
+            started_unix: unix_now(),
+            joined: self.joined(),
+            join_failures: *self.failed.lock(),
+            join_time: Spread::of(self.join_times.lock().clone()),
+            first_media: self.first_media(),
+            window_secs: d.secs,
+            sent_packets: d.tx,
+            forwarded_packets: d.rx,
+            forwarded_pps: d.rx as f64 / d.secs,
+            expected_pps: 0.0,
+            lost_packets: d.lost,
+            loss_pct: d.loss_pct,
+            latency_p50_ms: ms(d.hist.quantile(0.5)),
+            latency_p99_ms: ms(d.hist.quantile(0.99)),
+            latency_p999_ms: ms(d.hist.quantile(0.999)),
+            server_cpu_seconds: d.server_cpu,
+            server_cpu_pct,
+            server_cpu_s_per_mpkt: per_m,
+            server_rss_before_mib: before.map(|b| mib(b.rss_bytes)),
+            server_rss_after_mib: rss_after.map(mib),
+            server_kib_per_subscriber: per_sub,
+            bot_cpu_seconds: d.bot_cpu,
+            bot_cpu_pct: d.bot_cpu * 100.0 / d.secs,
+            bot_cpu_us_per_packet: (d.rx > 0).then(|| d.bot_cpu * 1e6 / d.rx as f64),
+            bots_heavier_than_server: d.server_cpu.map(|c| d.bot_cpu > c),
+            errors: self.errors.lock().clone(),
+        }
+    }
+
+    /// Measures `duration` after `warmup`, moving the bar.
+    async fn measure(&self, duration: Duration) -> (Totals, Totals) {
+        tokio::time::sleep(self.config.warmup).await;
+        let from = self.totals().await;
+        self.bar.set_prefix("running");
+        self.bar.set_length(duration.as_secs().max(1));
+        self.bar.set_position(0);
+        let end = Instant::now() + duration;
+        while Instant::now() < end {
+            let left = end.saturating_duration_since(Instant::now());
+            tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+            self.bar.inc(1);
+        }
+        let to = self.totals().await;
+        (from, to)
+    }
+}
+
+/// Runs `scenario` once: joins everyone, measures for its duration, leaves.
+pub async fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunResult, LoadError> {
+    let run = Run::start(scenario, config).await?;
+    let before = config.server.read().await.ok().flatten();
+    let sampler = run.spawn_sampler();
+    let joined = run.join_publishers().await;
+    if joined.is_ok() {
+        run.join_many(scenario.publishers(), scenario.subscribers, &[])
+            .await;
+    }
+    let result = match joined {
+        Ok(()) => {
+            let (from, to) = run.measure(scenario.duration).await;
+            let mut summary =
+                run.summarize(&from, &to, before, run.receivers(scenario.subscribers));
+            summary.expected_pps = scenario.expected_forward_rate();
+            Ok(summary)
+        }
+        Err(e) => Err(e),
+    };
+    sampler.abort();
+    run.bar.finish_and_clear();
+    run.close_all().await;
+    let summary = result?;
+    let samples = run.samples.lock().clone();
+    Ok(RunResult {
+        scenario: Some(scenario.clone()),
+        summary,
+        samples,
+        capacity: None,
+    })
+}
+
+/// Ramps subscribers by `bounds.step` until loss or latency p99 breaks a bound, joins fail, or
+/// `bounds.max_subscribers` is reached. The scenario's own subscribers are the first step.
+pub async fn find_max(
+    scenario: &Scenario,
+    config: &RunConfig,
+    bounds: FindMax,
+) -> Result<RunResult, LoadError> {
+    let run = Run::start(scenario, config).await?;
+    let before = config.server.read().await.ok().flatten();
+    let sampler = run.spawn_sampler();
+    let mut capacity = Capacity {
+        max_loss_pct: bounds.max_loss_pct,
+        max_p99_ms: bounds.max_p99_ms,
+        ..Capacity::default()
+    };
+    let mut last_summary = None;
+    let outcome = async {
+        run.join_publishers().await?;
+        let mut subscribers = 0usize;
+        let mut next_index = scenario.publishers();
+        let mut add = scenario.subscribers.max(bounds.step.min(bounds.max_subscribers));
+        loop {
+            let failed_before = *run.failed.lock();
+            run.join_many(next_index, add, &[]).await;
+            next_index += add;
+            let failed = *run.failed.lock() - failed_before;
+            subscribers += add - failed;
+            let (from, to) = run.measure(bounds.step_duration).await;
+            let d = to.since(&from);
+            let p99 = ms(d.hist.quantile(0.99));
+            let step = Step {
+                subscribers,
+                forwarded_pps: d.rx as f64 / d.secs,
+                loss_pct: d.loss_pct,
+                p99_ms: p99,
+                server_cpu_pct: d.server_cpu.map(|c| c * 100.0 / d.secs),
+                bot_cpu_pct: d.bot_cpu * 100.0 / d.secs,
+                ok: d.loss_pct <= bounds.max_loss_pct
+                    && p99.is_some_and(|p| p <= bounds.max_p99_ms),
+            };
+            let line = format!(
+                "step: {} subscribers, {:.0} pkt/s, loss {:.2}%, p99 {:?} ms, server {:?}%, bots {:.0}%",
+                step.subscribers, step.forwarded_pps, step.loss_pct, step.p99_ms,
+                step.server_cpu_pct.map(|c| c.round()), step.bot_cpu_pct
+            );
+            if run.bar.is_hidden() {
+                eprintln!("{line}");
+            } else {
+                run.bar.println(line);
+            }
+            let ok = step.ok;
+            let bot_pct = step.bot_cpu_pct;
+            capacity.steps.push(step);
+            if !ok {
+                capacity.stopped_because = format!(
+                    "bound exceeded at {subscribers} subscribers (loss {:.2}% / p99 {:?} ms)",
+                    d.loss_pct, p99
+                );
+                break;
+            }
+            capacity.max_subscribers = subscribers;
+            let mut s = run.summarize(&from, &to, before, run.receivers(subscribers));
+            s.expected_pps = {
+                let mut sc = scenario.clone();
+                sc.subscribers = subscribers;
+                sc.expected_forward_rate()
+            };
+            last_summary = Some(s);
+            if failed * 2 > add {
+                capacity.stopped_because = format!("{failed} of {add} joins failed");
+                break;
+            }
+            if subscribers + bounds.step > bounds.max_subscribers {
+                capacity.stopped_because = format!(
+                    "reached --max-subscribers {} within bounds (load tester at {bot_pct:.0}% CPU)",
+                    bounds.max_subscribers
+                );
+                break;
+            }
+            add = bounds.step;
+        }
+        Ok::<(), LoadError>(())
+    }
+    .await;
+    sampler.abort();
+    run.bar.finish_and_clear();
+    run.close_all().await;
+    outcome?;
+    let samples = run.samples.lock().clone();
+    Ok(RunResult {
+        scenario: Some(scenario.clone()),
+        summary: last_summary.unwrap_or_default(),
+        samples,
+        capacity: Some(capacity),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_percentiles() {
+        let s = Spread::of((1..=100).map(f64::from).collect());
+        assert_eq!(s.n, 100);
+        assert_eq!(s.p50_ms, Some(50.0));
+        assert_eq!(s.p99_ms, Some(99.0));
+        assert_eq!(s.max_ms, Some(100.0));
+        assert_eq!(Spread::of(vec![]).p50_ms, None);
+    }
+
+    #[test]
+    fn totals_delta_loss_and_rates() {
+        let t0 = Instant::now();
+        let a = Totals {
+            rx_packets: 100,
+            lost: 0,
+            at: Some(t0),
+            server: Some(ProcSample {
+                cpu_seconds: 1.0,
+                rss_bytes: 0,
+            }),
+            ..Totals::default()
+        };
+        let b = Totals {
+            rx_packets: 1090,
+            lost: 10,
+            at: Some(t0 + Duration::from_secs(2)),
+            server: Some(ProcSample {
+                cpu_seconds: 1.5,
+                rss_bytes: 0,
+            }),
+            ..Totals::default()
+        };
+        let d = b.since(&a);
+        assert_eq!(d.rx, 990);
+        assert!((d.loss_pct - 1.0).abs() < 1e-9);
+        assert_eq!(d.server_cpu, Some(0.5));
+        assert!((d.secs - 2.0).abs() < 1e-9);
+    }
+}
