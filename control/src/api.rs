@@ -180,6 +180,7 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/calls/{call_type}/{id}/kick", post(kick))
         .route("/v1/calls/{call_type}/{id}/block", post(block))
         .route("/v1/calls/{call_type}/{id}/unblock", post(unblock))
+        .merge(ring_routes())
 }
 
 /// Liveness.
@@ -340,6 +341,235 @@ body_action!(
     unblock, "/v1/calls/{call_type}/{id}/unblock", UserRequest, |call, actor, r| call.unblock(&actor, &r.user_id)
 );
 
+// ---- Ringing, direct calls, groups, history and tokens (section 6 of docs/PROTOCOL.md) ----
+
+/// Body of `POST /v1/calls/{type}/{id}/ring`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RingRequest {
+    /// Users to ring (ignored when `group_id` is set).
+    #[serde(default)]
+    pub user_ids: Vec<String>,
+    /// A group whose members (but the caller) are rung.
+    #[serde(default)]
+    pub group_id: Option<String>,
+    /// `audio` or `video`.
+    pub kind: greenroom_proto::CallKind,
+}
+
+/// Body of `POST /v1/groups`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateGroupRequest {
+    /// The group id (default: a generated one).
+    #[serde(default)]
+    pub id: Option<String>,
+    /// The members (a non-admin creator is added).
+    #[serde(default)]
+    pub members: Vec<String>,
+}
+
+/// Body of `POST /v1/groups/{id}/members`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMembersRequest {
+    /// Users to add.
+    #[serde(default)]
+    pub add: Vec<String>,
+    /// Users to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// Query of `GET /v1/users/{id}/calls`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HistoryQuery {
+    /// Page size (default 50, at most 200).
+    pub limit: Option<usize>,
+    /// The `next` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Reply of `GET /v1/users/{id}/calls`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct CallHistoryResponse {
+    /// The calls, newest first.
+    pub calls: Vec<greenroom_proto::CallRecord>,
+    /// Pass as `cursor` for the next (older) page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<String>,
+}
+
+/// Body of `POST /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TokenRequest {
+    /// The user id (`sub`).
+    pub user_id: String,
+    /// Limit the token to this call (`type:id`), e.g. a direct call's `default:<session>`.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub call_cid: Option<CallCid>,
+    /// The global role.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub role: Option<greenroom_proto::Role>,
+    /// Lifetime in seconds (default 6 hours, at most 30 days).
+    #[serde(default)]
+    pub ttl: Option<u64>,
+}
+
+/// Reply of `POST /v1/tokens`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TokenResponse {
+    /// The JWT.
+    pub token: String,
+    /// Expiry, Unix seconds.
+    pub expires_at: u64,
+}
+
+/// Longest lifetime of a token minted by `POST /v1/tokens`.
+pub const MAX_TOKEN_TTL_SECS: u64 = 30 * 86_400;
+/// Default lifetime of a token minted by `POST /v1/tokens`.
+pub const DEFAULT_TOKEN_TTL_SECS: u64 = 6 * 3_600;
+
+type RingResult<T> = Result<Json<T>, crate::ringing::RingingError>;
+
+/// The ringing, group, history and token routes.
+pub fn ring_routes() -> Router<Arc<AppState>> {
+    Router::new()
+        .route("/v1/calls/{call_type}/{id}/ring", post(ring))
+        .route("/v1/groups", post(create_group))
+        .route("/v1/groups/{id}", get(get_group))
+        .route("/v1/groups/{id}/members", post(update_group))
+        .route("/v1/users/{id}/calls", get(call_history))
+        .route("/v1/tokens", post(create_token))
+}
+
+/// Creates the call if needed and rings users or a group; the reply carries the session id.
+#[utoipa::path(post, path = "/v1/calls/{call_type}/{id}/ring", request_body = RingRequest,
+    params(("call_type" = String, Path), ("id" = String, Path)),
+    responses((status = 200, body = greenroom_proto::RingCallInfo), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn ring(
+    State(state): State<Arc<AppState>>,
+    Authed(claims): Authed,
+    Path((call_type, id)): Path<(String, String)>,
+    ApiJson(r): ApiJson<RingRequest>,
+) -> RingResult<greenroom_proto::RingCallInfo> {
+    let cid = cid_of(&call_type, &id)?;
+    let info = state
+        .ringing
+        .initiate(&state, &claims, cid, r.user_ids, r.group_id, r.kind)?;
+    Ok(Json(info))
+}
+
+/// Creates a group of users to ring together.
+#[utoipa::path(post, path = "/v1/groups", request_body = CreateGroupRequest,
+    responses((status = 200, body = crate::ringing::GroupInfo), (status = 400, body = ErrorBody),
+        (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_group(
+    State(state): State<Arc<AppState>>,
+    Authed(claims): Authed,
+    ApiJson(r): ApiJson<CreateGroupRequest>,
+) -> RingResult<crate::ringing::GroupInfo> {
+    Ok(Json(state.ringing.create_group(&claims, r.id, r.members)?))
+}
+
+/// A group (members and admin tokens only).
+#[utoipa::path(get, path = "/v1/groups/{id}", params(("id" = String, Path)),
+    responses((status = 200, body = crate::ringing::GroupInfo), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn get_group(
+    State(state): State<Arc<AppState>>,
+    Authed(claims): Authed,
+    Path(id): Path<String>,
+) -> RingResult<crate::ringing::GroupInfo> {
+    Ok(Json(state.ringing.group(&claims, &id)?))
+}
+
+/// Adds and removes members (members and admin tokens only).
+#[utoipa::path(post, path = "/v1/groups/{id}/members", request_body = GroupMembersRequest,
+    params(("id" = String, Path)),
+    responses((status = 200, body = crate::ringing::GroupInfo), (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn update_group(
+    State(state): State<Arc<AppState>>,
+    Authed(claims): Authed,
+    Path(id): Path<String>,
+    ApiJson(r): ApiJson<GroupMembersRequest>,
+) -> RingResult<crate::ringing::GroupInfo> {
+    Ok(Json(
+        state
+            .ringing
+            .update_group(&claims, &id, &r.add, &r.remove)?,
+    ))
+}
+
+/// A user's ringing calls, newest first, a page at a time (own history, or any with an admin
+/// token).
+#[utoipa::path(get, path = "/v1/users/{id}/calls",
+    params(("id" = String, Path), ("limit" = Option<usize>, Query), ("cursor" = Option<String>, Query)),
+    responses((status = 200, body = CallHistoryResponse), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn call_history(
+    State(state): State<Arc<AppState>>,
+    Authed(claims): Authed,
+    Path(id): Path<String>,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> RingResult<CallHistoryResponse> {
+    let page = state
+        .ringing
+        .history(&claims, &id, q.limit, q.cursor.as_deref())
+        .await?;
+    Ok(Json(CallHistoryResponse {
+        calls: page.records,
+        next: page.next.map(|c| c.to_string()),
+    }))
+}
+
+/// Mints a token for a user, optionally limited to one call (admin tokens only).
+#[utoipa::path(post, path = "/v1/tokens", request_body = TokenRequest,
+    responses((status = 200, body = TokenResponse), (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn create_token(
+    State(state): State<Arc<AppState>>,
+    Authed(claims): Authed,
+    ApiJson(r): ApiJson<TokenRequest>,
+) -> RingResult<TokenResponse> {
+    use crate::ringing::RingingError;
+    if !claims.admin {
+        return Err(RingingError::Forbidden(
+            "minting tokens needs an admin (server-side) token".into(),
+        ));
+    }
+    greenroom_proto::validate_id(&r.user_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let ttl = r.ttl.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
+    if ttl == 0 || ttl > MAX_TOKEN_TTL_SECS {
+        return Err(ApiError::BadRequest(format!(
+            "ttl must be within 1..={MAX_TOKEN_TTL_SECS} seconds"
+        ))
+        .into());
+    }
+    let token = state
+        .auth
+        .mint(&r.user_id, r.call_cid.as_ref(), r.role, false, ttl)
+        .map_err(ApiError::from)?;
+    Ok(Json(TokenResponse {
+        token,
+        expires_at: crate::auth::unix_now() + ttl,
+    }))
+}
+
+// ---- end of the ringing block ----
+
 struct BearerAuth;
 
 impl utoipa::Modify for BearerAuth {
@@ -363,9 +593,13 @@ impl utoipa::Modify for BearerAuth {
 #[openapi(
     info(title = "Greenroom API", description = "Calls, roles, capabilities and permissions of the Greenroom SFU"),
     paths(healthz, get_or_create, get_call, go_live, stop_live, end_call, request_permission,
-        user_permissions, mute_users, kick, block, unblock),
+        user_permissions, mute_users, kick, block, unblock,
+        ring, create_group, get_group, update_group, call_history, create_token),
     components(schemas(CreateCallRequest, CallResponse, RequestPermissionRequest,
-        UpdatePermissionsRequest, MuteUsersRequest, UserRequest, Health, ErrorBody)),
+        UpdatePermissionsRequest, MuteUsersRequest, UserRequest, Health, ErrorBody,
+        RingRequest, CreateGroupRequest, GroupMembersRequest, CallHistoryResponse, TokenRequest,
+        TokenResponse, crate::ringing::GroupInfo, greenroom_proto::RingCallInfo,
+        greenroom_proto::CallRecord)),
     modifiers(&BearerAuth)
 )]
 pub struct ApiDoc;

@@ -68,6 +68,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Seconds to drain connections on shutdown before exiting.
     pub drain_secs: u64,
+    /// Directory of the server's files (the call history database `history.sqlite3`).
+    pub data_dir: PathBuf,
 }
 
 /// A certificate and key (PEM files) for HTTPS and WSS.
@@ -117,6 +119,7 @@ impl Default for ServerConfig {
             web_root: None,
             tls: None,
             drain_secs: 10,
+            data_dir: PathBuf::from("./data"),
         }
     }
 }
@@ -213,6 +216,9 @@ impl Config {
         }
         if let Some(v) = env_parse("GREENROOM_DRAIN_SECS", get)? {
             self.server.drain_secs = v;
+        }
+        if let Some(v) = get("GREENROOM_DATA_DIR") {
+            self.server.data_dir = PathBuf::from(v);
         }
         if let Some(v) = get("GREENROOM_WEBHOOK_URLS") {
             self.webhooks.urls = v

@@ -10,6 +10,7 @@ pub mod history;
 pub mod metrics;
 pub mod policy;
 pub mod ring;
+pub mod ringing;
 pub mod signal;
 pub mod state;
 pub mod tls;

@@ -59,6 +59,9 @@ struct ServeArgs {
     /// Serve HTTPS/WSS with a freshly generated self-signed certificate (LAN demos).
     #[arg(long)]
     dev_tls: bool,
+    /// Directory of the server's files: the call history database (default: server.data_dir).
+    #[arg(long, env = "GREENROOM_DATA_DIR")]
+    data_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -67,8 +70,11 @@ struct TokenArgs {
     #[arg(long)]
     user: String,
     /// Limit the token to one call, `type:id`.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "session")]
     call: Option<CallCid>,
+    /// Limit the token to the direct call `default:<session>` (a ringing session id).
+    #[arg(long)]
+    session: Option<String>,
     /// The global role.
     #[arg(long)]
     role: Option<Role>,
@@ -101,7 +107,14 @@ fn main() -> Result<()> {
         Command::Token(t) => {
             let auth =
                 greenroom_control::auth::Auth::new(&config.keys.api_key, &config.keys.api_secret);
-            let token = auth.mint(&t.user, t.call.as_ref(), t.role, t.admin, t.ttl)?;
+            let call = match &t.session {
+                Some(id) => Some(
+                    CallCid::new(greenroom_proto::CallType::Default, id)
+                        .map_err(|e| anyhow::anyhow!("--session: {e}"))?,
+                ),
+                None => t.call,
+            };
+            let token = auth.mint(&t.user, call.as_ref(), t.role, t.admin, t.ttl)?;
             println!("{token}");
             Ok(())
         }
@@ -142,6 +155,9 @@ async fn serve(mut config: Config, args: ServeArgs) -> Result<()> {
         );
         eprintln!("Development credentials: api_key={DEV_API_KEY} api_secret={DEV_API_SECRET}");
         eprintln!("Mint a token: cargo run --release -- token --user alice --role host");
+    }
+    if let Some(d) = args.data_dir {
+        config.server.data_dir = d;
     }
     if let Some(d) = args.drain_secs {
         config.server.drain_secs = d;

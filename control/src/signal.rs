@@ -28,6 +28,8 @@ use crate::state::{AppState, Outbound, SESSION_QUEUE};
 pub struct SignalQuery {
     /// The token, when not sent as a bearer header.
     pub token: Option<String>,
+    /// This device's id for ringing (default: a fresh id per socket).
+    pub device_id: Option<String>,
 }
 
 /// Upgrades to the signaling WebSocket after verifying the token (401 before upgrade).
@@ -44,12 +46,20 @@ pub async fn signal(
         .map(str::to_owned);
     let token = q.token.or(header).ok_or(AuthError::Missing)?;
     let claims = state.auth.verify(&token)?;
+    let device_id = match q.device_id {
+        Some(d) => {
+            greenroom_proto::validate_id(&d)
+                .map_err(|e| ApiError::BadRequest(format!("device_id: {e}")))?;
+            d
+        }
+        None => uuid::Uuid::new_v4().simple().to_string(),
+    };
     let limit = state.config.limits.max_message_bytes;
     // The hard cap is above our limit so an oversized message is seen and answered with 1009.
     Ok(ws
         .max_message_size(limit * 4)
         .max_frame_size(limit * 4)
-        .on_upgrade(move |socket| run(state, claims, socket)))
+        .on_upgrade(move |socket| run(state, claims, device_id, socket)))
 }
 
 struct Conn {
@@ -59,9 +69,11 @@ struct Conn {
     joined: Option<(CallCid, String)>,
     /// Sources published by the current session (mid list comes with each publish).
     published: SourceSet,
+    /// This socket's device id for ringing.
+    device_id: String,
 }
 
-async fn run(state: Arc<AppState>, claims: Claims, socket: WebSocket) {
+async fn run(state: Arc<AppState>, claims: Claims, device_id: String, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Outbound>(SESSION_QUEUE);
     let (removed_tx, mut removed_rx) = mpsc::unbounded_channel::<&'static str>();
@@ -76,6 +88,11 @@ async fn run(state: Arc<AppState>, claims: Claims, socket: WebSocket) {
                             continue;
                         }
                     };
+                    if sink.send(Message::Text(text.into())).await.is_err() {
+                        break;
+                    }
+                }
+                Outbound::Text(text) => {
                     if sink.send(Message::Text(text.into())).await.is_err() {
                         break;
                     }
@@ -96,12 +113,18 @@ async fn run(state: Arc<AppState>, claims: Claims, socket: WebSocket) {
         }
     });
     let limit = state.config.limits.max_message_bytes;
+    // Every socket is a device of its user for ringing (section 6 of docs/PROTOCOL.md).
+    let device_key =
+        state
+            .ringing
+            .connect_device(&claims.sub, &device_id, claims.call.clone(), tx.clone());
     let mut conn = Conn {
         state,
         claims,
         tx,
         joined: None,
         published: SourceSet::EMPTY,
+        device_id,
     };
     loop {
         tokio::select! {
@@ -109,6 +132,7 @@ async fn run(state: Arc<AppState>, claims: Claims, socket: WebSocket) {
                 if let (Some(reason), Some((cid, _))) = (reason, conn.joined.take()) {
                     conn.published = SourceSet::EMPTY;
                     tracing::info!(%cid, reason, "session removed from call");
+                    conn.state.ringing.session_left(&conn.state, &cid, &conn.claims.sub);
                     conn.reply(SignalMessage::Left { call_cid: cid });
                 }
             }
@@ -146,6 +170,9 @@ async fn run(state: Arc<AppState>, claims: Claims, socket: WebSocket) {
         }
     }
     conn.leave("disconnected");
+    conn.state
+        .ringing
+        .disconnect_device(&conn.claims.sub, device_key);
     drop(conn);
     let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
 }
@@ -179,6 +206,9 @@ impl Conn {
                 sfu.leave(&pid);
             }
             self.published = SourceSet::EMPTY;
+            self.state
+                .ringing
+                .session_left(&self.state, &cid, &self.claims.sub);
         }
     }
 
@@ -191,6 +221,9 @@ impl Conn {
             .get("type")
             .and_then(|t| t.as_str())
             .map(str::to_owned);
+        if kind.as_deref().is_some_and(|k| k.starts_with("ring_")) {
+            return self.handle_ring(value, kind.unwrap_or_default());
+        }
         let msg: ClientMessage = match serde_json::from_value(value) {
             Ok(m) => m,
             Err(e) => {
@@ -213,6 +246,38 @@ impl Conn {
         let kind = kind.unwrap_or_default();
         if let Err(e) = self.handle(msg).await {
             self.error(e, Some(&kind));
+        }
+    }
+
+    /// A user-level ringing request (section 6 of docs/PROTOCOL.md); works joined or not.
+    fn handle_ring(&self, value: serde_json::Value, kind: String) {
+        let msg: greenroom_proto::RingClientMessage = match serde_json::from_value(value) {
+            Ok(m) => m,
+            Err(e) => {
+                let mut body = ApiError::InvalidJson(e.to_string()).body();
+                if e.to_string().starts_with("unknown variant") {
+                    body.code = greenroom_proto::ErrorCode::UnknownMessage;
+                }
+                return self.reply(SignalMessage::Error {
+                    error: body,
+                    request: Some(kind),
+                });
+            }
+        };
+        let r = self
+            .state
+            .ringing
+            .handle_client(&self.state, &self.claims, &self.device_id, msg);
+        match r.and_then(|reply| {
+            serde_json::to_string(&reply).map_err(|e| ApiError::BadRequest(e.to_string()).into())
+        }) {
+            Ok(text) => {
+                let _ = self.tx.try_send(Outbound::Text(text));
+            }
+            Err(e) => self.reply(SignalMessage::Error {
+                error: e.body(),
+                request: Some(kind),
+            }),
         }
     }
 

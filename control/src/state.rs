@@ -29,6 +29,8 @@ pub enum Outbound {
     },
     /// Close the socket with a code and reason.
     Close(u16, String),
+    /// A message already serialized to JSON text (ring events and replies).
+    Text(String),
 }
 
 /// How many messages may wait for a slow client before it is disconnected.
@@ -56,6 +58,8 @@ pub struct AppState {
     pub sfu: Option<Sfu>,
     /// Webhook senders, when receivers are configured.
     pub webhooks: Option<crate::webhook::Webhooks>,
+    /// Ringing, groups and call history.
+    pub ringing: crate::ringing::Ringing,
     calls: Mutex<HashMap<CallCid, Call>>,
     sessions: DashMap<String, SessionHandle>,
     shutting_down: AtomicBool,
@@ -76,6 +80,7 @@ impl AppState {
             auth: Auth::new(&config.keys.api_key, &config.keys.api_secret),
             policy: Policy::with_overrides(&config.call_types),
             webhooks: crate::webhook::Webhooks::start(&config.webhooks, &config.keys.api_secret),
+            ringing: crate::ringing::Ringing::new(&config),
             config,
             sfu,
             calls: Mutex::new(HashMap::new()),
