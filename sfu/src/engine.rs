@@ -26,12 +26,10 @@ use tracing::{debug, info, warn};
 use crate::forward::{ConsumerState, GateCell, PtLookup, Step};
 use crate::media::is_keyframe;
 use crate::speakers::{LevelMeter, SpeakerRanking};
-use crate::{SfuError, SfuEvent};
+use crate::{SfuError, SfuEvent, SfuOptions};
 
 /// Housekeeping period (deadlines, layer choice); speakers run every second tick.
 const TICK: Duration = Duration::from_millis(250);
-/// ICE + DTLS must complete within this time after the SDP exchange.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(20);
 /// At most one keyframe request per producer layer per this interval.
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
 /// Initial bandwidth estimate towards subscribers.
@@ -78,11 +76,17 @@ pub(crate) enum Cmd {
     Leave {
         pid: String,
     },
+    #[cfg(feature = "fault-injection")]
+    InjectPanic {
+        pid: String,
+        target: PeerTarget,
+    },
     Stop,
 }
 
 /// Spawns the engine thread.
 pub(crate) fn spawn(
+    opts: SfuOptions,
     socket: UdpSocket,
     advertised: SocketAddr,
     wake_from: SocketAddr,
@@ -92,7 +96,7 @@ pub(crate) fn spawn(
     std::thread::Builder::new()
         .name("greenroom-sfu".into())
         .spawn(move || {
-            let mut engine = Engine::new(socket, advertised, wake_from, cmds, events);
+            let mut engine = Engine::new(opts, socket, advertised, wake_from, cmds, events);
             engine.run();
         })?;
     Ok(())
@@ -212,6 +216,9 @@ struct Peer {
     sub_mids: HashMap<Mid, Key>,
     /// Subscriber: latest egress bandwidth estimate.
     bwe: Option<Bitrate>,
+    /// Test hook: panic inside the next drive of this peer.
+    #[cfg(feature = "fault-injection")]
+    panic_next: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -302,6 +309,7 @@ struct CallState {
 }
 
 struct Engine {
+    opts: SfuOptions,
     socket: UdpSocket,
     local: SocketAddr,
     wake_from: SocketAddr,
@@ -327,6 +335,7 @@ enum Fail {
 
 impl Engine {
     fn new(
+        opts: SfuOptions,
         socket: UdpSocket,
         local: SocketAddr,
         wake_from: SocketAddr,
@@ -334,6 +343,7 @@ impl Engine {
         events: mpsc::UnboundedSender<SfuEvent>,
     ) -> Engine {
         Engine {
+            opts,
             socket,
             local,
             wake_from,
@@ -467,8 +477,14 @@ impl Engine {
             return;
         };
         peer.dirty = false;
+        #[cfg(feature = "fault-injection")]
+        let inject = std::mem::take(&mut peer.panic_next);
         let rtc = &mut peer.rtc;
         let res = catch_unwind(AssertUnwindSafe(|| -> Result<Instant, str0m::RtcError> {
+            #[cfg(feature = "fault-injection")]
+            if inject {
+                panic!("injected fault");
+            }
             rtc.handle_input(input.unwrap_or(Input::Timeout(now)))?;
             loop {
                 match rtc.poll_output()? {
@@ -567,6 +583,8 @@ impl Engine {
             ssrcs: Vec::new(),
             sub_mids: HashMap::new(),
             bwe: None,
+            #[cfg(feature = "fault-injection")]
+            panic_next: false,
         })
     }
 
@@ -705,10 +723,12 @@ impl Engine {
                 prod.level.observe(level);
             }
         }
-        let mut out_ext = ExtensionValues::default();
-        out_ext.audio_level = ext.audio_level;
-        out_ext.voice_activity = ext.voice_activity;
-        out_ext.video_orientation = ext.video_orientation;
+        let out_ext = ExtensionValues {
+            audio_level: ext.audio_level,
+            voice_activity: ext.voice_activity,
+            video_orientation: ext.video_orientation,
+            ..Default::default()
+        };
         let simulcast = prod.layers.len() > 1;
         let keyframe = simulcast && is_keyframe(codec, &pkt.payload);
         let in_seq = *pkt.seq_no;
@@ -910,6 +930,16 @@ impl Engine {
                 }
             }
             Cmd::Leave { pid } => self.leave(&pid, now),
+            #[cfg(feature = "fault-injection")]
+            Cmd::InjectPanic { pid, target } => {
+                let key = self.parts.get(&pid).and_then(|p| match target {
+                    PeerTarget::Publisher => p.publisher,
+                    PeerTarget::Subscriber => Some(p.subscriber),
+                });
+                if let Some(peer) = key.and_then(|k| self.peers.get_mut(k)) {
+                    peer.panic_next = true;
+                }
+            }
             Cmd::Stop => {}
         }
     }
@@ -982,7 +1012,7 @@ impl Engine {
             }
         };
         if !peer.connected && peer.deadline.is_none() {
-            peer.deadline = Some(now + CONNECT_TIMEOUT);
+            peer.deadline = Some(now + self.opts.connect_timeout);
         }
         peer.ssrcs.clear();
         // Resolve each announced track to its m-line.
@@ -1177,7 +1207,7 @@ impl Engine {
         };
         part.sub.pending = Some(pending);
         if !peer.connected && peer.deadline.is_none() {
-            peer.deadline = Some(now + CONNECT_TIMEOUT);
+            peer.deadline = Some(now + self.opts.connect_timeout);
         }
         let listed: Vec<(Mid, Key)> = part
             .sub
@@ -1485,7 +1515,7 @@ impl Engine {
             }
             self.choose_layers(*pk, now);
         }
-        if self.ticks % 2 == 0 {
+        if self.ticks.is_multiple_of(2) {
             self.speakers();
         }
         let peers = &self.peers;

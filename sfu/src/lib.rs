@@ -61,6 +61,22 @@ pub struct SfuConfig {
     pub advertise_ip: IpAddr,
 }
 
+/// Engine tuning; [`Sfu::start`] uses the defaults.
+#[derive(Debug, Clone)]
+pub struct SfuOptions {
+    /// ICE + DTLS must complete within this time after a peer's SDP exchange, or the peer is
+    /// dropped with [`SfuEvent::PeerFailed`]. Default 20 s.
+    pub connect_timeout: std::time::Duration,
+}
+
+impl Default for SfuOptions {
+    fn default() -> Self {
+        SfuOptions {
+            connect_timeout: std::time::Duration::from_secs(20),
+        }
+    }
+}
+
 /// Errors returned to the control plane.
 #[derive(Debug, thiserror::Error)]
 pub enum SfuError {
@@ -140,6 +156,14 @@ impl Sfu {
     pub async fn start(
         cfg: SfuConfig,
     ) -> Result<(Sfu, mpsc::UnboundedReceiver<SfuEvent>), SfuError> {
+        Sfu::start_with(cfg, SfuOptions::default()).await
+    }
+
+    /// [`Sfu::start`] with explicit engine options.
+    pub async fn start_with(
+        cfg: SfuConfig,
+        opts: SfuOptions,
+    ) -> Result<(Sfu, mpsc::UnboundedReceiver<SfuEvent>), SfuError> {
         let socket = UdpSocket::bind(cfg.bind).map_err(|e| SfuError::Bind(cfg.bind, e))?;
         let local_addr = socket
             .local_addr()
@@ -159,7 +183,7 @@ impl Sfu {
         let advertised = SocketAddr::new(cfg.advertise_ip, local_addr.port());
         let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        engine::spawn(socket, advertised, wake_from, cmd_rx, ev_tx)
+        engine::spawn(opts, socket, advertised, wake_from, cmd_rx, ev_tx)
             .map_err(|e| SfuError::Bind(cfg.bind, e))?;
         let inner = Inner {
             local_addr,
@@ -292,6 +316,16 @@ impl Sfu {
     /// The media plane's counters in the Prometheus text format (appended to `/metrics`).
     pub fn metrics_text(&self) -> String {
         String::new()
+    }
+
+    /// Test hook (feature `fault-injection`): the next time the engine drives this
+    /// participant's peer, str0m's driver panics inside it. Only that peer must end.
+    #[cfg(feature = "fault-injection")]
+    pub fn inject_panic(&self, participant_id: &str, target: PeerTarget) {
+        let _ = self.send(Cmd::InjectPanic {
+            pid: participant_id.to_owned(),
+            target,
+        });
     }
 
     /// Tears down a participant's media at once and re-offers to the others.

@@ -1,6 +1,7 @@
 //! Subscriber renegotiation through the real engine (SDP only, no media): an offer queued
 //! while the previous one is unanswered, unpublish, publisher renegotiation, gated publish,
-//! errors for unknown participants and bad SDP.
+//! errors for unknown participants and bad SDP; and a peer that never connects failing after
+//! the connect timeout.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -227,4 +228,41 @@ async fn queued_offers_unpublish_and_publisher_renegotiation() {
     assert_eq!(a_offers.len(), 1);
     assert_eq!(track_ids(&a_offers[0].1), ["c:microphone"]);
     drop(b);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn peer_that_never_connects_fails_after_the_connect_timeout() {
+    let (sfu, mut rx) = greenroom_sfu::Sfu::start_with(
+        SfuConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            advertise_ip: "127.0.0.1".parse().unwrap(),
+        },
+        greenroom_sfu::SfuOptions {
+            connect_timeout: Duration::from_millis(300),
+        },
+    )
+    .await
+    .unwrap();
+    let call: CallCid = "default:t".parse().unwrap();
+    sfu.join(&call, "ghost", "u", ALL);
+    // The offer's client never sends a STUN check.
+    let mut ghost = client();
+    let (offer, tracks) = publisher_offer(&mut ghost, &[TrackSource::Microphone]);
+    sfu.publish("ghost", offer, tracks).await.unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match rx.recv().await {
+                Some(SfuEvent::PeerFailed {
+                    participant_id,
+                    reason,
+                }) => return (participant_id, reason),
+                Some(_) => {}
+                None => panic!("engine stopped"),
+            }
+        }
+    })
+    .await
+    .expect("PeerFailed after the connect timeout");
+    assert_eq!(ev.0, "ghost");
+    assert!(ev.1.contains("timeout"), "{}", ev.1);
 }

@@ -12,7 +12,9 @@ use std::sync::mpsc as std_mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use greenroom_proto::{CallCid, MediaGate, PublishTrack, SourceSet, SubscribedTrack, TrackSource};
+use greenroom_proto::{
+    CallCid, MediaGate, PeerTarget, PublishTrack, SourceSet, SubscribedTrack, TrackSource,
+};
 use greenroom_sfu::{Sfu, SfuConfig, SfuEvent};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
@@ -485,16 +487,41 @@ async fn publisher_to_two_subscribers_with_gate_and_receive_flag() {
     })
     .await;
 
-    // Alice leaves: the others are re-offered without her tracks.
-    sfu.leave("alice");
-    for pid in ["bob", "carol"] {
-        let (_, tracks) = events.offer(pid).await;
-        assert!(tracks.is_empty(), "{pid}: alice's tracks are gone");
-    }
     events.drain();
     assert!(
         events.failed.is_empty(),
         "no peer failed: {:?}",
+        events.failed
+    );
+
+    // A panic inside str0m while driving Carol's subscriber peer ends that peer only.
+    sfu.inject_panic("carol", PeerTarget::Subscriber);
+    wait_for("carol's peer failed", || {
+        events.drain();
+        !events.failed.is_empty()
+    })
+    .await;
+    assert_eq!(events.failed.len(), 1);
+    assert_eq!(events.failed[0].0, "carol");
+    // Carol is offered alice's tracks again on a fresh subscriber peer.
+    let (_, fresh) = events.offer("carol").await;
+    assert_eq!(fresh.len(), 2);
+    // Bob keeps receiving both tracks.
+    let (ba, bvv) = (bob.count(&bob_a), bob.count(&bob_v));
+    wait_for("bob unaffected", || {
+        bob.count(&bob_a) > ba + 20 && bob.count(&bob_v) > bvv + 10
+    })
+    .await;
+
+    // Alice leaves: the others are re-offered without her tracks.
+    sfu.leave("alice");
+    let (_, tracks) = events.offer("bob").await;
+    assert!(tracks.is_empty(), "bob: alice's tracks are gone");
+    events.drain();
+    assert_eq!(
+        events.failed.len(),
+        1,
+        "only carol's peer failed: {:?}",
         events.failed
     );
 }
