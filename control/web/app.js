@@ -2,8 +2,12 @@
 // (grid / spotlight) and audio room (stage, audience, raised hands, backstage). Built on the SDK
 // in ./sdk/ (plain ES modules, no build step).
 //
+// Ringing (docs/PROTOCOL.md section 6): with a token and no call (/?token=<JWT>), the idle screen
+// keeps the user-level connection open, rings for incoming calls (WebAudio ring tone), calls
+// people and lists the call history.
+//
 // Dev entry: /?token=<JWT>&call=<type:id>[&name=<display name>] or paste a token on the login form.
-// Test hook: window.app = { screen, call, client, access, lastError }.
+// Test hook: window.app = { screen, call, client, access, lastError, ring, ringCall, incoming, outgoing, history, ringtone }.
 
 import {
   GreenroomClient,
@@ -17,6 +21,8 @@ import {
   canSelectAudioOutput,
   browserName,
   watchPermission,
+  RingClient,
+  randomId,
 } from './sdk/index.js';
 
 const $ = (id) => document.getElementById(id);
@@ -53,6 +59,8 @@ const SVG = {
   spot: '<rect x="3" y="3" width="18" height="13" rx="1.5"/><rect x="3" y="18" width="5" height="3" rx=".5"/><rect x="9.5" y="18" width="5" height="3" rx=".5"/><rect x="16" y="18" width="5" height="3" rx=".5"/>',
   end: '<rect x="6" y="6" width="12" height="12" rx="2"/>',
   live: '<circle cx="12" cy="12" r="4" fill="currentColor"/><path d="M6.3 6.3a8 8 0 0 0 0 11.4M17.7 6.3a8 8 0 0 1 0 11.4"/>',
+  phone: '<path d="M5 3.5h3.5l2 5-2.5 1.6a11 11 0 0 0 5.9 5.9l1.6-2.5 5 2V19a2 2 0 0 1-2 2A17 17 0 0 1 3 5.5a2 2 0 0 1 2-2z"/>',
+  video: '<rect x="3" y="7" width="12" height="10" rx="2"/><path d="M15 11l6-3v8l-6-3z"/>',
 };
 function icon(name) {
   const span = document.createElement('span');
@@ -86,13 +94,25 @@ const app = {
   endReason: null,
   panelOpen: false,
   activeSpeaker: null,
+  /** The user-level (ringing) connection, on the idle screen and during rung calls. */
+  ring: null,
+  /** The incoming call shown now: {callCid, callerUserId, kind, members, groupId}. */
+  incoming: null,
+  /** The outgoing call shown now: {callCid, calleeUserIds, kind, state, preview}. */
+  outgoing: null,
+  /** The rung call being joined or in progress: {callCid, kind, peer}. */
+  ringCall: null,
+  /** The last history page: CallRecord[]. */
+  history: [],
+  historyNext: null,
+  ringtone: null,
 };
 window.app = app;
 
 function show(screen) {
   app.screen = screen;
   $('app').dataset.screen = screen;
-  for (const s of ['login', 'prejoin', 'call', 'end']) $(`screen-${s}`).hidden = s !== screen;
+  for (const s of ['login', 'home', 'incoming', 'outgoing', 'prejoin', 'call', 'end']) $(`screen-${s}`).hidden = s !== screen;
 }
 
 function toast(text, kind = '') {
@@ -134,6 +154,8 @@ function boot() {
   if (token && !cid) cid = decodeClaim(token).call || '';
   if (token && cid) {
     start(token, cid);
+  } else if (token && decodeClaim(token).sub) {
+    home(token);
   } else {
     $('login-token').value = token;
     $('login-call').value = cid;
@@ -150,7 +172,8 @@ function boot() {
     }
     sessionStorage.setItem('greenroom.token', t);
     sessionStorage.setItem('greenroom.call', c);
-    start(t, c);
+    if (c) start(t, c);
+    else home(t);
   });
 }
 
@@ -561,7 +584,8 @@ function wireCall(call) {
   });
   call.on('left', ({ reason }) => {
     app.endReason = reason;
-    if (app.screen === 'call') showEnd(reason);
+    if (app.ringCall?.callCid === call.cid) ringCallOver(call, reason);
+    else if (app.screen === 'call') showEnd(reason);
   });
   call.on('callEnded', ({ endedBy }) => { app.endedBy = endedBy; });
 }
@@ -574,8 +598,8 @@ function capName(c) {
   return { 'send-audio': 'speak', 'send-video': 'turn on video', screenshare: 'share the screen' }[c] ?? c;
 }
 
-function setBanner(key, kind, title, text, instructionsFor) {
-  app.banners.set(key, { kind, title, text, instructionsFor });
+function setBanner(key, kind, title, text, instructionsFor, action) {
+  app.banners.set(key, { kind, title, text, instructionsFor, action });
   renderCall();
 }
 
@@ -626,7 +650,8 @@ function renderCall() {
 
 function renderTopbar(call) {
   const n = call.participants.size;
-  const parts = [h('span', {}, app.cid), h('span', { class: 'pill' }, `${n} ${n === 1 ? 'person' : 'people'}`)];
+  const title = app.ringCall?.callCid === call.cid ? `${app.ringCall.kind === 'audio' ? 'Audio' : 'Video'} call with ${app.ringCall.peer}` : app.cid;
+  const parts = [h('span', {}, title), h('span', { class: 'pill' }, `${n} ${n === 1 ? 'person' : 'people'}`)];
   if (call.info.backstageEnabled) {
     parts.push(call.info.live ? h('span', { class: 'pill live', testid: 'live-badge' }, 'LIVE') : h('span', { class: 'pill backstage', testid: 'backstage-badge' }, 'Backstage'));
   }
@@ -647,6 +672,7 @@ function renderBanners(call) {
       h('div', {}, h('strong', {}, b.title), h('div', {}, b.text), source ? instructionsList(source) : null),
       h('div', { class: 'person-actions' },
         source ? h('button', { class: 'btn small', onclick: () => call.retryDevice(source).catch((e) => toast(`Still blocked: ${e.message}`, 'bad')) }, 'Try again') : null,
+        b.action ? h('button', { class: 'btn small primary', testid: `${key}-action`, onclick: () => { app.banners.delete(key); renderCall(); b.action.onclick(); } }, b.action.label) : null,
         h('button', { class: 'icon-btn', 'aria-label': 'Dismiss', onclick: () => { app.banners.delete(key); renderCall(); } }, '✕'))));
   }
   $('banners').replaceChildren(...out);
@@ -820,6 +846,14 @@ function renderControls(call) {
   if (call.info.backstageEnabled && call.info.live && call.hasCapability('update-call')) {
     out.push(ctrl({ icon: ICON.end, label: 'Stop live', testid: 'stop-live', onclick: () => call.stopLive().catch(showErr) }));
   }
+  if (app.ringCall?.callCid === call.cid) {
+    if (call.settings.audioOnly && call.hasCapability('send-video')) {
+      out.push(ctrl({ icon: ICON.video, label: 'Ask for video', testid: 'ask-video', onclick: () => app.ring.requestVideo(call.cid).then(() => toast('Asked to switch to video')).catch(showErr) }));
+    }
+    out.push(ctrl({ icon: ICON.leave, label: 'End call', cls: 'leave', testid: 'hang-up', onclick: () => hangUp() }));
+    $('controls').replaceChildren(...out);
+    return;
+  }
   out.push(ctrl({ icon: ICON.leave, label: isRoom() ? 'Leave quietly' : 'Leave', cls: 'leave', testid: 'leave', onclick: () => call.leave() }));
   if (call.hasCapability('end-call')) {
     out.push(ctrl({ icon: ICON.end, label: 'End for all', cls: 'leave', testid: 'end-call', onclick: () => { if (confirm('End the call for everyone?')) call.endCall().catch(showErr); } }));
@@ -887,8 +921,508 @@ async function answer(userId, perms, approve) {
   renderCall();
 }
 
+// ---- ringing: idle screen, incoming and outgoing calls, history ------------------------------
+
+/** The ring tone and the ringback tone, synthesized with WebAudio (no audio files). */
+const ringtone = {
+  /** @type {AudioContext|null} */
+  ctx: null,
+  master: null,
+  timer: null,
+  /** 'incoming' | 'outgoing' | null */
+  playing: null,
+  start(kind) {
+    this.stop();
+    if (typeof AudioContext === 'undefined') return;
+    try {
+      this.ctx ??= new AudioContext();
+    } catch {
+      return;
+    }
+    const ctx = this.ctx;
+    ctx.resume().catch(() => {});
+    const master = ctx.createGain();
+    master.gain.value = kind === 'incoming' ? 0.2 : 0.12;
+    master.connect(ctx.destination);
+    this.master = master;
+    this.playing = kind;
+    const tone = (t0, dur, freqs) => {
+      const g = ctx.createGain();
+      const peak = 1 / freqs.length;
+      g.gain.setValueAtTime(0, t0);
+      g.gain.linearRampToValueAtTime(peak, t0 + 0.02);
+      g.gain.setValueAtTime(peak, t0 + dur - 0.04);
+      g.gain.linearRampToValueAtTime(0, t0 + dur);
+      g.connect(master);
+      for (const f of freqs) {
+        const o = ctx.createOscillator();
+        o.frequency.value = f;
+        o.connect(g);
+        o.start(t0);
+        o.stop(t0 + dur + 0.02);
+      }
+    };
+    const cycle = () => {
+      const t = ctx.currentTime + 0.05;
+      if (kind === 'incoming') {
+        // A bright double trill, then a pause.
+        for (let i = 0; i < 2; i += 1) {
+          const t0 = t + i * 0.9;
+          for (let j = 0; j < 4; j += 1) tone(t0 + j * 0.16, 0.13, j % 2 ? [659, 988] : [784, 1175]);
+        }
+        navigator.vibrate?.([500, 300, 500]);
+      } else {
+        tone(t, 1.5, [440, 480]); // ringback: 440 + 480 Hz
+      }
+    };
+    cycle();
+    this.timer = setInterval(cycle, kind === 'incoming' ? 3000 : 4000);
+  },
+  stop() {
+    clearInterval(this.timer);
+    this.timer = null;
+    this.master?.disconnect();
+    this.master = null;
+    this.playing = null;
+    navigator.vibrate?.(0);
+  },
+};
+app.ringtone = ringtone;
+
+async function home(token) {
+  app.client = new GreenroomClient({ token });
+  app.cid = '';
+  app.callType = 'default';
+  const me = app.client.userId;
+  $('display-name').value = localStorage.getItem('greenroom.name') || me;
+  $('home-user').textContent = me;
+  $('home-avatar').textContent = initials(me);
+  $('home-avatar').style.background = avatarColor(me);
+  $('dial-form').onsubmit = (ev) => {
+    ev.preventDefault();
+    dial($('dial-user').value.trim(), document.querySelector('input[name="dial-kind"]:checked')?.value ?? 'video');
+  };
+  $('history-refresh').onclick = () => loadHistory();
+  $('history-more').onclick = () => loadHistory(true);
+  $('ring-accept').replaceChildren(icon('phone'));
+  $('ring-reject').replaceChildren(icon('phone'));
+  $('ring-cancel').replaceChildren(icon('phone'));
+  $('ring-accept').onclick = () => acceptIncoming(false);
+  $('ring-accept-audio').onclick = () => acceptIncoming(true);
+  $('ring-reject').onclick = () => rejectIncoming();
+  $('ring-cancel').onclick = () => cancelOutgoing();
+  showHome();
+  if (app.client.claims.call) {
+    notice(`This token is limited to the call ${app.client.claims.call}: it can only ring for that call.`, 'bad');
+  }
+  let deviceId = sessionStorage.getItem('greenroom.device');
+  if (!deviceId) {
+    deviceId = randomId('web-');
+    sessionStorage.setItem('greenroom.device', deviceId);
+  }
+  const ring = new RingClient(app.client, { deviceId });
+  app.client.ringing = ring;
+  app.ring = ring;
+  wireRing(ring);
+  try {
+    await ring.connect();
+  } catch (e) {
+    app.lastError = e;
+    notice(`Cannot reach the server: ${e.message}. Retrying…`, 'bad');
+  }
+}
+
+function showHome() {
+  show('home');
+  document.title = 'Greenroom';
+  $('topbar-call').textContent = '';
+  $('connection').hidden = true;
+  renderRingStatus();
+  loadHistory();
+}
+
+function notice(text, kind = '') {
+  const el = $('home-notice');
+  el.textContent = text;
+  el.className = `notice ${kind}`;
+  el.hidden = !text;
+}
+
+function renderRingStatus() {
+  const el = $('ring-status');
+  const st = app.ring?.state ?? 'connecting';
+  el.dataset.state = st;
+  el.textContent = { connected: 'Online: you can receive calls', connecting: 'Connecting…', reconnecting: 'Reconnecting…', closed: 'Offline' }[st] ?? st;
+  el.className = `pill ${st === 'connected' ? 'ok' : st === 'closed' ? 'bad' : 'warn'}`;
+  $('dial').disabled = st !== 'connected';
+}
+
+function wireRing(ring) {
+  ring.on('connectionState', () => renderRingStatus());
+  ring.on('error', (e) => { app.lastError = e; console.warn('ringing', e); });
+  ring.on('incomingCall', (ev) => {
+    if (app.incoming || app.outgoing || app.ringCall || app.screen === 'call' || app.screen === 'prejoin') {
+      ring.rejectCall(ev.callCid, 'busy').catch(() => {});
+      toast(`${ev.callerUserId} called you while you were busy`);
+      return;
+    }
+    app.incoming = ev;
+    showIncoming(ev);
+  });
+  const incomingOver = (ev, text) => {
+    if (app.incoming?.callCid !== ev.callCid) return false;
+    ringtone.stop();
+    app.incoming = null;
+    notice(text, text.startsWith('Missed') ? 'bad' : '');
+    showHome();
+    loadHistorySoon();
+    return true;
+  };
+  ring.on('stopRinging', (ev) => incomingOver(ev, 'Answered on another device'));
+  ring.on('callCancelled', (ev) => incomingOver(ev, `Missed call from ${app.incoming?.callerUserId ?? ev.by}`));
+  ring.on('callMissed', (ev) => {
+    if (!incomingOver(ev, `Missed call from ${app.incoming?.callerUserId ?? ''}`) && app.outgoing?.callCid === ev.callCid) {
+      outgoingOver('missed', `${peerOf(app.outgoing)} did not answer`);
+    }
+  });
+  ring.on('callAccepted', (ev) => {
+    const o = app.outgoing;
+    if (o?.callCid !== ev.callCid || o.state !== 'ringing') return;
+    o.state = 'accepted';
+    o.previewReady.then((tracks) => {
+      o.preview = null;
+      startRingCall(ev.callCid, o.kind, ev.userId, tracks);
+    });
+  });
+  ring.on('callRejected', (ev) => {
+    const o = app.outgoing;
+    if (o?.callCid !== ev.callCid) return;
+    if (ev.call && ev.call.phase !== 'ended') {
+      toast(`${ev.userId} ${ev.reason === 'busy' ? 'is busy' : 'declined'}`);
+      return;
+    }
+    outgoingOver(ev.reason === 'busy' ? 'busy' : 'rejected', ev.reason === 'busy' ? `${ev.userId} is busy` : `${ev.userId} declined your call`);
+  });
+  ring.on('callEnded', (ev) => {
+    if (incomingOver(ev, `Missed call from ${app.incoming?.callerUserId ?? ev.endedBy}`)) return;
+    if (app.outgoing?.callCid === ev.callCid && app.outgoing.state === 'ringing') {
+      outgoingOver('ended', 'The call ended');
+      return;
+    }
+    if (app.ringCall?.callCid === ev.callCid) {
+      app.endedBy = ev.endedBy;
+      app.call?.leave();
+    }
+  });
+  ring.on('videoRequested', (ev) => {
+    if (app.ringCall?.callCid !== ev.callCid) return;
+    setBanner('video-request', 'info', `${ev.requestedBy} wants to switch to video`, 'Your camera turns on when you accept.', null,
+      { label: 'Turn on video', onclick: () => ring.acceptVideo(ev.callCid).catch(showErr) });
+  });
+  ring.on('switchedToVideo', (ev) => {
+    if (app.ringCall?.callCid !== ev.callCid || !app.call) return;
+    app.ringCall.kind = 'video';
+    app.banners.delete('video-request');
+    if (app.call.settings.audioOnly) app.call.enableVideo().catch(showErr);
+    toast('Switched to video');
+  });
+}
+
+const peerOf = (o) => (o?.calleeUserIds ?? []).join(', ');
+
+function showIncoming(ev) {
+  const who = ev.callerUserId;
+  $('incoming-title').textContent = who;
+  $('incoming-avatar').textContent = initials(who);
+  $('incoming-avatar').style.background = avatarColor(who);
+  $('incoming-kind').textContent = `Incoming ${ev.kind === 'audio' ? 'audio' : 'video'} call`;
+  const others = (ev.members ?? []).filter((u) => u !== app.client.userId);
+  $('incoming-sub').textContent = ev.groupId ? `Group ${ev.groupId}${others.length ? ` · also ringing ${others.join(', ')}` : ''}` : 'is calling you…';
+  $('ring-accept-audio').hidden = ev.kind !== 'video';
+  for (const id of ['ring-accept', 'ring-reject', 'ring-accept-audio']) $(id).disabled = false;
+  $('topbar-call').textContent = 'Incoming call';
+  document.title = `Incoming call from ${who}`;
+  show('incoming');
+  ringtone.start('incoming');
+}
+
+async function acceptIncoming(audioOnly) {
+  const inc = app.incoming;
+  if (!inc) return;
+  for (const id of ['ring-accept', 'ring-reject', 'ring-accept-audio']) $(id).disabled = true;
+  ringtone.stop();
+  try {
+    await app.ring.acceptCall(inc.callCid);
+  } catch (e) {
+    app.lastError = e;
+    app.incoming = null;
+    notice(e.status === 409 || e.code === 'not_found' ? `The call from ${inc.callerUserId} is no longer available` : `Could not answer: ${e.message}`, 'bad');
+    showHome();
+    return;
+  }
+  app.incoming = null;
+  await startRingCall(inc.callCid, audioOnly ? 'audio' : inc.kind, inc.callerUserId, null);
+}
+
+function rejectIncoming() {
+  const inc = app.incoming;
+  if (!inc) return;
+  ringtone.stop();
+  app.incoming = null;
+  app.ring.rejectCall(inc.callCid, 'rejected').catch((e) => { app.lastError = e; });
+  notice(`You declined ${inc.callerUserId}'s call`);
+  showHome();
+  loadHistorySoon();
+}
+
+async function dial(userId, kind) {
+  const err = $('dial-error');
+  err.hidden = true;
+  if (!userId) return;
+  if (userId === app.client.userId) {
+    err.textContent = 'You cannot call yourself.';
+    err.hidden = false;
+    return;
+  }
+  notice('');
+  const o = { callCid: `default:${randomId()}`, calleeUserIds: [userId], kind, state: 'ringing', preview: null, previewReady: null };
+  app.outgoing = o;
+  $('outgoing-title').textContent = userId;
+  $('outgoing-avatar').textContent = initials(userId);
+  $('outgoing-avatar').style.background = avatarColor(userId);
+  $('outgoing-avatar').classList.add('ringing');
+  $('outgoing-kind').textContent = kind === 'audio' ? 'Audio call' : 'Video call';
+  setOutgoingStatus('ringing', 'Calling…');
+  $('ring-cancel-label').textContent = 'Cancel';
+  $('ring-cancel').disabled = false;
+  $('outgoing-preview').hidden = true;
+  $('topbar-call').textContent = 'Outgoing call';
+  show('outgoing');
+  ringtone.start('outgoing');
+  // The camera / microphone start now (the browser may ask while it rings) and go to the call.
+  o.previewReady = capturePreview(o).catch(() => null);
+  try {
+    const info = await app.ring.initiateCall({ userIds: [userId], kind, callCid: o.callCid });
+    if (app.outgoing !== o) return;
+    if (info.phase === 'ended') {
+      outgoingOver(info.outcome ?? 'ended', info.outcome === 'busy' ? `${userId} is busy` : `${userId} could not be reached`);
+    } else if (o.state === 'ringing') {
+      setOutgoingStatus('ringing', 'Ringing…');
+    }
+  } catch (e) {
+    app.lastError = e;
+    if (app.outgoing !== o) return;
+    const why = e.code === 'not_found' ? `${userId} was not found` : e.status === 409 ? `Cannot call now: ${e.message}` : `Could not call ${userId}: ${e.message}`;
+    outgoingOver('error', why);
+  }
+}
+
+/** Captures the microphone (and camera) while it rings; resolves with the tracks for the call, or null. */
+async function capturePreview(o) {
+  const tracks = { audio: null, video: null };
+  tracks.audio = await captureTrack('audio', app.devices.audioInput).catch(() => null);
+  if (o.kind === 'video') tracks.video = await captureTrack('video', app.devices.videoInput).catch(() => null);
+  if (o.state !== 'ringing' && o.state !== 'accepted') {
+    // Over before the devices started: release them.
+    tracks.audio?.stop();
+    tracks.video?.stop();
+    return null;
+  }
+  o.preview = tracks;
+  if (tracks.video && o.state === 'ringing') {
+    $('outgoing-video').srcObject = new MediaStream([tracks.video]);
+    $('outgoing-preview').hidden = false;
+  }
+}
+
+function setOutgoingStatus(state, text) {
+  const el = $('outgoing-status');
+  el.dataset.state = state;
+  el.textContent = text;
+}
+
+function releasePreview(o) {
+  o.preview?.audio?.stop();
+  o.preview?.video?.stop();
+  o.preview = null;
+  $('outgoing-video').srcObject = null;
+  $('outgoing-preview').hidden = true;
+}
+
+function cancelOutgoing() {
+  const o = app.outgoing;
+  if (!o) return;
+  if (o.state === 'ringing') {
+    app.ring.cancelCall(o.callCid).catch((e) => { app.lastError = e; });
+    outgoingOver('cancelled', `You cancelled the call to ${peerOf(o)}`, 0);
+  } else {
+    outgoingOver(o.state, $('outgoing-status').textContent, 0);
+  }
+}
+
+/** The outgoing call is over without a conversation: say why, then back to the idle screen. */
+function outgoingOver(state, text, delayMs = 2500) {
+  const o = app.outgoing;
+  if (!o) return;
+  ringtone.stop();
+  releasePreview(o);
+  o.state = state;
+  setOutgoingStatus(state, text);
+  $('outgoing-avatar').classList.remove('ringing');
+  $('ring-cancel-label').textContent = 'Close';
+  const done = () => {
+    if (app.outgoing !== o) return;
+    app.outgoing = null;
+    notice(text, state === 'cancelled' ? '' : 'bad');
+    showHome();
+    loadHistorySoon();
+  };
+  if (delayMs) setTimeout(done, delayMs);
+  else done();
+}
+
+/** Both sides join the media call once someone accepted. */
+async function startRingCall(cid, kind, peer, tracks) {
+  ringtone.stop();
+  if (app.outgoing?.callCid === cid) app.outgoing = null;
+  $('outgoing-video').srcObject = null;
+  $('outgoing-preview').hidden = true;
+  app.ringCall = { callCid: cid, kind, peer };
+  app.cid = cid;
+  app.callType = 'default';
+  app.endedBy = null;
+  app.requests.clear();
+  app.banners.clear();
+  const call = app.client.call(cid);
+  app.call = call;
+  wireCall(call);
+  $('topbar-call').textContent = `Connecting to ${peer}…`;
+  try {
+    await call.join({
+      create: true,
+      audioOnly: kind === 'audio',
+      tracks: { audio: tracks?.audio ?? null, video: kind === 'audio' ? null : tracks?.video ?? null },
+      devices: { ...app.devices },
+    });
+  } catch (e) {
+    app.lastError = e;
+    if (kind === 'audio') tracks?.video?.stop();
+    app.ringCall = null;
+    app.call = null;
+    app.ring.endCall(cid).catch(() => {});
+    notice(`Could not join the call: ${e.message}`, 'bad');
+    showHome();
+    return;
+  }
+  if (app.ringCall?.callCid !== cid) return; // ended while joining
+  document.title = `Call with ${peer}`;
+  show('call');
+  renderCall();
+}
+
+/** Hang up a rung call: ends it for both sides (the other page returns to idle too). */
+async function hangUp() {
+  const rc = app.ringCall;
+  if (!rc) return;
+  app.endedBy = app.client.userId;
+  await app.ring.endCall(rc.callCid).catch((e) => { app.lastError = e; });
+  await app.call?.leave();
+}
+
+function ringCallOver(call, reason) {
+  const rc = app.ringCall;
+  if (rc?.callCid !== call.cid) return;
+  app.ringCall = null;
+  app.call = null;
+  app.cid = '';
+  tileEls.clear();
+  $('stage').replaceChildren();
+  const by = app.endedBy;
+  notice(reason === 'disconnected' ? `Lost the connection to the call with ${rc.peer}`
+    : by && by !== app.client.userId ? `${by} ended the call` : `Call with ${rc.peer} ended`);
+  showHome();
+  loadHistorySoon();
+}
+
+let historySeq = 0;
+async function loadHistory(more = false) {
+  if (!app.client) return;
+  const seq = ++historySeq;
+  try {
+    const r = await app.client.callHistory({ limit: 20, cursor: more ? app.historyNext : undefined });
+    if (seq !== historySeq) return;
+    app.history = more ? app.history.concat(r?.calls ?? []) : (r?.calls ?? []);
+    app.historyNext = r?.next ?? null;
+    renderHistory();
+  } catch (e) {
+    if (seq !== historySeq) return;
+    app.lastError = e;
+    $('history').replaceChildren(h('li', { class: 'empty' }, `Could not load the history: ${e.message}`));
+  }
+}
+
+/** Records are written as calls resolve: read again a moment later. */
+function loadHistorySoon() {
+  loadHistory();
+  setTimeout(() => { if (app.screen === 'home') loadHistory(); }, 1500);
+}
+
+function fmtDuration(ms) {
+  const s = Math.round(ms / 1000);
+  const m = Math.floor(s / 60);
+  return m >= 60 ? `${Math.floor(m / 60)}:${String(m % 60).padStart(2, '0')}:${String(s % 60).padStart(2, '0')}` : `${m}:${String(s % 60).padStart(2, '0')}`;
+}
+
+function fmtWhen(ms) {
+  const d = new Date(ms);
+  const today = new Date();
+  return d.toDateString() === today.toDateString() ? d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' }) : d.toLocaleDateString([], { month: 'short', day: 'numeric' });
+}
+
+function outcomeLabel(rec, outgoing) {
+  switch (rec.outcome) {
+    case 'accepted':
+      return rec.duration_ms != null ? fmtDuration(rec.duration_ms) : rec.ended_at_ms ? 'Answered' : 'In progress';
+    case 'missed':
+      return outgoing ? 'No answer' : 'Missed';
+    case 'rejected':
+    case 'declined':
+      return 'Declined';
+    case 'cancelled':
+      return outgoing ? 'Cancelled' : 'Missed';
+    case 'busy':
+      return 'Busy';
+    default:
+      return rec.outcome;
+  }
+}
+
+function renderHistory() {
+  const me = app.client.userId;
+  const rows = app.history.map((rec) => {
+    const outgoing = rec.caller_user_id === me;
+    const peer = outgoing ? (rec.group_id ? `group ${rec.group_id}` : rec.callee_user_ids.join(', ')) : rec.caller_user_id;
+    const label = outcomeLabel(rec, outgoing);
+    const bad = !outgoing && (rec.outcome === 'missed' || rec.outcome === 'cancelled');
+    return h('li', { testid: 'history-row', dataset: { sessionId: rec.session_id, callCid: rec.call_cid, outcome: rec.outcome, direction: outgoing ? 'outgoing' : 'incoming', peer } },
+      avatar(peer, peer),
+      h('div', { class: 'who' },
+        h('strong', {}, peer),
+        h('small', {},
+          h('span', { class: 'dir', title: outgoing ? 'Outgoing' : 'Incoming' }, outgoing ? '↗ Outgoing' : '↙ Incoming'),
+          h('span', {}, `· ${rec.kind}`),
+          h('span', { class: `outcome ${bad ? 'missed' : rec.outcome}` }, `· ${label}`))),
+      h('div', { class: 'when' }, fmtWhen(rec.started_at_ms)),
+      rec.group_id ? null : h('button', { class: 'btn small ghost', title: `Call ${peer}`, testid: 'call-back', disabled: app.ring?.state !== 'connected',
+        onclick: () => dial(peer, rec.kind) }, icon('phone')));
+  });
+  $('history').replaceChildren(...(rows.length ? rows : [h('li', { class: 'empty' }, 'No calls yet. Call someone: their devices ring.')]));
+  $('history-more').hidden = !app.historyNext;
+}
+
 // A click anywhere resumes audio that the browser's autoplay policy paused.
 document.addEventListener('click', () => {
+  if (ringtone.playing && ringtone.ctx?.state === 'suspended') ringtone.ctx.resume().catch(() => {});
   if (app.banners.delete('autoplay')) {
     app.call?.resumeAudio();
     renderCall();

@@ -3,6 +3,7 @@
 // Plain ES module, no build step. Protocol: docs/PROTOCOL.md.
 
 import { Emitter } from './emitter.js';
+import { RingClient } from './ringing.js';
 import { captureTrack, listDevices, watchDevices, watchPermission, queryPermission, classifyMediaError } from './devices.js';
 
 /** @typedef {'microphone'|'camera'|'screen_share'|'screen_share_audio'} TrackSource */
@@ -98,6 +99,8 @@ export class GreenroomClient {
     this.claims = decodeToken(token);
     /** The user id (`sub` of the token). */
     this.userId = this.claims.sub ?? '';
+    /** The user-level (ringing) connection once `connectUser` opened it. @type {RingClient|null} */
+    this.ringing = null;
   }
 
   /**
@@ -142,6 +145,32 @@ export class GreenroomClient {
    */
   call(cid) {
     return new Call(this, cid);
+  }
+
+  /**
+   * Opens the user-level connection (ringing: incoming calls, initiateCall, acceptCall...),
+   * usable without joining any call; it reconnects by itself until `close()`. One per client:
+   * a second call returns the same connection.
+   * @param {{deviceId?: string, reconnect?: boolean}} [opts]
+   * @returns {Promise<RingClient>}
+   */
+  async connectUser(opts = {}) {
+    if (!this.ringing || this.ringing.state === 'closed') this.ringing = new RingClient(this, opts);
+    await this.ringing.connect();
+    return this.ringing;
+  }
+
+  /**
+   * A user's call history (ringing calls), newest first: `{calls: CallRecord[], next?}`; pass
+   * `next` as `cursor` for the next older page. Needs to be that user, or an admin token.
+   * @param {{userId?: string, limit?: number, cursor?: string}} [opts]  `userId` defaults to this user.
+   */
+  callHistory({ userId, limit, cursor } = {}) {
+    const q = new URLSearchParams();
+    if (limit != null) q.set('limit', String(limit));
+    if (cursor) q.set('cursor', cursor);
+    const qs = q.toString();
+    return this.api('GET', `/v1/users/${encodeURIComponent(userId ?? this.userId)}/calls${qs ? '?' + qs : ''}`);
   }
 }
 
@@ -659,6 +688,10 @@ export class Call extends Emitter {
   }
 
   _onMessage(msg) {
+    // This socket is also a ringing device of the user (docs/PROTOCOL.md section 6): ringing
+    // replies and events about other calls are not this call's business.
+    if (msg.type === 'ring.ok' || (msg.type === 'error' && msg.request?.startsWith('ring_'))) return;
+    if (msg.call_cid && msg.call_cid !== this.cid && msg.type?.startsWith('call.')) return;
     if (msg.type === 'error') {
       const err = new GreenroomError(msg.code, msg.message, { capability: msg.capability, request: msg.request });
       const i = this._waiters.findIndex((w) => w.requestType && w.requestType === msg.request);

@@ -14,4 +14,5 @@ export {
   checkMediaAccess,
   describeAccess,
 } from './devices.js';
+export { RingClient, randomId } from './ringing.js';
 export { Emitter } from './emitter.js';
