@@ -129,7 +129,9 @@ async fn run(state: Arc<AppState>, claims: Claims, device_id: String, socket: We
     loop {
         tokio::select! {
             reason = removed_rx.recv() => {
-                if let (Some(reason), Some((cid, _))) = (reason, conn.joined.take()) {
+                // None: the writer task ended (the socket is gone); leave below.
+                let Some(reason) = reason else { break };
+                if let Some((cid, _)) = conn.joined.take() {
                     conn.published = SourceSet::EMPTY;
                     tracing::info!(%cid, reason, "session removed from call");
                     conn.state.ringing.session_left(&conn.state, &cid, &conn.claims.sub);
