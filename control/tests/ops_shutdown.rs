@@ -100,7 +100,13 @@ async fn sigterm_notifies_clients_and_exits_after_the_drain() {
         match next(&mut ws).await {
             Some(Message::Close(frame)) => break frame,
             Some(_) => {}
-            None => panic!("socket ended without a close frame:\n{}", server.log()),
+            None => {
+                let exit = server.wait_exit(Duration::from_secs(1));
+                panic!(
+                    "socket ended without a close frame (process: {exit:?}):\n{}",
+                    server.log()
+                )
+            }
         }
     };
     assert_eq!(close.map(|f| f.code), Some(CloseCode::Away));
