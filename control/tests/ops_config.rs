@@ -80,15 +80,24 @@ fn unknown_keys_and_bad_values_fail_naming_them() {
     for (text, needle) in [
         ("[server]\nhttp_adr = \"127.0.0.1:9001\"\n", "http_adr"),
         ("[bogus_section]\nx = 1\n", "bogus_section"),
-        ("[rtc]\nudp_addr = \"127.0.0.1:7882\"\nnode_ipp = \"1.2.3.4\"\n", "node_ipp"),
+        (
+            "[rtc]\nudp_addr = \"127.0.0.1:7882\"\nnode_ipp = \"1.2.3.4\"\n",
+            "node_ipp",
+        ),
         ("[server]\ndrain_secs = \"ten\"\n", "drain_secs"),
     ] {
         std::fs::write(&file, text).unwrap();
         let out = check(&file, &[]);
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "accepted {text:?}");
-        assert!(err.contains(needle), "error for {text:?} does not name {needle}: {err}");
-        assert!(out.stdout.is_empty(), "printed a configuration for {text:?}");
+        assert!(
+            err.contains(needle),
+            "error for {text:?} does not name {needle}: {err}"
+        );
+        assert!(
+            out.stdout.is_empty(),
+            "printed a configuration for {text:?}"
+        );
     }
     // A bad environment value names the variable.
     std::fs::write(&file, "").unwrap();
@@ -109,7 +118,10 @@ async fn flags_override_env_and_file_when_serving() {
     let file = dir.join("greenroom.toml");
     std::fs::write(
         &file,
-        format!("[server]\nhttp_addr = \"{file_addr}\"\n[rtc]\nudp_addr = \"{}\"\n", free_udp()),
+        format!(
+            "[server]\nhttp_addr = \"{file_addr}\"\n[rtc]\nudp_addr = \"{}\"\n",
+            free_udp()
+        ),
     )
     .unwrap();
     let mut cmd = command();

@@ -132,7 +132,10 @@ async fn metrics_follow_forwarding_and_gate_drops() {
     let from = alice.cursor();
     let admin = s.state.auth.mint("backend", None, None, true, 600).unwrap();
     let r = reqwest::Client::new()
-        .post(format!("{}/v1/calls/default/ops-metrics/user_permissions", s.url))
+        .post(format!(
+            "{}/v1/calls/default/ops-metrics/user_permissions",
+            s.url
+        ))
         .bearer_auth(admin)
         .json(&serde_json::json!({"user_id":"alice","revoke_permissions":["send-video"]}))
         .send()

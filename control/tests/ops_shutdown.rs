@@ -17,9 +17,8 @@ use tokio_tungstenite::tungstenite::Message;
 
 const DRAIN_SECS: u64 = 2;
 
-type Ws = tokio_tungstenite::WebSocketStream<
-    tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
->;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// The next message (bounded wait); `None` when the socket ended or nothing came.
 async fn next(ws: &mut Ws) -> Option<Message> {
@@ -52,14 +51,14 @@ async fn sigterm_notifies_clients_and_exits_after_the_drain() {
     )
     .await;
 
-    let url = format!(
-        "ws://{http}/v1/signal?token={}",
-        token("alice", Role::User)
-    );
-    let (mut ws, _) = timeout(Duration::from_secs(10), tokio_tungstenite::connect_async(url))
-        .await
-        .unwrap()
-        .unwrap();
+    let url = format!("ws://{http}/v1/signal?token={}", token("alice", Role::User));
+    let (mut ws, _) = timeout(
+        Duration::from_secs(10),
+        tokio_tungstenite::connect_async(url),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     ws.send(Message::text(
         r#"{"type":"join","call_cid":"default:shutdown","create":true}"#,
     ))

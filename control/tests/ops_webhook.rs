@@ -92,7 +92,11 @@ async fn events_arrive_signed_in_order_once_after_the_receiver_was_down() {
                 .send()
                 .await
                 .unwrap();
-            assert!(r.status().is_success(), "{action}: {}", r.text().await.unwrap());
+            assert!(
+                r.status().is_success(),
+                "{action}: {}",
+                r.text().await.unwrap()
+            );
             expected.push(kind);
         }
     }
@@ -148,7 +152,11 @@ async fn events_arrive_signed_in_order_once_after_the_receiver_was_down() {
         let env: WebhookEnvelope = serde_json::from_slice(&d.body).unwrap();
         assert_eq!(env.kind, *kind, "out of order: {got:#?}");
         assert_eq!(env.id, d.id_header);
-        assert_eq!(env.event["call_cid"], "audio_room:webhook-ops", "{:?}", env.event);
+        assert_eq!(
+            env.event["call_cid"], "audio_room:webhook-ops",
+            "{:?}",
+            env.event
+        );
         assert!(ids.insert(env.id.clone()), "id {} repeated", env.id);
         if let Some(prev) = last_seq {
             assert!(env.seq > prev, "seq {} after {prev}", env.seq);

@@ -6,8 +6,8 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -727,10 +727,7 @@ impl Engine {
             c.producers[k].store(producers[k], Relaxed);
             c.consumers[k].store(consumers[k], Relaxed);
         }
-        c.peers.store(
-            self.peers.iter().count() as u64,
-            Relaxed,
-        );
+        c.peers.store(self.peers.iter().count() as u64, Relaxed);
     }
 
     fn consumer_layer(&self, pk: Key, sub: Key) -> Option<usize> {
@@ -873,27 +870,24 @@ impl Engine {
                 }
             }
             let receives = c.gate.receives();
-            let (seq, ts, resumed) = match c.st.step(
-                receives,
-                epoch,
-                in_seq,
-                in_ts,
-                pkt.timestamp,
-                clock_rate,
-            ) {
-                Step::Drop => {
-                    let why = if !receives {
-                        ConsumerDrop::Receive
-                    } else if c.st.paused {
-                        ConsumerDrop::Paused
-                    } else {
-                        ConsumerDrop::Other
-                    };
-                    drops[why as usize] += 1;
-                    continue;
-                }
-                Step::Forward { seq, ts, resumed } => (seq, ts, resumed),
-            };
+            let (seq, ts, resumed) =
+                match c
+                    .st
+                    .step(receives, epoch, in_seq, in_ts, pkt.timestamp, clock_rate)
+                {
+                    Step::Drop => {
+                        let why = if !receives {
+                            ConsumerDrop::Receive
+                        } else if c.st.paused {
+                            ConsumerDrop::Paused
+                        } else {
+                            ConsumerDrop::Other
+                        };
+                        drops[why as usize] += 1;
+                        continue;
+                    }
+                    Step::Forward { seq, ts, resumed } => (seq, ts, resumed),
+                };
             let Some(sub) = peers.get_mut(c.peer) else {
                 drops[ConsumerDrop::Other as usize] += 1;
                 continue;

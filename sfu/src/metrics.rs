@@ -237,7 +237,13 @@ impl SfuCounters {
             "counter",
             "NACKs received from subscribers (egress) and sent to publishers (ingress), from str0m stats",
         );
-        by_label(&mut o, name, "direction", &["egress", "ingress"], &self.nacks);
+        by_label(
+            &mut o,
+            name,
+            "direction",
+            &["egress", "ingress"],
+            &self.nacks,
+        );
         let name = "greenroom_plis_total";
         header(
             &mut o,
