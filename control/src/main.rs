@@ -225,6 +225,10 @@ async fn serve(mut config: Config, args: ServeArgs) -> Result<()> {
                 .context("serving HTTP")?;
         }
     }
+    // Upgraded WebSockets do not hold `serve` open: wait for the drain task to exit the process.
+    if state.is_shutting_down() {
+        std::future::pending::<()>().await;
+    }
     Ok(())
 }
 

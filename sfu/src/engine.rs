@@ -6,6 +6,7 @@ use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::mpsc::{Receiver, TryRecvError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,7 @@ use tracing::{debug, info, warn};
 
 use crate::forward::{ConsumerState, GateCell, PtLookup, Step};
 use crate::media::is_keyframe;
+use crate::metrics::{add, cap_idx, kind_idx, ConsumerDrop, SfuCounters, EGRESS, INGRESS};
 use crate::speakers::{LevelMeter, SpeakerRanking};
 use crate::{SfuError, SfuEvent, SfuOptions};
 
@@ -92,11 +94,13 @@ pub(crate) fn spawn(
     wake_from: SocketAddr,
     cmds: Receiver<Cmd>,
     events: mpsc::UnboundedSender<SfuEvent>,
+    counters: Arc<SfuCounters>,
 ) -> io::Result<()> {
     std::thread::Builder::new()
         .name("greenroom-sfu".into())
         .spawn(move || {
-            let mut engine = Engine::new(opts, socket, advertised, wake_from, cmds, events);
+            let mut engine =
+                Engine::new(opts, socket, advertised, wake_from, cmds, events, counters);
             engine.run();
         })?;
     Ok(())
@@ -108,7 +112,8 @@ pub fn rtc_config(subscriber: bool) -> RtcConfig {
         .set_ice_lite(true)
         .set_rtp_mode(true)
         .enable_h265(false)
-        .enable_h266(false);
+        .enable_h266(false)
+        .set_stats_interval(Some(crate::metrics::STATS_INTERVAL));
     if subscriber {
         cfg = cfg.enable_bwe(Some(INITIAL_BWE));
     }
@@ -216,6 +221,8 @@ struct Peer {
     sub_mids: HashMap<Mid, Key>,
     /// Subscriber: latest egress bandwidth estimate.
     bwe: Option<Bitrate>,
+    /// Cumulative NACK counts last seen in str0m's stats, per (mid, rid).
+    nacks_seen: Vec<(Mid, Option<Rid>, u64)>,
     /// Test hook: panic inside the next drive of this peer.
     #[cfg(feature = "fault-injection")]
     panic_next: bool,
@@ -327,6 +334,8 @@ struct Engine {
     next_tick: Instant,
     ticks: u64,
     last_read_timeout: Option<Duration>,
+    /// Metrics, written by this thread only.
+    counters: Arc<SfuCounters>,
 }
 
 enum Fail {
@@ -341,6 +350,7 @@ impl Engine {
         wake_from: SocketAddr,
         cmds: Receiver<Cmd>,
         events: mpsc::UnboundedSender<SfuEvent>,
+        counters: Arc<SfuCounters>,
     ) -> Engine {
         Engine {
             opts,
@@ -360,6 +370,7 @@ impl Engine {
             next_tick: Instant::now() + TICK,
             ticks: 0,
             last_read_timeout: None,
+            counters,
         }
     }
 
@@ -422,6 +433,7 @@ impl Engine {
                         let now = Instant::now();
                         self.on_cmd(cmd, now);
                         self.settle(now);
+                        self.publish_gauges();
                     }
                     Err(TryRecvError::Empty) => break,
                 }
@@ -583,6 +595,7 @@ impl Engine {
             ssrcs: Vec::new(),
             sub_mids: HashMap::new(),
             bwe: None,
+            nacks_seen: Vec::new(),
             #[cfg(feature = "fault-injection")]
             panic_next: false,
         })
@@ -620,8 +633,101 @@ impl Engine {
                 }
             }
             Event::Closed => self.fail_peer(key, "closed by remote"),
+            Event::MediaIngressStats(s) => {
+                let clock = self.clock_rate_of(key, s.mid);
+                let c = &self.counters;
+                if let Some(rtt) = s.rtt {
+                    c.rtt[INGRESS].observe(rtt.as_secs_f64());
+                }
+                if let Some(loss) = s.loss {
+                    c.loss[INGRESS].observe(f64::from(loss));
+                }
+                c.jitter[INGRESS].observe(f64::from(s.jitter) / clock);
+                self.count_nacks(key, s.mid, s.rid, s.nacks, INGRESS);
+            }
+            Event::MediaEgressStats(s) => {
+                let clock = self.clock_rate_of(key, s.mid);
+                let c = &self.counters;
+                if let Some(rtt) = s.rtt {
+                    c.rtt[EGRESS].observe(rtt.as_secs_f64());
+                }
+                if let Some(loss) = s.loss {
+                    c.loss[EGRESS].observe(f64::from(loss));
+                }
+                if let Some(r) = &s.remote {
+                    c.jitter[EGRESS].observe(f64::from(r.jitter) / clock);
+                }
+                self.count_nacks(key, s.mid, s.rid, s.nacks, EGRESS);
+            }
             _ => {}
         }
+    }
+
+    /// The RTP clock rate of a peer's media (for jitter in seconds): the producer's codec when
+    /// known, else 48 kHz audio / 90 kHz video.
+    fn clock_rate_of(&self, key: Key, mid: Mid) -> f64 {
+        let Some(peer) = self.peers.get(key) else {
+            return 90_000.0;
+        };
+        let pk = match peer.role {
+            Role::Subscriber => peer.sub_mids.get(&mid).copied(),
+            Role::Publisher => self.parts.get(&peer.owner).and_then(|p| {
+                p.producers
+                    .iter()
+                    .copied()
+                    .find(|pk| self.producers.get(*pk).is_some_and(|pr| pr.mid == mid))
+            }),
+        };
+        match pk.and_then(|pk| self.producers.get(pk)) {
+            Some(p) => match p.params.first() {
+                Some((_, params)) => f64::from(params.spec().clock_rate.get()),
+                None if p.kind == MediaKind::Audio => 48_000.0,
+                None => 90_000.0,
+            },
+            None => 90_000.0,
+        }
+    }
+
+    /// Adds the growth of a stream's cumulative NACK count (from a stats event) to the counter.
+    fn count_nacks(&mut self, key: Key, mid: Mid, rid: Option<Rid>, total: u64, dir: usize) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        let delta = match peer
+            .nacks_seen
+            .iter_mut()
+            .find(|(m, r, _)| *m == mid && *r == rid)
+        {
+            Some((_, _, seen)) => {
+                // A restarted stream starts counting from zero again.
+                let d = if total >= *seen { total - *seen } else { total };
+                *seen = total;
+                d
+            }
+            None => {
+                peer.nacks_seen.push((mid, rid, total));
+                total
+            }
+        };
+        if delta > 0 {
+            add(&self.counters.nacks[dir], delta);
+        }
+    }
+
+    /// Recomputes the producer, consumer and peer gauges.
+    fn publish_gauges(&self) {
+        let (mut producers, mut consumers) = ([0u64; 2], [0u64; 2]);
+        for (_, p) in self.producers.iter() {
+            let k = kind_idx(p.kind);
+            producers[k] += 1;
+            consumers[k] += p.consumers.len() as u64;
+        }
+        let c = &self.counters;
+        for k in 0..2 {
+            c.producers[k].store(producers[k], Relaxed);
+            c.consumers[k].store(consumers[k], Relaxed);
+        }
+        c.peers.store(self.peers.iter().count() as u64, Relaxed);
     }
 
     fn consumer_layer(&self, pk: Key, sub: Key) -> Option<usize> {
@@ -685,12 +791,18 @@ impl Engine {
         let Some(prod) = self.producers.get_mut(pk) else {
             return;
         };
+        let len = pkt.payload.len() as u64;
         if let Some(l) = prod.layers.get_mut(usize::from(layer)) {
-            l.bytes += pkt.payload.len() as u64;
+            l.bytes += len;
         }
+        let kind = kind_idx(prod.kind);
+        let counters = &*self.counters;
+        add(&counters.rx_packets[kind], 1);
+        add(&counters.rx_bytes[kind], len);
         // Gate: one bit test against the publisher's current gate.
         if !prod.gate.sends(prod.bit) {
             prod.open = false;
+            add(&counters.gate_drops[cap_idx(prod.source)], 1);
             return;
         }
         let mut want_keyframe = false;
@@ -739,11 +851,15 @@ impl Engine {
             peers,
             dirty,
             producers,
+            counters,
             ..
         } = self;
         let Some(prod) = producers.get_mut(pk) else {
             return;
         };
+        // Per-packet tallies kept in registers, published once after the fan-out.
+        let mut forwarded = 0u64;
+        let mut drops = [0u64; 3];
         for c in &mut prod.consumers {
             if simulcast && layer != c.cur {
                 if layer == c.target && keyframe {
@@ -753,23 +869,35 @@ impl Engine {
                     continue;
                 }
             }
-            let (seq, ts, resumed) = match c.st.step(
-                c.gate.receives(),
-                epoch,
-                in_seq,
-                in_ts,
-                pkt.timestamp,
-                clock_rate,
-            ) {
-                Step::Drop => continue,
-                Step::Forward { seq, ts, resumed } => (seq, ts, resumed),
-            };
+            let receives = c.gate.receives();
+            let (seq, ts, resumed) =
+                match c
+                    .st
+                    .step(receives, epoch, in_seq, in_ts, pkt.timestamp, clock_rate)
+                {
+                    Step::Drop => {
+                        let why = if !receives {
+                            ConsumerDrop::Receive
+                        } else if c.st.paused {
+                            ConsumerDrop::Paused
+                        } else {
+                            ConsumerDrop::Other
+                        };
+                        drops[why as usize] += 1;
+                        continue;
+                    }
+                    Step::Forward { seq, ts, resumed } => (seq, ts, resumed),
+                };
             let Some(sub) = peers.get_mut(c.peer) else {
+                drops[ConsumerDrop::Other as usize] += 1;
                 continue;
             };
             let out_pt = match c.st.pts.get(*pt) {
                 PtLookup::Mapped(v) => v,
-                PtLookup::Unmappable => continue,
+                PtLookup::Unmappable => {
+                    drops[ConsumerDrop::Other as usize] += 1;
+                    continue;
+                }
                 PtLookup::Unknown => {
                     let m = sub.rtc.codec_config().match_params(params).map(|p| *p.pt());
                     c.st.pts.set(*pt, m);
@@ -777,6 +905,7 @@ impl Engine {
                         Some(v) => v,
                         None => {
                             warn!("subscriber {} cannot take codec {codec:?}", sub.owner);
+                            drops[ConsumerDrop::Other as usize] += 1;
                             continue;
                         }
                     }
@@ -784,6 +913,7 @@ impl Engine {
             };
             let mut api = sub.rtc.direct_api();
             let Some(tx) = api.stream_tx(&c.ssrc) else {
+                drops[ConsumerDrop::Other as usize] += 1;
                 continue;
             };
             tx.write_rtp(
@@ -802,7 +932,17 @@ impl Engine {
                 sub.dirty = true;
                 dirty.push(c.peer);
             }
+            forwarded += 1;
             want_keyframe |= resumed && video;
+        }
+        if forwarded > 0 {
+            add(&counters.fwd_packets[kind], forwarded);
+            add(&counters.fwd_bytes[kind], forwarded * len);
+        }
+        if drops != [0; 3] {
+            for (cell, n) in counters.consumer_drops.iter().zip(drops) {
+                add(cell, n);
+            }
         }
         if want_keyframe {
             self.request_keyframe(
@@ -859,6 +999,7 @@ impl Engine {
         }))
         .unwrap_or(false);
         if sent {
+            add(&self.counters.plis, 1);
             self.mark_dirty(publisher);
         }
     }
@@ -1520,6 +1661,7 @@ impl Engine {
         }
         let peers = &self.peers;
         self.addr_cache.retain(|_, k| peers.get(*k).is_some());
+        self.publish_gauges();
     }
 
     /// Picks each consumer's simulcast layer: the requested quality, stepped down while the

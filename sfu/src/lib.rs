@@ -37,6 +37,7 @@
 mod engine;
 pub mod forward;
 mod media;
+mod metrics;
 mod speakers;
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
@@ -51,6 +52,8 @@ use tokio::sync::{mpsc, oneshot};
 pub use crate::engine::rtc_config;
 use crate::engine::Cmd;
 use crate::forward::GateCell;
+use crate::metrics::SfuCounters;
+pub use crate::metrics::STATS_INTERVAL;
 
 /// Media plane configuration.
 #[derive(Debug, Clone)]
@@ -134,6 +137,7 @@ struct Inner {
     waker: UdpSocket,
     wake_to: SocketAddr,
     gates: Mutex<std::collections::HashMap<String, Arc<GateCell>>>,
+    counters: Arc<SfuCounters>,
 }
 
 impl Drop for Inner {
@@ -183,14 +187,24 @@ impl Sfu {
         let advertised = SocketAddr::new(cfg.advertise_ip, local_addr.port());
         let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        engine::spawn(opts, socket, advertised, wake_from, cmd_rx, ev_tx)
-            .map_err(|e| SfuError::Bind(cfg.bind, e))?;
+        let counters = Arc::new(SfuCounters::default());
+        engine::spawn(
+            opts,
+            socket,
+            advertised,
+            wake_from,
+            cmd_rx,
+            ev_tx,
+            counters.clone(),
+        )
+        .map_err(|e| SfuError::Bind(cfg.bind, e))?;
         let inner = Inner {
             local_addr,
             cmds: cmd_tx,
             waker,
             wake_to,
             gates: Mutex::new(Default::default()),
+            counters,
         };
         Ok((
             Sfu {
@@ -313,9 +327,27 @@ impl Sfu {
         });
     }
 
-    /// The media plane's counters in the Prometheus text format (appended to `/metrics`).
+    /// The media plane's counters in the Prometheus text format (appended to `/metrics`):
+    ///
+    /// * `greenroom_packets_received_total{kind}`, `greenroom_bytes_received_total{kind}`:
+    ///   RTP from publishers (`kind` = `audio` | `video`; bytes are RTP payload bytes), gated
+    ///   packets included.
+    /// * `greenroom_packets_forwarded_total{kind}`, `greenroom_bytes_forwarded_total{kind}`:
+    ///   written to subscribers, one per packet per subscriber.
+    /// * `greenroom_packets_dropped_total{capability}`: dropped by the publisher's gate, by the
+    ///   capability the source needs (`send-audio` | `send-video` | `screenshare`).
+    /// * `greenroom_consumer_packets_dropped_total{reason}`: not written to one subscriber
+    ///   (`receive` off, `paused` = unsubscribed, `other` = too old or no matching codec).
+    /// * `greenroom_nacks_total{direction}`: NACKs received from subscribers (`egress`) and sent
+    ///   to publishers (`ingress`), from str0m's stats every [`STATS_INTERVAL`].
+    /// * `greenroom_plis_total`: keyframe requests (PLI/FIR) sent to publishers.
+    /// * gauges `greenroom_producers{kind}`, `greenroom_consumers{kind}`, `greenroom_peers`.
+    /// * histograms `greenroom_rtt_seconds`, `greenroom_loss_ratio`, `greenroom_jitter_seconds`
+    ///   `{direction="ingress"|"egress"}`, one sample per stream per [`STATS_INTERVAL`].
+    ///
+    /// Retransmissions are not counted: str0m 0.25 keeps its resent-packet count private.
     pub fn metrics_text(&self) -> String {
-        String::new()
+        self.inner.counters.render()
     }
 
     /// Test hook (feature `fault-injection`): the next time the engine drives this

@@ -1,0 +1,342 @@
+//! Media plane counters, written by the engine thread only and read by [`crate::Sfu::metrics_text`].
+//!
+//! Cost on the hot path: every counter is an `AtomicU64` with ONE writer (the engine thread), so
+//! an update is a relaxed load and a relaxed store ([`add`]): two plain moves on x86-64 and
+//! aarch64, no lock prefix, no allocation, no map lookup. `on_rtp` makes two such updates per
+//! incoming packet (packets and bytes received) plus two per packet for the whole fan-out
+//! (forwarded packets and bytes, summed in registers over the consumers). Readers (a scrape) see
+//! each value eventually; a scrape may see `packets` and `bytes` from slightly different moments.
+//! Gauges are recomputed on commands and on the 250 ms housekeeping tick; histograms are fed
+//! from str0m's stats events (once per [`STATS_INTERVAL`] per stream).
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use greenroom_proto::{Capability, TrackSource};
+use str0m::media::MediaKind;
+
+/// How often str0m emits `MediaIngressStats` / `MediaEgressStats` per peer.
+pub const STATS_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Adds `n` to a counter that only the calling thread writes (no read-modify-write instruction).
+#[inline]
+pub(crate) fn add(c: &AtomicU64, n: u64) {
+    c.store(c.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+/// Index of a media kind in the per-kind arrays: 0 audio, 1 video.
+#[inline]
+pub(crate) fn kind_idx(kind: MediaKind) -> usize {
+    usize::from(kind == MediaKind::Video)
+}
+
+const KINDS: [&str; 2] = ["audio", "video"];
+
+/// Index of the capability a source needs, in [`CAPS`].
+#[inline]
+pub(crate) fn cap_idx(source: TrackSource) -> usize {
+    match source.capability() {
+        Capability::SendAudio => 0,
+        Capability::SendVideo => 1,
+        _ => 2,
+    }
+}
+
+const CAPS: [Capability; 3] = [
+    Capability::SendAudio,
+    Capability::SendVideo,
+    Capability::Screenshare,
+];
+
+/// Why a consumer did not get a packet its producer forwarded.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ConsumerDrop {
+    /// The subscriber's gate has `receive` off.
+    Receive = 0,
+    /// The subscriber unsubscribed the track (paused).
+    Paused = 1,
+    /// Too old for the current epoch, codec the subscriber cannot take, or no send stream.
+    Other = 2,
+}
+
+const DROP_REASONS: [&str; 3] = ["receive", "paused", "other"];
+
+/// Index in the ingress/egress arrays of the histograms.
+pub(crate) const INGRESS: usize = 0;
+/// See [`INGRESS`].
+pub(crate) const EGRESS: usize = 1;
+const DIRECTIONS: [&str; 2] = ["ingress", "egress"];
+
+/// A fixed-bucket histogram with a single writer.
+pub(crate) struct Histogram<const N: usize> {
+    bounds: [f64; N],
+    /// Per-bucket (not cumulative) counts; values above the last bound count in `inf`.
+    counts: [AtomicU64; N],
+    inf: AtomicU64,
+    /// `f64` bits.
+    sum: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: [f64; N]) -> Self {
+        Histogram {
+            bounds,
+            counts: std::array::from_fn(|_| AtomicU64::new(0)),
+            inf: AtomicU64::new(0),
+            sum: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+
+    /// Records one value (engine thread only). NaN and negative values are ignored.
+    pub(crate) fn observe(&self, v: f64) {
+        if v.is_nan() || v < 0.0 {
+            return;
+        }
+        match self.bounds.iter().position(|b| v <= *b) {
+            Some(i) => add(&self.counts[i], 1),
+            None => add(&self.inf, 1),
+        }
+        let sum = f64::from_bits(self.sum.load(Relaxed)) + v;
+        self.sum.store(sum.to_bits(), Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let sep = if labels.is_empty() { "" } else { "," };
+        let mut cum = 0;
+        for (b, c) in self.bounds.iter().zip(&self.counts) {
+            cum += c.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{b}\"}} {cum}");
+        }
+        cum += self.inf.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {cum}");
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let sum = f64::from_bits(self.sum.load(Relaxed));
+        let _ = writeln!(out, "{name}_sum{braces} {sum}");
+        // The count is the +Inf bucket, so the two always agree within one scrape.
+        let _ = writeln!(out, "{name}_count{braces} {cum}");
+    }
+}
+
+/// Every media plane counter; shared by the engine (writer) and the handle (reader).
+pub(crate) struct SfuCounters {
+    pub(crate) rx_packets: [AtomicU64; 2],
+    pub(crate) rx_bytes: [AtomicU64; 2],
+    pub(crate) fwd_packets: [AtomicU64; 2],
+    pub(crate) fwd_bytes: [AtomicU64; 2],
+    /// Gate drops at the producer, by [`cap_idx`].
+    pub(crate) gate_drops: [AtomicU64; 3],
+    /// Drops at a consumer, by [`ConsumerDrop`].
+    pub(crate) consumer_drops: [AtomicU64; 3],
+    /// NACKs received from subscribers / sent to publishers.
+    pub(crate) nacks: [AtomicU64; 2],
+    /// Keyframe requests (PLI or FIR) sent to publishers.
+    pub(crate) plis: AtomicU64,
+    pub(crate) producers: [AtomicU64; 2],
+    pub(crate) consumers: [AtomicU64; 2],
+    pub(crate) peers: AtomicU64,
+    pub(crate) rtt: [Histogram<9>; 2],
+    pub(crate) loss: [Histogram<8>; 2],
+    pub(crate) jitter: [Histogram<8>; 2],
+}
+
+fn zeros<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+const RTT_BOUNDS: [f64; 9] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0];
+const LOSS_BOUNDS: [f64; 8] = [0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5];
+const JITTER_BOUNDS: [f64; 8] = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25];
+
+impl Default for SfuCounters {
+    fn default() -> Self {
+        SfuCounters {
+            rx_packets: zeros(),
+            rx_bytes: zeros(),
+            fwd_packets: zeros(),
+            fwd_bytes: zeros(),
+            gate_drops: zeros(),
+            consumer_drops: zeros(),
+            nacks: zeros(),
+            plis: AtomicU64::new(0),
+            producers: zeros(),
+            consumers: zeros(),
+            peers: AtomicU64::new(0),
+            rtt: std::array::from_fn(|_| Histogram::new(RTT_BOUNDS)),
+            loss: std::array::from_fn(|_| Histogram::new(LOSS_BOUNDS)),
+            jitter: std::array::from_fn(|_| Histogram::new(JITTER_BOUNDS)),
+        }
+    }
+}
+
+fn header(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+fn by_label(out: &mut String, name: &str, label: &str, values: &[&str], cells: &[AtomicU64]) {
+    for (v, c) in values.iter().zip(cells) {
+        let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {}", c.load(Relaxed));
+    }
+}
+
+impl SfuCounters {
+    /// The Prometheus text exposition of every counter.
+    pub(crate) fn render(&self) -> String {
+        let mut o = String::with_capacity(8 * 1024);
+        let caps: Vec<&str> = CAPS.iter().map(|c| c.as_str()).collect();
+        for (name, help, cells) in [
+            (
+                "greenroom_packets_received_total",
+                "RTP packets received from publishers (gated ones included)",
+                &self.rx_packets,
+            ),
+            (
+                "greenroom_bytes_received_total",
+                "RTP payload bytes received from publishers",
+                &self.rx_bytes,
+            ),
+            (
+                "greenroom_packets_forwarded_total",
+                "RTP packets written to subscribers (one per packet per subscriber)",
+                &self.fwd_packets,
+            ),
+            (
+                "greenroom_bytes_forwarded_total",
+                "RTP payload bytes written to subscribers",
+                &self.fwd_bytes,
+            ),
+        ] {
+            header(&mut o, name, "counter", help);
+            by_label(&mut o, name, "kind", &KINDS, cells);
+        }
+        let name = "greenroom_packets_dropped_total";
+        header(
+            &mut o,
+            name,
+            "counter",
+            "Packets from publishers dropped by the gate, by the capability the source needs",
+        );
+        by_label(&mut o, name, "capability", &caps, &self.gate_drops);
+        let name = "greenroom_consumer_packets_dropped_total";
+        header(
+            &mut o,
+            name,
+            "counter",
+            "Packets not written to one subscriber: receive off, paused (unsubscribed), other",
+        );
+        by_label(&mut o, name, "reason", &DROP_REASONS, &self.consumer_drops);
+        let name = "greenroom_nacks_total";
+        header(
+            &mut o,
+            name,
+            "counter",
+            "NACKs received from subscribers (egress) and sent to publishers (ingress), from str0m stats",
+        );
+        by_label(
+            &mut o,
+            name,
+            "direction",
+            &["egress", "ingress"],
+            &self.nacks,
+        );
+        let name = "greenroom_plis_total";
+        header(
+            &mut o,
+            name,
+            "counter",
+            "Keyframe requests (PLI or FIR) sent to publishers",
+        );
+        let _ = writeln!(o, "{name} {}", self.plis.load(Relaxed));
+        for (name, help, cells) in [
+            ("greenroom_producers", "Published tracks", &self.producers),
+            (
+                "greenroom_consumers",
+                "Subscriber tracks being forwarded to",
+                &self.consumers,
+            ),
+        ] {
+            header(&mut o, name, "gauge", help);
+            by_label(&mut o, name, "kind", &KINDS, cells);
+        }
+        let name = "greenroom_peers";
+        header(
+            &mut o,
+            name,
+            "gauge",
+            "str0m peer connections (publishers and subscribers)",
+        );
+        let _ = writeln!(o, "{name} {}", self.peers.load(Relaxed));
+        let name = "greenroom_rtt_seconds";
+        header(
+            &mut o,
+            name,
+            "histogram",
+            "Round-trip time per stream from RTCP, sampled every stats interval",
+        );
+        for (d, h) in DIRECTIONS.iter().zip(&self.rtt) {
+            h.render(&mut o, name, &format!("direction=\"{d}\""));
+        }
+        let name = "greenroom_loss_ratio";
+        header(
+            &mut o,
+            name,
+            "histogram",
+            "Fraction of packets lost per stream from RTCP receiver reports",
+        );
+        for (d, h) in DIRECTIONS.iter().zip(&self.loss) {
+            h.render(&mut o, name, &format!("direction=\"{d}\""));
+        }
+        let name = "greenroom_jitter_seconds";
+        header(
+            &mut o,
+            name,
+            "histogram",
+            "Interarrival jitter per stream (ingress: measured here; egress: reported by subscribers)",
+        );
+        for (d, h) in DIRECTIONS.iter().zip(&self.jitter) {
+            h.render(&mut o, name, &format!("direction=\"{d}\""));
+        }
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_buckets() {
+        let c = SfuCounters::default();
+        add(&c.fwd_packets[kind_idx(MediaKind::Video)], 3);
+        add(&c.gate_drops[cap_idx(TrackSource::Camera)], 2);
+        add(&c.gate_drops[cap_idx(TrackSource::ScreenShareAudio)], 1);
+        c.rtt[EGRESS].observe(0.02);
+        c.rtt[EGRESS].observe(2.0);
+        c.rtt[EGRESS].observe(f64::NAN);
+        let t = c.render();
+        assert!(
+            t.contains("greenroom_packets_forwarded_total{kind=\"video\"} 3\n"),
+            "{t}"
+        );
+        assert!(t.contains("greenroom_packets_forwarded_total{kind=\"audio\"} 0\n"));
+        assert!(t.contains("greenroom_packets_dropped_total{capability=\"send-video\"} 2\n"));
+        assert!(t.contains("greenroom_packets_dropped_total{capability=\"screenshare\"} 1\n"));
+        assert!(t.contains("greenroom_rtt_seconds_bucket{direction=\"egress\",le=\"0.01\"} 0\n"));
+        assert!(t.contains("greenroom_rtt_seconds_bucket{direction=\"egress\",le=\"0.025\"} 1\n"));
+        assert!(t.contains("greenroom_rtt_seconds_bucket{direction=\"egress\",le=\"+Inf\"} 2\n"));
+        assert!(t.contains("greenroom_rtt_seconds_count{direction=\"egress\"} 2\n"));
+        assert!(t.contains("greenroom_rtt_seconds_sum{direction=\"egress\"} 2.02\n"));
+        // Every sample line is `name{labels} value` or a comment.
+        for line in t.lines() {
+            assert!(
+                line.starts_with("# ") || line.split(' ').count() == 2,
+                "bad line {line:?}"
+            );
+        }
+    }
+}
