@@ -59,7 +59,17 @@ pub async fn signal(
     Ok(ws
         .max_message_size(limit * 4)
         .max_frame_size(limit * 4)
-        .on_upgrade(move |socket| run(state, claims, device_id, socket)))
+        .on_upgrade(move |socket| {
+            // One span per connection (a participant session once joined): every log line of
+            // this socket carries the user, and the call and participant after `join`.
+            let span = tracing::info_span!(
+                "session",
+                user = %claims.sub,
+                call = tracing::field::Empty,
+                participant = tracing::field::Empty
+            );
+            tracing::Instrument::instrument(run(state, claims, device_id, socket), span)
+        }))
 }
 
 struct Conn {
@@ -445,6 +455,10 @@ impl Conn {
         match joined {
             Ok(()) => {
                 crate::metrics::JOIN_SECONDS.observe(started.elapsed().as_secs_f64());
+                let span = tracing::Span::current();
+                span.record("call", tracing::field::display(&cid));
+                span.record("participant", pid.as_str());
+                tracing::info!("joined");
                 self.joined = Some((cid, pid));
                 Ok(())
             }

@@ -153,6 +153,9 @@ impl AppState {
         cid: &CallCid,
         f: impl FnOnce(&mut Call) -> Result<(T, Outcome), CallError>,
     ) -> Result<T, ApiError> {
+        // One span per call operation: its log lines (and those of applying the outcome) carry
+        // the call's cid.
+        let _span = tracing::info_span!("call", cid = %cid).entered();
         let mut calls = self.calls.lock();
         let call = calls
             .get_mut(cid)
