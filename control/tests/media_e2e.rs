@@ -5,34 +5,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::time::Duration;
 
-use greenroom_control::config::Config;
-use greenroom_control::AppState;
 use greenroom_loadtest::{Bot, BotConfig, StopMode, TrackStats};
 use greenroom_proto::{ErrorCode, Role, TrackSource};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-struct Server {
-    url: String,
-    state: Arc<AppState>,
-}
+mod media_support;
 
-async fn server() -> Server {
-    let mut config = Config::default();
-    config.rtc.udp_addr = "127.0.0.1:0".parse().unwrap();
-    let state = greenroom_control::start_state(config, true).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = greenroom_control::app(state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Server {
-        url: format!("http://{addr}"),
-        state,
-    }
-}
+use media_support::{server, Server};
 
 impl Server {
     fn token(&self, user: &str, role: Role) -> String {
