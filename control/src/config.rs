@@ -90,6 +90,8 @@ pub struct RtcConfig {
     pub udp_addr: SocketAddr,
     /// IP advertised to clients in the host candidate (the node IP).
     pub node_ip: IpAddr,
+    /// Media engine shards (forwarding threads, calls pinned to one each); 0 = one per core.
+    pub shards: usize,
 }
 
 /// Token signing keys.
@@ -129,6 +131,7 @@ impl Default for RtcConfig {
         RtcConfig {
             udp_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7882),
             node_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            shards: 0,
         }
     }
 }
@@ -208,6 +211,9 @@ impl Config {
         if let Some(v) = env_parse("GREENROOM_NODE_IP", get)? {
             self.rtc.node_ip = v;
         }
+        if let Some(v) = env_parse("GREENROOM_RTC_SHARDS", get)? {
+            self.rtc.shards = v;
+        }
         if let Some(v) = get("GREENROOM_API_KEY") {
             self.keys.api_key = v;
         }
@@ -282,6 +288,15 @@ mod tests {
         assert_eq!(c.rtc.node_ip.to_string(), "10.0.0.1");
         let bad = c.apply_env(&|k| (k == "GREENROOM_UDP_ADDR").then(|| "nope".to_owned()));
         assert!(bad.unwrap_err().to_string().contains("GREENROOM_UDP_ADDR"));
+        assert_eq!(c.rtc.shards, 0, "one shard per core by default");
+        c.apply_env(&|k| (k == "GREENROOM_RTC_SHARDS").then(|| "3".to_owned()))
+            .unwrap();
+        assert_eq!(c.rtc.shards, 3);
+        let bad = c.apply_env(&|k| (k == "GREENROOM_RTC_SHARDS").then(|| "-1".to_owned()));
+        assert!(bad
+            .unwrap_err()
+            .to_string()
+            .contains("GREENROOM_RTC_SHARDS"));
     }
 
     #[test]

@@ -57,11 +57,18 @@ pub async fn start_state(
     if !with_media {
         return Ok(AppState::new(config, None));
     }
-    let (sfu, mut events) = greenroom_sfu::Sfu::start(greenroom_sfu::SfuConfig {
-        bind: config.rtc.udp_addr,
-        advertise_ip: config.rtc.node_ip,
-    })
+    let (sfu, mut events) = greenroom_sfu::Sfu::start_with(
+        greenroom_sfu::SfuConfig {
+            bind: config.rtc.udp_addr,
+            advertise_ip: config.rtc.node_ip,
+        },
+        greenroom_sfu::SfuOptions {
+            shards: config.rtc.shards,
+            ..Default::default()
+        },
+    )
     .await?;
+    tracing::info!(shards = sfu.shard_count(), "media engine started");
     let state = AppState::new(config, Some(sfu));
     let weak = Arc::downgrade(&state);
     tokio::spawn(async move {

@@ -1,5 +1,6 @@
-//! The engine thread: owns the UDP socket, every `Rtc`, producers and consumers.
-//! See the crate docs for the structure.
+//! One engine shard: a thread that owns its peers' `Rtc`s, producers and consumers, gets
+//! datagrams (from [`crate::demux`]) and commands on one channel, and sends on its own clone of
+//! the shared UDP socket. See the crate docs for the structure.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -7,7 +8,7 @@ use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,8 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::forward::{ConsumerState, GateCell, PtLookup, Step};
+use crate::demux::shard_ufrag;
+use crate::forward::{pick_layer, ConsumerState, GateCell, PtLookup, Step};
 use crate::media::is_keyframe;
 use crate::metrics::{add, cap_idx, kind_idx, ConsumerDrop, SfuCounters, EGRESS, INGRESS};
 use crate::speakers::{LevelMeter, SpeakerRanking};
@@ -86,21 +88,43 @@ pub(crate) enum Cmd {
     Stop,
 }
 
-/// Spawns the engine thread.
-pub(crate) fn spawn(
-    opts: SfuOptions,
-    socket: UdpSocket,
-    advertised: SocketAddr,
-    wake_from: SocketAddr,
-    cmds: Receiver<Cmd>,
-    events: mpsc::UnboundedSender<SfuEvent>,
-    counters: Arc<SfuCounters>,
-) -> io::Result<()> {
+/// What a shard's thread waits for: a datagram for one of its peers, or a command.
+pub(crate) enum ShardMsg {
+    /// A datagram routed to this shard by the demultiplexer.
+    Datagram {
+        /// The datagram.
+        data: Vec<u8>,
+        /// Its source.
+        src: SocketAddr,
+    },
+    /// A command from the handle.
+    Cmd(Cmd),
+}
+
+/// Where a shard lives and what it talks to.
+pub(crate) struct ShardSetup {
+    /// The shard's index (tagged into its peers' ICE ufrags).
+    pub(crate) shard: usize,
+    /// Engine tuning.
+    pub(crate) opts: SfuOptions,
+    /// A clone of the shared socket, for sending.
+    pub(crate) socket: UdpSocket,
+    /// The address in host candidates.
+    pub(crate) advertised: SocketAddr,
+    /// Datagrams and commands.
+    pub(crate) input: Receiver<ShardMsg>,
+    /// Events to the control plane.
+    pub(crate) events: mpsc::UnboundedSender<SfuEvent>,
+    /// This shard's counters.
+    pub(crate) counters: Arc<SfuCounters>,
+}
+
+/// Spawns one shard's engine thread.
+pub(crate) fn spawn(setup: ShardSetup) -> io::Result<()> {
     std::thread::Builder::new()
-        .name("greenroom-sfu".into())
+        .name(format!("greenroom-sfu-{}", setup.shard))
         .spawn(move || {
-            let mut engine =
-                Engine::new(opts, socket, advertised, wake_from, cmds, events, counters);
+            let mut engine = Engine::new(setup);
             engine.run();
         })?;
     Ok(())
@@ -316,11 +340,11 @@ struct CallState {
 }
 
 struct Engine {
+    shard: usize,
     opts: SfuOptions,
     socket: UdpSocket,
     local: SocketAddr,
-    wake_from: SocketAddr,
-    cmds: Receiver<Cmd>,
+    input: Receiver<ShardMsg>,
     events: mpsc::UnboundedSender<SfuEvent>,
     peers: Slab<Peer>,
     producers: Slab<Producer>,
@@ -333,7 +357,6 @@ struct Engine {
     dirty: Vec<Key>,
     next_tick: Instant,
     ticks: u64,
-    last_read_timeout: Option<Duration>,
     /// Metrics, written by this thread only.
     counters: Arc<SfuCounters>,
 }
@@ -343,21 +366,22 @@ enum Fail {
 }
 
 impl Engine {
-    fn new(
-        opts: SfuOptions,
-        socket: UdpSocket,
-        local: SocketAddr,
-        wake_from: SocketAddr,
-        cmds: Receiver<Cmd>,
-        events: mpsc::UnboundedSender<SfuEvent>,
-        counters: Arc<SfuCounters>,
-    ) -> Engine {
-        Engine {
+    fn new(setup: ShardSetup) -> Engine {
+        let ShardSetup {
+            shard,
             opts,
             socket,
-            local,
-            wake_from,
-            cmds,
+            advertised,
+            input,
+            events,
+            counters,
+        } = setup;
+        Engine {
+            shard,
+            opts,
+            socket,
+            local: advertised,
+            input,
             events,
             peers: Slab::new(),
             producers: Slab::new(),
@@ -369,13 +393,11 @@ impl Engine {
             dirty: Vec::new(),
             next_tick: Instant::now() + TICK,
             ticks: 0,
-            last_read_timeout: None,
             counters,
         }
     }
 
     fn run(&mut self) {
-        let mut buf = vec![0u8; 2048];
         loop {
             let now = Instant::now();
             self.fire_timers(now);
@@ -391,52 +413,22 @@ impl Engine {
                 .map(|Reverse((t, _))| *t)
                 .unwrap_or(self.next_tick)
                 .min(self.next_tick);
-            let wait = next
-                .saturating_duration_since(Instant::now())
-                .max(Duration::from_micros(200));
-            // Millisecond granularity is enough and saves a setsockopt per packet.
-            let wait = Duration::from_millis(wait.as_millis().max(1) as u64);
-            if self.last_read_timeout != Some(wait) {
-                if let Err(e) = self.socket.set_read_timeout(Some(wait)) {
-                    warn!("set_read_timeout: {e}");
+            let wait = next.saturating_duration_since(Instant::now());
+            match self.input.recv_timeout(wait) {
+                Ok(ShardMsg::Datagram { data, src }) => {
+                    self.on_datagram(&data, src, Instant::now());
                 }
-                self.last_read_timeout = Some(wait);
-            }
-            match self.socket.recv_from(&mut buf) {
-                Ok((n, src)) => {
-                    if src != self.wake_from {
-                        let data = &buf[..n];
-                        self.on_datagram(data, src, Instant::now());
-                    }
+                Ok(ShardMsg::Cmd(Cmd::Stop)) | Err(RecvTimeoutError::Disconnected) => {
+                    info!(shard = self.shard, "media engine shard stopping");
+                    return;
                 }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::ConnectionReset
-                            | io::ErrorKind::ConnectionRefused
-                            | io::ErrorKind::Interrupted
-                    ) => {}
-                Err(e) => {
-                    warn!("UDP receive failed: {e}");
-                    std::thread::sleep(Duration::from_millis(1));
+                Ok(ShardMsg::Cmd(cmd)) => {
+                    let now = Instant::now();
+                    self.on_cmd(cmd, now);
+                    self.settle(now);
+                    self.publish_gauges();
                 }
-            }
-            loop {
-                match self.cmds.try_recv() {
-                    Ok(Cmd::Stop) | Err(TryRecvError::Disconnected) => {
-                        info!("media engine stopping");
-                        return;
-                    }
-                    Ok(cmd) => {
-                        let now = Instant::now();
-                        self.on_cmd(cmd, now);
-                        self.settle(now);
-                        self.publish_gauges();
-                    }
-                    Err(TryRecvError::Empty) => break,
-                }
+                Err(RecvTimeoutError::Timeout) => {}
             }
         }
     }
@@ -577,7 +569,9 @@ impl Engine {
     }
 
     fn new_peer(&mut self, owner: &str, role: Role, now: Instant) -> Key {
-        let mut rtc = rtc_config(role == Role::Subscriber).build(now);
+        let mut rtc = rtc_config(role == Role::Subscriber)
+            .set_local_ice_credentials(shard_ufrag(self.shard))
+            .build(now);
         match Candidate::host(self.local, "udp") {
             Ok(c) => {
                 rtc.add_local_candidate(c);
@@ -1677,28 +1671,18 @@ impl Engine {
             }
             return;
         }
-        // Layers ordered by measured rate (rid names carry no order).
-        let mut order: Vec<usize> = (0..prod.layers.len()).collect();
-        order.sort_by(|a, b| {
-            prod.layers[*a]
-                .rate_bps
-                .total_cmp(&prod.layers[*b].rate_bps)
-        });
+        let rates: Vec<f64> = prod.layers.iter().map(|l| l.rate_bps).collect();
         let mut requests = Vec::new();
         for c in &mut prod.consumers {
-            let want = match c.quality {
-                Quality::Low => 0,
-                Quality::Medium => order.len() / 2,
-                Quality::High => order.len() - 1,
+            let bwe = self
+                .peers
+                .get(c.peer)
+                .and_then(|p| p.bwe)
+                .map(|b| b.as_f64());
+            let Some(target) = pick_layer(&rates, c.quality, bwe) else {
+                continue;
             };
-            let bwe = self.peers.get(c.peer).and_then(|p| p.bwe);
-            let mut rank = want;
-            if let Some(b) = bwe {
-                while rank > 0 && prod.layers[order[rank]].rate_bps > b.as_f64() * 0.9 {
-                    rank -= 1;
-                }
-            }
-            let target = order[rank] as u8;
+            let target = target as u8;
             if target != c.target {
                 c.target = target;
                 if target != c.cur {

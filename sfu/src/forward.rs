@@ -7,7 +7,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Instant;
 
-use greenroom_proto::{MediaGate, SourceSet, TrackSource};
+use greenroom_proto::{MediaGate, Quality, SourceSet, TrackSource};
 
 /// Bit of the `receive` flag in a [`GateCell`] (the low four bits are the send [`SourceSet`]).
 const RECEIVE_BIT: u8 = 0x80;
@@ -268,9 +268,72 @@ impl ConsumerState {
     }
 }
 
+/// Chooses the simulcast layer for one subscriber.
+///
+/// `rates` are the layers' measured incoming bit rates (index = layer). Layers that carry
+/// nothing (rate 0: not sent by the publisher, for instance because its own uplink estimate
+/// dropped them) are never chosen while another layer flows. Among the flowing layers, ordered
+/// by rate (rid names carry no order), `quality` picks the lowest, middle or highest, then the
+/// subscriber's bandwidth estimate `bwe_bps` steps down while the layer's rate exceeds 90% of
+/// it; the lowest flowing layer is the floor. Returns `None` when there are no layers.
+pub fn pick_layer(rates: &[f64], quality: Quality, bwe_bps: Option<f64>) -> Option<usize> {
+    let mut order: Vec<usize> = (0..rates.len()).filter(|i| rates[*i] > 0.0).collect();
+    if order.is_empty() {
+        order = (0..rates.len()).collect();
+    }
+    order.sort_by(|a, b| rates[*a].total_cmp(&rates[*b]).then(a.cmp(b)));
+    let last = order.len().checked_sub(1)?;
+    let mut rank = match quality {
+        Quality::Low => 0,
+        Quality::Medium => order.len() / 2,
+        Quality::High => last,
+    };
+    if let Some(b) = bwe_bps {
+        while rank > 0 && rates[order[rank]] > b * 0.9 {
+            rank -= 1;
+        }
+    }
+    Some(order[rank])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn layer_choice_follows_quality_rate_order_and_bandwidth() {
+        // rid order in the SDP is arbitrary: layer 0 is the high one here.
+        let rates = [1_500_000.0, 150_000.0, 500_000.0];
+        assert_eq!(pick_layer(&rates, Quality::High, None), Some(0));
+        assert_eq!(pick_layer(&rates, Quality::Medium, None), Some(2));
+        assert_eq!(pick_layer(&rates, Quality::Low, None), Some(1));
+        // The estimate steps down until the layer fits in 90% of it.
+        assert_eq!(
+            pick_layer(&rates, Quality::High, Some(1_700_000.0)),
+            Some(0)
+        );
+        assert_eq!(
+            pick_layer(&rates, Quality::High, Some(1_600_000.0)),
+            Some(2)
+        );
+        assert_eq!(pick_layer(&rates, Quality::High, Some(300_000.0)), Some(1));
+        // Never below the lowest layer, even when nothing fits.
+        assert_eq!(pick_layer(&rates, Quality::High, Some(10_000.0)), Some(1));
+        // A low wish is not raised by a big estimate.
+        assert_eq!(pick_layer(&rates, Quality::Low, Some(1e9)), Some(1));
+    }
+
+    #[test]
+    fn layers_that_carry_nothing_are_skipped() {
+        // The publisher stopped sending its high layer (index 2).
+        let rates = [150_000.0, 500_000.0, 0.0];
+        assert_eq!(pick_layer(&rates, Quality::High, None), Some(1));
+        assert_eq!(pick_layer(&rates, Quality::Low, None), Some(0));
+        // Nothing measured yet: order by index, still a choice.
+        assert_eq!(pick_layer(&[0.0, 0.0, 0.0], Quality::High, None), Some(2));
+        assert_eq!(pick_layer(&[], Quality::High, None), None);
+        assert_eq!(pick_layer(&[0.0], Quality::Low, Some(1.0)), Some(0));
+    }
     use std::time::Duration;
 
     fn t0() -> Instant {

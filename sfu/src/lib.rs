@@ -3,44 +3,50 @@
 //!
 //! # Engine structure
 //!
-//! [`Sfu::start`] binds the UDP socket and spawns ONE dedicated engine thread that owns the
-//! socket, every str0m `Rtc`, every producer and consumer. Nothing in the engine is shared or
-//! locked except each participant's [`forward::GateCell`] (one atomic byte written by
-//! [`Sfu::set_gate`], read by the engine per packet), so a gate change applies to the very next
-//! packet the engine handles after `set_gate` returns.
+//! [`Sfu::start`] binds the UDP socket and spawns N engine *shards* (one per core by default,
+//! [`SfuOptions::shards`]) and one receive thread. A shard is a dedicated thread that owns its
+//! peers' str0m `Rtc`s, producers and consumers; nothing in a shard is shared or locked except
+//! each participant's [`forward::GateCell`] (one atomic byte written by [`Sfu::set_gate`], read
+//! by the shard per packet), so a gate change applies to the very next packet the shard handles
+//! after `set_gate` returns.
 //!
-//! * Commands from the control plane go through a channel; the handle then sends an empty
-//!   datagram from a private "waker" socket to the engine's port, which wakes the engine's
-//!   blocking `recv_from` at once (the engine recognises the waker's address and drains the
-//!   channel). Replies (SDP answers) come back on oneshot channels.
-//! * Demultiplexing: a map source address -> peer, filled on the first `Rtc::accepts` hit, so
-//!   only unknown addresses (first STUN of a new peer) scan the peers.
+//! * Calls are pinned to shards: the first participant of a call places it on the shard with the
+//!   fewest participants, and every later participant of that call joins the same shard, so a
+//!   call's whole fan-out (producer -> consumers) runs on one thread with no cross-thread hop.
+//!   Different calls run in parallel on different cores.
+//! * One port for everything: the receive thread (see `demux`) reads the socket and routes each
+//!   datagram to its shard: STUN by the shard tag in the server's ICE ufrag (every peer's ufrag
+//!   starts with it), everything else by the source address learnt from that STUN. Shards send
+//!   on their own clones of the socket.
+//! * Commands from the control plane and datagrams arrive on the same channel per shard, so a
+//!   shard sleeps in one `recv_timeout` until a datagram, a command or its next timer. Replies
+//!   (SDP answers) come back on oneshot channels.
+//! * Inside a shard, a map source address -> peer, filled on the first `Rtc::accepts` hit,
+//!   finds the peer, so only unknown addresses (first STUN of a new peer) scan the peers.
 //! * Only the peer that got input is driven (`handle_input` + `poll_output` until `Timeout`),
 //!   plus the subscribers that packets were written to; each peer's next timeout lives in a
 //!   min-heap (lazy deletion), so idle peers cost nothing.
 //! * Each `handle_input`/`poll_output` run and each SDP operation is wrapped in `catch_unwind`:
 //!   a panic inside str0m ends that peer only and emits [`SfuEvent::PeerFailed`].
-//! * A 250 ms housekeeping tick checks ICE/DTLS deadlines, publishes active speakers
+//! * A 250 ms housekeeping tick per shard checks ICE/DTLS deadlines, publishes active speakers
 //!   (debounced 500 ms) and re-chooses simulcast layers from the bandwidth estimates.
 //!
 //! Per participant there is one publisher `Rtc` (client offers) and one subscriber `Rtc`
 //! (server offers every other participant's producers in the same call as SendOnly media).
 //!
-//! # Scaling across cores (design)
-//!
-//! Calls are independent: the engine state is already partitioned by call (router, producers,
-//! consumers). Sharding = N engine threads, each with its own `SO_REUSEPORT` socket on the same
-//! port or a socket per shard; a participant is pinned to `hash(call) % N` at `join`, and its
-//! ICE ufrag carries the shard index so the first STUN can be steered. The handle would keep
-//! one command channel per shard. Not implemented yet: one engine thread today.
+//! A single call larger than one core can forward stays on one shard: splitting one call's
+//! consumers over shards (a producer piped to consumer shards) is not done.
 
+mod demux;
 mod engine;
 pub mod forward;
 mod media;
 mod metrics;
 mod speakers;
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
 
 use greenroom_proto::{
@@ -49,8 +55,9 @@ use greenroom_proto::{
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::demux::DemuxCounters;
 pub use crate::engine::rtc_config;
-use crate::engine::Cmd;
+use crate::engine::{Cmd, ShardMsg, ShardSetup};
 use crate::forward::GateCell;
 use crate::metrics::SfuCounters;
 pub use crate::metrics::STATS_INTERVAL;
@@ -70,12 +77,25 @@ pub struct SfuOptions {
     /// ICE + DTLS must complete within this time after a peer's SDP exchange, or the peer is
     /// dropped with [`SfuEvent::PeerFailed`]. Default 20 s.
     pub connect_timeout: std::time::Duration,
+    /// Engine shards (threads that forward media); 0 = one per available core.
+    pub shards: usize,
 }
 
 impl Default for SfuOptions {
     fn default() -> Self {
         SfuOptions {
             connect_timeout: std::time::Duration::from_secs(20),
+            shards: 0,
+        }
+    }
+}
+
+impl SfuOptions {
+    /// The number of shards these options start: `shards`, or the available cores when 0.
+    pub fn shard_count(&self) -> usize {
+        match self.shards {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         }
     }
 }
@@ -131,19 +151,76 @@ pub struct Sfu {
     inner: Arc<Inner>,
 }
 
+struct Shard {
+    tx: std::sync::mpsc::Sender<ShardMsg>,
+    counters: Arc<SfuCounters>,
+}
+
+/// Where participants and calls live.
+#[derive(Default)]
+struct Registry {
+    parts: HashMap<String, PartEntry>,
+    calls: HashMap<CallCid, CallEntry>,
+    /// Participants per shard.
+    load: Vec<usize>,
+}
+
+struct PartEntry {
+    gate: Arc<GateCell>,
+    shard: usize,
+    call: CallCid,
+}
+
+struct CallEntry {
+    shard: usize,
+    members: usize,
+}
+
+impl Registry {
+    /// Forgets a participant; returns its shard.
+    fn remove(&mut self, pid: &str) -> Option<usize> {
+        let e = self.parts.remove(pid)?;
+        if let Some(l) = self.load.get_mut(e.shard) {
+            *l = l.saturating_sub(1);
+        }
+        if let Some(c) = self.calls.get_mut(&e.call) {
+            c.members = c.members.saturating_sub(1);
+            if c.members == 0 {
+                self.calls.remove(&e.call);
+            }
+        }
+        Some(e.shard)
+    }
+
+    /// The call's shard, or for a new call the least loaded one (lowest index on ties).
+    fn place(&mut self, call: &CallCid) -> usize {
+        if let Some(c) = self.calls.get_mut(call) {
+            c.members += 1;
+            return c.shard;
+        }
+        let shard = (0..self.load.len())
+            .min_by_key(|i| (self.load[*i], *i))
+            .unwrap_or(0);
+        self.calls
+            .insert(call.clone(), CallEntry { shard, members: 1 });
+        shard
+    }
+}
+
 struct Inner {
     local_addr: SocketAddr,
-    cmds: std::sync::mpsc::Sender<Cmd>,
-    waker: UdpSocket,
-    wake_to: SocketAddr,
-    gates: Mutex<std::collections::HashMap<String, Arc<GateCell>>>,
-    counters: Arc<SfuCounters>,
+    shards: Vec<Shard>,
+    registry: Mutex<Registry>,
+    demux: Arc<DemuxCounters>,
+    stop: Arc<AtomicBool>,
 }
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let _ = self.cmds.send(Cmd::Stop);
-        let _ = self.waker.send_to(&[], self.wake_to);
+        self.stop.store(true, Relaxed);
+        for s in &self.shards {
+            let _ = s.tx.send(ShardMsg::Cmd(Cmd::Stop));
+        }
     }
 }
 
@@ -151,6 +228,7 @@ impl std::fmt::Debug for Sfu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sfu")
             .field("local_addr", &self.inner.local_addr)
+            .field("shards", &self.inner.shards.len())
             .finish_non_exhaustive()
     }
 }
@@ -168,43 +246,47 @@ impl Sfu {
         cfg: SfuConfig,
         opts: SfuOptions,
     ) -> Result<(Sfu, mpsc::UnboundedReceiver<SfuEvent>), SfuError> {
-        let socket = UdpSocket::bind(cfg.bind).map_err(|e| SfuError::Bind(cfg.bind, e))?;
-        let local_addr = socket
-            .local_addr()
-            .map_err(|e| SfuError::Bind(cfg.bind, e))?;
-        // The waker talks to the engine over loopback when bound to a wildcard address.
-        let wake_ip: IpAddr = match local_addr.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        let wake_to = SocketAddr::new(wake_ip, local_addr.port());
-        let waker = UdpSocket::bind(SocketAddr::new(wake_ip, 0))
-            .map_err(|e| SfuError::Bind(cfg.bind, e))?;
-        let wake_from = waker
-            .local_addr()
-            .map_err(|e| SfuError::Bind(cfg.bind, e))?;
+        let bind_err = |e| SfuError::Bind(cfg.bind, e);
+        let socket = UdpSocket::bind(cfg.bind).map_err(bind_err)?;
+        let local_addr = socket.local_addr().map_err(bind_err)?;
         let advertised = SocketAddr::new(cfg.advertise_ip, local_addr.port());
-        let (cmd_tx, cmd_rx) = std::sync::mpsc::channel();
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-        let counters = Arc::new(SfuCounters::default());
-        engine::spawn(
-            opts,
+        let n = opts.shard_count();
+        let mut shards = Vec::with_capacity(n);
+        for shard in 0..n {
+            let (tx, input) = std::sync::mpsc::channel();
+            let counters = Arc::new(SfuCounters::default());
+            engine::spawn(ShardSetup {
+                shard,
+                opts: opts.clone(),
+                socket: socket.try_clone().map_err(bind_err)?,
+                advertised,
+                input,
+                events: ev_tx.clone(),
+                counters: counters.clone(),
+            })
+            .map_err(bind_err)?;
+            shards.push(Shard { tx, counters });
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let demux = Arc::new(DemuxCounters::default());
+        demux::spawn(
             socket,
-            advertised,
-            wake_from,
-            cmd_rx,
-            ev_tx,
-            counters.clone(),
+            shards.iter().map(|s| s.tx.clone()).collect(),
+            stop.clone(),
+            demux.clone(),
         )
-        .map_err(|e| SfuError::Bind(cfg.bind, e))?;
+        .map_err(bind_err)?;
+        let registry = Registry {
+            load: vec![0; n],
+            ..Registry::default()
+        };
         let inner = Inner {
             local_addr,
-            cmds: cmd_tx,
-            waker,
-            wake_to,
-            gates: Mutex::new(Default::default()),
-            counters,
+            shards,
+            registry: Mutex::new(registry),
+            demux,
+            stop,
         };
         Ok((
             Sfu {
@@ -214,11 +296,37 @@ impl Sfu {
         ))
     }
 
-    fn send(&self, cmd: Cmd) -> Result<(), SfuError> {
-        self.inner.cmds.send(cmd).map_err(|_| SfuError::Stopped)?;
-        // A lost wake-up datagram only delays the command until the next packet or timer.
-        let _ = self.inner.waker.send_to(&[], self.inner.wake_to);
-        Ok(())
+    /// Sends a command to a shard.
+    fn send_to_shard(&self, shard: usize, cmd: Cmd) -> Result<(), SfuError> {
+        self.inner
+            .shards
+            .get(shard)
+            .ok_or(SfuError::Stopped)?
+            .tx
+            .send(ShardMsg::Cmd(cmd))
+            .map_err(|_| SfuError::Stopped)
+    }
+
+    /// Sends a command to the shard of a participant (shard 0 for unknown ones, which answers
+    /// with [`SfuError::UnknownParticipant`] where a reply is expected).
+    fn send(&self, participant_id: &str, cmd: Cmd) -> Result<(), SfuError> {
+        let shard = self.shard_of(participant_id).unwrap_or(0);
+        self.send_to_shard(shard, cmd)
+    }
+
+    /// The shard a participant's media runs on (`None`: unknown participant).
+    pub fn shard_of(&self, participant_id: &str) -> Option<usize> {
+        self.inner
+            .registry
+            .lock()
+            .parts
+            .get(participant_id)
+            .map(|e| e.shard)
+    }
+
+    /// The number of engine shards.
+    pub fn shard_count(&self) -> usize {
+        self.inner.shards.len()
     }
 
     /// The bound UDP address.
@@ -227,18 +335,43 @@ impl Sfu {
     }
 
     /// Registers a joined participant with its gate.
+    /// A participant that joins again (same id) is moved: its old media is torn down first.
     pub fn join(&self, call: &CallCid, participant_id: &str, user_id: &str, gate: MediaGate) {
         let cell = Arc::new(GateCell::new(gate));
-        self.inner
-            .gates
-            .lock()
-            .insert(participant_id.to_owned(), cell.clone());
-        let _ = self.send(Cmd::Join {
-            call: call.clone(),
-            pid: participant_id.to_owned(),
-            user_id: user_id.to_owned(),
-            gate: cell,
-        });
+        let (old, shard) = {
+            let mut reg = self.inner.registry.lock();
+            let old = reg.remove(participant_id);
+            let shard = reg.place(call);
+            if let Some(l) = reg.load.get_mut(shard) {
+                *l += 1;
+            }
+            reg.parts.insert(
+                participant_id.to_owned(),
+                PartEntry {
+                    gate: cell.clone(),
+                    shard,
+                    call: call.clone(),
+                },
+            );
+            (old, shard)
+        };
+        if let Some(old) = old.filter(|o| *o != shard) {
+            let _ = self.send_to_shard(
+                old,
+                Cmd::Leave {
+                    pid: participant_id.to_owned(),
+                },
+            );
+        }
+        let _ = self.send_to_shard(
+            shard,
+            Cmd::Join {
+                call: call.clone(),
+                pid: participant_id.to_owned(),
+                user_id: user_id.to_owned(),
+                gate: cell,
+            },
+        );
     }
 
     /// Applies a publisher offer (first publish or renegotiation with the full track list);
@@ -251,12 +384,15 @@ impl Sfu {
         tracks: Vec<PublishTrack>,
     ) -> Result<String, SfuError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Cmd::Publish {
-            pid: participant_id.to_owned(),
-            sdp,
-            tracks,
-            reply: tx,
-        })?;
+        self.send(
+            participant_id,
+            Cmd::Publish {
+                pid: participant_id.to_owned(),
+                sdp,
+                tracks,
+                reply: tx,
+            },
+        )?;
         rx.await.map_err(|_| SfuError::Stopped)?
     }
 
@@ -267,64 +403,80 @@ impl Sfu {
         sdp: String,
     ) -> Result<(), SfuError> {
         let (tx, rx) = oneshot::channel();
-        self.send(Cmd::SubscriberAnswer {
-            pid: participant_id.to_owned(),
-            sdp,
-            reply: tx,
-        })?;
+        self.send(
+            participant_id,
+            Cmd::SubscriberAnswer {
+                pid: participant_id.to_owned(),
+                sdp,
+                reply: tx,
+            },
+        )?;
         rx.await.map_err(|_| SfuError::Stopped)?
     }
 
     /// Adds a trickled remote candidate.
     pub fn ice_candidate(&self, participant_id: &str, target: PeerTarget, candidate: String) {
-        let _ = self.send(Cmd::IceCandidate {
-            pid: participant_id.to_owned(),
-            target,
-            candidate,
-        });
+        let _ = self.send(
+            participant_id,
+            Cmd::IceCandidate {
+                pid: participant_id.to_owned(),
+                target,
+                candidate,
+            },
+        );
     }
 
     /// Stops and removes a published source.
     pub fn unpublish(&self, participant_id: &str, source: TrackSource) {
-        let _ = self.send(Cmd::Unpublish {
-            pid: participant_id.to_owned(),
-            source,
-        });
+        let _ = self.send(
+            participant_id,
+            Cmd::Unpublish {
+                pid: participant_id.to_owned(),
+                source,
+            },
+        );
     }
 
     /// Replaces a participant's gate; takes effect on the next packet.
     pub fn set_gate(&self, participant_id: &str, gate: MediaGate) {
-        if let Some(cell) = self.inner.gates.lock().get(participant_id) {
-            cell.store(gate);
+        if let Some(e) = self.inner.registry.lock().parts.get(participant_id) {
+            e.gate.store(gate);
         }
     }
 
     /// The gate last set for a participant (`None`: unknown participant).
     pub fn gate(&self, participant_id: &str) -> Option<MediaGate> {
         self.inner
-            .gates
+            .registry
             .lock()
+            .parts
             .get(participant_id)
-            .map(|c| c.load())
+            .map(|e| e.gate.load())
     }
 
     /// Subscribes or unsubscribes a participant to a track (`<participant_id>:<source>`);
     /// unsubscribing pauses the consumer without renegotiation.
     pub fn set_subscribed(&self, participant_id: &str, track_id: &str, subscribed: bool) {
-        let _ = self.send(Cmd::SetSubscribed {
-            pid: participant_id.to_owned(),
-            track_id: track_id.to_owned(),
-            subscribed,
-        });
+        let _ = self.send(
+            participant_id,
+            Cmd::SetSubscribed {
+                pid: participant_id.to_owned(),
+                track_id: track_id.to_owned(),
+                subscribed,
+            },
+        );
     }
 
     /// Sets the preferred simulcast quality of a subscribed track.
     pub fn set_quality(&self, participant_id: &str, track_id: &str, quality: Quality) {
-        let _ = self.send(Cmd::SetQuality {
-            pid: participant_id.to_owned(),
-            track_id: track_id.to_owned(),
-            quality,
-        });
+        let _ = self.send(
+            participant_id,
+            Cmd::SetQuality {
+                pid: participant_id.to_owned(),
+                track_id: track_id.to_owned(),
+                quality,
+            },
+        );
     }
 
     /// The media plane's counters in the Prometheus text format (appended to `/metrics`):
@@ -347,24 +499,33 @@ impl Sfu {
     ///
     /// Retransmissions are not counted: str0m 0.25 keeps its resent-packet count private.
     pub fn metrics_text(&self) -> String {
-        self.inner.counters.render()
+        let shards: Vec<&SfuCounters> = self.inner.shards.iter().map(|s| &*s.counters).collect();
+        metrics::render(&shards, self.inner.demux.unrouted.load(Relaxed))
     }
 
     /// Test hook (feature `fault-injection`): the next time the engine drives this
     /// participant's peer, str0m's driver panics inside it. Only that peer must end.
     #[cfg(feature = "fault-injection")]
     pub fn inject_panic(&self, participant_id: &str, target: PeerTarget) {
-        let _ = self.send(Cmd::InjectPanic {
-            pid: participant_id.to_owned(),
-            target,
-        });
+        let _ = self.send(
+            participant_id,
+            Cmd::InjectPanic {
+                pid: participant_id.to_owned(),
+                target,
+            },
+        );
     }
 
     /// Tears down a participant's media at once and re-offers to the others.
     pub fn leave(&self, participant_id: &str) {
-        self.inner.gates.lock().remove(participant_id);
-        let _ = self.send(Cmd::Leave {
-            pid: participant_id.to_owned(),
-        });
+        let Some(shard) = self.inner.registry.lock().remove(participant_id) else {
+            return;
+        };
+        let _ = self.send_to_shard(
+            shard,
+            Cmd::Leave {
+                pid: participant_id.to_owned(),
+            },
+        );
     }
 }

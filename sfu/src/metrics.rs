@@ -1,6 +1,9 @@
-//! Media plane counters, written by the engine thread only and read by [`crate::Sfu::metrics_text`].
+//! Media plane counters, written by the engine shards and read by [`crate::Sfu::metrics_text`].
 //!
-//! Cost on the hot path: every counter is an `AtomicU64` with ONE writer (the engine thread), so
+//! Each shard has its own [`SfuCounters`]; a scrape sums them ([`render`]), so the counters
+//! keep a single writer each.
+//!
+//! Cost on the hot path: every counter is an `AtomicU64` with ONE writer (its shard's thread), so
 //! an update is a relaxed load and a relaxed store ([`add`]): two plain moves on x86-64 and
 //! aarch64, no lock prefix, no allocation, no map lookup. `on_rtp` makes two such updates per
 //! incoming packet (packets and bytes received) plus two per packet for the whole fan-out
@@ -101,6 +104,16 @@ impl<const N: usize> Histogram<N> {
         self.sum.store(sum.to_bits(), Relaxed);
     }
 
+    /// Adds another histogram's counts and sum into this one (scrape time; same bounds).
+    fn absorb(&self, other: &Self) {
+        for (a, b) in self.counts.iter().zip(&other.counts) {
+            add(a, b.load(Relaxed));
+        }
+        add(&self.inf, other.inf.load(Relaxed));
+        let sum = f64::from_bits(self.sum.load(Relaxed)) + f64::from_bits(other.sum.load(Relaxed));
+        self.sum.store(sum.to_bits(), Relaxed);
+    }
+
     fn render(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
         let mut cum = 0;
@@ -184,7 +197,66 @@ fn by_label(out: &mut String, name: &str, label: &str, values: &[&str], cells: &
     }
 }
 
+fn absorb_all(into: &[AtomicU64], from: &[AtomicU64]) {
+    for (a, b) in into.iter().zip(from) {
+        add(a, b.load(Relaxed));
+    }
+}
+
+/// The Prometheus text of the media plane: every shard's counters summed, then the per-shard
+/// peer gauge and the datagrams no shard owned.
+pub(crate) fn render(shards: &[&SfuCounters], unrouted: u64) -> String {
+    let total = SfuCounters::default();
+    for s in shards {
+        total.absorb(s);
+    }
+    let mut o = total.render();
+    let name = "greenroom_shard_peers";
+    header(
+        &mut o,
+        name,
+        "gauge",
+        "str0m peer connections per engine shard",
+    );
+    for (i, s) in shards.iter().enumerate() {
+        let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", s.peers.load(Relaxed));
+    }
+    let name = "greenroom_udp_unrouted_total";
+    header(
+        &mut o,
+        name,
+        "counter",
+        "Datagrams dropped before any shard: unknown source and not STUN for a known shard",
+    );
+    let _ = writeln!(o, "{name} {unrouted}");
+    o
+}
+
 impl SfuCounters {
+    /// Adds another shard's values into this one (used on a fresh total at scrape time).
+    fn absorb(&self, o: &SfuCounters) {
+        for (a, b) in [
+            (&self.rx_packets, &o.rx_packets),
+            (&self.rx_bytes, &o.rx_bytes),
+            (&self.fwd_packets, &o.fwd_packets),
+            (&self.fwd_bytes, &o.fwd_bytes),
+            (&self.nacks, &o.nacks),
+            (&self.producers, &o.producers),
+            (&self.consumers, &o.consumers),
+        ] {
+            absorb_all(a, b);
+        }
+        absorb_all(&self.gate_drops, &o.gate_drops);
+        absorb_all(&self.consumer_drops, &o.consumer_drops);
+        add(&self.plis, o.plis.load(Relaxed));
+        add(&self.peers, o.peers.load(Relaxed));
+        for d in 0..2 {
+            self.rtt[d].absorb(&o.rtt[d]);
+            self.loss[d].absorb(&o.loss[d]);
+            self.jitter[d].absorb(&o.jitter[d]);
+        }
+    }
+
     /// The Prometheus text exposition of every counter.
     pub(crate) fn render(&self) -> String {
         let mut o = String::with_capacity(8 * 1024);
@@ -332,6 +404,19 @@ mod tests {
         assert!(t.contains("greenroom_rtt_seconds_count{direction=\"egress\"} 2\n"));
         assert!(t.contains("greenroom_rtt_seconds_sum{direction=\"egress\"} 2.02\n"));
         // Every sample line is `name{labels} value` or a comment.
+        let other = SfuCounters::default();
+        add(&other.fwd_packets[kind_idx(MediaKind::Video)], 4);
+        add(&other.peers, 5);
+        other.rtt[EGRESS].observe(0.02);
+        let t = render(&[&c, &other], 9);
+        assert!(
+            t.contains("greenroom_packets_forwarded_total{kind=\"video\"} 7\n"),
+            "{t}"
+        );
+        assert!(t.contains("greenroom_rtt_seconds_count{direction=\"egress\"} 3\n"));
+        assert!(t.contains("greenroom_rtt_seconds_bucket{direction=\"egress\",le=\"0.025\"} 2\n"));
+        assert!(t.contains("greenroom_shard_peers{shard=\"1\"} 5\n"));
+        assert!(t.contains("greenroom_udp_unrouted_total 9\n"));
         for line in t.lines() {
             assert!(
                 line.starts_with("# ") || line.split(' ').count() == 2,

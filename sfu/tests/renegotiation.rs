@@ -239,6 +239,7 @@ async fn peer_that_never_connects_fails_after_the_connect_timeout() {
         },
         greenroom_sfu::SfuOptions {
             connect_timeout: Duration::from_millis(300),
+            ..Default::default()
         },
     )
     .await

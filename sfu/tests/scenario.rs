@@ -525,3 +525,112 @@ async fn publisher_to_two_subscribers_with_gate_and_receive_flag() {
         events.failed
     );
 }
+
+/// Joins `publisher` and `subscriber` to `call`, publishes audio + video from the first, answers
+/// the second's offer; returns both clients, connected, and the subscriber's (audio, video) mids.
+async fn publish_and_subscribe(
+    sfu: &Sfu,
+    events: &mut Events,
+    call: &CallCid,
+    publisher: &str,
+    subscriber: &str,
+) -> (Client, Client, (String, String)) {
+    sfu.join(call, publisher, &format!("u-{publisher}"), ALL);
+    sfu.join(call, subscriber, &format!("u-{subscriber}"), ALL);
+    let p = Client::new();
+    let (offer, tracks, pending) = p.publish_offer();
+    let answer = sfu.publish(publisher, offer, tracks).await.unwrap();
+    p.accept_answer(pending, answer);
+    let s = Client::new();
+    let (sdp, tracks) = events.offer(subscriber).await;
+    let answer = s.accept_offer(sdp);
+    sfu.subscriber_answer(subscriber, answer).await.unwrap();
+    let mids = (
+        mid_of(&tracks, TrackSource::Microphone),
+        mid_of(&tracks, TrackSource::Camera),
+    );
+    wait_for("pair connected", || p.is_connected() && s.is_connected()).await;
+    p.set_sending(true);
+    (p, s, mids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_pinned_to_shards_and_each_shard_forwards() {
+    let (sfu, rx) = Sfu::start_with(
+        SfuConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            advertise_ip: "127.0.0.1".parse().unwrap(),
+        },
+        greenroom_sfu::SfuOptions {
+            shards: 2,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(sfu.shard_count(), 2);
+    let mut events = Events {
+        rx,
+        offers: HashMap::new(),
+        speakers: Vec::new(),
+        failed: Vec::new(),
+    };
+    let one: CallCid = "default:one".parse().unwrap();
+    let two: CallCid = "default:two".parse().unwrap();
+    let (_a, a_sub, (a_audio, a_video)) =
+        publish_and_subscribe(&sfu, &mut events, &one, "alice", "bob").await;
+    let (_d, d_sub, (d_audio, d_video)) =
+        publish_and_subscribe(&sfu, &mut events, &two, "dave", "erin").await;
+
+    // Both members of a call share its shard; the second call went to the idle shard.
+    let shard_one = sfu.shard_of("alice").unwrap();
+    let shard_two = sfu.shard_of("dave").unwrap();
+    assert_eq!(sfu.shard_of("bob"), Some(shard_one));
+    assert_eq!(sfu.shard_of("erin"), Some(shard_two));
+    assert_ne!(shard_one, shard_two, "two calls on two shards");
+
+    // Media flows in both calls through the one UDP port.
+    wait_for("media in both calls", || {
+        a_sub.count(&a_audio) > 20
+            && a_sub.count(&a_video) > 20
+            && d_sub.count(&d_audio) > 20
+            && d_sub.count(&d_video) > 20
+    })
+    .await;
+    let text = sfu.metrics_text();
+    for shard in [shard_one, shard_two] {
+        let line = format!("greenroom_shard_peers{{shard=\"{shard}\"}} 3\n");
+        assert!(text.contains(&line), "3 peers on shard {shard}: {text}");
+    }
+    assert!(text.contains("greenroom_peers 6\n"), "summed over shards");
+
+    // Gating on one shard leaves the other alone.
+    sfu.set_gate(
+        "dave",
+        MediaGate {
+            send: SourceSet::EMPTY.with(TrackSource::Microphone),
+            receive: true,
+        },
+    );
+    let d0 = d_sub.count(&d_audio);
+    wait_for("dave's audio continues", || d_sub.count(&d_audio) > d0 + 10).await;
+    let (dv, av) = (d_sub.count(&d_video), a_sub.count(&a_video));
+    let d1 = d_sub.count(&d_audio);
+    wait_for("more audio on shard two, video on shard one", || {
+        d_sub.count(&d_audio) > d1 + 25 && a_sub.count(&a_video) > av + 25
+    })
+    .await;
+    assert_eq!(d_sub.count(&d_video), dv, "dave's video gated");
+
+    // When the first call empties, its shard is the least loaded: a new call goes there.
+    sfu.leave("alice");
+    sfu.leave("bob");
+    let three: CallCid = "default:three".parse().unwrap();
+    sfu.join(&three, "frank", "u-frank", ALL);
+    assert_eq!(sfu.shard_of("frank"), Some(shard_one));
+    assert_eq!(sfu.shard_of("alice"), None);
+    // Moving a participant to a call on another shard takes its media along.
+    sfu.join(&two, "frank", "u-frank", ALL);
+    assert_eq!(sfu.shard_of("frank"), Some(shard_two));
+    assert!(events.failed.is_empty(), "{:?}", events.failed);
+}

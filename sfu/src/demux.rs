@@ -1,0 +1,278 @@
+//! The UDP demultiplexer in front of the engine shards.
+//!
+//! Every peer of every shard shares ONE UDP port. One receive thread owns the reading side of
+//! the socket and hands each datagram to the shard that owns its peer:
+//!
+//! * A STUN binding request names the server's ICE ufrag in its USERNAME (`server:client`).
+//!   Every server-side peer gets a ufrag that starts with its shard's tag ([`shard_ufrag`]), so
+//!   the first datagram of a new peer (always STUN) is routed by that tag, and the source
+//!   address is remembered.
+//! * Every other datagram (DTLS, SRTP, SRTCP) is routed by its source address.
+//! * Datagrams from unknown addresses that are not tagged STUN are dropped and counted
+//!   (`greenroom_udp_unrouted_total`): garbage never reaches a shard.
+//!
+//! STUN is routed by its tag every time (not by the cached address), so an address that moves
+//! to a peer on another shard (a client that rejoins into a call on another shard from the same
+//! port) follows at its first consent check. Addresses not seen for [`FORGET_AFTER`] are
+//! forgotten. The shards send on clones of the same socket themselves.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::IceCreds;
+use tracing::{debug, warn};
+
+use crate::engine::ShardMsg;
+use crate::metrics::add;
+
+/// A cached address not seen for this long is forgotten.
+pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// The receive thread looks at its stop flag at least this often.
+const POLL: Duration = Duration::from_millis(200);
+
+/// The ufrag prefix that names a shard: `g` and the shard index as three decimal digits.
+const TAG_LEN: usize = 4;
+
+/// Fresh local ICE credentials for a peer of `shard` (random, with the shard tag in front).
+pub(crate) fn shard_ufrag(shard: usize) -> IceCreds {
+    let mut creds = IceCreds::new();
+    creds.ufrag = format!("g{:03}{}", shard % 1000, creds.ufrag);
+    creds
+}
+
+/// The shard named by a server ufrag made by [`shard_ufrag`].
+pub(crate) fn shard_of_ufrag(ufrag: &str) -> Option<usize> {
+    let tag = ufrag.get(..TAG_LEN)?;
+    let digits = tag.strip_prefix('g')?;
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The local (server) part of the USERNAME attribute of a STUN message, if `data` is one.
+///
+/// Only the framing is checked (RFC 8489: type with the two top bits clear, the magic cookie,
+/// attribute lengths within the message); str0m verifies the integrity later.
+pub(crate) fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
+    const USERNAME: u16 = 0x0006;
+    if data.len() < 20 || data[0] & 0xc0 != 0 || data[4..8] != [0x21, 0x12, 0xa4, 0x42] {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([data[2], data[3]]));
+    let body = data.get(20..20 + len)?;
+    let mut at = 0;
+    while at + 4 <= body.len() {
+        let typ = u16::from_be_bytes([body[at], body[at + 1]]);
+        let alen = usize::from(u16::from_be_bytes([body[at + 2], body[at + 3]]));
+        let value = body.get(at + 4..at + 4 + alen)?;
+        if typ == USERNAME {
+            let user = std::str::from_utf8(value).ok()?;
+            return user.split(':').next();
+        }
+        at += 4 + alen.div_ceil(4) * 4;
+    }
+    None
+}
+
+/// The routing decision for one datagram, without I/O (tested on its own).
+pub(crate) struct Router {
+    shards: usize,
+    /// Source address -> (shard, last seen).
+    addrs: HashMap<SocketAddr, (usize, Instant)>,
+    last_sweep: Instant,
+}
+
+impl Router {
+    pub(crate) fn new(shards: usize, now: Instant) -> Router {
+        Router {
+            shards: shards.max(1),
+            addrs: HashMap::new(),
+            last_sweep: now,
+        }
+    }
+
+    /// The shard a datagram from `src` goes to, or `None` (drop it).
+    pub(crate) fn route(&mut self, data: &[u8], src: SocketAddr, now: Instant) -> Option<usize> {
+        if self.shards == 1 {
+            return Some(0);
+        }
+        if now.duration_since(self.last_sweep) >= FORGET_AFTER {
+            self.addrs
+                .retain(|_, (_, seen)| now.duration_since(*seen) < FORGET_AFTER);
+            self.last_sweep = now;
+        }
+        if let Some(shard) = stun_local_ufrag(data)
+            .and_then(shard_of_ufrag)
+            .filter(|s| *s < self.shards)
+        {
+            self.addrs.insert(src, (shard, now));
+            return Some(shard);
+        }
+        let (shard, seen) = self.addrs.get_mut(&src)?;
+        *seen = now;
+        Some(*shard)
+    }
+
+    #[cfg(test)]
+    fn known(&self) -> usize {
+        self.addrs.len()
+    }
+}
+
+/// Counters of the receive thread (single writer).
+#[derive(Default)]
+pub(crate) struct DemuxCounters {
+    /// Datagrams dropped: no shard owns their source.
+    pub(crate) unrouted: AtomicU64,
+}
+
+/// Spawns the receive thread. It ends when `stop` is set or every shard is gone.
+pub(crate) fn spawn(
+    socket: UdpSocket,
+    shards: Vec<Sender<ShardMsg>>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<DemuxCounters>,
+) -> std::io::Result<()> {
+    socket.set_read_timeout(Some(POLL))?;
+    std::thread::Builder::new()
+        .name("greenroom-udp-rx".into())
+        .spawn(move || run(socket, shards, stop, counters))?;
+    Ok(())
+}
+
+fn run(
+    socket: UdpSocket,
+    shards: Vec<Sender<ShardMsg>>,
+    stop: Arc<AtomicBool>,
+    counters: Arc<DemuxCounters>,
+) {
+    let mut router = Router::new(shards.len(), Instant::now());
+    let mut buf = vec![0u8; 2048];
+    while !stop.load(Relaxed) {
+        match socket.recv_from(&mut buf) {
+            Ok((n, src)) => {
+                let now = Instant::now();
+                let Some(shard) = router.route(&buf[..n], src, now) else {
+                    add(&counters.unrouted, 1);
+                    debug!("no shard for datagram from {src}");
+                    continue;
+                };
+                let msg = ShardMsg::Datagram {
+                    data: buf[..n].to_vec(),
+                    src,
+                };
+                if shards[shard].send(msg).is_err() {
+                    return; // The engine stopped.
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::ConnectionReset
+                        | std::io::ErrorKind::ConnectionRefused
+                        | std::io::ErrorKind::Interrupted
+                ) => {}
+            Err(e) => {
+                warn!("UDP receive failed: {e}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A STUN binding request with USERNAME `user` and a trailing dummy attribute.
+    fn stun(user: &str) -> Vec<u8> {
+        let mut attrs = Vec::new();
+        attrs.extend_from_slice(&0x0006u16.to_be_bytes());
+        attrs.extend_from_slice(&(user.len() as u16).to_be_bytes());
+        attrs.extend_from_slice(user.as_bytes());
+        while attrs.len() % 4 != 0 {
+            attrs.push(0);
+        }
+        attrs.extend_from_slice(&[0x80, 0x28, 0, 4, 1, 2, 3, 4]); // FINGERPRINT-shaped
+        let mut m = vec![0x00, 0x01];
+        m.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+        m.extend_from_slice(&[0x21, 0x12, 0xa4, 0x42]);
+        m.extend_from_slice(&[7; 12]);
+        m.extend_from_slice(&attrs);
+        m
+    }
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn shard_tag_round_trips_and_stays_a_valid_ufrag() {
+        for shard in [0, 1, 7, 42, 999] {
+            let c = shard_ufrag(shard);
+            assert_eq!(shard_of_ufrag(&c.ufrag), Some(shard));
+            assert!(c.ufrag.len() >= 4 + 16);
+            assert!(c.ufrag.chars().all(|ch| ch.is_ascii_alphanumeric()));
+        }
+        assert_eq!(shard_of_ufrag("abcdef"), None);
+        assert_eq!(shard_of_ufrag("g1x3abc"), None);
+        assert_eq!(shard_of_ufrag("g0"), None);
+    }
+
+    #[test]
+    fn stun_username_is_found_and_garbage_is_not_stun() {
+        assert_eq!(stun_local_ufrag(&stun("g001abc:xyz")), Some("g001abc"));
+        assert_eq!(stun_local_ufrag(&stun("srv:cl")), Some("srv"));
+        // DTLS, RTP, short, wrong cookie, lying lengths.
+        assert_eq!(stun_local_ufrag(&[22, 254, 253, 0, 0]), None);
+        assert_eq!(stun_local_ufrag(&[0x80; 40]), None);
+        assert_eq!(stun_local_ufrag(&[0; 10]), None);
+        let mut bad = stun("g001abc:xyz");
+        bad[4] = 0;
+        assert_eq!(stun_local_ufrag(&bad), None);
+        let mut long = stun("g001abc:xyz");
+        long[3] = 0xff;
+        assert_eq!(stun_local_ufrag(&long), None);
+        let mut attr = stun("g001abc:xyz");
+        attr[23] = 0xff; // USERNAME length beyond the message
+        assert_eq!(stun_local_ufrag(&attr), None);
+    }
+
+    #[test]
+    fn stun_routes_by_tag_then_media_follows_the_address() {
+        let t0 = Instant::now();
+        let mut r = Router::new(3, t0);
+        let rtp = [0x80u8, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
+        // Unknown address, not STUN: dropped.
+        assert_eq!(r.route(&rtp, addr(5000), t0), None);
+        assert_eq!(r.route(&stun("g002abcd:cl"), addr(5000), t0), Some(2));
+        assert_eq!(r.route(&rtp, addr(5000), t0), Some(2));
+        // A tag naming a shard that does not exist is not trusted.
+        assert_eq!(r.route(&stun("g009abcd:cl"), addr(5001), t0), None);
+        // The same address moves to another shard at its next STUN.
+        assert_eq!(r.route(&stun("g001abcd:cl"), addr(5000), t0), Some(1));
+        assert_eq!(r.route(&rtp, addr(5000), t0), Some(1));
+    }
+
+    #[test]
+    fn idle_addresses_are_forgotten_and_one_shard_takes_everything() {
+        let t0 = Instant::now();
+        let mut r = Router::new(2, t0);
+        assert_eq!(r.route(&stun("g001abcd:cl"), addr(6000), t0), Some(1));
+        assert_eq!(r.route(&stun("g000abcd:cl"), addr(6001), t0), Some(0));
+        let later = t0 + FORGET_AFTER / 2;
+        assert_eq!(r.route(&[0x80, 0], addr(6001), later), Some(0));
+        let much_later = t0 + FORGET_AFTER + Duration::from_secs(1);
+        assert_eq!(r.route(&[0x80, 0], addr(6000), much_later), None);
+        assert_eq!(r.known(), 1, "only the recently seen address is kept");
+        let mut one = Router::new(1, t0);
+        assert_eq!(one.route(&[1, 2, 3], addr(7000), t0), Some(0));
+    }
+}
