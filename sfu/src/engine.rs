@@ -36,6 +36,8 @@ use crate::{SfuError, SfuEvent, SfuOptions};
 const TICK: Duration = Duration::from_millis(250);
 /// At most one keyframe request per producer layer per this interval.
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+/// Shortest sleep of a shard waiting for its next timer.
+const MIN_SLEEP: Duration = Duration::from_millis(1);
 /// Initial bandwidth estimate towards subscribers.
 const INITIAL_BWE: Bitrate = Bitrate::kbps(2_500);
 
@@ -413,7 +415,11 @@ impl Engine {
                 .map(|Reverse((t, _))| *t)
                 .unwrap_or(self.next_tick)
                 .min(self.next_tick);
-            let wait = next.saturating_duration_since(Instant::now());
+            // Sleep at least a millisecond: the timers that fall due meanwhile fire together
+            // (str0m's deadlines tolerate that), instead of a wake-up per sub-ms deadline.
+            let wait = next
+                .saturating_duration_since(Instant::now())
+                .max(MIN_SLEEP);
             match self.input.recv_timeout(wait) {
                 Ok(ShardMsg::Datagram { data, src }) => {
                     self.on_datagram(&data, src, Instant::now());

@@ -30,6 +30,8 @@ struct Rx {
     count: u64,
     ssrcs: Vec<u32>,
     seqs: Vec<u64>,
+    /// Payload types seen.
+    pts: Vec<u8>,
 }
 
 type Job = Box<dyn FnOnce(&mut ClientState) + Send>;
@@ -54,10 +56,15 @@ struct Client {
 
 impl Client {
     fn new() -> Client {
+        Client::with_config(RtcConfig::new())
+    }
+
+    /// A client with its own codec configuration (RTP mode is always set).
+    fn with_config(cfg: RtcConfig) -> Client {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
         let now = Instant::now();
-        let mut rtc = RtcConfig::new().set_rtp_mode(true).build(now);
+        let mut rtc = cfg.set_rtp_mode(true).build(now);
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
         let (jobs, job_rx) = std_mpsc::channel::<Job>();
         let rx: Arc<Mutex<HashMap<String, Rx>>> = Default::default();
@@ -107,12 +114,17 @@ impl Client {
 
     /// Creates a publisher offer with audio + video (SendOnly).
     fn publish_offer(&self) -> (String, Vec<PublishTrack>, SdpPendingOffer) {
-        self.call(|st| {
+        self.publish_offer_with(Codec::Vp8)
+    }
+
+    /// [`Client::publish_offer`], sending `video` on the camera track.
+    fn publish_offer_with(&self, video: Codec) -> (String, Vec<PublishTrack>, SdpPendingOffer) {
+        self.call(move |st| {
             let mut api = st.rtc.sdp_api();
             let a = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
             let v = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
             let (offer, pending) = api.apply().unwrap();
-            st.send = vec![(a, Codec::Opus), (v, Codec::Vp8)];
+            st.send = vec![(a, Codec::Opus), (v, video)];
             let tracks = vec![
                 PublishTrack {
                     mid: a.to_string(),
@@ -197,6 +209,9 @@ fn pump(
                         e.ssrcs.push(*p.header.ssrc);
                     }
                     e.seqs.push(*p.seq_no);
+                    if !e.pts.contains(&*p.header.payload_type) {
+                        e.pts.push(*p.header.payload_type);
+                    }
                 }
                 Output::Event(_) => {}
             }
@@ -244,9 +259,17 @@ fn send_media(st: &mut ClientState, now: Instant) {
         let (ts, payload): (u32, Vec<u8>) = if audio {
             (st.seq as u32 * 960, vec![0xfc; 80])
         } else {
-            // A VP8 keyframe every 30 frames, delta frames otherwise.
+            // A keyframe every 30 frames, delta frames otherwise, in the codec's own framing.
             let key = st.frame % 30 == 1;
-            let mut p = vec![0x10, if key { 0x00 } else { 0x01 }, 0x9d, 0x01, 0x2a];
+            let mut p = match codec {
+                // Single NAL unit: IDR (5) or non-IDR slice (1).
+                Codec::H264 => vec![if key { 0x65 } else { 0x41 }, 0x88],
+                // Payload descriptor: B (begin) and, for delta frames, P (inter-predicted).
+                Codec::Vp9 => vec![if key { 0x08 } else { 0x48 }, 0x80],
+                // Aggregation header: N (new coded video sequence) on keyframes.
+                Codec::Av1 => vec![if key { 0x18 } else { 0x10 }, 0x0a],
+                _ => vec![0x10, if key { 0x00 } else { 0x01 }, 0x9d, 0x01, 0x2a],
+            };
             p.resize(600, 0x55);
             (st.frame * 3000, p)
         };
@@ -632,5 +655,100 @@ async fn calls_are_pinned_to_shards_and_each_shard_forwards() {
     // Moving a participant to a call on another shard takes its media along.
     sfu.join(&two, "frank", "u-frank", ALL);
     assert_eq!(sfu.shard_of("frank"), Some(shard_two));
+    assert!(events.failed.is_empty(), "{:?}", events.failed);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_vp9_and_av1_publishers_reach_a_subscriber_in_their_codec() {
+    let (sfu, rx) = Sfu::start(SfuConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        advertise_ip: "127.0.0.1".parse().unwrap(),
+    })
+    .await
+    .unwrap();
+    let mut events = Events {
+        rx,
+        offers: HashMap::new(),
+        speakers: Vec::new(),
+        failed: Vec::new(),
+    };
+    let call: CallCid = "default:codecs".parse().unwrap();
+    for pid in ["h", "v", "a", "sub"] {
+        sfu.join(&call, pid, &format!("u-{pid}"), ALL);
+    }
+    // Each publisher offers only one video codec, so the server must take that one.
+    let only = |codec: Codec| {
+        let cfg = RtcConfig::new().clear_codecs().enable_opus(true, false);
+        let cfg = match codec {
+            Codec::H264 => cfg.enable_h264(true),
+            Codec::Av1 => cfg.enable_av1(true),
+            _ => cfg.enable_vp9(true),
+        };
+        Client::with_config(cfg)
+    };
+    let mut pubs = Vec::new();
+    for (pid, codec, name) in [
+        ("h", Codec::H264, "H264"),
+        ("v", Codec::Vp9, "VP9"),
+        ("a", Codec::Av1, "AV1"),
+    ] {
+        let c = only(codec);
+        let (offer, tracks, pending) = c.publish_offer_with(codec);
+        assert!(offer.contains(name), "{offer}");
+        assert!(!offer.contains("VP8"), "{offer}");
+        let answer = sfu.publish(pid, offer, tracks).await.unwrap();
+        c.accept_answer(pending, answer);
+        pubs.push(c);
+    }
+    // The subscriber (every codec enabled) gets both cameras; renegotiations may queue.
+    let sub = Client::new();
+    let mut video_mids: HashMap<String, String> = HashMap::new();
+    while video_mids.len() < 3 {
+        let (sdp, tracks) = events.offer("sub").await;
+        let answer = sub.accept_offer(sdp);
+        sfu.subscriber_answer("sub", answer).await.unwrap();
+        for t in tracks
+            .iter()
+            .filter(|t| t.track.source == TrackSource::Camera)
+        {
+            video_mids.insert(t.track.participant_id.clone(), t.mid.clone());
+        }
+    }
+    wait_for("all connected", || {
+        sub.is_connected() && pubs.iter().all(Client::is_connected)
+    })
+    .await;
+    for p in &pubs {
+        p.set_sending(true);
+    }
+    let (h_mid, v_mid, a_mid) = (
+        video_mids["h"].clone(),
+        video_mids["v"].clone(),
+        video_mids["a"].clone(),
+    );
+    wait_for("H.264, VP9 and AV1 video at the subscriber", || {
+        sub.count(&h_mid) > 20 && sub.count(&v_mid) > 20 && sub.count(&a_mid) > 20
+    })
+    .await;
+    // Each track arrives with the payload type the subscriber negotiated for its codec.
+    for (mid, want) in [
+        (h_mid, Codec::H264),
+        (v_mid, Codec::Vp9),
+        (a_mid, Codec::Av1),
+    ] {
+        let pts = sub.received(&mid).pts;
+        let codecs: Vec<Codec> = sub.call(move |st| {
+            pts.iter()
+                .map(|pt| {
+                    st.rtc
+                        .codec_config()
+                        .find(|p| *p.pt() == *pt)
+                        .map(|p| p.spec().codec)
+                        .unwrap()
+                })
+                .collect()
+        });
+        assert_eq!(codecs, vec![want], "mid {mid}");
+    }
     assert!(events.failed.is_empty(), "{:?}", events.failed);
 }
