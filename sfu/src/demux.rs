@@ -11,6 +11,10 @@
 //! * Datagrams from unknown addresses that are not tagged STUN are dropped and counted
 //!   (`greenroom_udp_unrouted_total`): garbage never reaches a shard.
 //!
+//! A client-initiated ICE restart makes str0m pick fresh random credentials for the answer,
+//! without the tag; the shard then registers that ufrag in a shared map ([`UfragMap`]) that the
+//! receive thread consults for untagged STUN only (rare: restarts and their consent checks).
+//!
 //! STUN is routed by its tag every time (not by the cached address), so an address that moves
 //! to a peer on another shard (a client that rejoins into a call on another shard from the same
 //! port) follows at its first consent check. Addresses not seen for [`FORGET_AFTER`] are
@@ -23,6 +27,7 @@ use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::RwLock;
 use str0m::IceCreds;
 use tracing::{debug, warn};
 
@@ -33,6 +38,9 @@ use crate::metrics::add;
 pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(60);
 /// The receive thread looks at its stop flag at least this often.
 const POLL: Duration = Duration::from_millis(200);
+
+/// Server ufrags without a shard tag (after a client's ICE restart) -> their shard.
+pub(crate) type UfragMap = Arc<RwLock<HashMap<String, usize>>>;
 
 /// The ufrag prefix that names a shard: `g` and the shard index as three decimal digits.
 const TAG_LEN: usize = 4;
@@ -82,15 +90,17 @@ pub(crate) fn stun_local_ufrag(data: &[u8]) -> Option<&str> {
 /// The routing decision for one datagram, without I/O (tested on its own).
 pub(crate) struct Router {
     shards: usize,
+    untagged: UfragMap,
     /// Source address -> (shard, last seen).
     addrs: HashMap<SocketAddr, (usize, Instant)>,
     last_sweep: Instant,
 }
 
 impl Router {
-    pub(crate) fn new(shards: usize, now: Instant) -> Router {
+    pub(crate) fn new(shards: usize, untagged: UfragMap, now: Instant) -> Router {
         Router {
             shards: shards.max(1),
+            untagged,
             addrs: HashMap::new(),
             last_sweep: now,
         }
@@ -106,12 +116,14 @@ impl Router {
                 .retain(|_, (_, seen)| now.duration_since(*seen) < FORGET_AFTER);
             self.last_sweep = now;
         }
-        if let Some(shard) = stun_local_ufrag(data)
-            .and_then(shard_of_ufrag)
-            .filter(|s| *s < self.shards)
-        {
-            self.addrs.insert(src, (shard, now));
-            return Some(shard);
+        if let Some(ufrag) = stun_local_ufrag(data) {
+            let shard = shard_of_ufrag(ufrag)
+                .filter(|s| *s < self.shards)
+                .or_else(|| self.untagged.read().get(ufrag).copied());
+            if let Some(shard) = shard {
+                self.addrs.insert(src, (shard, now));
+                return Some(shard);
+            }
         }
         let (shard, seen) = self.addrs.get_mut(&src)?;
         *seen = now;
@@ -135,23 +147,25 @@ pub(crate) struct DemuxCounters {
 pub(crate) fn spawn(
     socket: UdpSocket,
     shards: Vec<Sender<ShardMsg>>,
+    untagged: UfragMap,
     stop: Arc<AtomicBool>,
     counters: Arc<DemuxCounters>,
 ) -> std::io::Result<()> {
     socket.set_read_timeout(Some(POLL))?;
+    let router = Router::new(shards.len(), untagged, Instant::now());
     std::thread::Builder::new()
         .name("greenroom-udp-rx".into())
-        .spawn(move || run(socket, shards, stop, counters))?;
+        .spawn(move || run(socket, router, shards, stop, counters))?;
     Ok(())
 }
 
 fn run(
     socket: UdpSocket,
+    mut router: Router,
     shards: Vec<Sender<ShardMsg>>,
     stop: Arc<AtomicBool>,
     counters: Arc<DemuxCounters>,
 ) {
-    let mut router = Router::new(shards.len(), Instant::now());
     let mut buf = vec![0u8; 2048];
     while !stop.load(Relaxed) {
         match socket.recv_from(&mut buf) {
@@ -248,7 +262,7 @@ mod tests {
     #[test]
     fn stun_routes_by_tag_then_media_follows_the_address() {
         let t0 = Instant::now();
-        let mut r = Router::new(3, t0);
+        let mut r = Router::new(3, UfragMap::default(), t0);
         let rtp = [0x80u8, 96, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1];
         // Unknown address, not STUN: dropped.
         assert_eq!(r.route(&rtp, addr(5000), t0), None);
@@ -262,9 +276,24 @@ mod tests {
     }
 
     #[test]
+    fn untagged_ufrags_after_an_ice_restart_route_through_the_shared_map() {
+        let t0 = Instant::now();
+        let map = UfragMap::default();
+        let mut r = Router::new(2, map.clone(), t0);
+        assert_eq!(r.route(&stun("RandomUfrag:cl"), addr(8000), t0), None);
+        map.write().insert("RandomUfrag".into(), 1);
+        assert_eq!(r.route(&stun("RandomUfrag:cl"), addr(8000), t0), Some(1));
+        assert_eq!(
+            r.route(&[0x80, 0], addr(8000), t0),
+            Some(1),
+            "then by address"
+        );
+    }
+
+    #[test]
     fn idle_addresses_are_forgotten_and_one_shard_takes_everything() {
         let t0 = Instant::now();
-        let mut r = Router::new(2, t0);
+        let mut r = Router::new(2, UfragMap::default(), t0);
         assert_eq!(r.route(&stun("g001abcd:cl"), addr(6000), t0), Some(1));
         assert_eq!(r.route(&stun("g000abcd:cl"), addr(6001), t0), Some(0));
         let later = t0 + FORGET_AFTER / 2;
@@ -272,7 +301,7 @@ mod tests {
         let much_later = t0 + FORGET_AFTER + Duration::from_secs(1);
         assert_eq!(r.route(&[0x80, 0], addr(6000), much_later), None);
         assert_eq!(r.known(), 1, "only the recently seen address is kept");
-        let mut one = Router::new(1, t0);
+        let mut one = Router::new(1, UfragMap::default(), t0);
         assert_eq!(one.route(&[1, 2, 3], addr(7000), t0), Some(0));
     }
 }

@@ -25,7 +25,7 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
-use crate::demux::shard_ufrag;
+use crate::demux::{shard_of_ufrag, shard_ufrag, UfragMap};
 use crate::forward::{pick_layer, ConsumerState, GateCell, PtLookup, Step};
 use crate::media::is_keyframe;
 use crate::metrics::{add, cap_idx, kind_idx, ConsumerDrop, SfuCounters, EGRESS, INGRESS};
@@ -119,6 +119,8 @@ pub(crate) struct ShardSetup {
     pub(crate) events: mpsc::UnboundedSender<SfuEvent>,
     /// This shard's counters.
     pub(crate) counters: Arc<SfuCounters>,
+    /// Where this shard registers server ufrags that lost their shard tag.
+    pub(crate) untagged: UfragMap,
 }
 
 /// Spawns one shard's engine thread.
@@ -249,6 +251,8 @@ struct Peer {
     bwe: Option<Bitrate>,
     /// Cumulative NACK counts last seen in str0m's stats, per (mid, rid).
     nacks_seen: Vec<(Mid, Option<Rid>, u64)>,
+    /// Local ufrag registered in the untagged map (after a client's ICE restart).
+    untagged_ufrag: Option<String>,
     /// Test hook: panic inside the next drive of this peer.
     #[cfg(feature = "fault-injection")]
     panic_next: bool,
@@ -346,6 +350,7 @@ struct Engine {
     opts: SfuOptions,
     socket: UdpSocket,
     local: SocketAddr,
+    untagged: UfragMap,
     input: Receiver<ShardMsg>,
     events: mpsc::UnboundedSender<SfuEvent>,
     peers: Slab<Peer>,
@@ -377,12 +382,14 @@ impl Engine {
             input,
             events,
             counters,
+            untagged,
         } = setup;
         Engine {
             shard,
             opts,
             socket,
             local: advertised,
+            untagged,
             input,
             events,
             peers: Slab::new(),
@@ -596,6 +603,7 @@ impl Engine {
             sub_mids: HashMap::new(),
             bwe: None,
             nacks_seen: Vec::new(),
+            untagged_ufrag: None,
             #[cfg(feature = "fault-injection")]
             panic_next: false,
         })
@@ -1155,6 +1163,18 @@ impl Engine {
         if !peer.connected && peer.deadline.is_none() {
             peer.deadline = Some(now + self.opts.connect_timeout);
         }
+        // A client-initiated ICE restart gave this peer random credentials without our shard
+        // tag: let the receive thread find the shard by the new ufrag.
+        let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
+        if shard_of_ufrag(&ufrag) != Some(self.shard) && peer.untagged_ufrag != Some(ufrag.clone())
+        {
+            let mut map = self.untagged.write();
+            if let Some(old) = peer.untagged_ufrag.take() {
+                map.remove(&old);
+            }
+            map.insert(ufrag.clone(), self.shard);
+            peer.untagged_ufrag = Some(ufrag);
+        }
         peer.ssrcs.clear();
         // Resolve each announced track to its m-line.
         let mut wanted: Vec<(TrackSource, Mid, MediaKind)> = Vec::new();
@@ -1567,6 +1587,9 @@ impl Engine {
         let Some(peer) = self.peers.remove(key) else {
             return;
         };
+        if let Some(u) = &peer.untagged_ufrag {
+            self.untagged.write().remove(u);
+        }
         if peer.role == Role::Subscriber {
             for pk in peer.sub_mids.values() {
                 if let Some(p) = self.producers.get_mut(*pk) {

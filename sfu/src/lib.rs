@@ -253,6 +253,7 @@ impl Sfu {
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let n = opts.shard_count();
         let mut shards = Vec::with_capacity(n);
+        let untagged = demux::UfragMap::default();
         for shard in 0..n {
             let (tx, input) = std::sync::mpsc::channel();
             let counters = Arc::new(SfuCounters::default());
@@ -264,6 +265,7 @@ impl Sfu {
                 input,
                 events: ev_tx.clone(),
                 counters: counters.clone(),
+                untagged: untagged.clone(),
             })
             .map_err(bind_err)?;
             shards.push(Shard { tx, counters });
@@ -273,6 +275,7 @@ impl Sfu {
         demux::spawn(
             socket,
             shards.iter().map(|s| s.tx.clone()).collect(),
+            untagged,
             stop.clone(),
             demux.clone(),
         )
