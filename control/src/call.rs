@@ -150,6 +150,11 @@ pub struct Call {
 }
 
 impl Call {
+    /// The policy of this call's type.
+    pub fn policy(&self) -> &CallTypePolicy {
+        &self.policy
+    }
+
     /// Creates a call. The creator must hold `create-call` in this call type (checked here).
     pub fn create(
         cid: CallCid,

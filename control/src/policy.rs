@@ -27,6 +27,15 @@ impl CallTypePolicy {
     pub fn grants_of(&self, role: Role) -> CapabilitySet {
         self.grants.get(&role).copied().unwrap_or_default()
     }
+
+    /// Whether any role may send video or screen share in calls of this type, by default grant
+    /// or by request. Calls that cannot carry video skip bandwidth estimation in the media plane.
+    pub fn may_carry_video(&self) -> bool {
+        self.grants
+            .values()
+            .chain([&self.requestable])
+            .any(|c| c.contains(Capability::SendVideo) || c.contains(Capability::Screenshare))
+    }
 }
 
 /// The policies of every call type.
@@ -196,6 +205,15 @@ mod tests {
         assert!(ar.grants_of(Role::Host).contains(C::SendAudio));
         assert!(!ar.grants_of(Role::Host).contains(C::SendVideo));
         assert_eq!(ar.requestable, CapabilitySet::of(&[C::SendAudio]));
+        assert!(
+            !ar.may_carry_video(),
+            "audio rooms carry no video by default"
+        );
+        assert!(p.of(CallType::Default).may_carry_video());
+        assert!(p.of(CallType::Livestream).may_carry_video());
+        let mut video_by_request = ar.clone();
+        video_by_request.requestable = CapabilitySet::of(&[C::SendAudio, C::SendVideo]);
+        assert!(video_by_request.may_carry_video());
     }
 
     #[test]

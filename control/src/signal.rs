@@ -433,7 +433,16 @@ impl Conn {
             let (info, mut out) = c.join(&actor, &pid, unix_now_ms())?;
             state.register_session(&pid, handle);
             if let Some(sfu) = &state.sfu {
-                sfu.join(&cid, &pid, &actor.user_id, c.gate(&pid).unwrap_or_default());
+                let options = greenroom_sfu::JoinOptions {
+                    bandwidth_estimation: c.policy().may_carry_video(),
+                };
+                sfu.join_with(
+                    &cid,
+                    &pid,
+                    &actor.user_id,
+                    c.gate(&pid).unwrap_or_default(),
+                    options,
+                );
             }
             if settings.start_audio_muted {
                 out.merge(c.set_self_muted(&pid, TrackSource::Microphone, true)?);

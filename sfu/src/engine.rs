@@ -20,7 +20,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::PayloadParams;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt, Rid};
 use str0m::net::{Protocol, Receive};
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc};
+use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -28,7 +28,10 @@ use tracing::{debug, info, warn};
 use crate::demux::{shard_of_ufrag, shard_ufrag, UfragMap};
 use crate::forward::{pick_layer, ConsumerState, GateCell, PtLookup, Step};
 use crate::media::is_keyframe;
-use crate::metrics::{add, cap_idx, kind_idx, ConsumerDrop, SfuCounters, EGRESS, INGRESS};
+use crate::metrics::{
+    add, cap_idx, kind_idx, ConsumerDrop, SfuCounters, DRIVE_INPUT, DRIVE_OUTPUT, DRIVE_TIMER,
+    EGRESS, INGRESS,
+};
 use crate::speakers::{LevelMeter, SpeakerRanking};
 use crate::{SfuError, SfuEvent, SfuOptions};
 
@@ -48,6 +51,7 @@ pub(crate) enum Cmd {
         pid: String,
         user_id: String,
         gate: Arc<GateCell>,
+        bwe: bool,
     },
     Publish {
         pid: String,
@@ -134,18 +138,30 @@ pub(crate) fn spawn(setup: ShardSetup) -> io::Result<()> {
     Ok(())
 }
 
-/// The str0m configuration of every server-side peer.
-pub fn rtc_config(subscriber: bool) -> RtcConfig {
+/// The str0m configuration of every server-side peer; `bwe` turns on send-side bandwidth
+/// estimation (TWCC) and str0m's pacer, for subscribers that may need a simulcast step-down.
+pub fn rtc_config(bwe: bool) -> RtcConfig {
     let mut cfg = RtcConfig::new()
         .set_ice_lite(true)
         .set_rtp_mode(true)
         .enable_h265(false)
         .enable_h266(false)
         .set_stats_interval(Some(crate::metrics::STATS_INTERVAL));
-    if subscriber {
+    if bwe {
         cfg = cfg.enable_bwe(Some(INITIAL_BWE));
     }
     cfg
+}
+
+/// str0m's standard RTP header extensions without transport-wide-cc.
+fn without_twcc() -> ExtensionMap {
+    let mut map = ExtensionMap::empty();
+    for (id, ext) in ExtensionMap::standard().iter() {
+        if *ext != Extension::TransportSequenceNumber {
+            map.set(id, ext.clone());
+        }
+    }
+    map
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -289,6 +305,8 @@ struct Participant {
     sub: SubState,
     unsubscribed: HashSet<String>,
     quality: HashMap<String, Quality>,
+    /// Bandwidth estimation on the subscriber peer.
+    bwe: bool,
 }
 
 struct Layer {
@@ -477,6 +495,7 @@ impl Engine {
                 k
             }
         };
+        add(&self.counters.drives[DRIVE_INPUT], 1);
         self.drive(key, Some(input), now);
         self.settle(now);
     }
@@ -558,6 +577,7 @@ impl Engine {
                 continue;
             }
             if let Some(k) = self.dirty.pop() {
+                add(&self.counters.drives[DRIVE_OUTPUT], 1);
                 self.drive(k, None, now);
                 continue;
             }
@@ -575,14 +595,24 @@ impl Engine {
                 if p.timeout == Some(t) {
                     // Re-armed by `drive` whatever timeout str0m asks for next.
                     p.timeout = None;
+                    add(&self.counters.drives[DRIVE_TIMER], 1);
                     self.drive(key, None, now);
                 }
             }
         }
     }
 
-    fn new_peer(&mut self, owner: &str, role: Role, now: Instant) -> Key {
-        let mut rtc = rtc_config(role == Role::Subscriber)
+    /// A new server-side peer; `bwe` turns on bandwidth estimation (subscribers only).
+    fn new_peer(&mut self, owner: &str, role: Role, bwe: bool, now: Instant) -> Key {
+        let cfg = match role {
+            // Publishers keep transport-wide-cc: their own uplink estimate needs our feedback.
+            Role::Publisher => rtc_config(false),
+            Role::Subscriber if bwe => rtc_config(true),
+            // Without an estimate, no TWCC either: the client then sends no TWCC feedback
+            // (about ten SRTCP packets per second per subscriber to decrypt for nothing).
+            Role::Subscriber => rtc_config(false).set_extension_map(without_twcc()),
+        };
+        let mut rtc = cfg
             .set_local_ice_credentials(shard_ufrag(self.shard))
             .build(now);
         match Candidate::host(self.local, "udp") {
@@ -1022,7 +1052,8 @@ impl Engine {
                 pid,
                 user_id,
                 gate,
-            } => self.join(call, pid, user_id, gate, now),
+                bwe,
+            } => self.join(call, pid, user_id, gate, bwe, now),
             Cmd::Publish {
                 pid,
                 sdp,
@@ -1099,12 +1130,13 @@ impl Engine {
         pid: String,
         user_id: String,
         gate: Arc<GateCell>,
+        bwe: bool,
         now: Instant,
     ) {
         if self.parts.contains_key(&pid) {
             self.leave(&pid, now);
         }
-        let subscriber = self.new_peer(&pid, Role::Subscriber, now);
+        let subscriber = self.new_peer(&pid, Role::Subscriber, bwe, now);
         self.parts.insert(
             pid.clone(),
             Participant {
@@ -1117,6 +1149,7 @@ impl Engine {
                 sub: SubState::default(),
                 unsubscribed: HashSet::new(),
                 quality: HashMap::new(),
+                bwe,
             },
         );
         self.calls
@@ -1142,7 +1175,7 @@ impl Engine {
         let existing = part.publisher.filter(|k| self.peers.get(*k).is_some());
         let key = match existing {
             Some(k) => k,
-            None => self.new_peer(pid, Role::Publisher, now),
+            None => self.new_peer(pid, Role::Publisher, false, now),
         };
         if let Some(p) = self.parts.get_mut(pid) {
             p.publisher = Some(key);
@@ -1633,7 +1666,8 @@ impl Engine {
                 if !is_current {
                     return;
                 }
-                let fresh = self.new_peer(&owner, Role::Subscriber, now);
+                let bwe = self.parts.get(&owner).is_some_and(|p| p.bwe);
+                let fresh = self.new_peer(&owner, Role::Subscriber, bwe, now);
                 if let Some(p) = self.parts.get_mut(&owner) {
                     p.subscriber = fresh;
                     p.sub = SubState::default();
@@ -1749,5 +1783,23 @@ impl Engine {
                 });
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use str0m::rtp::{Extension, ExtensionMap};
+
+    #[test]
+    fn subscribers_without_estimate_do_not_offer_twcc() {
+        let map = super::without_twcc();
+        assert_eq!(map.id_of(Extension::TransportSequenceNumber), None);
+        let std = ExtensionMap::standard();
+        assert!(std.id_of(Extension::TransportSequenceNumber).is_some());
+        assert_eq!(map.iter().count() + 1, std.iter().count());
+        assert_eq!(
+            map.id_of(Extension::AudioLevel),
+            std.id_of(Extension::AudioLevel)
+        );
     }
 }

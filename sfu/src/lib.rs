@@ -100,6 +100,24 @@ impl SfuOptions {
     }
 }
 
+/// Per-participant media options given at [`Sfu::join_with`].
+#[derive(Debug, Clone, Copy)]
+pub struct JoinOptions {
+    /// Send-side bandwidth estimation (TWCC) on the participant's subscriber peer, so simulcast
+    /// layers step down when its link cannot carry them. It costs a str0m timer cycle every
+    /// ~25 ms per subscriber plus pacing; calls that never carry video (audio rooms) turn it
+    /// off. Default on.
+    pub bandwidth_estimation: bool,
+}
+
+impl Default for JoinOptions {
+    fn default() -> Self {
+        JoinOptions {
+            bandwidth_estimation: true,
+        }
+    }
+}
+
 /// Errors returned to the control plane.
 #[derive(Debug, thiserror::Error)]
 pub enum SfuError {
@@ -340,6 +358,18 @@ impl Sfu {
     /// Registers a joined participant with its gate.
     /// A participant that joins again (same id) is moved: its old media is torn down first.
     pub fn join(&self, call: &CallCid, participant_id: &str, user_id: &str, gate: MediaGate) {
+        self.join_with(call, participant_id, user_id, gate, JoinOptions::default());
+    }
+
+    /// [`Sfu::join`] with explicit options.
+    pub fn join_with(
+        &self,
+        call: &CallCid,
+        participant_id: &str,
+        user_id: &str,
+        gate: MediaGate,
+        options: JoinOptions,
+    ) {
         let cell = Arc::new(GateCell::new(gate));
         let (old, shard) = {
             let mut reg = self.inner.registry.lock();
@@ -373,6 +403,7 @@ impl Sfu {
                 pid: participant_id.to_owned(),
                 user_id: user_id.to_owned(),
                 gate: cell,
+                bwe: options.bandwidth_estimation,
             },
         );
     }
@@ -496,7 +527,11 @@ impl Sfu {
     /// * `greenroom_nacks_total{direction}`: NACKs received from subscribers (`egress`) and sent
     ///   to publishers (`ingress`), from str0m's stats every [`STATS_INTERVAL`].
     /// * `greenroom_plis_total`: keyframe requests (PLI/FIR) sent to publishers.
-    /// * gauges `greenroom_producers{kind}`, `greenroom_consumers{kind}`, `greenroom_peers`.
+    /// * gauges `greenroom_producers{kind}`, `greenroom_consumers{kind}`, `greenroom_peers`,
+    ///   and `greenroom_shard_peers{shard}` (the balance over the engine shards).
+    /// * `greenroom_engine_drives_total{cause}`: str0m drive cycles (`input` = a datagram,
+    ///   `output` = packets written to the peer, `timer` = its timeout fell due).
+    /// * `greenroom_udp_unrouted_total`: datagrams dropped before any shard (unknown source).
     /// * histograms `greenroom_rtt_seconds`, `greenroom_loss_ratio`, `greenroom_jitter_seconds`
     ///   `{direction="ingress"|"egress"}`, one sample per stream per [`STATS_INTERVAL`].
     ///

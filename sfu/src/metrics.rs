@@ -65,6 +65,14 @@ pub(crate) enum ConsumerDrop {
 
 const DROP_REASONS: [&str; 3] = ["receive", "paused", "other"];
 
+/// Index in [`SfuCounters::drives`]: a datagram for the peer.
+pub(crate) const DRIVE_INPUT: usize = 0;
+/// See [`DRIVE_INPUT`]: packets were written to the peer (fan-out) or its state changed.
+pub(crate) const DRIVE_OUTPUT: usize = 1;
+/// See [`DRIVE_INPUT`]: the peer's str0m timeout fell due.
+pub(crate) const DRIVE_TIMER: usize = 2;
+const DRIVE_CAUSES: [&str; 3] = ["input", "output", "timer"];
+
 /// Index in the ingress/egress arrays of the histograms.
 pub(crate) const INGRESS: usize = 0;
 /// See [`INGRESS`].
@@ -152,6 +160,8 @@ pub(crate) struct SfuCounters {
     pub(crate) producers: [AtomicU64; 2],
     pub(crate) consumers: [AtomicU64; 2],
     pub(crate) peers: AtomicU64,
+    /// str0m drive cycles (`handle_input` + `poll_output`), by [`DRIVE_INPUT`] etc.
+    pub(crate) drives: [AtomicU64; 3],
     pub(crate) rtt: [Histogram<9>; 2],
     pub(crate) loss: [Histogram<8>; 2],
     pub(crate) jitter: [Histogram<8>; 2],
@@ -179,6 +189,7 @@ impl Default for SfuCounters {
             producers: zeros(),
             consumers: zeros(),
             peers: AtomicU64::new(0),
+            drives: zeros(),
             rtt: std::array::from_fn(|_| Histogram::new(RTT_BOUNDS)),
             loss: std::array::from_fn(|_| Histogram::new(LOSS_BOUNDS)),
             jitter: std::array::from_fn(|_| Histogram::new(JITTER_BOUNDS)),
@@ -247,6 +258,7 @@ impl SfuCounters {
             absorb_all(a, b);
         }
         absorb_all(&self.gate_drops, &o.gate_drops);
+        absorb_all(&self.drives, &o.drives);
         absorb_all(&self.consumer_drops, &o.consumer_drops);
         add(&self.plis, o.plis.load(Relaxed));
         add(&self.peers, o.peers.load(Relaxed));
@@ -343,6 +355,14 @@ impl SfuCounters {
             "str0m peer connections (publishers and subscribers)",
         );
         let _ = writeln!(o, "{name} {}", self.peers.load(Relaxed));
+        let name = "greenroom_engine_drives_total";
+        header(
+            &mut o,
+            name,
+            "counter",
+            "str0m drive cycles by cause: a datagram (input), written packets or state (output), a due timeout (timer)",
+        );
+        by_label(&mut o, name, "cause", &DRIVE_CAUSES, &self.drives);
         let name = "greenroom_rtt_seconds";
         header(
             &mut o,
@@ -407,6 +427,8 @@ mod tests {
         let other = SfuCounters::default();
         add(&other.fwd_packets[kind_idx(MediaKind::Video)], 4);
         add(&other.peers, 5);
+        add(&other.drives[DRIVE_TIMER], 2);
+        add(&c.drives[DRIVE_TIMER], 1);
         other.rtt[EGRESS].observe(0.02);
         let t = render(&[&c, &other], 9);
         assert!(
@@ -417,6 +439,7 @@ mod tests {
         assert!(t.contains("greenroom_rtt_seconds_bucket{direction=\"egress\",le=\"0.025\"} 2\n"));
         assert!(t.contains("greenroom_shard_peers{shard=\"1\"} 5\n"));
         assert!(t.contains("greenroom_udp_unrouted_total 9\n"));
+        assert!(t.contains("greenroom_engine_drives_total{cause=\"timer\"} 3\n"));
         for line in t.lines() {
             assert!(
                 line.starts_with("# ") || line.split(' ').count() == 2,

@@ -551,15 +551,20 @@ async fn publisher_to_two_subscribers_with_gate_and_receive_flag() {
 
 /// Joins `publisher` and `subscriber` to `call`, publishes audio + video from the first, answers
 /// the second's offer; returns both clients, connected, and the subscriber's (audio, video) mids.
+/// `bwe`: bandwidth estimation on the subscriber's peer.
 async fn publish_and_subscribe(
     sfu: &Sfu,
     events: &mut Events,
     call: &CallCid,
-    publisher: &str,
-    subscriber: &str,
+    (publisher, subscriber): (&str, &str),
+    bwe: bool,
 ) -> (Client, Client, (String, String)) {
-    sfu.join(call, publisher, &format!("u-{publisher}"), ALL);
-    sfu.join(call, subscriber, &format!("u-{subscriber}"), ALL);
+    let options = greenroom_sfu::JoinOptions {
+        bandwidth_estimation: bwe,
+    };
+    for pid in [publisher, subscriber] {
+        sfu.join_with(call, pid, &format!("u-{pid}"), ALL, options);
+    }
     let p = Client::new();
     let (offer, tracks, pending) = p.publish_offer();
     let answer = sfu.publish(publisher, offer, tracks).await.unwrap();
@@ -601,9 +606,10 @@ async fn calls_are_pinned_to_shards_and_each_shard_forwards() {
     let one: CallCid = "default:one".parse().unwrap();
     let two: CallCid = "default:two".parse().unwrap();
     let (_a, a_sub, (a_audio, a_video)) =
-        publish_and_subscribe(&sfu, &mut events, &one, "alice", "bob").await;
+        publish_and_subscribe(&sfu, &mut events, &one, ("alice", "bob"), true).await;
+    // The second call's subscriber runs without bandwidth estimation (an audio room's choice).
     let (_d, d_sub, (d_audio, d_video)) =
-        publish_and_subscribe(&sfu, &mut events, &two, "dave", "erin").await;
+        publish_and_subscribe(&sfu, &mut events, &two, ("dave", "erin"), false).await;
 
     // Both members of a call share its shard; the second call went to the idle shard.
     let shard_one = sfu.shard_of("alice").unwrap();
