@@ -14,6 +14,7 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
     vec![
         ("target", s.target.clone()),
         ("scenario", s.scenario.clone()),
+        ("bots", s.bots.clone()),
         (
             "joined / failed",
             format!("{} / {}", s.joined, s.join_failures),
