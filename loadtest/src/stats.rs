@@ -294,7 +294,7 @@ mod tests {
         for seq in 5000..5010 {
             feed_layer(seq, 2);
         }
-        feed_layer(5012, 2);
+        feed_layer(5011, 2);
         let s = c.stats();
         assert_eq!(s.lost, 1, "only the gap inside layer 2");
         assert_eq!(s.layer, Some(2));
