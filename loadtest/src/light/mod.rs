@@ -8,7 +8,8 @@
 //! simulcast layers (rids `q`, `h`, `f` at 1/4, 1/2 and the full bitrate); its subscriber
 //! [`LightPeer`] answers the server's `subscriber_offer`s. Each peer is one str0m `Rtc` (full
 //! ICE agent, controlling against the ICE-lite server, one host candidate on the bind IP,
-//! DTLS-SRTP), one tokio UDP socket and one tokio task. Received packets are not depacketized:
+//! DTLS-SRTP), one tokio UDP socket and one tokio task; all peer tasks share one dedicated
+//! current-thread runtime on its own thread. Received packets are not depacketized:
 //! the payload's probe trailer feeds the same [`TrackCounter`](crate::stats::TrackCounter)
 //! (loss by probe sequence gaps, one-way latency, bytes, keyframes) as the webrtc-rs bots.
 //!

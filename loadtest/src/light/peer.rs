@@ -1,6 +1,8 @@
 //! One light peer: a str0m [`Rtc`] in RTP mode (full ICE agent, one host candidate), one tokio
 //! UDP socket and one tokio task that drives both, sends synthetic media and counts what
-//! arrives, without depacketizing anything.
+//! arrives, without depacketizing anything. Every peer task of the process runs on one
+//! dedicated current-thread runtime ("light-bots" thread), and str0m's own timers are rounded
+//! to a shared 10 ms grid, so many peers are served per wake-up.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -33,6 +35,42 @@ pub const SIMULCAST_LAYERS: [(&str, u32, u32); 3] = [("q", 1, 4), ("h", 1, 2), (
 
 /// Forced keyframes (answers to PLI/FIR) are sent at most this often per layer.
 const MIN_FORCED_KEYFRAME_GAP: Duration = Duration::from_millis(500);
+
+/// str0m's own timers (ICE keepalives, RTCP, stats) are rounded up to this grid, shared by
+/// every peer of the process, so that many peers' timers fire in one runtime wake-up.
+const TIMER_GRID: Duration = Duration::from_millis(10);
+
+/// The runtime every light peer task runs on: one current-thread tokio runtime on its own OS
+/// thread, so that a burst of datagrams for many peers (the server's fan-out) is handled in
+/// one reactor wake-up without handing tasks between worker threads. `None` if the thread or
+/// runtime cannot be created (the caller's runtime is used then).
+fn light_runtime() -> Option<tokio::runtime::Handle> {
+    static RT: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
+    RT.get_or_init(|| {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .ok()?;
+        let handle = rt.handle().clone();
+        std::thread::Builder::new()
+            .name("light-bots".into())
+            .spawn(move || rt.block_on(std::future::pending::<()>()))
+            .ok()?;
+        Some(handle)
+    })
+    .clone()
+}
+
+/// `t` rounded up to the next [`TIMER_GRID`] tick of the process-wide grid.
+fn on_grid(t: Instant) -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    let epoch = *EPOCH.get_or_init(Instant::now);
+    let since = t.saturating_duration_since(epoch).as_micros();
+    let grid = TIMER_GRID.as_micros();
+    let ticks = since.div_ceil(grid);
+    let micros = u64::try_from(ticks.saturating_mul(grid)).unwrap_or(u64::MAX);
+    epoch + Duration::from_micros(micros)
+}
 
 /// Connection state of a light peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -357,8 +395,16 @@ fn video_frame(l: &mut Layer, params: VideoParams, now: Instant) -> (Vec<Vec<u8>
     (payloads, keyframe)
 }
 
-/// The task: socket reads, str0m timeouts, media timers and jobs from the handle.
-async fn run(mut st: State, socket: UdpSocket, mut jobs: mpsc::UnboundedReceiver<Job>) {
+/// The task: socket reads, str0m timeouts, media timers and jobs from the handle. The socket
+/// is registered with the runtime the task runs on.
+async fn run(mut st: State, socket: std::net::UdpSocket, mut jobs: mpsc::UnboundedReceiver<Job>) {
+    let socket = match UdpSocket::from_std(socket) {
+        Ok(s) => s,
+        Err(e) => {
+            st.status.send_replace(PeerStatus::Failed(e.to_string()));
+            return;
+        }
+    };
     let mut buf = vec![0u8; 2048];
     let far = Duration::from_secs(3600);
     loop {
@@ -369,8 +415,9 @@ async fn run(mut st: State, socket: UdpSocket, mut jobs: mpsc::UnboundedReceiver
                 return;
             }
         };
-        let next = st
-            .next_media()
+        let rtc_next = on_grid(rtc_next);
+        let media_next = st.next_media();
+        let next = media_next
             .map_or(rtc_next, |m| m.min(rtc_next))
             .max(Instant::now())
             .min(Instant::now() + far);
@@ -380,21 +427,11 @@ async fn run(mut st: State, socket: UdpSocket, mut jobs: mpsc::UnboundedReceiver
                 None => return,
             },
             r = socket.recv_from(&mut buf) => {
-                let mut res = match r {
+                let res = match r {
                     Ok((n, src)) => st.input(&socket, src, &buf[..n]),
                     // e.g. ICMP port unreachable reported on the socket: keep going.
                     Err(_) => Ok(()),
                 };
-                // Drain what else is queued without going back to the reactor.
-                for _ in 0..64 {
-                    if res.is_err() {
-                        break;
-                    }
-                    match socket.try_recv_from(&mut buf) {
-                        Ok((n, src)) => res = st.input(&socket, src, &buf[..n]),
-                        Err(_) => break,
-                    }
-                }
                 if let Err(e) = res {
                     st.status.send_replace(PeerStatus::Failed(e.to_string()));
                     return;
@@ -403,10 +440,17 @@ async fn run(mut st: State, socket: UdpSocket, mut jobs: mpsc::UnboundedReceiver
             _ = tokio::time::sleep_until(next.into()) => {}
         }
         let now = Instant::now();
-        st.send_due(now);
-        if let Err(e) = st.rtc.handle_input(Input::Timeout(now)) {
-            st.status.send_replace(PeerStatus::Failed(e.to_string()));
-            return;
+        let media_due = media_next.is_some_and(|m| m <= now);
+        if media_due {
+            st.send_due(now);
+        }
+        // A received datagram was already handled (and str0m polled) in `input`: str0m only
+        // needs the clock when its timer or a media frame is due.
+        if media_due || rtc_next <= now {
+            if let Err(e) = st.rtc.handle_input(Input::Timeout(now)) {
+                st.status.send_replace(PeerStatus::Failed(e.to_string()));
+                return;
+            }
         }
     }
 }
@@ -423,7 +467,8 @@ impl LightPeer {
     /// Binds a UDP socket on `bind_ip` (a concrete address), builds the str0m peer (RTP mode,
     /// full ICE agent, one host candidate) and starts its task.
     pub async fn new(bind_ip: IpAddr, audio: AudioParams, video: VideoParams) -> Result<LightPeer> {
-        let socket = UdpSocket::bind(SocketAddr::new(bind_ip, 0)).await?;
+        let socket = std::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0))?;
+        socket.set_nonblocking(true)?;
         let local = socket.local_addr()?;
         let mut rtc = RtcConfig::new()
             .set_rtp_mode(true)
@@ -449,7 +494,10 @@ impl LightPeer {
             routes: HashMap::new(),
         };
         let (jobs, jobs_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(state, socket, jobs_rx));
+        let task = match light_runtime() {
+            Some(rt) => rt.spawn(run(state, socket, jobs_rx)),
+            None => tokio::spawn(run(state, socket, jobs_rx)),
+        };
         Ok(LightPeer {
             jobs,
             shared,
