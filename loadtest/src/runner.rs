@@ -14,7 +14,10 @@ use serde::Serialize;
 use crate::bot::{Bot, BotConfig};
 use crate::error::BotError;
 use crate::histogram::LatencyHistogram;
-use crate::janus::{JanusError, JanusHandle, JanusPublisher, JanusSession, JanusSubscriber};
+use crate::janus::{
+    JanusError, JanusHandle, JanusLightPublisher, JanusLightSubscriber, JanusPublisher,
+    JanusSession, JanusSubscriber,
+};
 use crate::light::{LightBot, LightConfig};
 use crate::media::{PublisherConfig, SubscriberConfig};
 use crate::procstat::{read_pid, ProcError, ProcSample, ServerProbe};
@@ -277,6 +280,11 @@ enum Member {
     Light(LightBot),
     JanusPublisher(JanusPublisher, Mutex<Option<Arc<JanusSubscriber>>>),
     JanusSubscriber(JanusSubscriber),
+    JanusLightPublisher(
+        JanusLightPublisher,
+        Mutex<Option<Arc<JanusLightSubscriber>>>,
+    ),
+    JanusLightSubscriber(JanusLightSubscriber),
 }
 
 impl Member {
@@ -285,6 +293,11 @@ impl Member {
             Member::Greenroom(b) => b.received(),
             Member::Light(b) => b.received(),
             Member::JanusSubscriber(s) => s.subscriber.stats(),
+            Member::JanusLightSubscriber(s) => s.subscriber.stats(),
+            Member::JanusLightPublisher(_, s) => {
+                let s = s.lock().clone();
+                s.map(|s| s.subscriber.stats()).unwrap_or_default()
+            }
             Member::JanusPublisher(_, s) => {
                 let s = s.lock().clone();
                 s.map(|s| s.subscriber.stats()).unwrap_or_default()
@@ -297,7 +310,8 @@ impl Member {
             Member::Greenroom(b) => b.sent(),
             Member::Light(b) => b.sent(),
             Member::JanusPublisher(p, _) => p.publisher.sent(),
-            Member::JanusSubscriber(_) => return 0,
+            Member::JanusLightPublisher(p, _) => p.publisher.sent(),
+            Member::JanusSubscriber(_) | Member::JanusLightSubscriber(_) => return 0,
         };
         sent.values().map(|s| s.packets).sum()
     }
@@ -316,6 +330,14 @@ impl Member {
                 p.close().await;
             }
             Member::JanusSubscriber(s) => s.close().await,
+            Member::JanusLightPublisher(p, s) => {
+                let s = s.lock().take();
+                if let Some(s) = s {
+                    s.close().await;
+                }
+                p.close().await;
+            }
+            Member::JanusLightSubscriber(s) => s.close().await,
         }
     }
 }
@@ -599,6 +621,32 @@ impl Run {
             .janus
             .as_ref()
             .ok_or_else(|| LoadError::Config("no janus session".into()))?;
+        if self.config.bots == BotKind::Light {
+            let ip = self.config.bind_ip;
+            if sources.is_empty() {
+                let feeds = self.feeds.lock().clone();
+                let s = JanusLightSubscriber::join(
+                    &ctx.session,
+                    ctx.room,
+                    &feeds,
+                    ip,
+                    self.config.timeout,
+                )
+                .await?;
+                return Ok(Member::JanusLightSubscriber(s));
+            }
+            let p = JanusLightPublisher::join(
+                &ctx.session,
+                ctx.room,
+                &format!("bot-{index}"),
+                sources,
+                (ip, self.scenario.audio, self.scenario.video),
+                self.config.timeout,
+            )
+            .await?;
+            self.feeds.lock().push(p.feed);
+            return Ok(Member::JanusLightPublisher(p, Mutex::new(None)));
+        }
         if sources.is_empty() {
             let feeds = self.feeds.lock().clone();
             let s = JanusSubscriber::join(
@@ -631,6 +679,26 @@ impl Run {
         let gap = Duration::try_from_secs_f64(1.0 / self.scenario.join_rate)
             .unwrap_or(Duration::from_secs(1));
         for m in self.members() {
+            if let Member::JanusLightPublisher(p, slot) = &*m {
+                let others: Vec<u64> = feeds.iter().copied().filter(|f| *f != p.feed).collect();
+                if others.is_empty() {
+                    continue;
+                }
+                match JanusLightSubscriber::join(
+                    &ctx.session,
+                    ctx.room,
+                    &others,
+                    self.config.bind_ip,
+                    self.config.timeout,
+                )
+                .await
+                {
+                    Ok(s) => *slot.lock() = Some(Arc::new(s)),
+                    Err(e) => self.error(format!("publisher subscription: {e}")),
+                }
+                tokio::time::sleep(gap).await;
+                continue;
+            }
             let Member::JanusPublisher(p, slot) = &*m else {
                 continue;
             };
@@ -781,13 +849,6 @@ impl Default for FindMax {
 
 /// Refuses the combinations the bots cannot run.
 pub fn check_bots(scenario: &Scenario, config: &RunConfig) -> Result<(), String> {
-    if config.target == Target::Janus && config.bots == BotKind::Light {
-        return Err(
-            "--bots light works against Greenroom only: the Janus adapter (janus.rs) \
-                    drives webrtc-rs connections; use --bots webrtc with --target janus"
-                .into(),
-        );
-    }
     if scenario.simulcast && config.bots == BotKind::Webrtc {
         return Err(
             "--simulcast needs --bots light: the webrtc-rs bots publish one layer \
