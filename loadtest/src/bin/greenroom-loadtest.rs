@@ -20,9 +20,10 @@ enum TargetArg {
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum BotsArg {
-    /// webrtc-rs PeerConnections: complete clients, heavier (about 55 µs CPU per packet).
+    /// webrtc-rs PeerConnections: complete clients, heavier (about 55-70 µs CPU per packet).
     Webrtc,
-    /// str0m in RTP mode: no depacketizing, a fraction of the CPU (Greenroom only).
+    /// str0m in RTP mode, no depacketizing, all peers on one thread: about half the CPU
+    /// (about 33 µs per packet).
     Light,
 }
 
@@ -88,12 +89,12 @@ struct Args {
     /// Video frames per second (overrides the preset's).
     #[arg(long)]
     video_fps: Option<u32>,
-    /// Bot implementation: webrtc (webrtc-rs) or light (str0m RTP mode, much less CPU per
-    /// packet; Greenroom only).
+    /// Bot implementation: webrtc (webrtc-rs) or light (str0m in RTP mode, about half the CPU
+    /// per received packet).
     #[arg(long, value_enum, default_value = "webrtc")]
     bots: BotsArg,
     /// Video publishers send three simulcast layers (rids q, h, f at 1/4, 1/2 and the full
-    /// bitrate). Needs --bots light.
+    /// bitrate). Needs --bots light and --target greenroom.
     #[arg(long)]
     simulcast: bool,
     /// Receivers ask this simulcast quality (set_quality) for every video track
