@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use greenroom_proto::{
     CallCid, CallEvent, CallState, CapabilitySet, ClientMessage, ErrorBody, JoinSettings,
-    ParticipantInfo, PublishTrack, ServerMessage, SignalMessage, SubscribedTrack, TrackSource,
+    ParticipantInfo, PublishTrack, Quality, ServerMessage, SignalMessage, SubscribedTrack,
+    TrackSource,
 };
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, watch};
@@ -44,6 +45,8 @@ pub struct BotConfig {
     pub publisher: PublisherConfig,
     /// Limit for every request/response exchange and for connecting.
     pub timeout: Duration,
+    /// Ask this simulcast quality (`set_quality`) for every video track received.
+    pub quality: Option<Quality>,
 }
 
 impl BotConfig {
@@ -56,6 +59,7 @@ impl BotConfig {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             publisher: PublisherConfig::default(),
             timeout: Duration::from_secs(5),
+            quality: None,
         }
     }
 }
@@ -134,7 +138,12 @@ impl Bot {
         });
         let (offers_tx, offers_rx) = mpsc::unbounded_channel();
         let reader = tokio::spawn(read_loop(receiver, shared.clone(), offers_tx));
-        let answerer = tokio::spawn(answer_loop(offers_rx, shared.clone(), sender.clone()));
+        let answerer = tokio::spawn(answer_loop(
+            offers_rx,
+            shared.clone(),
+            sender.clone(),
+            config.quality,
+        ));
         Ok(Bot {
             config,
             sender,
@@ -475,13 +484,20 @@ async fn read_loop(
     shared.bump();
 }
 
-/// Answers subscriber offers in order.
+/// Answers subscriber offers in order; then asks `quality` for each new video track.
 async fn answer_loop(
     mut offers: mpsc::UnboundedReceiver<(String, Vec<SubscribedTrack>)>,
     shared: Arc<Shared>,
     sender: SignalSender,
+    quality: Option<Quality>,
 ) {
+    let mut asked = std::collections::HashSet::new();
     while let Some((sdp, tracks)) = offers.recv().await {
+        let video: Vec<String> = tracks
+            .iter()
+            .filter(|t| !t.track.source.is_audio())
+            .map(|t| t.track.track_id.clone())
+            .collect();
         match shared.subscriber.apply_offer(&sdp, tracks).await {
             Ok(answer) => {
                 match sender
@@ -492,7 +508,21 @@ async fn answer_loop(
                     Err(e) => shared.protocol_error(format!("sending subscriber_answer: {e}")),
                 }
             }
-            Err(e) => shared.protocol_error(format!("applying subscriber_offer: {e}")),
+            Err(e) => {
+                shared.protocol_error(format!("applying subscriber_offer: {e}"));
+                continue;
+            }
+        }
+        let Some(quality) = quality else { continue };
+        for track_id in video {
+            if asked.insert(track_id.clone()) {
+                if let Err(e) = sender
+                    .send(&ClientMessage::SetQuality { track_id, quality })
+                    .await
+                {
+                    shared.protocol_error(format!("sending set_quality: {e}"));
+                }
+            }
         }
     }
 }

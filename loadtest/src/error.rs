@@ -36,6 +36,12 @@ pub enum BotError {
     /// The peer connection failed or closed.
     #[error("peer connection {0}")]
     ConnectionFailed(String),
+    /// A light bot's str0m peer failed.
+    #[error("str0m: {0}")]
+    Rtc(#[from] str0m::RtcError),
+    /// A socket operation failed.
+    #[error("io: {0}")]
+    Io(#[from] std::io::Error),
 }
 
 impl BotError {

@@ -19,7 +19,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::BotError;
-use crate::media::{Publisher, PublisherConfig, Subscriber, SubscriberConfig};
+use crate::light::LightPeer;
+use crate::media::{
+    AudioParams, Publisher, PublisherConfig, Subscriber, SubscriberConfig, VideoParams,
+};
 
 /// The videoroom plugin's package name.
 pub const VIDEOROOM: &str = "janus.plugin.videoroom";
@@ -468,6 +471,119 @@ impl JanusSubscriber {
     /// Leaves and closes the connection.
     pub async fn close(&self) {
         let _ = self.subscriber.close().await;
+        self.handle.detach().await;
+    }
+}
+
+/// A light (str0m) publisher in a Janus videoroom: a handle plus a [`LightPeer`].
+pub struct JanusLightPublisher {
+    handle: JanusHandle,
+    /// The feed id Janus gave this publisher.
+    pub feed: u64,
+    /// The media connection.
+    pub publisher: Arc<LightPeer>,
+}
+
+impl JanusLightPublisher {
+    /// Joins `room` as a publisher, publishes `sources` from a [`LightPeer`] bound to
+    /// `bind_ip` and starts sending once connected.
+    pub async fn join(
+        session: &Arc<JanusSession>,
+        room: u64,
+        display: &str,
+        sources: &[TrackSource],
+        media: (std::net::IpAddr, AudioParams, VideoParams),
+        timeout: Duration,
+    ) -> Result<JanusLightPublisher> {
+        let handle = session.attach().await?;
+        let joined = handle
+            .request(
+                json!({"request": "join", "ptype": "publisher", "room": room, "display": display}),
+                None,
+            )
+            .await?;
+        let data = &joined["plugindata"]["data"];
+        if data["videoroom"] != "joined" {
+            return Err(JanusError::Protocol(format!("publisher join: {joined}")));
+        }
+        let feed = data["id"]
+            .as_u64()
+            .ok_or_else(|| JanusError::Protocol("joined without id".into()))?;
+        let (bind_ip, audio, video) = media;
+        let publisher = Arc::new(LightPeer::new(bind_ip, audio, video).await?);
+        let (offer, _) = publisher.publish_offer(sources, false).await?;
+        let has = |a: bool| sources.iter().any(|s| s.is_audio() == a);
+        let reply = handle
+            .request(
+                json!({"request": "publish", "audio": has(true), "video": has(false)}),
+                Some(json!({"type": "offer", "sdp": offer})),
+            )
+            .await?;
+        let answer = jsep_sdp(&reply, "answer")?;
+        tracing::debug!(%offer, %answer, "janus light publisher negotiation");
+        publisher.accept_answer(&answer).await?;
+        handle.trickle_completed().await?;
+        publisher.wait_connected(timeout).await?;
+        publisher.start().await?;
+        Ok(JanusLightPublisher {
+            handle,
+            feed,
+            publisher,
+        })
+    }
+
+    /// Leaves and stops the peer.
+    pub async fn close(&self) {
+        self.publisher.close();
+        self.handle.detach().await;
+    }
+}
+
+/// A light (str0m) subscriber in a Janus videoroom.
+pub struct JanusLightSubscriber {
+    handle: JanusHandle,
+    /// The media connection.
+    pub subscriber: Arc<LightPeer>,
+}
+
+impl JanusLightSubscriber {
+    /// Joins `room` as a subscriber to every stream of `feeds` with a [`LightPeer`] bound to
+    /// `bind_ip`, answers Janus's offer and waits for the connection.
+    pub async fn join(
+        session: &Arc<JanusSession>,
+        room: u64,
+        feeds: &[u64],
+        bind_ip: std::net::IpAddr,
+        timeout: Duration,
+    ) -> Result<JanusLightSubscriber> {
+        let handle = session.attach().await?;
+        let streams: Vec<Value> = feeds.iter().map(|f| json!({"feed": f})).collect();
+        let attached = handle
+            .request(
+                json!({"request": "join", "ptype": "subscriber", "room": room, "streams": streams}),
+                None,
+            )
+            .await?;
+        let offer = jsep_sdp(&attached, "offer")?;
+        let tracks = subscribed_tracks(&attached["plugindata"]["data"]["streams"]);
+        let subscriber = Arc::new(
+            LightPeer::new(bind_ip, AudioParams::default(), VideoParams::default()).await?,
+        );
+        let answer = subscriber.accept_offer(&offer, tracks).await?;
+        handle
+            .request(
+                json!({"request": "start"}),
+                Some(json!({"type": "answer", "sdp": answer})),
+            )
+            .await?;
+        handle.trickle_completed().await?;
+        subscriber.wait_connected(timeout).await?;
+        Ok(JanusLightSubscriber { handle, subscriber })
+    }
+
+    /// Leaves and stops the peer.
+    pub async fn close(&self) {
+        self.subscriber.close();
         self.handle.detach().await;
     }
 }

@@ -1,4 +1,5 @@
-//! Greenroom's load tester and WebRTC client bots, built on the `webrtc` crate (webrtc-rs 0.21).
+//! Greenroom's load tester and WebRTC client bots, built on the `webrtc` crate (webrtc-rs 0.21),
+//! and light bots on str0m 0.25 ([`light`]: [`LightBot`]) that cost a fraction of the CPU.
 //!
 //! Three layers, usable separately:
 //!
@@ -88,6 +89,7 @@ pub mod bot;
 pub mod error;
 pub mod histogram;
 pub mod janus;
+pub mod light;
 pub mod media;
 pub mod probe;
 pub mod procstat;
@@ -101,6 +103,7 @@ pub mod vp8;
 
 pub use bot::{Bot, BotConfig, Joined, StopMode};
 pub use error::{BotError, Result};
+pub use light::{LightBot, LightConfig, LightPeer};
 pub use media::{Publisher, PublisherConfig, Subscriber, SubscriberConfig};
 pub use signal::SignalClient;
 pub use stats::TrackStats;

@@ -21,6 +21,13 @@ const VERSION: u8 = 1;
 pub const FLAG_KEYFRAME: u8 = 0x01;
 /// Flag: the packet is the first of a video frame.
 pub const FLAG_FRAME_START: u8 = 0x02;
+/// Flag bits 2-3: the simulcast layer plus one (0: not simulcast). Each layer has its own probe
+/// sequence, so the receiver restarts its loss accounting when the layer changes.
+pub const FLAG_LAYER_MASK: u8 = 0x0C;
+/// Shift of the layer bits in the flags.
+const FLAG_LAYER_SHIFT: u8 = 2;
+/// Highest simulcast layer index a probe can carry.
+pub const MAX_LAYER: u8 = 2;
 
 /// The measurement data embedded in a payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -48,6 +55,29 @@ impl Probe {
         t[3] = self.flags;
         t[4..8].copy_from_slice(&self.seq.to_be_bytes());
         t[8..16].copy_from_slice(&self.send_us.to_be_bytes());
+    }
+
+    /// The simulcast layer index (0 = lowest) the packet belongs to, if the sender marked one.
+    pub fn layer(&self) -> Option<u8> {
+        match (self.flags & FLAG_LAYER_MASK) >> FLAG_LAYER_SHIFT {
+            0 => None,
+            n => Some(n - 1),
+        }
+    }
+
+    /// Marks the probe as belonging to simulcast layer `layer` (clamped to [`MAX_LAYER`]).
+    pub fn with_layer(mut self, layer: u8) -> Probe {
+        let bits = (layer.min(MAX_LAYER) + 1) << FLAG_LAYER_SHIFT;
+        self.flags = (self.flags & !FLAG_LAYER_MASK) | bits;
+        self
+    }
+
+    /// Rewrites the layer bits of the trailer at the end of `payload`; does nothing if the
+    /// payload carries no trailer.
+    pub fn set_layer_in(payload: &mut [u8], layer: u8) {
+        if let Some(p) = Probe::parse_trailer(payload) {
+            p.with_layer(layer).write_trailer(payload);
+        }
     }
 
     /// Reads the trailer at the end of `payload`, or `None` if there is none (too short, wrong
@@ -107,6 +137,24 @@ mod tests {
         }
         .write_trailer(&mut short);
         assert_eq!(short, [0u8; 10], "too short: left alone");
+    }
+
+    #[test]
+    fn layer_bits_round_trip_and_keep_other_flags() {
+        let mut payload = vec![0u8; 30];
+        Probe {
+            seq: 5,
+            send_us: 6,
+            flags: FLAG_KEYFRAME,
+        }
+        .write_trailer(&mut payload);
+        assert_eq!(Probe::parse_trailer(&payload).unwrap().layer(), None);
+        Probe::set_layer_in(&mut payload, 2);
+        let p = Probe::parse_trailer(&payload).unwrap();
+        assert_eq!(p.layer(), Some(2));
+        assert_eq!(p.flags & FLAG_KEYFRAME, FLAG_KEYFRAME);
+        assert_eq!(p.with_layer(9).layer(), Some(MAX_LAYER));
+        assert_eq!(p.with_layer(0).layer(), Some(0));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
     vec![
         ("target", s.target.clone()),
         ("scenario", s.scenario.clone()),
+        ("bots", s.bots.clone()),
         (
             "joined / failed",
             format!("{} / {}", s.joined, s.join_failures),
@@ -54,6 +55,17 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
                 opt(s.latency_p50_ms, 2),
                 opt(s.latency_p99_ms, 2),
                 opt(s.latency_p999_ms, 2)
+            ),
+        ),
+        (
+            "video rx kbit/s per track",
+            opt(s.video_rx_kbps_per_track, 0),
+        ),
+        (
+            "video layers q / h / f (pkts)",
+            format!(
+                "{} / {} / {}",
+                s.video_layer_packets[0], s.video_layer_packets[1], s.video_layer_packets[2]
             ),
         ),
         ("server CPU (% of a core)", opt(s.server_cpu_pct, 1)),
@@ -360,6 +372,8 @@ mod tests {
         let t = table(&s);
         assert!(t.contains("loss (%)"));
         assert!(t.contains("0.500"));
+        assert!(t.contains("video layers q / h / f (pkts)"));
+        assert!(t.contains("bots"));
         let sbs = side_by_side(&[&s, &s]);
         assert_eq!(sbs.lines().count(), rows(&s).len());
     }

@@ -14,10 +14,14 @@ use serde::Serialize;
 use crate::bot::{Bot, BotConfig};
 use crate::error::BotError;
 use crate::histogram::LatencyHistogram;
-use crate::janus::{JanusError, JanusHandle, JanusPublisher, JanusSession, JanusSubscriber};
+use crate::janus::{
+    JanusError, JanusHandle, JanusLightPublisher, JanusLightSubscriber, JanusPublisher,
+    JanusSession, JanusSubscriber,
+};
+use crate::light::{LightBot, LightConfig};
 use crate::media::{PublisherConfig, SubscriberConfig};
 use crate::procstat::{read_pid, ProcError, ProcSample, ServerProbe};
-use crate::scenario::{Scenario, Target};
+use crate::scenario::{BotKind, Scenario, Target};
 use crate::stats::TrackStats;
 use crate::token;
 
@@ -69,6 +73,8 @@ pub struct RunConfig {
     pub progress: bool,
     /// Local address of the bots' media sockets.
     pub bind_ip: std::net::IpAddr,
+    /// Which bots join.
+    pub bots: BotKind,
 }
 
 impl RunConfig {
@@ -84,6 +90,7 @@ impl RunConfig {
             warmup: Duration::from_secs(1),
             progress: false,
             bind_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            bots: BotKind::Webrtc,
         }
     }
 }
@@ -156,6 +163,9 @@ pub struct Summary {
     pub target: String,
     /// The scenario name.
     pub scenario: String,
+    /// The bots used (`webrtc` or `light`).
+    #[serde(default)]
+    pub bots: String,
     /// Unix time of the start.
     pub started_unix: u64,
     /// Participants that joined and connected.
@@ -206,6 +216,13 @@ pub struct Summary {
     pub bot_cpu_us_per_packet: Option<f64>,
     /// The bots used more CPU than the server: on a shared machine the bots limit the test.
     pub bots_heavier_than_server: Option<bool>,
+    /// Received video bitrate per received video track, kbit/s (payload).
+    #[serde(default)]
+    pub video_rx_kbps_per_track: Option<f64>,
+    /// Video packets received per simulcast layer (q, h, f) in the window; zeros without
+    /// simulcast.
+    #[serde(default)]
+    pub video_layer_packets: [u64; 3],
     /// The first errors seen.
     pub errors: Vec<String>,
 }
@@ -260,15 +277,27 @@ pub struct RunResult {
 /// One joined participant.
 enum Member {
     Greenroom(Bot),
+    Light(LightBot),
     JanusPublisher(JanusPublisher, Mutex<Option<Arc<JanusSubscriber>>>),
     JanusSubscriber(JanusSubscriber),
+    JanusLightPublisher(
+        JanusLightPublisher,
+        Mutex<Option<Arc<JanusLightSubscriber>>>,
+    ),
+    JanusLightSubscriber(JanusLightSubscriber),
 }
 
 impl Member {
     fn received(&self) -> HashMap<String, TrackStats> {
         match self {
             Member::Greenroom(b) => b.received(),
+            Member::Light(b) => b.received(),
             Member::JanusSubscriber(s) => s.subscriber.stats(),
+            Member::JanusLightSubscriber(s) => s.subscriber.stats(),
+            Member::JanusLightPublisher(_, s) => {
+                let s = s.lock().clone();
+                s.map(|s| s.subscriber.stats()).unwrap_or_default()
+            }
             Member::JanusPublisher(_, s) => {
                 let s = s.lock().clone();
                 s.map(|s| s.subscriber.stats()).unwrap_or_default()
@@ -279,8 +308,10 @@ impl Member {
     fn sent_packets(&self) -> u64 {
         let sent = match self {
             Member::Greenroom(b) => b.sent(),
+            Member::Light(b) => b.sent(),
             Member::JanusPublisher(p, _) => p.publisher.sent(),
-            Member::JanusSubscriber(_) => return 0,
+            Member::JanusLightPublisher(p, _) => p.publisher.sent(),
+            Member::JanusSubscriber(_) | Member::JanusLightSubscriber(_) => return 0,
         };
         sent.values().map(|s| s.packets).sum()
     }
@@ -290,6 +321,7 @@ impl Member {
             Member::Greenroom(b) => {
                 let _ = b.close().await;
             }
+            Member::Light(b) => b.close().await,
             Member::JanusPublisher(p, s) => {
                 let s = s.lock().take();
                 if let Some(s) = s {
@@ -298,6 +330,14 @@ impl Member {
                 p.close().await;
             }
             Member::JanusSubscriber(s) => s.close().await,
+            Member::JanusLightPublisher(p, s) => {
+                let s = s.lock().take();
+                if let Some(s) = s {
+                    s.close().await;
+                }
+                p.close().await;
+            }
+            Member::JanusLightSubscriber(s) => s.close().await,
         }
     }
 }
@@ -307,6 +347,9 @@ impl Member {
 struct Totals {
     rx_packets: u64,
     rx_bytes: u64,
+    video_bytes: u64,
+    video_tracks: usize,
+    layer_packets: [u64; 3],
     lost: u64,
     tx_packets: u64,
     hist: LatencyHistogram,
@@ -323,6 +366,12 @@ impl Totals {
             _ => 1.0,
         };
         let rx = self.rx_packets.saturating_sub(earlier.rx_packets);
+        let mut layers = [0u64; 3];
+        for (i, l) in layers.iter_mut().enumerate() {
+            *l = self.layer_packets[i].saturating_sub(earlier.layer_packets[i]);
+        }
+        let video_tracks = self.video_tracks.max(earlier.video_tracks);
+        let video_bytes = self.video_bytes.saturating_sub(earlier.video_bytes);
         let lost = self.lost.saturating_sub(earlier.lost);
         let hist = self.hist.since(&earlier.hist);
         let server_cpu = match (self.server, earlier.server) {
@@ -333,6 +382,9 @@ impl Totals {
             secs,
             rx,
             rx_bytes: self.rx_bytes.saturating_sub(earlier.rx_bytes),
+            video_kbps_per_track: (video_tracks > 0)
+                .then(|| video_bytes as f64 * 8.0 / 1000.0 / secs / video_tracks as f64),
+            layers,
             tx: self.tx_packets.saturating_sub(earlier.tx_packets),
             lost,
             loss_pct: if rx + lost > 0 {
@@ -351,6 +403,8 @@ struct Delta {
     secs: f64,
     rx: u64,
     rx_bytes: u64,
+    video_kbps_per_track: Option<f64>,
+    layers: [u64; 3],
     tx: u64,
     lost: u64,
     loss_pct: f64,
@@ -396,6 +450,13 @@ impl Run {
             for s in m.received().values() {
                 t.rx_packets += s.packets;
                 t.rx_bytes += s.bytes;
+                if s.source.is_some_and(|src| !src.is_audio()) {
+                    t.video_bytes += s.bytes;
+                    t.video_tracks += 1;
+                    for (sum, n) in t.layer_packets.iter_mut().zip(s.layer_packets) {
+                        *sum += n;
+                    }
+                }
                 t.lost += s.lost;
                 t.hist.merge(&s.latency_hist);
             }
@@ -462,7 +523,11 @@ impl Run {
         let role = if publisher { "host" } else { "user" };
         let user = format!("bot-{index}");
         let tok = token::mint(&self.config.secret, &user, &self.greenroom_cid, role, 3600)?;
+        if self.config.bots == BotKind::Light {
+            return self.join_light(index, sources, tok).await;
+        }
         let mut cfg = BotConfig::new(&self.config.url, tok.clone());
+        cfg.quality = self.scenario.quality;
         cfg.timeout = self.config.timeout;
         cfg.publisher = self.publisher_config();
         cfg.bind_ip = self.config.bind_ip;
@@ -479,6 +544,34 @@ impl Run {
             let _ = bot.subscriber().wait_connected(self.config.timeout).await;
         }
         Ok(Member::Greenroom(bot))
+    }
+
+    async fn join_light(
+        &self,
+        index: usize,
+        sources: &[TrackSource],
+        tok: String,
+    ) -> Result<Member, LoadError> {
+        let publisher = !sources.is_empty();
+        let mut cfg = LightConfig::new(&self.config.url, tok.clone());
+        cfg.timeout = self.config.timeout;
+        cfg.bind_ip = self.config.bind_ip;
+        cfg.audio = self.scenario.audio;
+        cfg.video = self.scenario.video;
+        cfg.simulcast = self.scenario.simulcast;
+        cfg.quality = self.scenario.quality;
+        let bot = LightBot::connect(cfg).await?;
+        bot.join(&self.greenroom_cid, publisher).await?;
+        if publisher {
+            if index == 0 && self.needs_go_live() {
+                self.go_live(&tok).await?;
+            }
+            bot.publish(sources).await?;
+        } else {
+            // As for the webrtc-rs bots: media arrival is measured separately (first_media).
+            let _ = bot.wait_subscriber_connected(self.config.timeout).await;
+        }
+        Ok(Member::Light(bot))
     }
 
     fn needs_go_live(&self) -> bool {
@@ -528,6 +621,32 @@ impl Run {
             .janus
             .as_ref()
             .ok_or_else(|| LoadError::Config("no janus session".into()))?;
+        if self.config.bots == BotKind::Light {
+            let ip = self.config.bind_ip;
+            if sources.is_empty() {
+                let feeds = self.feeds.lock().clone();
+                let s = JanusLightSubscriber::join(
+                    &ctx.session,
+                    ctx.room,
+                    &feeds,
+                    ip,
+                    self.config.timeout,
+                )
+                .await?;
+                return Ok(Member::JanusLightSubscriber(s));
+            }
+            let p = JanusLightPublisher::join(
+                &ctx.session,
+                ctx.room,
+                &format!("bot-{index}"),
+                sources,
+                (ip, self.scenario.audio, self.scenario.video),
+                self.config.timeout,
+            )
+            .await?;
+            self.feeds.lock().push(p.feed);
+            return Ok(Member::JanusLightPublisher(p, Mutex::new(None)));
+        }
         if sources.is_empty() {
             let feeds = self.feeds.lock().clone();
             let s = JanusSubscriber::join(
@@ -560,6 +679,26 @@ impl Run {
         let gap = Duration::try_from_secs_f64(1.0 / self.scenario.join_rate)
             .unwrap_or(Duration::from_secs(1));
         for m in self.members() {
+            if let Member::JanusLightPublisher(p, slot) = &*m {
+                let others: Vec<u64> = feeds.iter().copied().filter(|f| *f != p.feed).collect();
+                if others.is_empty() {
+                    continue;
+                }
+                match JanusLightSubscriber::join(
+                    &ctx.session,
+                    ctx.room,
+                    &others,
+                    self.config.bind_ip,
+                    self.config.timeout,
+                )
+                .await
+                {
+                    Ok(s) => *slot.lock() = Some(Arc::new(s)),
+                    Err(e) => self.error(format!("publisher subscription: {e}")),
+                }
+                tokio::time::sleep(gap).await;
+                continue;
+            }
             let Member::JanusPublisher(p, slot) = &*m else {
                 continue;
             };
@@ -708,6 +847,21 @@ impl Default for FindMax {
     }
 }
 
+/// Refuses the combinations the bots cannot run.
+pub fn check_bots(scenario: &Scenario, config: &RunConfig) -> Result<(), String> {
+    if scenario.simulcast && config.bots == BotKind::Webrtc {
+        return Err(
+            "--simulcast needs --bots light: the webrtc-rs bots publish one layer \
+                    per track"
+                .into(),
+        );
+    }
+    if scenario.simulcast && config.target == Target::Janus {
+        return Err("--simulcast is not supported against Janus".into());
+    }
+    Ok(())
+}
+
 fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -718,6 +872,7 @@ fn unix_now() -> u64 {
 impl Run {
     async fn start(scenario: &Scenario, config: &RunConfig) -> Result<Arc<Run>, LoadError> {
         scenario.validate().map_err(LoadError::Config)?;
+        check_bots(scenario, config).map_err(LoadError::Config)?;
         let room: u64 = rand::random::<u64>() % (1u64 << 40) + 1;
         let janus = match config.target {
             Target::Janus => {
@@ -816,6 +971,9 @@ impl Run {
         Summary {
             target: self.config.target.as_str().into(),
             scenario: self.scenario.name.clone(),
+            bots: self.config.bots.as_str().into(),
+            video_rx_kbps_per_track: d.video_kbps_per_track,
+            video_layer_packets: d.layers,
             started_unix: unix_now(),
             joined: self.joined(),
             join_failures: *self.failed.lock(),

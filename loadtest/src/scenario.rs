@@ -5,7 +5,33 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use greenroom_proto::Quality;
+
+use crate::light::SIMULCAST_LAYERS;
 use crate::media::{AudioParams, VideoParams};
+
+/// Which client implementation the bots use.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BotKind {
+    /// webrtc-rs 0.21 PeerConnections ([`Bot`](crate::Bot)): complete clients, about 55-70 µs
+    /// of CPU per received packet in a release build.
+    #[default]
+    Webrtc,
+    /// str0m 0.25 in RTP mode ([`LightBot`](crate::LightBot)): no depacketizing, one task and
+    /// socket per peer, all on one thread; about 33 µs per received packet.
+    Light,
+}
+
+impl BotKind {
+    /// The name shown in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BotKind::Webrtc => "webrtc",
+            BotKind::Light => "light",
+        }
+    }
+}
 
 /// The server a scenario runs against.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +120,11 @@ pub struct Scenario {
     pub audio: AudioParams,
     /// Greenroom call type (`default`, `audio_room`, `livestream`, `development`).
     pub call_type: String,
+    /// Video publishers send three simulcast layers (light bots only).
+    pub simulcast: bool,
+    /// Receivers ask this quality for every video track (`set_quality`); the server's default
+    /// (high) when `None`.
+    pub quality: Option<Quality>,
 }
 
 impl Scenario {
@@ -110,6 +141,8 @@ impl Scenario {
             video: VideoPreset::Medium.params(),
             audio: AudioParams::default(),
             call_type: "default".into(),
+            simulcast: false,
+            quality: None,
         }
     }
 
@@ -123,10 +156,22 @@ impl Scenario {
         self.publishers() + self.subscribers
     }
 
-    /// Media packets per second one publisher of each kind sends: (audio, video).
+    /// Media packets per second one publisher of each kind sends: (audio, video). With
+    /// simulcast, the video figure is the layer a receiver gets at the requested quality.
     pub fn packets_per_second(&self) -> (f64, f64) {
         let v = &self.video;
-        let frame_bytes = f64::from(v.bitrate_bps) / 8.0 / f64::from(v.fps.max(1));
+        let (num, den) = if self.simulcast {
+            let i = match self.quality.unwrap_or(Quality::High) {
+                Quality::Low => 0,
+                Quality::Medium => 1,
+                Quality::High => 2,
+            };
+            let (_, num, den) = SIMULCAST_LAYERS[i];
+            (f64::from(num), f64::from(den))
+        } else {
+            (1.0, 1.0)
+        };
+        let frame_bytes = f64::from(v.bitrate_bps) * num / den / 8.0 / f64::from(v.fps.max(1));
         let per_frame = (frame_bytes / v.max_payload.max(1) as f64).ceil().max(1.0);
         (50.0, per_frame * f64::from(v.fps))
     }

@@ -56,6 +56,12 @@ pub struct TrackStats {
     pub last_packet_at: Option<Instant>,
     /// Distribution of probe latencies, microseconds (for percentiles).
     pub latency_hist: LatencyHistogram,
+    /// Simulcast layer of the last probe (0 = lowest), `None` for a non-simulcast sender.
+    pub layer: Option<u8>,
+    /// Packets received per simulcast layer (q, h, f), from the probes' layer bits.
+    pub layer_packets: [u64; 3],
+    /// Payload bytes received per simulcast layer (q, h, f).
+    pub layer_bytes: [u64; 3],
 }
 
 impl TrackStats {
@@ -154,6 +160,20 @@ impl TrackCounter {
         s.max_latency_us = Some(s.max_latency_us.map_or(latency, |m| m.max(latency)));
         s.sum_latency_us = s.sum_latency_us.saturating_add(latency);
         s.latency_hist.record(latency);
+        let layer = probe.layer();
+        if let Some(l) = layer {
+            let i = usize::from(l).min(2);
+            s.layer_packets[i] += 1;
+            s.layer_bytes[i] += r.payload.len() as u64;
+        }
+        if layer != s.layer {
+            // Each simulcast layer has its own probe sequence: the server switched layers, so
+            // the accounting restarts on the new layer's sequence (no loss is counted for it).
+            s.layer = layer;
+            s.first_seq = None;
+            s.highest_seq = None;
+            self.window = 0;
+        }
         self.sequence(probe.seq);
     }
 
@@ -251,6 +271,35 @@ mod tests {
         assert_eq!(c.stats().packets, 7);
         assert_eq!(c.stats().probes, 7);
         assert_eq!(c.stats().bytes, 7 * 120);
+    }
+
+    #[test]
+    fn a_simulcast_layer_switch_restarts_the_sequence_without_loss() {
+        let mut c = TrackCounter::new("t".into(), "1".into(), Some(TrackSource::Camera));
+        let mut feed_layer = |seq: u32, layer: u8| {
+            let mut p = probe_payload(seq, 0);
+            Probe::set_layer_in(&mut p, layer);
+            c.record(&Received {
+                ssrc: 1,
+                payload_type: 96,
+                marker: false,
+                payload: &p,
+                recv_us: 0,
+                at: Instant::now(),
+            });
+        };
+        for seq in 100..110 {
+            feed_layer(seq, 0);
+        }
+        for seq in 5000..5010 {
+            feed_layer(seq, 2);
+        }
+        feed_layer(5011, 2);
+        let s = c.stats();
+        assert_eq!(s.lost, 1, "only the gap inside layer 2");
+        assert_eq!(s.layer, Some(2));
+        assert_eq!(s.layer_packets, [10, 0, 11]);
+        assert_eq!(s.layer_bytes[0], 10 * 120);
     }
 
     #[test]

@@ -9,12 +9,29 @@ use clap::{Parser, ValueEnum};
 use greenroom_loadtest::procstat::ServerProbe;
 use greenroom_loadtest::report;
 use greenroom_loadtest::runner::{self, FindMax, RunConfig, RunResult};
-use greenroom_loadtest::scenario::{suite, Scenario, Target, VideoPreset};
+use greenroom_loadtest::scenario::{suite, BotKind, Scenario, Target, VideoPreset};
+use greenroom_proto::Quality;
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum TargetArg {
     Greenroom,
     Janus,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum BotsArg {
+    /// webrtc-rs PeerConnections: complete clients, heavier (about 55-70 µs CPU per packet).
+    Webrtc,
+    /// str0m in RTP mode, no depacketizing, all peers on one thread: about half the CPU
+    /// (about 33 µs per packet).
+    Light,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum QualityArg {
+    Low,
+    Medium,
+    High,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -24,7 +41,8 @@ enum PresetArg {
     High,
 }
 
-/// Load-test a Greenroom server (or Janus's videoroom, for comparison) with webrtc-rs bots.
+/// Load-test a Greenroom server (or Janus's videoroom, for comparison) with WebRTC bots
+/// (webrtc-rs, or light str0m bots with --bots light).
 #[derive(Debug, Parser)]
 #[command(name = "greenroom-loadtest", version)]
 struct Args {
@@ -71,9 +89,18 @@ struct Args {
     /// Video frames per second (overrides the preset's).
     #[arg(long)]
     video_fps: Option<u32>,
-    /// Simulcast publishing (not supported by the bots yet: refused).
+    /// Bot implementation: webrtc (webrtc-rs) or light (str0m in RTP mode, about half the CPU
+    /// per received packet).
+    #[arg(long, value_enum, default_value = "webrtc")]
+    bots: BotsArg,
+    /// Video publishers send three simulcast layers (rids q, h, f at 1/4, 1/2 and the full
+    /// bitrate). Needs --bots light and --target greenroom.
     #[arg(long)]
     simulcast: bool,
+    /// Receivers ask this simulcast quality (set_quality) for every video track
+    /// (default: the server's, high).
+    #[arg(long, value_enum)]
+    quality: Option<QualityArg>,
     /// Greenroom call type (default, audio_room, livestream, development).
     #[arg(long, default_value = "default")]
     call_type: String,
@@ -193,7 +220,17 @@ fn scenario_of(a: &Args) -> Scenario {
     if let Some(f) = a.video_fps {
         s.video.fps = f.max(1);
     }
+    s.simulcast = a.simulcast;
+    s.quality = a.quality.map(quality_of);
     s
+}
+
+fn quality_of(q: QualityArg) -> Quality {
+    match q {
+        QualityArg::Low => Quality::Low,
+        QualityArg::Medium => Quality::Medium,
+        QualityArg::High => Quality::High,
+    }
 }
 
 fn write_reports(out: &std::path::Path, stem: &str, results: &[RunResult]) -> anyhow::Result<()> {
@@ -219,9 +256,6 @@ async fn main() -> anyhow::Result<()> {
     if !args.compare.is_empty() {
         return compare(&args.compare);
     }
-    if args.simulcast {
-        bail!("--simulcast: the bots do not publish simulcast layers yet");
-    }
     let target = match args.target {
         TargetArg::Greenroom => Target::Greenroom,
         TargetArg::Janus => Target::Janus,
@@ -231,6 +265,10 @@ async fn main() -> anyhow::Result<()> {
         Target::Janus => "http://127.0.0.1:8088/janus".into(),
     });
     let mut config = RunConfig::new(target, url);
+    config.bots = match args.bots {
+        BotsArg::Webrtc => BotKind::Webrtc,
+        BotsArg::Light => BotKind::Light,
+    };
     config.secret = args.secret.clone();
     config.timeout = args.timeout;
     config.progress = !args.no_progress;
@@ -254,18 +292,26 @@ async fn main() -> anyhow::Result<()> {
             .map(|mut s| {
                 s.join_rate = args.join_rate;
                 s.call_type = args.call_type.clone();
+                s.simulcast = args.simulcast;
+                s.quality = args.quality.map(quality_of);
                 s
             })
             .collect()
     } else {
         vec![scenario_of(&args)]
     };
+    for s in &scenarios {
+        if let Err(e) = runner::check_bots(s, &config) {
+            bail!("{e}");
+        }
+    }
     let mut results = Vec::new();
     for s in &scenarios {
         eprintln!(
-            "== {} on {}: {} audio + {} video publishers, {} subscribers, {:?}",
+            "== {} on {} ({} bots): {} audio + {} video publishers, {} subscribers, {:?}",
             s.name,
             target.as_str(),
+            config.bots.as_str(),
             s.audio_publishers,
             s.video_publishers,
             s.subscribers,
