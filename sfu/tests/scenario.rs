@@ -362,6 +362,26 @@ fn mid_of(tracks: &[SubscribedTrack], source: TrackSource) -> String {
         .unwrap()
 }
 
+/// A media plane on a free port of 127.0.0.1, and its event stream.
+async fn start(options: greenroom_sfu::SfuOptions) -> (Sfu, Events) {
+    let (sfu, rx) = Sfu::start_with(
+        SfuConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            advertise_ip: "127.0.0.1".parse().unwrap(),
+        },
+        options,
+    )
+    .await
+    .unwrap();
+    let events = Events {
+        rx,
+        offers: HashMap::new(),
+        speakers: Vec::new(),
+        failed: Vec::new(),
+    };
+    (sfu, events)
+}
+
 const ALL: MediaGate = MediaGate {
     send: SourceSet::ALL,
     receive: true,
@@ -369,18 +389,7 @@ const ALL: MediaGate = MediaGate {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publisher_to_two_subscribers_with_gate_and_receive_flag() {
-    let (sfu, rx) = Sfu::start(SfuConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        advertise_ip: "127.0.0.1".parse().unwrap(),
-    })
-    .await
-    .unwrap();
-    let mut events = Events {
-        rx,
-        offers: HashMap::new(),
-        speakers: Vec::new(),
-        failed: Vec::new(),
-    };
+    let (sfu, mut events) = start(greenroom_sfu::SfuOptions::default()).await;
     let call: CallCid = "default:room1".parse().unwrap();
     sfu.join(&call, "alice", "u-alice", ALL);
     sfu.join(&call, "bob", "u-bob", ALL);
@@ -584,25 +593,12 @@ async fn publish_and_subscribe(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_are_pinned_to_shards_and_each_shard_forwards() {
-    let (sfu, rx) = Sfu::start_with(
-        SfuConfig {
-            bind: "127.0.0.1:0".parse().unwrap(),
-            advertise_ip: "127.0.0.1".parse().unwrap(),
-        },
-        greenroom_sfu::SfuOptions {
-            shards: 2,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let (sfu, mut events) = start(greenroom_sfu::SfuOptions {
+        shards: 2,
+        ..Default::default()
+    })
+    .await;
     assert_eq!(sfu.shard_count(), 2);
-    let mut events = Events {
-        rx,
-        offers: HashMap::new(),
-        speakers: Vec::new(),
-        failed: Vec::new(),
-    };
     let one: CallCid = "default:one".parse().unwrap();
     let two: CallCid = "default:two".parse().unwrap();
     let (_a, a_sub, (a_audio, a_video)) =
@@ -666,18 +662,7 @@ async fn calls_are_pinned_to_shards_and_each_shard_forwards() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h264_vp9_and_av1_publishers_reach_a_subscriber_in_their_codec() {
-    let (sfu, rx) = Sfu::start(SfuConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        advertise_ip: "127.0.0.1".parse().unwrap(),
-    })
-    .await
-    .unwrap();
-    let mut events = Events {
-        rx,
-        offers: HashMap::new(),
-        speakers: Vec::new(),
-        failed: Vec::new(),
-    };
+    let (sfu, mut events) = start(greenroom_sfu::SfuOptions::default()).await;
     let call: CallCid = "default:codecs".parse().unwrap();
     for pid in ["h", "v", "a", "sub"] {
         sfu.join(&call, pid, &format!("u-{pid}"), ALL);
