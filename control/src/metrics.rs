@@ -96,6 +96,24 @@ fn register_process() {
     });
 }
 
+/// This process's user + system CPU time in seconds from `/proc/self/stat`, at the kernel's
+/// 10 ms resolution (`process_cpu_seconds_total` of the process collector counts whole
+/// seconds, too coarse for a 10-second load-test window). `None` off Linux or on a bad read.
+fn precise_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_of_stat(&stat)
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in seconds (USER_HZ = 100).
+fn cpu_seconds_of_stat(stat: &str) -> Option<f64> {
+    // The command name is in parentheses and may hold spaces: count fields after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: f64 = fields.next()?.parse().ok()?;
+    let stime: f64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 /// Renders every metric in the Prometheus text format.
 pub fn render(state: &AppState) -> String {
     register_process();
@@ -113,6 +131,13 @@ pub fn render(state: &AppState) -> String {
         tracing::error!("encoding metrics: {e}");
     }
     let mut text = String::from_utf8_lossy(&buf).into_owned();
+    if let Some(cpu) = precise_cpu_seconds() {
+        text.push_str(
+            "# HELP greenroom_process_cpu_seconds_total User and system CPU time of this process, \
+             10 ms resolution\n# TYPE greenroom_process_cpu_seconds_total counter\n",
+        );
+        text.push_str(&format!("greenroom_process_cpu_seconds_total {cpu}\n"));
+    }
     if let Some(sfu) = &state.sfu {
         text.push_str(&sfu.metrics_text());
     }
@@ -130,6 +155,15 @@ pub async fn handler(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_seconds_from_a_stat_line_with_spaces_in_the_name() {
+        let line = "42 (a (weird) name) S 1 2 3 4 5 6 7 8 9 10 250 75 0 0 20 0 1 0";
+        assert_eq!(cpu_seconds_of_stat(line), Some(3.25));
+        assert_eq!(cpu_seconds_of_stat("garbage"), None);
+        assert_eq!(cpu_seconds_of_stat("1 (x) S 1 2"), None);
+        assert!(precise_cpu_seconds().is_some_and(|c| c >= 0.0));
+    }
 
     #[test]
     fn registers_and_renders() {

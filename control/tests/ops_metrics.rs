@@ -156,7 +156,17 @@ async fn metrics_follow_forwarding_and_gate_drops() {
         "greenroom_packets_dropped_total",
         "greenroom_rtt_seconds",
         "greenroom_peers",
+        "greenroom_shard_peers",
+        "greenroom_engine_drives_total",
+        "greenroom_udp_unrouted_total",
+        "greenroom_process_cpu_seconds_total",
     ] {
         assert!(t4.contains(&format!("# TYPE {name} ")), "{name}");
     }
+    // Forwarding drove the subscriber peers; the server's CPU clock advanced with 10 ms steps.
+    assert!(value(&t4, "greenroom_engine_drives_total{cause=\"output\"}") > 0.0);
+    assert!(
+        value(&t4, "greenroom_process_cpu_seconds_total")
+            > value(&t3, "greenroom_process_cpu_seconds_total")
+    );
 }

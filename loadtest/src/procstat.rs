@@ -144,7 +144,9 @@ impl ServerProbe {
                     .error_for_status()?
                     .text()
                     .await?;
-                let cpu = metric_value(&text, "process_cpu_seconds_total")
+                // Greenroom's own counter has 10 ms resolution; the standard one whole seconds.
+                let cpu = metric_value(&text, "greenroom_process_cpu_seconds_total")
+                    .or_else(|| metric_value(&text, "process_cpu_seconds_total"))
                     .ok_or_else(|| ProcError::Format("no process_cpu_seconds_total".into()))?;
                 let rss = metric_value(&text, "process_resident_memory_bytes")
                     .ok_or_else(|| ProcError::Format("no process_resident_memory_bytes".into()))?;
