@@ -3,6 +3,8 @@
 //! the shared UDP socket. See the crate docs for the structure.
 
 use std::cmp::Reverse;
+
+use rayon::prelude::*;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -39,6 +41,9 @@ use crate::{SfuError, SfuEvent, SfuOptions};
 const TICK: Duration = Duration::from_millis(250);
 /// At most one keyframe request per producer layer per this interval.
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+/// A fan-out that leaves at least this many subscriber peers to drive is driven on the worker
+/// pool (all cores), so one large call is not limited to its shard's thread.
+const PARALLEL_DRIVE_MIN: usize = 32;
 /// Shortest sleep of a shard waiting for its next timer.
 const MIN_SLEEP: Duration = Duration::from_millis(1);
 /// Initial bandwidth estimate towards subscribers.
@@ -153,6 +158,50 @@ pub fn rtc_config(bwe: bool) -> RtcConfig {
     cfg
 }
 
+/// A peer driven on the worker pool: its key, next timeout or failure, and its events.
+type Driven = (Key, Result<Instant, String>, Vec<(Key, Event)>);
+
+/// Runs one peer's str0m cycle: the input (or a timeout), then its output until it asks for a
+/// timeout; transmits go straight to the socket, events into `events`. A panic inside str0m is
+/// caught here and reported as this peer's failure. Free of the engine, so the worker pool can
+/// run many peers at once.
+fn drive_peer(
+    peer: &mut Peer,
+    key: Key,
+    input: Option<Input<'_>>,
+    now: Instant,
+    socket: &UdpSocket,
+    events: &mut Vec<(Key, Event)>,
+) -> Result<Instant, String> {
+    peer.dirty = false;
+    #[cfg(feature = "fault-injection")]
+    let inject = std::mem::take(&mut peer.panic_next);
+    let rtc = &mut peer.rtc;
+    let res = catch_unwind(AssertUnwindSafe(|| -> Result<Instant, str0m::RtcError> {
+        #[cfg(feature = "fault-injection")]
+        if inject {
+            panic!("injected fault");
+        }
+        rtc.handle_input(input.unwrap_or(Input::Timeout(now)))?;
+        loop {
+            match rtc.poll_output()? {
+                Output::Timeout(t) => return Ok(t),
+                Output::Transmit(t) => {
+                    if let Err(e) = socket.send_to(&t.contents, t.destination) {
+                        debug!("send to {} failed: {e}", t.destination);
+                    }
+                }
+                Output::Event(e) => events.push((key, e)),
+            }
+        }
+    }));
+    match res {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(format!("rtc error: {e}")),
+        Err(_) => Err("media engine panic in peer".into()),
+    }
+}
+
 /// str0m's standard RTP header extensions without transport-wide-cc.
 fn without_twcc() -> ExtensionMap {
     let mut map = ExtensionMap::empty();
@@ -223,6 +272,20 @@ impl<T> Slab<T> {
             }
             _ => None,
         }
+    }
+
+    fn iter_mut(&mut self) -> impl Iterator<Item = (Key, &mut T)> {
+        self.items.iter_mut().enumerate().filter_map(|(i, (g, v))| {
+            v.as_mut().map(|v| {
+                (
+                    Key {
+                        idx: i as u32,
+                        gen: *g,
+                    },
+                    v,
+                )
+            })
+        })
     }
 
     fn iter(&self) -> impl Iterator<Item = (Key, &T)> {
@@ -386,10 +449,6 @@ struct Engine {
     counters: Arc<SfuCounters>,
 }
 
-enum Fail {
-    Error(String),
-}
-
 impl Engine {
     fn new(setup: ShardSetup) -> Engine {
         let ShardSetup {
@@ -506,50 +565,54 @@ impl Engine {
             peers,
             socket,
             pending_events,
-            timers,
             ..
         } = self;
         let Some(peer) = peers.get_mut(key) else {
             return;
         };
-        peer.dirty = false;
-        #[cfg(feature = "fault-injection")]
-        let inject = std::mem::take(&mut peer.panic_next);
-        let rtc = &mut peer.rtc;
-        let res = catch_unwind(AssertUnwindSafe(|| -> Result<Instant, str0m::RtcError> {
-            #[cfg(feature = "fault-injection")]
-            if inject {
-                panic!("injected fault");
-            }
-            rtc.handle_input(input.unwrap_or(Input::Timeout(now)))?;
-            loop {
-                match rtc.poll_output()? {
-                    Output::Timeout(t) => return Ok(t),
-                    Output::Transmit(t) => {
-                        if let Err(e) = socket.send_to(&t.contents, t.destination) {
-                            debug!("send to {} failed: {e}", t.destination);
-                        }
-                    }
-                    Output::Event(e) => pending_events.push((key, e)),
-                }
-            }
-        }));
+        let res = drive_peer(peer, key, input, now, socket, pending_events);
+        self.after_drive(key, res);
+    }
+
+    /// Drives every dirty peer at once on the worker pool (a large fan-out), then files their
+    /// events, timeouts and failures in this thread.
+    fn drive_dirty_parallel(&mut self, now: Instant) {
+        add(&self.counters.drives[DRIVE_OUTPUT], self.dirty.len() as u64);
+        add(&self.counters.parallel_fanouts, 1);
+        self.dirty.clear();
+        let Engine { peers, socket, .. } = self;
+        let socket = &*socket;
+        let batch: Vec<(Key, &mut Peer)> = peers.iter_mut().filter(|(_, p)| p.dirty).collect();
+        let done: Vec<Driven> = batch
+            .into_par_iter()
+            .map(|(key, peer)| {
+                let mut events = Vec::new();
+                let res = drive_peer(peer, key, None, now, socket, &mut events);
+                (key, res, events)
+            })
+            .collect();
+        for (key, res, events) in done {
+            self.pending_events.extend(events);
+            self.after_drive(key, res);
+        }
+    }
+
+    /// Files a drive's outcome: the peer's next timeout, or its failure.
+    fn after_drive(&mut self, key: Key, res: Result<Instant, String>) {
         let fail = match res {
-            Ok(Ok(t)) => {
+            Ok(t) => {
+                let Some(peer) = self.peers.get_mut(key) else {
+                    return;
+                };
                 if Some(t) != peer.timeout {
                     peer.timeout = Some(t);
-                    timers.push(Reverse((t, key)));
+                    self.timers.push(Reverse((t, key)));
                 }
-                if peer.rtc.is_alive() {
-                    None
-                } else {
-                    Some(Fail::Error("connection closed".into()))
-                }
+                (!peer.rtc.is_alive()).then(|| "connection closed".to_owned())
             }
-            Ok(Err(e)) => Some(Fail::Error(format!("rtc error: {e}"))),
-            Err(_) => Some(Fail::Error("media engine panic in peer".into())),
+            Err(reason) => Some(reason),
         };
-        if let Some(Fail::Error(reason)) = fail {
+        if let Some(reason) = fail {
             self.fail_peer(key, &reason);
         }
     }
@@ -574,6 +637,10 @@ impl Engine {
                 if self.pending_events.is_empty() {
                     self.pending_events = evs;
                 }
+                continue;
+            }
+            if self.dirty.len() >= PARALLEL_DRIVE_MIN {
+                self.drive_dirty_parallel(now);
                 continue;
             }
             if let Some(k) = self.dirty.pop() {

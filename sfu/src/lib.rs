@@ -531,6 +531,8 @@ impl Sfu {
     ///   and `greenroom_shard_peers{shard}` (the balance over the engine shards).
     /// * `greenroom_engine_drives_total{cause}`: str0m drive cycles (`input` = a datagram,
     ///   `output` = packets written to the peer, `timer` = its timeout fell due).
+    /// * `greenroom_engine_parallel_fanouts_total`: fan-outs with at least 32 subscriber peers
+    ///   to drive, driven on the worker pool (every core) instead of the shard's thread.
     /// * `greenroom_udp_unrouted_total`: datagrams dropped before any shard (unknown source).
     /// * histograms `greenroom_rtt_seconds`, `greenroom_loss_ratio`, `greenroom_jitter_seconds`
     ///   `{direction="ingress"|"egress"}`, one sample per stream per [`STATS_INTERVAL`].

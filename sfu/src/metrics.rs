@@ -162,6 +162,8 @@ pub(crate) struct SfuCounters {
     pub(crate) peers: AtomicU64,
     /// str0m drive cycles (`handle_input` + `poll_output`), by [`DRIVE_INPUT`] etc.
     pub(crate) drives: [AtomicU64; 3],
+    /// Fan-outs whose subscriber peers were driven on the worker pool.
+    pub(crate) parallel_fanouts: AtomicU64,
     pub(crate) rtt: [Histogram<9>; 2],
     pub(crate) loss: [Histogram<8>; 2],
     pub(crate) jitter: [Histogram<8>; 2],
@@ -190,6 +192,7 @@ impl Default for SfuCounters {
             consumers: zeros(),
             peers: AtomicU64::new(0),
             drives: zeros(),
+            parallel_fanouts: AtomicU64::new(0),
             rtt: std::array::from_fn(|_| Histogram::new(RTT_BOUNDS)),
             loss: std::array::from_fn(|_| Histogram::new(LOSS_BOUNDS)),
             jitter: std::array::from_fn(|_| Histogram::new(JITTER_BOUNDS)),
@@ -259,6 +262,7 @@ impl SfuCounters {
         }
         absorb_all(&self.gate_drops, &o.gate_drops);
         absorb_all(&self.drives, &o.drives);
+        add(&self.parallel_fanouts, o.parallel_fanouts.load(Relaxed));
         absorb_all(&self.consumer_drops, &o.consumer_drops);
         add(&self.plis, o.plis.load(Relaxed));
         add(&self.peers, o.peers.load(Relaxed));
@@ -363,6 +367,14 @@ impl SfuCounters {
             "str0m drive cycles by cause: a datagram (input), written packets or state (output), a due timeout (timer)",
         );
         by_label(&mut o, name, "cause", &DRIVE_CAUSES, &self.drives);
+        let name = "greenroom_engine_parallel_fanouts_total";
+        header(
+            &mut o,
+            name,
+            "counter",
+            "Fan-outs large enough to drive their subscriber peers on the worker pool (all cores)",
+        );
+        let _ = writeln!(o, "{name} {}", self.parallel_fanouts.load(Relaxed));
         let name = "greenroom_rtt_seconds";
         header(
             &mut o,

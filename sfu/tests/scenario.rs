@@ -743,3 +743,52 @@ async fn h264_vp9_and_av1_publishers_reach_a_subscriber_in_their_codec() {
     }
     assert!(events.failed.is_empty(), "{:?}", events.failed);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_fan_out_is_driven_on_the_worker_pool_and_reaches_everyone() {
+    let (sfu, mut events) = start(greenroom_sfu::SfuOptions {
+        shards: 1,
+        ..Default::default()
+    })
+    .await;
+    let call: CallCid = "audio_room:big".parse().unwrap();
+    const LISTENERS: usize = 40;
+    sfu.join(&call, "speaker", "u-speaker", ALL);
+    let speaker = Client::new();
+    let (offer, tracks, pending) = speaker.publish_offer();
+    let answer = sfu.publish("speaker", offer, tracks).await.unwrap();
+    speaker.accept_answer(pending, answer);
+    let mut listeners = Vec::new();
+    for i in 0..LISTENERS {
+        let pid = format!("l{i}");
+        sfu.join(&call, &pid, &format!("u-{pid}"), ALL);
+        let c = Client::new();
+        let (sdp, tracks) = events.offer(&pid).await;
+        let answer = c.accept_offer(sdp);
+        sfu.subscriber_answer(&pid, answer).await.unwrap();
+        listeners.push((c, mid_of(&tracks, TrackSource::Microphone)));
+    }
+    wait_for("everyone connected", || {
+        speaker.is_connected() && listeners.iter().all(|(c, _)| c.is_connected())
+    })
+    .await;
+    speaker.set_sending(true);
+    wait_for("audio at every listener", || {
+        listeners.iter().all(|(c, mid)| c.count(mid) > 20)
+    })
+    .await;
+    // Every listener got one continuous stream (no duplicates, no reordering by the pool).
+    for (c, mid) in &listeners {
+        let seqs = c.received(mid).seqs;
+        assert!(seqs.windows(2).all(|w| w[1] > w[0]), "{seqs:?}");
+    }
+    let text = sfu.metrics_text();
+    let fanouts: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("greenroom_engine_parallel_fanouts_total "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(fanouts > 0.0, "the pool never drove a fan-out:\n{text}");
+    assert!(events.failed.is_empty(), "{:?}", events.failed);
+}
