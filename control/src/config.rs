@@ -92,6 +92,8 @@ pub struct RtcConfig {
     pub node_ip: IpAddr,
     /// Media engine shards (forwarding threads, calls pinned to one each); 0 = one per core.
     pub shards: usize,
+    /// Fan-outs to at least this many subscribers are driven on every core; 0 = never.
+    pub parallel_fanout_min: usize,
 }
 
 /// Token signing keys.
@@ -132,6 +134,7 @@ impl Default for RtcConfig {
             udp_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 7882),
             node_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             shards: 0,
+            parallel_fanout_min: 64,
         }
     }
 }
@@ -214,6 +217,9 @@ impl Config {
         if let Some(v) = env_parse("GREENROOM_RTC_SHARDS", get)? {
             self.rtc.shards = v;
         }
+        if let Some(v) = env_parse("GREENROOM_RTC_PARALLEL_FANOUT_MIN", get)? {
+            self.rtc.parallel_fanout_min = v;
+        }
         if let Some(v) = get("GREENROOM_API_KEY") {
             self.keys.api_key = v;
         }
@@ -292,6 +298,9 @@ mod tests {
         c.apply_env(&|k| (k == "GREENROOM_RTC_SHARDS").then(|| "3".to_owned()))
             .unwrap();
         assert_eq!(c.rtc.shards, 3);
+        c.apply_env(&|k| (k == "GREENROOM_RTC_PARALLEL_FANOUT_MIN").then(|| "0".to_owned()))
+            .unwrap();
+        assert_eq!(c.rtc.parallel_fanout_min, 0);
         let bad = c.apply_env(&|k| (k == "GREENROOM_RTC_SHARDS").then(|| "-1".to_owned()));
         assert!(bad
             .unwrap_err()

@@ -64,6 +64,7 @@ pub async fn start_state(
         },
         greenroom_sfu::SfuOptions {
             shards: config.rtc.shards,
+            parallel_fanout_min: config.rtc.parallel_fanout_min,
             ..Default::default()
         },
     )

@@ -41,9 +41,6 @@ use crate::{SfuError, SfuEvent, SfuOptions};
 const TICK: Duration = Duration::from_millis(250);
 /// At most one keyframe request per producer layer per this interval.
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
-/// A fan-out that leaves at least this many subscriber peers to drive is driven on the worker
-/// pool (all cores), so one large call is not limited to its shard's thread.
-const PARALLEL_DRIVE_MIN: usize = 32;
 /// Shortest sleep of a shard waiting for its next timer.
 const MIN_SLEEP: Duration = Duration::from_millis(1);
 /// Initial bandwidth estimate towards subscribers.
@@ -639,7 +636,8 @@ impl Engine {
                 }
                 continue;
             }
-            if self.dirty.len() >= PARALLEL_DRIVE_MIN {
+            let min = self.opts.parallel_fanout_min;
+            if min > 0 && self.dirty.len() >= min {
                 self.drive_dirty_parallel(now);
                 continue;
             }

@@ -79,6 +79,11 @@ pub struct SfuOptions {
     pub connect_timeout: std::time::Duration,
     /// Engine shards (threads that forward media); 0 = one per available core.
     pub shards: usize,
+    /// A fan-out that leaves at least this many subscriber peers to drive runs them on a
+    /// worker pool over every core, so one large call is not limited to its shard's thread;
+    /// 0 = never. Default 64. It costs some CPU per packet (pool hand-off and wake-ups) in
+    /// exchange for a call's capacity; see docs/BENCHMARKS.md.
+    pub parallel_fanout_min: usize,
 }
 
 impl Default for SfuOptions {
@@ -86,6 +91,7 @@ impl Default for SfuOptions {
         SfuOptions {
             connect_timeout: std::time::Duration::from_secs(20),
             shards: 0,
+            parallel_fanout_min: 64,
         }
     }
 }
@@ -531,8 +537,9 @@ impl Sfu {
     ///   and `greenroom_shard_peers{shard}` (the balance over the engine shards).
     /// * `greenroom_engine_drives_total{cause}`: str0m drive cycles (`input` = a datagram,
     ///   `output` = packets written to the peer, `timer` = its timeout fell due).
-    /// * `greenroom_engine_parallel_fanouts_total`: fan-outs with at least 32 subscriber peers
-    ///   to drive, driven on the worker pool (every core) instead of the shard's thread.
+    /// * `greenroom_engine_parallel_fanouts_total`: fan-outs with at least
+    ///   [`SfuOptions::parallel_fanout_min`] subscriber peers to drive, driven on the worker
+    ///   pool (every core) instead of the shard's thread.
     /// * `greenroom_udp_unrouted_total`: datagrams dropped before any shard (unknown source).
     /// * histograms `greenroom_rtt_seconds`, `greenroom_loss_ratio`, `greenroom_jitter_seconds`
     ///   `{direction="ingress"|"egress"}`, one sample per stream per [`STATS_INTERVAL`].

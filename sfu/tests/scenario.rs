@@ -748,6 +748,7 @@ async fn h264_vp9_and_av1_publishers_reach_a_subscriber_in_their_codec() {
 async fn a_large_fan_out_is_driven_on_the_worker_pool_and_reaches_everyone() {
     let (sfu, mut events) = start(greenroom_sfu::SfuOptions {
         shards: 1,
+        parallel_fanout_min: 32,
         ..Default::default()
     })
     .await;
