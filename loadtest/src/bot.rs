@@ -486,43 +486,22 @@ async fn read_loop(
 
 /// Answers subscriber offers in order; then asks `quality` for each new video track.
 async fn answer_loop(
-    mut offers: mpsc::UnboundedReceiver<(String, Vec<SubscribedTrack>)>,
+    offers: mpsc::UnboundedReceiver<(String, Vec<SubscribedTrack>)>,
     shared: Arc<Shared>,
     sender: SignalSender,
     quality: Option<Quality>,
 ) {
-    let mut asked = std::collections::HashSet::new();
-    while let Some((sdp, tracks)) = offers.recv().await {
-        let video: Vec<String> = tracks
-            .iter()
-            .filter(|t| !t.track.source.is_audio())
-            .map(|t| t.track.track_id.clone())
-            .collect();
-        match shared.subscriber.apply_offer(&sdp, tracks).await {
-            Ok(answer) => {
-                match sender
-                    .send(&ClientMessage::SubscriberAnswer { sdp: answer })
-                    .await
-                {
-                    Ok(()) => *shared.answers_sent.lock() += 1,
-                    Err(e) => shared.protocol_error(format!("sending subscriber_answer: {e}")),
-                }
-            }
-            Err(e) => {
-                shared.protocol_error(format!("applying subscriber_offer: {e}"));
-                continue;
-            }
-        }
-        let Some(quality) = quality else { continue };
-        for track_id in video {
-            if asked.insert(track_id.clone()) {
-                if let Err(e) = sender
-                    .send(&ClientMessage::SetQuality { track_id, quality })
-                    .await
-                {
-                    shared.protocol_error(format!("sending set_quality: {e}"));
-                }
-            }
-        }
-    }
+    let peer = shared.clone();
+    crate::signal::answer_offers(
+        offers,
+        sender,
+        quality,
+        move |sdp, tracks| {
+            let peer = peer.clone();
+            async move { peer.subscriber.apply_offer(&sdp, tracks).await }
+        },
+        || *shared.answers_sent.lock() += 1,
+        |e| shared.protocol_error(e),
+    )
+    .await;
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use greenroom_proto::{ClientMessage, ServerMessage};
+use greenroom_proto::{ClientMessage, Quality, ServerMessage, SubscribedTrack};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
@@ -196,6 +196,51 @@ impl SignalReceiver {
                     return Err(BotError::timeout("matching server message", timeout))
                 }
                 Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// Answers subscriber offers in order (`answer` applies one and returns the answer SDP), then
+/// asks `quality` once for each video track not asked before. `answered` runs after each answer
+/// sent, `error` on each failure; a failed offer is skipped. Shared by every bot kind.
+pub(crate) async fn answer_offers<F, Fut>(
+    mut offers: tokio::sync::mpsc::UnboundedReceiver<(String, Vec<SubscribedTrack>)>,
+    sender: SignalSender,
+    quality: Option<Quality>,
+    mut answer: F,
+    answered: impl Fn(),
+    error: impl Fn(String),
+) where
+    F: FnMut(String, Vec<SubscribedTrack>) -> Fut,
+    Fut: std::future::Future<Output = Result<String>>,
+{
+    let mut asked = std::collections::HashSet::new();
+    while let Some((sdp, tracks)) = offers.recv().await {
+        let video: Vec<String> = tracks
+            .iter()
+            .filter(|t| !t.track.source.is_audio())
+            .map(|t| t.track.track_id.clone())
+            .collect();
+        match answer(sdp, tracks).await {
+            Ok(sdp) => match sender.send(&ClientMessage::SubscriberAnswer { sdp }).await {
+                Ok(()) => answered(),
+                Err(e) => error(format!("sending subscriber_answer: {e}")),
+            },
+            Err(e) => {
+                error(format!("applying subscriber_offer: {e}"));
+                continue;
+            }
+        }
+        let Some(quality) = quality else { continue };
+        for track_id in video {
+            if asked.insert(track_id.clone()) {
+                if let Err(e) = sender
+                    .send(&ClientMessage::SetQuality { track_id, quality })
+                    .await
+                {
+                    error(format!("sending set_quality: {e}"));
+                }
             }
         }
     }

@@ -18,7 +18,7 @@
 
 mod peer;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -242,17 +242,13 @@ impl LightBot {
         timeout: Duration,
         mut pred: impl FnMut(&HashMap<String, TrackStats>) -> bool,
     ) -> Result<HashMap<String, TrackStats>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let s = self.received();
-            if pred(&s) {
-                return Ok(s);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(BotError::timeout("light bot received stats", timeout));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        crate::media::poll_stats(
+            timeout,
+            "light bot received stats",
+            || self.received(),
+            &mut pred,
+        )
+        .await
     }
 
     /// Closes the socket and stops both peers.
@@ -341,45 +337,24 @@ async fn read_loop(
 
 /// Answers subscriber offers in order; then asks `quality` for each new video track.
 async fn answer_loop(
-    mut offers: mpsc::UnboundedReceiver<(String, Vec<SubscribedTrack>)>,
+    offers: mpsc::UnboundedReceiver<(String, Vec<SubscribedTrack>)>,
     shared: Arc<Shared>,
     sender: SignalSender,
     quality: Option<Quality>,
 ) {
-    let mut asked: HashSet<String> = HashSet::new();
-    while let Some((sdp, tracks)) = offers.recv().await {
-        let video: Vec<String> = tracks
-            .iter()
-            .filter(|t| !t.track.source.is_audio())
-            .map(|t| t.track.track_id.clone())
-            .collect();
-        match shared.subscriber.accept_offer(&sdp, tracks).await {
-            Ok(answer) => {
-                match sender
-                    .send(&ClientMessage::SubscriberAnswer { sdp: answer })
-                    .await
-                {
-                    Ok(()) => {
-                        shared.answers.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(e) => shared.error(format!("sending subscriber_answer: {e}")),
-                }
-            }
-            Err(e) => {
-                shared.error(format!("applying subscriber_offer: {e}"));
-                continue;
-            }
-        }
-        let Some(quality) = quality else { continue };
-        for track_id in video {
-            if asked.insert(track_id.clone()) {
-                if let Err(e) = sender
-                    .send(&ClientMessage::SetQuality { track_id, quality })
-                    .await
-                {
-                    shared.error(format!("sending set_quality: {e}"));
-                }
-            }
-        }
-    }
+    let peer = shared.clone();
+    crate::signal::answer_offers(
+        offers,
+        sender,
+        quality,
+        move |sdp, tracks| {
+            let peer = peer.clone();
+            async move { peer.subscriber.accept_offer(&sdp, tracks).await }
+        },
+        || {
+            shared.answers.fetch_add(1, Ordering::Relaxed);
+        },
+        |e| shared.error(e),
+    )
+    .await;
 }

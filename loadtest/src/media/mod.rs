@@ -12,4 +12,5 @@ pub use peer::{Pc, MIME_OPUS, MIME_VP8, OPUS_PT, VP8_PT};
 pub use publisher::{
     default_payload_type, AudioParams, Publisher, PublisherConfig, SentStats, VideoParams,
 };
+pub(crate) use subscriber::poll_stats;
 pub use subscriber::{Subscriber, SubscriberConfig};

@@ -157,20 +157,13 @@ impl Subscriber {
         timeout: Duration,
         mut pred: impl FnMut(&HashMap<String, TrackStats>) -> bool,
     ) -> Result<HashMap<String, TrackStats>> {
-        let deadline = tokio::time::Instant::now() + timeout;
-        loop {
-            let s = self.stats();
-            if pred(&s) {
-                return Ok(s);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(BotError::timeout(
-                    format!("subscriber stats predicate (last: {})", summary(&s)),
-                    timeout,
-                ));
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        poll_stats(
+            timeout,
+            "subscriber stats predicate",
+            || self.stats(),
+            &mut pred,
+        )
+        .await
     }
 
     /// Waits until the connection is `Connected` (fails at once on `Failed`/`Closed`).
@@ -209,6 +202,30 @@ impl Drop for Subscriber {
 }
 
 /// One line per track, for timeout messages.
+/// Reads `read()` every 10 ms until `pred` holds on it (returns that reading) or `timeout`
+/// passes (the error names `what` and summarises the last reading). Shared by every bot kind.
+pub(crate) async fn poll_stats(
+    timeout: Duration,
+    what: &str,
+    read: impl Fn() -> HashMap<String, TrackStats>,
+    pred: &mut impl FnMut(&HashMap<String, TrackStats>) -> bool,
+) -> Result<HashMap<String, TrackStats>> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let s = read();
+        if pred(&s) {
+            return Ok(s);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(BotError::timeout(
+                format!("{what} (last: {})", summary(&s)),
+                timeout,
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 fn summary(s: &HashMap<String, TrackStats>) -> String {
     let mut v: Vec<String> = s
         .values()
