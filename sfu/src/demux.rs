@@ -9,7 +9,13 @@
 //!   address is remembered.
 //! * Every other datagram (DTLS, SRTP, SRTCP) is routed by its source address.
 //! * Datagrams from unknown addresses that are not tagged STUN are dropped and counted
-//!   (`greenroom_udp_unrouted_total`): garbage never reaches a shard.
+//!   (`greenroom_udp_unrouted_total`): garbage never reaches a shard, with one shard as with
+//!   many.
+//! * Each shard's queue is bounded ([`SHARD_QUEUE`]): when a shard falls behind, datagrams for
+//!   it are dropped and counted (`greenroom_udp_queue_dropped_total`) instead of growing memory;
+//!   a shard that died (see `engine::spawn`) gets nothing, and the others are still served.
+//! * The address map is bounded too ([`MAX_ADDRS`]); this map is only a routing hint: the shard
+//!   itself routes non-STUN datagrams only from addresses a peer validated (see `routes`).
 //!
 //! A client-initiated ICE restart makes str0m pick fresh random credentials for the answer,
 //! without the tag; the shard then registers that ufrag in a shared map ([`UfragMap`]) that the
@@ -23,7 +29,7 @@
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::Sender;
+use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -36,6 +42,10 @@ use crate::metrics::add;
 
 /// A cached address not seen for this long is forgotten.
 pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(60);
+/// Datagrams and commands waiting for one shard; beyond this, datagrams are dropped.
+pub(crate) const SHARD_QUEUE: usize = 4096;
+/// Source addresses the receive thread remembers at most (STUN is routed by tag regardless).
+pub(crate) const MAX_ADDRS: usize = 65_536;
 /// The receive thread looks at its stop flag at least this often.
 const POLL: Duration = Duration::from_millis(200);
 
@@ -108,9 +118,6 @@ impl Router {
 
     /// The shard a datagram from `src` goes to, or `None` (drop it).
     pub(crate) fn route(&mut self, data: &[u8], src: SocketAddr, now: Instant) -> Option<usize> {
-        if self.shards == 1 {
-            return Some(0);
-        }
         if now.duration_since(self.last_sweep) >= FORGET_AFTER {
             self.addrs
                 .retain(|_, (_, seen)| now.duration_since(*seen) < FORGET_AFTER);
@@ -121,7 +128,9 @@ impl Router {
                 .filter(|s| *s < self.shards)
                 .or_else(|| self.untagged.read().get(ufrag).copied());
             if let Some(shard) = shard {
-                self.addrs.insert(src, (shard, now));
+                if self.addrs.len() < MAX_ADDRS || self.addrs.contains_key(&src) {
+                    self.addrs.insert(src, (shard, now));
+                }
                 return Some(shard);
             }
         }
@@ -139,14 +148,26 @@ impl Router {
 /// Counters of the receive thread (single writer).
 #[derive(Default)]
 pub(crate) struct DemuxCounters {
-    /// Datagrams dropped: no shard owns their source.
+    /// Datagrams dropped: no shard owns their source, or its shard died.
     pub(crate) unrouted: AtomicU64,
+    /// Datagrams dropped because their shard's queue was full.
+    pub(crate) queue_dropped: AtomicU64,
 }
 
-/// Spawns the receive thread. It ends when `stop` is set or every shard is gone.
+/// Hands one datagram to its shard without blocking; a full queue or a dead shard drops it
+/// (counted). Never stops the receive thread: the other shards keep being served.
+pub(crate) fn dispatch(shard: &SyncSender<ShardMsg>, msg: ShardMsg, counters: &DemuxCounters) {
+    match shard.try_send(msg) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => add(&counters.queue_dropped, 1),
+        Err(TrySendError::Disconnected(_)) => add(&counters.unrouted, 1),
+    }
+}
+
+/// Spawns the receive thread. It ends when `stop` is set.
 pub(crate) fn spawn(
     socket: UdpSocket,
-    shards: Vec<Sender<ShardMsg>>,
+    shards: Vec<SyncSender<ShardMsg>>,
     untagged: UfragMap,
     stop: Arc<AtomicBool>,
     counters: Arc<DemuxCounters>,
@@ -162,7 +183,7 @@ pub(crate) fn spawn(
 fn run(
     socket: UdpSocket,
     mut router: Router,
-    shards: Vec<Sender<ShardMsg>>,
+    shards: Vec<SyncSender<ShardMsg>>,
     stop: Arc<AtomicBool>,
     counters: Arc<DemuxCounters>,
 ) {
@@ -171,7 +192,10 @@ fn run(
         match socket.recv_from(&mut buf) {
             Ok((n, src)) => {
                 let now = Instant::now();
-                let Some(shard) = router.route(&buf[..n], src, now) else {
+                let Some(tx) = router
+                    .route(&buf[..n], src, now)
+                    .and_then(|s| shards.get(s))
+                else {
                     add(&counters.unrouted, 1);
                     debug!("no shard for datagram from {src}");
                     continue;
@@ -180,9 +204,7 @@ fn run(
                     data: buf[..n].to_vec(),
                     src,
                 };
-                if shards[shard].send(msg).is_err() {
-                    return; // The engine stopped.
-                }
+                dispatch(tx, msg, &counters);
             }
             Err(e)
                 if matches!(
@@ -202,11 +224,11 @@ fn run(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A STUN binding request with USERNAME `user` and a trailing dummy attribute.
-    fn stun(user: &str) -> Vec<u8> {
+    pub(crate) fn stun(user: &str) -> Vec<u8> {
         let mut attrs = Vec::new();
         attrs.extend_from_slice(&0x0006u16.to_be_bytes());
         attrs.extend_from_slice(&(user.len() as u16).to_be_bytes());
@@ -301,7 +323,48 @@ mod tests {
         let much_later = t0 + FORGET_AFTER + Duration::from_secs(1);
         assert_eq!(r.route(&[0x80, 0], addr(6000), much_later), None);
         assert_eq!(r.known(), 1, "only the recently seen address is kept");
+    }
+
+    #[test]
+    fn one_shard_drops_garbage_too() {
+        let t0 = Instant::now();
         let mut one = Router::new(1, UfragMap::default(), t0);
-        assert_eq!(one.route(&[1, 2, 3], addr(7000), t0), Some(0));
+        assert_eq!(one.route(&[1, 2, 3], addr(7000), t0), None);
+        assert_eq!(one.route(&[22, 0xfe, 0xfd, 0], addr(7000), t0), None);
+        assert_eq!(one.route(&stun("g000abcd:cl"), addr(7000), t0), Some(0));
+        assert_eq!(one.route(&[0x80, 0], addr(7000), t0), Some(0));
+    }
+
+    #[test]
+    fn full_and_dead_shard_queues_drop_and_count_without_blocking() {
+        let counters = DemuxCounters::default();
+        let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let msg = || ShardMsg::Datagram {
+            data: vec![0x80, 0],
+            src: addr(9000),
+        };
+        for _ in 0..5 {
+            dispatch(&tx, msg(), &counters);
+        }
+        assert_eq!(counters.queue_dropped.load(Relaxed), 3);
+        assert_eq!(rx.try_iter().count(), 2, "the queue kept its bound");
+        drop(rx);
+        dispatch(&tx, msg(), &counters);
+        assert_eq!(
+            counters.unrouted.load(Relaxed),
+            1,
+            "a dead shard's datagram"
+        );
+    }
+
+    #[test]
+    fn the_address_map_is_bounded() {
+        let t0 = Instant::now();
+        let mut r = Router::new(2, UfragMap::default(), t0);
+        for i in 0..MAX_ADDRS + 10 {
+            let src = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 1));
+            assert_eq!(r.route(&stun("g001abcd:cl"), src, t0), Some(1));
+        }
+        assert_eq!(r.known(), MAX_ADDRS);
     }
 }

@@ -7,9 +7,9 @@ use std::cmp::Reverse;
 use rayon::prelude::*;
 use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +25,7 @@ use str0m::net::{Protocol, Receive};
 use str0m::rtp::{Extension, ExtensionMap, ExtensionValues, RtpPacket, RtpWrite, SeqNo, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::demux::{shard_of_ufrag, shard_ufrag, UfragMap};
 use crate::forward::{pick_layer, ConsumerState, GateCell, PtLookup, Step};
@@ -34,13 +34,22 @@ use crate::metrics::{
     add, cap_idx, kind_idx, ConsumerDrop, SfuCounters, DRIVE_INPUT, DRIVE_OUTPUT, DRIVE_TIMER,
     EGRESS, INGRESS,
 };
+use crate::routes::{Candidate as Route, PeerRoutes};
 use crate::speakers::{LevelMeter, SpeakerRanking};
+use crate::transport::Transport;
 use crate::{SfuError, SfuEvent, SfuOptions};
 
 /// Housekeeping period (deadlines, layer choice); speakers run every second tick.
 const TICK: Duration = Duration::from_millis(250);
-/// At most one keyframe request per producer layer per this interval.
+/// At most one keyframe request per producer layer per this interval (unless forced).
 const KEYFRAME_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Whether a keyframe request may go to the publisher now: at most one per
+/// [`KEYFRAME_INTERVAL`] per layer, except `force`d ones (a new subscriber, a resumed track),
+/// which always go: a resume that waits out the interval leaves its subscribers frozen.
+pub(crate) fn keyframe_due(last: Option<Instant>, now: Instant, force: bool) -> bool {
+    force || last.is_none_or(|t| now.saturating_duration_since(t) >= KEYFRAME_INTERVAL)
+}
 /// Shortest sleep of a shard waiting for its next timer.
 const MIN_SLEEP: Duration = Duration::from_millis(1);
 /// Initial bandwidth estimate towards subscribers.
@@ -93,6 +102,9 @@ pub(crate) enum Cmd {
         pid: String,
         target: PeerTarget,
     },
+    /// Test hook: panic the shard's own loop, outside every `catch_unwind` of a peer.
+    #[cfg(feature = "fault-injection")]
+    PanicShard,
     Stop,
 }
 
@@ -115,8 +127,8 @@ pub(crate) struct ShardSetup {
     pub(crate) shard: usize,
     /// Engine tuning.
     pub(crate) opts: SfuOptions,
-    /// A clone of the shared socket, for sending.
-    pub(crate) socket: UdpSocket,
+    /// Where outgoing datagrams go (a clone of the shared socket).
+    pub(crate) socket: Arc<dyn Transport>,
     /// The address in host candidates.
     pub(crate) advertised: SocketAddr,
     /// Datagrams and commands.
@@ -129,13 +141,21 @@ pub(crate) struct ShardSetup {
     pub(crate) untagged: UfragMap,
 }
 
-/// Spawns one shard's engine thread.
-pub(crate) fn spawn(setup: ShardSetup) -> io::Result<()> {
+/// Spawns one shard's engine thread, supervised: if the shard's loop panics (outside the
+/// per-peer `catch_unwind`), every participant of the shard gets [`SfuEvent::PeerFailed`], the
+/// shard's queue closes (the receive thread then drops its datagrams, counted, and keeps
+/// serving the other shards), and `alive` turns false so that the handle places no call
+/// there again and reports the media plane degraded.
+pub(crate) fn spawn(setup: ShardSetup, alive: Arc<AtomicBool>) -> io::Result<()> {
     std::thread::Builder::new()
         .name(format!("greenroom-sfu-{}", setup.shard))
         .spawn(move || {
             let mut engine = Engine::new(setup);
-            engine.run();
+            let res = catch_unwind(AssertUnwindSafe(|| engine.run()));
+            alive.store(false, Relaxed);
+            if res.is_err() {
+                engine.died();
+            }
         })?;
     Ok(())
 }
@@ -167,7 +187,7 @@ fn drive_peer(
     key: Key,
     input: Option<Input<'_>>,
     now: Instant,
-    socket: &UdpSocket,
+    socket: &dyn Transport,
     events: &mut Vec<(Key, Event)>,
 ) -> Result<Instant, String> {
     peer.dirty = false;
@@ -327,6 +347,8 @@ struct Peer {
     bwe: Option<Bitrate>,
     /// Cumulative NACK counts last seen in str0m's stats, per (mid, rid).
     nacks_seen: Vec<(Mid, Option<Rid>, u64)>,
+    /// Local ICE ufrag (routes this peer's STUN).
+    ufrag: String,
     /// Local ufrag registered in the untagged map (after a client's ICE restart).
     untagged_ufrag: Option<String>,
     /// Test hook: panic inside the next drive of this peer.
@@ -423,10 +445,11 @@ struct CallState {
     speakers: SpeakerRanking,
 }
 
-struct Engine {
+/// One shard's state (see the module docs).
+pub(crate) struct Engine {
     shard: usize,
     opts: SfuOptions,
-    socket: UdpSocket,
+    socket: Arc<dyn Transport>,
     local: SocketAddr,
     untagged: UfragMap,
     input: Receiver<ShardMsg>,
@@ -435,7 +458,8 @@ struct Engine {
     producers: Slab<Producer>,
     parts: HashMap<String, Participant>,
     calls: HashMap<CallCid, CallState>,
-    addr_cache: HashMap<SocketAddr, Key>,
+    /// Ufrag -> peer and ICE-validated address -> peer.
+    routes: PeerRoutes<Key>,
     timers: BinaryHeap<Reverse<(Instant, Key)>>,
     /// Events collected while driving peers, handled after.
     pending_events: Vec<(Key, Event)>,
@@ -447,7 +471,8 @@ struct Engine {
 }
 
 impl Engine {
-    fn new(setup: ShardSetup) -> Engine {
+    /// A shard's state, not yet running.
+    pub(crate) fn new(setup: ShardSetup) -> Engine {
         let ShardSetup {
             shard,
             opts,
@@ -470,13 +495,39 @@ impl Engine {
             producers: Slab::new(),
             parts: HashMap::new(),
             calls: HashMap::new(),
-            addr_cache: HashMap::new(),
+            routes: PeerRoutes::default(),
             timers: BinaryHeap::new(),
             pending_events: Vec::new(),
             dirty: Vec::new(),
             next_tick: Instant::now() + TICK,
             ticks: 0,
             counters,
+        }
+    }
+
+    /// The shard died (its loop panicked): every participant's media fails, and ufrags it
+    /// registered for the receive thread are withdrawn. The state may be half-updated, so
+    /// only participant ids and peer ufrags are read.
+    fn died(&mut self) {
+        error!(shard = self.shard, "media engine shard died");
+        let reason = format!("media engine shard {} failed", self.shard);
+        for pid in self.parts.keys() {
+            let _ = self.events.send(SfuEvent::PeerFailed {
+                participant_id: pid.clone(),
+                reason: reason.clone(),
+            });
+        }
+        let mut map = self.untagged.write();
+        for (_, p) in self.peers.iter() {
+            if let Some(u) = &p.untagged_ufrag {
+                map.remove(u);
+            }
+        }
+        let c = &self.counters;
+        c.peers.store(0, Relaxed);
+        for k in 0..2 {
+            c.producers[k].store(0, Relaxed);
+            c.consumers[k].store(0, Relaxed);
         }
     }
 
@@ -523,34 +574,34 @@ impl Engine {
     // ----------------------------------------------------------------------------------------
     // Driving peers.
 
-    fn on_datagram(&mut self, data: &[u8], src: SocketAddr, now: Instant) {
+    /// One datagram from the receive thread: STUN goes to the peer its ufrag names, anything
+    /// else only to the peer that validated its source address; the rest is dropped and
+    /// counted (`greenroom_udp_unrouted_total`). No scan over the shard's peers.
+    pub(crate) fn on_datagram(&mut self, data: &[u8], src: SocketAddr, now: Instant) {
+        let Some(route) = self.routes.candidate(data, src) else {
+            add(&self.counters.unrouted, 1);
+            debug!("no peer for datagram from {src}");
+            return;
+        };
         let Ok(recv) = Receive::new(Protocol::Udp, src, self.local, data) else {
+            add(&self.counters.unrouted, 1);
             return; // Not STUN, DTLS, RTP or RTCP.
         };
         let input = Input::Receive(now, recv);
-        let cached = self
-            .addr_cache
-            .get(&src)
-            .copied()
-            .filter(|k| self.peers.get(*k).is_some_and(|p| p.rtc.accepts(&input)));
-        let key = match cached {
-            Some(k) => k,
-            None => {
-                let found = self
-                    .peers
-                    .iter()
-                    .find(|(_, p)| {
-                        catch_unwind(AssertUnwindSafe(|| p.rtc.accepts(&input))).unwrap_or(false)
-                    })
-                    .map(|(k, _)| k);
-                let Some(k) = found else {
-                    debug!("no peer accepts datagram from {src}");
-                    return;
-                };
-                self.addr_cache.insert(src, k);
-                k
-            }
-        };
+        let (Route::Stun(key) | Route::Validated(key)) = route;
+        // For STUN, str0m checks USERNAME and MESSAGE-INTEGRITY here; for the rest, that the
+        // source is one of the peer's candidate pairs.
+        let accepted = self.peers.get(key).is_some_and(|p| {
+            catch_unwind(AssertUnwindSafe(|| p.rtc.accepts(&input))).unwrap_or(false)
+        });
+        if !accepted {
+            add(&self.counters.unrouted, 1);
+            debug!("peer refuses datagram from {src}");
+            return;
+        }
+        if matches!(route, Route::Stun(_)) {
+            self.routes.validated(src, key);
+        }
         add(&self.counters.drives[DRIVE_INPUT], 1);
         self.drive(key, Some(input), now);
         self.settle(now);
@@ -567,7 +618,7 @@ impl Engine {
         let Some(peer) = peers.get_mut(key) else {
             return;
         };
-        let res = drive_peer(peer, key, input, now, socket, pending_events);
+        let res = drive_peer(peer, key, input, now, &**socket, pending_events);
         self.after_drive(key, res);
     }
 
@@ -578,7 +629,7 @@ impl Engine {
         add(&self.counters.parallel_fanouts, 1);
         self.dirty.clear();
         let Engine { peers, socket, .. } = self;
-        let socket = &*socket;
+        let socket: &dyn Transport = &**socket;
         let batch: Vec<(Key, &mut Peer)> = peers.iter_mut().filter(|(_, p)| p.dirty).collect();
         let done: Vec<Driven> = batch
             .into_par_iter()
@@ -677,17 +728,18 @@ impl Engine {
             // (about ten SRTCP packets per second per subscriber to decrypt for nothing).
             Role::Subscriber => rtc_config(false).set_extension_map(without_twcc()),
         };
-        let mut rtc = cfg
-            .set_local_ice_credentials(shard_ufrag(self.shard))
-            .build(now);
+        let creds = shard_ufrag(self.shard);
+        let ufrag = creds.ufrag.clone();
+        let mut rtc = cfg.set_local_ice_credentials(creds).build(now);
         match Candidate::host(self.local, "udp") {
             Ok(c) => {
                 rtc.add_local_candidate(c);
             }
             Err(e) => warn!("host candidate {}: {e}", self.local),
         }
-        self.peers.insert(Peer {
+        let key = self.peers.insert(Peer {
             rtc,
+            ufrag: ufrag.clone(),
             owner: owner.to_owned(),
             role,
             timeout: None,
@@ -701,7 +753,9 @@ impl Engine {
             untagged_ufrag: None,
             #[cfg(feature = "fault-injection")]
             panic_next: false,
-        })
+        });
+        self.routes.set_ufrag(key, None, &ufrag);
+        key
     }
 
     // ----------------------------------------------------------------------------------------
@@ -1048,12 +1102,14 @@ impl Engine {
             }
         }
         if want_keyframe {
+            // The producer reopened (a re-grant) or a consumer resumed: its subscribers wait
+            // for a keyframe, so this request bypasses the rate limit.
             self.request_keyframe(
                 pk,
                 Some(usize::from(layer)),
                 KeyframeRequestKind::Pli,
                 now,
-                false,
+                true,
             );
         }
     }
@@ -1069,16 +1125,15 @@ impl Engine {
         let Some(prod) = self.producers.get_mut(pk) else {
             return;
         };
-        if prod.kind != MediaKind::Video {
+        // A gated publisher's keyframe would be dropped by the gate: asking for it only spends
+        // the rate limit that the resume's own request needs.
+        if prod.kind != MediaKind::Video || !prod.gate.sends(prod.bit) {
             return;
         }
         let li = layer.unwrap_or(0);
         let rid = match prod.layers.get_mut(li) {
             Some(l) => {
-                if !force
-                    && l.last_keyframe_req
-                        .is_some_and(|t| now.saturating_duration_since(t) < KEYFRAME_INTERVAL)
-                {
+                if !keyframe_due(l.last_keyframe_req, now, force) {
                     return;
                 }
                 l.last_keyframe_req = Some(now);
@@ -1110,7 +1165,8 @@ impl Engine {
     // ----------------------------------------------------------------------------------------
     // Commands.
 
-    fn on_cmd(&mut self, cmd: Cmd, now: Instant) {
+    /// Applies one command from the handle.
+    pub(crate) fn on_cmd(&mut self, cmd: Cmd, now: Instant) {
         match cmd {
             Cmd::Join {
                 call,
@@ -1185,6 +1241,8 @@ impl Engine {
                     peer.panic_next = true;
                 }
             }
+            #[cfg(feature = "fault-injection")]
+            Cmd::PanicShard => panic!("injected shard fault"),
             Cmd::Stop => {}
         }
     }
@@ -1264,6 +1322,10 @@ impl Engine {
         // A client-initiated ICE restart gave this peer random credentials without our shard
         // tag: let the receive thread find the shard by the new ufrag.
         let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
+        if ufrag != peer.ufrag {
+            self.routes.set_ufrag(key, Some(&peer.ufrag), &ufrag);
+            peer.ufrag = ufrag.clone();
+        }
         if shard_of_ufrag(&ufrag) != Some(self.shard) && peer.untagged_ufrag != Some(ufrag.clone())
         {
             let mut map = self.untagged.write();
@@ -1695,7 +1757,7 @@ impl Engine {
                 }
             }
         }
-        self.addr_cache.retain(|_, k| *k != key);
+        self.routes.remove(key, &peer.ufrag);
     }
 
     /// A peer failed (timeout, error, panic): drop it, tell the control plane, and keep the
@@ -1782,7 +1844,7 @@ impl Engine {
             self.speakers();
         }
         let peers = &self.peers;
-        self.addr_cache.retain(|_, k| peers.get(*k).is_some());
+        self.routes.retain(|k| peers.get(k).is_some());
         self.publish_gauges();
     }
 

@@ -42,11 +42,15 @@ mod engine;
 pub mod forward;
 mod media;
 mod metrics;
+mod routes;
+mod socket;
 mod speakers;
+mod transport;
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
 use greenroom_proto::{
@@ -59,8 +63,8 @@ use crate::demux::DemuxCounters;
 pub use crate::engine::rtc_config;
 use crate::engine::{Cmd, ShardMsg, ShardSetup};
 use crate::forward::GateCell;
-use crate::metrics::SfuCounters;
 pub use crate::metrics::STATS_INTERVAL;
+use crate::metrics::{SfuCounters, UdpFigures};
 
 /// Media plane configuration.
 #[derive(Debug, Clone)]
@@ -84,6 +88,10 @@ pub struct SfuOptions {
     /// 0 = never. Default 64. It costs some CPU per packet (pool hand-off and wake-ups) in
     /// exchange for a call's capacity; see docs/BENCHMARKS.md.
     pub parallel_fanout_min: usize,
+    /// SO_RCVBUF and SO_SNDBUF requested for the media socket, in bytes; 0 = the system
+    /// default. Default 4 MiB. The kernel caps it (Linux: `net.core.rmem_max`/`wmem_max`); the
+    /// effective sizes are logged and exported as `greenroom_udp_socket_buffer_bytes`.
+    pub socket_buffer_bytes: usize,
 }
 
 impl Default for SfuOptions {
@@ -92,8 +100,33 @@ impl Default for SfuOptions {
             connect_timeout: std::time::Duration::from_secs(20),
             shards: 0,
             parallel_fanout_min: 64,
+            socket_buffer_bytes: 4 << 20,
         }
     }
+}
+
+/// The media plane's health, as `/healthz` reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MediaHealth {
+    /// `ok`: every shard runs; `degraded`: some died (their calls move to live shards at the
+    /// next join); `down`: none runs.
+    pub status: MediaStatus,
+    /// Engine shards started.
+    pub shards: usize,
+    /// Engine shards still running.
+    pub alive: usize,
+}
+
+/// The media plane's overall state (see [`MediaHealth`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MediaStatus {
+    /// Every shard runs.
+    Ok,
+    /// Some shards died.
+    Degraded,
+    /// No shard runs.
+    Down,
 }
 
 impl SfuOptions {
@@ -176,8 +209,10 @@ pub struct Sfu {
 }
 
 struct Shard {
-    tx: std::sync::mpsc::Sender<ShardMsg>,
+    tx: SyncSender<ShardMsg>,
     counters: Arc<SfuCounters>,
+    /// False once the shard's thread ended (it died, or the plane stopped).
+    alive: Arc<AtomicBool>,
 }
 
 /// Where participants and calls live.
@@ -216,23 +251,33 @@ impl Registry {
         Some(e.shard)
     }
 
-    /// The call's shard, or for a new call the least loaded one (lowest index on ties).
-    fn place(&mut self, call: &CallCid) -> usize {
+    /// The call's shard, or for a new call (or one whose shard died) the least loaded live one
+    /// (lowest index on ties; shard 0 when none lives, where commands then fail).
+    fn place(&mut self, call: &CallCid, alive: &[bool]) -> usize {
+        let live = |s: usize| alive.get(s).copied().unwrap_or(false);
         if let Some(c) = self.calls.get_mut(call) {
-            c.members += 1;
-            return c.shard;
+            if live(c.shard) {
+                c.members += 1;
+                return c.shard;
+            }
         }
         let shard = (0..self.load.len())
+            .filter(|i| live(*i))
             .min_by_key(|i| (self.load[*i], *i))
             .unwrap_or(0);
+        let members = self.calls.get(call).map_or(0, |c| c.members) + 1;
         self.calls
-            .insert(call.clone(), CallEntry { shard, members: 1 });
+            .insert(call.clone(), CallEntry { shard, members });
         shard
     }
 }
 
 struct Inner {
     local_addr: SocketAddr,
+    /// Effective (SO_RCVBUF, SO_SNDBUF).
+    buffers: (usize, usize),
+    /// The socket's inode, to read the kernel's drops for it.
+    inode: Option<u64>,
     shards: Vec<Shard>,
     registry: Mutex<Registry>,
     demux: Arc<DemuxCounters>,
@@ -273,26 +318,36 @@ impl Sfu {
         let bind_err = |e| SfuError::Bind(cfg.bind, e);
         let socket = UdpSocket::bind(cfg.bind).map_err(bind_err)?;
         let local_addr = socket.local_addr().map_err(bind_err)?;
+        let buffers = socket::size_buffers(&socket, opts.socket_buffer_bytes);
+        let inode = socket::inode(&socket);
         let advertised = SocketAddr::new(cfg.advertise_ip, local_addr.port());
         let (ev_tx, ev_rx) = mpsc::unbounded_channel();
         let n = opts.shard_count();
         let mut shards = Vec::with_capacity(n);
         let untagged = demux::UfragMap::default();
         for shard in 0..n {
-            let (tx, input) = std::sync::mpsc::channel();
+            let (tx, input) = std::sync::mpsc::sync_channel(demux::SHARD_QUEUE);
             let counters = Arc::new(SfuCounters::default());
-            engine::spawn(ShardSetup {
-                shard,
-                opts: opts.clone(),
-                socket: socket.try_clone().map_err(bind_err)?,
-                advertised,
-                input,
-                events: ev_tx.clone(),
-                counters: counters.clone(),
-                untagged: untagged.clone(),
-            })
+            let alive = Arc::new(AtomicBool::new(true));
+            engine::spawn(
+                ShardSetup {
+                    shard,
+                    opts: opts.clone(),
+                    socket: Arc::new(socket.try_clone().map_err(bind_err)?),
+                    advertised,
+                    input,
+                    events: ev_tx.clone(),
+                    counters: counters.clone(),
+                    untagged: untagged.clone(),
+                },
+                alive.clone(),
+            )
             .map_err(bind_err)?;
-            shards.push(Shard { tx, counters });
+            shards.push(Shard {
+                tx,
+                counters,
+                alive,
+            });
         }
         let stop = Arc::new(AtomicBool::new(false));
         let demux = Arc::new(DemuxCounters::default());
@@ -310,6 +365,8 @@ impl Sfu {
         };
         let inner = Inner {
             local_addr,
+            buffers,
+            inode,
             shards,
             registry: Mutex::new(registry),
             demux,
@@ -323,7 +380,8 @@ impl Sfu {
         ))
     }
 
-    /// Sends a command to a shard.
+    /// Sends a command to a shard. Commands are never dropped: on a full queue this waits
+    /// for the shard to take one (it drains its queue continuously); a dead shard fails at once.
     fn send_to_shard(&self, shard: usize, cmd: Cmd) -> Result<(), SfuError> {
         self.inner
             .shards
@@ -356,6 +414,33 @@ impl Sfu {
         self.inner.shards.len()
     }
 
+    /// Which engine shards still run.
+    fn alive(&self) -> Vec<bool> {
+        self.inner
+            .shards
+            .iter()
+            .map(|s| s.alive.load(Relaxed))
+            .collect()
+    }
+
+    /// The media plane's health: how many engine shards run (for `/healthz`).
+    pub fn health(&self) -> MediaHealth {
+        let shards = self.inner.shards.len();
+        let alive = self.alive().into_iter().filter(|a| *a).count();
+        let status = if alive == shards {
+            MediaStatus::Ok
+        } else if alive > 0 {
+            MediaStatus::Degraded
+        } else {
+            MediaStatus::Down
+        };
+        MediaHealth {
+            status,
+            shards,
+            alive,
+        }
+    }
+
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
@@ -377,10 +462,11 @@ impl Sfu {
         options: JoinOptions,
     ) {
         let cell = Arc::new(GateCell::new(gate));
+        let alive = self.alive();
         let (old, shard) = {
             let mut reg = self.inner.registry.lock();
             let old = reg.remove(participant_id);
-            let shard = reg.place(call);
+            let shard = reg.place(call, &alive);
             if let Some(l) = reg.load.get_mut(shard) {
                 *l += 1;
             }
@@ -540,14 +626,31 @@ impl Sfu {
     /// * `greenroom_engine_parallel_fanouts_total`: fan-outs with at least
     ///   [`SfuOptions::parallel_fanout_min`] subscriber peers to drive, driven on the worker
     ///   pool (every core) instead of the shard's thread.
-    /// * `greenroom_udp_unrouted_total`: datagrams dropped before any shard (unknown source).
+    /// * `greenroom_udp_unrouted_total`: datagrams dropped before reaching a peer (no shard or
+    ///   peer for their ufrag or ICE-validated source address, a dead shard, or a STUN
+    ///   integrity failure); `greenroom_udp_queue_dropped_total`: dropped on a full shard queue.
+    /// * `greenroom_udp_socket_buffer_bytes{direction}`: effective socket buffers;
+    ///   `greenroom_udp_receive_drops_total`: the kernel's drops on the socket (Linux).
     /// * histograms `greenroom_rtt_seconds`, `greenroom_loss_ratio`, `greenroom_jitter_seconds`
     ///   `{direction="ingress"|"egress"}`, one sample per stream per [`STATS_INTERVAL`].
     ///
     /// Retransmissions are not counted: str0m 0.25 keeps its resent-packet count private.
     pub fn metrics_text(&self) -> String {
         let shards: Vec<&SfuCounters> = self.inner.shards.iter().map(|s| &*s.counters).collect();
-        metrics::render(&shards, self.inner.demux.unrouted.load(Relaxed))
+        let udp = UdpFigures {
+            unrouted: self.inner.demux.unrouted.load(Relaxed),
+            queue_dropped: self.inner.demux.queue_dropped.load(Relaxed),
+            buffers: self.inner.buffers,
+            kernel_drops: self.inner.inode.and_then(socket::kernel_drops),
+        };
+        metrics::render(&shards, udp)
+    }
+
+    /// Test hook (feature `fault-injection`): the shard's own loop panics, outside the
+    /// per-peer isolation; the shard dies and is supervised as in production.
+    #[cfg(feature = "fault-injection")]
+    pub fn kill_shard(&self, shard: usize) {
+        let _ = self.send_to_shard(shard, Cmd::PanicShard);
     }
 
     /// Test hook (feature `fault-injection`): the next time the engine drives this

@@ -164,6 +164,9 @@ pub(crate) struct SfuCounters {
     pub(crate) drives: [AtomicU64; 3],
     /// Fan-outs whose subscriber peers were driven on the worker pool.
     pub(crate) parallel_fanouts: AtomicU64,
+    /// Datagrams the shard dropped before any peer: no peer for their ufrag or validated
+    /// address, or refused by that peer (STUN integrity, unknown candidate pair).
+    pub(crate) unrouted: AtomicU64,
     pub(crate) rtt: [Histogram<9>; 2],
     pub(crate) loss: [Histogram<8>; 2],
     pub(crate) jitter: [Histogram<8>; 2],
@@ -193,6 +196,7 @@ impl Default for SfuCounters {
             peers: AtomicU64::new(0),
             drives: zeros(),
             parallel_fanouts: AtomicU64::new(0),
+            unrouted: AtomicU64::new(0),
             rtt: std::array::from_fn(|_| Histogram::new(RTT_BOUNDS)),
             loss: std::array::from_fn(|_| Histogram::new(LOSS_BOUNDS)),
             jitter: std::array::from_fn(|_| Histogram::new(JITTER_BOUNDS)),
@@ -217,9 +221,22 @@ fn absorb_all(into: &[AtomicU64], from: &[AtomicU64]) {
     }
 }
 
+/// Figures of the UDP socket and the receive thread, for [`render`].
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct UdpFigures {
+    /// Datagrams the receive thread dropped: no shard for them, or their shard died.
+    pub(crate) unrouted: u64,
+    /// Datagrams the receive thread dropped because their shard's queue was full.
+    pub(crate) queue_dropped: u64,
+    /// Effective SO_RCVBUF and SO_SNDBUF in bytes, as the kernel reports them.
+    pub(crate) buffers: (usize, usize),
+    /// Datagrams the kernel dropped on our socket (receive buffer full), if readable.
+    pub(crate) kernel_drops: Option<u64>,
+}
+
 /// The Prometheus text of the media plane: every shard's counters summed, then the per-shard
-/// peer gauge and the datagrams no shard owned.
-pub(crate) fn render(shards: &[&SfuCounters], unrouted: u64) -> String {
+/// peer gauge and the socket's figures.
+pub(crate) fn render(shards: &[&SfuCounters], udp: UdpFigures) -> String {
     let total = SfuCounters::default();
     for s in shards {
         total.absorb(s);
@@ -240,9 +257,37 @@ pub(crate) fn render(shards: &[&SfuCounters], unrouted: u64) -> String {
         &mut o,
         name,
         "counter",
-        "Datagrams dropped before any shard: unknown source and not STUN for a known shard",
+        "Datagrams dropped before reaching a peer: no shard or peer for their ufrag or \
+         validated source address, or refused by the peer (STUN integrity)",
     );
-    let _ = writeln!(o, "{name} {unrouted}");
+    let _ = writeln!(o, "{name} {}", udp.unrouted + total.unrouted.load(Relaxed));
+    let name = "greenroom_udp_queue_dropped_total";
+    header(
+        &mut o,
+        name,
+        "counter",
+        "Datagrams dropped because their engine shard's queue was full",
+    );
+    let _ = writeln!(o, "{name} {}", udp.queue_dropped);
+    let name = "greenroom_udp_socket_buffer_bytes";
+    header(
+        &mut o,
+        name,
+        "gauge",
+        "Effective UDP socket buffer sizes (SO_RCVBUF, SO_SNDBUF) as the kernel reports them",
+    );
+    let _ = writeln!(o, "{name}{{direction=\"receive\"}} {}", udp.buffers.0);
+    let _ = writeln!(o, "{name}{{direction=\"send\"}} {}", udp.buffers.1);
+    if let Some(drops) = udp.kernel_drops {
+        let name = "greenroom_udp_receive_drops_total";
+        header(
+            &mut o,
+            name,
+            "counter",
+            "Datagrams the kernel dropped on the media socket (receive buffer full)",
+        );
+        let _ = writeln!(o, "{name} {drops}");
+    }
     o
 }
 
@@ -263,6 +308,7 @@ impl SfuCounters {
         absorb_all(&self.gate_drops, &o.gate_drops);
         absorb_all(&self.drives, &o.drives);
         add(&self.parallel_fanouts, o.parallel_fanouts.load(Relaxed));
+        add(&self.unrouted, o.unrouted.load(Relaxed));
         absorb_all(&self.consumer_drops, &o.consumer_drops);
         add(&self.plis, o.plis.load(Relaxed));
         add(&self.peers, o.peers.load(Relaxed));
@@ -442,7 +488,14 @@ mod tests {
         add(&other.drives[DRIVE_TIMER], 2);
         add(&c.drives[DRIVE_TIMER], 1);
         other.rtt[EGRESS].observe(0.02);
-        let t = render(&[&c, &other], 9);
+        add(&other.unrouted, 2);
+        let udp = UdpFigures {
+            unrouted: 7,
+            queue_dropped: 4,
+            buffers: (8192, 4096),
+            kernel_drops: Some(11),
+        };
+        let t = render(&[&c, &other], udp);
         assert!(
             t.contains("greenroom_packets_forwarded_total{kind=\"video\"} 7\n"),
             "{t}"
@@ -450,7 +503,13 @@ mod tests {
         assert!(t.contains("greenroom_rtt_seconds_count{direction=\"egress\"} 3\n"));
         assert!(t.contains("greenroom_rtt_seconds_bucket{direction=\"egress\",le=\"0.025\"} 2\n"));
         assert!(t.contains("greenroom_shard_peers{shard=\"1\"} 5\n"));
-        assert!(t.contains("greenroom_udp_unrouted_total 9\n"));
+        assert!(
+            t.contains("greenroom_udp_unrouted_total 9\n"),
+            "receive thread + shards"
+        );
+        assert!(t.contains("greenroom_udp_queue_dropped_total 4\n"));
+        assert!(t.contains("greenroom_udp_socket_buffer_bytes{direction=\"receive\"} 8192\n"));
+        assert!(t.contains("greenroom_udp_receive_drops_total 11\n"));
         assert!(t.contains("greenroom_engine_drives_total{cause=\"timer\"} 3\n"));
         for line in t.lines() {
             assert!(
