@@ -127,6 +127,11 @@ pub struct Health {
     pub status: String,
     /// Joined sessions.
     pub sessions: usize,
+    /// The media plane's engine shards (`status` `ok` | `degraded` | `down`, `shards`,
+    /// `alive`); absent without a media plane.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub media: Option<greenroom_sfu::MediaHealth>,
 }
 
 fn cid_of(call_type: &str, id: &str) -> Result<CallCid, ApiError> {
@@ -194,6 +199,7 @@ pub async fn healthz(State(state): State<Arc<AppState>>) -> Json<Health> {
         }
         .to_owned(),
         sessions: state.session_count(),
+        media: state.sfu.as_ref().map(|s| s.health()),
     })
 }
 

@@ -1,0 +1,461 @@
+//! The harness of the end-to-end tests: independent str0m clients (non-ICE-lite, each with
+//! its own UDP socket and pump thread) publishing synthetic media and subscribing, the media
+//! plane on 127.0.0.1, and its event stream. Each test file uses part of it.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use greenroom_proto::{CallCid, MediaGate, PublishTrack, SourceSet, SubscribedTrack, TrackSource};
+use greenroom_sfu::{Sfu, SfuConfig, SfuEvent};
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::net::{Protocol, Receive};
+use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
+use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// What a client received: per mid, packet count, SSRCs seen and sequence numbers.
+#[derive(Default, Debug, Clone)]
+pub struct Rx {
+    pub count: u64,
+    pub ssrcs: Vec<u32>,
+    pub seqs: Vec<u64>,
+    /// Payload types seen.
+    pub pts: Vec<u8>,
+    /// VP8 keyframe packets (as [`send_media`] frames them) seen.
+    pub keyframes: u64,
+}
+
+pub type Job = Box<dyn FnOnce(&mut ClientState) + Send>;
+
+pub struct ClientState {
+    pub rtc: Rtc,
+    /// (mid, codec) of media this client sends synthetic RTP on.
+    pub send: Vec<(Mid, Codec)>,
+    pub sending: bool,
+    pub seq: u64,
+    pub next_audio: Instant,
+    pub next_video: Instant,
+    pub frame: u32,
+    /// A keyframe every 30 frames (else only the first and requested ones).
+    pub periodic_keyframes: bool,
+    /// A keyframe request arrived: the next video frame is a keyframe.
+    pub keyframe_wanted: bool,
+}
+
+/// A str0m client peer with its own UDP socket, pumped by its own thread.
+pub struct Client {
+    pub jobs: std_mpsc::Sender<Job>,
+    pub rx: Arc<Mutex<HashMap<String, Rx>>>,
+    pub connected: Arc<Mutex<bool>>,
+    /// Keyframe requests (PLI/FIR) this client received.
+    pub keyframe_requests: Arc<AtomicU64>,
+}
+
+impl Client {
+    pub fn new() -> Client {
+        Client::with_config(RtcConfig::new())
+    }
+
+    /// A client with its own codec configuration (RTP mode is always set).
+    pub fn with_config(cfg: RtcConfig) -> Client {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let now = Instant::now();
+        let mut rtc = cfg.set_rtp_mode(true).build(now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let (jobs, job_rx) = std_mpsc::channel::<Job>();
+        let rx: Arc<Mutex<HashMap<String, Rx>>> = Default::default();
+        let connected: Arc<Mutex<bool>> = Default::default();
+        let keyframe_requests: Arc<AtomicU64> = Default::default();
+        let (rx2, conn2, kf2) = (rx.clone(), connected.clone(), keyframe_requests.clone());
+        std::thread::spawn(move || {
+            let mut st = ClientState {
+                rtc,
+                send: Vec::new(),
+                sending: false,
+                seq: 0,
+                next_audio: now,
+                next_video: now,
+                frame: 0,
+                periodic_keyframes: true,
+                keyframe_wanted: false,
+            };
+            pump(&mut st, socket, addr, job_rx, rx2, conn2, kf2);
+        });
+        Client {
+            jobs,
+            rx,
+            connected,
+            keyframe_requests,
+        }
+    }
+
+    pub fn call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut ClientState) -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std_mpsc::channel();
+        self.jobs
+            .send(Box::new(move |st| {
+                let _ = tx.send(f(st));
+            }))
+            .unwrap();
+        rx.recv().unwrap()
+    }
+
+    pub fn received(&self, mid: &str) -> Rx {
+        self.rx
+            .lock()
+            .unwrap()
+            .get(mid)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    pub fn count(&self, mid: &str) -> u64 {
+        self.received(mid).count
+    }
+
+    /// Creates a publisher offer with audio + video (SendOnly).
+    pub fn publish_offer(&self) -> (String, Vec<PublishTrack>, SdpPendingOffer) {
+        self.publish_offer_with(Codec::Vp8)
+    }
+
+    /// [`Client::publish_offer`], sending `video` on the camera track.
+    pub fn publish_offer_with(&self, video: Codec) -> (String, Vec<PublishTrack>, SdpPendingOffer) {
+        self.call(move |st| {
+            let mut api = st.rtc.sdp_api();
+            let a = api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+            let v = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+            let (offer, pending) = api.apply().unwrap();
+            st.send = vec![(a, Codec::Opus), (v, video)];
+            let tracks = vec![
+                PublishTrack {
+                    mid: a.to_string(),
+                    source: TrackSource::Microphone,
+                },
+                PublishTrack {
+                    mid: v.to_string(),
+                    source: TrackSource::Camera,
+                },
+            ];
+            (offer.to_sdp_string(), tracks, pending)
+        })
+    }
+
+    pub fn accept_answer(&self, pending: SdpPendingOffer, answer: String) {
+        self.call(move |st| {
+            let answer = SdpAnswer::from_sdp_string(&answer).unwrap();
+            st.rtc.sdp_api().accept_answer(pending, answer).unwrap();
+        })
+    }
+
+    pub fn accept_offer(&self, offer: String) -> String {
+        self.call(move |st| {
+            let offer = SdpOffer::from_sdp_string(&offer).unwrap();
+            st.rtc
+                .sdp_api()
+                .accept_offer(offer)
+                .unwrap()
+                .to_sdp_string()
+        })
+    }
+
+    pub fn set_sending(&self, on: bool) {
+        self.call(move |st| st.sending = on)
+    }
+
+    /// Sends a PLI for the media this client receives on `mid`.
+    pub fn request_keyframe(&self, mid: &str) {
+        let mid = Mid::from(mid);
+        self.call(move |st| {
+            let mut api = st.rtc.direct_api();
+            let rx = api.stream_rx_by_mid(mid, None).expect("a receive stream");
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+        })
+    }
+
+    /// Keyframe requests received so far.
+    pub fn keyframe_requests(&self) -> u64 {
+        self.keyframe_requests.load(Ordering::SeqCst)
+    }
+
+    pub fn is_connected(&self) -> bool {
+        *self.connected.lock().unwrap()
+    }
+}
+
+pub fn pump(
+    st: &mut ClientState,
+    socket: UdpSocket,
+    addr: SocketAddr,
+    jobs: std_mpsc::Receiver<Job>,
+    rx: Arc<Mutex<HashMap<String, Rx>>>,
+    connected: Arc<Mutex<bool>>,
+    keyframe_requests: Arc<AtomicU64>,
+) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        loop {
+            match jobs.try_recv() {
+                Ok(job) => job(st),
+                Err(std_mpsc::TryRecvError::Empty) => break,
+                Err(std_mpsc::TryRecvError::Disconnected) => return,
+            }
+        }
+        let now = Instant::now();
+        if st.sending && *connected.lock().unwrap() {
+            send_media(st, now);
+        }
+        st.rtc.handle_input(Input::Timeout(now)).unwrap();
+        let timeout = loop {
+            match st.rtc.poll_output().unwrap() {
+                Output::Timeout(t) => break t,
+                Output::Transmit(t) => {
+                    let _ = socket.send_to(&t.contents, t.destination);
+                }
+                Output::Event(Event::Connected) => *connected.lock().unwrap() = true,
+                Output::Event(Event::KeyframeRequest(_)) => {
+                    st.keyframe_wanted = true;
+                    keyframe_requests.fetch_add(1, Ordering::SeqCst);
+                }
+                Output::Event(Event::RtpPacket(p)) => {
+                    let mid = st
+                        .rtc
+                        .direct_api()
+                        .stream_rx(&p.header.ssrc)
+                        .map(|s| s.mid().to_string())
+                        .unwrap_or_default();
+                    let mut m = rx.lock().unwrap();
+                    let e = m.entry(mid).or_default();
+                    e.count += 1;
+                    if !e.ssrcs.contains(&*p.header.ssrc) {
+                        e.ssrcs.push(*p.header.ssrc);
+                    }
+                    e.seqs.push(*p.seq_no);
+                    if p.payload.starts_with(&[0x10, 0x00]) {
+                        e.keyframes += 1;
+                    }
+                    if !e.pts.contains(&*p.header.payload_type) {
+                        e.pts.push(*p.header.payload_type);
+                    }
+                }
+                Output::Event(_) => {}
+            }
+        };
+        let mut wait = timeout.saturating_duration_since(Instant::now());
+        if st.sending {
+            wait = wait.min(Duration::from_millis(5));
+        }
+        let wait = wait.clamp(Duration::from_millis(1), Duration::from_millis(20));
+        socket.set_read_timeout(Some(wait)).unwrap();
+        if let Ok((n, src)) = socket.recv_from(&mut buf) {
+            if let Ok(r) = Receive::new(Protocol::Udp, src, addr, &buf[..n]) {
+                st.rtc
+                    .handle_input(Input::Receive(Instant::now(), r))
+                    .unwrap();
+            }
+        }
+    }
+}
+
+pub fn pt_for(rtc: &Rtc, codec: Codec) -> Pt {
+    rtc.codec_config()
+        .find(|p| p.spec().codec == codec)
+        .map(|p| p.pt())
+        .unwrap()
+}
+
+/// Synthetic media: Opus-sized audio every 20 ms, one VP8 packet per 33 ms frame.
+pub fn send_media(st: &mut ClientState, now: Instant) {
+    let send = st.send.clone();
+    for (mid, codec) in send {
+        let audio = codec == Codec::Opus;
+        let due = if audio { st.next_audio } else { st.next_video };
+        if now < due {
+            continue;
+        }
+        if audio {
+            st.next_audio = now + Duration::from_millis(20);
+        } else {
+            st.next_video = now + Duration::from_millis(33);
+            st.frame += 1;
+        }
+        st.seq += 1;
+        let pt = pt_for(&st.rtc, codec);
+        let (ts, payload): (u32, Vec<u8>) = if audio {
+            (st.seq as u32 * 960, vec![0xfc; 80])
+        } else {
+            // A keyframe every 30 frames, delta frames otherwise, in the codec's own framing.
+            let periodic = if st.periodic_keyframes {
+                st.frame % 30 == 1
+            } else {
+                st.frame == 1
+            };
+            let key = periodic || std::mem::take(&mut st.keyframe_wanted);
+            let mut p = match codec {
+                // Single NAL unit: IDR (5) or non-IDR slice (1).
+                Codec::H264 => vec![if key { 0x65 } else { 0x41 }, 0x88],
+                // Payload descriptor: B (begin) and, for delta frames, P (inter-predicted).
+                Codec::Vp9 => vec![if key { 0x08 } else { 0x48 }, 0x80],
+                // Aggregation header: N (new coded video sequence) on keyframes.
+                Codec::Av1 => vec![if key { 0x18 } else { 0x10 }, 0x0a],
+                _ => vec![0x10, if key { 0x00 } else { 0x01 }, 0x9d, 0x01, 0x2a],
+            };
+            p.resize(600, 0x55);
+            (st.frame * 3000, p)
+        };
+        let mut ext = ExtensionValues::default();
+        if audio {
+            ext.audio_level = Some(-20);
+            ext.voice_activity = Some(true);
+        }
+        let mut api = st.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+            continue;
+        };
+        // Separate sequence spaces per stream: audio and video each count their own packets.
+        let seq = if audio { st.seq } else { u64::from(st.frame) };
+        tx.write_rtp(
+            RtpWrite::new(pt, SeqNo::from(seq), ts, now, payload)
+                .marker(true)
+                .ext_vals(ext)
+                .nackable(!audio),
+        );
+    }
+}
+
+/// The SFU's event stream with per-participant offer queues.
+pub struct Events {
+    pub rx: UnboundedReceiver<SfuEvent>,
+    pub offers: HashMap<String, VecDeque<(String, Vec<SubscribedTrack>)>>,
+    pub speakers: Vec<Vec<(String, f32)>>,
+    pub failed: Vec<(String, String)>,
+}
+
+impl Events {
+    pub fn drain(&mut self) {
+        while let Ok(ev) = self.rx.try_recv() {
+            self.push(ev);
+        }
+    }
+
+    pub fn push(&mut self, ev: SfuEvent) {
+        match ev {
+            SfuEvent::SubscriberOffer {
+                participant_id,
+                sdp,
+                tracks,
+            } => self
+                .offers
+                .entry(participant_id)
+                .or_default()
+                .push_back((sdp, tracks)),
+            SfuEvent::Speakers { speakers, .. } => self.speakers.push(speakers),
+            SfuEvent::PeerFailed {
+                participant_id,
+                reason,
+            } => self.failed.push((participant_id, reason)),
+        }
+    }
+
+    pub async fn offer(&mut self, pid: &str) -> (String, Vec<SubscribedTrack>) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(o) = self.offers.get_mut(pid).and_then(|q| q.pop_front()) {
+                return o;
+            }
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(ev)) => self.push(ev),
+                _ => panic!("no subscriber offer for {pid}"),
+            }
+        }
+    }
+
+    pub fn has_offer(&mut self, pid: &str) -> bool {
+        self.drain();
+        self.offers.get(pid).is_some_and(|q| !q.is_empty())
+    }
+}
+
+pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(Instant::now() < deadline, "gave up waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+pub fn mid_of(tracks: &[SubscribedTrack], source: TrackSource) -> String {
+    tracks
+        .iter()
+        .find(|t| t.track.source == source)
+        .map(|t| t.mid.clone())
+        .unwrap()
+}
+
+/// A media plane on a free port of 127.0.0.1, and its event stream.
+pub async fn start(options: greenroom_sfu::SfuOptions) -> (Sfu, Events) {
+    let (sfu, rx) = Sfu::start_with(
+        SfuConfig {
+            bind: "127.0.0.1:0".parse().unwrap(),
+            advertise_ip: "127.0.0.1".parse().unwrap(),
+        },
+        options,
+    )
+    .await
+    .unwrap();
+    let events = Events {
+        rx,
+        offers: HashMap::new(),
+        speakers: Vec::new(),
+        failed: Vec::new(),
+    };
+    (sfu, events)
+}
+
+pub const ALL: MediaGate = MediaGate {
+    send: SourceSet::ALL,
+    receive: true,
+};
+
+/// Joins `publisher` and `subscriber` to `call`, publishes audio + video from the first, answers
+/// the second's offer; returns both clients, connected, and the subscriber's (audio, video) mids.
+/// `bwe`: bandwidth estimation on the subscriber's peer.
+pub async fn publish_and_subscribe(
+    sfu: &Sfu,
+    events: &mut Events,
+    call: &CallCid,
+    (publisher, subscriber): (&str, &str),
+    bwe: bool,
+) -> (Client, Client, (String, String)) {
+    let options = greenroom_sfu::JoinOptions {
+        bandwidth_estimation: bwe,
+    };
+    for pid in [publisher, subscriber] {
+        sfu.join_with(call, pid, &format!("u-{pid}"), ALL, options);
+    }
+    let p = Client::new();
+    let (offer, tracks, pending) = p.publish_offer();
+    let answer = sfu.publish(publisher, offer, tracks).await.unwrap();
+    p.accept_answer(pending, answer);
+    let s = Client::new();
+    let (sdp, tracks) = events.offer(subscriber).await;
+    let answer = s.accept_offer(sdp);
+    sfu.subscriber_answer(subscriber, answer).await.unwrap();
+    let mids = (
+        mid_of(&tracks, TrackSource::Microphone),
+        mid_of(&tracks, TrackSource::Camera),
+    );
+    wait_for("pair connected", || p.is_connected() && s.is_connected()).await;
+    p.set_sending(true);
+    (p, s, mids)
+}
