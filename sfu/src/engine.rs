@@ -674,6 +674,14 @@ impl Engine {
         }
     }
 
+    /// Fires the timers due at `now` and settles (the run loop's work without waiting);
+    /// used by the fuzz harness, which owns the clock.
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn advance(&mut self, now: Instant) {
+        self.fire_timers(now);
+        self.settle(now);
+    }
+
     /// Handles collected events and drives dirty peers until nothing is left.
     fn settle(&mut self, now: Instant) {
         loop {

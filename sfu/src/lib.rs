@@ -40,6 +40,8 @@
 mod demux;
 mod engine;
 pub mod forward;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod media;
 mod metrics;
 mod routes;
