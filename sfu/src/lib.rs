@@ -21,13 +21,19 @@
 //! * Commands from the control plane and datagrams arrive on the same channel per shard, so a
 //!   shard sleeps in one `recv_timeout` until a datagram, a command or its next timer. Replies
 //!   (SDP answers) come back on oneshot channels.
-//! * Inside a shard, a map source address -> peer, filled on the first `Rtc::accepts` hit,
-//!   finds the peer, so only unknown addresses (first STUN of a new peer) scan the peers.
+//! * Inside a shard (see `routes`), STUN finds its peer by the server ufrag it names (one map
+//!   lookup, then str0m's integrity check), and DTLS/SRTP/SRTCP only by a source address that
+//!   peer validated with an accepted binding request; everything else is dropped and counted.
+//!   No datagram scans the shard's peers.
+//! * Every shard queue is bounded: the receive thread drops (and counts) datagrams for a full
+//!   queue instead of blocking or growing.
 //! * Only the peer that got input is driven (`handle_input` + `poll_output` until `Timeout`),
 //!   plus the subscribers that packets were written to; each peer's next timeout lives in a
 //!   min-heap (lazy deletion), so idle peers cost nothing.
 //! * Each `handle_input`/`poll_output` run and each SDP operation is wrapped in `catch_unwind`:
-//!   a panic inside str0m ends that peer only and emits [`SfuEvent::PeerFailed`].
+//!   a panic inside str0m ends that peer only and emits [`SfuEvent::PeerFailed`]. A panic in a
+//!   shard's own loop ends that shard only: its participants get [`SfuEvent::PeerFailed`], it is
+//!   marked dead ([`Sfu::health`]), and its calls move to live shards at their next join.
 //! * A 250 ms housekeeping tick per shard checks ICE/DTLS deadlines, publishes active speakers
 //!   (debounced 500 ms) and re-chooses simulcast layers from the bandwidth estimates.
 //!
