@@ -3,9 +3,9 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, State};
 use axum::http::request::Parts;
+use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use greenroom_proto::{
@@ -16,7 +16,8 @@ use utoipa::{OpenApi, ToSchema};
 
 use crate::auth::Claims;
 use crate::call::Actor;
-use crate::error::{ApiError, ApiJson};
+use crate::error::ApiError;
+use crate::extract::{parse_object, ApiJson, ApiPath, ApiQuery};
 use crate::state::AppState;
 
 /// The verified claims of the request's bearer token.
@@ -120,10 +121,49 @@ pub struct UserRequest {
     pub user_id: String,
 }
 
+/// Checks the user ids in a request body like ids in paths ([`greenroom_proto::validate_id`]).
+pub trait ValidateIds {
+    /// `400 bad_request` naming the first invalid id.
+    fn validate_ids(&self) -> Result<(), ApiError>;
+}
+
+fn check_id(id: &str) -> Result<(), ApiError> {
+    greenroom_proto::validate_id(id).map_err(|_| {
+        let shown: String = id.chars().take(80).flat_map(char::escape_debug).collect();
+        ApiError::BadRequest(format!(
+            "invalid user id \"{shown}\": 1 to 64 characters of A-Z a-z 0-9 _ . @ -"
+        ))
+    })
+}
+
+impl ValidateIds for RequestPermissionRequest {
+    fn validate_ids(&self) -> Result<(), ApiError> {
+        Ok(())
+    }
+}
+
+impl ValidateIds for UpdatePermissionsRequest {
+    fn validate_ids(&self) -> Result<(), ApiError> {
+        check_id(&self.user_id)
+    }
+}
+
+impl ValidateIds for MuteUsersRequest {
+    fn validate_ids(&self) -> Result<(), ApiError> {
+        self.user_ids.iter().try_for_each(|u| check_id(u))
+    }
+}
+
+impl ValidateIds for UserRequest {
+    fn validate_ids(&self) -> Result<(), ApiError> {
+        check_id(&self.user_id)
+    }
+}
+
 /// Reply of `GET /healthz`.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct Health {
-    /// `ok`, or `draining` while shutting down.
+    /// `ok` (200), or `draining` (503) once shutdown has begun.
     pub status: String,
     /// Joined sessions.
     pub sessions: usize,
@@ -188,19 +228,26 @@ pub fn routes() -> Router<Arc<AppState>> {
         .merge(ring_routes())
 }
 
-/// Liveness.
-#[utoipa::path(get, path = "/healthz", responses((status = 200, body = Health)))]
-pub async fn healthz(State(state): State<Arc<AppState>>) -> Json<Health> {
-    Json(Health {
-        status: if state.is_shutting_down() {
-            "draining"
-        } else {
-            "ok"
-        }
-        .to_owned(),
-        sessions: state.session_count(),
-        media: state.sfu.as_ref().map(|s| s.health()),
-    })
+/// Liveness and readiness: `200 {"status":"ok"}` while serving, `503 {"status":"draining"}`
+/// once shutdown has begun (a load balancer or Kubernetes readiness probe stops sending
+/// traffic).
+#[utoipa::path(get, path = "/healthz",
+    responses((status = 200, body = Health), (status = 503, body = Health)))]
+pub async fn healthz(State(state): State<Arc<AppState>>) -> (StatusCode, Json<Health>) {
+    let draining = state.is_shutting_down();
+    let status = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (
+        status,
+        Json(Health {
+            status: if draining { "draining" } else { "ok" }.to_owned(),
+            sessions: state.session_count(),
+            media: state.sfu.as_ref().map(|s| s.health()),
+        }),
+    )
 }
 
 /// This API's OpenAPI document.
@@ -217,27 +264,25 @@ pub async fn openapi() -> Json<utoipa::openapi::OpenApi> {
 pub async fn get_or_create(
     State(state): State<Arc<AppState>>,
     Authed(claims): Authed,
-    Path((call_type, id)): Path<(String, String)>,
-    body: Result<Bytes, BytesRejection>,
+    ApiPath((call_type, id)): ApiPath<(String, String)>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Json<CallResponse>, ApiError> {
     // An oversized body gets the same `too_large` error body as the JSON routes.
-    let body = body.map_err(|r| {
-        if r.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge
-        } else {
-            ApiError::BadRequest(r.body_text())
-        }
-    })?;
+    let body = body?;
     let cid = cid_of(&call_type, &id)?;
     let actor = authorize(&claims, &cid)?;
+    // The body is optional here; when present it must be a JSON object.
     let req: CreateCallRequest = if body.iter().all(u8::is_ascii_whitespace) {
         CreateCallRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::InvalidJson(e.to_string()))?
+        parse_object(&body)?
     };
     for m in &req.members {
-        greenroom_proto::validate_id(&m.user_id)
-            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        check_id(&m.user_id)?;
+    }
+    // A draining server creates no new calls (existing ones still answer).
+    if state.is_shutting_down() && state.read_call(&cid, |_| ()).is_err() {
+        return Err(ApiError::ShuttingDown);
     }
     let created = state.get_or_create(&cid, &actor, req.members, req.settings)?;
     Ok(Json(call_response(&state, &cid, &actor, created)?))
@@ -251,7 +296,7 @@ pub async fn get_or_create(
 pub async fn get_call(
     State(state): State<Arc<AppState>>,
     Authed(claims): Authed,
-    Path((call_type, id)): Path<(String, String)>,
+    ApiPath((call_type, id)): ApiPath<(String, String)>,
 ) -> Result<Json<CallResponse>, ApiError> {
     let cid = cid_of(&call_type, &id)?;
     let actor = authorize(&claims, &cid)?;
@@ -273,7 +318,7 @@ macro_rules! call_action {
         pub async fn $name(
             State(state): State<Arc<AppState>>,
             Authed(claims): Authed,
-            Path((call_type, id)): Path<(String, String)>,
+            ApiPath((call_type, id)): ApiPath<(String, String)>,
         ) -> Result<Json<CallResponse>, ApiError> {
             let cid = cid_of(&call_type, &id)?;
             let $actor = authorize(&claims, &cid)?;
@@ -307,10 +352,11 @@ macro_rules! body_action {
         pub async fn $name(
             State(state): State<Arc<AppState>>,
             Authed(claims): Authed,
-            Path((call_type, id)): Path<(String, String)>,
+            ApiPath((call_type, id)): ApiPath<(String, String)>,
             ApiJson($r): ApiJson<$req>,
         ) -> Result<Json<CallResponse>, ApiError> {
             let cid = cid_of(&call_type, &id)?;
+            $r.validate_ids()?;
             let $actor = authorize(&claims, &cid)?;
             state.with_call(&cid, |$call| Ok(((), $body?)))?;
             Ok(Json(call_response(&state, &cid, &$actor, false)?))
@@ -462,7 +508,7 @@ pub fn ring_routes() -> Router<Arc<AppState>> {
 pub async fn ring(
     State(state): State<Arc<AppState>>,
     Authed(claims): Authed,
-    Path((call_type, id)): Path<(String, String)>,
+    ApiPath((call_type, id)): ApiPath<(String, String)>,
     ApiJson(r): ApiJson<RingRequest>,
 ) -> RingResult<greenroom_proto::RingCallInfo> {
     let cid = cid_of(&call_type, &id)?;
@@ -493,8 +539,9 @@ pub async fn create_group(
 pub async fn get_group(
     State(state): State<Arc<AppState>>,
     Authed(claims): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> RingResult<crate::ringing::GroupInfo> {
+    check_id(&id)?;
     Ok(Json(state.ringing.group(&claims, &id)?))
 }
 
@@ -507,9 +554,10 @@ pub async fn get_group(
 pub async fn update_group(
     State(state): State<Arc<AppState>>,
     Authed(claims): Authed,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     ApiJson(r): ApiJson<GroupMembersRequest>,
 ) -> RingResult<crate::ringing::GroupInfo> {
+    check_id(&id)?;
     Ok(Json(
         state
             .ringing
@@ -527,9 +575,10 @@ pub async fn update_group(
 pub async fn call_history(
     State(state): State<Arc<AppState>>,
     Authed(claims): Authed,
-    Path(id): Path<String>,
-    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<HistoryQuery>,
 ) -> RingResult<CallHistoryResponse> {
+    check_id(&id)?;
     let page = state
         .ringing
         .history(&claims, &id, q.limit, q.cursor.as_deref())
@@ -556,7 +605,7 @@ pub async fn create_token(
             "minting tokens needs an admin (server-side) token".into(),
         ));
     }
-    greenroom_proto::validate_id(&r.user_id).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    check_id(&r.user_id)?;
     let ttl = r.ttl.unwrap_or(DEFAULT_TOKEN_TTL_SECS);
     if ttl == 0 || ttl > MAX_TOKEN_TTL_SECS {
         return Err(ApiError::BadRequest(format!(

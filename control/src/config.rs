@@ -46,7 +46,7 @@ pub struct Config {
     pub server: ServerConfig,
     /// Media plane.
     pub rtc: RtcConfig,
-    /// API key and secret for tokens.
+    /// API keys and secrets for tokens: `[keys]` (one) or `[[keys]]` (several, the first signs).
     pub keys: KeysConfig,
     /// Limits.
     pub limits: LimitsConfig,
@@ -70,6 +70,14 @@ pub struct ServerConfig {
     pub drain_secs: u64,
     /// Directory of the server's files (the call history database `history.sqlite3`).
     pub data_dir: PathBuf,
+    /// Seconds a connection may take to send a complete request head (and a TLS handshake);
+    /// also how long an idle keep-alive connection is kept. Slower connections are closed.
+    pub header_timeout_secs: u64,
+    /// Seconds a request body may take to arrive completely after its head.
+    pub body_timeout_secs: u64,
+    /// Connections one IP address may hold open at once (loopback included); further ones are
+    /// closed on accept.
+    pub max_conns_per_ip: usize,
 }
 
 /// A certificate and key (PEM files) for HTTPS and WSS.
@@ -96,14 +104,115 @@ pub struct RtcConfig {
     pub parallel_fanout_min: usize,
 }
 
-/// Token signing keys.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KeysConfig {
+/// One API key: the name carried in a token's `kid` and its HS256 secret.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKey {
     /// API key (the token's `kid`).
     pub api_key: String,
     /// API secret (HS256 key).
     pub api_secret: String,
+}
+
+/// Token signing keys. In the file either one table (`[keys]`, missing fields default to the
+/// development key) or a list (`[[keys]]`): the first key signs new tokens, tokens of every
+/// listed key verify, so a secret is rotated without downtime by listing the new key next to
+/// the old one, then making it first, then removing the old one.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeysConfig {
+    /// API key new tokens are signed with (the token's `kid`).
+    pub api_key: String,
+    /// API secret of `api_key` (HS256 key).
+    pub api_secret: String,
+    /// Further keys whose tokens still verify (e.g. the previous key during a rotation).
+    pub verify_only: Vec<ApiKey>,
+}
+
+impl KeysConfig {
+    /// Every configured key, the signing one first.
+    pub fn all(&self) -> Vec<ApiKey> {
+        let mut all = vec![ApiKey {
+            api_key: self.api_key.clone(),
+            api_secret: self.api_secret.clone(),
+        }];
+        all.extend(self.verify_only.iter().cloned());
+        all
+    }
+}
+
+/// The single-table form, `[keys]`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SingleKey {
+    api_key: String,
+    api_secret: String,
+}
+
+impl Default for SingleKey {
+    fn default() -> Self {
+        SingleKey {
+            api_key: DEV_API_KEY.to_owned(),
+            api_secret: DEV_API_SECRET.to_owned(),
+        }
+    }
+}
+
+impl Serialize for KeysConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.verify_only.is_empty() {
+            SingleKey {
+                api_key: self.api_key.clone(),
+                api_secret: self.api_secret.clone(),
+            }
+            .serialize(s)
+        } else {
+            self.all().serialize(s)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeysConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = KeysConfig;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a [keys] table or a [[keys]] list of {api_key, api_secret}")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<KeysConfig, A::Error> {
+                let one =
+                    SingleKey::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(KeysConfig {
+                    api_key: one.api_key,
+                    api_secret: one.api_secret,
+                    verify_only: Vec::new(),
+                })
+            }
+
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                seq: A,
+            ) -> Result<KeysConfig, A::Error> {
+                let mut list =
+                    Vec::<ApiKey>::deserialize(serde::de::value::SeqAccessDeserializer::new(seq))?
+                        .into_iter();
+                let first = list
+                    .next()
+                    .ok_or_else(|| serde::de::Error::custom("[[keys]] needs at least one key"))?;
+                Ok(KeysConfig {
+                    api_key: first.api_key,
+                    api_secret: first.api_secret,
+                    verify_only: list.collect(),
+                })
+            }
+        }
+        d.deserialize_any(Keys)
+    }
 }
 
 /// Limits.
@@ -124,6 +233,9 @@ impl Default for ServerConfig {
             tls: None,
             drain_secs: 10,
             data_dir: PathBuf::from("./data"),
+            header_timeout_secs: 10,
+            body_timeout_secs: 15,
+            max_conns_per_ip: 256,
         }
     }
 }
@@ -144,6 +256,7 @@ impl Default for KeysConfig {
         KeysConfig {
             api_key: DEV_API_KEY.to_owned(),
             api_secret: DEV_API_SECRET.to_owned(),
+            verify_only: Vec::new(),
         }
     }
 }
@@ -250,9 +363,26 @@ impl Config {
 
     /// Checks values that parse but do not make sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.keys.api_key.is_empty() || self.keys.api_secret.is_empty() {
+        let keys = self.keys.all();
+        for (i, k) in keys.iter().enumerate() {
+            if k.api_key.is_empty() || k.api_secret.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "keys.api_key and keys.api_secret must be set".into(),
+                ));
+            }
+            if keys[..i].iter().any(|o| o.api_key == k.api_key) {
+                return Err(ConfigError::Invalid(format!(
+                    "keys: api_key `{}` is listed twice",
+                    k.api_key
+                )));
+            }
+        }
+        if self.server.header_timeout_secs == 0
+            || self.server.body_timeout_secs == 0
+            || self.server.max_conns_per_ip == 0
+        {
             return Err(ConfigError::Invalid(
-                "keys.api_key and keys.api_secret must be set".into(),
+                "server.header_timeout_secs, server.body_timeout_secs and server.max_conns_per_ip must be at least 1".into(),
             ));
         }
         if self.limits.max_message_bytes < 1024 {
@@ -306,6 +436,36 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("GREENROOM_RTC_SHARDS"));
+    }
+
+    #[test]
+    fn keys_table_or_list() {
+        let one = Config::from_toml(Path::new("x.toml"), "[keys]\napi_secret = \"s\"\n").unwrap();
+        assert_eq!(one.keys.api_key, DEV_API_KEY);
+        assert_eq!(one.keys.api_secret, "s");
+        assert!(one.keys.verify_only.is_empty());
+        let two = Config::from_toml(
+            Path::new("x.toml"),
+            "[[keys]]\napi_key = \"new\"\napi_secret = \"s2\"\n\
+             [[keys]]\napi_key = \"old\"\napi_secret = \"s1\"\n",
+        )
+        .unwrap();
+        assert_eq!(two.keys.api_key, "new");
+        assert_eq!(two.keys.verify_only.len(), 1);
+        assert_eq!(two.keys.verify_only[0].api_key, "old");
+        two.validate().unwrap();
+        // The printed form reads back the same.
+        let text = toml::to_string_pretty(&two).unwrap();
+        assert_eq!(Config::from_toml(Path::new("y.toml"), &text).unwrap(), two);
+        let dup = Config::from_toml(
+            Path::new("x.toml"),
+            "[[keys]]\napi_key = \"k\"\napi_secret = \"a\"\n\
+             [[keys]]\napi_key = \"k\"\napi_secret = \"b\"\n",
+        )
+        .unwrap();
+        assert!(dup.validate().unwrap_err().to_string().contains("twice"));
+        let typo = Config::from_toml(Path::new("x.toml"), "[[keys]]\napi_kee = \"k\"\n");
+        assert!(typo.unwrap_err().to_string().contains("api_kee"));
     }
 
     #[test]

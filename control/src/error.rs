@@ -1,7 +1,6 @@
 //! The API error type: every failure becomes an HTTP status and an [`ErrorBody`] with a
 //! machine-readable code (and a `signal` `error` message on the WebSocket).
 
-use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -50,6 +49,9 @@ impl ApiError {
             ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, ErrorCode::BadRequest, None),
             ApiError::Auth(AuthError::Expired) => {
                 (StatusCode::UNAUTHORIZED, ErrorCode::TokenExpired, None)
+            }
+            ApiError::Auth(AuthError::UnknownKey(_)) => {
+                (StatusCode::UNAUTHORIZED, ErrorCode::UnknownKey, None)
             }
             ApiError::Auth(AuthError::Sign(_)) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, None)
@@ -106,26 +108,5 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = self.parts();
         (status, Json(body)).into_response()
-    }
-}
-
-impl From<JsonRejection> for ApiError {
-    fn from(r: JsonRejection) -> Self {
-        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::TooLarge
-        } else {
-            ApiError::InvalidJson(r.body_text())
-        }
-    }
-}
-
-/// A JSON body extractor whose rejection is an [`ApiError`].
-#[derive(Debug, Clone, Copy, Default, axum::extract::FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
-pub struct ApiJson<T>(pub T);
-
-impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
-    fn into_response(self) -> Response {
-        Json(self.0).into_response()
     }
 }

@@ -105,8 +105,7 @@ fn main() -> Result<()> {
     let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
     match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
         Command::Token(t) => {
-            let auth =
-                greenroom_control::auth::Auth::new(&config.keys.api_key, &config.keys.api_secret);
+            let auth = greenroom_control::auth::Auth::from_config(&config.keys);
             let call = match &t.session {
                 Some(id) => Some(
                     CallCid::new(greenroom_proto::CallType::Default, id)
@@ -132,7 +131,10 @@ fn main() -> Result<()> {
                 .enable_all()
                 .build()
                 .context("starting the runtime")?;
-            runtime.block_on(serve(config, args))
+            let result = runtime.block_on(serve(config, args));
+            // Tasks still running (upgraded sockets, the media plane) are not waited for.
+            runtime.shutdown_timeout(Duration::from_secs(1));
+            result
         }
     }
 }
@@ -163,72 +165,81 @@ async fn serve(mut config: Config, args: ServeArgs) -> Result<()> {
         config.server.drain_secs = d;
     }
     let http_addr = config.server.http_addr;
-    let tls = if args.dev_tls {
+    let mut opts = greenroom_control::server::ServeOptions::from_config(&config.server);
+    opts.tls = if args.dev_tls {
         let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
         names.push(config.rtc.node_ip.to_string());
         names.dedup();
-        Some(greenroom_control::tls::dev_config(&names).await?)
+        Some(greenroom_control::tls::dev_config(&names)?)
     } else if let Some(t) = &config.server.tls {
-        Some(greenroom_control::tls::from_files(&t.cert_path, &t.key_path).await?)
+        Some(greenroom_control::tls::from_files(
+            &t.cert_path,
+            &t.key_path,
+        )?)
     } else {
         None
     };
+    match greenroom_control::server::raise_open_file_limit() {
+        Some(n) => tracing::info!(open_files = n, "open-file limit"),
+        None => tracing::warn!("the open-file limit is unknown"),
+    }
     let drain = Duration::from_secs(config.server.drain_secs);
+    let webhook_flush = Duration::from_secs(config.webhooks.flush_secs);
     let state = greenroom_control::start_state(config, true)
         .await
         .context("starting the media plane")?;
     let udp = state.sfu.as_ref().map(|s| s.local_addr());
     let app = greenroom_control::app(state.clone());
-    let shutdown_state = state.clone();
-    let on_shutdown = async move {
-        shutdown_signal().await;
-        tracing::info!(
-            drain_secs = drain.as_secs(),
-            "shutting down: draining connections"
-        );
-        shutdown_state.begin_shutdown(drain.as_millis() as u64);
-        let drain_state = shutdown_state.clone();
-        tokio::spawn(async move {
-            let deadline = tokio::time::Instant::now() + drain;
-            while drain_state.session_count() > 0 && tokio::time::Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            drain_state.close_all("server shutting down");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            tracing::info!("drained, exiting");
-            std::process::exit(0);
-        });
-    };
-    match tls {
-        Some(tls) => {
-            tracing::info!(https = %http_addr, udp = ?udp, "greenroom listening (TLS)");
-            let handle = axum_server::Handle::new();
-            let h = handle.clone();
-            tokio::spawn(async move {
-                on_shutdown.await;
-                h.graceful_shutdown(Some(drain));
-            });
-            axum_server::bind_rustls(http_addr, tls)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
-                .context("serving HTTPS")?;
-        }
-        None => {
-            let listener = tokio::net::TcpListener::bind(http_addr)
-                .await
-                .with_context(|| format!("binding {http_addr}"))?;
-            tracing::info!(http = %http_addr, udp = ?udp, "greenroom listening");
-            axum::serve(listener, app)
-                .with_graceful_shutdown(on_shutdown)
-                .await
-                .context("serving HTTP")?;
-        }
+    let listener = tokio::net::TcpListener::bind(http_addr)
+        .await
+        .with_context(|| format!("binding {http_addr}"))?;
+    let scheme = if opts.tls.is_some() { "https" } else { "http" };
+    tracing::info!(%scheme, http = %http_addr, udp = ?udp, "greenroom listening");
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(greenroom_control::server::serve(
+        listener,
+        app,
+        opts,
+        async move {
+            let _ = stop_rx.await;
+        },
+    ));
+
+    // Shutdown, in order (docs/ARCHITECTURE.md, Operations):
+    shutdown_signal().await;
+    // 1. Draining: joins and new calls are refused, /healthz answers 503 `draining`, every
+    //    joined client gets `going_away` with the drain time.
+    tracing::info!(
+        drain_secs = drain.as_secs(),
+        "shutting down: draining connections"
+    );
+    state.begin_shutdown(drain.as_millis() as u64);
+    // 2. Wait for the clients to leave, at most the drain time.
+    let deadline = tokio::time::Instant::now() + drain;
+    while state.session_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Upgraded WebSockets do not hold `serve` open: wait for the drain task to exit the process.
-    if state.is_shutting_down() {
-        std::future::pending::<()>().await;
+    // 3. Stop accepting connections; open HTTP requests finish.
+    let _ = stop_tx.send(());
+    // 4. Close the remaining WebSockets (1001 going away) and let their writers flush.
+    state.close_all("server shutting down");
+    let closed_by = tokio::time::Instant::now() + Duration::from_secs(2);
+    while state.session_count() > 0 && tokio::time::Instant::now() < closed_by {
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // 5. Calls still ringing (or in progress) get their final history record.
+    state.ringing.shutdown(&state);
+    // 6. Flush the webhook queue (bounded) and the history writer.
+    if let Some(w) = &state.webhooks {
+        w.flush(webhook_flush).await;
+    }
+    if !state.ringing.flush_history(Duration::from_secs(5)).await {
+        tracing::warn!("call history not flushed before exit");
+    }
+    if let Err(e) = server.await {
+        tracing::warn!("HTTP server task: {e}");
+    }
+    tracing::info!("drained, exiting");
     Ok(())
 }
 

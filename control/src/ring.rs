@@ -871,6 +871,33 @@ impl Ringer {
         step
     }
 
+    /// The server is shutting down: every call is over now. A call still ringing ends as
+    /// `missed` (its ringing callees and the caller get `call.missed`), an active one as
+    /// `accepted` with its talk time (its participants get `call.ended` by `ended_by`). Each
+    /// call gets its final record.
+    pub fn end_all(&mut self, ended_by: &str, now_ms: u64) -> Step {
+        let mut step = Step::default();
+        let mut cids: Vec<CallCid> = self.calls.keys().cloned().collect();
+        cids.sort_by_key(|c| c.to_string());
+        for cid in cids {
+            let Some(call) = self.calls.get(&cid) else {
+                continue;
+            };
+            if call.active() {
+                step.extend(self.end_active(&cid, ended_by, now_ms));
+                continue;
+            }
+            let event = RingEvent::Missed {
+                call_cid: cid.clone(),
+            };
+            for u in call.ringing().iter().chain(std::iter::once(&call.caller)) {
+                step.send_user(u, event.clone());
+            }
+            step.extend(self.finish_with(&cid, now_ms, Some(RingOutcome::Missed)));
+        }
+        step
+    }
+
     /// A device of a user connected: it starts ringing for every call ringing the user, with
     /// the time left.
     pub fn device_connected(&self, user_id: &str, device_id: &str, now_ms: u64) -> Step {
@@ -1181,6 +1208,33 @@ mod tests {
         assert!(r.incoming.is_empty(), "incoming left: {:?}", r.incoming);
         assert!(r.deadlines.is_empty(), "deadlines left");
         assert_eq!(r.next_deadline(), None);
+    }
+
+    #[test]
+    fn end_all_gives_every_call_its_final_record() {
+        let (mut r, ringing) = one_to_one();
+        let (_, _) = r
+            .initiate(req("c2", "carol", &["dave"], CallKind::Video), T0)
+            .unwrap();
+        let active = cid("c2");
+        r.accept(&active, "dave", "d1", T0 + 1_000).unwrap();
+        let step = r.end_all("server", T0 + 5_000);
+        assert_eq!(step.records.len(), 2);
+        let rec = |c: &CallCid| step.records.iter().find(|x| &x.call_cid == c).unwrap();
+        let rung = rec(&ringing);
+        assert_eq!(rung.outcome, RingOutcome::Missed);
+        assert_eq!(rung.ended_at_ms, Some(T0 + 5_000));
+        let talked = rec(&active);
+        assert_eq!(talked.outcome, RingOutcome::Accepted);
+        assert_eq!(talked.duration_ms, Some(4_000));
+        assert!(to_user(&step, "bob")
+            .iter()
+            .any(|e| matches!(e, RingEvent::Missed { .. })));
+        assert!(to_user(&step, "dave")
+            .iter()
+            .any(|e| matches!(e, RingEvent::Ended { .. })));
+        assert_eq!(step.end_sessions.len(), 2);
+        assert_idle(&r);
     }
 
     #[test]

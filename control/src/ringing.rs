@@ -192,6 +192,8 @@ enum HistoryCmd {
         before: Option<HistoryCursor>,
         reply: oneshot::Sender<Result<HistoryPage, HistoryError>>,
     },
+    /// Answered once every command queued before it is done (shutdown).
+    Flush(oneshot::Sender<()>),
 }
 
 /// The history thread's queue; the thread and the database are started on first use.
@@ -250,6 +252,19 @@ impl History {
         .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
+
+    /// Waits until every record queued so far is written (at most `within`). Returns whether
+    /// it was; true at once when the history was never used.
+    async fn flush(&self, within: Duration) -> bool {
+        let Some(Some(tx)) = self.tx.get() else {
+            return true;
+        };
+        let (done, rx) = oneshot::channel();
+        if tx.send(HistoryCmd::Flush(done)).is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(within, rx).await, Ok(Ok(())))
+    }
 }
 
 fn run_history(path: &std::path::Path, rx: &std::sync::mpsc::Receiver<HistoryCmd>) {
@@ -279,6 +294,9 @@ fn run_history(path: &std::path::Path, rx: &std::sync::mpsc::Receiver<HistoryCmd
                     ))),
                 };
                 let _ = reply.send(page);
+            }
+            HistoryCmd::Flush(done) => {
+                let _ = done.send(());
             }
         }
     }
@@ -546,6 +564,27 @@ impl Ringing {
             .transpose()?;
         let limit = limit.unwrap_or(DEFAULT_HISTORY_PAGE);
         Ok(self.history.list(user_id.to_owned(), limit, before).await?)
+    }
+
+    /// Shutdown: every ringing or active call is over now and gets its final history record
+    /// (ringing ones `missed`, active ones `accepted` with their talk time); the devices still
+    /// connected are told (`call.missed` / `call.ended`). Call [`Ringing::flush_history`] after.
+    pub fn shutdown(&self, state: &AppState) {
+        let mut inner = self.inner.lock();
+        let step = inner.ringer.end_all("greenroom", unix_now_ms());
+        if !step.is_empty() {
+            tracing::info!(
+                calls = step.records.len(),
+                "shutdown: final records of ringing calls"
+            );
+            self.apply(state, inner, step);
+        }
+    }
+
+    /// Waits until every history record queued so far is written (at most `within`); returns
+    /// whether it was.
+    pub async fn flush_history(&self, within: Duration) -> bool {
+        self.history.flush(within).await
     }
 
     /// Carries out a step: deliveries and history records under the lock, then the media

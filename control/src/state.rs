@@ -77,7 +77,7 @@ impl AppState {
     /// State for a configuration, with an optional running media plane.
     pub fn new(config: Config, sfu: Option<Sfu>) -> Arc<AppState> {
         Arc::new(AppState {
-            auth: Auth::new(&config.keys.api_key, &config.keys.api_secret),
+            auth: Auth::from_config(&config.keys),
             policy: Policy::with_overrides(&config.call_types),
             webhooks: crate::webhook::Webhooks::start(&config.webhooks, &config.keys.api_secret),
             ringing: crate::ringing::Ringing::new(&config),

@@ -11,7 +11,12 @@
 //! X-Greenroom-Timestamp: 1795262509          (Unix seconds)
 //! X-Greenroom-Signature: sha256=<hex>        (HMAC-SHA256(secret, timestamp + "." + body))
 //! ```
+//!
+//! On shutdown the server waits (at most `flush_secs`) for every queued event to be delivered
+//! or given up ([`Webhooks::flush`]) before it exits.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
@@ -35,6 +40,8 @@ pub struct WebhookConfig {
     pub queue_size: usize,
     /// Timeout of one POST.
     pub timeout_ms: u64,
+    /// On shutdown, how long to wait for queued events to be delivered before exiting.
+    pub flush_secs: u64,
 }
 
 impl Default for WebhookConfig {
@@ -45,6 +52,7 @@ impl Default for WebhookConfig {
             max_retry_secs: 600,
             queue_size: 10_000,
             timeout_ms: 5_000,
+            flush_secs: 5,
         }
     }
 }
@@ -100,6 +108,8 @@ pub fn verify(secret: &str, timestamp: u64, body: &[u8], signature: &str) -> boo
 pub struct Webhooks {
     senders: Vec<mpsc::Sender<WebhookEnvelope>>,
     seq: std::sync::atomic::AtomicU64,
+    /// Deliveries queued or in flight (all receivers).
+    pending: Arc<AtomicUsize>,
 }
 
 impl Webhooks {
@@ -117,6 +127,7 @@ impl Webhooks {
             .timeout(Duration::from_millis(cfg.timeout_ms))
             .build()
             .ok()?;
+        let pending = Arc::new(AtomicUsize::new(0));
         let senders = cfg
             .urls
             .iter()
@@ -128,6 +139,7 @@ impl Webhooks {
                     secret.clone(),
                     Duration::from_secs(cfg.max_retry_secs),
                     rx,
+                    pending.clone(),
                 ));
                 tx
             })
@@ -135,7 +147,30 @@ impl Webhooks {
         Some(Webhooks {
             senders,
             seq: std::sync::atomic::AtomicU64::new(0),
+            pending,
         })
+    }
+
+    /// Deliveries queued or in flight, all receivers together.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    /// Waits until every queued event has been delivered (or given up), at most `within`.
+    /// Returns whether the queue is empty.
+    pub async fn flush(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while self.pending() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    pending = self.pending(),
+                    "webhooks not delivered before shutdown: dropped"
+                );
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        true
     }
 
     /// Queues an event for every receiver; never blocks. A full queue drops the event with a
@@ -149,7 +184,10 @@ impl Webhooks {
             event,
         };
         for tx in &self.senders {
+            // Counted before it is queued, so the delivery task never sees it uncounted.
+            self.pending.fetch_add(1, Ordering::SeqCst);
             if tx.try_send(env.clone()).is_err() {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
                 tracing::warn!(kind, "webhook queue full or closed: event dropped");
                 crate::metrics::WEBHOOKS
                     .with_label_values(&["dropped"])
@@ -165,51 +203,64 @@ async fn deliver_loop(
     secret: String,
     max_retry: Duration,
     mut rx: mpsc::Receiver<WebhookEnvelope>,
+    pending: Arc<AtomicUsize>,
 ) {
     while let Some(env) = rx.recv().await {
-        let body = match serde_json::to_vec(&env) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::error!("cannot serialize webhook: {e}");
-                continue;
-            }
-        };
-        let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let ts = unix_now();
-            let res = client
-                .post(&url)
-                .header("content-type", "application/json")
-                .header("x-greenroom-webhook-id", &env.id)
-                .header("x-greenroom-timestamp", ts.to_string())
-                .header("x-greenroom-signature", sign(&secret, ts, &body))
-                .body(body.clone())
-                .send()
-                .await;
-            match res {
-                Ok(r) if r.status().is_success() => {
-                    crate::metrics::WEBHOOKS
-                        .with_label_values(&["delivered"])
-                        .inc();
-                    break;
-                }
-                Ok(r) => tracing::debug!(url, status = %r.status(), "webhook refused, retrying"),
-                Err(e) => tracing::debug!(url, "webhook failed, retrying: {e}"),
-            }
-            crate::metrics::WEBHOOKS
-                .with_label_values(&["retried"])
-                .inc();
-            if started.elapsed() > max_retry {
-                tracing::warn!(url, id = env.id, "webhook given up after retries");
+        deliver_one(&client, &url, &secret, max_retry, &env).await;
+        pending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Delivers one event, retrying until it is accepted or `max_retry` has passed.
+async fn deliver_one(
+    client: &reqwest::Client,
+    url: &str,
+    secret: &str,
+    max_retry: Duration,
+    env: &WebhookEnvelope,
+) {
+    let body = match serde_json::to_vec(env) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::error!("cannot serialize webhook: {e}");
+            return;
+        }
+    };
+    let started = tokio::time::Instant::now();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let ts = unix_now();
+        let res = client
+            .post(url)
+            .header("content-type", "application/json")
+            .header("x-greenroom-webhook-id", &env.id)
+            .header("x-greenroom-timestamp", ts.to_string())
+            .header("x-greenroom-signature", sign(secret, ts, &body))
+            .body(body.clone())
+            .send()
+            .await;
+        match res {
+            Ok(r) if r.status().is_success() => {
                 crate::metrics::WEBHOOKS
-                    .with_label_values(&["dropped"])
+                    .with_label_values(&["delivered"])
                     .inc();
                 break;
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
+            Ok(r) => tracing::debug!(url, status = %r.status(), "webhook refused, retrying"),
+            Err(e) => tracing::debug!(url, "webhook failed, retrying: {e}"),
         }
+        crate::metrics::WEBHOOKS
+            .with_label_values(&["retried"])
+            .inc();
+        if started.elapsed() > max_retry {
+            tracing::warn!(url, id = env.id, "webhook given up after retries");
+            crate::metrics::WEBHOOKS
+                .with_label_values(&["dropped"])
+                .inc();
+            break;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

@@ -17,6 +17,8 @@ pub enum ErrorCode {
     Unauthorized,
     /// The token has expired.
     TokenExpired,
+    /// The token's header `kid` names no configured API key (or is missing).
+    UnknownKey,
     /// The caller lacks a capability; `capability` names it.
     MissingCapability,
     /// The token is limited to another call.
