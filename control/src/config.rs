@@ -223,6 +223,21 @@ pub struct LimitsConfig {
     pub max_message_bytes: usize,
     /// Largest accepted HTTP body.
     pub max_body_bytes: usize,
+    /// Seconds a signaling socket that is not in a call may stay without sending `ping`,
+    /// `join` or a ring message before it is closed (4408); 0 = never.
+    pub idle_ws_secs: u64,
+    /// Signaling sockets one user may hold at once; more are refused (429).
+    pub max_connections_per_user: usize,
+    /// Signaling messages per second one socket may send (token bucket refill rate).
+    pub signal_rate_per_sec: u32,
+    /// Signaling messages one socket may send in a burst (token bucket size).
+    pub signal_burst: u32,
+    /// Milliseconds after which an unanswered `subscriber_offer` is sent again.
+    pub subscriber_offer_timeout_ms: u64,
+    /// Seconds an ended call with nobody in it stays in memory before it is freed.
+    pub ended_call_ttl_secs: u64,
+    /// Seconds a call with nobody in it (never joined, or everyone left) stays in memory.
+    pub empty_call_ttl_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -266,6 +281,13 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_message_bytes: 64 * 1024,
             max_body_bytes: 64 * 1024,
+            idle_ws_secs: 60,
+            max_connections_per_user: 16,
+            signal_rate_per_sec: 50,
+            signal_burst: 100,
+            subscriber_offer_timeout_ms: 5000,
+            ended_call_ttl_secs: 300,
+            empty_call_ttl_secs: 3600,
         }
     }
 }
@@ -388,6 +410,17 @@ impl Config {
         if self.limits.max_message_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "limits.max_message_bytes must be at least 1024".into(),
+            ));
+        }
+        if self.limits.max_connections_per_user == 0
+            || self.limits.signal_rate_per_sec == 0
+            || self.limits.signal_burst == 0
+            || self.limits.subscriber_offer_timeout_ms == 0
+        {
+            return Err(ConfigError::Invalid(
+                "limits.max_connections_per_user, signal_rate_per_sec, signal_burst and \
+                 subscriber_offer_timeout_ms must be at least 1"
+                    .into(),
             ));
         }
         Ok(())

@@ -39,6 +39,18 @@ pub enum ApiError {
     /// The server is shutting down.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A signaling message of a type the server does not know.
+    #[error("{0}")]
+    UnknownMessage(String),
+    /// The socket already joined a call.
+    #[error("this connection already joined a call")]
+    AlreadyJoined,
+    /// The socket sends messages faster than allowed; the message was dropped.
+    #[error("rate limited: at most {0} messages per second (burst {1}); message dropped")]
+    RateLimited(u32, u32),
+    /// The user holds as many signaling sockets as allowed.
+    #[error("too many connections: at most {0} signaling sockets per user")]
+    TooManyConnections(usize),
 }
 
 impl ApiError {
@@ -85,6 +97,18 @@ impl ApiError {
             ApiError::ShuttingDown => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 ErrorCode::ShuttingDown,
+                None,
+            ),
+            ApiError::UnknownMessage(_) => {
+                (StatusCode::BAD_REQUEST, ErrorCode::UnknownMessage, None)
+            }
+            ApiError::AlreadyJoined => (StatusCode::CONFLICT, ErrorCode::AlreadyJoined, None),
+            ApiError::RateLimited(..) => {
+                (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, None)
+            }
+            ApiError::TooManyConnections(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                ErrorCode::TooManyConnections,
                 None,
             ),
         };

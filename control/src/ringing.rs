@@ -34,7 +34,7 @@ use greenroom_proto::{
 };
 use parking_lot::{Mutex, MutexGuard};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{oneshot, Notify};
 use utoipa::ToSchema;
 
 use crate::auth::{unix_now_ms, Claims};
@@ -43,7 +43,7 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::history::{HistoryCursor, HistoryError, HistoryPage, HistoryStore};
 use crate::ring::{Group, GroupError, Groups, InitiateRequest, Output, RingError, Ringer, Step};
-use crate::state::{AppState, Outbound};
+use crate::state::{AppState, Outbox};
 
 /// The history database's file name under the data directory.
 pub const HISTORY_FILE: &str = "history.sqlite3";
@@ -172,7 +172,7 @@ struct Device {
     device_id: String,
     /// The only call this device's token may see (`type:id`).
     call_limit: Option<String>,
-    tx: mpsc::Sender<Outbound>,
+    tx: Outbox,
 }
 
 #[derive(Debug, Default)]
@@ -362,7 +362,7 @@ impl Ringing {
         user_id: &str,
         device_id: &str,
         call_limit: Option<String>,
-        tx: mpsc::Sender<Outbound>,
+        tx: Outbox,
     ) -> u64 {
         let key = self.next_key.fetch_add(1, Ordering::Relaxed);
         let mut inner = self.inner.lock();
@@ -660,8 +660,8 @@ fn deliver(inner: &Inner, outputs: &[Output]) {
         let Some(devices) = inner.devices.get(user) else {
             continue;
         };
-        let text = match serde_json::to_string(&o.event) {
-            Ok(t) => t,
+        let text: axum::extract::ws::Utf8Bytes = match serde_json::to_string(&o.event) {
+            Ok(t) => t.into(),
             Err(e) => {
                 tracing::error!("cannot serialize ring event: {e}");
                 continue;
@@ -678,12 +678,8 @@ fn deliver(inner: &Inner, outputs: &[Output]) {
             if d.call_limit.as_deref().is_some_and(|c| c != cid) {
                 continue;
             }
-            if let Err(mpsc::error::TrySendError::Full(_)) =
-                d.tx.try_send(Outbound::Text(text.clone()))
-            {
-                tracing::warn!(user, device = %d.device_id, "client too slow, closing it");
-                let _ = d.tx.try_send(Outbound::Close(1008, "too slow".into()));
-            }
+            // A full queue closes the slow device (1008).
+            d.tx.send_text(text.clone());
         }
     }
 }

@@ -1,27 +1,44 @@
 //! The signaling WebSocket, `GET /v1/signal?token=...` (or a bearer header).
 //!
-//! One connection joins at most one call at a time. A reader loop parses [`ClientMessage`]s; a
-//! writer task drains the session's bounded queue. Oversized messages close the socket with
-//! 1009; malformed or unknown messages get an `error` message and the connection stays; a
-//! dropped socket leaves the call.
+//! One connection joins at most one call at a time. A reader loop parses [`ClientMessage`]s
+//! (rate-limited per socket); a writer task drains the socket's bounded queue of pre-serialized
+//! messages and watches a close signal beside it, so a slow client is closed (1008) even when
+//! its queue is full. Oversized messages close the socket with 1009; malformed or unknown
+//! messages get an `error` message and the connection stays; a dropped socket leaves the call;
+//! a socket outside any call that stays silent is closed (4408). The rules are in section 4 of
+//! docs/PROTOCOL.md.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use greenroom_proto::{
-    CallCid, ClientMessage, ServerMessage, SignalMessage, SourceSet, TrackSource, PROTOCOL_VERSION,
+    CallCid, ClientMessage, RingClientMessage, ServerMessage, SignalMessage, SourceSet,
+    TrackSource, PROTOCOL_VERSION,
 };
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 
 use crate::auth::{unix_now_ms, AuthError, Claims};
 use crate::call::CallError;
 use crate::error::ApiError;
-use crate::state::{AppState, Outbound, SESSION_QUEUE};
+use crate::state::{
+    AppState, CloseReason, Inbox, Notice, Outbound, Outbox, SocketSlot, SESSION_QUEUE,
+};
+
+/// Bytes the WebSocket may buffer for writing before a write fails (bounds a connection's
+/// memory; a subscriber offer of a large call fits several times).
+const MAX_WRITE_BUFFER: usize = 4 << 20;
+/// How long the writer tries to deliver a close frame to a client that does not read.
+const CLOSE_GRACE: Duration = Duration::from_secs(10);
+/// The close code of an idle socket (4000 + HTTP 408).
+pub const IDLE_CLOSE_CODE: u16 = 4408;
 
 /// Query string of the signaling endpoint.
 #[derive(Debug, Deserialize)]
@@ -32,7 +49,8 @@ pub struct SignalQuery {
     pub device_id: Option<String>,
 }
 
-/// Upgrades to the signaling WebSocket after verifying the token (401 before upgrade).
+/// Upgrades to the signaling WebSocket after verifying the token (401 before upgrade) and the
+/// user's socket count (429 `too_many_connections` before upgrade).
 pub async fn signal(
     State(state): State<Arc<AppState>>,
     Query(q): Query<SignalQuery>,
@@ -54,11 +72,14 @@ pub async fn signal(
         }
         None => uuid::Uuid::new_v4().simple().to_string(),
     };
+    // Reserved before the upgrade; a failed upgrade drops the closure and with it the slot.
+    let slot = state.open_socket(&claims.sub)?;
     let limit = state.config.limits.max_message_bytes;
     // The hard cap is above our limit so an oversized message is seen and answered with 1009.
     Ok(ws
         .max_message_size(limit * 4)
         .max_frame_size(limit * 4)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| {
             // One span per connection (a participant session once joined): every log line of
             // this socket carries the user, and the call and participant after `join`.
@@ -68,140 +89,329 @@ pub async fn signal(
                 call = tracing::field::Empty,
                 participant = tracing::field::Empty
             );
-            tracing::Instrument::instrument(run(state, claims, device_id, socket), span)
+            tracing::Instrument::instrument(run(state, claims, device_id, slot, socket), span)
         }))
+}
+
+/// A token bucket: `rate` tokens per second up to `burst`.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    at: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32, now: Instant) -> TokenBucket {
+        TokenBucket {
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            at: now,
+        }
+    }
+
+    /// Takes a token if there is one.
+    fn take(&mut self, now: Instant) -> bool {
+        let dt = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + dt * self.rate).min(self.burst);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A `subscriber_offer` waiting for its answer.
+#[derive(Debug)]
+struct PendingOffer {
+    participant_id: String,
+    text: Utf8Bytes,
+    resend_at: Instant,
 }
 
 struct Conn {
     state: Arc<AppState>,
     claims: Claims,
-    tx: mpsc::Sender<Outbound>,
+    outbox: Outbox,
     joined: Option<(CallCid, String)>,
     /// Sources published by the current session (mid list comes with each publish).
     published: SourceSet,
     /// This socket's device id for ringing.
     device_id: String,
+    bucket: TokenBucket,
+    /// Whether the current run of dropped messages was answered with `rate_limited`.
+    rate_warned: bool,
+    offer: Option<PendingOffer>,
+    /// When a socket outside any call is closed unless it sends `ping`, `join` or a ring message.
+    idle_at: Option<Instant>,
 }
 
-async fn run(state: Arc<AppState>, claims: Claims, device_id: String, socket: WebSocket) {
-    let (mut sink, mut stream) = socket.split();
-    let (tx, mut rx) = mpsc::channel::<Outbound>(SESSION_QUEUE);
-    let (removed_tx, mut removed_rx) = mpsc::unbounded_channel::<&'static str>();
-    let writer = tokio::spawn(async move {
-        while let Some(o) = rx.recv().await {
-            match o {
-                Outbound::Msg(m) => {
-                    let text = match serde_json::to_string(&*m) {
-                        Ok(t) => t,
-                        Err(e) => {
-                            tracing::error!("cannot serialize message: {e}");
-                            continue;
-                        }
-                    };
-                    if sink.send(Message::Text(text.into())).await.is_err() {
-                        break;
-                    }
-                }
-                Outbound::Text(text) => {
-                    if sink.send(Message::Text(text.into())).await.is_err() {
-                        break;
-                    }
-                }
-                Outbound::Removed { reason } => {
-                    let _ = removed_tx.send(reason);
-                }
-                Outbound::Close(code, reason) => {
-                    let _ = sink
-                        .send(Message::Close(Some(CloseFrame {
-                            code,
-                            reason: Utf8Bytes::from(reason),
-                        })))
-                        .await;
-                    break;
-                }
-            }
-        }
-    });
-    let limit = state.config.limits.max_message_bytes;
+/// Why the reader stopped; the session (if any) leaves with this reason.
+type LeaveReason = &'static str;
+
+async fn run(
+    state: Arc<AppState>,
+    claims: Claims,
+    device_id: String,
+    slot: SocketSlot,
+    socket: WebSocket,
+) {
+    let (outbox, inbox) = Outbox::new(SESSION_QUEUE);
+    slot.attach(outbox.clone());
+    let Inbox {
+        queue,
+        close,
+        notices,
+    } = inbox;
+    let (sink, stream) = socket.split();
+    let mut writer = tokio::spawn(write_loop(sink, queue, close.clone()));
     // Every socket is a device of its user for ringing (section 6 of docs/PROTOCOL.md).
     let device_key =
         state
             .ringing
-            .connect_device(&claims.sub, &device_id, claims.call.clone(), tx.clone());
+            .connect_device(&claims.sub, &device_id, claims.call.clone(), outbox.clone());
+    let limits = &state.config.limits;
+    let now = Instant::now();
+    let bucket = TokenBucket::new(limits.signal_rate_per_sec, limits.signal_burst, now);
     let mut conn = Conn {
-        state,
         claims,
-        tx,
+        outbox,
         joined: None,
         published: SourceSet::EMPTY,
         device_id,
+        bucket,
+        rate_warned: false,
+        offer: None,
+        idle_at: None,
+        state,
     };
+    conn.reset_idle();
+    let reason = conn.read_loop(stream, notices, close).await;
+    conn.leave(reason);
+    conn.state
+        .ringing
+        .disconnect_device(&conn.claims.sub, device_key);
+    drop(conn);
+    // The last outboxes go: the writer drains what is queued and ends.
+    drop(slot);
+    if tokio::time::timeout(CLOSE_GRACE + Duration::from_secs(1), &mut writer)
+        .await
+        .is_err()
+    {
+        writer.abort();
+    }
+}
+
+/// Sends queued messages until the queue ends or a close is signalled; then sends the close
+/// frame (bounded by [`CLOSE_GRACE`]: a client that does not read is simply dropped).
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut queue: mpsc::Receiver<Outbound>,
+    mut close: watch::Receiver<Option<CloseReason>>,
+) {
     loop {
         tokio::select! {
-            reason = removed_rx.recv() => {
-                // None: the writer task ended (the socket is gone); leave below.
-                let Some(reason) = reason else { break };
-                if let Some((cid, _)) = conn.joined.take() {
-                    conn.published = SourceSet::EMPTY;
-                    tracing::info!(%cid, reason, "session removed from call");
-                    conn.state.ringing.session_left(&conn.state, &cid, &conn.claims.sub);
-                    conn.reply(SignalMessage::Left { call_cid: cid });
+            biased;
+            _ = close.changed() => break,
+            o = queue.recv() => {
+                let Some(Outbound::Text(text)) = o else { return };
+                tokio::select! {
+                    biased;
+                    _ = close.changed() => break,
+                    r = sink.send(Message::Text(text)) => if r.is_err() { return },
                 }
             }
-            msg = stream.next() => {
-                let Some(msg) = msg else { break };
-                match msg {
-                    Ok(Message::Text(text)) => {
-                        if text.len() > limit {
-                            conn.close(1009, "message too big");
-                            break;
+        }
+    }
+    let frame = close.borrow().clone();
+    if let Some((code, reason)) = frame {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason),
+        };
+        let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
+    }
+}
+
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whether a WebSocket read error is a message over tungstenite's size cap (typed: the
+/// tungstenite error is the source of axum's error).
+fn is_capacity_error(e: &axum::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
+}
+
+impl Conn {
+    async fn read_loop(
+        &mut self,
+        mut stream: SplitStream<WebSocket>,
+        mut notices: mpsc::UnboundedReceiver<Notice>,
+        mut close: watch::Receiver<Option<CloseReason>>,
+    ) -> LeaveReason {
+        let limit = self.state.config.limits.max_message_bytes;
+        loop {
+            let offer_at = self.offer.as_ref().map(|o| o.resend_at);
+            tokio::select! {
+                r = close.changed() => {
+                    let slow = r.is_ok() && close.borrow().as_ref().is_some_and(|c| c.0 == 1008);
+                    return if slow { "too_slow" } else { "disconnected" };
+                }
+                n = notices.recv() => {
+                    // The outbox in `self` keeps the channel open.
+                    let Some(n) = n else { return "disconnected" };
+                    self.on_notice(n);
+                }
+                _ = sleep_until(offer_at) => self.resend_offer(),
+                _ = sleep_until(self.idle_at) => {
+                    tracing::info!("idle socket closed");
+                    self.close(IDLE_CLOSE_CODE, "idle timeout");
+                    return "disconnected";
+                }
+                msg = stream.next() => {
+                    let Some(msg) = msg else { return "disconnected" };
+                    match msg {
+                        Ok(Message::Text(text)) => {
+                            if text.len() > limit {
+                                self.close(1009, "message too big");
+                                return "disconnected";
+                            }
+                            if self.admit() {
+                                self.handle_text(&text).await;
+                            }
                         }
-                        conn.handle_text(&text).await;
-                    }
-                    Ok(Message::Binary(b)) => {
-                        if b.len() > limit {
-                            conn.close(1009, "message too big");
-                            break;
+                        Ok(Message::Binary(b)) => {
+                            if b.len() > limit {
+                                self.close(1009, "message too big");
+                                return "disconnected";
+                            }
+                            if self.admit() {
+                                self.error(
+                                    ApiError::BadRequest("binary messages are not supported".into()),
+                                    None,
+                                );
+                            }
                         }
-                        conn.error(ApiError::BadRequest("binary messages are not supported".into()), None);
-                    }
-                    Ok(Message::Close(_)) => break,
-                    Ok(_) => {}
-                    Err(e) => {
-                        let too_big = std::error::Error::source(&e)
-                            .map(|s| s.to_string().contains("too long") || s.to_string().contains("Space limit"))
-                            .unwrap_or(false)
-                            || e.to_string().contains("too long");
-                        if too_big {
-                            conn.close(1009, "message too big");
+                        Ok(Message::Close(_)) => return "disconnected",
+                        Ok(_) => {}
+                        Err(e) => {
+                            if is_capacity_error(&e) {
+                                self.close(1009, "message too big");
+                            }
+                            return "disconnected";
                         }
-                        break;
                     }
                 }
             }
         }
     }
-    conn.leave("disconnected");
-    conn.state
-        .ringing
-        .disconnect_device(&conn.claims.sub, device_key);
-    drop(conn);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
-}
 
-impl Conn {
-    fn send(&self, m: ServerMessage) {
-        let _ = self.tx.try_send(Outbound::Msg(Box::new(m)));
+    /// The rate limit: whether to handle this message. A dropped message is answered with one
+    /// `rate_limited` error per run of dropped messages.
+    fn admit(&mut self) -> bool {
+        if self.bucket.take(Instant::now()) {
+            self.rate_warned = false;
+            return true;
+        }
+        if !self.rate_warned {
+            self.rate_warned = true;
+            let l = &self.state.config.limits;
+            self.error(
+                ApiError::RateLimited(l.signal_rate_per_sec, l.signal_burst),
+                None,
+            );
+        }
+        false
     }
 
+    /// Restarts the idle clock of a socket outside any call (none while joined).
+    fn reset_idle(&mut self) {
+        let secs = self.state.config.limits.idle_ws_secs;
+        self.idle_at =
+            (self.joined.is_none() && secs > 0).then(|| Instant::now() + Duration::from_secs(secs));
+    }
+
+    fn on_notice(&mut self, n: Notice) {
+        match n {
+            Notice::Removed(r) => {
+                // A notice for an older session of this socket (it left and joined again) is
+                // stale: the current session stays.
+                let current = self
+                    .joined
+                    .as_ref()
+                    .is_some_and(|(_, pid)| *pid == r.participant_id);
+                if !current {
+                    return;
+                }
+                self.joined = None;
+                self.offer = None;
+                self.published = SourceSet::EMPTY;
+                tracing::info!(cid = %r.call_cid, reason = r.reason, "session removed from call");
+                self.state
+                    .ringing
+                    .session_left(&self.state, &r.call_cid, &self.claims.sub);
+                self.reply(SignalMessage::Left {
+                    call_cid: r.call_cid,
+                    participant_id: r.participant_id,
+                });
+                self.reset_idle();
+            }
+            Notice::Offer {
+                participant_id,
+                text,
+            } => {
+                if self.joined.as_ref().map(|(_, p)| p) != Some(&participant_id) {
+                    return;
+                }
+                self.outbox.send_text(text.clone());
+                self.offer = Some(PendingOffer {
+                    participant_id,
+                    text,
+                    resend_at: Instant::now() + self.offer_timeout(),
+                });
+            }
+        }
+    }
+
+    fn offer_timeout(&self) -> Duration {
+        Duration::from_millis(self.state.config.limits.subscriber_offer_timeout_ms)
+    }
+
+    /// No `subscriber_answer` came in time: send the pending offer again.
+    fn resend_offer(&mut self) {
+        let timeout = self.offer_timeout();
+        let Some(o) = &mut self.offer else { return };
+        if self.joined.as_ref().map(|(_, p)| p) != Some(&o.participant_id) {
+            self.offer = None;
+            return;
+        }
+        tracing::info!("subscriber offer not answered in time, sending it again");
+        self.outbox.send_text(o.text.clone());
+        o.resend_at = Instant::now() + timeout;
+    }
+
+    /// The one way out for replies (a future `request_id` is added here).
     fn reply(&self, m: SignalMessage) {
-        self.send(ServerMessage::Signal(m));
+        self.outbox.send(&ServerMessage::Signal(m));
     }
 
     fn close(&self, code: u16, reason: &str) {
-        let _ = self.tx.try_send(Outbound::Close(code, reason.to_owned()));
+        self.outbox.close(code, reason);
     }
 
+    /// The one way out for errors (a future `request_id` is added here).
     fn error(&self, e: ApiError, request: Option<&str>) {
         self.reply(SignalMessage::Error {
             error: e.body(),
@@ -210,6 +420,7 @@ impl Conn {
     }
 
     fn leave(&mut self, reason: &'static str) {
+        self.offer = None;
         if let Some((cid, pid)) = self.joined.take() {
             let _ = self
                 .state
@@ -222,6 +433,7 @@ impl Conn {
                 .ringing
                 .session_left(&self.state, &cid, &self.claims.sub);
         }
+        self.reset_idle();
     }
 
     async fn handle_text(&mut self, text: &str) {
@@ -229,33 +441,37 @@ impl Conn {
             Ok(v) => v,
             Err(e) => return self.error(ApiError::InvalidJson(e.to_string()), None),
         };
-        let kind = value
+        // The `type` tag is checked against the known types first: an unknown type is
+        // `unknown_message`, a known one with wrong fields is `invalid_json`.
+        let Some(kind) = value
             .get("type")
             .and_then(|t| t.as_str())
-            .map(str::to_owned);
-        if kind.as_deref().is_some_and(|k| k.starts_with("ring_")) {
-            return self.handle_ring(value, kind.unwrap_or_default());
+            .map(str::to_owned)
+        else {
+            return self.error(
+                ApiError::UnknownMessage("a message needs a string `type`".into()),
+                None,
+            );
+        };
+        if RingClientMessage::TYPES.contains(&kind.as_str()) {
+            self.reset_idle();
+            return self.handle_ring(value, kind);
+        }
+        if !ClientMessage::TYPES.contains(&kind.as_str()) {
+            return self.error(
+                ApiError::UnknownMessage(format!("unknown message type `{kind}`")),
+                Some(&kind),
+            );
         }
         let msg: ClientMessage = match serde_json::from_value(value) {
             Ok(m) => m,
             Err(e) => {
-                let unknown = e.to_string().starts_with("unknown variant");
-                let err = if unknown || kind.is_none() {
-                    ApiError::BadRequest(format!("unknown message type: {e}"))
-                } else {
-                    ApiError::InvalidJson(e.to_string())
-                };
-                let mut body = err.body();
-                if unknown || kind.is_none() {
-                    body.code = greenroom_proto::ErrorCode::UnknownMessage;
-                }
-                return self.reply(SignalMessage::Error {
-                    error: body,
-                    request: kind,
-                });
+                return self.error(ApiError::InvalidJson(format!("{kind}: {e}")), Some(&kind))
             }
         };
-        let kind = kind.unwrap_or_default();
+        if matches!(msg, ClientMessage::Ping | ClientMessage::Join { .. }) {
+            self.reset_idle();
+        }
         if let Err(e) = self.handle(msg).await {
             self.error(e, Some(&kind));
         }
@@ -263,29 +479,21 @@ impl Conn {
 
     /// A user-level ringing request (section 6 of docs/PROTOCOL.md); works joined or not.
     fn handle_ring(&self, value: serde_json::Value, kind: String) {
-        let msg: greenroom_proto::RingClientMessage = match serde_json::from_value(value) {
+        let msg: RingClientMessage = match serde_json::from_value(value) {
             Ok(m) => m,
             Err(e) => {
-                let mut body = ApiError::InvalidJson(e.to_string()).body();
-                if e.to_string().starts_with("unknown variant") {
-                    body.code = greenroom_proto::ErrorCode::UnknownMessage;
-                }
-                return self.reply(SignalMessage::Error {
-                    error: body,
-                    request: Some(kind),
-                });
+                return self.error(ApiError::InvalidJson(format!("{kind}: {e}")), Some(&kind));
             }
         };
         let r = self
             .state
             .ringing
             .handle_client(&self.state, &self.claims, &self.device_id, msg);
-        match r.and_then(|reply| {
-            serde_json::to_string(&reply).map_err(|e| ApiError::BadRequest(e.to_string()).into())
-        }) {
-            Ok(text) => {
-                let _ = self.tx.try_send(Outbound::Text(text));
-            }
+        match r {
+            Ok(reply) => match serde_json::to_string(&reply) {
+                Ok(text) => self.outbox.send_text(text.into()),
+                Err(e) => tracing::error!("cannot serialize ring reply: {e}"),
+            },
             Err(e) => self.reply(SignalMessage::Error {
                 error: e.body(),
                 request: Some(kind),
@@ -315,9 +523,12 @@ impl Conn {
                 settings,
             } => self.join(call_cid, create, settings)?,
             ClientMessage::Leave => {
-                let (cid, _) = self.joined()?;
+                let (cid, pid) = self.joined()?;
                 self.leave("left");
-                self.reply(SignalMessage::Left { call_cid: cid });
+                self.reply(SignalMessage::Left {
+                    call_cid: cid,
+                    participant_id: pid,
+                });
             }
             ClientMessage::RequestPermission { permissions } => {
                 let (cid, _) = self.joined()?;
@@ -333,9 +544,15 @@ impl Conn {
             }
             ClientMessage::Publish { sdp, tracks } => {
                 let (cid, pid) = self.joined()?;
-                let sfu = self.sfu()?.clone();
                 let mut sources = SourceSet::EMPTY;
+                let mut mids = std::collections::HashSet::new();
                 for t in &tracks {
+                    if !mids.insert(t.mid.as_str()) {
+                        return Err(ApiError::BadRequest(format!(
+                            "mid {} carries two sources",
+                            t.mid
+                        )));
+                    }
                     if sources.contains(t.source) {
                         return Err(ApiError::BadRequest(format!(
                             "source {} is published twice",
@@ -344,6 +561,7 @@ impl Conn {
                     }
                     sources = sources.with(t.source);
                 }
+                let sfu = self.sfu()?.clone();
                 self.state.read_call(&cid, |c| {
                     tracks
                         .iter()
@@ -370,6 +588,8 @@ impl Conn {
             }
             ClientMessage::SubscriberAnswer { sdp } => {
                 let (_, pid) = self.joined()?;
+                // Answered (or failed): the offer is no longer pending either way.
+                self.offer = None;
                 self.sfu()?
                     .subscriber_answer(&pid, sdp)
                     .await
@@ -402,14 +622,7 @@ impl Conn {
         settings: greenroom_proto::JoinSettings,
     ) -> Result<(), ApiError> {
         if self.joined.is_some() {
-            let mut body =
-                ApiError::BadRequest("this connection already joined a call".into()).body();
-            body.code = greenroom_proto::ErrorCode::AlreadyJoined;
-            self.reply(SignalMessage::Error {
-                error: body,
-                request: Some("join".into()),
-            });
-            return Ok(());
+            return Err(ApiError::AlreadyJoined);
         }
         if self.state.is_shutting_down() {
             return Err(ApiError::ShuttingDown);
@@ -426,9 +639,9 @@ impl Conn {
                 .get_or_create(&cid, &actor, Vec::new(), serde_json::Value::Null)?;
         }
         let pid = uuid::Uuid::new_v4().simple().to_string();
-        let handle = AppState::session_handle(cid.clone(), &actor.user_id, self.tx.clone());
+        let handle = AppState::session_handle(cid.clone(), &actor.user_id, self.outbox.clone());
         let state = self.state.clone();
-        let tx = self.tx.clone();
+        let outbox = self.outbox.clone();
         let joined = self.state.with_call(&cid, |c| {
             let (info, mut out) = c.join(&actor, &pid, unix_now_ms())?;
             state.register_session(&pid, handle);
@@ -458,7 +671,7 @@ impl Conn {
                 requestable: c.requestable(),
             };
             // Queued before the outcome is applied, so `joined` precedes every event.
-            let _ = tx.try_send(Outbound::Msg(Box::new(ServerMessage::Signal(joined))));
+            outbox.send(&ServerMessage::Signal(joined));
             Ok(((), out))
         });
         match joined {
@@ -469,6 +682,7 @@ impl Conn {
                 span.record("participant", pid.as_str());
                 tracing::info!("joined");
                 self.joined = Some((cid, pid));
+                self.idle_at = None;
                 Ok(())
             }
             Err(e) => {

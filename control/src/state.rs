@@ -1,40 +1,26 @@
-//! The server's shared state: calls, connected sessions, the media plane, and how a call
-//! [`Outcome`] is carried out (events pushed, gates sent to the SFU, media torn down).
+//! The server's shared state: calls (one lock per call), connected sockets and joined sessions,
+//! the media plane, and how a call [`Outcome`] is carried out (events serialized once and queued
+//! to every recipient in order, gates sent to the SFU, media torn down, removals announced).
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+mod outbox;
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use dashmap::mapref::entry::Entry;
 use dashmap::DashMap;
 use greenroom_proto::{CallCid, CallEvent, ServerMessage, SignalMessage};
 use greenroom_sfu::{Sfu, SfuEvent};
 use parking_lot::Mutex;
-use tokio::sync::mpsc;
+
+pub use outbox::{serialize, CloseReason, Inbox, Notice, Outbound, Outbox, Removal, SESSION_QUEUE};
 
 use crate::auth::{unix_now_ms, Auth};
 use crate::call::{Actor, Call, CallError, Outcome};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::policy::Policy;
-
-/// What a connection's writer task receives.
-#[derive(Debug)]
-pub enum Outbound {
-    /// A message to send.
-    Msg(Box<ServerMessage>),
-    /// The session was removed from its call (kick, block, end): forget the join.
-    Removed {
-        /// Why.
-        reason: &'static str,
-    },
-    /// Close the socket with a code and reason.
-    Close(u16, String),
-    /// A message already serialized to JSON text (ring events and replies).
-    Text(String),
-}
-
-/// How many messages may wait for a slow client before it is disconnected.
-pub const SESSION_QUEUE: usize = 1024;
 
 /// One joined session's handle.
 #[derive(Debug, Clone)]
@@ -43,7 +29,89 @@ pub struct SessionHandle {
     pub call: CallCid,
     /// The user.
     pub user_id: String,
-    tx: mpsc::Sender<Outbound>,
+    outbox: Outbox,
+}
+
+/// A call and its bookkeeping, behind the call's own lock.
+#[derive(Debug)]
+struct CallSlot {
+    call: Call,
+    /// Set (under the lock) when the call is freed: a holder of a stale reference sees 404.
+    freed: bool,
+    /// Since when nobody is in the call (unix ms).
+    empty_since_ms: Option<u64>,
+    /// Since when the call has ended (unix ms).
+    ended_since_ms: Option<u64>,
+}
+
+impl CallSlot {
+    fn new(call: Call, now_ms: u64) -> CallSlot {
+        let mut slot = CallSlot {
+            call,
+            freed: false,
+            empty_since_ms: None,
+            ended_since_ms: None,
+        };
+        slot.touch(now_ms);
+        slot
+    }
+
+    /// Updates the empty and ended clocks after a change.
+    fn touch(&mut self, now_ms: u64) {
+        if self.call.participant_count() == 0 {
+            self.empty_since_ms.get_or_insert(now_ms);
+        } else {
+            self.empty_since_ms = None;
+        }
+        if self.call.is_ended() {
+            self.ended_since_ms.get_or_insert(now_ms);
+        }
+    }
+
+    /// Whether the call may be freed now.
+    fn expired(&self, now_ms: u64, limits: &crate::config::LimitsConfig) -> bool {
+        let Some(empty) = self.empty_since_ms else {
+            return false;
+        };
+        match self.ended_since_ms {
+            Some(ended) => {
+                now_ms.saturating_sub(empty.max(ended)) >= limits.ended_call_ttl_secs * 1000
+            }
+            None => now_ms.saturating_sub(empty) >= limits.empty_call_ttl_secs * 1000,
+        }
+    }
+}
+
+type CallRef = Arc<Mutex<CallSlot>>;
+
+/// A socket's place among the user's sockets and in the shutdown list; released on drop.
+#[derive(Debug)]
+pub struct SocketSlot {
+    state: Weak<AppState>,
+    user_id: String,
+    id: u64,
+}
+
+impl SocketSlot {
+    /// Registers the socket's outbox so shutdown can close it.
+    pub fn attach(&self, outbox: Outbox) {
+        if let Some(state) = self.state.upgrade() {
+            state.sockets.insert(self.id, outbox);
+        }
+    }
+}
+
+impl Drop for SocketSlot {
+    fn drop(&mut self) {
+        let Some(state) = self.state.upgrade() else {
+            return;
+        };
+        state.sockets.remove(&self.id);
+        state.user_sockets.remove_if_mut(&self.user_id, |_, n| {
+            *n = n.saturating_sub(1);
+            *n == 0
+        });
+    }
 }
 
 /// Shared state of the running server.
@@ -60,8 +128,15 @@ pub struct AppState {
     pub webhooks: Option<crate::webhook::Webhooks>,
     /// Ringing, groups and call history.
     pub ringing: crate::ringing::Ringing,
-    calls: Mutex<HashMap<CallCid, Call>>,
+    /// Calls, each behind its own lock: one busy call never stalls another.
+    calls: DashMap<CallCid, CallRef>,
+    /// Joined sessions by participant id.
     sessions: DashMap<String, SessionHandle>,
+    /// Every open signaling socket, joined or not (closed with 1001 at shutdown).
+    sockets: DashMap<u64, Outbox>,
+    next_socket: AtomicU64,
+    /// Open signaling sockets per user.
+    user_sockets: DashMap<String, usize>,
     shutting_down: AtomicBool,
 }
 
@@ -69,24 +144,49 @@ impl std::fmt::Debug for AppState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AppState")
             .field("sessions", &self.sessions.len())
+            .field("sockets", &self.sockets.len())
             .finish_non_exhaustive()
     }
 }
 
 impl AppState {
-    /// State for a configuration, with an optional running media plane.
+    /// State for a configuration, with an optional running media plane. Inside a tokio runtime
+    /// a background task frees expired calls (see [`AppState::free_expired_calls`]).
     pub fn new(config: Config, sfu: Option<Sfu>) -> Arc<AppState> {
-        Arc::new(AppState {
+        let state = Arc::new(AppState {
             auth: Auth::from_config(&config.keys),
             policy: Policy::with_overrides(&config.call_types),
             webhooks: crate::webhook::Webhooks::start(&config.webhooks, &config.keys.api_secret),
             ringing: crate::ringing::Ringing::new(&config),
             config,
             sfu,
-            calls: Mutex::new(HashMap::new()),
+            calls: DashMap::new(),
             sessions: DashMap::new(),
+            sockets: DashMap::new(),
+            next_socket: AtomicU64::new(1),
+            user_sockets: DashMap::new(),
             shutting_down: AtomicBool::new(false),
-        })
+        });
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let ttl = state
+                .config
+                .limits
+                .ended_call_ttl_secs
+                .min(state.config.limits.empty_call_ttl_secs);
+            // A quarter of the shortest TTL, between 100 ms and 5 s.
+            let every = Duration::from_millis((ttl * 250).clamp(100, 5000));
+            let weak = Arc::downgrade(&state);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(every);
+                tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    tick.tick().await;
+                    let Some(state) = weak.upgrade() else { break };
+                    state.free_expired_calls(unix_now_ms());
+                }
+            });
+        }
+        state
     }
 
     /// Whether joins are refused because the server is draining.
@@ -94,31 +194,98 @@ impl AppState {
         self.shutting_down.load(Ordering::Relaxed)
     }
 
-    /// Starts draining: refuse joins, tell every client.
+    /// Starts draining: refuse joins, tell every socket.
     pub fn begin_shutdown(&self, drain_ms: u64) {
         self.shutting_down.store(true, Ordering::Relaxed);
-        for s in self.sessions.iter() {
-            let _ = s.tx.try_send(Outbound::Msg(Box::new(ServerMessage::Signal(
-                SignalMessage::GoingAway { drain_ms },
-            ))));
+        let msg = ServerMessage::Signal(SignalMessage::GoingAway { drain_ms });
+        let Some(text) = serialize(&msg) else { return };
+        for s in self.sockets.iter() {
+            s.send_text(text.clone());
         }
     }
 
     /// Number of calls in memory that have not ended.
     pub fn call_count(&self) -> usize {
-        self.calls.lock().values().filter(|c| !c.is_ended()).count()
+        self.call_refs()
+            .iter()
+            .filter(|(_, c)| {
+                let g = c.lock();
+                !g.freed && !g.call.is_ended()
+            })
+            .count()
     }
 
-    /// Closes every session's socket (close code 1001, going away).
+    /// Number of calls in memory, ended or not (freed ones excluded).
+    pub fn calls_in_memory(&self) -> usize {
+        self.calls.len()
+    }
+
+    /// Closes every open socket, joined or not (close code 1001, going away).
     pub fn close_all(&self, reason: &str) {
-        for s in self.sessions.iter() {
-            let _ = s.tx.try_send(Outbound::Close(1001, reason.to_owned()));
+        for s in self.sockets.iter() {
+            s.close(1001, reason);
         }
     }
 
     /// Number of joined sessions.
     pub fn session_count(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Number of open signaling sockets.
+    pub fn socket_count(&self) -> usize {
+        self.sockets.len()
+    }
+
+    /// Reserves a socket for a user, or refuses when the user holds
+    /// `limits.max_connections_per_user` sockets already. The slot is released when dropped.
+    pub fn open_socket(self: &Arc<Self>, user_id: &str) -> Result<SocketSlot, ApiError> {
+        let max = self.config.limits.max_connections_per_user;
+        let mut n = self.user_sockets.entry(user_id.to_owned()).or_insert(0);
+        if *n >= max {
+            return Err(ApiError::TooManyConnections(max));
+        }
+        *n += 1;
+        drop(n);
+        Ok(SocketSlot {
+            state: Arc::downgrade(self),
+            user_id: user_id.to_owned(),
+            id: self.next_socket.fetch_add(1, Ordering::Relaxed),
+        })
+    }
+
+    fn call_refs(&self) -> Vec<(CallCid, CallRef)> {
+        self.calls
+            .iter()
+            .map(|e| (e.key().clone(), e.value().clone()))
+            .collect()
+    }
+
+    fn call_ref(&self, cid: &CallCid) -> Result<CallRef, ApiError> {
+        // The map's shard lock is released before the call's lock is taken.
+        self.calls
+            .get(cid)
+            .map(|r| r.value().clone())
+            .ok_or_else(|| ApiError::NotFound(format!("call {cid}")))
+    }
+
+    /// Frees calls that are over: ended and empty for `limits.ended_call_ttl_secs`, or empty
+    /// (never joined or everyone left) for `limits.empty_call_ttl_secs`. Returns how many.
+    pub fn free_expired_calls(&self, now_ms: u64) -> usize {
+        let mut freed = 0;
+        for (cid, slot) in self.call_refs() {
+            {
+                let mut g = slot.lock();
+                if g.freed || !g.expired(now_ms, &self.config.limits) {
+                    continue;
+                }
+                g.freed = true;
+            }
+            self.calls.remove_if(&cid, |_, v| Arc::ptr_eq(v, &slot));
+            tracing::info!(%cid, "call freed");
+            freed += 1;
+        }
+        freed
     }
 
     /// Gets or creates a call; returns whether it was created.
@@ -129,25 +296,38 @@ impl AppState {
         members: Vec<greenroom_proto::Member>,
         settings: serde_json::Value,
     ) -> Result<bool, ApiError> {
-        let mut calls = self.calls.lock();
-        if let Some(call) = calls.get_mut(cid) {
-            let out = call.upsert_members(actor, members)?;
-            self.apply(call, out);
+        let now = unix_now_ms();
+        loop {
+            let slot = match self.calls.entry(cid.clone()) {
+                Entry::Occupied(e) => e.get().clone(),
+                Entry::Vacant(v) => {
+                    let call = Call::create(
+                        cid.clone(),
+                        self.policy.of(cid.call_type).clone(),
+                        actor,
+                        members,
+                        settings,
+                        now,
+                    )?;
+                    v.insert(Arc::new(Mutex::new(CallSlot::new(call, now))));
+                    return Ok(true);
+                }
+            };
+            let mut g = slot.lock();
+            if g.freed {
+                // Freed between the lookup and the lock: its map entry is gone; look again.
+                drop(g);
+                self.calls.remove_if(cid, |_, v| Arc::ptr_eq(v, &slot));
+                continue;
+            }
+            let out = g.call.upsert_members(actor, members)?;
+            self.apply(&g.call, out);
+            g.touch(now);
             return Ok(false);
         }
-        let call = Call::create(
-            cid.clone(),
-            self.policy.of(cid.call_type).clone(),
-            actor,
-            members,
-            settings,
-            unix_now_ms(),
-        )?;
-        calls.insert(cid.clone(), call);
-        Ok(true)
     }
 
-    /// Runs `f` on a call under the lock and carries out its outcome.
+    /// Runs `f` on a call under the call's lock and carries out its outcome.
     pub fn with_call<T>(
         &self,
         cid: &CallCid,
@@ -156,58 +336,51 @@ impl AppState {
         // One span per call operation: its log lines (and those of applying the outcome) carry
         // the call's cid.
         let _span = tracing::info_span!("call", cid = %cid).entered();
-        let mut calls = self.calls.lock();
-        let call = calls
-            .get_mut(cid)
-            .ok_or_else(|| ApiError::NotFound(format!("call {cid}")))?;
-        let (value, out) = f(call)?;
-        self.apply(call, out);
+        let slot = self.call_ref(cid)?;
+        let mut g = slot.lock();
+        if g.freed {
+            return Err(ApiError::NotFound(format!("call {cid}")));
+        }
+        let (value, out) = f(&mut g.call)?;
+        self.apply(&g.call, out);
+        g.touch(unix_now_ms());
         Ok(value)
     }
 
-    /// Reads a call under the lock.
+    /// Reads a call under the call's lock.
     pub fn read_call<T>(&self, cid: &CallCid, f: impl FnOnce(&Call) -> T) -> Result<T, ApiError> {
-        let calls = self.calls.lock();
-        let call = calls
-            .get(cid)
-            .ok_or_else(|| ApiError::NotFound(format!("call {cid}")))?;
-        Ok(f(call))
+        let slot = self.call_ref(cid)?;
+        let g = slot.lock();
+        if g.freed {
+            return Err(ApiError::NotFound(format!("call {cid}")));
+        }
+        Ok(f(&g.call))
     }
 
-    /// Registers a joined session's outbound queue.
+    /// Registers a joined session's outbox (call it under the call's lock, at the join).
     pub fn register_session(&self, participant_id: &str, handle: SessionHandle) {
         self.sessions.insert(participant_id.to_owned(), handle);
     }
 
     /// A session handle for a new join.
-    pub fn session_handle(
-        call: CallCid,
-        user_id: &str,
-        tx: mpsc::Sender<Outbound>,
-    ) -> SessionHandle {
+    pub fn session_handle(call: CallCid, user_id: &str, outbox: Outbox) -> SessionHandle {
         SessionHandle {
             call,
             user_id: user_id.to_owned(),
-            tx,
+            outbox,
         }
     }
 
-    /// Sends a message to one session; a full queue disconnects the slow client.
+    /// Sends a message to one session; a full queue closes the slow client (1008).
     pub fn send_to(&self, participant_id: &str, msg: ServerMessage) {
         if let Some(s) = self.sessions.get(participant_id) {
-            Self::push(&s, participant_id, Outbound::Msg(Box::new(msg)));
+            s.outbox.send(&msg);
         }
     }
 
-    fn push(s: &SessionHandle, participant_id: &str, o: Outbound) {
-        if let Err(mpsc::error::TrySendError::Full(_)) = s.tx.try_send(o) {
-            tracing::warn!(participant_id, "client too slow, closing its connection");
-            let _ = s.tx.try_send(Outbound::Close(1008, "too slow".into()));
-        }
-    }
-
-    /// Carries out an outcome: events, gates, stop orders, removals. Called under the call lock
-    /// so that every participant sees one call's events in order.
+    /// Carries out an outcome: events, gates, stop orders, removals. Called under the call's
+    /// lock so that every participant sees one call's events in order. Each event is
+    /// serialized once and the same text is queued to every recipient.
     fn apply(&self, call: &Call, out: Outcome) {
         let Outcome {
             events,
@@ -225,9 +398,13 @@ impl AppState {
                     Err(e) => tracing::error!("cannot serialize event: {e}"),
                 }
             }
-            let msg = ServerMessage::Event(d.event);
+            let Some(text) = serialize(&ServerMessage::Event(d.event)) else {
+                continue;
+            };
             for pid in &d.to {
-                self.send_to(pid, msg.clone());
+                if let Some(s) = self.sessions.get(pid) {
+                    s.outbox.send_text(text.clone());
+                }
             }
         }
         if let Some(sfu) = &self.sfu {
@@ -249,7 +426,11 @@ impl AppState {
                 sfu.leave(&pid);
             }
             if let Some((_, s)) = self.sessions.remove(&pid) {
-                Self::push(&s, &pid, Outbound::Removed { reason });
+                s.outbox.notify(Notice::Removed(Removal {
+                    call_cid: call.cid().clone(),
+                    participant_id: pid,
+                    reason,
+                }));
             }
         }
         tracing::trace!(call = %call.cid(), "outcome applied");
@@ -262,14 +443,26 @@ impl AppState {
                 participant_id,
                 sdp,
                 tracks,
-            } => self.send_to(
-                &participant_id,
-                ServerMessage::Signal(SignalMessage::SubscriberOffer { sdp, tracks }),
-            ),
+            } => {
+                let msg = ServerMessage::Signal(SignalMessage::SubscriberOffer { sdp, tracks });
+                let Some(text) = serialize(&msg) else { return };
+                if let Some(s) = self.sessions.get(&participant_id) {
+                    // The socket's reader queues it and re-sends it until it is answered.
+                    s.outbox.notify(Notice::Offer {
+                        participant_id: participant_id.clone(),
+                        text,
+                    });
+                }
+            }
             SfuEvent::Speakers { call, speakers } => {
-                let calls = self.calls.lock();
-                let Some(c) = calls.get(&call) else { return };
-                let state = c.state();
+                let Ok(slot) = self.call_ref(&call) else {
+                    return;
+                };
+                let g = slot.lock();
+                if g.freed {
+                    return;
+                }
+                let state = g.call.state();
                 let speakers = speakers
                     .into_iter()
                     .filter_map(|(pid, level)| {
@@ -288,8 +481,11 @@ impl AppState {
                     call_cid: call,
                     speakers,
                 });
+                let Some(text) = serialize(&msg) else { return };
                 for p in &state.participants {
-                    self.send_to(&p.participant_id, msg.clone());
+                    if let Some(s) = self.sessions.get(&p.participant_id) {
+                        s.outbox.send_text(text.clone());
+                    }
                 }
             }
             SfuEvent::PeerFailed {

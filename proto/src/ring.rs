@@ -380,10 +380,77 @@ pub enum RingClientMessage {
     },
 }
 
+impl RingClientMessage {
+    /// Every `type` of a ringing request.
+    pub const TYPES: &'static [&'static str] = &[
+        "ring_initiate",
+        "ring_accept",
+        "ring_reject",
+        "ring_cancel",
+        "ring_end",
+        "ring_leave",
+        "ring_request_video",
+        "ring_accept_video",
+    ];
+
+    /// The message's `type` string, e.g. `ring_accept`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RingClientMessage::RingInitiate { .. } => "ring_initiate",
+            RingClientMessage::RingAccept { .. } => "ring_accept",
+            RingClientMessage::RingReject { .. } => "ring_reject",
+            RingClientMessage::RingCancel { .. } => "ring_cancel",
+            RingClientMessage::RingEnd { .. } => "ring_end",
+            RingClientMessage::RingLeave { .. } => "ring_leave",
+            RingClientMessage::RingRequestVideo { .. } => "ring_request_video",
+            RingClientMessage::RingAcceptVideo { .. } => "ring_accept_video",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::CallEvent;
+
+    #[test]
+    fn ring_types_list_every_client_message() {
+        let c = cid();
+        let all = [
+            RingClientMessage::RingInitiate {
+                call_cid: c.clone(),
+                user_ids: vec![],
+                group_id: None,
+                kind: CallKind::Audio,
+            },
+            RingClientMessage::RingAccept {
+                call_cid: c.clone(),
+            },
+            RingClientMessage::RingReject {
+                call_cid: c.clone(),
+                reason: RejectReason::default(),
+            },
+            RingClientMessage::RingCancel {
+                call_cid: c.clone(),
+            },
+            RingClientMessage::RingEnd {
+                call_cid: c.clone(),
+            },
+            RingClientMessage::RingLeave {
+                call_cid: c.clone(),
+            },
+            RingClientMessage::RingRequestVideo {
+                call_cid: c.clone(),
+            },
+            RingClientMessage::RingAcceptVideo { call_cid: c },
+        ];
+        assert_eq!(all.len(), RingClientMessage::TYPES.len());
+        for m in all {
+            let j = serde_json::to_value(&m).unwrap();
+            assert_eq!(j["type"], m.kind());
+            assert!(RingClientMessage::TYPES.contains(&m.kind()));
+        }
+    }
     use serde_json::json;
 
     fn cid() -> CallCid {

@@ -45,6 +45,10 @@ pub enum ErrorCode {
     MediaError,
     /// The server is shutting down.
     ShuttingDown,
+    /// The socket sent more messages than its rate allows; the message was dropped.
+    RateLimited,
+    /// The user holds as many signaling sockets as allowed (HTTP 429 before the upgrade).
+    TooManyConnections,
     /// An unexpected server error.
     Internal,
 }
@@ -297,6 +301,42 @@ pub enum ClientMessage {
     },
 }
 
+impl ClientMessage {
+    /// Every `type` of a client message on `/v1/signal` (besides the `ring_*` messages).
+    pub const TYPES: &'static [&'static str] = &[
+        "join",
+        "leave",
+        "request_permission",
+        "set_muted",
+        "ping",
+        "publish",
+        "unpublish",
+        "subscriber_answer",
+        "ice_candidate",
+        "subscribe",
+        "unsubscribe",
+        "set_quality",
+    ];
+
+    /// The message's `type` string, e.g. `join`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClientMessage::Join { .. } => "join",
+            ClientMessage::Leave => "leave",
+            ClientMessage::RequestPermission { .. } => "request_permission",
+            ClientMessage::SetMuted { .. } => "set_muted",
+            ClientMessage::Ping => "ping",
+            ClientMessage::Publish { .. } => "publish",
+            ClientMessage::Unpublish { .. } => "unpublish",
+            ClientMessage::SubscriberAnswer { .. } => "subscriber_answer",
+            ClientMessage::IceCandidate { .. } => "ice_candidate",
+            ClientMessage::Subscribe { .. } => "subscribe",
+            ClientMessage::Unsubscribe { .. } => "unsubscribe",
+            ClientMessage::SetQuality { .. } => "set_quality",
+        }
+    }
+}
+
 /// A signaling reply or media instruction from the server.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
@@ -314,10 +354,13 @@ pub enum SignalMessage {
         /// Capabilities this participant may request in this call type.
         requestable: CapabilitySet,
     },
-    /// The socket left the call.
+    /// The socket left the call (by `leave`, kick, block or the end of the call).
     Left {
         /// The call.
         call_cid: CallCid,
+        /// The session that left: a client that left and joined again ignores a `left` for an
+        /// older session.
+        participant_id: String,
     },
     /// A request failed; the connection stays.
     Error {
@@ -559,6 +602,54 @@ mod tests {
                 assert_eq!(settings, JoinSettings::default());
             }
             other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn types_list_every_client_message() {
+        let all = [
+            ClientMessage::Join {
+                call_cid: "default:x".parse().unwrap(),
+                create: false,
+                settings: JoinSettings::default(),
+            },
+            ClientMessage::Leave,
+            ClientMessage::RequestPermission {
+                permissions: vec![],
+            },
+            ClientMessage::SetMuted {
+                source: TrackSource::Camera,
+                muted: true,
+            },
+            ClientMessage::Ping,
+            ClientMessage::Publish {
+                sdp: String::new(),
+                tracks: vec![],
+            },
+            ClientMessage::Unpublish {
+                source: TrackSource::Camera,
+            },
+            ClientMessage::SubscriberAnswer { sdp: String::new() },
+            ClientMessage::IceCandidate {
+                target: PeerTarget::Publisher,
+                candidate: String::new(),
+            },
+            ClientMessage::Subscribe {
+                track_id: String::new(),
+            },
+            ClientMessage::Unsubscribe {
+                track_id: String::new(),
+            },
+            ClientMessage::SetQuality {
+                track_id: String::new(),
+                quality: Quality::Low,
+            },
+        ];
+        assert_eq!(all.len(), ClientMessage::TYPES.len());
+        for m in all {
+            let j = serde_json::to_value(&m).unwrap();
+            assert_eq!(j["type"], m.kind());
+            assert!(ClientMessage::TYPES.contains(&m.kind()), "{}", m.kind());
         }
     }
 
