@@ -319,10 +319,10 @@ async fn silent_and_half_request_connections_are_closed_while_the_server_keeps_s
     let mut config = Config::default();
     config.server.header_timeout_secs = 2;
     config.server.body_timeout_secs = 2;
-    config.server.max_conns_per_ip = 200;
+    config.server.max_conns_per_ip = 400;
     let s = Server::start(config).await;
     let mut idle = Vec::new();
-    for i in 0..120 {
+    for i in 0..300 {
         let mut c = TcpStream::connect(s.addr).await.unwrap();
         if i % 2 == 1 {
             c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
