@@ -30,7 +30,10 @@ struct Server {
 }
 
 impl Server {
-    async fn start(config: Config) -> Server {
+    async fn start(mut config: Config) -> Server {
+        // The call history goes to a private directory, not the working directory.
+        config.server.data_dir =
+            std::env::temp_dir().join(format!("greenroom-ops-http-{}", uuid::Uuid::new_v4()));
         let opts = ServeOptions::from_config(&config.server);
         let state = start_state(config, false).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -316,10 +319,10 @@ async fn silent_and_half_request_connections_are_closed_while_the_server_keeps_s
     let mut config = Config::default();
     config.server.header_timeout_secs = 2;
     config.server.body_timeout_secs = 2;
-    config.server.max_conns_per_ip = 200;
+    config.server.max_conns_per_ip = 400;
     let s = Server::start(config).await;
     let mut idle = Vec::new();
-    for i in 0..120 {
+    for i in 0..300 {
         let mut c = TcpStream::connect(s.addr).await.unwrap();
         if i % 2 == 1 {
             c.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: ")
@@ -330,13 +333,12 @@ async fn silent_and_half_request_connections_are_closed_while_the_server_keeps_s
     }
     // A body that never completes: its request fails once the body deadline passes.
     let mut slow_body = TcpStream::connect(s.addr).await.unwrap();
-    slow_body
-        .write_all(
-            b"POST /v1/calls/default/slow HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
-              Content-Length: 100\r\n\r\n{\"members\"",
-        )
-        .await
-        .unwrap();
+    let head = format!(
+        "POST /v1/calls/default/slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"members\"",
+        s.admin()
+    );
+    slow_body.write_all(head.as_bytes()).await.unwrap();
     // The server keeps serving meanwhile: health and a real join.
     assert_eq!(s.healthz().await, 200);
     let mut ws = s.join("alice", "default:busy").await;

@@ -178,7 +178,7 @@ async fn slow_receiver(delay: Duration) -> (std::net::SocketAddr, Arc<Mutex<Vec<
 async fn sigterm_drains_reports_draining_flushes_webhooks_and_records_ringing_calls() {
     let dir = temp_dir("shutdown-flush");
     let http = free_tcp();
-    let (hook, inbox) = slow_receiver(Duration::from_millis(500)).await;
+    let (hook, inbox) = slow_receiver(Duration::from_millis(1500)).await;
     let config = dir.join("greenroom.toml");
     std::fs::write(
         &config,
