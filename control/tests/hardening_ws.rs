@@ -237,12 +237,10 @@ impl View {
                     .filter(|p| Some(p) != self.own.as_ref())
                     .collect();
             }
-            "left" => {
-                // A `left` names its session; one for an older session changes nothing.
-                if self.own.as_deref() == m["participant_id"].as_str() {
-                    self.own = None;
-                    self.others.clear();
-                }
+            // A `left` names its session; one for an older session changes nothing.
+            "left" if self.own.as_deref() == m["participant_id"].as_str() => {
+                self.own = None;
+                self.others.clear();
             }
             "call.session_participant_joined" => {
                 let p = pid(&m["participant"]["participant_id"]);
