@@ -81,6 +81,9 @@ struct Conn {
     published: SourceSet,
     /// This socket's device id for ringing.
     device_id: String,
+    /// The `request_id` of the client message being handled, echoed in its direct reply and
+    /// errors (protocol 2); `None` between messages, so events and later replies carry none.
+    request_id: Option<String>,
 }
 
 async fn run(state: Arc<AppState>, claims: Claims, device_id: String, socket: WebSocket) {
@@ -135,6 +138,7 @@ async fn run(state: Arc<AppState>, claims: Claims, device_id: String, socket: We
         joined: None,
         published: SourceSet::EMPTY,
         device_id,
+        request_id: None,
     };
     loop {
         tokio::select! {
@@ -194,8 +198,25 @@ impl Conn {
         let _ = self.tx.try_send(Outbound::Msg(Box::new(m)));
     }
 
+    /// A direct reply to the message being handled: carries its `request_id`, if any.
     fn reply(&self, m: SignalMessage) {
-        self.send(ServerMessage::Signal(m));
+        match self.request_id.clone() {
+            None => self.send(ServerMessage::Signal(m)),
+            Some(request_id) => self.send_tagged(&greenroom_proto::Reply {
+                message: ServerMessage::Signal(m),
+                request_id: Some(request_id),
+            }),
+        }
+    }
+
+    /// Queues an already tagged reply (serialized here: `Outbound::Msg` has no request id).
+    fn send_tagged<T: serde::Serialize>(&self, reply: &greenroom_proto::Reply<T>) {
+        match serde_json::to_string(reply) {
+            Ok(text) => {
+                let _ = self.tx.try_send(Outbound::Text(text));
+            }
+            Err(e) => tracing::error!("cannot serialize reply: {e}"),
+        }
     }
 
     fn close(&self, code: u16, reason: &str) {
@@ -229,6 +250,29 @@ impl Conn {
             Ok(v) => v,
             Err(e) => return self.error(ApiError::InvalidJson(e.to_string()), None),
         };
+        // Protocol 2: an optional top-level `request_id`, echoed in the reply and any error.
+        match value.get("request_id") {
+            None => {}
+            Some(serde_json::Value::String(id))
+                if greenroom_proto::validate_request_id(id).is_ok() =>
+            {
+                self.request_id = Some(id.clone());
+            }
+            Some(_) => {
+                let kind = value.get("type").and_then(|t| t.as_str());
+                return self.error(
+                    ApiError::BadRequest(
+                        "request_id: 1 to 64 characters of A-Z a-z 0-9 _ - . :".into(),
+                    ),
+                    kind,
+                );
+            }
+        }
+        self.handle_value(value).await;
+        self.request_id = None;
+    }
+
+    async fn handle_value(&mut self, value: serde_json::Value) {
         let kind = value
             .get("type")
             .and_then(|t| t.as_str())
@@ -280,12 +324,11 @@ impl Conn {
             .state
             .ringing
             .handle_client(&self.state, &self.claims, &self.device_id, msg);
-        match r.and_then(|reply| {
-            serde_json::to_string(&reply).map_err(|e| ApiError::BadRequest(e.to_string()).into())
-        }) {
-            Ok(text) => {
-                let _ = self.tx.try_send(Outbound::Text(text));
-            }
+        match r {
+            Ok(reply) => self.send_tagged(&greenroom_proto::Reply {
+                message: reply,
+                request_id: self.request_id.clone(),
+            }),
             Err(e) => self.reply(SignalMessage::Error {
                 error: e.body(),
                 request: Some(kind),
@@ -429,6 +472,7 @@ impl Conn {
         let handle = AppState::session_handle(cid.clone(), &actor.user_id, self.tx.clone());
         let state = self.state.clone();
         let tx = self.tx.clone();
+        let request_id = self.request_id.clone();
         let joined = self.state.with_call(&cid, |c| {
             let (info, mut out) = c.join(&actor, &pid, unix_now_ms())?;
             state.register_session(&pid, handle);
@@ -458,7 +502,23 @@ impl Conn {
                 requestable: c.requestable(),
             };
             // Queued before the outcome is applied, so `joined` precedes every event.
-            let _ = tx.try_send(Outbound::Msg(Box::new(ServerMessage::Signal(joined))));
+            let out_msg = match request_id {
+                None => Outbound::Msg(Box::new(ServerMessage::Signal(joined))),
+                Some(request_id) => {
+                    let tagged = greenroom_proto::Reply {
+                        message: ServerMessage::Signal(joined),
+                        request_id: Some(request_id),
+                    };
+                    match serde_json::to_string(&tagged) {
+                        Ok(text) => Outbound::Text(text),
+                        Err(e) => {
+                            tracing::error!("cannot serialize joined: {e}");
+                            Outbound::Msg(Box::new(tagged.message))
+                        }
+                    }
+                }
+            };
+            let _ = tx.try_send(out_msg);
             Ok(((), out))
         });
         match joined {

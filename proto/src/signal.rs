@@ -1,12 +1,13 @@
 //! Messages on the signaling WebSocket and the call events pushed over it.
 
 use serde::{Deserialize, Serialize};
+use ts_rs::TS;
 use utoipa::ToSchema;
 
 use crate::{CallCid, CallType, Capability, CapabilitySet, Role, TrackSource};
 
 /// A machine-readable error code, used in HTTP error bodies and in `error` messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The request body or message is not valid JSON or misses fields.
@@ -48,7 +49,7 @@ pub enum ErrorCode {
 }
 
 /// The JSON body of every HTTP error and the payload of an `error` message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, TS)]
 pub struct ErrorBody {
     /// Machine-readable code.
     pub code: ErrorCode,
@@ -60,7 +61,7 @@ pub struct ErrorBody {
 }
 
 /// A member of a call, with the role that applies to them in this call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct Member {
     /// The user.
     pub user_id: String,
@@ -69,21 +70,24 @@ pub struct Member {
 }
 
 /// Settings chosen by a client when joining.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct JoinSettings {
     /// Join without video.
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub audio_only: bool,
     /// Join with the microphone muted.
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub start_audio_muted: bool,
     /// Join with the camera off.
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub start_video_muted: bool,
 }
 
 /// A published track as the call sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct TrackInfo {
     /// Stable id of the track: `<participant_id>:<source>`.
     pub track_id: String,
@@ -98,7 +102,7 @@ pub struct TrackInfo {
 }
 
 /// One joined session of a user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct ParticipantInfo {
     /// The session id, unique per join.
     pub participant_id: String,
@@ -117,7 +121,7 @@ pub struct ParticipantInfo {
 }
 
 /// A call's state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, TS)]
 pub struct CallState {
     /// `type:id`.
     pub cid: CallCid,
@@ -151,7 +155,7 @@ pub struct CallState {
 }
 
 /// Which kinds of media a mute applies to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct MuteKinds {
     /// Microphone.
     #[serde(default)]
@@ -181,7 +185,7 @@ impl MuteKinds {
 }
 
 /// Which PeerConnection an ICE candidate belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum PeerTarget {
     /// The client's sending connection (client offers).
@@ -191,7 +195,7 @@ pub enum PeerTarget {
 }
 
 /// The mid of a publisher transceiver and the source it carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct PublishTrack {
     /// The transceiver's mid in the publisher offer.
     pub mid: String,
@@ -200,7 +204,7 @@ pub struct PublishTrack {
 }
 
 /// A subscriber transceiver's mid and the track it carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct SubscribedTrack {
     /// The transceiver's mid in the subscriber offer.
     pub mid: String,
@@ -210,7 +214,7 @@ pub struct SubscribedTrack {
 }
 
 /// Simulcast quality a subscriber asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum Quality {
     /// The lowest layer.
@@ -222,7 +226,7 @@ pub enum Quality {
 }
 
 /// A message from a client on `/v1/signal`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     /// Join a call (it must exist unless `create` is set and the caller may create calls).
@@ -231,9 +235,11 @@ pub enum ClientMessage {
         call_cid: CallCid,
         /// Create the call if it does not exist.
         #[serde(default)]
+        #[ts(as = "Option<_>", optional)]
         create: bool,
         /// Join settings.
         #[serde(default)]
+        #[ts(as = "Option<_>", optional)]
         settings: JoinSettings,
     },
     /// Leave the joined call.
@@ -295,8 +301,49 @@ pub enum ClientMessage {
     },
 }
 
+/// What a client sends on `/v1/signal`: a [`ClientMessage`] plus an optional `request_id`
+/// (protocol 2) that the server echoes in its direct reply and in any `error` the message causes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+pub struct ClientEnvelope {
+    /// The message.
+    #[serde(flatten)]
+    pub message: ClientMessage,
+    /// The client's id for this request: 1 to 64 characters of `A-Z a-z 0-9 _ - . :`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub request_id: Option<String>,
+}
+
+/// A direct reply of the server (`joined`, `left`, `publish_answer`, `pong`, `error`, `ring.ok`)
+/// carrying the `request_id` of the client message it answers. Events never carry one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+pub struct Reply<T> {
+    /// The reply.
+    #[serde(flatten)]
+    pub message: T,
+    /// The `request_id` of the client message this answers, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub request_id: Option<String>,
+}
+
+/// Checks a `request_id`: 1 to 64 characters of `A-Z a-z 0-9 _ - . :`.
+pub fn validate_request_id(id: &str) -> Result<(), crate::ProtoError> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::ProtoError::InvalidRequestId(
+            id.chars().take(80).collect(),
+        ))
+    }
+}
+
 /// A signaling reply or media instruction from the server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SignalMessage {
     /// The join succeeded.
@@ -355,7 +402,7 @@ pub enum SignalMessage {
 }
 
 /// A call event, pushed to the participants who should see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 #[serde(tag = "type")]
 pub enum CallEvent {
     /// Someone joined.
@@ -495,7 +542,7 @@ pub enum CallEvent {
 }
 
 /// One active speaker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, TS)]
 pub struct Speaker {
     /// The session.
     pub participant_id: String,
@@ -506,7 +553,7 @@ pub struct Speaker {
 }
 
 /// Anything the server sends on the socket: a signaling message or a call event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 #[serde(untagged)]
 pub enum ServerMessage {
     /// A reply or media instruction.
@@ -575,6 +622,63 @@ mod tests {
         assert_eq!(j["call_cid"], "audio_room:x");
         let back: ServerMessage = serde_json::from_value(j).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn request_id_rides_along_every_client_message() {
+        for json in [
+            r#"{"type":"leave","request_id":"r-1"}"#,
+            r#"{"type":"ping","request_id":"r-1"}"#,
+            r#"{"type":"join","call_cid":"default:a","request_id":"r-1"}"#,
+        ] {
+            let e: ClientEnvelope = serde_json::from_str(json).unwrap();
+            assert_eq!(e.request_id.as_deref(), Some("r-1"), "{json}");
+            // The plain message parses too: old servers and code paths ignore the field.
+            let m: ClientMessage = serde_json::from_str(json).unwrap();
+            assert_eq!(m, e.message);
+        }
+        let e: ClientEnvelope = serde_json::from_str(r#"{"type":"ping"}"#).unwrap();
+        assert_eq!(e.request_id, None);
+    }
+
+    #[test]
+    fn replies_carry_the_request_id_top_level() {
+        let r = Reply {
+            message: ServerMessage::Signal(SignalMessage::Pong),
+            request_id: Some("abc".into()),
+        };
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j, serde_json::json!({"type": "pong", "request_id": "abc"}));
+        let r = Reply {
+            message: ServerMessage::Signal(SignalMessage::Error {
+                error: ErrorBody {
+                    code: ErrorCode::NotJoined,
+                    message: "join first".into(),
+                    capability: None,
+                },
+                request: Some("leave".into()),
+            }),
+            request_id: Some("x:1".into()),
+        };
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["type"], "error");
+        assert_eq!(j["code"], "not_joined");
+        assert_eq!(j["request_id"], "x:1");
+        let none = Reply {
+            message: SignalMessage::Pong,
+            request_id: None,
+        };
+        assert_eq!(serde_json::to_string(&none).unwrap(), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn request_id_validation() {
+        for ok in ["a", "A-z_0.9:x", &"x".repeat(64)] {
+            assert!(crate::validate_request_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "é", "a/b", &"x".repeat(65)] {
+            assert!(crate::validate_request_id(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,12 +1,18 @@
+// @ts-check
 // Greenroom browser SDK: a client (token + HTTP API) and a Call (signaling WebSocket, the
 // publisher and subscriber PeerConnections, local devices and their permissions).
 // Plain ES module, no build step. Protocol: docs/PROTOCOL.md.
 
 import { Emitter } from './emitter.js';
+import { PendingRequests } from './requests.js';
 import { RingClient } from './ringing.js';
 import { captureTrack, listDevices, watchDevices, watchPermission, queryPermission, classifyMediaError } from './devices.js';
 
-/** @typedef {'microphone'|'camera'|'screen_share'|'screen_share_audio'} TrackSource */
+/** @typedef {import('./types/wire').TrackSource} TrackSource */
+/** @typedef {import('./types/wire').SubscribedTrack} SubscribedTrack */
+/** @typedef {import('./types/wire').ServerMessage} ServerMessage */
+/** @typedef {import('./types/wire').ErrorCode} ErrorCode */
+/** @typedef {import('./types/wire').Capability} Capability */
 /** @typedef {'grid'|'spotlight'} LayoutMode */
 
 /**
@@ -42,6 +48,7 @@ const REPLY_TIMEOUT_MS = 15000;
 const PING_INTERVAL_MS = 20000;
 /** Audio level (0..1, from call.speakers_changed) from which a participant counts as speaking. */
 const SPEAKING_LEVEL = 0.05;
+/** @type {RTCConfiguration} */
 const PC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
 
 /** Capability that gates each source. */
@@ -57,15 +64,20 @@ export class GreenroomError extends Error {
   /**
    * @param {string} code  e.g. `missing_capability`, `backstage`, `not_found`
    * @param {string} message
-   * @param {{capability?: string, request?: string, status?: number}} [extra]
+   * @param {{capability?: string|null, request?: string|null, status?: number|null, requestId?: string|null}} [extra]
    */
   constructor(code, message, extra = {}) {
     super(message);
     this.name = 'GreenroomError';
     this.code = code;
+    /** The missing capability, for `missing_capability`. */
     this.capability = extra.capability ?? null;
+    /** The `type` of the request that failed, when known. */
     this.request = extra.request ?? null;
+    /** The HTTP status, for HTTP API errors. */
     this.status = extra.status ?? null;
+    /** The `request_id` of the signaling request that failed, when it had one. */
+    this.requestId = extra.requestId ?? null;
   }
 }
 
@@ -253,7 +265,7 @@ export class Call extends Emitter {
     this.remoteTracks = [];
 
     this._ws = null;
-    this._waiters = [];
+    this._requests = new PendingRequests('call', (code, message, type) => new GreenroomError(code, message, { request: type }));
     this._pub = null;
     this._sub = null;
     /** @type {Map<TrackSource, RTCRtpTransceiver>} */
@@ -292,8 +304,6 @@ export class Call extends Emitter {
     await this._openSocket();
     const joined = await this._request(
       { type: 'join', call_cid: this.cid, create, settings: { audio_only: audioOnly, start_audio_muted: startAudioMuted, start_video_muted: startVideoMuted || audioOnly } },
-      (m) => m.type === 'joined',
-      'join',
     ).catch((e) => {
       this.state = 'idle';
       this._closeSocket();
@@ -480,7 +490,7 @@ export class Call extends Emitter {
    * @param {{autoPublish?: boolean}} [opts]
    */
   async requestPermission(permissions, { autoPublish = true } = {}) {
-    await this._request({ type: 'request_permission', permissions }, null, 'request_permission');
+    await this._request({ type: 'request_permission', permissions }, false);
     for (const p of permissions) {
       this.pendingRequests.add(p);
       if (autoPublish) this._wantAutoPublish.add(p);
@@ -546,7 +556,7 @@ export class Call extends Emitter {
 
   /** Participants, local first, then by join time. @returns {Participant[]} */
   participantList() {
-    return [...this.participants.values()].sort((a, b) => (b.isLocal - a.isLocal) || (a.joinedAtMs - b.joinedAtMs));
+    return [...this.participants.values()].sort((a, b) => (Number(b.isLocal) - Number(a.isLocal)) || (a.joinedAtMs - b.joinedAtMs));
   }
 
   /**
@@ -559,6 +569,7 @@ export class Call extends Emitter {
     const out = [];
     (await this._sub.getStats()).forEach((s) => {
       if (s.type !== 'inbound-rtp') return;
+      /** @type {Partial<SubscribedTrack>} */
       const info = byMid.get(String(s.mid)) ?? {};
       out.push({
         mid: s.mid ?? null,
@@ -613,7 +624,7 @@ export class Call extends Emitter {
             ? `the connection to the server closed (code ${ev.code}${ev.reason ? ': ' + ev.reason : ''})`
             : 'could not reach the server, or the token was refused (expired or for another call?)',
         );
-        for (const w of this._waiters.splice(0)) w.reject(err);
+        this._requests.rejectAll(err);
         if (!opened) reject(err);
         else if (this.state === 'joined') {
           this._emitError(err);
@@ -649,35 +660,29 @@ export class Call extends Emitter {
   }
 
   /**
-   * Sends a message and waits for the reply matching `isReply`, or an `error` for `requestType`.
-   * With `isReply` null, resolves when no error arrives before the next `pong`.
+   * Sends a message with a fresh `request_id` and waits for the server's reply carrying it
+   * (protocol 2), or the `error` carrying it. Messages without a direct reply (`set_muted`,
+   * `request_permission`, ...) are followed by a `ping`: the server handles messages in order, so
+   * once that `pong` arrives without an error for the request, it succeeded.
+   * @param {any} msg
+   * @param {boolean} [hasReply=true]  Whether the server answers this message directly.
+   * @returns {Promise<any>}
    */
-  _request(msg, isReply, requestType) {
-    return new Promise((resolve, reject) => {
-      const waiter = {
-        requestType,
-        isReply: isReply ?? ((m) => m.type === 'pong'),
-        resolve: (m) => {
-          clearTimeout(waiter.timer);
-          resolve(m);
-        },
-        reject: (e) => {
-          clearTimeout(waiter.timer);
-          reject(e);
-        },
-      };
-      waiter.timer = setTimeout(() => {
-        this._waiters = this._waiters.filter((w) => w !== waiter);
-        reject(new GreenroomError('timeout', `no answer to ${requestType} from the server`));
-      }, REPLY_TIMEOUT_MS);
-      this._waiters.push(waiter);
-      if (!this._send(msg)) {
-        this._waiters = this._waiters.filter((w) => w !== waiter);
-        waiter.reject(new GreenroomError('connection_closed', `not connected: cannot send ${msg.type}`));
-        return;
-      }
-      if (!isReply) this._send({ type: 'ping' });
-    });
+  _request(msg, hasReply = true) {
+    const { requestId, promise } = this._requests.open(msg.type, REPLY_TIMEOUT_MS);
+    if (!this._send({ ...msg, request_id: requestId })) {
+      this._requests.settle(requestId, null, new GreenroomError('connection_closed', `not connected: cannot send ${msg.type}`, { request: msg.type }));
+      return promise;
+    }
+    if (!hasReply) {
+      const ping = this._requests.open('ping', REPLY_TIMEOUT_MS);
+      ping.promise.then(
+        () => this._requests.settle(requestId, null),
+        (e) => this._requests.settle(requestId, null, e),
+      );
+      this._send({ type: 'ping', request_id: ping.requestId });
+    }
+    return promise;
   }
 
   async _post(action, body) {
@@ -687,27 +692,18 @@ export class Call extends Emitter {
     return res;
   }
 
+  /** @param {any} msg  A parsed server message (checked by `type` in `_dispatch`). */
   _onMessage(msg) {
     // This socket is also a ringing device of the user (docs/PROTOCOL.md section 6): ringing
     // replies and events about other calls are not this call's business.
     if (msg.type === 'ring.ok' || (msg.type === 'error' && msg.request?.startsWith('ring_'))) return;
     if (msg.call_cid && msg.call_cid !== this.cid && msg.type?.startsWith('call.')) return;
     if (msg.type === 'error') {
-      const err = new GreenroomError(msg.code, msg.message, { capability: msg.capability, request: msg.request });
-      const i = this._waiters.findIndex((w) => w.requestType && w.requestType === msg.request);
-      if (i >= 0) {
-        const [w] = this._waiters.splice(i, 1);
-        w.reject(err);
-      } else {
-        this._emitError(err);
-      }
+      const err = new GreenroomError(msg.code, msg.message, { capability: msg.capability, request: msg.request, requestId: msg.request_id });
+      if (!this._requests.settle(msg.request_id, null, err)) this._emitError(err);
       return;
     }
-    const i = this._waiters.findIndex((w) => w.isReply(msg));
-    if (i >= 0) {
-      const [w] = this._waiters.splice(i, 1);
-      w.resolve(msg);
-    }
+    this._requests.settle(msg.request_id, msg);
     try {
       this._dispatch(msg);
     } catch (e) {
@@ -715,6 +711,7 @@ export class Call extends Emitter {
     }
   }
 
+  /** @param {ServerMessage} msg */
   _dispatch(msg) {
     switch (msg.type) {
       case 'subscriber_offer':
@@ -828,13 +825,17 @@ export class Call extends Emitter {
         break;
       case 'call.kicked_user':
       case 'call.blocked_user':
-        if (msg.user_id === this.client.userId) this.emit(msg.type === 'call.kicked_user' ? 'kicked' : 'blocked', { by: msg.kicked_by ?? msg.blocked_by });
+        if (msg.user_id === this.client.userId) {
+          if (msg.type === 'call.kicked_user') this.emit('kicked', { by: msg.kicked_by });
+          else this.emit('blocked', { by: msg.blocked_by });
+        }
         break;
       default:
         break;
     }
   }
 
+  /** @param {Extract<ServerMessage, {type: 'joined'}>} msg */
   _onJoined(msg) {
     this.state = 'joined';
     this._applyCallState(msg.call);
@@ -970,7 +971,7 @@ export class Call extends Emitter {
     if (!muted) st.stoppedByServer = null;
     if (st.track) st.track.enabled = !muted;
     if (this.state === 'joined') {
-      await this._request({ type: 'set_muted', source, muted }, null, 'set_muted').catch((e) => {
+      await this._request({ type: 'set_muted', source, muted }, false).catch((e) => {
         if (!muted) {
           st.muted = true;
           if (st.track) st.track.enabled = false;
@@ -987,7 +988,7 @@ export class Call extends Emitter {
   _setupPeerConnections() {
     this._pub = new RTCPeerConnection(PC_CONFIG);
     this._sub = new RTCPeerConnection(PC_CONFIG);
-    for (const [label, pc] of [['publisher', this._pub], ['subscriber', this._sub]]) {
+    for (const [label, pc] of /** @type {Array<['publisher'|'subscriber', RTCPeerConnection]>} */ ([['publisher', this._pub], ['subscriber', this._sub]])) {
       pc.addEventListener('connectionstatechange', () => this._setConnection(label, pc.connectionState));
     }
     this._sub.addEventListener('track', () => this._rebuildRemoteTracks());
@@ -1047,7 +1048,7 @@ export class Call extends Emitter {
       .filter(([, tr]) => tr.direction === 'sendonly' && tr.mid != null)
       .map(([source, tr]) => ({ mid: String(tr.mid), source }));
     try {
-      const answer = await this._request({ type: 'publish', sdp: pc.localDescription.sdp, tracks }, (m) => m.type === 'publish_answer', 'publish');
+      const answer = await this._request({ type: 'publish', sdp: pc.localDescription.sdp, tracks });
       await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
     } catch (e) {
       await pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
@@ -1074,7 +1075,7 @@ export class Call extends Emitter {
     const seen = new Map();
     for (const tr of this._sub.getTransceivers()) {
       const info = byMid.get(String(tr.mid));
-      if (!info || tr.currentDirection === 'inactive' || tr.stopped) continue;
+      if (!info || tr.currentDirection === 'inactive' || tr.currentDirection === 'stopped') continue;
       seen.set(`${info.participant_id}|${info.source}`, tr.receiver.track);
     }
     for (const p of this.participants.values()) {
@@ -1157,7 +1158,7 @@ export class Call extends Emitter {
   }
 
   async _watchLocalDevices() {
-    for (const t of ['microphone', 'camera']) {
+    for (const t of /** @type {const} */ (['microphone', 'camera'])) {
       if (this.local[t].track) this._watchTrack(t, this.local[t].track);
       const stop = await watchPermission(t, (state) => {
         this.emit('devicePermissionChanged', { source: t, state });
@@ -1288,7 +1289,7 @@ export class Call extends Emitter {
 
   _emitError(e) {
     const err = e instanceof Error ? e : new Error(String(e));
-    console.warn('[greenroom]', err.code ?? err.name, err.message);
+    console.warn('[greenroom]', /** @type {any} */ (err).code ?? err.name, err.message);
     this.emit('error', err);
   }
 
@@ -1307,7 +1308,7 @@ export class Call extends Emitter {
     this._pub?.close();
     this._sub?.close();
     this._closeSocket();
-    for (const w of this._waiters.splice(0)) w.reject(new GreenroomError('left', 'the call is over'));
+    this._requests.rejectAll(new GreenroomError('left', 'the call is over'));
     this.emit('left', { reason });
   }
 }
