@@ -97,12 +97,27 @@ export function decodeToken(token) {
 }
 
 /** Connects to a Greenroom server with a token: HTTP API calls and `Call` objects. */
-export class GreenroomClient {
-  /**
-   * @param {{token: string, baseUrl?: string, signalUrl?: string}} opts
-   *   `baseUrl` defaults to this page's origin; `signalUrl` to ws(s)://<host>/v1/signal.
-   */
-  constructor({ token, baseUrl, signalUrl }) {
+/**
+ * Options of `new GreenroomClient`.
+ * @typedef {object} ClientOptions
+ * @property {string} token  A JWT from your backend.
+ * @property {string} [baseUrl]  Defaults to this page's origin.
+ * @property {string} [signalUrl]  Defaults to ws(s)://<host of baseUrl>/v1/signal.
+ * @property {() => Promise<string>} [tokenProvider]  Returns a fresh token: called
+ *   `refreshMarginMs` before the token's `exp`, and once when the HTTP API answers
+ *   `token_expired` (the request is then retried). Sockets opened later (joins, reconnects) use
+ *   the fresh token; open sockets stay authenticated.
+ * @property {number} [refreshMarginMs=60000]
+ */
+
+/**
+ * Connects to a Greenroom server with a token: HTTP API calls and `Call` objects.
+ * Events: `tokenRefreshed {token}`, `tokenRefreshFailed {error}`.
+ */
+export class GreenroomClient extends Emitter {
+  /** @param {ClientOptions} opts */
+  constructor({ token, baseUrl, signalUrl, tokenProvider, refreshMarginMs = 60_000 }) {
+    super();
     if (!token) throw new Error('a token is required');
     this.token = token;
     this.baseUrl = (baseUrl ?? location.origin).replace(/\/$/, '');
@@ -113,6 +128,61 @@ export class GreenroomClient {
     this.userId = this.claims.sub ?? '';
     /** The user-level (ringing) connection once `connectUser` opened it. @type {RingClient|null} */
     this.ringing = null;
+    this.tokenProvider = tokenProvider ?? null;
+    this.refreshMarginMs = refreshMarginMs;
+    /** @type {ReturnType<typeof setTimeout>|null} */
+    this._refreshTimer = null;
+    /** @type {Promise<string>|null} */
+    this._refreshing = null;
+    this._scheduleRefresh();
+  }
+
+  /**
+   * Replaces the token (e.g. one your app fetched itself); reschedules the refresh.
+   * @param {string} token
+   */
+  setToken(token) {
+    this.token = token;
+    this.claims = decodeToken(token);
+    this._scheduleRefresh();
+  }
+
+  /**
+   * Gets a fresh token from `tokenProvider` now (one at a time) and uses it.
+   * @returns {Promise<string>}
+   */
+  refreshToken() {
+    if (!this.tokenProvider) return Promise.reject(new GreenroomError('token_expired', 'no tokenProvider to refresh the token'));
+    this._refreshing ??= this.tokenProvider()
+      .then((token) => {
+        if (!token) throw new GreenroomError('token_expired', 'the tokenProvider returned no token');
+        this.setToken(token);
+        this.emit('tokenRefreshed', { token });
+        return token;
+      })
+      .catch((error) => {
+        this.emit('tokenRefreshFailed', { error });
+        throw error;
+      })
+      .finally(() => {
+        this._refreshing = null;
+      });
+    return this._refreshing;
+  }
+
+  /** Stops the refresh timer (call when the client is no longer used). */
+  dispose() {
+    if (this._refreshTimer) clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+  }
+
+  _scheduleRefresh() {
+    if (this._refreshTimer) clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (!this.tokenProvider || typeof this.claims.exp !== 'number') return;
+    const due = Math.max(0, this.claims.exp * 1000 - this.refreshMarginMs - Date.now());
+    // Timers over 2^31-1 ms fire at once: cap, the next schedule comes after a refresh anyway.
+    this._refreshTimer = setTimeout(() => this.refreshToken().catch(() => {}), Math.min(due, 2 ** 31 - 1));
   }
 
   /**
@@ -122,6 +192,21 @@ export class GreenroomClient {
    * @param {any} [body]
    */
   async api(method, path, body) {
+    try {
+      return await this._api(method, path, body);
+    } catch (e) {
+      if (!(e instanceof GreenroomError && e.code === 'token_expired' && this.tokenProvider)) throw e;
+      await this.refreshToken();
+      return this._api(method, path, body);
+    }
+  }
+
+  /**
+   * @param {'GET'|'POST'} method
+   * @param {string} path
+   * @param {any} [body]
+   */
+  async _api(method, path, body) {
     const res = await fetch(this.baseUrl + path, {
       method,
       headers: { authorization: `Bearer ${this.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
@@ -265,6 +350,8 @@ export class Call extends Emitter {
     this.remoteTracks = [];
 
     this._ws = null;
+    /** Calls of `_setMuted` per source, so that only the latest one may roll back. @type {Record<string, number>} */
+    this._muteGeneration = {};
     this._requests = new PendingRequests('call', (code, message, type) => new GreenroomError(code, message, { request: type }));
     this._pub = null;
     this._sub = null;
@@ -955,6 +1042,14 @@ export class Call extends Emitter {
     this._localChanged();
   }
 
+  /**
+   * Mutes or unmutes one source. Race-safe: the last call wins. The local state changes at once
+   * (optimistic); the server applies `set_muted` messages in the order sent, so its state ends as
+   * the last call asked. A failed call rolls back to the state before it only when no later call
+   * was made meanwhile (a later call's state stands).
+   * @param {'microphone'|'camera'} source
+   * @param {boolean} muted
+   */
   async _setMuted(source, muted) {
     const st = this.local[source];
     if (!muted && st.blocked) {
@@ -963,24 +1058,26 @@ export class Call extends Emitter {
     if (!muted && !this.capabilities.has(SOURCE_CAPABILITY[source])) {
       throw new GreenroomError('missing_capability', `you may not send ${source === 'microphone' ? 'audio' : 'video'} in this call`, { capability: SOURCE_CAPABILITY[source] });
     }
+    const generation = (this._muteGeneration[source] = (this._muteGeneration[source] ?? 0) + 1);
     if (!muted && !this._transceivers.has(source)) {
       st.muted = false;
       return this.publish(source);
     }
+    const before = st.muted;
     st.muted = muted;
     if (!muted) st.stoppedByServer = null;
     if (st.track) st.track.enabled = !muted;
+    this._localChanged();
     if (this.state === 'joined') {
       await this._request({ type: 'set_muted', source, muted }, false).catch((e) => {
-        if (!muted) {
-          st.muted = true;
-          if (st.track) st.track.enabled = false;
+        if (this._muteGeneration[source] === generation) {
+          st.muted = before;
+          if (st.track) st.track.enabled = !before;
+          this._localChanged();
         }
-        this._localChanged();
         throw e;
       });
     }
-    this._localChanged();
   }
 
   // ---- media --------------------------------------------------------------------------------
