@@ -84,7 +84,7 @@ async function audioBytesFrom(page, userId) {
 
 test('a page that only embeds <greenroom-call> joins a call with media both ways', { timeout: 60_000 }, async () => {
   const cid = `default:embed-${rand()}`;
-  const a = await openEmbed('alice', cid, { layout: 'grid' });
+  const a = await openEmbed('alice', cid, { layout: 'grid', name: 'Alice A.' });
   const b = await openEmbed('bob', cid, { layout: 'spotlight', buttons: 'mic,leave' });
   const diag = async () => JSON.stringify({ a: await elementState(a.page), b: await elementState(b.page), logs: [...a.logs, ...b.logs].slice(-30), server: server.logTail(15) }, null, 1);
   try {
@@ -98,12 +98,19 @@ test('a page that only embeds <greenroom-call> joins a call with media both ways
     const sa = await elementState(a.page);
     const sb = await elementState(b.page);
     // Settings: alice has the default bar in a grid, bob only mic + leave in spotlight.
-    assert.deepEqual(sa.buttons, ['mic', 'camera', 'screen', 'layout', 'leave'], JSON.stringify(sa.buttons));
+    assert.deepEqual(sa.buttons, ['mic', 'camera', 'screen', 'react', 'layout', 'leave'], JSON.stringify(sa.buttons));
     assert.deepEqual(sb.buttons, ['mic', 'leave']);
     assert.equal(sa.spotlight, false);
     assert.equal(sb.spotlight, true);
     assert.equal(sb.layout, 'spotlight');
-    assert.ok(sa.tiles.some((t) => t.user === 'alice' && t.name.includes('(you)')), JSON.stringify(sa.tiles));
+    assert.ok(sa.tiles.some((t) => t.user === 'alice' && t.name.includes('Alice A. (you)')), JSON.stringify(sa.tiles));
+    // Display names: bob sees alice's name, not her user id.
+    assert.ok(sb.tiles.some((t) => t.user === 'alice' && t.name.startsWith('Alice A.')), JSON.stringify(sb.tiles));
+    // Reactions: alice presses the reaction button; both elements get the `reaction` event.
+    await a.page.evaluate(() => document.querySelector('greenroom-call').shadowRoot.querySelector('button[data-action="react"]').click());
+    for (const h of [a, b]) {
+      await waitUntil(`${h.user}: reaction from alice`, async () => (await elementState(h.page)).events.some((e) => e.type === 'reaction' && e.userId === 'alice'), { diag });
+    }
     // Events out.
     assert.ok(sa.events.some((e) => e.type === 'joined'), JSON.stringify(sa.events));
     assert.ok(sa.events.some((e) => e.type === 'user-joined' && e.userId === 'bob'), JSON.stringify(sa.events));

@@ -84,7 +84,14 @@ struct Conn {
     /// The `request_id` of the client message being handled, echoed in its direct reply and
     /// errors (protocol 2); `None` between messages, so events and later replies carry none.
     request_id: Option<String>,
+    /// When this session's recent reactions and custom events were sent (rate limit).
+    recent_sends: std::collections::VecDeque<std::time::Instant>,
 }
+
+/// Reactions plus custom events one session may send per [`SEND_WINDOW`].
+const SEND_LIMIT: usize = 20;
+/// The window of [`SEND_LIMIT`].
+const SEND_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 async fn run(state: Arc<AppState>, claims: Claims, device_id: String, socket: WebSocket) {
     let (mut sink, mut stream) = socket.split();
@@ -139,6 +146,7 @@ async fn run(state: Arc<AppState>, claims: Claims, device_id: String, socket: We
         published: SourceSet::EMPTY,
         device_id,
         request_id: None,
+        recent_sends: std::collections::VecDeque::new(),
     };
     loop {
         tokio::select! {
@@ -434,8 +442,102 @@ impl Conn {
                 let (_, pid) = self.joined()?;
                 self.sfu()?.set_quality(&pid, &track_id, quality);
             }
+            ClientMessage::SendReaction { mut reaction } => {
+                let (cid, pid) = self.joined()?;
+                let bad = |e: greenroom_proto::PayloadError| ApiError::BadRequest(e.to_string());
+                reaction.reaction_type = greenroom_proto::validate_text(
+                    "type",
+                    &reaction.reaction_type,
+                    greenroom_proto::MAX_REACTION_CHARS,
+                )
+                .map_err(bad)?;
+                if let Some(code) = &reaction.emoji_code {
+                    let code = greenroom_proto::validate_text(
+                        "emoji_code",
+                        code,
+                        greenroom_proto::MAX_REACTION_CHARS,
+                    )
+                    .map_err(bad)?;
+                    reaction.emoji_code = Some(code);
+                }
+                if let Some(custom) = &reaction.custom {
+                    greenroom_proto::validate_custom(
+                        "custom",
+                        custom,
+                        greenroom_proto::MAX_CUSTOM_BYTES,
+                    )
+                    .map_err(bad)?;
+                }
+                let actor = self.claims.actor();
+                // The capability is checked before the rate limit counts the send.
+                self.state.read_call(&cid, |c| {
+                    if c.capabilities(&actor)
+                        .contains(greenroom_proto::Capability::CreateReaction)
+                    {
+                        Ok(())
+                    } else {
+                        Err(CallError::MissingCapability(
+                            greenroom_proto::Capability::CreateReaction,
+                        ))
+                    }
+                })??;
+                if !self.take_send_slot() {
+                    self.rate_limited("send_reaction");
+                    return Ok(());
+                }
+                self.state
+                    .with_call(&cid, |c| Ok(((), c.send_reaction(&actor, &pid, reaction)?)))?;
+            }
+            ClientMessage::SendEvent { custom } => {
+                let (cid, pid) = self.joined()?;
+                greenroom_proto::validate_custom(
+                    "custom",
+                    &custom,
+                    greenroom_proto::MAX_EVENT_BYTES,
+                )
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                if !self.take_send_slot() {
+                    self.rate_limited("send_event");
+                    return Ok(());
+                }
+                let actor = self.claims.actor();
+                self.state
+                    .with_call(&cid, |c| Ok(((), c.send_custom(&actor, &pid, custom)?)))?;
+            }
         }
         Ok(())
+    }
+
+    /// Counts one reaction or custom event against [`SEND_LIMIT`] per [`SEND_WINDOW`]; false
+    /// when the session is over the limit (nothing is counted then).
+    fn take_send_slot(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        while self
+            .recent_sends
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= SEND_WINDOW)
+        {
+            self.recent_sends.pop_front();
+        }
+        if self.recent_sends.len() >= SEND_LIMIT {
+            return false;
+        }
+        self.recent_sends.push_back(now);
+        true
+    }
+
+    /// Replies `error` `rate_limited` to the message being handled.
+    fn rate_limited(&self, request: &str) {
+        let mut body = ApiError::BadRequest(format!(
+            "at most {SEND_LIMIT} reactions and custom events per {} s",
+            SEND_WINDOW.as_secs()
+        ))
+        .body();
+        body.code = greenroom_proto::ErrorCode::RateLimited;
+        self.reply(SignalMessage::Error {
+            error: body,
+            request: Some(request.to_owned()),
+        });
     }
 
     fn join(
@@ -462,6 +564,17 @@ impl Conn {
                 self.claims.call.clone().unwrap_or_default(),
             ));
         }
+        let name = settings
+            .name
+            .as_deref()
+            .map(greenroom_proto::validate_display_name)
+            .transpose()
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if let Some(custom) = &settings.custom {
+            greenroom_proto::validate_custom("custom", custom, greenroom_proto::MAX_CUSTOM_BYTES)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        }
+        let custom = settings.custom.clone();
         let started = std::time::Instant::now();
         let actor = self.claims.actor();
         if create {
@@ -474,7 +587,7 @@ impl Conn {
         let tx = self.tx.clone();
         let request_id = self.request_id.clone();
         let joined = self.state.with_call(&cid, |c| {
-            let (info, mut out) = c.join(&actor, &pid, unix_now_ms())?;
+            let (info, mut out) = c.join_with_profile(&actor, &pid, unix_now_ms(), name, custom)?;
             state.register_session(&pid, handle);
             if let Some(sfu) = &state.sfu {
                 let options = greenroom_sfu::JoinOptions {

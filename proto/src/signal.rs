@@ -44,6 +44,8 @@ pub enum ErrorCode {
     MediaError,
     /// The server is shutting down.
     ShuttingDown,
+    /// Too many requests of this kind in a short time (e.g. reactions, custom events); retry later.
+    RateLimited,
     /// An unexpected server error.
     Internal,
 }
@@ -84,6 +86,100 @@ pub struct JoinSettings {
     #[serde(default)]
     #[ts(as = "Option<_>", optional)]
     pub start_video_muted: bool,
+    /// The name others see: 1 to [`MAX_NAME_CHARS`] characters, no control characters, trimmed
+    /// (see [`validate_display_name`]). Absent: clients show the user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub name: Option<String>,
+    /// App data shown to everyone with the participant: a JSON object of at most
+    /// [`MAX_CUSTOM_BYTES`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub custom: Option<serde_json::Value>,
+}
+
+/// Longest display name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Largest `custom` object of a join or a reaction, serialized, in bytes.
+pub const MAX_CUSTOM_BYTES: usize = 1024;
+/// Largest `custom` object of a `send_event`, serialized, in bytes.
+pub const MAX_EVENT_BYTES: usize = 5 * 1024;
+/// Longest reaction `type` and `emoji_code`, in characters.
+pub const MAX_REACTION_CHARS: usize = 32;
+
+/// Why a display name, reaction or custom payload is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// Empty after trimming, too long, or with control characters.
+    #[error("{field}: 1 to {max} characters without control characters")]
+    BadText {
+        /// The field.
+        field: &'static str,
+        /// Its limit in characters.
+        max: usize,
+    },
+    /// Not a JSON object.
+    #[error("{0}: must be a JSON object")]
+    NotAnObject(&'static str),
+    /// Over the size limit.
+    #[error("{field}: at most {max} bytes of JSON")]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+        /// Its limit in bytes.
+        max: usize,
+    },
+}
+
+/// Checks a short text field (a display name, a reaction type) and returns it trimmed.
+pub fn validate_text(field: &'static str, text: &str, max: usize) -> Result<String, PayloadError> {
+    let t = text.trim();
+    if t.is_empty() || t.chars().count() > max || t.chars().any(char::is_control) {
+        return Err(PayloadError::BadText { field, max });
+    }
+    Ok(t.to_owned())
+}
+
+/// Checks a display name (see [`JoinSettings::name`]) and returns it trimmed.
+pub fn validate_display_name(name: &str) -> Result<String, PayloadError> {
+    validate_text("name", name, MAX_NAME_CHARS)
+}
+
+/// Checks an app-defined `custom` payload: a JSON object of at most `max` bytes.
+pub fn validate_custom(
+    field: &'static str,
+    custom: &serde_json::Value,
+    max: usize,
+) -> Result<(), PayloadError> {
+    if !custom.is_object() {
+        return Err(PayloadError::NotAnObject(field));
+    }
+    // Serializing a Value cannot fail (string keys only); an error counts as too large.
+    let len = serde_json::to_vec(custom)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if len > max {
+        return Err(PayloadError::TooLarge { field, max });
+    }
+    Ok(())
+}
+
+/// A reaction as sent with `send_reaction` and delivered in `call.reaction`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
+pub struct Reaction {
+    /// What kind of reaction, e.g. `like`, `raised-hand`, `fireworks` (1 to
+    /// [`MAX_REACTION_CHARS`] characters).
+    #[serde(rename = "type")]
+    pub reaction_type: String,
+    /// An emoji shortcode to show, e.g. `:heart:` (optional, same limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub emoji_code: Option<String>,
+    /// App data (a JSON object of at most [`MAX_CUSTOM_BYTES`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    #[schema(value_type = Option<Object>)]
+    pub custom: Option<serde_json::Value>,
 }
 
 /// A published track as the call sees it.
@@ -118,6 +214,15 @@ pub struct ParticipantInfo {
     /// Sources that are muted (by the user, a moderator or a revoke).
     #[serde(default)]
     pub muted: Vec<TrackSource>,
+    /// The display name given at join, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub name: Option<String>,
+    /// The app data given at join, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    #[schema(value_type = Option<Object>)]
+    pub custom: Option<serde_json::Value>,
 }
 
 /// A call's state.
@@ -298,6 +403,16 @@ pub enum ClientMessage {
         track_id: String,
         /// The quality.
         quality: Quality,
+    },
+    /// Send a reaction to everyone in the call (needs `create-reaction`; rate-limited).
+    SendReaction {
+        /// The reaction.
+        reaction: Reaction,
+    },
+    /// Send an app-defined event to everyone in the call (rate-limited).
+    SendEvent {
+        /// The payload: a JSON object of at most [`MAX_EVENT_BYTES`] bytes.
+        custom: serde_json::Value,
     },
 }
 
@@ -531,6 +646,30 @@ pub enum CallEvent {
         /// The track.
         track: TrackInfo,
     },
+    /// Someone sent a reaction; sent to everyone, the sender included.
+    #[serde(rename = "call.reaction")]
+    Reaction {
+        /// The call.
+        call_cid: CallCid,
+        /// The sending session.
+        participant_id: String,
+        /// The sending user.
+        user_id: String,
+        /// The reaction.
+        reaction: Reaction,
+    },
+    /// An app-defined event (`send_event`); sent to everyone, the sender included.
+    #[serde(rename = "call.custom")]
+    Custom {
+        /// The call.
+        call_cid: CallCid,
+        /// The sending session.
+        participant_id: String,
+        /// The sending user.
+        user_id: String,
+        /// The payload.
+        custom: serde_json::Value,
+    },
     /// The loudest participants changed (debounced).
     #[serde(rename = "call.speakers_changed")]
     SpeakersChanged {
@@ -581,6 +720,8 @@ impl CallEvent {
             CallEvent::TrackPublished { .. } => "call.track_published",
             CallEvent::TrackUnpublished { .. } => "call.track_unpublished",
             CallEvent::SpeakersChanged { .. } => "call.speakers_changed",
+            CallEvent::Reaction { .. } => "call.reaction",
+            CallEvent::Custom { .. } => "call.custom",
         }
     }
 }
@@ -669,6 +810,67 @@ mod tests {
             request_id: None,
         };
         assert_eq!(serde_json::to_string(&none).unwrap(), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn reactions_and_custom_events_parse_from_documented_json() {
+        let m: ClientMessage = serde_json::from_str(
+            r#"{"type":"send_reaction","reaction":{"type":"like","emoji_code":":heart:","custom":{"x":1}},"request_id":"r"}"#,
+        )
+        .unwrap();
+        let ClientMessage::SendReaction { reaction } = m else {
+            panic!("not a reaction: {m:?}")
+        };
+        assert_eq!(reaction.reaction_type, "like");
+        assert_eq!(reaction.emoji_code.as_deref(), Some(":heart:"));
+        assert_eq!(reaction.custom, Some(serde_json::json!({"x": 1})));
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"send_event","custom":{"kind":"poll","q":"?"}}"#)
+                .unwrap();
+        assert!(matches!(m, ClientMessage::SendEvent { .. }));
+        let e = CallEvent::Reaction {
+            call_cid: "default:a".parse().unwrap(),
+            participant_id: "p".into(),
+            user_id: "u".into(),
+            reaction: Reaction {
+                reaction_type: "like".into(),
+                emoji_code: None,
+                custom: None,
+            },
+        };
+        let j = serde_json::to_value(&e).unwrap();
+        assert_eq!(j["type"], "call.reaction");
+        assert_eq!(j["reaction"], serde_json::json!({"type": "like"}));
+        assert_eq!(e.kind(), "call.reaction");
+    }
+
+    #[test]
+    fn names_and_payloads_are_validated_and_sized() {
+        assert_eq!(crate::validate_display_name("  Ada L. ").unwrap(), "Ada L.");
+        assert_eq!(
+            crate::validate_display_name(&"é".repeat(MAX_NAME_CHARS)).unwrap(),
+            "é".repeat(MAX_NAME_CHARS)
+        );
+        for bad in ["", "   ", "a\nb", "\u{7}", &"x".repeat(MAX_NAME_CHARS + 1)] {
+            assert!(crate::validate_display_name(bad).is_err(), "{bad:?}");
+        }
+        let ok = serde_json::json!({"a": "x".repeat(MAX_CUSTOM_BYTES - 10)});
+        assert!(crate::validate_custom("custom", &ok, MAX_CUSTOM_BYTES).is_ok());
+        let big = serde_json::json!({"a": "x".repeat(MAX_CUSTOM_BYTES)});
+        assert_eq!(
+            crate::validate_custom("custom", &big, MAX_CUSTOM_BYTES),
+            Err(PayloadError::TooLarge {
+                field: "custom",
+                max: MAX_CUSTOM_BYTES
+            })
+        );
+        assert_eq!(
+            crate::validate_custom("custom", &serde_json::json!([1]), MAX_CUSTOM_BYTES),
+            Err(PayloadError::NotAnObject("custom"))
+        );
+        // Old joins without name or custom still parse, and the settings stay default.
+        let s: JoinSettings = serde_json::from_str("{}").unwrap();
+        assert_eq!(s, JoinSettings::default());
     }
 
     #[test]

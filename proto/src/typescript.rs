@@ -38,6 +38,7 @@ pub fn typescript_declarations() -> String {
     push::<ErrorBody>(out, &cfg);
     push::<Member>(out, &cfg);
     push::<JoinSettings>(out, &cfg);
+    push::<Reaction>(out, &cfg);
     push::<TrackInfo>(out, &cfg);
     push::<ParticipantInfo>(out, &cfg);
     push::<CallState>(out, &cfg);

@@ -10,7 +10,7 @@ import { GreenroomClient } from './client.js';
 
 /** @typedef {import('./client.js').Call} Call */
 /** @typedef {import('./client.js').Participant} Participant */
-/** @typedef {'mic'|'camera'|'screen'|'layout'|'switch-video'|'leave'} CallButton */
+/** @typedef {'mic'|'camera'|'screen'|'react'|'layout'|'switch-video'|'leave'} CallButton */
 
 /**
  * Settings of a `<greenroom-call>` (attributes in kebab-case, or the `settings` property).
@@ -23,10 +23,11 @@ import { GreenroomClient } from './client.js';
  * @property {'grid'|'spotlight'} [layout='grid']
  * @property {boolean} [allowSwitchToVideo=true] Show the "switch to video" button in audio-only calls.
  * @property {boolean} [create=true]           Create the call if it does not exist.
+ * @property {string} [name]                    Your display name (others see it; default: your user id).
  */
 
 /** Every button, in bar order. @type {CallButton[]} */
-export const CALL_BUTTONS = ['mic', 'camera', 'screen', 'layout', 'switch-video', 'leave'];
+export const CALL_BUTTONS = ['mic', 'camera', 'screen', 'react', 'layout', 'switch-video', 'leave'];
 
 /**
  * The events the element dispatches (`CustomEvent`, bubbling and composed), with their `detail`.
@@ -39,6 +40,7 @@ export const CALL_BUTTONS = ['mic', 'camera', 'screen', 'layout', 'switch-video'
  * @property {{participant: Participant, local: boolean}} screen-share-started
  * @property {{participant: Participant, local: boolean}} screen-share-stopped
  * @property {{initiator: string}} switched-to-video
+ * @property {{participant: Participant|null, userId: string, reaction: {type: string, emoji_code?: string}, local: boolean}} reaction
  * @property {{error: Error}} error
  */
 
@@ -49,6 +51,7 @@ const STYLE = `
 .tiles.spotlight .tile:not(:first-child) { display: none; }
 .tile { position: relative; background: #222; border-radius: 8px; overflow: hidden; aspect-ratio: 16 / 9; }
 .tile.speaking { outline: 3px solid #3b82f6; }
+.tile[data-reaction]::after { content: '👍'; position: absolute; top: 8px; right: 10px; font-size: 2em; }
 video { width: 100%; height: 100%; object-fit: cover; }
 .avatar { position: absolute; inset: 0; display: grid; place-items: center; font-size: 2.2em; }
 .name { position: absolute; left: 6px; bottom: 6px; background: #0009; padding: 2px 8px; border-radius: 6px; max-width: calc(100% - 24px); overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
@@ -102,6 +105,7 @@ export class GreenroomCallElement extends HTMLElement {
       layout: this.getAttribute('layout') === 'spotlight' ? 'spotlight' : 'grid',
       allowSwitchToVideo: boolAttr(this, 'allow-switch-to-video', true),
       create: boolAttr(this, 'create', true),
+      name: this.getAttribute('name') ?? '',
     };
     return /** @type {Required<CallSettings>} */ ({ ...a, ...this._settings });
   }
@@ -149,6 +153,7 @@ export class GreenroomCallElement extends HTMLElement {
         startAudioMuted: s.startAudioMuted,
         startVideoMuted: s.startVideoMuted,
         layout: s.layout,
+        ...(s.name ? { name: s.name } : {}),
       });
       this._status.textContent = '';
       this._fire('joined', { participant: me });
@@ -187,6 +192,14 @@ export class GreenroomCallElement extends HTMLElement {
     call.on('screenShareStopped', (d) => this._fire('screen-share-stopped', d));
     call.on('callSwitchedToVideo', (d) => this._fire('switched-to-video', d));
     call.on('error', (e) => this._fire('error', { error: e }));
+    call.on('reaction', (d) => {
+      this._fire('reaction', d);
+      const tile = d.participant && this._tiles.get(d.participant.participantId);
+      if (tile) {
+        tile.el.dataset.reaction = d.reaction.emoji_code ?? d.reaction.type;
+        setTimeout(() => { if (tile.el.dataset.reaction === (d.reaction.emoji_code ?? d.reaction.type)) delete tile.el.dataset.reaction; }, 3000);
+      }
+    });
     call.on('left', ({ reason }) => {
       this._status.textContent = reason === 'call_ended' ? 'The call has ended' : 'You left the call';
       this._fire('left', { reason });
@@ -237,9 +250,9 @@ export class GreenroomCallElement extends HTMLElement {
       if (track && current !== track) t.video.srcObject = new MediaStream([track]);
       if (!track && t.video.srcObject) t.video.srcObject = null;
       t.video.hidden = !track;
-      t.avatar.textContent = track ? '' : (p.userId[0] ?? '?').toUpperCase();
+      t.avatar.textContent = track ? '' : ((p.name ?? p.userId)[0] ?? '?').toUpperCase();
       const mic = p.muted.has('microphone') || !p.published.has('microphone') ? ' 🔇' : '';
-      t.name.textContent = `${p.userId}${p.isLocal ? ' (you)' : ''}${mic}`;
+      t.name.textContent = `${p.name ?? p.userId}${p.isLocal ? ' (you)' : ''}${mic}`;
       t.el.classList.toggle('speaking', p.speaking);
     }
     for (const [pid, t] of this._tiles) {
@@ -287,6 +300,7 @@ export class GreenroomCallElement extends HTMLElement {
       const sharing = local.screenShare.on;
       add('screen', sharing ? 'Stop sharing' : 'Share screen', false, () => (sharing ? call.stopScreenShare() : call.startScreenShare()));
     }
+    if (call.hasCapability('create-reaction')) add('react', '👍', false, () => call.sendReaction('like', { emojiCode: ':+1:' }));
     add('layout', call.layout === 'spotlight' ? 'Grid' : 'Spotlight', false, () => call.setLayout(call.layout === 'spotlight' ? 'grid' : 'spotlight'));
     if (audioOnly && s.allowSwitchToVideo && call.hasCapability('send-video')) add('switch-video', 'Switch to video', false, () => call.enableVideo());
     add('leave', 'Leave', false, () => call.leave());

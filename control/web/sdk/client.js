@@ -21,6 +21,8 @@ import { captureTrack, listDevices, watchDevices, watchPermission, queryPermissi
  * @property {string} participantId
  * @property {string} userId
  * @property {string} role
+ * @property {string|null} name  Display name given at join (null: show the user id).
+ * @property {Record<string, any>|null} custom  App data given at join.
  * @property {boolean} isLocal
  * @property {number} joinedAtMs
  * @property {Set<TrackSource>} published  Sources the server says are published.
@@ -41,6 +43,8 @@ import { captureTrack, listDevices, watchDevices, watchPermission, queryPermissi
  * @property {boolean} [publish=true]         Publish what the capabilities allow (microphone, camera unless audioOnly).
  * @property {{audio?: MediaStreamTrack|null, video?: MediaStreamTrack|null}} [tracks]  Tracks captured before joining (the preview); the call takes ownership.
  * @property {{audioInput?: string|null, videoInput?: string|null, audioOutput?: string|null}} [devices]
+ * @property {string} [name]  Display name others see (1-64 characters; the server trims and validates it).
+ * @property {Record<string, any>} [custom]  App data others see with the participant (a JSON object, at most 1 KiB).
  */
 
 const GATHER_TIMEOUT_MS = 4000;
@@ -377,7 +381,7 @@ export class Call extends Emitter {
    */
   async join(opts = {}) {
     if (this.state !== 'idle') throw new Error(`join: call is ${this.state}`);
-    const { create = true, audioOnly = false, startAudioMuted = false, startVideoMuted = false, layout = 'grid', publish = true, tracks = {}, devices = {} } = opts;
+    const { create = true, audioOnly = false, startAudioMuted = false, startVideoMuted = false, layout = 'grid', publish = true, tracks = {}, devices = {}, name, custom } = opts;
     this.settings = { audioOnly, startAudioMuted, startVideoMuted };
     this.layout = layout;
     Object.assign(this.devices, devices);
@@ -390,7 +394,7 @@ export class Call extends Emitter {
     this._setConnection('signal', 'connecting');
     await this._openSocket();
     const joined = await this._request(
-      { type: 'join', call_cid: this.cid, create, settings: { audio_only: audioOnly, start_audio_muted: startAudioMuted, start_video_muted: startVideoMuted || audioOnly } },
+      { type: 'join', call_cid: this.cid, create, settings: { audio_only: audioOnly, start_audio_muted: startAudioMuted, start_video_muted: startVideoMuted || audioOnly, ...(name ? { name } : {}), ...(custom ? { custom } : {}) } },
     ).catch((e) => {
       this.state = 'idle';
       this._closeSocket();
@@ -637,6 +641,31 @@ export class Call extends Emitter {
   /** Ends the call for everyone (needs `end-call`). */
   endCall() {
     return this._post('end');
+  }
+
+  // ---- public API: reactions and custom events ----------------------------------------------
+
+  /**
+   * Sends a reaction to everyone (needs `create-reaction`); everyone, you included, gets the
+   * `reaction` event. At most 20 reactions and custom events per 10 s (`rate_limited`).
+   * @param {string} type  e.g. `like`, `raised-hand` (1-32 characters)
+   * @param {{emojiCode?: string, custom?: Record<string, any>}} [opts]  `emojiCode` e.g. `:heart:`; `custom` at most 1 KiB.
+   * @returns {Promise<void>}
+   */
+  async sendReaction(type, { emojiCode, custom } = {}) {
+    if (!this.capabilities.has('create-reaction')) {
+      throw new GreenroomError('missing_capability', 'you may not send reactions in this call', { capability: 'create-reaction' });
+    }
+    await this._request({ type: 'send_reaction', reaction: { type, ...(emojiCode ? { emoji_code: emojiCode } : {}), ...(custom ? { custom } : {}) } }, false);
+  }
+
+  /**
+   * Sends an app-defined event to everyone; everyone, you included, gets `customEvent`.
+   * @param {Record<string, any>} custom  A JSON object of at most 5 KiB.
+   * @returns {Promise<void>}
+   */
+  async sendEvent(custom) {
+    await this._request({ type: 'send_event', custom }, false);
   }
 
   // ---- public API: inspection ---------------------------------------------------------------
@@ -894,6 +923,16 @@ export class Call extends Emitter {
         }
         break;
       }
+      case 'call.reaction': {
+        const p = this.participants.get(msg.participant_id) ?? null;
+        this.emit('reaction', { participant: p, userId: msg.user_id, reaction: msg.reaction, local: msg.participant_id === this.localParticipant?.participantId });
+        break;
+      }
+      case 'call.custom': {
+        const p = this.participants.get(msg.participant_id) ?? null;
+        this.emit('customEvent', { participant: p, userId: msg.user_id, custom: msg.custom, local: msg.participant_id === this.localParticipant?.participantId });
+        break;
+      }
       case 'call.speakers_changed': {
         const speakers = msg.speakers ?? [];
         const levels = new Map(speakers.map((s) => [s.participant_id, s.level]));
@@ -956,6 +995,8 @@ export class Call extends Emitter {
         participantId: info.participant_id,
         userId: info.user_id,
         role: info.role,
+        name: info.name ?? null,
+        custom: info.custom ?? null,
         isLocal,
         joinedAtMs: info.joined_at_ms ?? Date.now(),
         published: new Set(),
@@ -967,6 +1008,8 @@ export class Call extends Emitter {
       this.participants.set(p.participantId, p);
     }
     p.role = info.role ?? p.role;
+    p.name = info.name ?? p.name;
+    p.custom = info.custom ?? p.custom;
     p.isLocal = p.isLocal || isLocal;
     p.published = new Set(info.published ?? []);
     p.muted = new Set(info.muted ?? []);

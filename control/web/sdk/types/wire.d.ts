@@ -36,7 +36,7 @@ export type CallCid = string;
 /**
  * A machine-readable error code, used in HTTP error bodies and in `error` messages.
  */
-export type ErrorCode = "invalid_json" | "bad_request" | "unauthorized" | "token_expired" | "missing_capability" | "wrong_call" | "not_found" | "blocked" | "call_ended" | "backstage" | "not_joined" | "already_joined" | "not_requestable" | "too_large" | "unknown_message" | "media_error" | "shutting_down" | "internal";
+export type ErrorCode = "invalid_json" | "bad_request" | "unauthorized" | "token_expired" | "missing_capability" | "wrong_call" | "not_found" | "blocked" | "call_ended" | "backstage" | "not_joined" | "already_joined" | "not_requestable" | "too_large" | "unknown_message" | "media_error" | "shutting_down" | "rate_limited" | "internal";
 
 /**
  * The JSON body of every HTTP error and the payload of an `error` message.
@@ -83,7 +83,35 @@ start_audio_muted?: boolean,
 /**
  * Join with the camera off.
  */
-start_video_muted?: boolean, };
+start_video_muted?: boolean, 
+/**
+ * The name others see: 1 to [`MAX_NAME_CHARS`] characters, no control characters, trimmed
+ * (see [`validate_display_name`]). Absent: clients show the user id.
+ */
+name?: string, 
+/**
+ * App data shown to everyone with the participant: a JSON object of at most
+ * [`MAX_CUSTOM_BYTES`] bytes.
+ */
+custom?: JsonValue, };
+
+/**
+ * A reaction as sent with `send_reaction` and delivered in `call.reaction`.
+ */
+export type Reaction = { 
+/**
+ * What kind of reaction, e.g. `like`, `raised-hand`, `fireworks` (1 to
+ * [`MAX_REACTION_CHARS`] characters).
+ */
+type: string, 
+/**
+ * An emoji shortcode to show, e.g. `:heart:` (optional, same limits).
+ */
+emoji_code?: string, 
+/**
+ * App data (a JSON object of at most [`MAX_CUSTOM_BYTES`] bytes).
+ */
+custom?: JsonValue, };
 
 /**
  * A published track as the call sees it.
@@ -137,7 +165,15 @@ published: Array<TrackSource>,
 /**
  * Sources that are muted (by the user, a moderator or a revoke).
  */
-muted: Array<TrackSource>, };
+muted: Array<TrackSource>, 
+/**
+ * The display name given at join, if any.
+ */
+name?: string, 
+/**
+ * The app data given at join, if any.
+ */
+custom?: JsonValue, };
 
 /**
  * A call's state.
@@ -332,7 +368,15 @@ track_id: string,
 /**
  * The quality.
  */
-quality: Quality, };
+quality: Quality, } | { "type": "send_reaction", 
+/**
+ * The reaction.
+ */
+reaction: Reaction, } | { "type": "send_event", 
+/**
+ * The payload: a JSON object of at most [`MAX_EVENT_BYTES`] bytes.
+ */
+custom: JsonValue, };
 
 /**
  * What a client sends on `/v1/signal`: a [`ClientMessage`] plus an optional `request_id`
@@ -406,7 +450,15 @@ track_id: string,
 /**
  * The quality.
  */
-quality: Quality, });
+quality: Quality, } | { "type": "send_reaction", 
+/**
+ * The reaction.
+ */
+reaction: Reaction, } | { "type": "send_event", 
+/**
+ * The payload: a JSON object of at most [`MAX_EVENT_BYTES`] bytes.
+ */
+custom: JsonValue, });
 
 /**
  * A signaling reply or media instruction from the server.
@@ -647,7 +699,39 @@ call_cid: CallCid,
 /**
  * The track.
  */
-track: TrackInfo, } | { "type": "call.speakers_changed", 
+track: TrackInfo, } | { "type": "call.reaction", 
+/**
+ * The call.
+ */
+call_cid: CallCid, 
+/**
+ * The sending session.
+ */
+participant_id: string, 
+/**
+ * The sending user.
+ */
+user_id: string, 
+/**
+ * The reaction.
+ */
+reaction: Reaction, } | { "type": "call.custom", 
+/**
+ * The call.
+ */
+call_cid: CallCid, 
+/**
+ * The sending session.
+ */
+participant_id: string, 
+/**
+ * The sending user.
+ */
+user_id: string, 
+/**
+ * The payload.
+ */
+custom: JsonValue, } | { "type": "call.speakers_changed", 
 /**
  * The call.
  */
