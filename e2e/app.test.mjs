@@ -248,6 +248,8 @@ test('audio room: a listener raises a hand, the host approves, a third page hear
     await waitUntil('leo: send-audio revoked', async () => !(await appState(leo.page)).call.capabilities.includes('send-audio'), { timeout: UI_TIMEOUT_MS, diag });
     await waitUntil('leo: told he is back in the audience', () => leo.page.getByTestId('revoked').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
     await waitStalled("leo's audio at eve after the revoke", () => audioBytesFrom(eve.page, 'leo'), { diag });
+    // Back in the audience, leo has no microphone control (no red "Unmute" the server would refuse).
+    await waitUntil('leo: no mic control in the audience', async () => !(await leo.page.getByTestId('toggle-mic').isVisible()), { timeout: UI_TIMEOUT_MS, diag });
   } finally {
     for (const h of handles) await h.ctx.close().catch(() => {});
   }

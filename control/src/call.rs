@@ -123,6 +123,10 @@ struct Participant {
     gate: MediaGate,
     /// Sources forwarded if the call were live: for mute/unmute events.
     allowed: SourceSet,
+    /// Display name given at join (validated by the caller).
+    name: Option<String>,
+    /// App data given at join (validated by the caller).
+    custom: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -293,6 +297,8 @@ impl Call {
                 .iter()
                 .filter(|s| muted.contains(*s) || !p.allowed.contains(*s))
                 .collect(),
+            name: p.name.clone(),
+            custom: p.custom.clone(),
         }
     }
 
@@ -463,6 +469,19 @@ impl Call {
         participant_id: &str,
         now_ms: u64,
     ) -> Result<(ParticipantInfo, Outcome), CallError> {
+        self.join_with_profile(actor, participant_id, now_ms, None, None)
+    }
+
+    /// [`Call::join`] with a display name and app data (already validated by the caller), which
+    /// `call.session_participant_joined` and every participant description carry.
+    pub fn join_with_profile(
+        &mut self,
+        actor: &Actor,
+        participant_id: &str,
+        now_ms: u64,
+        name: Option<String>,
+        custom: Option<serde_json::Value>,
+    ) -> Result<(ParticipantInfo, Outcome), CallError> {
         let caps = self.capabilities(actor);
         if self.blocked.contains(&actor.user_id) {
             return Err(CallError::Blocked(actor.user_id.clone()));
@@ -484,6 +503,8 @@ impl Call {
             published: SourceSet::EMPTY,
             gate: MediaGate::default(),
             allowed: SourceSet::EMPTY,
+            name,
+            custom,
         };
         let (gate, allowed) = self.compute_gate(&p);
         p.gate = gate;
@@ -504,6 +525,53 @@ impl Call {
             },
         });
         Ok((info, out))
+    }
+
+    /// A joined session sends a reaction (`create-reaction`): `call.reaction` to everyone.
+    pub fn send_reaction(
+        &self,
+        actor: &Actor,
+        participant_id: &str,
+        reaction: greenroom_proto::Reaction,
+    ) -> Result<Outcome, CallError> {
+        self.require(actor, Capability::CreateReaction)?;
+        if !self.participants.contains_key(participant_id) {
+            return Err(CallError::UnknownParticipant(participant_id.to_owned()));
+        }
+        let mut out = Outcome::default();
+        self.broadcast(
+            &mut out,
+            CallEvent::Reaction {
+                call_cid: self.cid.clone(),
+                participant_id: participant_id.to_owned(),
+                user_id: actor.user_id.clone(),
+                reaction,
+            },
+        );
+        Ok(out)
+    }
+
+    /// A joined session sends an app-defined event: `call.custom` to everyone.
+    pub fn send_custom(
+        &self,
+        actor: &Actor,
+        participant_id: &str,
+        custom: serde_json::Value,
+    ) -> Result<Outcome, CallError> {
+        if !self.participants.contains_key(participant_id) {
+            return Err(CallError::UnknownParticipant(participant_id.to_owned()));
+        }
+        let mut out = Outcome::default();
+        self.broadcast(
+            &mut out,
+            CallEvent::Custom {
+                call_cid: self.cid.clone(),
+                participant_id: participant_id.to_owned(),
+                user_id: actor.user_id.clone(),
+                custom,
+            },
+        );
+        Ok(out)
     }
 
     /// A session leaves (`reason`: left, disconnected, ...).

@@ -149,7 +149,17 @@ struct Conn {
     offer: Option<PendingOffer>,
     /// When a socket outside any call is closed unless it sends `ping`, `join` or a ring message.
     idle_at: Option<Instant>,
+    /// The `request_id` of the client message being handled, echoed in its direct reply and
+    /// errors (protocol 2); `None` between messages, so events and later replies carry none.
+    request_id: Option<String>,
+    /// When this session's recent reactions and custom events were sent (rate limit).
+    recent_sends: std::collections::VecDeque<std::time::Instant>,
 }
+
+/// Reactions plus custom events one session may send per [`SEND_WINDOW`].
+const SEND_LIMIT: usize = 20;
+/// The window of [`SEND_LIMIT`].
+const SEND_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Why the reader stopped; the session (if any) leaves with this reason.
 type LeaveReason = &'static str;
@@ -189,6 +199,8 @@ async fn run(
         offer: None,
         idle_at: None,
         state,
+        request_id: None,
+        recent_sends: std::collections::VecDeque::new(),
     };
     conn.reset_idle();
     let reason = conn.read_loop(stream, notices, close).await;
@@ -402,9 +414,24 @@ impl Conn {
         o.resend_at = Instant::now() + timeout;
     }
 
-    /// The one way out for replies (a future `request_id` is added here).
+    /// The one way out for direct replies and errors: carries the `request_id` of the message
+    /// being handled, if any.
     fn reply(&self, m: SignalMessage) {
-        self.outbox.send(&ServerMessage::Signal(m));
+        match self.request_id.clone() {
+            None => self.outbox.send(&ServerMessage::Signal(m)),
+            Some(request_id) => self.send_tagged(&greenroom_proto::Reply {
+                message: ServerMessage::Signal(m),
+                request_id: Some(request_id),
+            }),
+        }
+    }
+
+    /// Queues a reply tagged with a request id.
+    fn send_tagged<T: serde::Serialize>(&self, reply: &greenroom_proto::Reply<T>) {
+        match serde_json::to_string(reply) {
+            Ok(text) => self.outbox.send_text(text.into()),
+            Err(e) => tracing::error!("cannot serialize reply: {e}"),
+        }
     }
 
     fn close(&self, code: u16, reason: &str) {
@@ -441,8 +468,29 @@ impl Conn {
             Ok(v) => v,
             Err(e) => return self.error(ApiError::InvalidJson(e.to_string()), None),
         };
-        // The `type` tag is checked against the known types first: an unknown type is
-        // `unknown_message`, a known one with wrong fields is `invalid_json`.
+        // Protocol 2: an optional top-level `request_id`, echoed in the reply and any error.
+        match value.get("request_id") {
+            None => {}
+            Some(serde_json::Value::String(id))
+                if greenroom_proto::validate_request_id(id).is_ok() =>
+            {
+                self.request_id = Some(id.clone());
+            }
+            Some(_) => {
+                let kind = value.get("type").and_then(|t| t.as_str());
+                return self.error(
+                    ApiError::BadRequest(
+                        "request_id: 1 to 64 characters of A-Z a-z 0-9 _ - . :".into(),
+                    ),
+                    kind,
+                );
+            }
+        }
+        self.handle_value(value).await;
+        self.request_id = None;
+    }
+
+    async fn handle_value(&mut self, value: serde_json::Value) {
         let Some(kind) = value
             .get("type")
             .and_then(|t| t.as_str())
@@ -490,10 +538,10 @@ impl Conn {
             .ringing
             .handle_client(&self.state, &self.claims, &self.device_id, msg);
         match r {
-            Ok(reply) => match serde_json::to_string(&reply) {
-                Ok(text) => self.outbox.send_text(text.into()),
-                Err(e) => tracing::error!("cannot serialize ring reply: {e}"),
-            },
+            Ok(reply) => self.send_tagged(&greenroom_proto::Reply {
+                message: reply,
+                request_id: self.request_id.clone(),
+            }),
             Err(e) => self.reply(SignalMessage::Error {
                 error: e.body(),
                 request: Some(kind),
@@ -611,8 +659,102 @@ impl Conn {
                 let (_, pid) = self.joined()?;
                 self.sfu()?.set_quality(&pid, &track_id, quality);
             }
+            ClientMessage::SendReaction { mut reaction } => {
+                let (cid, pid) = self.joined()?;
+                let bad = |e: greenroom_proto::PayloadError| ApiError::BadRequest(e.to_string());
+                reaction.reaction_type = greenroom_proto::validate_text(
+                    "type",
+                    &reaction.reaction_type,
+                    greenroom_proto::MAX_REACTION_CHARS,
+                )
+                .map_err(bad)?;
+                if let Some(code) = &reaction.emoji_code {
+                    let code = greenroom_proto::validate_text(
+                        "emoji_code",
+                        code,
+                        greenroom_proto::MAX_REACTION_CHARS,
+                    )
+                    .map_err(bad)?;
+                    reaction.emoji_code = Some(code);
+                }
+                if let Some(custom) = &reaction.custom {
+                    greenroom_proto::validate_custom(
+                        "custom",
+                        custom,
+                        greenroom_proto::MAX_CUSTOM_BYTES,
+                    )
+                    .map_err(bad)?;
+                }
+                let actor = self.claims.actor();
+                // The capability is checked before the rate limit counts the send.
+                self.state.read_call(&cid, |c| {
+                    if c.capabilities(&actor)
+                        .contains(greenroom_proto::Capability::CreateReaction)
+                    {
+                        Ok(())
+                    } else {
+                        Err(CallError::MissingCapability(
+                            greenroom_proto::Capability::CreateReaction,
+                        ))
+                    }
+                })??;
+                if !self.take_send_slot() {
+                    self.rate_limited("send_reaction");
+                    return Ok(());
+                }
+                self.state
+                    .with_call(&cid, |c| Ok(((), c.send_reaction(&actor, &pid, reaction)?)))?;
+            }
+            ClientMessage::SendEvent { custom } => {
+                let (cid, pid) = self.joined()?;
+                greenroom_proto::validate_custom(
+                    "custom",
+                    &custom,
+                    greenroom_proto::MAX_EVENT_BYTES,
+                )
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+                if !self.take_send_slot() {
+                    self.rate_limited("send_event");
+                    return Ok(());
+                }
+                let actor = self.claims.actor();
+                self.state
+                    .with_call(&cid, |c| Ok(((), c.send_custom(&actor, &pid, custom)?)))?;
+            }
         }
         Ok(())
+    }
+
+    /// Counts one reaction or custom event against [`SEND_LIMIT`] per [`SEND_WINDOW`]; false
+    /// when the session is over the limit (nothing is counted then).
+    fn take_send_slot(&mut self) -> bool {
+        let now = std::time::Instant::now();
+        while self
+            .recent_sends
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= SEND_WINDOW)
+        {
+            self.recent_sends.pop_front();
+        }
+        if self.recent_sends.len() >= SEND_LIMIT {
+            return false;
+        }
+        self.recent_sends.push_back(now);
+        true
+    }
+
+    /// Replies `error` `rate_limited` to the message being handled.
+    fn rate_limited(&self, request: &str) {
+        let mut body = ApiError::BadRequest(format!(
+            "at most {SEND_LIMIT} reactions and custom events per {} s",
+            SEND_WINDOW.as_secs()
+        ))
+        .body();
+        body.code = greenroom_proto::ErrorCode::RateLimited;
+        self.reply(SignalMessage::Error {
+            error: body,
+            request: Some(request.to_owned()),
+        });
     }
 
     fn join(
@@ -632,6 +774,17 @@ impl Conn {
                 self.claims.call.clone().unwrap_or_default(),
             ));
         }
+        let name = settings
+            .name
+            .as_deref()
+            .map(greenroom_proto::validate_display_name)
+            .transpose()
+            .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        if let Some(custom) = &settings.custom {
+            greenroom_proto::validate_custom("custom", custom, greenroom_proto::MAX_CUSTOM_BYTES)
+                .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        }
+        let custom = settings.custom.clone();
         let started = std::time::Instant::now();
         let actor = self.claims.actor();
         if create {
@@ -642,8 +795,9 @@ impl Conn {
         let handle = AppState::session_handle(cid.clone(), &actor.user_id, self.outbox.clone());
         let state = self.state.clone();
         let outbox = self.outbox.clone();
+        let request_id = self.request_id.clone();
         let joined = self.state.with_call(&cid, |c| {
-            let (info, mut out) = c.join(&actor, &pid, unix_now_ms())?;
+            let (info, mut out) = c.join_with_profile(&actor, &pid, unix_now_ms(), name, custom)?;
             state.register_session(&pid, handle);
             if let Some(sfu) = &state.sfu {
                 let options = greenroom_sfu::JoinOptions {
@@ -671,7 +825,16 @@ impl Conn {
                 requestable: c.requestable(),
             };
             // Queued before the outcome is applied, so `joined` precedes every event.
-            outbox.send(&ServerMessage::Signal(joined));
+            match request_id {
+                None => outbox.send(&ServerMessage::Signal(joined)),
+                Some(request_id) => match serde_json::to_string(&greenroom_proto::Reply {
+                    message: ServerMessage::Signal(joined),
+                    request_id: Some(request_id),
+                }) {
+                    Ok(text) => outbox.send_text(text.into()),
+                    Err(e) => tracing::error!("cannot serialize joined: {e}"),
+                },
+            }
             Ok(((), out))
         });
         match joined {

@@ -141,7 +141,7 @@ function avatar(id, name, cls = 'avatar') {
 }
 
 const isRoom = () => app.callType === 'audio_room';
-const displayName = (p) => (p.isLocal ? `${localName()} (you)` : p.userId);
+const displayName = (p) => (p.isLocal ? `${localName()} (you)` : p.name ?? p.userId);
 const localName = () => ($('display-name').value.trim() || app.client?.userId || 'You');
 
 // ---- boot & login ---------------------------------------------------------------------------
@@ -504,6 +504,7 @@ async function join() {
       startAudioMuted: app.prefs.audioMuted,
       startVideoMuted: app.prefs.videoMuted,
       layout: app.prefs.layout,
+      name: localName(),
       tracks,
       devices: { ...app.devices },
     });
@@ -528,7 +529,7 @@ function wireCall(call) {
   call.on('callStateChanged', rerender);
   call.on('devicesChanged', () => { if (app.panelOpen) renderCallDevices(call); });
   call.on('connectionState', renderConnection);
-  call.on('participantJoined', (p) => toast(`${p.userId} joined`));
+  call.on('participantJoined', (p) => toast(`${p.name ?? p.userId} joined`));
   call.on('participantLeft', ({ participant, reason }) => toast(`${participant.userId} ${reason === 'disconnected' ? 'lost connection' : reason === 'kicked' ? 'was removed' : 'left'}`));
   call.on('userMuted', ({ userIds, by, sources, byModerator }) => {
     if (userIds.includes(app.client.userId) && byModerator && by !== app.client.userId) {
@@ -715,7 +716,7 @@ function updateTile(t, p, kind) {
   t.ph.hidden = !camOff;
   if (camOff) {
     const blocked = p.isLocal && app.call.local.camera.blocked;
-    t.ph.replaceChildren(avatar(p.userId, p.isLocal ? localName() : p.userId, 'avatar big'), h('span', { class: 'label' }, blocked ? 'Camera blocked' : 'Camera off'));
+    t.ph.replaceChildren(avatar(p.userId, p.isLocal ? localName() : p.name ?? p.userId, 'avatar big'), h('span', { class: 'label' }, blocked ? 'Camera blocked' : 'Camera off'));
   }
   const micMuted = !isScreen && (p.muted.has('microphone') || !p.published.has('microphone') || (p.isLocal && !app.call.localState().microphone.on));
   t.name.replaceChildren(
@@ -758,7 +759,7 @@ function seat(call, p) {
   const muted = p.muted.has('microphone') || !p.published.has('microphone') || (p.isLocal && !call.localState().microphone.on);
   const hand = app.requests.has(p.userId) || (p.isLocal && call.pendingRequests.size > 0);
   return h('div', { class: `seat${p.speaking ? ' speaking' : ''}`, testid: 'seat', dataset: { userId: p.userId, participantId: p.participantId } },
-    avatar(p.userId, p.isLocal ? localName() : p.userId),
+    avatar(p.userId, p.isLocal ? localName() : p.name ?? p.userId),
     hand ? h('span', { class: 'hand', title: 'Hand raised' }, icon('hand')) : null,
     muted && onStage(call, p) ? h('span', { class: 'badge-muted', testid: 'muted-badge' }, icon('micOff')) : null,
     h('div', {}, displayName(p)),
@@ -798,7 +799,12 @@ function renderControls(call) {
   const ls = call.localState();
   const out = [];
   const canAudio = call.hasCapability('send-audio');
-  if (canAudio || ls.microphone.published) {
+  if (!canAudio && ls.microphone.published && !isRoom()) {
+    // Audio was revoked: say so instead of offering an Unmute that the server would refuse.
+    out.push(ctrl({ icon: ICON.micOff, label: 'Mic not allowed', cls: 'off', testid: 'toggle-mic', pressed: true, disabled: true, onclick: () => {} }));
+  }
+  // A listener moved back to the audience has no microphone control (they may raise a hand).
+  if (canAudio) {
     const blocked = !!ls.microphone.blocked;
     out.push(ctrl({
       icon: ls.microphone.on ? ICON.mic : ICON.micOff,
@@ -886,7 +892,7 @@ function renderPanel(call) {
           : h('button', { class: 'btn small ghost', testid: `grant-${p.userId}`, onclick: () => call.grantPermissions(p.userId, ['send-audio']).catch(showErr) }, isRoom() ? 'Invite to speak' : 'Allow audio'));
       }
     }
-    return h('li', { dataset: { userId: p.userId } }, avatar(p.userId, p.isLocal ? localName() : p.userId),
+    return h('li', { dataset: { userId: p.userId } }, avatar(p.userId, p.isLocal ? localName() : p.name ?? p.userId),
       h('div', { class: 'who' }, displayName(p), h('small', {}, `${p.role}${micMuted ? ' · muted' : ''}${p.published.has('screen_share') ? ' · sharing' : ''}`)),
       h('div', { class: 'person-actions' }, actions));
   });
@@ -1301,6 +1307,7 @@ async function startRingCall(cid, kind, peer, tracks) {
     await call.join({
       create: true,
       audioOnly: kind === 'audio',
+      name: localName(),
       tracks: { audio: tracks?.audio ?? null, video: kind === 'audio' ? null : tracks?.video ?? null },
       devices: { ...app.devices },
     });

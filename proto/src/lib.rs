@@ -7,13 +7,17 @@
 mod model;
 mod ring;
 mod signal;
+mod typescript;
 
 pub use model::{validate_id, CallCid, CallType, Capability, CapabilitySet, Role, TrackSource};
 pub use ring::*;
 pub use signal::*;
+pub use typescript::typescript_declarations;
 
 /// Protocol version announced in `joined`; bumped on incompatible wire changes.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// Version 2 added the optional `request_id` on client messages, echoed in direct replies.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Errors raised while parsing wire values.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,4 +37,7 @@ pub enum ProtoError {
     /// An id with characters outside `[A-Za-z0-9_.@-]` or of the wrong length.
     #[error("invalid id `{0}`: 1 to 64 characters of A-Z a-z 0-9 _ . @ -")]
     InvalidId(String),
+    /// A `request_id` with characters outside `[A-Za-z0-9_.:-]` or of the wrong length.
+    #[error("invalid request_id `{0}`: 1 to 64 characters of A-Z a-z 0-9 _ - . :")]
+    InvalidRequestId(String),
 }

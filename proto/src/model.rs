@@ -4,12 +4,14 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use ts_rs::TS;
 use utoipa::ToSchema;
 
 use crate::ProtoError;
 
 /// A permission a participant holds in a call, named exactly as on the wire.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, TS)]
+#[ts(rename_all = "kebab-case")]
 #[repr(u8)]
 pub enum Capability {
     /// Join the call (`join-call`).
@@ -126,7 +128,8 @@ impl<'de> Deserialize<'de> for Capability {
 }
 
 /// A set of capabilities as a bit mask: the media plane's gate tests one bit per packet.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, TS)]
+#[ts(as = "Vec<Capability>")]
 pub struct CapabilitySet(u32);
 
 impl CapabilitySet {
@@ -222,7 +225,7 @@ impl<'de> Deserialize<'de> for CapabilitySet {
 
 /// Where a published track comes from; decides which capability gates it.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema, TS,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum TrackSource {
@@ -281,7 +284,7 @@ impl fmt::Display for TrackSource {
 
 /// A role, globally (from the token) or per call (a call member's role overrides the global one).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, PartialOrd, Ord,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, PartialOrd, Ord, TS,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -338,7 +341,7 @@ impl FromStr for Role {
 
 /// The kind of call, which fixes the default grants and whether backstage is on.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, PartialOrd, Ord,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, PartialOrd, Ord, TS,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum CallType {
@@ -390,7 +393,8 @@ impl FromStr for CallType {
 }
 
 /// A call's full id, `type:id`, e.g. `audio_room:stage1`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, TS)]
+#[ts(type = "string")]
 pub struct CallCid {
     /// The call type.
     pub call_type: CallType,

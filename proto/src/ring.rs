@@ -7,13 +7,14 @@
 //! way whichever enum produced it.
 
 use serde::{Deserialize, Serialize};
+use ts_rs::TS;
 use utoipa::ToSchema;
 
 use crate::CallCid;
 
 /// What a rung call carries.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema, TS,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum CallKind {
@@ -43,7 +44,9 @@ impl CallKind {
 }
 
 /// Why a callee did not take a call.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, TS,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum RejectReason {
     /// The callee pressed reject.
@@ -76,7 +79,7 @@ impl RejectReason {
 }
 
 /// How the ringing phase of a call ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum RingOutcome {
     /// A callee accepted; the call took place.
@@ -123,7 +126,7 @@ impl RingOutcome {
 }
 
 /// Where a rung call stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum RingPhase {
     /// Nobody has accepted yet.
@@ -138,7 +141,7 @@ pub enum RingPhase {
 ///
 /// The media session to join on `/v1/signal` is `call_cid`; `session_id` names this one ringing
 /// of that call (history records are keyed by it).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct RingCallInfo {
     /// Unique id of this ringing (one call cid may be rung again later).
     pub session_id: String,
@@ -170,7 +173,7 @@ pub struct RingCallInfo {
 }
 
 /// One call in the history: who called whom, how the ringing ended, when, and who took part.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct CallRecord {
     /// Unique id of this ringing.
     pub session_id: String,
@@ -203,7 +206,7 @@ pub struct CallRecord {
 }
 
 /// A ringing event, pushed to the devices of the users concerned.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 #[serde(tag = "type")]
 pub enum RingEvent {
     /// An incoming call: the device should ring.
@@ -324,7 +327,7 @@ impl RingEvent {
 }
 
 /// A ringing request from a client on its user-level socket.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum RingClientMessage {
     /// Ring users (`user_ids`) or a group (`group_id`) for the call `call_cid`.
@@ -333,6 +336,7 @@ pub enum RingClientMessage {
         call_cid: CallCid,
         /// Users to ring (ignored when `group_id` is set).
         #[serde(default)]
+        #[ts(as = "Option<_>", optional)]
         user_ids: Vec<String>,
         /// A group whose members (but the caller) are rung.
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -351,6 +355,7 @@ pub enum RingClientMessage {
         call_cid: CallCid,
         /// Why (default `rejected`).
         #[serde(default)]
+        #[ts(as = "Option<_>", optional)]
         reason: RejectReason,
     },
     /// Cancel one's outgoing call before anyone accepts.

@@ -1,12 +1,13 @@
 //! Messages on the signaling WebSocket and the call events pushed over it.
 
 use serde::{Deserialize, Serialize};
+use ts_rs::TS;
 use utoipa::ToSchema;
 
 use crate::{CallCid, CallType, Capability, CapabilitySet, Role, TrackSource};
 
 /// A machine-readable error code, used in HTTP error bodies and in `error` messages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
     /// The request body or message is not valid JSON or misses fields.
@@ -54,7 +55,7 @@ pub enum ErrorCode {
 }
 
 /// The JSON body of every HTTP error and the payload of an `error` message.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, TS)]
 pub struct ErrorBody {
     /// Machine-readable code.
     pub code: ErrorCode,
@@ -66,7 +67,7 @@ pub struct ErrorBody {
 }
 
 /// A member of a call, with the role that applies to them in this call.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct Member {
     /// The user.
     pub user_id: String,
@@ -75,21 +76,118 @@ pub struct Member {
 }
 
 /// Settings chosen by a client when joining.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct JoinSettings {
     /// Join without video.
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub audio_only: bool,
     /// Join with the microphone muted.
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub start_audio_muted: bool,
     /// Join with the camera off.
     #[serde(default)]
+    #[ts(as = "Option<_>", optional)]
     pub start_video_muted: bool,
+    /// The name others see: 1 to [`MAX_NAME_CHARS`] characters, no control characters, trimmed
+    /// (see [`validate_display_name`]). Absent: clients show the user id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub name: Option<String>,
+    /// App data shown to everyone with the participant: a JSON object of at most
+    /// [`MAX_CUSTOM_BYTES`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub custom: Option<serde_json::Value>,
+}
+
+/// Longest display name, in characters.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Largest `custom` object of a join or a reaction, serialized, in bytes.
+pub const MAX_CUSTOM_BYTES: usize = 1024;
+/// Largest `custom` object of a `send_event`, serialized, in bytes.
+pub const MAX_EVENT_BYTES: usize = 5 * 1024;
+/// Longest reaction `type` and `emoji_code`, in characters.
+pub const MAX_REACTION_CHARS: usize = 32;
+
+/// Why a display name, reaction or custom payload is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// Empty after trimming, too long, or with control characters.
+    #[error("{field}: 1 to {max} characters without control characters")]
+    BadText {
+        /// The field.
+        field: &'static str,
+        /// Its limit in characters.
+        max: usize,
+    },
+    /// Not a JSON object.
+    #[error("{0}: must be a JSON object")]
+    NotAnObject(&'static str),
+    /// Over the size limit.
+    #[error("{field}: at most {max} bytes of JSON")]
+    TooLarge {
+        /// The field.
+        field: &'static str,
+        /// Its limit in bytes.
+        max: usize,
+    },
+}
+
+/// Checks a short text field (a display name, a reaction type) and returns it trimmed.
+pub fn validate_text(field: &'static str, text: &str, max: usize) -> Result<String, PayloadError> {
+    let t = text.trim();
+    if t.is_empty() || t.chars().count() > max || t.chars().any(char::is_control) {
+        return Err(PayloadError::BadText { field, max });
+    }
+    Ok(t.to_owned())
+}
+
+/// Checks a display name (see [`JoinSettings::name`]) and returns it trimmed.
+pub fn validate_display_name(name: &str) -> Result<String, PayloadError> {
+    validate_text("name", name, MAX_NAME_CHARS)
+}
+
+/// Checks an app-defined `custom` payload: a JSON object of at most `max` bytes.
+pub fn validate_custom(
+    field: &'static str,
+    custom: &serde_json::Value,
+    max: usize,
+) -> Result<(), PayloadError> {
+    if !custom.is_object() {
+        return Err(PayloadError::NotAnObject(field));
+    }
+    // Serializing a Value cannot fail (string keys only); an error counts as too large.
+    let len = serde_json::to_vec(custom)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
+    if len > max {
+        return Err(PayloadError::TooLarge { field, max });
+    }
+    Ok(())
+}
+
+/// A reaction as sent with `send_reaction` and delivered in `call.reaction`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
+pub struct Reaction {
+    /// What kind of reaction, e.g. `like`, `raised-hand`, `fireworks` (1 to
+    /// [`MAX_REACTION_CHARS`] characters).
+    #[serde(rename = "type")]
+    pub reaction_type: String,
+    /// An emoji shortcode to show, e.g. `:heart:` (optional, same limits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub emoji_code: Option<String>,
+    /// App data (a JSON object of at most [`MAX_CUSTOM_BYTES`] bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    #[schema(value_type = Option<Object>)]
+    pub custom: Option<serde_json::Value>,
 }
 
 /// A published track as the call sees it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct TrackInfo {
     /// Stable id of the track: `<participant_id>:<source>`.
     pub track_id: String,
@@ -104,7 +202,7 @@ pub struct TrackInfo {
 }
 
 /// One joined session of a user.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct ParticipantInfo {
     /// The session id, unique per join.
     pub participant_id: String,
@@ -120,10 +218,19 @@ pub struct ParticipantInfo {
     /// Sources that are muted (by the user, a moderator or a revoke).
     #[serde(default)]
     pub muted: Vec<TrackSource>,
+    /// The display name given at join, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub name: Option<String>,
+    /// The app data given at join, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    #[schema(value_type = Option<Object>)]
+    pub custom: Option<serde_json::Value>,
 }
 
 /// A call's state.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, TS)]
 pub struct CallState {
     /// `type:id`.
     pub cid: CallCid,
@@ -157,7 +264,7 @@ pub struct CallState {
 }
 
 /// Which kinds of media a mute applies to.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct MuteKinds {
     /// Microphone.
     #[serde(default)]
@@ -187,7 +294,7 @@ impl MuteKinds {
 }
 
 /// Which PeerConnection an ICE candidate belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum PeerTarget {
     /// The client's sending connection (client offers).
@@ -197,7 +304,7 @@ pub enum PeerTarget {
 }
 
 /// The mid of a publisher transceiver and the source it carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct PublishTrack {
     /// The transceiver's mid in the publisher offer.
     pub mid: String,
@@ -206,7 +313,7 @@ pub struct PublishTrack {
 }
 
 /// A subscriber transceiver's mid and the track it carries.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 pub struct SubscribedTrack {
     /// The transceiver's mid in the subscriber offer.
     pub mid: String,
@@ -216,7 +323,7 @@ pub struct SubscribedTrack {
 }
 
 /// Simulcast quality a subscriber asks for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 #[serde(rename_all = "snake_case")]
 pub enum Quality {
     /// The lowest layer.
@@ -228,7 +335,7 @@ pub enum Quality {
 }
 
 /// A message from a client on `/v1/signal`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientMessage {
     /// Join a call (it must exist unless `create` is set and the caller may create calls).
@@ -237,9 +344,11 @@ pub enum ClientMessage {
         call_cid: CallCid,
         /// Create the call if it does not exist.
         #[serde(default)]
+        #[ts(as = "Option<_>", optional)]
         create: bool,
         /// Join settings.
         #[serde(default)]
+        #[ts(as = "Option<_>", optional)]
         settings: JoinSettings,
     },
     /// Leave the joined call.
@@ -299,6 +408,57 @@ pub enum ClientMessage {
         /// The quality.
         quality: Quality,
     },
+    /// Send a reaction to everyone in the call (needs `create-reaction`; rate-limited).
+    SendReaction {
+        /// The reaction.
+        reaction: Reaction,
+    },
+    /// Send an app-defined event to everyone in the call (rate-limited).
+    SendEvent {
+        /// The payload: a JSON object of at most [`MAX_EVENT_BYTES`] bytes.
+        custom: serde_json::Value,
+    },
+}
+
+/// What a client sends on `/v1/signal`: a [`ClientMessage`] plus an optional `request_id`
+/// (protocol 2) that the server echoes in its direct reply and in any `error` the message causes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+pub struct ClientEnvelope {
+    /// The message.
+    #[serde(flatten)]
+    pub message: ClientMessage,
+    /// The client's id for this request: 1 to 64 characters of `A-Z a-z 0-9 _ - . :`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub request_id: Option<String>,
+}
+
+/// A direct reply of the server (`joined`, `left`, `publish_answer`, `pong`, `error`, `ring.ok`)
+/// carrying the `request_id` of the client message it answers. Events never carry one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
+pub struct Reply<T> {
+    /// The reply.
+    #[serde(flatten)]
+    pub message: T,
+    /// The `request_id` of the client message this answers, when it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[ts(optional)]
+    pub request_id: Option<String>,
+}
+
+/// Checks a `request_id`: 1 to 64 characters of `A-Z a-z 0-9 _ - . :`.
+pub fn validate_request_id(id: &str) -> Result<(), crate::ProtoError> {
+    let ok = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'));
+    if ok {
+        Ok(())
+    } else {
+        Err(crate::ProtoError::InvalidRequestId(
+            id.chars().take(80).collect(),
+        ))
+    }
 }
 
 impl ClientMessage {
@@ -316,6 +476,8 @@ impl ClientMessage {
         "subscribe",
         "unsubscribe",
         "set_quality",
+        "send_reaction",
+        "send_event",
     ];
 
     /// The message's `type` string, e.g. `join`.
@@ -333,12 +495,14 @@ impl ClientMessage {
             ClientMessage::Subscribe { .. } => "subscribe",
             ClientMessage::Unsubscribe { .. } => "unsubscribe",
             ClientMessage::SetQuality { .. } => "set_quality",
+            ClientMessage::SendReaction { .. } => "send_reaction",
+            ClientMessage::SendEvent { .. } => "send_event",
         }
     }
 }
 
 /// A signaling reply or media instruction from the server.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum SignalMessage {
     /// The join succeeded.
@@ -400,7 +564,7 @@ pub enum SignalMessage {
 }
 
 /// A call event, pushed to the participants who should see it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 #[serde(tag = "type")]
 pub enum CallEvent {
     /// Someone joined.
@@ -529,6 +693,30 @@ pub enum CallEvent {
         /// The track.
         track: TrackInfo,
     },
+    /// Someone sent a reaction; sent to everyone, the sender included.
+    #[serde(rename = "call.reaction")]
+    Reaction {
+        /// The call.
+        call_cid: CallCid,
+        /// The sending session.
+        participant_id: String,
+        /// The sending user.
+        user_id: String,
+        /// The reaction.
+        reaction: Reaction,
+    },
+    /// An app-defined event (`send_event`); sent to everyone, the sender included.
+    #[serde(rename = "call.custom")]
+    Custom {
+        /// The call.
+        call_cid: CallCid,
+        /// The sending session.
+        participant_id: String,
+        /// The sending user.
+        user_id: String,
+        /// The payload.
+        custom: serde_json::Value,
+    },
     /// The loudest participants changed (debounced).
     #[serde(rename = "call.speakers_changed")]
     SpeakersChanged {
@@ -540,7 +728,7 @@ pub enum CallEvent {
 }
 
 /// One active speaker.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema, TS)]
 pub struct Speaker {
     /// The session.
     pub participant_id: String,
@@ -551,7 +739,7 @@ pub struct Speaker {
 }
 
 /// Anything the server sends on the socket: a signaling message or a call event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, TS)]
 #[serde(untagged)]
 pub enum ServerMessage {
     /// A reply or media instruction.
@@ -579,6 +767,8 @@ impl CallEvent {
             CallEvent::TrackPublished { .. } => "call.track_published",
             CallEvent::TrackUnpublished { .. } => "call.track_unpublished",
             CallEvent::SpeakersChanged { .. } => "call.speakers_changed",
+            CallEvent::Reaction { .. } => "call.reaction",
+            CallEvent::Custom { .. } => "call.custom",
         }
     }
 }
@@ -668,6 +858,124 @@ mod tests {
         assert_eq!(j["call_cid"], "audio_room:x");
         let back: ServerMessage = serde_json::from_value(j).unwrap();
         assert_eq!(back, e);
+    }
+
+    #[test]
+    fn request_id_rides_along_every_client_message() {
+        for json in [
+            r#"{"type":"leave","request_id":"r-1"}"#,
+            r#"{"type":"ping","request_id":"r-1"}"#,
+            r#"{"type":"join","call_cid":"default:a","request_id":"r-1"}"#,
+        ] {
+            let e: ClientEnvelope = serde_json::from_str(json).unwrap();
+            assert_eq!(e.request_id.as_deref(), Some("r-1"), "{json}");
+            // The plain message parses too: old servers and code paths ignore the field.
+            let m: ClientMessage = serde_json::from_str(json).unwrap();
+            assert_eq!(m, e.message);
+        }
+        let e: ClientEnvelope = serde_json::from_str(r#"{"type":"ping"}"#).unwrap();
+        assert_eq!(e.request_id, None);
+    }
+
+    #[test]
+    fn replies_carry_the_request_id_top_level() {
+        let r = Reply {
+            message: ServerMessage::Signal(SignalMessage::Pong),
+            request_id: Some("abc".into()),
+        };
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j, serde_json::json!({"type": "pong", "request_id": "abc"}));
+        let r = Reply {
+            message: ServerMessage::Signal(SignalMessage::Error {
+                error: ErrorBody {
+                    code: ErrorCode::NotJoined,
+                    message: "join first".into(),
+                    capability: None,
+                },
+                request: Some("leave".into()),
+            }),
+            request_id: Some("x:1".into()),
+        };
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["type"], "error");
+        assert_eq!(j["code"], "not_joined");
+        assert_eq!(j["request_id"], "x:1");
+        let none = Reply {
+            message: SignalMessage::Pong,
+            request_id: None,
+        };
+        assert_eq!(serde_json::to_string(&none).unwrap(), r#"{"type":"pong"}"#);
+    }
+
+    #[test]
+    fn reactions_and_custom_events_parse_from_documented_json() {
+        let m: ClientMessage = serde_json::from_str(
+            r#"{"type":"send_reaction","reaction":{"type":"like","emoji_code":":heart:","custom":{"x":1}},"request_id":"r"}"#,
+        )
+        .unwrap();
+        let ClientMessage::SendReaction { reaction } = m else {
+            panic!("not a reaction: {m:?}")
+        };
+        assert_eq!(reaction.reaction_type, "like");
+        assert_eq!(reaction.emoji_code.as_deref(), Some(":heart:"));
+        assert_eq!(reaction.custom, Some(serde_json::json!({"x": 1})));
+        let m: ClientMessage =
+            serde_json::from_str(r#"{"type":"send_event","custom":{"kind":"poll","q":"?"}}"#)
+                .unwrap();
+        assert!(matches!(m, ClientMessage::SendEvent { .. }));
+        let e = CallEvent::Reaction {
+            call_cid: "default:a".parse().unwrap(),
+            participant_id: "p".into(),
+            user_id: "u".into(),
+            reaction: Reaction {
+                reaction_type: "like".into(),
+                emoji_code: None,
+                custom: None,
+            },
+        };
+        let j = serde_json::to_value(&e).unwrap();
+        assert_eq!(j["type"], "call.reaction");
+        assert_eq!(j["reaction"], serde_json::json!({"type": "like"}));
+        assert_eq!(e.kind(), "call.reaction");
+    }
+
+    #[test]
+    fn names_and_payloads_are_validated_and_sized() {
+        assert_eq!(crate::validate_display_name("  Ada L. ").unwrap(), "Ada L.");
+        assert_eq!(
+            crate::validate_display_name(&"é".repeat(MAX_NAME_CHARS)).unwrap(),
+            "é".repeat(MAX_NAME_CHARS)
+        );
+        for bad in ["", "   ", "a\nb", "\u{7}", &"x".repeat(MAX_NAME_CHARS + 1)] {
+            assert!(crate::validate_display_name(bad).is_err(), "{bad:?}");
+        }
+        let ok = serde_json::json!({"a": "x".repeat(MAX_CUSTOM_BYTES - 10)});
+        assert!(crate::validate_custom("custom", &ok, MAX_CUSTOM_BYTES).is_ok());
+        let big = serde_json::json!({"a": "x".repeat(MAX_CUSTOM_BYTES)});
+        assert_eq!(
+            crate::validate_custom("custom", &big, MAX_CUSTOM_BYTES),
+            Err(PayloadError::TooLarge {
+                field: "custom",
+                max: MAX_CUSTOM_BYTES
+            })
+        );
+        assert_eq!(
+            crate::validate_custom("custom", &serde_json::json!([1]), MAX_CUSTOM_BYTES),
+            Err(PayloadError::NotAnObject("custom"))
+        );
+        // Old joins without name or custom still parse, and the settings stay default.
+        let s: JoinSettings = serde_json::from_str("{}").unwrap();
+        assert_eq!(s, JoinSettings::default());
+    }
+
+    #[test]
+    fn request_id_validation() {
+        for ok in ["a", "A-z_0.9:x", &"x".repeat(64)] {
+            assert!(crate::validate_request_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "é", "a/b", &"x".repeat(65)] {
+            assert!(crate::validate_request_id(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

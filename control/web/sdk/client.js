@@ -1,12 +1,18 @@
+// @ts-check
 // Greenroom browser SDK: a client (token + HTTP API) and a Call (signaling WebSocket, the
 // publisher and subscriber PeerConnections, local devices and their permissions).
 // Plain ES module, no build step. Protocol: docs/PROTOCOL.md.
 
 import { Emitter } from './emitter.js';
+import { PendingRequests } from './requests.js';
 import { RingClient } from './ringing.js';
 import { captureTrack, listDevices, watchDevices, watchPermission, queryPermission, classifyMediaError } from './devices.js';
 
-/** @typedef {'microphone'|'camera'|'screen_share'|'screen_share_audio'} TrackSource */
+/** @typedef {import('./types/wire').TrackSource} TrackSource */
+/** @typedef {import('./types/wire').SubscribedTrack} SubscribedTrack */
+/** @typedef {import('./types/wire').ServerMessage} ServerMessage */
+/** @typedef {import('./types/wire').ErrorCode} ErrorCode */
+/** @typedef {import('./types/wire').Capability} Capability */
 /** @typedef {'grid'|'spotlight'} LayoutMode */
 
 /**
@@ -15,6 +21,8 @@ import { captureTrack, listDevices, watchDevices, watchPermission, queryPermissi
  * @property {string} participantId
  * @property {string} userId
  * @property {string} role
+ * @property {string|null} name  Display name given at join (null: show the user id).
+ * @property {Record<string, any>|null} custom  App data given at join.
  * @property {boolean} isLocal
  * @property {number} joinedAtMs
  * @property {Set<TrackSource>} published  Sources the server says are published.
@@ -35,6 +43,8 @@ import { captureTrack, listDevices, watchDevices, watchPermission, queryPermissi
  * @property {boolean} [publish=true]         Publish what the capabilities allow (microphone, camera unless audioOnly).
  * @property {{audio?: MediaStreamTrack|null, video?: MediaStreamTrack|null}} [tracks]  Tracks captured before joining (the preview); the call takes ownership.
  * @property {{audioInput?: string|null, videoInput?: string|null, audioOutput?: string|null}} [devices]
+ * @property {string} [name]  Display name others see (1-64 characters; the server trims and validates it).
+ * @property {Record<string, any>} [custom]  App data others see with the participant (a JSON object, at most 1 KiB).
  */
 
 const GATHER_TIMEOUT_MS = 4000;
@@ -42,6 +52,7 @@ const REPLY_TIMEOUT_MS = 15000;
 const PING_INTERVAL_MS = 20000;
 /** Audio level (0..1, from call.speakers_changed) from which a participant counts as speaking. */
 const SPEAKING_LEVEL = 0.05;
+/** @type {RTCConfiguration} */
 const PC_CONFIG = { iceServers: [], bundlePolicy: 'max-bundle', rtcpMuxPolicy: 'require' };
 
 /** Capability that gates each source. */
@@ -57,15 +68,20 @@ export class GreenroomError extends Error {
   /**
    * @param {string} code  e.g. `missing_capability`, `backstage`, `not_found`
    * @param {string} message
-   * @param {{capability?: string, request?: string, status?: number}} [extra]
+   * @param {{capability?: string|null, request?: string|null, status?: number|null, requestId?: string|null}} [extra]
    */
   constructor(code, message, extra = {}) {
     super(message);
     this.name = 'GreenroomError';
     this.code = code;
+    /** The missing capability, for `missing_capability`. */
     this.capability = extra.capability ?? null;
+    /** The `type` of the request that failed, when known. */
     this.request = extra.request ?? null;
+    /** The HTTP status, for HTTP API errors. */
     this.status = extra.status ?? null;
+    /** The `request_id` of the signaling request that failed, when it had one. */
+    this.requestId = extra.requestId ?? null;
   }
 }
 
@@ -85,12 +101,27 @@ export function decodeToken(token) {
 }
 
 /** Connects to a Greenroom server with a token: HTTP API calls and `Call` objects. */
-export class GreenroomClient {
-  /**
-   * @param {{token: string, baseUrl?: string, signalUrl?: string}} opts
-   *   `baseUrl` defaults to this page's origin; `signalUrl` to ws(s)://<host>/v1/signal.
-   */
-  constructor({ token, baseUrl, signalUrl }) {
+/**
+ * Options of `new GreenroomClient`.
+ * @typedef {object} ClientOptions
+ * @property {string} token  A JWT from your backend.
+ * @property {string} [baseUrl]  Defaults to this page's origin.
+ * @property {string} [signalUrl]  Defaults to ws(s)://<host of baseUrl>/v1/signal.
+ * @property {() => Promise<string>} [tokenProvider]  Returns a fresh token: called
+ *   `refreshMarginMs` before the token's `exp`, and once when the HTTP API answers
+ *   `token_expired` (the request is then retried). Sockets opened later (joins, reconnects) use
+ *   the fresh token; open sockets stay authenticated.
+ * @property {number} [refreshMarginMs=60000]
+ */
+
+/**
+ * Connects to a Greenroom server with a token: HTTP API calls and `Call` objects.
+ * Events: `tokenRefreshed {token}`, `tokenRefreshFailed {error}`.
+ */
+export class GreenroomClient extends Emitter {
+  /** @param {ClientOptions} opts */
+  constructor({ token, baseUrl, signalUrl, tokenProvider, refreshMarginMs = 60_000 }) {
+    super();
     if (!token) throw new Error('a token is required');
     this.token = token;
     this.baseUrl = (baseUrl ?? location.origin).replace(/\/$/, '');
@@ -101,6 +132,61 @@ export class GreenroomClient {
     this.userId = this.claims.sub ?? '';
     /** The user-level (ringing) connection once `connectUser` opened it. @type {RingClient|null} */
     this.ringing = null;
+    this.tokenProvider = tokenProvider ?? null;
+    this.refreshMarginMs = refreshMarginMs;
+    /** @type {ReturnType<typeof setTimeout>|null} */
+    this._refreshTimer = null;
+    /** @type {Promise<string>|null} */
+    this._refreshing = null;
+    this._scheduleRefresh();
+  }
+
+  /**
+   * Replaces the token (e.g. one your app fetched itself); reschedules the refresh.
+   * @param {string} token
+   */
+  setToken(token) {
+    this.token = token;
+    this.claims = decodeToken(token);
+    this._scheduleRefresh();
+  }
+
+  /**
+   * Gets a fresh token from `tokenProvider` now (one at a time) and uses it.
+   * @returns {Promise<string>}
+   */
+  refreshToken() {
+    if (!this.tokenProvider) return Promise.reject(new GreenroomError('token_expired', 'no tokenProvider to refresh the token'));
+    this._refreshing ??= this.tokenProvider()
+      .then((token) => {
+        if (!token) throw new GreenroomError('token_expired', 'the tokenProvider returned no token');
+        this.setToken(token);
+        this.emit('tokenRefreshed', { token });
+        return token;
+      })
+      .catch((error) => {
+        this.emit('tokenRefreshFailed', { error });
+        throw error;
+      })
+      .finally(() => {
+        this._refreshing = null;
+      });
+    return this._refreshing;
+  }
+
+  /** Stops the refresh timer (call when the client is no longer used). */
+  dispose() {
+    if (this._refreshTimer) clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+  }
+
+  _scheduleRefresh() {
+    if (this._refreshTimer) clearTimeout(this._refreshTimer);
+    this._refreshTimer = null;
+    if (!this.tokenProvider || typeof this.claims.exp !== 'number') return;
+    const due = Math.max(0, this.claims.exp * 1000 - this.refreshMarginMs - Date.now());
+    // Timers over 2^31-1 ms fire at once: cap, the next schedule comes after a refresh anyway.
+    this._refreshTimer = setTimeout(() => this.refreshToken().catch(() => {}), Math.min(due, 2 ** 31 - 1));
   }
 
   /**
@@ -110,6 +196,21 @@ export class GreenroomClient {
    * @param {any} [body]
    */
   async api(method, path, body) {
+    try {
+      return await this._api(method, path, body);
+    } catch (e) {
+      if (!(e instanceof GreenroomError && e.code === 'token_expired' && this.tokenProvider)) throw e;
+      await this.refreshToken();
+      return this._api(method, path, body);
+    }
+  }
+
+  /**
+   * @param {'GET'|'POST'} method
+   * @param {string} path
+   * @param {any} [body]
+   */
+  async _api(method, path, body) {
     const res = await fetch(this.baseUrl + path, {
       method,
       headers: { authorization: `Bearer ${this.token}`, ...(body !== undefined ? { 'content-type': 'application/json' } : {}) },
@@ -253,7 +354,9 @@ export class Call extends Emitter {
     this.remoteTracks = [];
 
     this._ws = null;
-    this._waiters = [];
+    /** Calls of `_setMuted` per source, so that only the latest one may roll back. @type {Record<string, number>} */
+    this._muteGeneration = {};
+    this._requests = new PendingRequests('call', (code, message, type) => new GreenroomError(code, message, { request: type }));
     this._pub = null;
     this._sub = null;
     /** @type {Map<TrackSource, RTCRtpTransceiver>} */
@@ -278,7 +381,7 @@ export class Call extends Emitter {
    */
   async join(opts = {}) {
     if (this.state !== 'idle') throw new Error(`join: call is ${this.state}`);
-    const { create = true, audioOnly = false, startAudioMuted = false, startVideoMuted = false, layout = 'grid', publish = true, tracks = {}, devices = {} } = opts;
+    const { create = true, audioOnly = false, startAudioMuted = false, startVideoMuted = false, layout = 'grid', publish = true, tracks = {}, devices = {}, name, custom } = opts;
     this.settings = { audioOnly, startAudioMuted, startVideoMuted };
     this.layout = layout;
     Object.assign(this.devices, devices);
@@ -291,9 +394,7 @@ export class Call extends Emitter {
     this._setConnection('signal', 'connecting');
     await this._openSocket();
     const joined = await this._request(
-      { type: 'join', call_cid: this.cid, create, settings: { audio_only: audioOnly, start_audio_muted: startAudioMuted, start_video_muted: startVideoMuted || audioOnly } },
-      (m) => m.type === 'joined',
-      'join',
+      { type: 'join', call_cid: this.cid, create, settings: { audio_only: audioOnly, start_audio_muted: startAudioMuted, start_video_muted: startVideoMuted || audioOnly, ...(name ? { name } : {}), ...(custom ? { custom } : {}) } },
     ).catch((e) => {
       this.state = 'idle';
       this._closeSocket();
@@ -480,7 +581,7 @@ export class Call extends Emitter {
    * @param {{autoPublish?: boolean}} [opts]
    */
   async requestPermission(permissions, { autoPublish = true } = {}) {
-    await this._request({ type: 'request_permission', permissions }, null, 'request_permission');
+    await this._request({ type: 'request_permission', permissions }, false);
     for (const p of permissions) {
       this.pendingRequests.add(p);
       if (autoPublish) this._wantAutoPublish.add(p);
@@ -542,11 +643,36 @@ export class Call extends Emitter {
     return this._post('end');
   }
 
+  // ---- public API: reactions and custom events ----------------------------------------------
+
+  /**
+   * Sends a reaction to everyone (needs `create-reaction`); everyone, you included, gets the
+   * `reaction` event. At most 20 reactions and custom events per 10 s (`rate_limited`).
+   * @param {string} type  e.g. `like`, `raised-hand` (1-32 characters)
+   * @param {{emojiCode?: string, custom?: Record<string, any>}} [opts]  `emojiCode` e.g. `:heart:`; `custom` at most 1 KiB.
+   * @returns {Promise<void>}
+   */
+  async sendReaction(type, { emojiCode, custom } = {}) {
+    if (!this.capabilities.has('create-reaction')) {
+      throw new GreenroomError('missing_capability', 'you may not send reactions in this call', { capability: 'create-reaction' });
+    }
+    await this._request({ type: 'send_reaction', reaction: { type, ...(emojiCode ? { emoji_code: emojiCode } : {}), ...(custom ? { custom } : {}) } }, false);
+  }
+
+  /**
+   * Sends an app-defined event to everyone; everyone, you included, gets `customEvent`.
+   * @param {Record<string, any>} custom  A JSON object of at most 5 KiB.
+   * @returns {Promise<void>}
+   */
+  async sendEvent(custom) {
+    await this._request({ type: 'send_event', custom }, false);
+  }
+
   // ---- public API: inspection ---------------------------------------------------------------
 
   /** Participants, local first, then by join time. @returns {Participant[]} */
   participantList() {
-    return [...this.participants.values()].sort((a, b) => (b.isLocal - a.isLocal) || (a.joinedAtMs - b.joinedAtMs));
+    return [...this.participants.values()].sort((a, b) => (Number(b.isLocal) - Number(a.isLocal)) || (a.joinedAtMs - b.joinedAtMs));
   }
 
   /**
@@ -559,6 +685,7 @@ export class Call extends Emitter {
     const out = [];
     (await this._sub.getStats()).forEach((s) => {
       if (s.type !== 'inbound-rtp') return;
+      /** @type {Partial<SubscribedTrack>} */
       const info = byMid.get(String(s.mid)) ?? {};
       out.push({
         mid: s.mid ?? null,
@@ -613,7 +740,7 @@ export class Call extends Emitter {
             ? `the connection to the server closed (code ${ev.code}${ev.reason ? ': ' + ev.reason : ''})`
             : 'could not reach the server, or the token was refused (expired or for another call?)',
         );
-        for (const w of this._waiters.splice(0)) w.reject(err);
+        this._requests.rejectAll(err);
         if (!opened) reject(err);
         else if (this.state === 'joined') {
           this._emitError(err);
@@ -649,35 +776,29 @@ export class Call extends Emitter {
   }
 
   /**
-   * Sends a message and waits for the reply matching `isReply`, or an `error` for `requestType`.
-   * With `isReply` null, resolves when no error arrives before the next `pong`.
+   * Sends a message with a fresh `request_id` and waits for the server's reply carrying it
+   * (protocol 2), or the `error` carrying it. Messages without a direct reply (`set_muted`,
+   * `request_permission`, ...) are followed by a `ping`: the server handles messages in order, so
+   * once that `pong` arrives without an error for the request, it succeeded.
+   * @param {any} msg
+   * @param {boolean} [hasReply=true]  Whether the server answers this message directly.
+   * @returns {Promise<any>}
    */
-  _request(msg, isReply, requestType) {
-    return new Promise((resolve, reject) => {
-      const waiter = {
-        requestType,
-        isReply: isReply ?? ((m) => m.type === 'pong'),
-        resolve: (m) => {
-          clearTimeout(waiter.timer);
-          resolve(m);
-        },
-        reject: (e) => {
-          clearTimeout(waiter.timer);
-          reject(e);
-        },
-      };
-      waiter.timer = setTimeout(() => {
-        this._waiters = this._waiters.filter((w) => w !== waiter);
-        reject(new GreenroomError('timeout', `no answer to ${requestType} from the server`));
-      }, REPLY_TIMEOUT_MS);
-      this._waiters.push(waiter);
-      if (!this._send(msg)) {
-        this._waiters = this._waiters.filter((w) => w !== waiter);
-        waiter.reject(new GreenroomError('connection_closed', `not connected: cannot send ${msg.type}`));
-        return;
-      }
-      if (!isReply) this._send({ type: 'ping' });
-    });
+  _request(msg, hasReply = true) {
+    const { requestId, promise } = this._requests.open(msg.type, REPLY_TIMEOUT_MS);
+    if (!this._send({ ...msg, request_id: requestId })) {
+      this._requests.settle(requestId, null, new GreenroomError('connection_closed', `not connected: cannot send ${msg.type}`, { request: msg.type }));
+      return promise;
+    }
+    if (!hasReply) {
+      const ping = this._requests.open('ping', REPLY_TIMEOUT_MS);
+      ping.promise.then(
+        () => this._requests.settle(requestId, null),
+        (e) => this._requests.settle(requestId, null, e),
+      );
+      this._send({ type: 'ping', request_id: ping.requestId });
+    }
+    return promise;
   }
 
   async _post(action, body) {
@@ -687,27 +808,18 @@ export class Call extends Emitter {
     return res;
   }
 
+  /** @param {any} msg  A parsed server message (checked by `type` in `_dispatch`). */
   _onMessage(msg) {
     // This socket is also a ringing device of the user (docs/PROTOCOL.md section 6): ringing
     // replies and events about other calls are not this call's business.
     if (msg.type === 'ring.ok' || (msg.type === 'error' && msg.request?.startsWith('ring_'))) return;
     if (msg.call_cid && msg.call_cid !== this.cid && msg.type?.startsWith('call.')) return;
     if (msg.type === 'error') {
-      const err = new GreenroomError(msg.code, msg.message, { capability: msg.capability, request: msg.request });
-      const i = this._waiters.findIndex((w) => w.requestType && w.requestType === msg.request);
-      if (i >= 0) {
-        const [w] = this._waiters.splice(i, 1);
-        w.reject(err);
-      } else {
-        this._emitError(err);
-      }
+      const err = new GreenroomError(msg.code, msg.message, { capability: msg.capability, request: msg.request, requestId: msg.request_id });
+      if (!this._requests.settle(msg.request_id, null, err)) this._emitError(err);
       return;
     }
-    const i = this._waiters.findIndex((w) => w.isReply(msg));
-    if (i >= 0) {
-      const [w] = this._waiters.splice(i, 1);
-      w.resolve(msg);
-    }
+    this._requests.settle(msg.request_id, msg);
     try {
       this._dispatch(msg);
     } catch (e) {
@@ -715,6 +827,7 @@ export class Call extends Emitter {
     }
   }
 
+  /** @param {ServerMessage} msg */
   _dispatch(msg) {
     switch (msg.type) {
       case 'subscriber_offer':
@@ -810,6 +923,16 @@ export class Call extends Emitter {
         }
         break;
       }
+      case 'call.reaction': {
+        const p = this.participants.get(msg.participant_id) ?? null;
+        this.emit('reaction', { participant: p, userId: msg.user_id, reaction: msg.reaction, local: msg.participant_id === this.localParticipant?.participantId });
+        break;
+      }
+      case 'call.custom': {
+        const p = this.participants.get(msg.participant_id) ?? null;
+        this.emit('customEvent', { participant: p, userId: msg.user_id, custom: msg.custom, local: msg.participant_id === this.localParticipant?.participantId });
+        break;
+      }
       case 'call.speakers_changed': {
         const speakers = msg.speakers ?? [];
         const levels = new Map(speakers.map((s) => [s.participant_id, s.level]));
@@ -828,13 +951,17 @@ export class Call extends Emitter {
         break;
       case 'call.kicked_user':
       case 'call.blocked_user':
-        if (msg.user_id === this.client.userId) this.emit(msg.type === 'call.kicked_user' ? 'kicked' : 'blocked', { by: msg.kicked_by ?? msg.blocked_by });
+        if (msg.user_id === this.client.userId) {
+          if (msg.type === 'call.kicked_user') this.emit('kicked', { by: msg.kicked_by });
+          else this.emit('blocked', { by: msg.blocked_by });
+        }
         break;
       default:
         break;
     }
   }
 
+  /** @param {Extract<ServerMessage, {type: 'joined'}>} msg */
   _onJoined(msg) {
     this.state = 'joined';
     this._applyCallState(msg.call);
@@ -868,6 +995,8 @@ export class Call extends Emitter {
         participantId: info.participant_id,
         userId: info.user_id,
         role: info.role,
+        name: info.name ?? null,
+        custom: info.custom ?? null,
         isLocal,
         joinedAtMs: info.joined_at_ms ?? Date.now(),
         published: new Set(),
@@ -879,6 +1008,8 @@ export class Call extends Emitter {
       this.participants.set(p.participantId, p);
     }
     p.role = info.role ?? p.role;
+    p.name = info.name ?? p.name;
+    p.custom = info.custom ?? p.custom;
     p.isLocal = p.isLocal || isLocal;
     p.published = new Set(info.published ?? []);
     p.muted = new Set(info.muted ?? []);
@@ -954,6 +1085,14 @@ export class Call extends Emitter {
     this._localChanged();
   }
 
+  /**
+   * Mutes or unmutes one source. Race-safe: the last call wins. The local state changes at once
+   * (optimistic); the server applies `set_muted` messages in the order sent, so its state ends as
+   * the last call asked. A failed call rolls back to the state before it only when no later call
+   * was made meanwhile (a later call's state stands).
+   * @param {'microphone'|'camera'} source
+   * @param {boolean} muted
+   */
   async _setMuted(source, muted) {
     const st = this.local[source];
     if (!muted && st.blocked) {
@@ -962,24 +1101,26 @@ export class Call extends Emitter {
     if (!muted && !this.capabilities.has(SOURCE_CAPABILITY[source])) {
       throw new GreenroomError('missing_capability', `you may not send ${source === 'microphone' ? 'audio' : 'video'} in this call`, { capability: SOURCE_CAPABILITY[source] });
     }
+    const generation = (this._muteGeneration[source] = (this._muteGeneration[source] ?? 0) + 1);
     if (!muted && !this._transceivers.has(source)) {
       st.muted = false;
       return this.publish(source);
     }
+    const before = st.muted;
     st.muted = muted;
     if (!muted) st.stoppedByServer = null;
     if (st.track) st.track.enabled = !muted;
+    this._localChanged();
     if (this.state === 'joined') {
-      await this._request({ type: 'set_muted', source, muted }, null, 'set_muted').catch((e) => {
-        if (!muted) {
-          st.muted = true;
-          if (st.track) st.track.enabled = false;
+      await this._request({ type: 'set_muted', source, muted }, false).catch((e) => {
+        if (this._muteGeneration[source] === generation) {
+          st.muted = before;
+          if (st.track) st.track.enabled = !before;
+          this._localChanged();
         }
-        this._localChanged();
         throw e;
       });
     }
-    this._localChanged();
   }
 
   // ---- media --------------------------------------------------------------------------------
@@ -987,7 +1128,7 @@ export class Call extends Emitter {
   _setupPeerConnections() {
     this._pub = new RTCPeerConnection(PC_CONFIG);
     this._sub = new RTCPeerConnection(PC_CONFIG);
-    for (const [label, pc] of [['publisher', this._pub], ['subscriber', this._sub]]) {
+    for (const [label, pc] of /** @type {Array<['publisher'|'subscriber', RTCPeerConnection]>} */ ([['publisher', this._pub], ['subscriber', this._sub]])) {
       pc.addEventListener('connectionstatechange', () => this._setConnection(label, pc.connectionState));
     }
     this._sub.addEventListener('track', () => this._rebuildRemoteTracks());
@@ -1047,7 +1188,7 @@ export class Call extends Emitter {
       .filter(([, tr]) => tr.direction === 'sendonly' && tr.mid != null)
       .map(([source, tr]) => ({ mid: String(tr.mid), source }));
     try {
-      const answer = await this._request({ type: 'publish', sdp: pc.localDescription.sdp, tracks }, (m) => m.type === 'publish_answer', 'publish');
+      const answer = await this._request({ type: 'publish', sdp: pc.localDescription.sdp, tracks });
       await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
     } catch (e) {
       await pc.setLocalDescription({ type: 'rollback' }).catch(() => {});
@@ -1074,7 +1215,7 @@ export class Call extends Emitter {
     const seen = new Map();
     for (const tr of this._sub.getTransceivers()) {
       const info = byMid.get(String(tr.mid));
-      if (!info || tr.currentDirection === 'inactive' || tr.stopped) continue;
+      if (!info || tr.currentDirection === 'inactive' || tr.currentDirection === 'stopped') continue;
       seen.set(`${info.participant_id}|${info.source}`, tr.receiver.track);
     }
     for (const p of this.participants.values()) {
@@ -1157,7 +1298,7 @@ export class Call extends Emitter {
   }
 
   async _watchLocalDevices() {
-    for (const t of ['microphone', 'camera']) {
+    for (const t of /** @type {const} */ (['microphone', 'camera'])) {
       if (this.local[t].track) this._watchTrack(t, this.local[t].track);
       const stop = await watchPermission(t, (state) => {
         this.emit('devicePermissionChanged', { source: t, state });
@@ -1288,7 +1429,7 @@ export class Call extends Emitter {
 
   _emitError(e) {
     const err = e instanceof Error ? e : new Error(String(e));
-    console.warn('[greenroom]', err.code ?? err.name, err.message);
+    console.warn('[greenroom]', /** @type {any} */ (err).code ?? err.name, err.message);
     this.emit('error', err);
   }
 
@@ -1307,7 +1448,7 @@ export class Call extends Emitter {
     this._pub?.close();
     this._sub?.close();
     this._closeSocket();
-    for (const w of this._waiters.splice(0)) w.reject(new GreenroomError('left', 'the call is over'));
+    this._requests.rejectAll(new GreenroomError('left', 'the call is over'));
     this.emit('left', { reason });
   }
 }

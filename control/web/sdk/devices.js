@@ -1,3 +1,4 @@
+// @ts-check
 // Devices and browser permissions: secure-context check, the Permissions API, getUserMedia error
 // classification, device lists and per-browser instructions. No server needed.
 

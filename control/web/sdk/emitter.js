@@ -1,3 +1,4 @@
+// @ts-check
 // A small typed-by-convention event emitter used by the SDK.
 
 /** Registers callbacks by event name and calls them in order. A throwing listener is reported on the console and does not stop the others. */

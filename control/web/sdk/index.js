@@ -1,3 +1,4 @@
+// @ts-check
 // Greenroom browser SDK entry point: `import { GreenroomClient } from '/sdk/index.js'`.
 export { GreenroomClient, Call, GreenroomError, decodeToken, SOURCE_CAPABILITY } from './client.js';
 export {

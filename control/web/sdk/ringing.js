@@ -1,3 +1,4 @@
+// @ts-check
 // Greenroom browser SDK: ringing. A user-level connection (the /v1/signal socket without a
 // `join`) that rings this device for incoming calls and places, answers, rejects, cancels and
 // ends calls. After an accept both sides join the media call `callCid` with `client.call(cid)`.
@@ -5,6 +6,7 @@
 
 import { Emitter } from './emitter.js';
 import { GreenroomError } from './client.js';
+import { PendingRequests } from './requests.js';
 
 const REPLY_TIMEOUT_MS = 15000;
 const PING_INTERVAL_MS = 20000;
@@ -92,7 +94,7 @@ export class RingClient extends Emitter {
     this.calls = new Map();
     this._reconnect = reconnect;
     this._ws = null;
-    this._waiters = [];
+    this._requests = new PendingRequests('ring', (code, message, type) => new GreenroomError(code, message, { request: type }));
     this._pingTimer = null;
     this._retryTimer = null;
     this._retryMs = RECONNECT_MIN_MS;
@@ -134,7 +136,7 @@ export class RingClient extends Emitter {
           opened ? 'connection_closed' : 'connection_failed',
           opened ? `the connection to the server closed (code ${ev.code})` : 'could not reach the server, or the token was refused',
         );
-        for (const w of this._waiters.splice(0)) w.reject(err);
+        this._requests.rejectAll(err);
         if (!opened) reject(err);
         if (this._closed || !this._reconnect) {
           this._setState('closed');
@@ -171,7 +173,7 @@ export class RingClient extends Emitter {
     } catch {
       /* closed */
     }
-    for (const w of this._waiters.splice(0)) w.reject(new GreenroomError('connection_closed', 'closed'));
+    this._requests.rejectAll(new GreenroomError('connection_closed', 'closed'));
     this._setState('closed');
   }
 
@@ -300,42 +302,28 @@ export class RingClient extends Emitter {
     return true;
   }
 
-  /** Sends a `ring_*` request; resolves with its `ring.ok`, rejects with its `error`. */
+  /**
+   * Sends a `ring_*` request with a fresh `request_id`; resolves with the `ring.ok` carrying it,
+   * rejects with the `error` carrying it (protocol 2).
+   * @param {any} msg
+   * @returns {Promise<any>}
+   */
   _request(msg) {
-    return new Promise((resolve, reject) => {
-      const waiter = { request: msg.type, cid: msg.call_cid, resolve, reject, timer: null };
-      waiter.timer = setTimeout(() => {
-        this._waiters = this._waiters.filter((w) => w !== waiter);
-        reject(new GreenroomError('timeout', `no answer to ${msg.type} from the server`, { request: msg.type }));
-      }, REPLY_TIMEOUT_MS);
-      this._waiters.push(waiter);
-      if (!this._send(msg)) {
-        clearTimeout(waiter.timer);
-        this._waiters = this._waiters.filter((w) => w !== waiter);
-        reject(new GreenroomError('connection_closed', `not connected: cannot send ${msg.type}`, { request: msg.type }));
-      }
-    });
-  }
-
-  _takeWaiter(request, cid) {
-    let i = this._waiters.findIndex((w) => w.request === request && (cid == null || w.cid === cid));
-    if (i < 0) i = this._waiters.findIndex((w) => w.request === request);
-    if (i < 0) return null;
-    const [w] = this._waiters.splice(i, 1);
-    clearTimeout(w.timer);
-    return w;
+    const { requestId, promise } = this._requests.open(msg.type, REPLY_TIMEOUT_MS);
+    if (!this._send({ ...msg, request_id: requestId })) {
+      this._requests.settle(requestId, null, new GreenroomError('connection_closed', `not connected: cannot send ${msg.type}`, { request: msg.type }));
+    }
+    return promise;
   }
 
   _onMessage(msg) {
     if (msg.type === 'ring.ok') {
-      this._takeWaiter(msg.request, msg.call_cid)?.resolve(msg);
+      this._requests.settle(msg.request_id, msg);
       return;
     }
     if (msg.type === 'error') {
-      const err = new GreenroomError(msg.code, msg.message, { capability: msg.capability, request: msg.request, status: msg.status });
-      const w = msg.request?.startsWith('ring_') ? this._takeWaiter(msg.request, msg.call_cid) : null;
-      if (w) w.reject(err);
-      else this.emit('error', err);
+      const err = new GreenroomError(msg.code, msg.message, { capability: msg.capability, request: msg.request, requestId: msg.request_id });
+      if (!this._requests.settle(msg.request_id, null, err)) this.emit('error', err);
       return;
     }
     try {
