@@ -837,6 +837,8 @@ export class Call extends Emitter {
         this._onStopPublishing(msg.sources ?? [], msg.reason);
         break;
       case 'left':
+        // A `left` for an older session of this socket (left and joined again) is stale.
+        if (msg.participant_id && msg.participant_id !== this.localParticipant?.participantId) break;
         if (this.state === 'joined') this._teardown('removed');
         break;
       case 'going_away':

@@ -36,7 +36,7 @@ export type CallCid = string;
 /**
  * A machine-readable error code, used in HTTP error bodies and in `error` messages.
  */
-export type ErrorCode = "invalid_json" | "bad_request" | "unauthorized" | "token_expired" | "missing_capability" | "wrong_call" | "not_found" | "blocked" | "call_ended" | "backstage" | "not_joined" | "already_joined" | "not_requestable" | "too_large" | "unknown_message" | "media_error" | "shutting_down" | "rate_limited" | "internal";
+export type ErrorCode = "invalid_json" | "bad_request" | "unauthorized" | "token_expired" | "unknown_key" | "missing_capability" | "wrong_call" | "not_found" | "blocked" | "call_ended" | "backstage" | "not_joined" | "already_joined" | "not_requestable" | "too_large" | "unknown_message" | "media_error" | "shutting_down" | "rate_limited" | "too_many_connections" | "internal";
 
 /**
  * The JSON body of every HTTP error and the payload of an `error` message.
@@ -487,7 +487,12 @@ requestable: CapabilitySet, } | { "type": "left",
 /**
  * The call.
  */
-call_cid: CallCid, } | { "type": "error", 
+call_cid: CallCid, 
+/**
+ * The session that left: a client that left and joined again ignores a `left` for an
+ * older session.
+ */
+participant_id: string, } | { "type": "error", 
 /**
  * The `type` of the client message that failed, when known.
  */
