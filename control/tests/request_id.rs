@@ -22,7 +22,10 @@ const WAIT: Duration = Duration::from_secs(10);
 type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 async fn server() -> (Arc<AppState>, String) {
-    let state = start_state(Config::default(), false).await.unwrap();
+    let mut config = Config::default();
+    // Room for the 300 requests in flight below (the default burst is 100 messages).
+    config.limits.signal_burst = 1000;
+    let state = start_state(config, false).await.unwrap();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let router = app(state.clone());
