@@ -15,7 +15,10 @@ fuzz_target!(|data: &[u8]| {
     let [a, b, c, d, p0, p1, t0, t1, datagram @ ..] = data else {
         return;
     };
-    let src = SocketAddr::from((Ipv4Addr::new(*a, *b, *c, *d), u16::from_be_bytes([*p0, *p1])));
+    let src = SocketAddr::from((
+        Ipv4Addr::new(*a, *b, *c, *d),
+        u16::from_be_bytes([*p0, *p1]),
+    ));
     let mut router = ROUTER.lock().unwrap_or_else(|e| e.into_inner());
     let router = router.get_or_insert_with(DatagramRouter::default);
     let _ = router.route(datagram, src, u16::from_be_bytes([*t0, *t1]));
