@@ -102,6 +102,9 @@ pub struct RtcConfig {
     pub shards: usize,
     /// Fan-outs to at least this many subscribers are driven on every core; 0 = never.
     pub parallel_fanout_min: usize,
+    /// Receive and send buffer size requested for the media UDP socket, in bytes (the kernel
+    /// caps it at `net.core.rmem_max` / `wmem_max`; the effective size is exported).
+    pub socket_buffer_bytes: usize,
 }
 
 /// One API key: the name carried in a token's `kid` and its HS256 secret.
@@ -262,6 +265,7 @@ impl Default for RtcConfig {
             node_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             shards: 0,
             parallel_fanout_min: 64,
+            socket_buffer_bytes: 4 << 20,
         }
     }
 }
@@ -354,6 +358,9 @@ impl Config {
         }
         if let Some(v) = env_parse("GREENROOM_RTC_PARALLEL_FANOUT_MIN", get)? {
             self.rtc.parallel_fanout_min = v;
+        }
+        if let Some(v) = env_parse("GREENROOM_RTC_SOCKET_BUFFER_BYTES", get)? {
+            self.rtc.socket_buffer_bytes = v;
         }
         if let Some(v) = get("GREENROOM_API_KEY") {
             self.keys.api_key = v;

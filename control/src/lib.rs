@@ -67,6 +67,7 @@ pub async fn start_state(
         greenroom_sfu::SfuOptions {
             shards: config.rtc.shards,
             parallel_fanout_min: config.rtc.parallel_fanout_min,
+            socket_buffer_bytes: config.rtc.socket_buffer_bytes,
             ..Default::default()
         },
     )

@@ -237,7 +237,7 @@ async function prejoin() {
   } catch (e) {
     app.callInfo = null;
     app.preCaps = null;
-    if (e.code === 'unauthorized' || e.code === 'token_expired' || e.code === 'wrong_call') {
+    if (e.code === 'unauthorized' || e.code === 'unknown_key' || e.code === 'token_expired' || e.code === 'wrong_call') {
       return fatalPrejoin(e.code === 'token_expired' ? 'Your access token has expired. Get a new one and try again.' :
         e.code === 'wrong_call' ? `This token is for another call, not ${app.cid}.` : 'The server did not accept this access token.');
     }
