@@ -59,6 +59,8 @@ pub struct RunConfig {
     /// Greenroom base URL (`http://127.0.0.1:7880`) or Janus API URL
     /// (`http://127.0.0.1:8088/janus`).
     pub url: String,
+    /// API key of Greenroom tokens (their `kid`).
+    pub api_key: String,
     /// HS256 secret for Greenroom tokens.
     pub secret: String,
     /// Where the server's CPU and memory are read.
@@ -83,6 +85,7 @@ impl RunConfig {
         RunConfig {
             target,
             url: url.into(),
+            api_key: token::DEV_KEY.into(),
             secret: token::DEV_SECRET.into(),
             server: ServerProbe::None,
             timeout: Duration::from_secs(10),
@@ -522,7 +525,14 @@ impl Run {
         let publisher = !sources.is_empty();
         let role = if publisher { "host" } else { "user" };
         let user = format!("bot-{index}");
-        let tok = token::mint(&self.config.secret, &user, &self.greenroom_cid, role, 3600)?;
+        let tok = token::mint(
+            &self.config.api_key,
+            &self.config.secret,
+            &user,
+            &self.greenroom_cid,
+            role,
+            3600,
+        )?;
         if self.config.bots == BotKind::Light {
             return self.join_light(index, sources, tok).await;
         }

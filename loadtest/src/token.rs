@@ -7,6 +7,8 @@ use serde::Serialize;
 
 /// The dev secret of `greenroom serve` without a configured secret.
 pub const DEV_SECRET: &str = "greenroom-dev-secret";
+/// The dev API key (the token's `kid`) of `greenroom serve` without a configured key.
+pub const DEV_KEY: &str = "devkey";
 
 #[derive(Serialize)]
 struct Claims<'a> {
@@ -18,8 +20,10 @@ struct Claims<'a> {
 }
 
 /// A token for `user` limited to `call_cid` (`type:id`) with `role` (`host`, `user`, ...),
-/// valid for `ttl_secs`.
+/// valid for `ttl_secs`, signed with the API key `key` (its `kid`, which must name a key the
+/// server is configured with) and its `secret`.
 pub fn mint(
+    key: &str,
     secret: &str,
     user: &str,
     call_cid: &str,
@@ -37,8 +41,10 @@ pub fn mint(
         call: call_cid,
         role,
     };
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
+    header.kid = Some(key.to_owned());
     jsonwebtoken::encode(
-        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &header,
         &claims,
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
     )
@@ -50,7 +56,7 @@ mod tests {
 
     #[test]
     fn token_verifies_with_the_secret_and_carries_the_claims() {
-        let t = mint(DEV_SECRET, "bot-1", "default:room", "host", 600);
+        let t = mint(DEV_KEY, DEV_SECRET, "bot-1", "default:room", "host", 600);
         let t = t.unwrap_or_default();
         let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::HS256);
         v.set_required_spec_claims(&["exp", "sub"]);

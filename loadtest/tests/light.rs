@@ -48,7 +48,7 @@ async fn bot(
     role: &str,
     cfg: impl FnOnce(&mut LightConfig),
 ) -> LightBot {
-    let tok = token::mint(token::DEV_SECRET, user, call, role, 600).unwrap();
+    let tok = token::mint(token::DEV_KEY, token::DEV_SECRET, user, call, role, 600).unwrap();
     let mut c = LightConfig::new(url, tok);
     cfg(&mut c);
     LightBot::connect(c).await.unwrap()

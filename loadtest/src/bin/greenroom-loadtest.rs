@@ -52,6 +52,9 @@ struct Args {
     /// Server URL (default http://127.0.0.1:7880, or http://127.0.0.1:8088/janus for Janus).
     #[arg(long)]
     url: Option<String>,
+    /// API key of Greenroom tokens (the JWT `kid`; must name a key the server is configured with).
+    #[arg(long, env = "GREENROOM_API_KEY", default_value = "devkey")]
+    api_key: String,
     /// HS256 secret for Greenroom tokens.
     #[arg(
         long,
@@ -269,6 +272,7 @@ async fn main() -> anyhow::Result<()> {
         BotsArg::Webrtc => BotKind::Webrtc,
         BotsArg::Light => BotKind::Light,
     };
+    config.api_key = args.api_key.clone();
     config.secret = args.secret.clone();
     config.timeout = args.timeout;
     config.progress = !args.no_progress;
