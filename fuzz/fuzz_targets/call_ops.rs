@@ -39,7 +39,7 @@ struct ActorSel {
 impl ActorSel {
     fn actor(self) -> Actor {
         let user = user(self.user);
-        if self.kind % 8 == 0 {
+        if self.kind.is_multiple_of(8) {
             Actor::server(user)
         } else {
             Actor::user(user, role(self.role))
