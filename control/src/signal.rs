@@ -511,10 +511,15 @@ impl Conn {
                 Some(&kind),
             );
         }
-        let msg: ClientMessage = match serde_json::from_value(value) {
+        let msg = match ClientMessage::deserialize(&value) {
             Ok(m) => m,
             Err(e) => {
-                return self.error(ApiError::InvalidJson(format!("{kind}: {e}")), Some(&kind))
+                // Name the field with the bad value when there is one (typed per field).
+                let detail = match ClientMessage::bad_field(&value) {
+                    Some((field, why)) => format!("{kind}: field `{field}`: {why}"),
+                    None => format!("{kind}: {e}"),
+                };
+                return self.error(ApiError::InvalidJson(detail), Some(&kind));
             }
         };
         if matches!(msg, ClientMessage::Ping | ClientMessage::Join { .. }) {

@@ -514,6 +514,10 @@ async fn a_bad_value_in_a_known_message_is_invalid_json_not_unknown() {
     assert_eq!(e["code"], "invalid_json", "{e}");
     assert_eq!(e["request"], "set_muted");
     assert!(e["message"].as_str().unwrap().contains("keyboard"), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("field `source`"),
+        "{e}"
+    );
     // A ring message with a bad value is invalid too, an unknown ring type is unknown.
     u.send(json!({"type": "ring_accept", "call_cid": 5})).await;
     let e = u.wait_for("error").await;

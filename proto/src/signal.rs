@@ -462,6 +462,34 @@ pub fn validate_request_id(id: &str) -> Result<(), crate::ProtoError> {
 }
 
 impl ClientMessage {
+    /// The first field of a client message object whose value does not have that field's type,
+    /// with serde's reason, e.g. `("source", "unknown variant `keyboard`, ...")`. It names the bad
+    /// field of a known message that failed to parse (serde's errors inside internally tagged
+    /// enums carry no path). `None` when every known field is well typed (the failure is then a
+    /// missing field, which serde's error names).
+    pub fn bad_field(message: &serde_json::Value) -> Option<(String, String)> {
+        fn check<T: serde::de::DeserializeOwned>(v: &serde_json::Value) -> Result<(), String> {
+            T::deserialize(v).map(|_: T| ()).map_err(|e| e.to_string())
+        }
+        let object = message.as_object()?;
+        object.iter().find_map(|(key, v)| {
+            let r = match key.as_str() {
+                "call_cid" => check::<CallCid>(v),
+                "create" | "muted" => check::<bool>(v),
+                "settings" => check::<JoinSettings>(v),
+                "permissions" => check::<Vec<Capability>>(v),
+                "source" => check::<TrackSource>(v),
+                "sdp" | "candidate" | "track_id" => check::<String>(v),
+                "tracks" => check::<Vec<PublishTrack>>(v),
+                "target" => check::<PeerTarget>(v),
+                "quality" => check::<Quality>(v),
+                "reaction" => check::<Reaction>(v),
+                _ => Ok(()),
+            };
+            r.err().map(|e| (key.clone(), e))
+        })
+    }
+
     /// Every `type` of a client message on `/v1/signal` (besides the `ring_*` messages).
     pub const TYPES: &'static [&'static str] = &[
         "join",
@@ -774,6 +802,30 @@ impl CallEvent {
 }
 
 #[cfg(test)]
+mod bad_field_tests {
+    use super::ClientMessage;
+
+    #[test]
+    fn names_the_field_with_a_bad_value() {
+        let v = serde_json::json!({"type": "set_muted", "source": "keyboard", "muted": true});
+        let (field, why) = ClientMessage::bad_field(&v).unwrap_or_default();
+        assert_eq!(field, "source");
+        assert!(why.contains("keyboard"), "{why}");
+        let v = serde_json::json!({"type": "publish", "sdp": "v=0", "tracks": [{"mid": "0", "source": 3}]});
+        assert_eq!(
+            ClientMessage::bad_field(&v).map(|f| f.0).as_deref(),
+            Some("tracks")
+        );
+        let v = serde_json::json!({"type": "set_muted", "source": "camera"});
+        assert_eq!(
+            ClientMessage::bad_field(&v),
+            None,
+            "a missing field is not a bad value"
+        );
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -833,6 +885,16 @@ mod tests {
             ClientMessage::SetQuality {
                 track_id: String::new(),
                 quality: Quality::Low,
+            },
+            ClientMessage::SendReaction {
+                reaction: Reaction {
+                    reaction_type: "like".into(),
+                    emoji_code: None,
+                    custom: None,
+                },
+            },
+            ClientMessage::SendEvent {
+                custom: serde_json::json!({}),
             },
         ];
         assert_eq!(all.len(), ClientMessage::TYPES.len());
