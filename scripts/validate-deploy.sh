@@ -216,9 +216,13 @@ if sec.get("name") != secret["metadata"]["name"] or sec.get("key") not in secret
 udp = [p for p in c["ports"] if p.get("protocol") == "UDP"]
 if not pod.get("hostNetwork") and not any(p.get("hostPort") == 7882 and p.get("containerPort") == 7882 for p in udp):
     errors.append("UDP 7882 needs hostPort 7882 (or hostNetwork)")
-for probe in ["livenessProbe", "readinessProbe"]:
-    if c.get(probe, {}).get("httpGet", {}).get("path") != "/healthz":
-        errors.append(f"{probe} must GET /healthz")
+# Readiness follows /healthz (503 while draining); liveness must not restart a draining pod, so
+# it is a TCP check (or a GET of /healthz only where the pod never drains).
+if c.get("readinessProbe", {}).get("httpGet", {}).get("path") != "/healthz":
+    errors.append("readinessProbe must GET /healthz")
+live = c.get("livenessProbe", {})
+if not live.get("tcpSocket") and live.get("httpGet", {}).get("path") != "/healthz":
+    errors.append("livenessProbe must be a TCP check of the HTTP port (or GET /healthz)")
 if not c.get("resources", {}).get("requests") or not c.get("resources", {}).get("limits"):
     errors.append("resources requests and limits required")
 psc, csc = pod.get("securityContext", {}), c.get("securityContext", {})
