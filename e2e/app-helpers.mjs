@@ -16,10 +16,27 @@ export function ensureShots() {
 /**
  * Opens the app for `user` in a new browser context.
  * @param {import('playwright-core').Browser} browser
- * @param {{baseUrl: string, user: string, role?: string, cid: string, permissions?: string[], viewport?: {width: number, height: number}}} o
+ * `hideDevices` lists device kinds (`audioinput`, `videoinput`) the page must not see, as on a
+ * computer with no microphone or no camera: enumerateDevices leaves them out and getUserMedia for
+ * them fails with NotFoundError.
+ * @param {{baseUrl: string, user: string, role?: string, cid: string, permissions?: string[], viewport?: {width: number, height: number}, hideDevices?: string[]}} o
  */
-export async function openApp(browser, { baseUrl, user, role = null, cid, permissions = ['camera', 'microphone'], viewport = { width: 1100, height: 720 } }) {
+export async function openApp(browser, { baseUrl, user, role = null, cid, permissions = ['camera', 'microphone'], viewport = { width: 1100, height: 720 }, hideDevices = [] }) {
   const ctx = await browser.newContext({ permissions, viewport });
+  if (hideDevices.length) {
+    await ctx.addInitScript((hidden) => {
+      const md = navigator.mediaDevices;
+      const enumerate = md.enumerateDevices.bind(md);
+      const gum = md.getUserMedia.bind(md);
+      md.enumerateDevices = async () => (await enumerate()).filter((d) => !hidden.includes(d.kind));
+      md.getUserMedia = async (c) => {
+        if ((c?.audio && hidden.includes('audioinput')) || (c?.video && hidden.includes('videoinput'))) {
+          throw new DOMException('Requested device not found', 'NotFoundError');
+        }
+        return gum(c);
+      };
+    }, hideDevices);
+  }
   const page = await ctx.newPage();
   const logs = captureConsole(page, user);
   const token = await mintToken(user, cid, { role });

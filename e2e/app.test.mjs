@@ -100,6 +100,71 @@ test('pre-join: no camera/microphone permission shows why and does not join with
   }
 });
 
+const count = (text, re) => (text.match(new RegExp(re, 'gi')) ?? []).length;
+
+test('pre-join: missing devices are named exactly (microphone, camera or both), never repeated', { timeout: 45_000 }, async () => {
+  const cases = [
+    { hide: ['audioinput'], state: 'bad', heading: /^Connect a microphone$/, found: { microphone: 1, camera: 0 } },
+    { hide: ['audioinput', 'videoinput'], state: 'bad', heading: /^Connect a microphone and a camera$/, found: { microphone: 1, camera: 1 } },
+    { hide: ['videoinput'], state: 'warn', heading: /^Connect a camera to be seen$/, found: { microphone: 0, camera: 1 } },
+  ];
+  for (const c of cases) {
+    const h = await openApp(browser, { baseUrl, user: 'nodev', cid: `default:app-nodev-${rand()}`, hideDevices: c.hide });
+    try {
+      const perm = h.page.getByTestId('permission-message');
+      await waitUntil(`${c.hide}: the missing-device message`, async () => (await perm.getAttribute('data-state')) === c.state, { timeout: UI_TIMEOUT_MS, diag: () => diagnostics([h], server) });
+      const text = await perm.innerText();
+      const heading = (await perm.locator('strong').first().innerText()).trim();
+      assert.match(heading, c.heading, `${c.hide}: ${text}`);
+      // Each missing device is said once (its status pill), nothing is said twice.
+      assert.equal(count(text, 'No microphone found'), c.found.microphone, `${c.hide}: ${text}`);
+      assert.equal(count(text, 'No camera found'), c.found.camera, `${c.hide}: ${text}`);
+      if (!c.hide.includes('videoinput')) assert.doesNotMatch(heading, /camera/i, 'only the microphone is missing');
+      if (!c.hide.includes('audioinput')) assert.doesNotMatch(heading, /microphone/i, 'only the camera is missing');
+      const lines = text.split('\n').map((l) => l.trim()).filter(Boolean);
+      assert.equal(new Set(lines).size, lines.length, `a line is repeated: ${text}`);
+      assert.equal(await h.page.getByTestId('join').isDisabled(), c.state === 'bad', `${c.hide}: join enabled only with a microphone`);
+      await shot(h, `prejoin-missing-${c.hide.join('-')}.png`);
+    } finally {
+      await h.ctx.close();
+    }
+  }
+});
+
+test('pre-join on a phone: Join is visible without scrolling and a long call id is cut with an ellipsis', { timeout: 45_000 }, async () => {
+  const viewport = { width: 390, height: 844 };
+  const cid = `default:app-phone-weekly-sync-platform-reliability-team-${rand()}`;
+  const h = await openApp(browser, { baseUrl, user: 'pia', cid, viewport });
+  try {
+    const join = h.page.getByTestId('join');
+    await waitUntil('pia: join enabled', () => join.isEnabled(), { timeout: UI_TIMEOUT_MS, diag: () => diagnostics([h], server) });
+    await waitUntil('pia: camera preview', () => h.page.locator('#preview-video').isVisible(), { timeout: UI_TIMEOUT_MS });
+    const seen = await h.page.evaluate(() => {
+      const b = document.querySelector('[data-testid=join]');
+      const r = b.getBoundingClientRect();
+      const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+      return { scrollY: window.scrollY, top: r.top, bottom: r.bottom, height: window.innerHeight, hit: !!top && (top === b || b.contains(top)) };
+    });
+    assert.equal(seen.scrollY, 0, 'the page was not scrolled');
+    assert.ok(seen.top >= 0 && seen.bottom <= seen.height, `Join inside the first screen: ${JSON.stringify(seen)}`);
+    assert.ok(seen.hit, `Join is not covered by anything: ${JSON.stringify(seen)}`);
+    const id = await h.page.getByTestId('call-id').evaluate((el) => {
+      const cs = getComputedStyle(el);
+      return { text: el.textContent, overflow: cs.textOverflow, whiteSpace: cs.whiteSpace, cut: el.scrollWidth > el.clientWidth, right: el.getBoundingClientRect().right };
+    });
+    assert.equal(id.text, cid, 'the call id is shown');
+    assert.equal(id.overflow, 'ellipsis');
+    assert.equal(id.whiteSpace, 'nowrap');
+    assert.ok(id.cut, `the long id overflows its line and is cut: ${JSON.stringify(id)}`);
+    assert.ok(id.right <= viewport.width, `the id stays inside the screen: ${JSON.stringify(id)}`);
+    const wide = await h.page.evaluate(() => document.documentElement.scrollWidth);
+    assert.ok(wide <= viewport.width, `no horizontal scrolling (${wide} px wide)`);
+    await shot(h, 'prejoin-phone.png');
+  } finally {
+    await h.ctx.close();
+  }
+});
+
 // ---- audio-only, microphone and camera revoked mid-call --------------------------------------
 
 /** alice: microphone only (camera denied); bob: both. Shared by the next tests. */
@@ -145,9 +210,19 @@ test('camera denied, microphone granted: joins audio-only and the other side rec
 test('microphone revoked mid-call: "Microphone blocked", audio stops, then resumes in the same session', { timeout: 60_000 }, async () => {
   const { alice, bob } = duo;
   assert.ok(alice && bob && duo.alicePid, 'needs the call of the previous test');
+  const tileBox = async () => {
+    const boxes = {};
+    for (const u of ['alice', 'bob']) boxes[u] = await tileOf(alice.page, u).boundingBox();
+    return boxes;
+  };
+  const before = await tileBox();
+  assert.ok(before.alice && before.bob, `both tiles on screen: ${JSON.stringify(before)}`);
   await setPermission(alice, 'microphone', 'denied');
   const banner = alice.page.getByTestId('microphone-blocked');
   await waitUntil('alice: "Microphone blocked"', () => banner.isVisible(), { timeout: UI_TIMEOUT_MS, diag: duoDiag });
+  // The banner floats over the call: the tiles did not move or shrink.
+  assert.deepEqual(await tileBox(), before, 'the banner moved the video tiles');
+  assert.match(await alice.page.locator('#banners').evaluate((el) => getComputedStyle(el).position), /absolute|fixed/);
   assert.match(await banner.innerText(), /Microphone blocked/);
   const local = (await appState(alice.page)).call.local.microphone;
   assert.equal(local.on, false, 'alice no longer sends audio');
@@ -189,6 +264,25 @@ test('camera revoked mid-call: the other side shows the placeholder, audio keeps
   await setPermission(bob, 'camera', 'granted');
   await waitUntil("alice: bob's video back", async () => (await tileOf(alice.page, 'bob').getAttribute('data-video-off')) === 'false', { timeout: MEDIA_TIMEOUT_MS, diag: duoDiag });
   await waitGrowing("alice decodes bob's camera again", () => framesFrom(alice.page, 'bob'), { timeout: MEDIA_TIMEOUT_MS, diag: duoDiag });
+});
+
+test('reactions: the bar is shown to those who may react, and others see the reaction briefly', { timeout: 45_000 }, async () => {
+  const { alice, bob } = duo;
+  assert.ok(alice && bob, 'needs the call of the previous tests');
+  for (const h of [alice, bob]) {
+    const caps = (await appState(h.page)).call.capabilities;
+    assert.ok(caps.includes('create-reaction'), `${h.user} may react: ${caps}`);
+    await waitUntil(`${h.user}: reaction bar`, () => h.page.getByTestId('reaction-bar').isVisible(), { timeout: UI_TIMEOUT_MS, diag: duoDiag });
+  }
+  const popAtAlice = alice.page.locator('[data-testid=reaction][data-user-id=bob][data-type=heart]');
+  assert.equal(await popAtAlice.count(), 0);
+  await bob.page.getByTestId('react-heart').click();
+  await waitUntil("alice: bob's heart", () => popAtAlice.isVisible(), { timeout: UI_TIMEOUT_MS, diag: duoDiag });
+  assert.match(await popAtAlice.innerText(), /bob/);
+  assert.match(await popAtAlice.innerText(), /\u2764/);
+  await shot(alice, 'call-reaction.png');
+  // Brief: it goes away by itself.
+  await waitUntil("alice: bob's heart gone again", async () => (await popAtAlice.count()) === 0, { timeout: UI_TIMEOUT_MS, diag: duoDiag });
 });
 
 test('close the video call', async () => {
@@ -240,6 +334,21 @@ test('audio room: a listener raises a hand, the host approves, a third page hear
     await waitGrowing("leo's audio at eve keeps flowing", () => audioBytesFrom(eve.page, 'leo'), { timeout: 5000, diag });
     await waitUntil('leo on stage at eve', () => eve.page.locator('[data-testid=room-stage] [data-user-id=leo]').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
     await shot(host, 'audio-room.png');
+
+    // Layout: large avatar seats, centered in the stage, wrapping onto new rows.
+    const layout = await eve.page.evaluate(() => {
+      const grid = document.querySelector('[data-testid=room-stage]');
+      const g = grid.getBoundingClientRect();
+      const seats = [...grid.querySelectorAll('[data-testid=seat]')].map((s) => s.getBoundingClientRect());
+      const avatar = grid.querySelector('[data-testid=seat] .avatar').getBoundingClientRect();
+      return { left: g.left, right: g.right, wrap: getComputedStyle(grid).flexWrap, seatsLeft: Math.min(...seats.map((r) => r.left)), seatsRight: Math.max(...seats.map((r) => r.right)), avatar: avatar.width, n: seats.length };
+    });
+    assert.ok(layout.n >= 2, `hana and leo on stage: ${JSON.stringify(layout)}`);
+    assert.ok(layout.avatar >= 96, `large avatars: ${JSON.stringify(layout)}`);
+    assert.equal(layout.wrap, 'wrap');
+    const gapLeft = layout.seatsLeft - layout.left;
+    const gapRight = layout.right - layout.seatsRight;
+    assert.ok(gapLeft > 50 && Math.abs(gapLeft - gapRight) <= 2, `seats centered: ${JSON.stringify(layout)}`);
 
     // The host moves leo back to the audience: his audio stops.
     const revoke = host.page.getByTestId('revoke-leo');

@@ -198,7 +198,8 @@ async function start(token, cid) {
 
 async function prejoin() {
   show('prejoin');
-  $('topbar-call').textContent = app.cid;
+  // In a span: a long call id is cut with an ellipsis (a flex container cannot cut bare text).
+  $('topbar-call').replaceChildren(h('span', { class: 'call-id', testid: 'call-id', title: app.cid }, app.cid));
   $('prejoin-kind').textContent = isRoom() ? 'Audio room' : app.callType === 'livestream' ? 'Livestream' : 'Video call';
   $('opt-video-muted-wrap').hidden = isRoom();
   $('opt-audio-only-wrap').hidden = isRoom();
@@ -413,7 +414,11 @@ function renderPrejoin() {
         `You can't join ${isRoom() ? 'the stage' : 'this call'} until the browser lets Greenroom use your microphone: otherwise nobody would hear you.`,
         instructionsList(both ? 'both' : 'microphone'), retry];
     } else if (mic === 'not-found') {
-      body = [h('strong', {}, 'No microphone found'), 'Connect a microphone or a headset, then check again.', retry];
+      // The pills already say "No microphone found" / "No camera found": the heading names what to
+      // connect (only what is missing), the text says how, without repeating either.
+      const camMissing = !isRoom() && want.video && cam === 'not-found';
+      body = [h('strong', { testid: 'missing-heading' }, camMissing ? 'Connect a microphone and a camera' : 'Connect a microphone'),
+        camMissing ? 'This device has neither. Plug them in (a headset and a webcam work), then check again.' : 'This device has none. Plug one in (a headset works), then check again.', retry];
     } else if (mic === 'in-use') {
       body = [h('strong', {}, 'Your microphone is busy'), 'Another app is using it. Close that app, then check again.', retry];
     } else if (mic === 'prompt') {
@@ -427,7 +432,7 @@ function renderPrejoin() {
     cls = 'warn';
     audioOnly = true;
     label = 'Join with audio only';
-    const why = cam === 'denied' ? 'Camera is blocked' : cam === 'not-found' ? 'No camera found' : cam === 'in-use' ? 'Your camera is busy' : 'Camera is not available';
+    const why = cam === 'denied' ? 'Camera is blocked' : cam === 'not-found' ? 'Connect a camera to be seen' : cam === 'in-use' ? 'Your camera is busy' : 'Camera is not available';
     body = [h('strong', {}, why), 'You can join with audio only. To turn video on later, allow the camera in your browser and press the camera button in the call.',
       cam === 'denied' ? instructionsList('camera') : null,
       h('div', { class: 'actions' }, retry)];
@@ -514,6 +519,7 @@ async function join() {
   }
   app.requests.clear();
   app.banners.clear();
+  $('reactions').replaceChildren();
   if (app.joinedAudioOnlyBecauseCamera) {
     setBanner('audio-only', 'info', 'You joined with audio only', 'To turn your camera on, allow it in your browser, then press Camera.');
   }
@@ -577,6 +583,7 @@ function wireCall(call) {
       setBanner('audio-only', 'info', 'Camera allowed', 'Press Camera to turn your video on.');
     }
   });
+  call.on('reaction', ({ participant, userId, reaction, local }) => showReaction(participant, userId, reaction, local));
   call.on('autoplayBlocked', () => setBanner('autoplay', 'info', 'Sound is paused by the browser', 'Click anywhere to hear the call.'));
   call.on('error', (e) => {
     app.lastError = e;
@@ -645,6 +652,7 @@ function renderCall() {
   if (isRoom()) renderRoom(call);
   else renderTiles(call);
   renderControls(call);
+  renderReactionBar(call);
   renderPanel(call);
   renderConnection();
 }
@@ -652,7 +660,7 @@ function renderCall() {
 function renderTopbar(call) {
   const n = call.participants.size;
   const title = app.ringCall?.callCid === call.cid ? `${app.ringCall.kind === 'audio' ? 'Audio' : 'Video'} call with ${app.ringCall.peer}` : app.cid;
-  const parts = [h('span', {}, title), h('span', { class: 'pill' }, `${n} ${n === 1 ? 'person' : 'people'}`)];
+  const parts = [h('span', { class: 'call-id', testid: 'call-id', title }, title), h('span', { class: 'pill' }, `${n} ${n === 1 ? 'person' : 'people'}`)];
   if (call.info.backstageEnabled) {
     parts.push(call.info.live ? h('span', { class: 'pill live', testid: 'live-badge' }, 'LIVE') : h('span', { class: 'pill backstage', testid: 'backstage-badge' }, 'Backstage'));
   }
@@ -865,6 +873,49 @@ function renderControls(call) {
     out.push(ctrl({ icon: ICON.end, label: 'End for all', cls: 'leave', testid: 'end-call', onclick: () => { if (confirm('End the call for everyone?')) call.endCall().catch(showErr); } }));
   }
   $('controls').replaceChildren(...out);
+}
+
+// ---- reactions --------------------------------------------------------------------------------
+
+/** The reaction bar's buttons: `type` goes on the wire, `emoji` is what everyone sees. */
+const REACTIONS = [
+  { type: 'like', emoji: '\u{1F44D}', label: 'Like' },
+  { type: 'heart', emoji: '\u{2764}\u{FE0F}', label: 'Heart' },
+  { type: 'laugh', emoji: '\u{1F602}', label: 'Laugh' },
+  { type: 'clap', emoji: '\u{1F44F}', label: 'Applause' },
+  { type: 'raised-hand', emoji: '\u{270B}', label: 'Raise hand' },
+];
+/** How long a received reaction stays on screen. */
+const REACTION_SHOW_MS = 4000;
+
+/** Shows the reaction bar only to those with `create-reaction`. */
+function renderReactionBar(call) {
+  const bar = $('reaction-bar');
+  const can = call.hasCapability('create-reaction');
+  bar.hidden = !can;
+  if (!can) {
+    bar.replaceChildren();
+    return;
+  }
+  if (bar.childElementCount === REACTIONS.length) return;
+  bar.replaceChildren(...REACTIONS.map((r) => h('button', {
+    class: 'react-btn', type: 'button', testid: `react-${r.type}`, title: r.label, 'aria-label': r.label,
+    onclick: () => app.call?.sendReaction(r.type, { emojiCode: `:${r.type}:` }).catch(showErr),
+  }, r.emoji)));
+}
+
+/** Floats a reaction (with who sent it) over the call for a few seconds. */
+function showReaction(participant, userId, reaction, local) {
+  const known = REACTIONS.find((r) => r.type === reaction?.type);
+  const emoji = known?.emoji ?? reaction?.emoji_code ?? reaction?.type ?? '';
+  const who = local ? 'You' : participant?.name ?? userId ?? 'Someone';
+  const el = h('div', { class: 'reaction-pop', testid: 'reaction', dataset: { userId: userId ?? '', type: reaction?.type ?? '' } },
+    h('span', { class: 'emoji', 'aria-hidden': 'true' }, emoji), h('span', { class: 'who' }, `${who}${known ? '' : ` · ${reaction?.type ?? ''}`}`));
+  el.setAttribute('aria-label', `${who}: ${known?.label ?? reaction?.type ?? 'reaction'}`);
+  const layer = $('reactions');
+  layer.append(el);
+  while (layer.childElementCount > 6) layer.firstElementChild?.remove();
+  setTimeout(() => el.remove(), REACTION_SHOW_MS);
 }
 
 function renderPanel(call) {
@@ -1299,6 +1350,7 @@ async function startRingCall(cid, kind, peer, tracks) {
   app.endedBy = null;
   app.requests.clear();
   app.banners.clear();
+  $('reactions').replaceChildren();
   const call = app.client.call(cid);
   app.call = call;
   wireCall(call);
