@@ -310,6 +310,11 @@ test('audio room: a listener raises a hand, the host approves, a third page hear
     await joinFromPrejoin(leo);
     await joinFromPrejoin(eve);
     await waitUntil('leo in the audience', () => leo.page.locator('[data-testid=room-audience] [data-user-id=leo]').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
+    // The reaction bar follows create-reaction, whatever the role grants.
+    for (const h of [host, leo]) {
+      const may = (await appState(h.page)).call.capabilities.includes('create-reaction');
+      assert.equal(await h.page.getByTestId('reaction-bar').isVisible(), may, `${h.user}: reaction bar iff create-reaction (${may})`);
+    }
 
     await leo.page.getByTestId('raise-hand').click();
     await waitUntil('leo: request pending', () => leo.page.getByTestId('hand-pending').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
@@ -328,6 +333,18 @@ test('audio room: a listener raises a hand, the host approves, a third page hear
     await waitUntil('eve: request answered', async () => (await eve.page.getByTestId('raise-hand').isVisible()) && (await appState(eve.page)).call.pending.length === 0, { timeout: UI_TIMEOUT_MS, diag });
     assert.ok(!(await appState(eve.page)).call.capabilities.includes('send-audio'), 'eve may not speak');
     await waitUntil("host: eve's request gone", async () => !(await host.page.getByTestId('request-eve').isVisible()), { timeout: UI_TIMEOUT_MS, diag });
+
+    // Reactions follow create-reaction (a listener has none in an audio room): granted, eve gets
+    // the bar and the host sees her reaction; revoked, the bar goes.
+    const eveBar = eve.page.getByTestId('reaction-bar');
+    const eveMay = async () => (await appState(eve.page)).call.capabilities.includes('create-reaction');
+    assert.equal(await eveBar.isVisible(), await eveMay(), 'eve: reaction bar iff create-reaction');
+    await host.page.evaluate(() => window.app.call.grantPermissions('eve', ['create-reaction']));
+    await waitUntil('eve: reaction bar with create-reaction', async () => (await eveMay()) && (await eveBar.isVisible()), { timeout: UI_TIMEOUT_MS, diag });
+    await eve.page.getByTestId('react-like').click();
+    await waitUntil("host: eve's like", () => host.page.locator('[data-testid=reaction][data-user-id=eve][data-type=like]').isVisible(), { timeout: UI_TIMEOUT_MS, diag });
+    await host.page.evaluate(() => window.app.call.revokePermissions('eve', ['create-reaction']));
+    await waitUntil('eve: reaction bar hidden without create-reaction', async () => !(await eveMay()) && !(await eveBar.isVisible()), { timeout: UI_TIMEOUT_MS, diag });
 
     // Media: eve hears leo.
     await waitUntil("eve receives leo's audio", async () => (await audioBytesFrom(eve.page, 'leo')) > 0, { timeout: MEDIA_TIMEOUT_MS, diag });
