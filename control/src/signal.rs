@@ -35,6 +35,11 @@ use crate::state::{
 /// Bytes the WebSocket may buffer for writing before a write fails (bounds a connection's
 /// memory; a subscriber offer of a large call fits several times).
 const MAX_WRITE_BUFFER: usize = 4 << 20;
+/// The read buffer each socket reserves (tungstenite's default is 128 KiB, which an idle socket
+/// would hold for its whole life); it grows for larger messages, up to the message limit.
+const READ_BUFFER: usize = 4 << 10;
+/// Bytes written to the WebSocket before it is flushed (tungstenite's default is 128 KiB).
+const WRITE_BUFFER: usize = 8 << 10;
 /// How long the writer tries to deliver a close frame to a client that does not read.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// The close code of an idle socket (4000 + HTTP 408).
@@ -80,6 +85,8 @@ pub async fn signal(
         .max_message_size(limit * 4)
         .max_frame_size(limit * 4)
         .max_write_buffer_size(MAX_WRITE_BUFFER)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
         .on_upgrade(move |socket| {
             // One span per connection (a participant session once joined): every log line of
             // this socket carries the user, and the call and participant after `join`.
