@@ -4,67 +4,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod ws_support;
+
 use std::sync::Arc;
-use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use greenroom_control::config::Config;
-use greenroom_control::{app, start_state, AppState};
+use greenroom_control::AppState;
 use greenroom_proto::Role;
-use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::time::timeout;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+use serde_json::json;
+use ws_support::{next, send, server_with, Ws};
 
 async fn server() -> (Arc<AppState>, String) {
     let mut config = Config::default();
     // Room for the 300 requests in flight below (the default burst is 100 messages).
     config.limits.signal_burst = 1000;
-    let state = start_state(config, false).await.unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let router = app(state.clone());
-    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
-    (state, format!("ws://{addr}/v1/signal"))
+    server_with(config).await
 }
 
 async fn connect(state: &AppState, url: &str, user: &str) -> Ws {
-    let token = state
-        .auth
-        .mint(user, None, Some(Role::User), false, 3600)
-        .unwrap();
-    let (ws, _) = timeout(WAIT, connect_async(format!("{url}?token={token}")))
-        .await
-        .expect("connect timed out")
-        .expect("connect failed");
-    ws
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    timeout(WAIT, ws.send(Message::text(v.to_string())))
-        .await
-        .expect("send timed out")
-        .expect("send failed");
-}
-
-async fn next(ws: &mut Ws) -> Value {
-    loop {
-        match timeout(WAIT, ws.next())
-            .await
-            .expect("no message")
-            .unwrap()
-            .unwrap()
-        {
-            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-            Message::Close(f) => panic!("closed {f:?}"),
-            _ => continue,
-        }
-    }
+    ws_support::connect(state, url, user, Role::User).await
 }
 
 #[tokio::test]
