@@ -240,7 +240,7 @@ async fn audio_room_request_grant_revoke() {
     let joined = listener.join(cid, false).await;
     let mut lc = caps(&joined);
     lc.sort();
-    assert_eq!(lc, vec!["join-call", "read-call"]);
+    assert_eq!(lc, vec!["create-reaction", "join-call", "read-call"]);
     assert_eq!(joined["requestable"], json!(["send-audio"]));
     assert_eq!(joined["call"]["live"], true);
     let pj = host.wait_for("call.session_participant_joined").await;
@@ -292,7 +292,11 @@ async fn audio_room_request_grant_revoke() {
     let up = listener.wait_for("call.permissions_updated").await;
     let mut lc = caps(&up);
     lc.sort();
-    assert_eq!(lc, vec!["join-call", "read-call"], "{up}");
+    assert_eq!(
+        lc,
+        vec!["create-reaction", "join-call", "read-call"],
+        "{up}"
+    );
 
     // And cannot unmute until granted again.
     listener
