@@ -354,8 +354,8 @@ test('audio room: a listener raises a hand, the host approves, a third page hear
     await shot(host, 'audio-room.png');
 
     // Layout: large avatar seats, centered in the stage, wrapping onto new rows.
-    const layout = await eve.page.evaluate(() => {
-      const grid = document.querySelector('[data-testid=room-stage]');
+    // (The call screen is the <greenroom-call> element: its DOM is in an open shadow root.)
+    const layout = await eve.page.getByTestId('room-stage').evaluate((grid) => {
       const g = grid.getBoundingClientRect();
       const seats = [...grid.querySelectorAll('[data-testid=seat]')].map((s) => s.getBoundingClientRect());
       const avatar = grid.querySelector('[data-testid=seat] .avatar').getBoundingClientRect();
