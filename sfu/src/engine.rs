@@ -165,6 +165,7 @@ pub(crate) fn spawn(setup: ShardSetup, alive: Arc<AtomicBool>) -> io::Result<()>
 pub fn rtc_config(bwe: bool) -> RtcConfig {
     let mut cfg = RtcConfig::new()
         .set_ice_lite(true)
+        .set_crypto_provider(crate::dtls::provider())
         .set_rtp_mode(true)
         .enable_h265(false)
         .enable_h266(false)

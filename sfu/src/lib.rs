@@ -44,6 +44,7 @@
 //! consumers over shards (a producer piped to consumer shards) is not done.
 
 mod demux;
+mod dtls;
 mod engine;
 pub mod forward;
 #[cfg(feature = "fuzzing")]
