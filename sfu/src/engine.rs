@@ -1350,6 +1350,7 @@ impl Engine {
         for t in &tracks {
             let mid = Mid::from(t.mid.as_str());
             match peer.rtc.media(mid) {
+                Some(m) if m.disabled() => return Err(SfuError::TrackRejected(t.mid.clone())),
                 Some(m) if m.kind().is_audio() == t.source.is_audio() => {
                     if !wanted.iter().any(|w| w.0 == t.source) {
                         wanted.push((t.source, mid, m.kind()));
@@ -1432,7 +1433,9 @@ impl Engine {
         if changed {
             self.renegotiate_call_of(pid, now);
         }
-        Ok(answer.to_sdp_string())
+        Ok(crate::sdp::candidates_in_bundled_section(
+            &answer.to_sdp_string(),
+        ))
     }
 
     fn remove_producer(&mut self, pk: Key) {
@@ -1568,7 +1571,7 @@ impl Engine {
             .collect();
         let _ = self.events.send(SfuEvent::SubscriberOffer {
             participant_id: pid.to_owned(),
-            sdp: offer.to_sdp_string(),
+            sdp: crate::sdp::candidates_in_bundled_section(&offer.to_sdp_string()),
             tracks,
         });
     }

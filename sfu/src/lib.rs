@@ -52,6 +52,7 @@ pub mod fuzzing;
 mod media;
 mod metrics;
 mod routes;
+mod sdp;
 mod socket;
 mod speakers;
 mod transport;
@@ -175,6 +176,10 @@ pub enum SfuError {
     /// The SDP could not be parsed or negotiated.
     #[error("bad SDP: {0}")]
     Sdp(String),
+    /// A track listed in `publish` sits on an m-line the server rejected (port 0 in the
+    /// answer: none of its codecs is forwarded, or the client offered it stopped).
+    #[error("track on mid {0} rejected by the server (no codec it forwards)")]
+    TrackRejected(String),
     /// No such participant in the media plane.
     #[error("unknown participant {0}")]
     UnknownParticipant(String),
