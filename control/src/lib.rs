@@ -68,6 +68,13 @@ pub async fn start_state(
             shards: config.rtc.shards,
             parallel_fanout_min: config.rtc.parallel_fanout_min,
             socket_buffer_bytes: config.rtc.socket_buffer_bytes,
+            ice_tcp_port: Some(
+                config
+                    .rtc
+                    .ice_tcp_port
+                    .unwrap_or(config.rtc.udp_addr.port()),
+            )
+            .filter(|p| *p != 0),
             ..Default::default()
         },
     )

@@ -55,6 +55,7 @@ mod routes;
 mod sdp;
 mod socket;
 mod speakers;
+mod tcp;
 mod transport;
 
 use std::collections::HashMap;
@@ -75,6 +76,7 @@ use crate::engine::{Cmd, ShardMsg, ShardSetup};
 use crate::forward::GateCell;
 pub use crate::metrics::STATS_INTERVAL;
 use crate::metrics::{SfuCounters, UdpFigures};
+pub use crate::tcp::{TcpCounters, TcpLimits};
 
 /// Media plane configuration.
 #[derive(Debug, Clone)]
@@ -102,6 +104,12 @@ pub struct SfuOptions {
     /// default. Default 4 MiB. The kernel caps it (Linux: `net.core.rmem_max`/`wmem_max`); the
     /// effective sizes are logged and exported as `greenroom_udp_socket_buffer_bytes`.
     pub socket_buffer_bytes: usize,
+    /// ICE over TCP (RFC 6544 passive candidates, RFC 4571 framing): the TCP port to listen on,
+    /// on the UDP socket's IP; `Some(0)` picks a free port; `None` (the default here) turns it
+    /// off. The server's configuration (`rtc.ice_tcp_port`) defaults to the UDP port's number.
+    pub ice_tcp_port: Option<u16>,
+    /// Limits of the ICE-TCP listener.
+    pub ice_tcp_limits: TcpLimits,
 }
 
 impl Default for SfuOptions {
@@ -111,6 +119,8 @@ impl Default for SfuOptions {
             shards: 0,
             parallel_fanout_min: 64,
             socket_buffer_bytes: 4 << 20,
+            ice_tcp_port: None,
+            ice_tcp_limits: TcpLimits::default(),
         }
     }
 }
@@ -295,6 +305,8 @@ struct Inner {
     shards: Vec<Shard>,
     registry: Mutex<Registry>,
     demux: Arc<DemuxCounters>,
+    /// The ICE-TCP listener's address and connections (when on).
+    tcp: Option<(SocketAddr, tcp::Writers)>,
     stop: Arc<AtomicBool>,
 }
 
@@ -327,11 +339,22 @@ impl Sfu {
     /// [`Sfu::start`] with explicit engine options.
     pub async fn start_with(
         cfg: SfuConfig,
-        opts: SfuOptions,
+        mut opts: SfuOptions,
     ) -> Result<(Sfu, mpsc::UnboundedReceiver<SfuEvent>), SfuError> {
         let bind_err = |e| SfuError::Bind(cfg.bind, e);
         let socket = UdpSocket::bind(cfg.bind).map_err(bind_err)?;
         let local_addr = socket.local_addr().map_err(bind_err)?;
+        // ICE-TCP: bind first, so the shards learn the actual port for their candidates.
+        let tcp = match opts.ice_tcp_port {
+            Some(port) => {
+                let addr = SocketAddr::new(local_addr.ip(), port);
+                let listener = tcp::bind(addr).await.map_err(|e| SfuError::Bind(addr, e))?;
+                let bound = listener.local_addr().map_err(|e| SfuError::Bind(addr, e))?;
+                opts.ice_tcp_port = Some(bound.port());
+                Some((listener, bound, tcp::Writers::default()))
+            }
+            None => None,
+        };
         let buffers = socket::size_buffers(&socket, opts.socket_buffer_bytes);
         let inode = socket::inode(&socket);
         let advertised = SocketAddr::new(cfg.advertise_ip, local_addr.port());
@@ -347,7 +370,13 @@ impl Sfu {
                 ShardSetup {
                     shard,
                     opts: opts.clone(),
-                    socket: Arc::new(socket.try_clone().map_err(bind_err)?),
+                    socket: match &tcp {
+                        Some((_, _, writers)) => Arc::new(tcp::MediaTransport {
+                            udp: socket.try_clone().map_err(bind_err)?,
+                            tcp: writers.clone(),
+                        }),
+                        None => Arc::new(socket.try_clone().map_err(bind_err)?),
+                    },
                     advertised,
                     input,
                     events: ev_tx.clone(),
@@ -365,6 +394,18 @@ impl Sfu {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let demux = Arc::new(DemuxCounters::default());
+        let tcp = tcp.map(|(listener, bound, writers)| {
+            tcp::spawn(
+                listener,
+                shards.iter().map(|s| s.tx.clone()).collect(),
+                untagged.clone(),
+                writers.clone(),
+                opts.ice_tcp_limits,
+                demux.clone(),
+                stop.clone(),
+            );
+            (bound, writers)
+        });
         demux::spawn(
             socket,
             shards.iter().map(|s| s.tx.clone()).collect(),
@@ -384,6 +425,7 @@ impl Sfu {
             shards,
             registry: Mutex::new(registry),
             demux,
+            tcp,
             stop,
         };
         Ok((
@@ -458,6 +500,16 @@ impl Sfu {
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+
+    /// The ICE-TCP listener's bound address (`None`: ICE-TCP is off).
+    pub fn ice_tcp_addr(&self) -> Option<SocketAddr> {
+        self.inner.tcp.as_ref().map(|(a, _)| *a)
+    }
+
+    /// The ICE-TCP listener's counters (`None`: ICE-TCP is off).
+    pub fn ice_tcp_counters(&self) -> Option<Arc<TcpCounters>> {
+        self.inner.tcp.as_ref().map(|(_, w)| w.counters().clone())
     }
 
     /// Registers a joined participant with its gate.
