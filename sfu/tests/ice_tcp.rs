@@ -279,3 +279,48 @@ async fn bad_frames_close_the_connection() {
     }
     wait_for("connections gone", || counters.open.load(Relaxed) == 0).await;
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn idle_connections_close_and_the_connection_limit_refuses() {
+    let (sfu, _events) = common::start(greenroom_sfu::SfuOptions {
+        ice_tcp_port: Some(0),
+        ice_tcp_limits: greenroom_sfu::TcpLimits {
+            max_connections: 1,
+            idle_timeout: Duration::from_millis(300),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let addr = sfu.ice_tcp_addr().unwrap();
+    let counters = sfu.ice_tcp_counters().unwrap();
+    // One silent connection: open until the idle timeout closes it.
+    let first = TcpStream::connect(addr).unwrap();
+    wait_for("first connection open", || counters.open.load(Relaxed) == 1).await;
+    // A second one while the first is open: over the limit, closed at once.
+    let refused = tokio::task::spawn_blocking(move || {
+        let mut c = TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 1];
+        matches!(c.read(&mut b), Ok(0) | Err(_))
+    })
+    .await
+    .unwrap();
+    assert!(refused, "the second connection was not closed");
+    assert_eq!(counters.refused.load(Relaxed), 1);
+    // The silent first one goes by the idle timeout.
+    let idle = tokio::task::spawn_blocking(move || {
+        let mut c = first;
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = [0u8; 1];
+        matches!(c.read(&mut b), Ok(0) | Err(_))
+    })
+    .await
+    .unwrap();
+    assert!(idle, "the idle connection was not closed");
+    wait_for("idle close counted", || {
+        counters.idle_closed.load(Relaxed) == 1 && counters.open.load(Relaxed) == 0
+    })
+    .await;
+    assert_eq!(counters.accepted.load(Relaxed), 1);
+}
