@@ -697,6 +697,9 @@ impl Sfu {
     ///   integrity failure); `greenroom_udp_queue_dropped_total`: dropped on a full shard queue.
     /// * `greenroom_udp_socket_buffer_bytes{direction}`: effective socket buffers;
     ///   `greenroom_udp_receive_drops_total`: the kernel's drops on the socket (Linux).
+    /// * with ICE-TCP on: `greenroom_ice_tcp_{accepted,refused,bad_frames,idle_closed,
+    ///   frames_in,send_dropped}_total` and the gauge `greenroom_ice_tcp_connections` (see
+    ///   [`TcpCounters`]).
     /// * histograms `greenroom_rtt_seconds`, `greenroom_loss_ratio`, `greenroom_jitter_seconds`
     ///   `{direction="ingress"|"egress"}`, one sample per stream per [`STATS_INTERVAL`].
     ///
@@ -709,7 +712,11 @@ impl Sfu {
             buffers: self.inner.buffers,
             kernel_drops: self.inner.inode.and_then(socket::kernel_drops),
         };
-        metrics::render(&shards, udp)
+        let mut text = metrics::render(&shards, udp);
+        if let Some((_, writers)) = &self.inner.tcp {
+            writers.counters().render(&mut text);
+        }
+        text
     }
 
     /// Test hook (feature `fault-injection`): the shard's own loop panics, outside the

@@ -90,6 +90,25 @@ pub struct TcpCounters {
     pub send_dropped: AtomicU64,
 }
 
+impl TcpCounters {
+    /// Appends the counters in the Prometheus text format (`greenroom_ice_tcp_*`).
+    pub(crate) fn render(&self, out: &mut String) {
+        use std::fmt::Write;
+        let rows: [(&str, &str, &str, u64); 7] = [
+            ("greenroom_ice_tcp_accepted_total", "counter", "ICE-TCP connections accepted", self.accepted.load(Relaxed)),
+            ("greenroom_ice_tcp_refused_total", "counter", "ICE-TCP connections closed at accept: connection limit reached", self.refused.load(Relaxed)),
+            ("greenroom_ice_tcp_connections", "gauge", "ICE-TCP connections open", self.open.load(Relaxed) as u64),
+            ("greenroom_ice_tcp_bad_frames_total", "counter", "ICE-TCP connections closed for a bad frame (too long, empty, or a first frame that is no STUN request for us)", self.bad_frames.load(Relaxed)),
+            ("greenroom_ice_tcp_idle_closed_total", "counter", "ICE-TCP connections closed by the idle timeout", self.idle_closed.load(Relaxed)),
+            ("greenroom_ice_tcp_frames_in_total", "counter", "ICE-TCP frames handed to an engine shard", self.frames_in.load(Relaxed)),
+            ("greenroom_ice_tcp_send_dropped_total", "counter", "Packets for an ICE-TCP connection dropped: its write queue was full or it was gone", self.send_dropped.load(Relaxed)),
+        ];
+        for (name, typ, help, v) in rows {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {typ}\n{name} {v}");
+        }
+    }
+}
+
 /// The write side of every open connection, by remote address.
 #[derive(Clone, Default)]
 pub(crate) struct Writers {
@@ -330,6 +349,26 @@ mod tests {
         let s = c.to_sdp_string();
         assert!(s.contains(" tcp "), "{s}");
         assert!(s.contains("tcptype passive"), "{s}");
+    }
+
+    #[test]
+    fn counters_render_as_prometheus_text() {
+        let c = TcpCounters::default();
+        add(&c.send_dropped, 3);
+        c.open.store(2, Relaxed);
+        let mut out = String::new();
+        c.render(&mut out);
+        assert!(
+            out.contains("greenroom_ice_tcp_send_dropped_total 3\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains(
+                "# TYPE greenroom_ice_tcp_connections gauge\ngreenroom_ice_tcp_connections 2\n"
+            ),
+            "{out}"
+        );
+        assert_eq!(out.matches("# HELP ").count(), 7);
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -229,6 +229,11 @@ async fn tcp_only_clients_publish_and_subscribe_over_ice_tcp() {
     assert!(counters.frames_in.load(Relaxed) > 40);
     assert_eq!(counters.accepted.load(Relaxed), 2);
     assert_eq!(counters.open.load(Relaxed), 2);
+    let metrics = sfu.metrics_text();
+    assert!(
+        metrics.contains("greenroom_ice_tcp_connections 2\n"),
+        "{metrics}"
+    );
     // The clients never had a UDP path to use.
     assert_eq!(*p.udp_attempts.lock().unwrap(), 0);
     assert_eq!(*s.udp_attempts.lock().unwrap(), 0);
