@@ -2,7 +2,8 @@
 // (`RTCPeerConnection.generateCertificate({name: "RSASSA-PKCS1-v1_5", ...})`) on both of its
 // PeerConnections, bob's keeps Chromium's default ECDSA one. Both must publish and subscribe:
 // each decodes the other's video and receives the other's audio, and the certificates the
-// connections actually used (from getStats) are checked to be RSA and EC respectively.
+// connections actually used (from getStats) are checked to be RSA and EC respectively, and the
+// negotiated SRTP cipher to be AEAD-GCM.
 //
 // The test page creates its PeerConnections when its module loads, so the test serves it a copy
 // of control/web/test/media.js with a prelude that awaits the RSA certificate (top-level await)
@@ -66,15 +67,21 @@ async function mediaFrom(page, other) {
   }, other);
 }
 
-/** The DER (base64) of the local certificate each of the page's connected transports used. */
-async function localCertificates(page) {
+/**
+ * Per connected transport of the page: the DER (base64) of the local certificate it used and
+ * the negotiated SRTP cipher.
+ */
+async function transports(page) {
   return page.evaluate(async () => {
     const out = [];
     for (const pc of window.__pcs) {
       const report = await pc.getStats();
       for (const s of report.values()) {
         if (s.type === 'transport' && s.localCertificateId) {
-          out.push(report.get(s.localCertificateId)?.base64Certificate ?? null);
+          out.push({
+            cert: report.get(s.localCertificateId)?.base64Certificate ?? null,
+            srtpCipher: s.srtpCipher ?? null,
+          });
         }
       }
     }
@@ -137,12 +144,14 @@ test('a Chromium client with an RSA DTLS certificate publishes and subscribes', 
     // The connections really used the certificates the test meant: RSA for alice, EC for bob.
     const expected = { alice: 'rsa', bob: 'ec' };
     for (const [i, user] of users.entries()) {
-      const certs = await localCertificates(pages[i]);
-      assert.ok(certs.length >= 2, `${user}: expected a transport per PeerConnection, got ${certs.length}`);
-      for (const b64 of certs) {
+      const ts = await transports(pages[i]);
+      assert.ok(ts.length >= 2, `${user}: expected a transport per PeerConnection, got ${ts.length}`);
+      for (const { cert: b64, srtpCipher } of ts) {
         assert.ok(b64, `${user}: a transport without a certificate`);
         const cert = new X509Certificate(Buffer.from(b64, 'base64'));
         assert.equal(cert.publicKey.asymmetricKeyType, expected[user], `${user}'s DTLS certificate key type`);
+        // AEAD-GCM SRTP stays negotiated with the OpenSSL DTLS.
+        assert.match(String(srtpCipher), /^(SRTP_)?AEAD_AES_(256|128)_GCM$/, `${user}'s SRTP cipher`);
       }
     }
   } finally {
