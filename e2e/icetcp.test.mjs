@@ -40,7 +40,7 @@ let tmp = null;
 function netnsDown() {
   if (!netns) return;
   try {
-    execFileSync(NETNS, ['down', netns.name, String(netns.index)], { stdio: 'ignore' });
+    execFileSync(NETNS, ['down', netns.name, String(netns.index)], { stdio: 'ignore', timeout: 30_000 });
   } catch { /* best effort */ }
   netns = null;
 }
@@ -89,7 +89,7 @@ test('Chromium with UDP blocked connects over ICE-TCP', { timeout: 120_000 }, as
   const name = `gr-icetcp-${process.pid}-${index}`;
   let hostIp;
   try {
-    const out = execFileSync(NETNS, ['up', name, String(index)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+    const out = execFileSync(NETNS, ['up', name, String(index)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
     netns = { name, index };
     hostIp = out.trim().split(/\s+/)[0];
   } catch (e) {
