@@ -106,7 +106,9 @@ pub struct RtcConfig {
     /// caps it at `net.core.rmem_max` / `wmem_max`; the effective size is exported).
     pub socket_buffer_bytes: usize,
     /// ICE over TCP (passive TCP candidates, RFC 4571 framing) on this TCP port of the UDP
-    /// address's IP, for clients whose UDP is blocked. Unset: the UDP port's number; 0: off.
+    /// address's IP, for clients whose UDP is blocked. Unset: the UDP port's number (if that
+    /// TCP port is taken, the server starts without ICE-TCP and logs a warning); 0: off; a port
+    /// given here must bind or the server does not start.
     #[serde(default)]
     pub ice_tcp_port: Option<u16>,
 }

@@ -183,6 +183,9 @@ pub enum SfuError {
     /// Binding the UDP socket failed.
     #[error("cannot bind UDP {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    /// Binding the ICE-TCP listener failed.
+    #[error("cannot bind ICE-TCP {0}: {1}")]
+    BindTcp(SocketAddr, std::io::Error),
     /// The SDP could not be parsed or negotiated.
     #[error("bad SDP: {0}")]
     Sdp(String),
@@ -348,8 +351,12 @@ impl Sfu {
         let tcp = match opts.ice_tcp_port {
             Some(port) => {
                 let addr = SocketAddr::new(local_addr.ip(), port);
-                let listener = tcp::bind(addr).await.map_err(|e| SfuError::Bind(addr, e))?;
-                let bound = listener.local_addr().map_err(|e| SfuError::Bind(addr, e))?;
+                let listener = tcp::bind(addr)
+                    .await
+                    .map_err(|e| SfuError::BindTcp(addr, e))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|e| SfuError::BindTcp(addr, e))?;
                 opts.ice_tcp_port = Some(bound.port());
                 Some((listener, bound, tcp::Writers::default()))
             }

@@ -33,7 +33,7 @@ use str0m::Candidate;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::demux::{dispatch, shard_of_ufrag, stun_local_ufrag, DemuxCounters, UfragMap};
 use crate::engine::ShardMsg;
@@ -332,11 +332,7 @@ async fn read_loop(rd: &mut tokio::net::tcp::OwnedReadHalf, peer: SocketAddr, s:
 
 /// Binds the ICE-TCP listener on `addr` (port 0: any free port).
 pub(crate) async fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    let l = TcpListener::bind(addr).await;
-    if let Err(e) = &l {
-        warn!("cannot bind ICE-TCP on {addr}: {e}");
-    }
-    l
+    TcpListener::bind(addr).await
 }
 
 #[cfg(test)]
