@@ -105,6 +105,12 @@ pub struct RtcConfig {
     /// Receive and send buffer size requested for the media UDP socket, in bytes (the kernel
     /// caps it at `net.core.rmem_max` / `wmem_max`; the effective size is exported).
     pub socket_buffer_bytes: usize,
+    /// ICE over TCP (passive TCP candidates, RFC 4571 framing) on this TCP port of the UDP
+    /// address's IP, for clients whose UDP is blocked. Unset: the UDP port's number (if that
+    /// TCP port is taken, the server starts without ICE-TCP and logs a warning); 0: off; a port
+    /// given here must bind or the server does not start.
+    #[serde(default)]
+    pub ice_tcp_port: Option<u16>,
 }
 
 /// One API key: the name carried in a token's `kid` and its HS256 secret.
@@ -266,6 +272,7 @@ impl Default for RtcConfig {
             shards: 0,
             parallel_fanout_min: 64,
             socket_buffer_bytes: 4 << 20,
+            ice_tcp_port: None,
         }
     }
 }

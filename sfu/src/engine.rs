@@ -117,6 +117,13 @@ pub(crate) enum ShardMsg {
         /// Its source.
         src: SocketAddr,
     },
+    /// A packet from an ICE-TCP connection (RFC 4571 frame), routed like a datagram.
+    TcpPacket {
+        /// The packet, without its length prefix.
+        data: Vec<u8>,
+        /// The connection's remote address.
+        src: SocketAddr,
+    },
     /// A command from the handle.
     Cmd(Cmd),
 }
@@ -165,6 +172,7 @@ pub(crate) fn spawn(setup: ShardSetup, alive: Arc<AtomicBool>) -> io::Result<()>
 pub fn rtc_config(bwe: bool) -> RtcConfig {
     let mut cfg = RtcConfig::new()
         .set_ice_lite(true)
+        .set_crypto_provider(crate::dtls::provider())
         .set_rtp_mode(true)
         .enable_h265(false)
         .enable_h266(false)
@@ -204,7 +212,11 @@ fn drive_peer(
             match rtc.poll_output()? {
                 Output::Timeout(t) => return Ok(t),
                 Output::Transmit(t) => {
-                    if let Err(e) = socket.send_to(&t.contents, t.destination) {
+                    let sent = match t.proto {
+                        Protocol::Tcp => socket.send_tcp(&t.contents, t.destination),
+                        _ => socket.send_to(&t.contents, t.destination),
+                    };
+                    if let Err(e) = sent {
                         debug!("send to {} failed: {e}", t.destination);
                     }
                 }
@@ -556,6 +568,9 @@ impl Engine {
                 Ok(ShardMsg::Datagram { data, src }) => {
                     self.on_datagram(&data, src, Instant::now());
                 }
+                Ok(ShardMsg::TcpPacket { data, src }) => {
+                    self.on_packet(Protocol::Tcp, &data, src, Instant::now());
+                }
                 Ok(ShardMsg::Cmd(Cmd::Stop)) | Err(RecvTimeoutError::Disconnected) => {
                     info!(shard = self.shard, "media engine shard stopping");
                     return;
@@ -578,12 +593,21 @@ impl Engine {
     /// else only to the peer that validated its source address; the rest is dropped and
     /// counted (`greenroom_udp_unrouted_total`). No scan over the shard's peers.
     pub(crate) fn on_datagram(&mut self, data: &[u8], src: SocketAddr, now: Instant) {
+        self.on_packet(Protocol::Udp, data, src, now);
+    }
+
+    /// A packet over UDP or ICE-TCP (addressed to the matching local candidate).
+    fn on_packet(&mut self, proto: Protocol, data: &[u8], src: SocketAddr, now: Instant) {
+        let local = match (proto, self.opts.ice_tcp_port) {
+            (Protocol::Tcp, Some(port)) => SocketAddr::new(self.local.ip(), port),
+            _ => self.local,
+        };
         let Some(route) = self.routes.candidate(data, src) else {
             add(&self.counters.unrouted, 1);
             debug!("no peer for datagram from {src}");
             return;
         };
-        let Ok(recv) = Receive::new(Protocol::Udp, src, self.local, data) else {
+        let Ok(recv) = Receive::new(proto, src, local, data) else {
             add(&self.counters.unrouted, 1);
             return; // Not STUN, DTLS, RTP or RTCP.
         };
@@ -744,6 +768,15 @@ impl Engine {
                 rtc.add_local_candidate(c);
             }
             Err(e) => warn!("host candidate {}: {e}", self.local),
+        }
+        if let Some(port) = self.opts.ice_tcp_port {
+            let addr = SocketAddr::new(self.local.ip(), port);
+            match crate::tcp::candidate(addr) {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => warn!("TCP host candidate {addr}: {e}"),
+            }
         }
         let key = self.peers.insert(Peer {
             rtc,
@@ -1349,6 +1382,7 @@ impl Engine {
         for t in &tracks {
             let mid = Mid::from(t.mid.as_str());
             match peer.rtc.media(mid) {
+                Some(m) if m.disabled() => return Err(SfuError::TrackRejected(t.mid.clone())),
                 Some(m) if m.kind().is_audio() == t.source.is_audio() => {
                     if !wanted.iter().any(|w| w.0 == t.source) {
                         wanted.push((t.source, mid, m.kind()));
@@ -1431,7 +1465,9 @@ impl Engine {
         if changed {
             self.renegotiate_call_of(pid, now);
         }
-        Ok(answer.to_sdp_string())
+        Ok(crate::sdp::candidates_in_bundled_section(
+            &answer.to_sdp_string(),
+        ))
     }
 
     fn remove_producer(&mut self, pk: Key) {
@@ -1567,7 +1603,7 @@ impl Engine {
             .collect();
         let _ = self.events.send(SfuEvent::SubscriberOffer {
             participant_id: pid.to_owned(),
-            sdp: offer.to_sdp_string(),
+            sdp: crate::sdp::candidates_in_bundled_section(&offer.to_sdp_string()),
             tracks,
         });
     }

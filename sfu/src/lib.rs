@@ -44,6 +44,7 @@
 //! consumers over shards (a producer piped to consumer shards) is not done.
 
 mod demux;
+mod dtls;
 mod engine;
 pub mod forward;
 #[cfg(feature = "fuzzing")]
@@ -51,8 +52,10 @@ pub mod fuzzing;
 mod media;
 mod metrics;
 mod routes;
+mod sdp;
 mod socket;
 mod speakers;
+mod tcp;
 mod transport;
 
 use std::collections::HashMap;
@@ -73,6 +76,7 @@ use crate::engine::{Cmd, ShardMsg, ShardSetup};
 use crate::forward::GateCell;
 pub use crate::metrics::STATS_INTERVAL;
 use crate::metrics::{SfuCounters, UdpFigures};
+pub use crate::tcp::{TcpCounters, TcpLimits};
 
 /// Media plane configuration.
 #[derive(Debug, Clone)]
@@ -100,6 +104,12 @@ pub struct SfuOptions {
     /// default. Default 4 MiB. The kernel caps it (Linux: `net.core.rmem_max`/`wmem_max`); the
     /// effective sizes are logged and exported as `greenroom_udp_socket_buffer_bytes`.
     pub socket_buffer_bytes: usize,
+    /// ICE over TCP (RFC 6544 passive candidates, RFC 4571 framing): the TCP port to listen on,
+    /// on the UDP socket's IP; `Some(0)` picks a free port; `None` (the default here) turns it
+    /// off. The server's configuration (`rtc.ice_tcp_port`) defaults to the UDP port's number.
+    pub ice_tcp_port: Option<u16>,
+    /// Limits of the ICE-TCP listener.
+    pub ice_tcp_limits: TcpLimits,
 }
 
 impl Default for SfuOptions {
@@ -109,6 +119,8 @@ impl Default for SfuOptions {
             shards: 0,
             parallel_fanout_min: 64,
             socket_buffer_bytes: 4 << 20,
+            ice_tcp_port: None,
+            ice_tcp_limits: TcpLimits::default(),
         }
     }
 }
@@ -171,9 +183,16 @@ pub enum SfuError {
     /// Binding the UDP socket failed.
     #[error("cannot bind UDP {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    /// Binding the ICE-TCP listener failed.
+    #[error("cannot bind ICE-TCP {0}: {1}")]
+    BindTcp(SocketAddr, std::io::Error),
     /// The SDP could not be parsed or negotiated.
     #[error("bad SDP: {0}")]
     Sdp(String),
+    /// A track listed in `publish` sits on an m-line the server rejected (port 0 in the
+    /// answer: none of its codecs is forwarded, or the client offered it stopped).
+    #[error("track on mid {0} rejected by the server (no codec it forwards)")]
+    TrackRejected(String),
     /// No such participant in the media plane.
     #[error("unknown participant {0}")]
     UnknownParticipant(String),
@@ -289,6 +308,8 @@ struct Inner {
     shards: Vec<Shard>,
     registry: Mutex<Registry>,
     demux: Arc<DemuxCounters>,
+    /// The ICE-TCP listener's address and connections (when on).
+    tcp: Option<(SocketAddr, tcp::Writers)>,
     stop: Arc<AtomicBool>,
 }
 
@@ -321,11 +342,26 @@ impl Sfu {
     /// [`Sfu::start`] with explicit engine options.
     pub async fn start_with(
         cfg: SfuConfig,
-        opts: SfuOptions,
+        mut opts: SfuOptions,
     ) -> Result<(Sfu, mpsc::UnboundedReceiver<SfuEvent>), SfuError> {
         let bind_err = |e| SfuError::Bind(cfg.bind, e);
         let socket = UdpSocket::bind(cfg.bind).map_err(bind_err)?;
         let local_addr = socket.local_addr().map_err(bind_err)?;
+        // ICE-TCP: bind first, so the shards learn the actual port for their candidates.
+        let tcp = match opts.ice_tcp_port {
+            Some(port) => {
+                let addr = SocketAddr::new(local_addr.ip(), port);
+                let listener = tcp::bind(addr)
+                    .await
+                    .map_err(|e| SfuError::BindTcp(addr, e))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|e| SfuError::BindTcp(addr, e))?;
+                opts.ice_tcp_port = Some(bound.port());
+                Some((listener, bound, tcp::Writers::default()))
+            }
+            None => None,
+        };
         let buffers = socket::size_buffers(&socket, opts.socket_buffer_bytes);
         let inode = socket::inode(&socket);
         let advertised = SocketAddr::new(cfg.advertise_ip, local_addr.port());
@@ -341,7 +377,13 @@ impl Sfu {
                 ShardSetup {
                     shard,
                     opts: opts.clone(),
-                    socket: Arc::new(socket.try_clone().map_err(bind_err)?),
+                    socket: match &tcp {
+                        Some((_, _, writers)) => Arc::new(tcp::MediaTransport {
+                            udp: socket.try_clone().map_err(bind_err)?,
+                            tcp: writers.clone(),
+                        }),
+                        None => Arc::new(socket.try_clone().map_err(bind_err)?),
+                    },
                     advertised,
                     input,
                     events: ev_tx.clone(),
@@ -359,6 +401,18 @@ impl Sfu {
         }
         let stop = Arc::new(AtomicBool::new(false));
         let demux = Arc::new(DemuxCounters::default());
+        let tcp = tcp.map(|(listener, bound, writers)| {
+            tcp::spawn(
+                listener,
+                shards.iter().map(|s| s.tx.clone()).collect(),
+                untagged.clone(),
+                writers.clone(),
+                opts.ice_tcp_limits,
+                demux.clone(),
+                stop.clone(),
+            );
+            (bound, writers)
+        });
         demux::spawn(
             socket,
             shards.iter().map(|s| s.tx.clone()).collect(),
@@ -378,6 +432,7 @@ impl Sfu {
             shards,
             registry: Mutex::new(registry),
             demux,
+            tcp,
             stop,
         };
         Ok((
@@ -452,6 +507,16 @@ impl Sfu {
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+
+    /// The ICE-TCP listener's bound address (`None`: ICE-TCP is off).
+    pub fn ice_tcp_addr(&self) -> Option<SocketAddr> {
+        self.inner.tcp.as_ref().map(|(a, _)| *a)
+    }
+
+    /// The ICE-TCP listener's counters (`None`: ICE-TCP is off).
+    pub fn ice_tcp_counters(&self) -> Option<Arc<TcpCounters>> {
+        self.inner.tcp.as_ref().map(|(_, w)| w.counters().clone())
     }
 
     /// Registers a joined participant with its gate.
@@ -639,6 +704,9 @@ impl Sfu {
     ///   integrity failure); `greenroom_udp_queue_dropped_total`: dropped on a full shard queue.
     /// * `greenroom_udp_socket_buffer_bytes{direction}`: effective socket buffers;
     ///   `greenroom_udp_receive_drops_total`: the kernel's drops on the socket (Linux).
+    /// * with ICE-TCP on: `greenroom_ice_tcp_{accepted,refused,bad_frames,idle_closed,
+    ///   frames_in,send_dropped}_total` and the gauge `greenroom_ice_tcp_connections` (see
+    ///   [`TcpCounters`]).
     /// * histograms `greenroom_rtt_seconds`, `greenroom_loss_ratio`, `greenroom_jitter_seconds`
     ///   `{direction="ingress"|"egress"}`, one sample per stream per [`STATS_INTERVAL`].
     ///
@@ -651,7 +719,11 @@ impl Sfu {
             buffers: self.inner.buffers,
             kernel_drops: self.inner.inode.and_then(socket::kernel_drops),
         };
-        metrics::render(&shards, udp)
+        let mut text = metrics::render(&shards, udp);
+        if let Some((_, writers)) = &self.inner.tcp {
+            writers.counters().render(&mut text);
+        }
+        text
     }
 
     /// Test hook (feature `fault-injection`): the shard's own loop panics, outside the

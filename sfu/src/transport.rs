@@ -9,6 +9,13 @@ use std::net::{SocketAddr, UdpSocket};
 pub(crate) trait Transport: Send + Sync {
     /// Sends one datagram to `dest`.
     fn send_to(&self, data: &[u8], dest: SocketAddr) -> io::Result<()>;
+
+    /// Sends one packet over the ICE-TCP connection from `dest` (see `tcp`); without ICE-TCP
+    /// there is none.
+    fn send_tcp(&self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
+        let _ = (data, dest);
+        Err(io::ErrorKind::Unsupported.into())
+    }
 }
 
 impl Transport for UdpSocket {
