@@ -9,6 +9,7 @@ mod ws_support;
 use std::sync::Arc;
 use std::time::Duration;
 
+use greenroom_control::call::Actor;
 use greenroom_control::config::Config;
 use greenroom_control::AppState;
 use greenroom_proto::Role;
@@ -203,6 +204,37 @@ async fn a_forged_or_other_users_token_fails_and_does_not_spend_the_session() {
     let m = resume(&mut b2, &t).await;
     assert_eq!(m["type"], "resumed", "{m}");
     assert_eq!(m["participant"]["participant_id"], pid.as_str());
+}
+
+#[tokio::test]
+async fn a_kick_while_parked_ends_the_session_at_once_and_the_resume_fails() {
+    let (state, url) = server_with(config(15)).await;
+    let mut a = connect(&state, &url, "alice", Role::Admin).await;
+    join(&mut a, "default:r5").await;
+    let mut b = connect(&state, &url, "bob", Role::User).await;
+    let joined = join(&mut b, "default:r5").await;
+    let pid = joined["participant"]["participant_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    drop(b);
+    parked(&state, 1).await;
+    let cid = "default:r5".parse().unwrap();
+    let admin = Actor::server("alice");
+    state
+        .with_call(&cid, |c| Ok(((), c.kick(&admin, "bob")?)))
+        .unwrap();
+    // Others see the kick's leave now, not after the grace period.
+    let (left, _) = wait_for(&mut a, "call.session_participant_left").await;
+    assert_eq!(left["participant"]["participant_id"], pid.as_str());
+    assert_eq!(left["reason"], "kicked");
+    let mut b2 = connect(&state, &url, "bob", Role::User).await;
+    let m = resume(&mut b2, &token(&joined)).await;
+    assert_eq!(m["type"], "error", "{m}");
+    assert_eq!(m["code"], "resume_failed");
+    assert_eq!(state.parked_count(), 0);
+    // Exactly one leave for bob: the failed resume did not announce another.
+    assert!(lefts(&drain(&mut a).await, &pid).is_empty());
 }
 
 #[tokio::test]
