@@ -428,6 +428,15 @@ export class Call extends Emitter {
     this._setupPeerConnections();
     this._watchLocalDevices();
     this._setSessionState('connected', 0);
+    // Closing the tab is a leave, not a dropped socket: the others see it at once instead of
+    // after the server's resume grace period.
+    if (typeof window !== 'undefined') {
+      const onPageHide = () => {
+        if (this.state === 'joined') this._send({ type: 'leave' });
+      };
+      window.addEventListener('pagehide', onPageHide);
+      this._cleanups.push(() => window.removeEventListener('pagehide', onPageHide));
+    }
     if (publish) {
       this._publishInitial().catch((e) => this._emitError(e));
     }
