@@ -851,7 +851,13 @@ export class Call extends Emitter {
             this._closeSocket();
             continue;
           }
-          await this._rejoin();
+          try {
+            await this._rejoin();
+          } catch (e2) {
+            // Joining afresh failed for good (blocked, call ended, ...): the call is over.
+            this._emitError(e2);
+            break;
+          }
         }
         this._reconnecting = false;
         this._setSessionState('connected', attempt);
