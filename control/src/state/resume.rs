@@ -174,7 +174,8 @@ impl AppState {
     /// A socket dropped out of its joined session: parks the session for the grace period and
     /// returns true (also when the session is no longer this socket's: nothing to do then).
     /// Returns false when it cannot be parked (no grace configured, the server is draining, or
-    /// the session is no longer in the call); the caller then leaves as before.
+    /// the session is no longer in the call); the caller then leaves as before. Spawns the
+    /// grace timer: call it inside the tokio runtime (the socket's task).
     pub fn park(self: &Arc<Self>, d: Dropped<'_>) -> bool {
         let grace = self.config.limits.resume_grace_secs;
         if grace == 0 || self.is_shutting_down() {
