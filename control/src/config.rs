@@ -247,6 +247,9 @@ pub struct LimitsConfig {
     pub ended_call_ttl_secs: u64,
     /// Seconds a call with nobody in it (never joined, or everyone left) stays in memory.
     pub empty_call_ttl_secs: u64,
+    /// Seconds a session whose signaling socket dropped (without `leave`) stays in its call,
+    /// waiting for a `resume`; then it leaves with reason `disconnected`. 0 = leave at once.
+    pub resume_grace_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -299,6 +302,7 @@ impl Default for LimitsConfig {
             subscriber_offer_timeout_ms: 5000,
             ended_call_ttl_secs: 300,
             empty_call_ttl_secs: 3600,
+            resume_grace_secs: 15,
         }
     }
 }

@@ -33,7 +33,11 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
-        let state = start_state(Config::default(), false).await.unwrap();
+        Server::start_with(Config::default()).await
+    }
+
+    async fn start_with(config: Config) -> Server {
+        let state = start_state(config, false).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = app(state.clone());
@@ -371,8 +375,11 @@ async fn very_large_message_closes_with_1009() {
 }
 
 #[tokio::test]
-async fn dropped_socket_leaves_the_call() {
-    let s = Server::start().await;
+async fn dropped_socket_leaves_the_call_without_a_resume_grace() {
+    // With a grace period the session waits for a `resume` first (tests/resume_ws.rs).
+    let mut config = Config::default();
+    config.limits.resume_grace_secs = 0;
+    let s = Server::start_with(config).await;
     let mut a = s.connect("a", Role::User).await;
     a.join("default:drop", true).await;
     let mut b = s.connect("b", Role::User).await;

@@ -97,6 +97,10 @@ pub(crate) enum Cmd {
     Leave {
         pid: String,
     },
+    /// Offer the subscriber peer again with new ICE credentials (a client's network changed).
+    RestartIce {
+        pid: String,
+    },
     #[cfg(feature = "fault-injection")]
     InjectPanic {
         pid: String,
@@ -387,6 +391,8 @@ struct SubState {
     pending: Option<SdpPendingOffer>,
     /// A change arrived while an offer was unanswered.
     again: bool,
+    /// The next offer restarts ICE.
+    restart_ice: bool,
 }
 
 struct Participant {
@@ -1225,6 +1231,12 @@ impl Engine {
                 let r = self.publish(&pid, &sdp, tracks, now);
                 let _ = reply.send(r);
             }
+            Cmd::RestartIce { pid } => {
+                if let Some(p) = self.parts.get_mut(&pid) {
+                    p.sub.restart_ice = true;
+                }
+                self.renegotiate(&pid, now);
+            }
             Cmd::SubscriberAnswer { pid, sdp, reply } => {
                 let r = self.subscriber_answer(&pid, &sdp, now);
                 let _ = reply.send(r);
@@ -1529,8 +1541,12 @@ impl Engine {
             return;
         };
         let producers = &self.producers;
+        let restart_ice = std::mem::take(&mut part.sub.restart_ice);
         let res = catch_unwind(AssertUnwindSafe(|| {
             let mut api = peer.rtc.sdp_api();
+            if restart_ice {
+                api.ice_restart(true);
+            }
             for t in &mut part.sub.tracks {
                 if t.state != SubTrackState::Stopping && producers.get(t.producer).is_none() {
                     api.stop_media(t.mid);
@@ -1608,6 +1624,28 @@ impl Engine {
         });
     }
 
+    /// Routes a peer's STUN by its local ufrag after an ICE restart changed it (the new one
+    /// lacks the shard tag, so it goes into the shared untagged map too).
+    fn route_new_local_ufrag(&mut self, key: Key) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
+        if ufrag == peer.ufrag {
+            return;
+        }
+        self.routes.set_ufrag(key, Some(&peer.ufrag), &ufrag);
+        peer.ufrag = ufrag.clone();
+        if shard_of_ufrag(&ufrag) != Some(self.shard) {
+            let mut map = self.untagged.write();
+            if let Some(old) = peer.untagged_ufrag.take() {
+                map.remove(&old);
+            }
+            map.insert(ufrag.clone(), self.shard);
+            peer.untagged_ufrag = Some(ufrag);
+        }
+    }
+
     fn subscriber_answer(&mut self, pid: &str, sdp: &str, now: Instant) -> Result<(), SfuError> {
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SfuError::Sdp(e.to_string()))?;
         let part = self
@@ -1648,6 +1686,11 @@ impl Engine {
         part.sub
             .tracks
             .retain(|t| t.state != SubTrackState::Stopping);
+        // An answer to an ICE-restart offer switched the peer to new local credentials.
+        self.route_new_local_ufrag(sub_key);
+        let Some(part) = self.parts.get_mut(pid) else {
+            return Ok(());
+        };
         let mut opened = Vec::new();
         for t in &mut part.sub.tracks {
             if t.state == SubTrackState::Negotiating {

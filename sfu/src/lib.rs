@@ -746,6 +746,18 @@ impl Sfu {
         );
     }
 
+    /// Restarts ICE on a participant's subscriber peer: a new `SubscriberOffer` with new ICE
+    /// credentials follows (after any offer still pending is answered); tracks and forwarding
+    /// are kept. The publisher peer restarts with the client's own offer (`publish`).
+    pub fn restart_subscriber_ice(&self, participant_id: &str) {
+        let _ = self.send(
+            participant_id,
+            Cmd::RestartIce {
+                pid: participant_id.to_owned(),
+            },
+        );
+    }
+
     /// Tears down a participant's media at once and re-offers to the others.
     pub fn leave(&self, participant_id: &str) {
         let Some(shard) = self.inner.registry.lock().remove(participant_id) else {
