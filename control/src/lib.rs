@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod call;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod extract;
