@@ -242,6 +242,14 @@ async fn serve(config: Config, args: ServeArgs) -> Result<()> {
     let state = greenroom_control::start_state(config, true)
         .await
         .context("starting the media plane")?;
+    let cluster = if state.config.cluster.is_some() {
+        let c = greenroom_control::cluster::Cluster::start(&state)
+            .await
+            .context("joining the cluster (Redis)")?;
+        Some(c)
+    } else {
+        None
+    };
     let udp = state.sfu.as_ref().map(|s| s.local_addr());
     let app = greenroom_control::app(state.clone());
     let listener = tokio::net::TcpListener::bind(http_addr)
@@ -268,6 +276,10 @@ async fn serve(config: Config, args: ServeArgs) -> Result<()> {
         "shutting down: draining connections"
     );
     state.begin_shutdown(drain.as_millis() as u64);
+    //    In cluster mode the node is marked draining: no new call is placed here.
+    if let Some(c) = &cluster {
+        c.drain(&state).await;
+    }
     // 2. Wait for the clients to leave, at most the drain time.
     let deadline = tokio::time::Instant::now() + drain;
     while state.session_count() > 0 && tokio::time::Instant::now() < deadline {
@@ -292,6 +304,9 @@ async fn serve(config: Config, args: ServeArgs) -> Result<()> {
     }
     if let Err(e) = server.await {
         tracing::warn!("HTTP server task: {e}");
+    }
+    if let Some(c) = &cluster {
+        c.deregister().await;
     }
     tracing::info!("drained, exiting");
     Ok(())

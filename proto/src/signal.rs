@@ -50,6 +50,9 @@ pub enum ErrorCode {
     RateLimited,
     /// The user holds as many signaling sockets as allowed (HTTP 429 before the upgrade).
     TooManyConnections,
+    /// Cluster mode: the call cannot be placed or reached now (Redis or its home node is
+    /// unreachable, or no node takes new calls); HTTP 503. Retry later.
+    ClusterUnavailable,
     /// An unexpected server error.
     Internal,
 }

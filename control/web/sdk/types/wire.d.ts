@@ -36,7 +36,7 @@ export type CallCid = string;
 /**
  * A machine-readable error code, used in HTTP error bodies and in `error` messages.
  */
-export type ErrorCode = "invalid_json" | "bad_request" | "unauthorized" | "token_expired" | "unknown_key" | "missing_capability" | "wrong_call" | "not_found" | "blocked" | "call_ended" | "backstage" | "not_joined" | "already_joined" | "not_requestable" | "too_large" | "unknown_message" | "media_error" | "shutting_down" | "rate_limited" | "too_many_connections" | "internal";
+export type ErrorCode = "invalid_json" | "bad_request" | "unauthorized" | "token_expired" | "unknown_key" | "missing_capability" | "wrong_call" | "not_found" | "blocked" | "call_ended" | "backstage" | "not_joined" | "already_joined" | "not_requestable" | "too_large" | "unknown_message" | "media_error" | "shutting_down" | "rate_limited" | "too_many_connections" | "cluster_unavailable" | "internal";
 
 /**
  * The JSON body of every HTTP error and the payload of an `error` message.
