@@ -7,8 +7,8 @@
 //!    short names kept for compatibility ([`ENV_ALIASES`], e.g. `GREENROOM_HTTP_ADDR`);
 //! 4. command-line flags ([`Overrides`]: the binary's named flags and `--set key=value`).
 //!
-//! Values are parsed like TOML scalars (`42`, `true`, `[1, 2]`, else a string). Every error names
-//! the key and where its value came from ([`ConfigError::Value`]).
+//! A variable's value is converted to its key's type (`42`, `true`, an address, a path; `[a, b]`
+//! for lists). Every error names the key and where its value came from ([`ConfigError::Value`]).
 
 use std::path::{Path, PathBuf};
 
@@ -126,12 +126,13 @@ impl Provider for Single {
     }
 }
 
-/// Reads a value the way figment reads environment variables (TOML-like scalars and arrays).
+/// Reads a variable's or `--set` value: `[..]` and `{..}` are parsed as arrays and tables,
+/// anything else stays a string that the extraction converts to the key's type (`"30"` for a
+/// number, `"true"` for a flag), so a secret or node id made of digits stays a string.
 fn parse_value(text: &str) -> Value {
     match text.parse::<Value>() {
-        Ok(v) => v,
-        // Parsing a value is infallible in figment (anything else is a string).
-        Err(_) => Value::from(text.to_owned()),
+        Ok(v @ (Value::Array(..) | Value::Dict(..))) => v,
+        _ => Value::from(text.to_owned()),
     }
 }
 
@@ -253,7 +254,7 @@ impl Config {
                 value: value.clone(),
             });
         }
-        let c: Config = fig.extract().map_err(to_config_error)?;
+        let c: Config = fig.extract_lossy().map_err(to_config_error)?;
         c.validate()?;
         Ok(c)
     }
@@ -354,6 +355,22 @@ mod tests {
         assert_eq!(c.limits.signal_burst, 9);
         assert_eq!(c.server.drain_secs, 6, "the rule wins over the alias");
         assert_eq!(c.webhooks.urls, vec!["http://a/x", "http://b/y"]);
+        // Digits stay a string where the key is one (a secret, a node id).
+        let c = Config::load_from(
+            None,
+            env(&[
+                ("GREENROOM_API_SECRET", "123456"),
+                ("GREENROOM_CLUSTER__NODE_ID", "7"),
+                ("GREENROOM_RTC__SHARDS", "2"),
+                ("GREENROOM_WEBHOOKS__URLS", "[\"http://h/1\"]"),
+            ]),
+            &none,
+        )
+        .unwrap();
+        assert_eq!(c.keys.api_secret, "123456");
+        assert_eq!(c.cluster.unwrap().node_id, "7");
+        assert_eq!(c.rtc.shards, 2);
+        assert_eq!(c.webhooks.urls, vec!["http://h/1"]);
         let mut flags = Overrides::new();
         flags.set("--drain-secs", "server.drain_secs", &11u64);
         flags.parse_set("limits.idle_ws_secs=12").unwrap();
