@@ -8,7 +8,7 @@ mod cluster_support;
 
 use std::time::Duration;
 
-use cluster_support::{node, prefix, Redis, WAIT};
+use cluster_support::{node, node_with, prefix, Redis, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use greenroom_control::cluster::{Cluster, Route};
 use greenroom_proto::{CallCid, CallType, Role};
@@ -359,4 +359,96 @@ async fn a_client_of_another_node_joins_and_gets_a_revoke_sent_there() {
     drop(listener);
     let left = wait_for(&mut host, "call.session_participant_left").await;
     assert_eq!(left["participant"]["user_id"], "listener");
+}
+
+fn packets(bot: &greenroom_loadtest::Bot, track: &str) -> u64 {
+    bot.received().get(track).map(|t| t.packets).unwrap_or(0)
+}
+
+async fn received_more(bot: &greenroom_loadtest::Bot, track: &str, n: u64) -> u64 {
+    let s = bot
+        .wait_for_received(WAIT, |s| s.get(track).is_some_and(|t| t.packets > n))
+        .await
+        .unwrap_or_else(|e| panic!("no packets on {track} beyond {n}: {e}"));
+    s[track].packets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_flows_for_clients_of_a_non_home_node_and_a_revoke_there_stops_it() {
+    use greenroom_loadtest::{Bot, BotConfig};
+    use greenroom_proto::TrackSource;
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let p = prefix("media");
+    let n1 = node_with(&redis, "media-1", &p, true).await;
+    let n2 = node_with(&redis, "media-2", &p, true).await;
+    let cid = "default:spanning-media";
+    let parsed: CallCid = cid.parse().unwrap();
+    let (home, entry) = match n1.cluster.route(&n1.state, &parsed).await.unwrap() {
+        Route::Local => (&n1, &n2),
+        Route::Remote(_) => (&n2, &n1),
+    };
+    let bot = |n: &cluster_support::Node, user: &str| {
+        let token = n
+            .state
+            .auth
+            .mint(user, None, Some(Role::User), false, 600)
+            .unwrap();
+        Bot::connect(BotConfig::new(n.http(), token))
+    };
+    // The publisher and one subscriber reach the call through the entry node, one subscriber
+    // through its home.
+    let alice = bot(entry, "alice").await.unwrap();
+    let bob = bot(entry, "bob").await.unwrap();
+    let carol = bot(home, "carol").await.unwrap();
+    let a = alice.join(cid, true).await.unwrap();
+    bob.join(cid, false).await.unwrap();
+    carol.join(cid, false).await.unwrap();
+    assert_eq!(
+        home.state.session_count(),
+        3,
+        "every session lives at the home"
+    );
+    alice
+        .publish(&[TrackSource::Microphone, TrackSource::Camera])
+        .await
+        .unwrap();
+    let pid = a.participant.participant_id;
+    let (mic, cam) = (format!("{pid}:microphone"), format!("{pid}:camera"));
+    for sub in [&bob, &carol] {
+        received_more(sub, &mic, 25).await;
+        received_more(sub, &cam, 10).await;
+    }
+
+    // A revoke sent to the entry node's API: the publisher is told to stop, video stops for
+    // every subscriber while audio flows on.
+    let from = alice.cursor();
+    let admin_token = entry
+        .state
+        .auth
+        .mint("backend", None, None, true, 600)
+        .unwrap();
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/calls/default/spanning-media/user_permissions",
+            entry.http()
+        ))
+        .bearer_auth(admin_token)
+        .json(&json!({"user_id": "alice", "revoke_permissions": ["send-video"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (sources, _) = alice.wait_for_stop_publishing(from, WAIT).await.unwrap();
+    assert_eq!(sources, vec![TrackSource::Camera]);
+    bob.wait_for_event(0, "call.user_muted", WAIT)
+        .await
+        .unwrap();
+    // Let in-flight packets land, then video stays frozen while audio goes on.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let frozen = packets(&bob, &cam);
+    let audio = packets(&bob, &mic);
+    received_more(&bob, &mic, audio + 25).await;
+    assert_eq!(packets(&bob, &cam), frozen, "video leaked after the revoke");
 }

@@ -150,8 +150,13 @@ pub fn cluster_config(redis: &Redis, node_id: &str, prefix: &str) -> ClusterConf
     }
 }
 
-/// Starts a node in cluster mode.
+/// Starts a node in cluster mode (no media plane).
 pub async fn node(redis: &Redis, node_id: &str, prefix: &str) -> Node {
+    node_with(redis, node_id, prefix, false).await
+}
+
+/// Starts a node in cluster mode, with its media plane on an ephemeral UDP port when `media`.
+pub async fn node_with(redis: &Redis, node_id: &str, prefix: &str, media: bool) -> Node {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut config = Config::default();
@@ -159,7 +164,8 @@ pub async fn node(redis: &Redis, node_id: &str, prefix: &str) -> Node {
     c.advertise_url = format!("http://{addr}");
     config.cluster = Some(c);
     config.server.http_addr = addr;
-    let state = start_state(config, false).await.unwrap();
+    config.rtc.udp_addr = "127.0.0.1:0".parse().unwrap();
+    let state = start_state(config, media).await.unwrap();
     let cluster = Cluster::start(&state).await.unwrap();
     let router = app(state.clone());
     let server = tokio::spawn(async move {
