@@ -599,7 +599,8 @@ impl Conn {
             } => {
                 let relay = crate::cluster::relay::join_elsewhere(
                     &self.state,
-                    self.relayed || self.joined.is_some(),
+                    self.relayed,
+                    self.joined.is_some(),
                     crate::cluster::relay::JoinRequest {
                         claims: &self.claims,
                         device_id: &self.device_id,

@@ -71,9 +71,11 @@ async fn forward(
         .map(|p| p.as_str())
         .unwrap_or("/");
     let limit = state.config.limits.max_body_bytes;
-    let body = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|e| ClusterError::Unavailable(format!("reading the request body: {e}")))?;
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        // Over the limit, or the client went away: answered as the home would (413).
+        Err(_) => return Ok(ApiError::TooLarge.into_response()),
+    };
     let method = reqwest::Method::from_bytes(parts.method.as_str().as_bytes())
         .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
     let mut out = http

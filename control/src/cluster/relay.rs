@@ -36,10 +36,15 @@ impl Drop for Relay {
     fn drop(&mut self) {
         // The task sends a close frame when the channel ends; abort only if it is stuck.
         let task = self.task.abort_handle();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            task.abort();
-        });
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    task.abort();
+                });
+            }
+            Err(_) => task.abort(),
+        }
     }
 }
 
@@ -70,24 +75,33 @@ pub struct JoinRequest<'a> {
 }
 
 /// Cluster mode: when the call of a `join` is homed on another node, relays this socket there
-/// and returns the relay; `None` when the join is served here (cluster mode off, a relayed
-/// socket, or a local call). Fails with `cluster_unavailable` when the call cannot be placed
-/// or its home cannot be reached.
+/// and returns the relay; `None` when the join is served here (cluster mode off, a local call,
+/// or a socket that already joined: the local join refuses it). Fails with `cluster_unavailable`
+/// when the call cannot be placed or its home cannot be reached, and for a socket a peer relayed
+/// here (`relayed`) whose call is homed elsewhere (a second hop is never made: the client
+/// reconnects).
 pub async fn join_elsewhere(
     state: &Arc<AppState>,
     relayed: bool,
+    joined: bool,
     req: JoinRequest<'_>,
     outbox: &Outbox,
 ) -> Result<Option<Relay>, ApiError> {
     let Some(cluster) = state.cluster.get().cloned() else {
         return Ok(None);
     };
-    if relayed || state.is_shutting_down() || !req.claims.allows_call(req.call_cid) {
+    if joined || state.is_shutting_down() || !req.claims.allows_call(req.call_cid) {
         // The local join answers these (served here, `shutting_down`, `wrong_call`).
         return Ok(None);
     }
     let home = match cluster.route(state, req.call_cid).await? {
         Route::Local => return Ok(None),
+        Route::Remote(_) if relayed => {
+            return Err(ClusterError::Unavailable(
+                "the call is homed on another node: reconnect and join again".into(),
+            )
+            .into())
+        }
         Route::Remote(home) => home,
     };
     let relay = open(state, &home, &req, outbox.clone()).await?;
