@@ -452,3 +452,63 @@ async fn media_flows_for_clients_of_a_non_home_node_and_a_revoke_there_stops_it(
     received_more(&bob, &mic, audio + 25).await;
     assert_eq!(packets(&bob, &cam), frozen, "video leaked after the revoke");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_request_or_socket_for_a_call_homed_elsewhere_is_refused_not_served() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let p = prefix("hop");
+    let n1 = node(&redis, "hop-1", &p).await;
+    let n2 = node(&redis, "hop-2", &p).await;
+    let cid = CallCid::new(CallType::Default, "hopped").unwrap();
+    let (home, other) = match n1.cluster.route(&n1.state, &cid).await.unwrap() {
+        Route::Local => (&n1, &n2),
+        Route::Remote(_) => (&n2, &n1),
+    };
+    let token = other
+        .state
+        .auth
+        .mint("host", None, Some(Role::Host), false, 600)
+        .unwrap();
+    // HTTP with the hop header at the wrong node: 503, and no call created there.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/calls/default/hopped", other.http()))
+        .bearer_auth(&token)
+        .header(greenroom_control::cluster::HOP_HEADER, "1")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "cluster_unavailable");
+    assert!(other.state.read_call(&cid, |_| ()).is_err());
+    // A relayed socket joining there: an error, not a local join.
+    let mut req = format!("{}?token={token}", other.ws())
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert(greenroom_control::cluster::HOP_HEADER, "1".parse().unwrap());
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    send(
+        &mut ws,
+        json!({"type": "join", "call_cid": "default:hopped", "create": true}),
+    )
+    .await;
+    let e = wait_for(&mut ws, "error").await;
+    assert_eq!(e["code"], "cluster_unavailable", "{e}");
+    assert!(other.state.read_call(&cid, |_| ()).is_err());
+    assert_eq!(other.state.session_count(), 0);
+    // Without the header, the same request is forwarded and served at home.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/calls/default/hopped", other.http()))
+        .bearer_auth(&token)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(home.state.read_call(&cid, |_| ()).is_ok());
+}

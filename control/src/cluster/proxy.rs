@@ -1,7 +1,9 @@
 //! HTTP requests for a call homed on another node: the receiving node forwards the request
 //! (method, path, query, body, `Authorization`, `Content-Type`, `X-Request-Id`) to the home's
-//! `advertise_url` with [`HOP_HEADER`] and returns its answer unchanged. The home serves a
-//! request carrying the hop header locally, so a request never travels more than one hop.
+//! `advertise_url` with [`HOP_HEADER`] and returns its answer unchanged. A request carrying the
+//! hop header is served where it arrives when the call is homed there, and refused (503
+//! `cluster_unavailable`) otherwise: a request never travels more than one hop, and a client
+//! sending the header cannot make a second copy of a call.
 
 use std::sync::Arc;
 
@@ -41,14 +43,20 @@ pub async fn forward_to_home(
     let Some(cluster) = state.cluster.get().cloned() else {
         return next.run(req).await;
     };
-    if req.headers().contains_key(HOP_HEADER) {
-        return next.run(req).await;
-    }
     let Some(cid) = call_of_path(req.uri().path()) else {
         return next.run(req).await;
     };
+    let hop = req.headers().contains_key(HOP_HEADER);
     let home = match cluster.route(&state, &cid).await {
         Ok(Route::Local) => return next.run(req).await,
+        // Forwarded here, but the call is homed elsewhere (it moved, or the header was sent
+        // by a client): never a second hop, never a second copy of the call.
+        Ok(Route::Remote(_)) if hop => {
+            return ApiError::from(ClusterError::Unavailable(
+                "the call is homed on another node".into(),
+            ))
+            .into_response()
+        }
         Ok(Route::Remote(home)) => home,
         Err(e) => return ApiError::from(e).into_response(),
     };
