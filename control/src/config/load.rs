@@ -386,6 +386,24 @@ mod tests {
     }
 
     #[test]
+    fn a_keys_list_in_the_file_replaces_the_default_table() {
+        let dir = std::env::temp_dir().join(format!("gr-cfg-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("k.toml");
+        std::fs::write(
+            &file,
+            "[[keys]]\napi_key = \"new\"\napi_secret = \"s2\"\n\
+             [[keys]]\napi_key = \"old\"\napi_secret = \"s1\"\n",
+        )
+        .unwrap();
+        let c = Config::load_from(Some(&file), env(&[]), &Overrides::new()).unwrap();
+        assert_eq!(c.keys.api_key, "new");
+        assert_eq!(c.keys.verify_only.len(), 1);
+        assert_eq!(c.keys.verify_only[0].api_key, "old");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
     fn errors_name_the_key_and_the_source() {
         let none = Overrides::new();
         let e = Config::load_from(
