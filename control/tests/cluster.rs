@@ -374,21 +374,37 @@ async fn received_more(bot: &greenroom_loadtest::Bot, track: &str, n: u64) -> u6
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn media_flows_for_clients_of_a_non_home_node_and_a_revoke_there_stops_it() {
+async fn media_flows_for_clients_of_non_home_nodes_and_a_revoke_there_stops_it() {
     use greenroom_loadtest::{Bot, BotConfig};
     use greenroom_proto::TrackSource;
     let Some(redis) = Redis::start().await else {
         return;
     };
     let p = prefix("media");
-    let n1 = node_with(&redis, "media-1", &p, true).await;
-    let n2 = node_with(&redis, "media-2", &p, true).await;
+    let nodes3 = [
+        node_with(&redis, "media-1", &p, true).await,
+        node_with(&redis, "media-2", &p, true).await,
+        node_with(&redis, "media-3", &p, true).await,
+    ];
+    let listed = nodes(&nodes3[0]).await;
+    assert_eq!(listed["nodes"].as_array().unwrap().len(), 3, "{listed}");
     let cid = "default:spanning-media";
     let parsed: CallCid = cid.parse().unwrap();
-    let (home, entry) = match n1.cluster.route(&n1.state, &parsed).await.unwrap() {
-        Route::Local => (&n1, &n2),
-        Route::Remote(_) => (&n2, &n1),
+    let home_id = match nodes3[0]
+        .cluster
+        .route(&nodes3[0].state, &parsed)
+        .await
+        .unwrap()
+    {
+        Route::Local => "media-1".to_owned(),
+        Route::Remote(h) => h.node_id,
     };
+    let home = nodes3
+        .iter()
+        .find(|n| n.cluster.node_id() == home_id)
+        .unwrap();
+    let mut others = nodes3.iter().filter(|n| n.cluster.node_id() != home_id);
+    let (entry, third) = (others.next().unwrap(), others.next().unwrap());
     let bot = |n: &cluster_support::Node, user: &str| {
         let token = n
             .state
@@ -397,17 +413,19 @@ async fn media_flows_for_clients_of_a_non_home_node_and_a_revoke_there_stops_it(
             .unwrap();
         Bot::connect(BotConfig::new(n.http(), token))
     };
-    // The publisher and one subscriber reach the call through the entry node, one subscriber
-    // through its home.
+    // The publisher and one subscriber reach the call through one non-home node, one
+    // subscriber through the other non-home node, one through the home.
     let alice = bot(entry, "alice").await.unwrap();
     let bob = bot(entry, "bob").await.unwrap();
+    let dave = bot(third, "dave").await.unwrap();
     let carol = bot(home, "carol").await.unwrap();
     let a = alice.join(cid, true).await.unwrap();
     bob.join(cid, false).await.unwrap();
+    dave.join(cid, false).await.unwrap();
     carol.join(cid, false).await.unwrap();
     assert_eq!(
         home.state.session_count(),
-        3,
+        4,
         "every session lives at the home"
     );
     alice
@@ -416,7 +434,7 @@ async fn media_flows_for_clients_of_a_non_home_node_and_a_revoke_there_stops_it(
         .unwrap();
     let pid = a.participant.participant_id;
     let (mic, cam) = (format!("{pid}:microphone"), format!("{pid}:camera"));
-    for sub in [&bob, &carol] {
+    for sub in [&bob, &carol, &dave] {
         received_more(sub, &mic, 25).await;
         received_more(sub, &cam, 10).await;
     }
@@ -447,10 +465,14 @@ async fn media_flows_for_clients_of_a_non_home_node_and_a_revoke_there_stops_it(
         .unwrap();
     // Let in-flight packets land, then video stays frozen while audio goes on.
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let frozen = packets(&bob, &cam);
-    let audio = packets(&bob, &mic);
-    received_more(&bob, &mic, audio + 25).await;
-    assert_eq!(packets(&bob, &cam), frozen, "video leaked after the revoke");
+    let frozen = [packets(&bob, &cam), packets(&dave, &cam)];
+    let audio = packets(&dave, &mic);
+    received_more(&dave, &mic, audio + 25).await;
+    assert_eq!(
+        [packets(&bob, &cam), packets(&dave, &cam)],
+        frozen,
+        "video leaked after the revoke"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
