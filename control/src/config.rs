@@ -1,15 +1,19 @@
-//! Configuration: embedded defaults, then a TOML file, then `GREENROOM_*` environment variables,
-//! then command-line flags (applied by the binary). Unknown keys in the file are an error that
-//! names the key.
+//! Configuration: embedded defaults, then a TOML file, then `GREENROOM_SECTION__KEY` environment
+//! variables, then command-line flags; the layering is in [`load`](self::load). Unknown keys are
+//! an error that names the key and its source.
+
+mod load;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use greenroom_proto::CallType;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::CallTypeOverride;
+
+pub use load::{env_in_use, env_key, Overrides, ENV_ALIASES, ENV_PREFIX, ENV_SEPARATOR};
 
 /// The development API key used when none is configured.
 pub const DEV_API_KEY: &str = "devkey";
@@ -30,9 +34,16 @@ pub enum ConfigError {
         /// What is wrong, naming the key.
         message: String,
     },
-    /// An environment variable has a bad value.
-    #[error("environment variable {0}: {1}")]
-    Env(&'static str, String),
+    /// A value (from the file, a variable or a flag) is wrong: names the key and its source.
+    #[error("{origin}: key `{key}`: {message}")]
+    Value {
+        /// The dotted key, e.g. `limits.idle_ws_secs`.
+        key: String,
+        /// Where the value came from: the file, `environment variable NAME` or `flag --x`.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Values that do not fit together.
     #[error("invalid configuration: {0}")]
     Invalid(String),
@@ -54,6 +65,9 @@ pub struct Config {
     pub call_types: BTreeMap<CallType, CallTypeOverride>,
     /// Webhook receivers.
     pub webhooks: crate::webhook::WebhookConfig,
+    /// Cluster mode on Redis; absent = one process with no external service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
 }
 
 /// HTTP and WebSocket settings.
@@ -307,100 +321,7 @@ impl Default for LimitsConfig {
     }
 }
 
-fn env_parse<T: std::str::FromStr>(
-    name: &'static str,
-    get: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<T>, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    match get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .parse::<T>()
-            .map(Some)
-            .map_err(|e| ConfigError::Env(name, format!("`{v}`: {e}"))),
-    }
-}
-
 impl Config {
-    /// Parses a TOML document.
-    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
-    }
-
-    /// Reads a TOML file.
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
-        Config::from_toml(path, &text)
-    }
-
-    /// Loads the file (when given) and applies the process environment.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut c = match path {
-            Some(p) => Config::from_file(p)?,
-            None => Config::default(),
-        };
-        c.apply_env(&|k| std::env::var(k).ok())?;
-        c.validate()?;
-        Ok(c)
-    }
-
-    /// Applies `GREENROOM_*` variables read through `get`.
-    pub fn apply_env(&mut self, get: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        if let Some(v) = env_parse("GREENROOM_HTTP_ADDR", get)? {
-            self.server.http_addr = v;
-        }
-        if let Some(v) = env_parse::<PathBuf>("GREENROOM_WEB_ROOT", get)? {
-            self.server.web_root = Some(v);
-        }
-        if let Some(v) = env_parse("GREENROOM_UDP_ADDR", get)? {
-            self.rtc.udp_addr = v;
-        }
-        if let Some(v) = env_parse("GREENROOM_NODE_IP", get)? {
-            self.rtc.node_ip = v;
-        }
-        if let Some(v) = env_parse("GREENROOM_RTC_SHARDS", get)? {
-            self.rtc.shards = v;
-        }
-        if let Some(v) = env_parse("GREENROOM_RTC_PARALLEL_FANOUT_MIN", get)? {
-            self.rtc.parallel_fanout_min = v;
-        }
-        if let Some(v) = env_parse("GREENROOM_RTC_SOCKET_BUFFER_BYTES", get)? {
-            self.rtc.socket_buffer_bytes = v;
-        }
-        if let Some(v) = get("GREENROOM_API_KEY") {
-            self.keys.api_key = v;
-        }
-        if let Some(v) = get("GREENROOM_API_SECRET") {
-            self.keys.api_secret = v;
-        }
-        if let Some(v) = env_parse("GREENROOM_DRAIN_SECS", get)? {
-            self.server.drain_secs = v;
-        }
-        if let Some(v) = get("GREENROOM_DATA_DIR") {
-            self.server.data_dir = PathBuf::from(v);
-        }
-        if let Some(v) = get("GREENROOM_WEBHOOK_URLS") {
-            self.webhooks.urls = v
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect();
-        }
-        if let Some(v) = get("GREENROOM_WEBHOOK_SECRET") {
-            self.webhooks.secret = v;
-        }
-        if let Some(v) = env_parse("GREENROOM_MAX_MESSAGE_BYTES", get)? {
-            self.limits.max_message_bytes = v;
-        }
-        Ok(())
-    }
-
     /// Checks values that parse but do not make sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let keys = self.keys.all();
@@ -444,15 +365,63 @@ impl Config {
         Ok(())
     }
 
+    /// The configuration as TOML with every set secret replaced by `"<redacted>"`: keys named like
+    /// `*secret*`, `*password*` or `*token*`, and the password of URLs (`redis://:pw@host`).
+    pub fn to_redacted_toml(&self) -> Result<String, toml::ser::Error> {
+        let mut v = toml::Value::try_from(self)?;
+        redact(&mut v, false);
+        toml::to_string_pretty(&v)
+    }
+
     /// Whether the development secret is in use (the server warns at start-up).
     pub fn uses_dev_secret(&self) -> bool {
         self.keys.api_secret == DEV_API_SECRET
     }
 }
 
+/// The placeholder `config check` prints instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+fn redact(v: &mut toml::Value, secret: bool) {
+    match v {
+        toml::Value::String(s) => {
+            if secret && !s.is_empty() {
+                *s = REDACTED.to_owned();
+            } else if let Some(clean) = redact_url(s) {
+                *s = clean;
+            }
+        }
+        toml::Value::Array(a) => a.iter_mut().for_each(|x| redact(x, secret)),
+        toml::Value::Table(t) => {
+            for (k, x) in t.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                let s = secret
+                    || ["secret", "password", "token"]
+                        .iter()
+                        .any(|w| k.contains(w));
+                redact(x, s);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `scheme://user:password@host...` with the password replaced, or `None`.
+fn redact_url(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let at = rest.find('@')?;
+    let (userinfo, host) = rest.split_at(at);
+    if userinfo.contains('/') {
+        return None;
+    }
+    let (user, _) = userinfo.split_once(':')?;
+    Some(format!("{scheme}://{user}:{REDACTED}{host}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn unknown_key_is_named() {
@@ -462,31 +431,19 @@ mod tests {
     }
 
     #[test]
-    fn env_overrides_file() {
-        let mut c = Config::from_toml(
-            Path::new("x.toml"),
-            "[server]\nhttp_addr = \"127.0.0.1:9000\"\n[rtc]\nnode_ip = \"10.0.0.1\"\n",
-        )
-        .unwrap();
-        assert_eq!(c.server.http_addr.port(), 9000);
-        c.apply_env(&|k| (k == "GREENROOM_HTTP_ADDR").then(|| "127.0.0.1:9100".to_owned()))
-            .unwrap();
-        assert_eq!(c.server.http_addr.port(), 9100);
-        assert_eq!(c.rtc.node_ip.to_string(), "10.0.0.1");
-        let bad = c.apply_env(&|k| (k == "GREENROOM_UDP_ADDR").then(|| "nope".to_owned()));
-        assert!(bad.unwrap_err().to_string().contains("GREENROOM_UDP_ADDR"));
-        assert_eq!(c.rtc.shards, 0, "one shard per core by default");
-        c.apply_env(&|k| (k == "GREENROOM_RTC_SHARDS").then(|| "3".to_owned()))
-            .unwrap();
-        assert_eq!(c.rtc.shards, 3);
-        c.apply_env(&|k| (k == "GREENROOM_RTC_PARALLEL_FANOUT_MIN").then(|| "0".to_owned()))
-            .unwrap();
-        assert_eq!(c.rtc.parallel_fanout_min, 0);
-        let bad = c.apply_env(&|k| (k == "GREENROOM_RTC_SHARDS").then(|| "-1".to_owned()));
-        assert!(bad
-            .unwrap_err()
-            .to_string()
-            .contains("GREENROOM_RTC_SHARDS"));
+    fn secrets_are_redacted() {
+        let mut c = Config::default();
+        c.webhooks.secret = "hook-secret".into();
+        c.cluster = Some(crate::cluster::ClusterConfig {
+            redis_url: "redis://:pw123@redis:6379/0".into(),
+            ..Default::default()
+        });
+        let text = c.to_redacted_toml().unwrap();
+        assert!(!text.contains(DEV_API_SECRET), "{text}");
+        assert!(!text.contains("hook-secret"), "{text}");
+        assert!(!text.contains("pw123"), "{text}");
+        assert!(text.contains("redis://:<redacted>@redis:6379/0"), "{text}");
+        assert!(text.contains(DEV_API_KEY), "the key name is not a secret");
     }
 
     #[test]

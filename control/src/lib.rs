@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod call;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -43,6 +44,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .unwrap_or_else(default_web_root);
     let limit = state.config.limits.max_body_bytes;
     api::routes()
+        // Cluster mode: requests for a call homed on another node go there (a no-op otherwise).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cluster::proxy::forward_to_home,
+        ))
         .route("/v1/signal", get(signal::signal))
         .route("/metrics", get(metrics::handler))
         .layer(DefaultBodyLimit::max(limit))

@@ -84,6 +84,8 @@ pub async fn signal(
     };
     // Reserved before the upgrade; a failed upgrade drops the closure and with it the slot.
     let slot = state.open_socket(&claims.sub)?;
+    // Cluster mode: a socket a peer node relays here is served here, never relayed on.
+    let relayed = headers.contains_key(crate::cluster::HOP_HEADER);
     let limit = state.config.limits.max_message_bytes;
     // The hard cap is above our limit so an oversized message is seen and answered with 1009.
     Ok(ws
@@ -101,7 +103,10 @@ pub async fn signal(
                 call = tracing::field::Empty,
                 participant = tracing::field::Empty
             );
-            tracing::Instrument::instrument(run(state, claims, device_id, slot, socket), span)
+            tracing::Instrument::instrument(
+                run(state, claims, device_id, slot, socket, relayed),
+                span,
+            )
         }))
 }
 
@@ -166,6 +171,10 @@ struct Conn {
     request_id: Option<String>,
     /// When this session's recent reactions and custom events were sent (rate limit).
     recent_sends: std::collections::VecDeque<std::time::Instant>,
+    /// Cluster mode: this socket was relayed here by a peer node (served here, never relayed).
+    relayed: bool,
+    /// Cluster mode: this socket's call is homed on another node; every message goes there.
+    relay: Option<crate::cluster::relay::Relay>,
 }
 
 /// Reactions plus custom events one session may send per [`SEND_WINDOW`].
@@ -182,6 +191,7 @@ async fn run(
     device_id: String,
     slot: SocketSlot,
     socket: WebSocket,
+    relayed: bool,
 ) {
     let (outbox, inbox) = Outbox::new(SESSION_QUEUE);
     slot.attach(outbox.clone());
@@ -213,6 +223,8 @@ async fn run(
         state,
         request_id: None,
         recent_sends: std::collections::VecDeque::new(),
+        relayed,
+        relay: None,
     };
     conn.reset_idle();
     let closed = close.clone();
@@ -512,6 +524,9 @@ impl Conn {
     }
 
     async fn handle_text(&mut self, text: &str) {
+        if let Some(relay) = &self.relay {
+            return relay.forward(text);
+        }
         let value: serde_json::Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => return self.error(ApiError::InvalidJson(e.to_string()), None),
@@ -625,7 +640,30 @@ impl Conn {
                 call_cid,
                 create,
                 settings,
-            } => self.join(call_cid, create, settings)?,
+            } => {
+                let relay = crate::cluster::relay::join_elsewhere(
+                    &self.state,
+                    self.relayed,
+                    self.joined.is_some(),
+                    crate::cluster::relay::JoinRequest {
+                        claims: &self.claims,
+                        device_id: &self.device_id,
+                        call_cid: &call_cid,
+                        create,
+                        settings: &settings,
+                        request_id: self.request_id.as_deref(),
+                    },
+                    &self.outbox,
+                )
+                .await?;
+                match relay {
+                    Some(r) => {
+                        self.relay = Some(r);
+                        self.idle_at = None;
+                    }
+                    None => self.join(call_cid, create, settings)?,
+                }
+            }
             ClientMessage::Leave => {
                 let (cid, pid) = self.joined()?;
                 self.leave("left");

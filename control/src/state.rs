@@ -142,6 +142,8 @@ pub struct AppState {
     /// Open signaling sockets per user.
     user_sockets: DashMap<String, usize>,
     shutting_down: AtomicBool,
+    /// Cluster mode, when started (`crate::cluster::Cluster::start`); unset = one process.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -171,6 +173,7 @@ impl AppState {
             next_socket: AtomicU64::new(1),
             user_sockets: DashMap::new(),
             shutting_down: AtomicBool::new(false),
+            cluster: std::sync::OnceLock::new(),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let ttl = state
@@ -257,6 +260,11 @@ impl AppState {
             user_id: user_id.to_owned(),
             id: self.next_socket.fetch_add(1, Ordering::Relaxed),
         })
+    }
+
+    /// The ids of the calls in memory (the cluster refreshes their placement claims).
+    pub fn call_cids(&self) -> Vec<CallCid> {
+        self.calls.iter().map(|e| e.key().clone()).collect()
     }
 
     fn call_refs(&self) -> Vec<(CallCid, CallRef)> {

@@ -59,6 +59,9 @@ pub struct RunConfig {
     /// Greenroom base URL (`http://127.0.0.1:7880`) or Janus API URL
     /// (`http://127.0.0.1:8088/janus`).
     pub url: String,
+    /// Greenroom cluster nodes: when not empty, bot `i` joins through `urls[i % len]` (round
+    /// robin) instead of `url`.
+    pub urls: Vec<String>,
     /// API key of Greenroom tokens (their `kid`).
     pub api_key: String,
     /// HS256 secret for Greenroom tokens.
@@ -80,11 +83,20 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
+    /// The URL bot `index` connects through: round robin over `urls`, else `url`.
+    pub fn url_for(&self, index: usize) -> &str {
+        match self.urls.len() {
+            0 => &self.url,
+            n => &self.urls[index % n],
+        }
+    }
+
     /// Defaults for `target` at `url`: dev secret, no server probe, 10 s timeouts, 1 s samples.
     pub fn new(target: Target, url: impl Into<String>) -> RunConfig {
         RunConfig {
             target,
             url: url.into(),
+            urls: Vec::new(),
             api_key: token::DEV_KEY.into(),
             secret: token::DEV_SECRET.into(),
             server: ServerProbe::None,
@@ -536,7 +548,7 @@ impl Run {
         if self.config.bots == BotKind::Light {
             return self.join_light(index, sources, tok).await;
         }
-        let mut cfg = BotConfig::new(&self.config.url, tok.clone());
+        let mut cfg = BotConfig::new(self.config.url_for(index), tok.clone());
         cfg.quality = self.scenario.quality;
         cfg.timeout = self.config.timeout;
         cfg.publisher = self.publisher_config();
@@ -563,7 +575,7 @@ impl Run {
         tok: String,
     ) -> Result<Member, LoadError> {
         let publisher = !sources.is_empty();
-        let mut cfg = LightConfig::new(&self.config.url, tok.clone());
+        let mut cfg = LightConfig::new(self.config.url_for(index), tok.clone());
         cfg.timeout = self.config.timeout;
         cfg.bind_ip = self.config.bind_ip;
         cfg.audio = self.scenario.audio;
@@ -1164,6 +1176,18 @@ pub async fn find_max(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bots_are_spread_over_the_urls_round_robin() {
+        let mut c = RunConfig::new(Target::Greenroom, "http://one");
+        assert_eq!(c.url_for(3), "http://one");
+        c.urls = vec!["http://a".into(), "http://b".into(), "http://c".into()];
+        let picked: Vec<&str> = (0..5).map(|i| c.url_for(i)).collect();
+        assert_eq!(
+            picked,
+            ["http://a", "http://b", "http://c", "http://a", "http://b"]
+        );
+    }
 
     #[test]
     fn spread_percentiles() {

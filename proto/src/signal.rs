@@ -53,6 +53,9 @@ pub enum ErrorCode {
     /// A `resume` failed: the token is unknown, expired (past the grace period), another
     /// user's, or its session has left the call. The client joins afresh.
     ResumeFailed,
+    /// Cluster mode: the call cannot be placed or reached now (Redis or its home node is
+    /// unreachable, or no node takes new calls); HTTP 503. Retry later.
+    ClusterUnavailable,
     /// An unexpected server error.
     Internal,
 }

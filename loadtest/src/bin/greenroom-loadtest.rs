@@ -50,8 +50,12 @@ struct Args {
     #[arg(long, value_enum, default_value = "greenroom")]
     target: TargetArg,
     /// Server URL (default http://127.0.0.1:7880, or http://127.0.0.1:8088/janus for Janus).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "urls")]
     url: Option<String>,
+    /// Greenroom cluster: node URLs, comma-separated; bots are spread over them round robin
+    /// (bot i joins through node i mod n; the first publisher through the first node).
+    #[arg(long, value_delimiter = ',')]
+    urls: Vec<String>,
     /// API key of Greenroom tokens (the JWT `kid`; must name a key the server is configured with).
     #[arg(long, env = "GREENROOM_API_KEY", default_value = "devkey")]
     api_key: String,
@@ -263,11 +267,16 @@ async fn main() -> anyhow::Result<()> {
         TargetArg::Greenroom => Target::Greenroom,
         TargetArg::Janus => Target::Janus,
     };
-    let url = args.url.clone().unwrap_or_else(|| match target {
-        Target::Greenroom => "http://127.0.0.1:7880".into(),
-        Target::Janus => "http://127.0.0.1:8088/janus".into(),
-    });
+    let url = args
+        .url
+        .clone()
+        .or_else(|| args.urls.first().cloned())
+        .unwrap_or_else(|| match target {
+            Target::Greenroom => "http://127.0.0.1:7880".into(),
+            Target::Janus => "http://127.0.0.1:8088/janus".into(),
+        });
     let mut config = RunConfig::new(target, url);
+    config.urls = args.urls.clone();
     config.bots = match args.bots {
         BotsArg::Webrtc => BotKind::Webrtc,
         BotsArg::Light => BotKind::Light,
