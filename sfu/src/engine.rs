@@ -1547,10 +1547,25 @@ impl Engine {
             if restart_ice {
                 api.ice_restart(true);
             }
-            for t in &mut part.sub.tracks {
-                if t.state != SubTrackState::Stopping && producers.get(t.producer).is_none() {
-                    api.stop_media(t.mid);
-                    t.state = SubTrackState::Stopping;
+            // Never an offer with every section stopped (no BUNDLE group, which Chromium
+            // refuses or answers by closing the transport): see `offer_plan`.
+            let live_kept = part
+                .sub
+                .tracks
+                .iter()
+                .filter(|t| t.state != SubTrackState::Stopping)
+                .filter(|t| producers.get(t.producer).is_some())
+                .count();
+            let added = desired
+                .iter()
+                .filter(|pk| !part.sub.tracks.iter().any(|t| t.producer == **pk))
+                .count();
+            if crate::offer_plan::may_stop_stale(live_kept, added) {
+                for t in &mut part.sub.tracks {
+                    if t.state != SubTrackState::Stopping && producers.get(t.producer).is_none() {
+                        api.stop_media(t.mid);
+                        t.state = SubTrackState::Stopping;
+                    }
                 }
             }
             for pk in &desired {
