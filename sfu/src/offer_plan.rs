@@ -1,21 +1,33 @@
-//! Which of a subscriber's stale m-sections the next offer may stop, without I/O.
+//! What a subscriber offer does with a section whose producer is gone, without I/O.
 //!
-//! str0m writes a stopped m-section with port 0 and leaves it out of the BUNDLE group (RFC 8843
-//! §7.5.3). An offer in which *every* section is stopped therefore has no section accepted and
-//! an empty BUNDLE group: Chromium refuses it ("no BUNDLE group") or, when it accepts it, tears
-//! the bundled transport down (DTLS close_notify), so the server saw the subscriber peer
-//! "connection closed", failed it, and offered a fresh peer with fewer m-lines to the client's old
-//! `RTCPeerConnection` ("Differing m-line count", "order of m-lines"). That is what happened to
-//! the others when the only publisher of a call was kicked.
+//! str0m writes a stopped section with port 0, outside the BUNDLE group (RFC 8843 §7.5.3). When
+//! the stopped section is the BUNDLE tag (the first section of the group, whose transport the
+//! others share), Chromium tears the bundled transport down (DTLS close_notify): the server's
+//! subscriber peer died "connection closed", was replaced by a fresh peer, and that peer's offers
+//! (fewer m-lines) failed on the client's old RTCPeerConnection ("Differing m-line count", "order
+//! of m-lines"). That is what kicking the first publisher a participant received did, and why an
+//! offer with every section stopped (no BUNDLE group at all) was refused.
 //!
-//! The rule: the stale sections (their producer is gone) are stopped only in an offer that keeps
-//! or adds at least one live section. Otherwise they are left as they are (nothing is forwarded
-//! on them, their producer is gone) and stopped by the next offer that adds a track.
+//! The rule: stale sections are stopped, except the BUNDLE tag, which is parked (direction
+//! inactive, still accepted and bundled) for the rest of the peer's life. So the tag never
+//! changes and an offer always has an accepted, bundled section.
 
-/// Whether the next subscriber offer may stop its stale sections: `live_kept` sections keep a
-/// producer and `added` new ones are added, so some section stays accepted and bundled.
-pub(crate) fn may_stop_stale(live_kept: usize, added: usize) -> bool {
-    live_kept + added > 0
+/// What the next offer does with a stale section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stale {
+    /// Stop it (port 0, out of the BUNDLE group; its slot may be recycled).
+    Stop,
+    /// Make it inactive and keep it: it is the BUNDLE tag.
+    Park,
+}
+
+/// The action for a stale section; `is_bundle_tag`: it is the first section not stopped.
+pub(crate) fn stale_section(is_bundle_tag: bool) -> Stale {
+    if is_bundle_tag {
+        Stale::Park
+    } else {
+        Stale::Stop
+    }
 }
 
 #[cfg(test)]
@@ -23,10 +35,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn never_stops_every_section() {
-        assert!(!may_stop_stale(0, 0), "all stopped: no accepted section");
-        assert!(may_stop_stale(1, 0), "a live section stays");
-        assert!(may_stop_stale(0, 1), "a new section is added");
-        assert!(may_stop_stale(3, 2));
+    fn the_bundle_tag_is_parked_the_rest_stopped() {
+        assert_eq!(stale_section(true), Stale::Park);
+        assert_eq!(stale_section(false), Stale::Stop);
     }
 }

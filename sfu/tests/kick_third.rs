@@ -1,8 +1,9 @@
 //! A participant removed (kicked) while its peers are still connected, in a three-party call:
-//! the two others keep their subscriber peers (no `PeerFailed`), answer the re-offer that stops
-//! the removed tracks and keep receiving each other. When the kicked one was the only publisher,
-//! no offer ever has every m-section stopped (an empty BUNDLE group, which Chromium refuses or
-//! answers by closing the transport); a newcomer's media then reaches the same client peers.
+//! the two others keep their subscriber peers (no `PeerFailed`), answer the re-offer without the
+//! removed tracks and keep receiving each other. The BUNDLE tag (first bundled section) never
+//! changes, even when its producer is the one kicked (Chromium closes the transport when the tag
+//! is rejected), and no offer has every section stopped (no BUNDLE group); a newcomer's media
+//! then reaches the same client peers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -32,27 +33,36 @@ fn assert_bundled(pid: &str, sdp: &str) {
     );
 }
 
-/// Answers every queued offer of `pid` until none is left; returns the last offer's tracks.
+/// The BUNDLE tag: the first mid of the BUNDLE group, whose transport the others share.
+fn bundle_tag(sdp: &str) -> String {
+    sdp.lines()
+        .find_map(|l| l.trim_end().strip_prefix("a=group:BUNDLE "))
+        .and_then(|g| g.split_whitespace().next())
+        .expect("a BUNDLE group")
+        .to_owned()
+}
+
+/// Answers every queued offer of `pid` until none is left; returns the last offer and its tracks.
 async fn settle(
     sfu: &greenroom_sfu::Sfu,
     events: &mut Events,
     pid: &str,
     client: &Client,
-) -> Vec<greenroom_proto::SubscribedTrack> {
-    let (sdp, mut tracks) = events.offer(pid).await;
+) -> (String, Vec<greenroom_proto::SubscribedTrack>) {
+    let (mut sdp, mut tracks) = events.offer(pid).await;
     assert_bundled(pid, &sdp);
-    let answer = client.accept_offer(sdp);
+    let answer = client.accept_offer(sdp.clone());
     sfu.subscriber_answer(pid, answer).await.unwrap();
     loop {
         // A queued re-offer goes out at once after the answer.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         if !events.has_offer(pid) {
-            return tracks;
+            return (sdp, tracks);
         }
-        let (sdp, t) = events.offer(pid).await;
-        assert_bundled(pid, &sdp);
-        tracks = t;
-        let answer = client.accept_offer(sdp);
+        let (s, t) = events.offer(pid).await;
+        assert_bundled(pid, &s);
+        (sdp, tracks) = (s, t);
+        let answer = client.accept_offer(sdp.clone());
         sfu.subscriber_answer(pid, answer).await.unwrap();
     }
 }
@@ -74,10 +84,12 @@ async fn kicking_a_connected_publisher_leaves_the_others_working() {
         subs.insert(pid, Client::new());
     }
     let mut tracks = HashMap::new();
+    let mut tags = HashMap::new();
     for pid in names {
-        let t = settle(&sfu, &mut events, pid, &subs[pid]).await;
+        let (sdp, t) = settle(&sfu, &mut events, pid, &subs[pid]).await;
         assert_eq!(t.len(), 4, "{pid} receives the other two");
         tracks.insert(pid, t);
+        tags.insert(pid, bundle_tag(&sdp));
     }
     wait_for("all connected", || {
         names
@@ -95,22 +107,24 @@ async fn kicking_a_connected_publisher_leaves_the_others_working() {
             .map(|t| t.mid.clone())
             .unwrap()
     };
-    let a_from_b = mid_from("alice", "bob", TrackSource::Camera);
-    let b_from_a = mid_from("bob", "alice", TrackSource::Camera);
+    let b_from_c = mid_from("bob", "carol", TrackSource::Camera);
+    let c_from_b = mid_from("carol", "bob", TrackSource::Camera);
     wait_for("media everywhere", || {
-        subs["alice"].count(&a_from_b) > 20 && subs["bob"].count(&b_from_a) > 20
+        subs["bob"].count(&b_from_c) > 20 && subs["carol"].count(&c_from_b) > 20
     })
     .await;
 
-    // Kick carol while all her peers are connected and sending.
-    sfu.leave("carol");
-    for pid in ["alice", "bob"] {
-        let t = settle(&sfu, &mut events, pid, &subs[pid]).await;
-        assert_eq!(t.len(), 2, "{pid}: carol's tracks are gone");
+    // Kick alice while all her peers are connected and sending: her sections came first at bob
+    // and carol, so they hold the BUNDLE tag, which must stay (parked, not stopped).
+    sfu.leave("alice");
+    for pid in ["bob", "carol"] {
+        let (sdp, t) = settle(&sfu, &mut events, pid, &subs[pid]).await;
+        assert_eq!(t.len(), 2, "{pid}: alice's tracks are gone");
+        assert_eq!(bundle_tag(&sdp), tags[pid], "{pid}: the BUNDLE tag is kept");
     }
-    let (a0, b0) = (subs["alice"].count(&a_from_b), subs["bob"].count(&b_from_a));
-    wait_for("alice and bob keep receiving each other", || {
-        subs["alice"].count(&a_from_b) > a0 + 50 && subs["bob"].count(&b_from_a) > b0 + 50
+    let (b0, c0) = (subs["bob"].count(&b_from_c), subs["carol"].count(&c_from_b));
+    wait_for("bob and carol keep receiving each other", || {
+        subs["bob"].count(&b_from_c) > b0 + 50 && subs["carol"].count(&c_from_b) > c0 + 50
     })
     .await;
     events.drain();
@@ -132,12 +146,14 @@ async fn kicking_the_only_publisher_never_offers_all_sections_stopped() {
     carol.accept_answer(pending, answer);
     let mut subs = HashMap::new();
     let mut mids = HashMap::new();
+    let mut tags = HashMap::new();
     for pid in ["alice", "bob"] {
         sfu.join(&call, pid, &format!("u-{pid}"), ALL);
         let c = Client::new();
-        let t = settle(&sfu, &mut events, pid, &c).await;
+        let (sdp, t) = settle(&sfu, &mut events, pid, &c).await;
         assert_eq!(t.len(), 2, "{pid} receives carol");
         mids.insert(pid, mid_of(&t, TrackSource::Camera));
+        tags.insert(pid, bundle_tag(&sdp));
         subs.insert(pid, c);
     }
     wait_for("connected", || {
@@ -150,14 +166,14 @@ async fn kicking_the_only_publisher_never_offers_all_sections_stopped() {
     })
     .await;
 
-    // Kick the only publisher: stopping both sections would leave none accepted.
+    // Kick the only publisher: stopping both sections would leave none accepted. The tag is
+    // parked, the other stopped; the offer lists no track.
     sfu.leave("carol");
     drop(carol);
     for pid in ["alice", "bob"] {
-        events.drain();
-        while let Some((sdp, _)) = events.offers.get_mut(pid).and_then(|q| q.pop_front()) {
-            assert_bundled(pid, &sdp);
-        }
+        let (sdp, t) = settle(&sfu, &mut events, pid, &subs[pid]).await;
+        assert!(t.is_empty(), "{pid}: no track left: {t:?}");
+        assert_eq!(bundle_tag(&sdp), tags[pid], "{pid}: the BUNDLE tag is kept");
     }
 
     // A newcomer publishes: alice and bob are offered its tracks on their same client peers
@@ -170,7 +186,8 @@ async fn kicking_the_only_publisher_never_offers_all_sections_stopped() {
     wait_for("dave connected", || dave.is_connected()).await;
     dave.set_sending(true);
     for pid in ["alice", "bob"] {
-        let t = settle(&sfu, &mut events, pid, &subs[pid]).await;
+        let (sdp, t) = settle(&sfu, &mut events, pid, &subs[pid]).await;
+        assert_eq!(bundle_tag(&sdp), tags[pid], "{pid}: the BUNDLE tag is kept");
         assert!(
             t.iter().all(|t| t.track.participant_id == "dave") && t.len() == 2,
             "{pid}: only dave's tracks are listed: {t:?}"
@@ -199,7 +216,8 @@ fn fingerprint(sdp: &str) -> String {
 
 /// The wire signal the SDK relies on to answer a replaced subscriber peer on a new
 /// RTCPeerConnection: the fresh peer's offer carries another DTLS fingerprint (an ICE restart of
-/// the same peer keeps it). A new client peer answering it receives the media.
+/// the same peer keeps it). A late answer to the old offer is refused without spending the fresh
+/// one; a new client peer answering the fresh offer receives the media.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_subscriber_peer_offers_another_fingerprint() {
     let (sfu, mut events) = start(greenroom_sfu::SfuOptions {
@@ -231,6 +249,13 @@ async fn a_replaced_subscriber_peer_offers_another_fingerprint() {
         fingerprint(&fresh),
         "a new server peer"
     );
+
+    // A late answer to the replaced peer's offer is refused and does not spend the fresh offer.
+    let late = Client::new().accept_offer(first);
+    assert!(matches!(
+        sfu.subscriber_answer("bob", late).await,
+        Err(greenroom_sfu::SfuError::Sdp(_))
+    ));
 
     // ICE restart on the same peer keeps the fingerprint.
     let bob = Client::new();
