@@ -377,6 +377,8 @@ enum SubTrackState {
     Negotiating,
     Open,
     Stopping,
+    /// The BUNDLE tag section whose producer is gone: inactive, never stopped (`offer_plan`).
+    Parked,
 }
 
 struct SubTrack {
@@ -393,6 +395,10 @@ struct SubState {
     again: bool,
     /// The next offer restarts ICE.
     restart_ice: bool,
+    /// The mids of the pending offer, in order: an answer with other mids is not its answer
+    /// (e.g. a late answer to the offer of a failed, replaced peer) and is refused without
+    /// consuming the pending offer.
+    offered_mids: Vec<String>,
 }
 
 struct Participant {
@@ -1547,10 +1553,29 @@ impl Engine {
             if restart_ice {
                 api.ice_restart(true);
             }
-            for t in &mut part.sub.tracks {
-                if t.state != SubTrackState::Stopping && producers.get(t.producer).is_none() {
-                    api.stop_media(t.mid);
-                    t.state = SubTrackState::Stopping;
+            // A gone producer's section is stopped, except the BUNDLE tag (the first section
+            // not stopped): Chromium tears the bundled transport down when it is rejected
+            // (the peer then dies "connection closed"), so it is parked inactive, for good.
+            let tag = part
+                .sub
+                .tracks
+                .iter()
+                .position(|t| t.state != SubTrackState::Stopping);
+            for (i, t) in part.sub.tracks.iter_mut().enumerate() {
+                let stale = matches!(t.state, SubTrackState::Open | SubTrackState::Negotiating)
+                    && producers.get(t.producer).is_none();
+                if !stale {
+                    continue;
+                }
+                match crate::offer_plan::stale_section(tag == Some(i)) {
+                    crate::offer_plan::Stale::Stop => {
+                        api.stop_media(t.mid);
+                        t.state = SubTrackState::Stopping;
+                    }
+                    crate::offer_plan::Stale::Park => {
+                        api.set_direction(t.mid, Direction::Inactive);
+                        t.state = SubTrackState::Parked;
+                    }
                 }
             }
             for pk in &desired {
@@ -1586,6 +1611,8 @@ impl Engine {
                 return;
             }
         };
+        let offer_sdp = crate::sdp::candidates_in_bundled_section(&offer.to_sdp_string());
+        part.sub.offered_mids = crate::sdp::mids(&offer_sdp);
         part.sub.pending = Some(pending);
         if !peer.connected && peer.deadline.is_none() {
             peer.deadline = Some(now + self.opts.connect_timeout);
@@ -1594,7 +1621,7 @@ impl Engine {
             .sub
             .tracks
             .iter()
-            .filter(|t| t.state != SubTrackState::Stopping)
+            .filter(|t| matches!(t.state, SubTrackState::Open | SubTrackState::Negotiating))
             .map(|t| (t.mid, t.producer))
             .collect();
         let tracks = listed
@@ -1619,7 +1646,7 @@ impl Engine {
             .collect();
         let _ = self.events.send(SfuEvent::SubscriberOffer {
             participant_id: pid.to_owned(),
-            sdp: crate::sdp::candidates_in_bundled_section(&offer.to_sdp_string()),
+            sdp: offer_sdp,
             tracks,
         });
     }
@@ -1652,6 +1679,13 @@ impl Engine {
             .parts
             .get_mut(pid)
             .ok_or_else(|| SfuError::UnknownParticipant(pid.to_owned()))?;
+        if part.sub.pending.is_some() && crate::sdp::mids(sdp) != part.sub.offered_mids {
+            // Not the answer to this offer (a late one to a replaced peer's offer): applying it
+            // would spend the offer the client is about to answer.
+            return Err(SfuError::Sdp(
+                "the answer's mids are not the pending subscriber offer's".into(),
+            ));
+        }
         let pending = part
             .sub
             .pending

@@ -51,6 +51,7 @@ pub mod forward;
 pub mod fuzzing;
 mod media;
 mod metrics;
+mod offer_plan;
 mod routes;
 mod sdp;
 mod socket;

@@ -90,6 +90,15 @@ pub(crate) fn candidates_in_bundled_section(sdp: &str) -> String {
     out
 }
 
+/// The `a=mid` of each m-section, in order (an answer lists its offer's mids in the same order,
+/// RFC 8829 §5.3.1).
+pub(crate) fn mids(sdp: &str) -> Vec<String> {
+    sdp.lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=mid:"))
+        .map(str::to_owned)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +111,12 @@ mod tests {
         a=end-of-candidates\r\n\
         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=recvonly\r\n\
         a=rtpmap:111 opus/48000/2\r\n";
+
+    #[test]
+    fn mids_in_order() {
+        assert_eq!(mids(REJECTED_FIRST), ["0", "1"]);
+        assert!(mids("v=0\r\n").is_empty());
+    }
 
     /// The lines of the m-section whose mid is `mid` (empty if none).
     fn section<'a>(sdp: &'a str, mid: &str) -> Vec<&'a str> {

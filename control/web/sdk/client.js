@@ -288,6 +288,16 @@ function callPath(cid) {
 }
 
 /** Resolves when ICE gathering is complete, or after a timeout with what was gathered. */
+/**
+ * The `a=fingerprint` value of an SDP (the session's or the first section's), or `null`.
+ * @param {string|undefined|null} sdp
+ * @returns {string|null}
+ */
+export function sdpFingerprint(sdp) {
+  const m = /^a=fingerprint:(.+?)\s*$/m.exec(sdp ?? '');
+  return m ? m[1].toLowerCase() : null;
+}
+
 function gatheringComplete(pc) {
   if (pc.iceGatheringState === 'complete') return Promise.resolve();
   return new Promise((resolve) => {
@@ -389,6 +399,8 @@ export class Call extends Emitter {
     this._joinMsg = null;
     /** @type {IceWatchdog[]} */
     this._watchdogs = [];
+    /** @type {IceWatchdog|null} the subscriber connection's watchdog */
+    this._subDog = null;
     /** ICE restarts asked for while the socket was down. @type {Set<'publisher'|'subscriber'>} */
     this._iceRestartPending = new Set();
   }
@@ -1340,12 +1352,47 @@ export class Call extends Emitter {
     for (const [label, pc] of /** @type {Array<['publisher'|'subscriber', RTCPeerConnection]>} */ ([['publisher', this._pub], ['subscriber', this._sub]])) {
       const dog = new IceWatchdog(() => this._restartIce(label), { delayMs: ICE_RESTART_DELAY_MS });
       this._watchdogs.push(dog);
-      pc.addEventListener('connectionstatechange', () => {
-        this._setConnection(label, pc.connectionState);
-        if (pc === this._pub || pc === this._sub) dog.update(pc.connectionState);
-      });
+      if (label === 'subscriber') this._subDog = dog;
+      this._watchConnection(label, pc, dog);
     }
     this._sub.addEventListener('track', () => this._rebuildRemoteTracks());
+  }
+
+  /**
+   * @param {'publisher'|'subscriber'} label
+   * @param {RTCPeerConnection} pc
+   * @param {IceWatchdog} dog
+   */
+  _watchConnection(label, pc, dog) {
+    pc.addEventListener('connectionstatechange', () => {
+      // A replaced PeerConnection (closed) no longer speaks for the connection.
+      if (pc !== this._pub && pc !== this._sub) return;
+      this._setConnection(label, pc.connectionState);
+      dog.update(pc.connectionState);
+    });
+  }
+
+  /**
+   * The server replaced its subscriber peer (the old one failed: `media_error`): its offer
+   * carries another DTLS fingerprint (every server peer has its own certificate) and starts
+   * its m-lines afresh, which the old RTCPeerConnection cannot apply ("Differing m-line
+   * count", "order of m-lines"). Answer it on a new RTCPeerConnection.
+   * @param {string} sdp
+   * @returns {RTCPeerConnection}
+   */
+  _subscriberFor(sdp) {
+    const old = this._sub;
+    if (!old) return old;
+    const before = sdpFingerprint(old.remoteDescription?.sdp);
+    const now = sdpFingerprint(sdp);
+    if (!before || !now || before === now) return old;
+    const pc = new RTCPeerConnection(PC_CONFIG);
+    this._sub = pc;
+    old.close();
+    if (this._subDog) this._watchConnection('subscriber', pc, this._subDog);
+    pc.addEventListener('track', () => this._rebuildRemoteTracks());
+    this.emit('subscriberReplaced', {});
+    return pc;
   }
 
   async _publishInitial() {
@@ -1411,8 +1458,8 @@ export class Call extends Emitter {
   }
 
   async _answerSubscriber(msg) {
-    const pc = this._sub;
-    if (!pc) return;
+    if (!this._sub) return;
+    const pc = this._subscriberFor(msg.sdp);
     this.remoteTracks = (msg.tracks ?? []).map((t) => ({ ...t, mid: String(t.mid) }));
     await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
     const answer = await pc.createAnswer();
