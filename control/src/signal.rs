@@ -835,6 +835,7 @@ impl Conn {
                 call: Box::new(c.state()),
                 own_capabilities: c.capabilities(&actor),
                 requestable: c.requestable(),
+                ice_servers: crate::turn::ice_servers(&state.config, &actor.user_id),
             };
             // Queued before the outcome is applied, so `joined` precedes every event.
             match request_id {

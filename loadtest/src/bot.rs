@@ -183,6 +183,7 @@ impl Bot {
                     call,
                     own_capabilities,
                     requestable,
+                    ..
                 }) => Some(Joined {
                     protocol: *protocol,
                     participant: participant.clone(),

@@ -293,6 +293,17 @@ impl MuteKinds {
     }
 }
 
+/// An ICE server as `RTCIceServer` takes it: TURN URLs with a time-limited credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
+pub struct IceServer {
+    /// `turn:host:port?transport=udp|tcp` and `turns:host:port?transport=tcp` URLs.
+    pub urls: Vec<String>,
+    /// `<expiry-unix-seconds>:<user_id>`.
+    pub username: String,
+    /// `base64(HMAC-SHA1(secret, username))`.
+    pub credential: String,
+}
+
 /// Which PeerConnection an ICE candidate belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 #[serde(rename_all = "snake_case")]
@@ -545,6 +556,10 @@ pub enum SignalMessage {
         own_capabilities: CapabilitySet,
         /// Capabilities this participant may request in this call type.
         requestable: CapabilitySet,
+        /// ICE servers for this participant's PeerConnections (the node's embedded TURN server
+        /// with credentials that expire); empty when the node runs none.
+        #[serde(default)]
+        ice_servers: Vec<IceServer>,
     },
     /// The socket left the call (by `leave`, kick, block or the end of the call).
     Left {

@@ -250,6 +250,23 @@ video: boolean,
 screenshare: boolean, };
 
 /**
+ * An ICE server as `RTCIceServer` takes it: TURN URLs with a time-limited credential.
+ */
+export type IceServer = { 
+/**
+ * `turn:host:port?transport=udp|tcp` and `turns:host:port?transport=tcp` URLs.
+ */
+urls: Array<string>, 
+/**
+ * `<expiry-unix-seconds>:<user_id>`.
+ */
+username: string, 
+/**
+ * `base64(HMAC-SHA1(secret, username))`.
+ */
+credential: string, };
+
+/**
  * Which PeerConnection an ICE candidate belongs to.
  */
 export type PeerTarget = "publisher" | "subscriber";
@@ -483,7 +500,12 @@ own_capabilities: CapabilitySet,
 /**
  * Capabilities this participant may request in this call type.
  */
-requestable: CapabilitySet, } | { "type": "left", 
+requestable: CapabilitySet, 
+/**
+ * ICE servers for this participant's PeerConnections (the node's embedded TURN server
+ * with credentials that expire); empty when the node runs none.
+ */
+ice_servers: Array<IceServer>, } | { "type": "left", 
 /**
  * The call.
  */
