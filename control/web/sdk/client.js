@@ -45,6 +45,7 @@ import { captureTrack, listDevices, watchDevices, watchPermission, queryPermissi
  * @property {{audioInput?: string|null, videoInput?: string|null, audioOutput?: string|null}} [devices]
  * @property {string} [name]  Display name others see (1-64 characters; the server trims and validates it).
  * @property {Record<string, any>} [custom]  App data others see with the participant (a JSON object, at most 1 KiB).
+ * @property {RTCIceTransportPolicy} [iceTransportPolicy='all']  `'relay'`: media only through the TURN servers of `joined.ice_servers`.
  */
 
 const GATHER_TIMEOUT_MS = 4000;
@@ -381,7 +382,8 @@ export class Call extends Emitter {
    */
   async join(opts = {}) {
     if (this.state !== 'idle') throw new Error(`join: call is ${this.state}`);
-    const { create = true, audioOnly = false, startAudioMuted = false, startVideoMuted = false, layout = 'grid', publish = true, tracks = {}, devices = {}, name, custom } = opts;
+    const { create = true, audioOnly = false, startAudioMuted = false, startVideoMuted = false, layout = 'grid', publish = true, tracks = {}, devices = {}, name, custom, iceTransportPolicy = 'all' } = opts;
+    this._iceTransportPolicy = iceTransportPolicy;
     this.settings = { audioOnly, startAudioMuted, startVideoMuted };
     this.layout = layout;
     Object.assign(this.devices, devices);
@@ -969,6 +971,7 @@ export class Call extends Emitter {
     this._applyCallState(msg.call);
     this.requestable = new Set(msg.requestable ?? []);
     this.capabilities = new Set(msg.own_capabilities ?? []);
+    this._iceServers = msg.ice_servers ?? [];
     const me = this._upsertParticipant(msg.participant, true);
     this.localParticipant = me;
     this.emit('joined', { participant: me });
@@ -1128,8 +1131,9 @@ export class Call extends Emitter {
   // ---- media --------------------------------------------------------------------------------
 
   _setupPeerConnections() {
-    this._pub = new RTCPeerConnection(PC_CONFIG);
-    this._sub = new RTCPeerConnection(PC_CONFIG);
+    const config = { ...PC_CONFIG, iceServers: this._iceServers ?? [], iceTransportPolicy: this._iceTransportPolicy ?? 'all' };
+    this._pub = new RTCPeerConnection(config);
+    this._sub = new RTCPeerConnection(config);
     for (const [label, pc] of /** @type {Array<['publisher'|'subscriber', RTCPeerConnection]>} */ ([['publisher', this._pub], ['subscriber', this._sub]])) {
       pc.addEventListener('connectionstatechange', () => this._setConnection(label, pc.connectionState));
     }
