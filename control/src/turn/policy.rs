@@ -5,6 +5,9 @@
 //!   a failure is answered `401 Unauthorized` (the crate itself would answer `400`);
 //! - `CreatePermission`, `ChannelBind` and `Send` name peers: any peer other than this node's
 //!   media address is refused (`403 Forbidden`, signed) or dropped (`Send` is an indication);
+//! - packets that need an allocation (ChannelData, `Send`, `Refresh`, `CreatePermission`,
+//!   `ChannelBind`) from a client transport without one, and methods the server does not serve,
+//!   are dropped;
 //! - `Allocate` counts against a per-user and a total limit (`486 Allocation Quota Reached`,
 //!   `508 Insufficient Capacity`); an allocation counts from its success response until the
 //!   crate reports it closed (expiry, refresh with lifetime 0, connection closed).
@@ -24,8 +27,8 @@ use stun::error_code::{
 use stun::integrity::MessageIntegrity;
 use stun::message::{
     is_message, Message, MessageType, Method, Setter, CLASS_ERROR_RESPONSE, CLASS_INDICATION,
-    CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, METHOD_ALLOCATE, METHOD_CHANNEL_BIND,
-    METHOD_CREATE_PERMISSION, METHOD_SEND,
+    CLASS_REQUEST, CLASS_SUCCESS_RESPONSE, METHOD_ALLOCATE, METHOD_BINDING, METHOD_CHANNEL_BIND,
+    METHOD_CREATE_PERMISSION, METHOD_REFRESH, METHOD_SEND,
 };
 use stun::textattrs::TextAttribute;
 use stun::xoraddr::XorMappedAddress;
@@ -116,9 +119,16 @@ impl Policy {
         now: Instant,
         unix_now: u64,
     ) -> Verdict {
+        let flow = (client, listener);
+        let allocated = self.active.contains_key(&flow);
         if turn::proto::chandata::ChannelData::is_channel_data(packet) {
-            // Channels are bound only to the media address (checked at ChannelBind).
-            return Verdict::Pass;
+            // Channels are bound only to the media address (checked at ChannelBind). Without an
+            // allocation there is nothing to relay (and the crate would log every such packet).
+            return if allocated {
+                Verdict::Pass
+            } else {
+                Verdict::Drop
+            };
         }
         if !is_message(packet) {
             return Verdict::Drop;
@@ -132,9 +142,16 @@ impl Policy {
         }
         if m.typ.class == CLASS_INDICATION {
             return match m.typ.method {
-                METHOD_SEND if self.peers_allowed(&m) => Verdict::Pass,
+                METHOD_SEND if allocated && self.peers_allowed(&m) => Verdict::Pass,
                 _ => Verdict::Drop,
             };
+        }
+        match m.typ.method {
+            METHOD_BINDING | METHOD_ALLOCATE => {}
+            // Requests on an allocation the flow does not have are dropped unanswered: the
+            // crate answers none of them either, only logs an error per packet.
+            METHOD_REFRESH | METHOD_CREATE_PERMISSION | METHOD_CHANNEL_BIND if allocated => {}
+            _ => return Verdict::Drop,
         }
         if m.typ.class != CLASS_REQUEST || !m.contains(ATTR_MESSAGE_INTEGRITY) {
             // Binding requests, and the first unauthenticated request the server answers with
@@ -153,7 +170,7 @@ impl Policy {
                     signed_error(&m, CODE_FORBIDDEN, "peer not allowed", &verified.key)
                 }
             }
-            METHOD_ALLOCATE => self.allocate(&m, verified, (client, listener), now),
+            METHOD_ALLOCATE => self.allocate(&m, verified, flow, now),
             _ => Verdict::Pass,
         }
     }
@@ -426,20 +443,43 @@ mod tests {
             p.inbound(&good, addr(1), listener, Instant::now(), NOW),
             Verdict::Pass
         );
-        // Garbage is dropped, channel data passes to the server.
+        // Garbage is dropped.
         assert_eq!(
             p.inbound(&[0xff; 24], addr(1), listener, Instant::now(), NOW),
             Verdict::Drop
-        );
-        assert_eq!(
-            p.inbound(&[0x40, 0, 0, 1, 7], addr(1), listener, Instant::now(), NOW),
-            Verdict::Pass
         );
     }
 
     #[test]
     fn peers_other_than_the_media_address_get_403() {
         let mut p = policy(10, 10);
+        let a = signed(
+            &p,
+            "u",
+            METHOD_ALLOCATE,
+            vec![Box::new(RequestedTransport {
+                protocol: PROTO_UDP,
+            })],
+        );
+        // Without an allocation, permission requests are dropped unanswered.
+        let perm = signed(&p, "u", METHOD_CREATE_PERMISSION, vec![]);
+        assert_eq!(
+            p.inbound(&perm, addr(1), addr(0), Instant::now(), NOW),
+            Verdict::Drop
+        );
+        assert_eq!(
+            p.inbound(&[0x40, 0, 0, 1, 7], addr(1), addr(0), Instant::now(), NOW),
+            Verdict::Drop
+        );
+        assert_eq!(
+            p.inbound(&a, addr(1), addr(0), Instant::now(), NOW),
+            Verdict::Pass
+        );
+        p.outbound(&success_for(&a), addr(1), addr(0));
+        assert_eq!(
+            p.inbound(&[0x40, 0, 0, 1, 7], addr(1), addr(0), Instant::now(), NOW),
+            Verdict::Pass
+        );
         let media: SocketAddr = "192.0.2.1:7882".parse().unwrap();
         for (peer, want) in [
             (media, None),
