@@ -534,6 +534,9 @@ async fn per_user_allocation_limit_holds() {
 #[tokio::test]
 async fn racing_allocations_respect_the_limit() {
     let node = Arc::new(Node::start(10, None).await);
+    // Every client stays open to the end: a UDP port freed and reused by a later round would
+    // meet the earlier allocation on its 5-tuple (437 Allocation Mismatch).
+    let mut held = Vec::new();
     for round in 0..5 {
         let user = format!("racer{round}");
         let mut tasks = Vec::new();
@@ -552,7 +555,6 @@ async fn racing_allocations_respect_the_limit() {
             }));
         }
         let mut ok = 0;
-        let mut held = Vec::new();
         for t in tasks {
             let (r, c) = t.await.unwrap();
             match r {
