@@ -68,6 +68,104 @@ pub struct Config {
     /// Cluster mode on Redis; absent = one process with no external service.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// The embedded TURN server (off by default).
+    pub turn: TurnConfig,
+    /// Discovery of the node's public address.
+    pub nat: NatConfig,
+}
+
+/// A transport of the embedded TURN server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TurnTransport {
+    /// TURN over UDP (`turn:host:port?transport=udp`).
+    Udp,
+    /// TURN over TCP (`turn:host:port?transport=tcp`).
+    Tcp,
+    /// TURN over TLS (`turns:host:port?transport=tcp`), with the server's certificate.
+    Tls,
+}
+
+/// The embedded TURN server (docs/ARCHITECTURE.md, TURN). It relays only to this node's media
+/// address, with credentials that expire, handed to clients in `joined` as `ice_servers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    /// Run it.
+    pub enabled: bool,
+    /// Listeners to run; `tls` needs a certificate (`server.tls` or `--dev-tls`) and is skipped
+    /// with a warning without one.
+    pub transports: Vec<TurnTransport>,
+    /// UDP listener address.
+    pub udp_addr: SocketAddr,
+    /// TCP listener address.
+    pub tcp_addr: SocketAddr,
+    /// TLS listener address (443 in deploy/, where firewalls let it through).
+    pub tls_addr: SocketAddr,
+    /// Host name or IP put in the `urls` clients get (default: `rtc.node_ip`); TLS clients check
+    /// the certificate against it.
+    pub host: Option<String>,
+    /// Realm of the credentials.
+    pub realm: String,
+    /// Secret the credentials are derived from (default: the signing API secret).
+    pub secret: Option<String>,
+    /// Seconds a credential handed out in `joined` stays valid.
+    pub credential_ttl_secs: u64,
+    /// Allocations one user may hold at once.
+    pub max_allocations_per_user: usize,
+    /// Allocations the server holds at once (also the bound on open TCP/TLS connections).
+    pub max_allocations: usize,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        TurnConfig {
+            enabled: false,
+            transports: vec![TurnTransport::Udp, TurnTransport::Tcp, TurnTransport::Tls],
+            udp_addr: SocketAddr::new(any, 3478),
+            tcp_addr: SocketAddr::new(any, 3478),
+            tls_addr: SocketAddr::new(any, 5349),
+            host: None,
+            realm: "greenroom".to_owned(),
+            secret: None,
+            credential_ttl_secs: 6 * 3600,
+            max_allocations_per_user: 10,
+            max_allocations: 1000,
+        }
+    }
+}
+
+impl TurnConfig {
+    /// Checks values that parse but do not make sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.credential_ttl_secs < 60
+            || self.max_allocations_per_user == 0
+            || self.max_allocations == 0
+            || self.realm.is_empty()
+            || self.secret.as_ref().is_some_and(|s| s.is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "turn: credential_ttl_secs must be at least 60, the allocation limits at least 1, \
+                 realm and secret not empty"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Discovery of the node's public address.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatConfig {
+    /// A STUN server (`host:port`) asked at start for this node's public IP, which is then
+    /// advertised in ICE candidates when `rtc.node_ip` is left at a loopback or unspecified
+    /// address.
+    pub stun_server: Option<String>,
 }
 
 /// HTTP and WebSocket settings.
@@ -362,6 +460,7 @@ impl Config {
                     .into(),
             ));
         }
+        self.turn.validate()?;
         Ok(())
     }
 

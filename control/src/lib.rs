@@ -17,6 +17,7 @@ pub mod server;
 pub mod signal;
 pub mod state;
 pub mod tls;
+pub mod turn;
 pub mod webhook;
 
 use std::path::PathBuf;

@@ -208,7 +208,10 @@ fn main() -> Result<()> {
     }
 }
 
-async fn serve(config: Config, args: ServeArgs) -> Result<()> {
+async fn serve(mut config: Config, args: ServeArgs) -> Result<()> {
+    greenroom_control::turn::nat::apply(&mut config)
+        .await
+        .context("discovering the public address ([nat] stun_server)")?;
     if config.uses_dev_secret() {
         tracing::warn!(
             api_key = DEV_API_KEY,
@@ -239,6 +242,13 @@ async fn serve(config: Config, args: ServeArgs) -> Result<()> {
     }
     let drain = Duration::from_secs(config.server.drain_secs);
     let webhook_flush = Duration::from_secs(config.webhooks.flush_secs);
+    let turn = match config.turn.enabled {
+        true => Some(
+            greenroom_control::turn::TurnListeners::bind(&mut config.turn, opts.tls.as_ref())
+                .await?,
+        ),
+        false => None,
+    };
     let state = greenroom_control::start_state(config, true)
         .await
         .context("starting the media plane")?;
@@ -251,6 +261,14 @@ async fn serve(config: Config, args: ServeArgs) -> Result<()> {
         None
     };
     let udp = state.sfu.as_ref().map(|s| s.local_addr());
+    let turn = match (turn, udp) {
+        (Some(l), Some(media)) => {
+            let settings = greenroom_control::turn::TurnSettings::from_config(&state.config, media);
+            tracing::info!(turn = ?state.config.turn.transports, "embedded TURN server listening");
+            Some(greenroom_control::turn::TurnServer::start(l, settings).await?)
+        }
+        _ => None,
+    };
     let app = greenroom_control::app(state.clone());
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
@@ -292,6 +310,9 @@ async fn serve(config: Config, args: ServeArgs) -> Result<()> {
     let closed_by = tokio::time::Instant::now() + Duration::from_secs(2);
     while state.session_count() > 0 && tokio::time::Instant::now() < closed_by {
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    if let Some(t) = turn {
+        t.close().await;
     }
     // 5. Calls still ringing (or in progress) get their final history record.
     state.ringing.shutdown(&state);

@@ -926,6 +926,7 @@ impl Conn {
                 own_capabilities: c.capabilities(&actor),
                 requestable: c.requestable(),
                 resume_token: new_token.clone(),
+                ice_servers: crate::turn::ice_servers(&state.config, &actor.user_id),
             };
             send_reply(&outbox, resumed, request_id);
             Ok(((), crate::call::Outcome::default()))
@@ -1025,6 +1026,7 @@ impl Conn {
                 own_capabilities: c.capabilities(&actor),
                 requestable: c.requestable(),
                 resume_token: Some(resume_token),
+                ice_servers: crate::turn::ice_servers(&state.config, &actor.user_id),
             };
             // Queued before the outcome is applied, so `joined` precedes every event.
             send_reply(&outbox, joined, request_id);

@@ -122,6 +122,7 @@ impl Bot {
             Subscriber::new(SubscriberConfig {
                 bind_ip: config.bind_ip,
                 gather_timeout: config.timeout,
+                ice: config.publisher.ice.clone(),
             })
             .await?,
         );

@@ -99,6 +99,7 @@ pub mod scenario;
 pub mod signal;
 pub mod stats;
 pub mod token;
+pub mod turn;
 pub mod vp8;
 
 pub use bot::{Bot, BotConfig, Joined, StopMode};

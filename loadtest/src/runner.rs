@@ -19,7 +19,7 @@ use crate::janus::{
     JanusSession, JanusSubscriber,
 };
 use crate::light::{LightBot, LightConfig};
-use crate::media::{PublisherConfig, SubscriberConfig};
+use crate::media::{IceConfig, PublisherConfig, SubscriberConfig};
 use crate::procstat::{read_pid, ProcError, ProcSample, ServerProbe};
 use crate::scenario::{BotKind, Scenario, Target};
 use crate::stats::TrackStats;
@@ -80,6 +80,8 @@ pub struct RunConfig {
     pub bind_ip: std::net::IpAddr,
     /// Which bots join.
     pub bots: BotKind,
+    /// Relay every webrtc-rs bot's media through the node's TURN server (`--transport turn`).
+    pub turn: Option<crate::turn::TurnRelay>,
 }
 
 impl RunConfig {
@@ -106,6 +108,7 @@ impl RunConfig {
             progress: false,
             bind_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             bots: BotKind::Webrtc,
+            turn: None,
         }
     }
 }
@@ -552,6 +555,9 @@ impl Run {
         cfg.quality = self.scenario.quality;
         cfg.timeout = self.config.timeout;
         cfg.publisher = self.publisher_config();
+        if let Some(t) = &self.config.turn {
+            cfg.publisher.ice = t.ice_for(&user);
+        }
         cfg.bind_ip = self.config.bind_ip;
         let bot = Bot::connect(cfg).await?;
         bot.join(&self.greenroom_cid, publisher).await?;
@@ -628,6 +634,7 @@ impl Run {
             audio: self.scenario.audio,
             gather_timeout: self.config.timeout,
             bind_ip: self.config.bind_ip,
+            ice: IceConfig::default(),
         }
     }
 
@@ -635,6 +642,7 @@ impl Run {
         SubscriberConfig {
             gather_timeout: self.config.timeout,
             bind_ip: self.config.bind_ip,
+            ice: IceConfig::default(),
         }
     }
 

@@ -299,6 +299,17 @@ impl MuteKinds {
     }
 }
 
+/// An ICE server as `RTCIceServer` takes it: TURN URLs with a time-limited credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
+pub struct IceServer {
+    /// `turn:host:port?transport=udp|tcp` and `turns:host:port?transport=tcp` URLs.
+    pub urls: Vec<String>,
+    /// `<expiry-unix-seconds>:<user_id>`.
+    pub username: String,
+    /// `base64(HMAC-SHA1(secret, username))`.
+    pub credential: String,
+}
+
 /// Which PeerConnection an ICE candidate belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 #[serde(rename_all = "snake_case")]
@@ -571,6 +582,10 @@ pub enum SignalMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         #[ts(optional)]
         resume_token: Option<String>,
+        /// ICE servers for this participant's PeerConnections (the node's embedded TURN server
+        /// with credentials that expire); empty when the node runs none.
+        #[serde(default)]
+        ice_servers: Vec<IceServer>,
     },
     /// A `resume` succeeded: the session is back on this socket with the same participant id
     /// and media connections. Carries what `joined` carries (the call as it is now covers the
@@ -588,6 +603,10 @@ pub enum SignalMessage {
         requestable: CapabilitySet,
         /// The token for the next `resume` (the old one is spent).
         resume_token: String,
+        /// ICE servers for this participant's PeerConnections, as in `joined` (the node's embedded TURN server
+        /// with credentials that expire); empty when the node runs none.
+        #[serde(default)]
+        ice_servers: Vec<IceServer>,
     },
     /// The socket left the call (by `leave`, kick, block or the end of the call).
     Left {

@@ -47,6 +47,7 @@ import { backoffMs, attemptFits, IceWatchdog } from './reconnect.js';
  * @property {string} [name]  Display name others see (1-64 characters; the server trims and validates it).
  * @property {Record<string, any>} [custom]  App data others see with the participant (a JSON object, at most 1 KiB).
  * @property {number} [reconnectTimeoutMs=15000]  How long to try to get the session back after the signaling socket drops (match the server's `limits.resume_grace_secs`); then `connectionStateChanged` `failed` and `left` `disconnected`.
+ * @property {RTCIceTransportPolicy} [iceTransportPolicy='all']  `'relay'`: media only through the TURN servers of `joined.ice_servers`.
  */
 
 const GATHER_TIMEOUT_MS = 4000;
@@ -416,8 +417,9 @@ export class Call extends Emitter {
    */
   async join(opts = {}) {
     if (this.state !== 'idle') throw new Error(`join: call is ${this.state}`);
-    const { create = true, audioOnly = false, startAudioMuted = false, startVideoMuted = false, layout = 'grid', publish = true, tracks = {}, devices = {}, name, custom, reconnectTimeoutMs = 15000 } = opts;
+    const { create = true, audioOnly = false, startAudioMuted = false, startVideoMuted = false, layout = 'grid', publish = true, tracks = {}, devices = {}, name, custom, reconnectTimeoutMs = 15000, iceTransportPolicy = 'all' } = opts;
     this.reconnectTimeoutMs = reconnectTimeoutMs;
+    this._iceTransportPolicy = iceTransportPolicy;
     this.settings = { audioOnly, startAudioMuted, startVideoMuted };
     this.layout = layout;
     Object.assign(this.devices, devices);
@@ -894,6 +896,7 @@ export class Call extends Emitter {
   /** @param {any} msg  The `resumed` reply: rebuilds the call from its snapshot. */
   _onResumed(msg) {
     this._resumeToken = msg.resume_token ?? null;
+    if (msg.ice_servers) this._iceServers = msg.ice_servers;
     const me = this.localParticipant?.participantId;
     const now = new Set((msg.call?.participants ?? []).map((p) => p.participant_id));
     const before = new Set(this.participants.keys());
@@ -1187,6 +1190,7 @@ export class Call extends Emitter {
     this._applyCallState(msg.call);
     this.requestable = new Set(msg.requestable ?? []);
     this.capabilities = new Set(msg.own_capabilities ?? []);
+    this._iceServers = msg.ice_servers ?? [];
     const me = this._upsertParticipant(msg.participant, true);
     this.localParticipant = me;
     this._resumeToken = msg.resume_token ?? null;
@@ -1346,9 +1350,15 @@ export class Call extends Emitter {
 
   // ---- media --------------------------------------------------------------------------------
 
+  /** @returns {RTCConfiguration}  The PeerConnection settings: `joined.ice_servers` and the join's `iceTransportPolicy`. */
+  _pcConfig() {
+    return { ...PC_CONFIG, iceServers: this._iceServers ?? [], iceTransportPolicy: this._iceTransportPolicy ?? 'all' };
+  }
+
   _setupPeerConnections() {
-    this._pub = new RTCPeerConnection(PC_CONFIG);
-    this._sub = new RTCPeerConnection(PC_CONFIG);
+    const config = this._pcConfig();
+    this._pub = new RTCPeerConnection(config);
+    this._sub = new RTCPeerConnection(config);
     for (const [label, pc] of /** @type {Array<['publisher'|'subscriber', RTCPeerConnection]>} */ ([['publisher', this._pub], ['subscriber', this._sub]])) {
       const dog = new IceWatchdog(() => this._restartIce(label), { delayMs: ICE_RESTART_DELAY_MS });
       this._watchdogs.push(dog);
@@ -1386,7 +1396,7 @@ export class Call extends Emitter {
     const before = sdpFingerprint(old.remoteDescription?.sdp);
     const now = sdpFingerprint(sdp);
     if (!before || !now || before === now) return old;
-    const pc = new RTCPeerConnection(PC_CONFIG);
+    const pc = new RTCPeerConnection(this._pcConfig());
     this._sub = pc;
     old.close();
     if (this._subDog) this._watchConnection('subscriber', pc, this._subDog);

@@ -27,6 +27,15 @@ enum BotsArg {
     Light,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
+enum TransportArg {
+    /// Media straight to the server's UDP port.
+    Udp,
+    /// Media relayed by the node's embedded TURN server over UDP (`[turn] enabled`; webrtc-rs
+    /// bots only): relayed candidates only.
+    Turn,
+}
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum QualityArg {
     Low,
@@ -66,6 +75,15 @@ struct Args {
         default_value = "greenroom-dev-secret"
     )]
     secret: String,
+    /// How the bots' media reaches a Greenroom server.
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: TransportArg,
+    /// TURN URL for --transport turn (default `turn:<host of --url>:3478?transport=udp`).
+    #[arg(long)]
+    turn_url: Option<String>,
+    /// Secret of the server's TURN credentials for --transport turn (default: --secret).
+    #[arg(long)]
+    turn_secret: Option<String>,
     /// Read the server's CPU and memory from /proc/<pid> (local server).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -283,6 +301,28 @@ async fn main() -> anyhow::Result<()> {
     };
     config.api_key = args.api_key.clone();
     config.secret = args.secret.clone();
+    if args.transport == TransportArg::Turn {
+        if !matches!((target, config.bots), (Target::Greenroom, BotKind::Webrtc)) {
+            anyhow::bail!("--transport turn needs --target greenroom and --bots webrtc");
+        }
+        let url = match &args.turn_url {
+            Some(u) => u.clone(),
+            None => {
+                let parsed = reqwest::Url::parse(&config.url)?;
+                let host = parsed
+                    .host_str()
+                    .ok_or_else(|| anyhow::anyhow!("--url has no host"))?;
+                format!("turn:{host}:3478?transport=udp")
+            }
+        };
+        config.turn = Some(greenroom_loadtest::turn::TurnRelay {
+            url,
+            secret: args
+                .turn_secret
+                .clone()
+                .unwrap_or_else(|| args.secret.clone()),
+        });
+    }
     config.timeout = args.timeout;
     config.progress = !args.no_progress;
     config.bind_ip = match (args.bind_ip, target) {

@@ -250,6 +250,23 @@ video: boolean,
 screenshare: boolean, };
 
 /**
+ * An ICE server as `RTCIceServer` takes it: TURN URLs with a time-limited credential.
+ */
+export type IceServer = { 
+/**
+ * `turn:host:port?transport=udp|tcp` and `turns:host:port?transport=tcp` URLs.
+ */
+urls: Array<string>, 
+/**
+ * `<expiry-unix-seconds>:<user_id>`.
+ */
+username: string, 
+/**
+ * `base64(HMAC-SHA1(secret, username))`.
+ */
+credential: string, };
+
+/**
  * Which PeerConnection an ICE candidate belongs to.
  */
 export type PeerTarget = "publisher" | "subscriber";
@@ -496,7 +513,12 @@ requestable: CapabilitySet,
  * A secret that takes this session back on a new socket within the grace period
  * (`resume`). Bound to this user and participant; rotated by every `resumed`.
  */
-resume_token?: string, } | { "type": "resumed", 
+resume_token?: string, 
+/**
+ * ICE servers for this participant's PeerConnections (the node's embedded TURN server
+ * with credentials that expire); empty when the node runs none.
+ */
+ice_servers: Array<IceServer>, } | { "type": "resumed", 
 /**
  * Protocol version.
  */
@@ -520,7 +542,12 @@ requestable: CapabilitySet,
 /**
  * The token for the next `resume` (the old one is spent).
  */
-resume_token: string, } | { "type": "left", 
+resume_token: string, 
+/**
+ * ICE servers for this participant's PeerConnections, as in `joined` (the node's embedded TURN server
+ * with credentials that expire); empty when the node runs none.
+ */
+ice_servers: Array<IceServer>, } | { "type": "left", 
 /**
  * The call.
  */
