@@ -46,6 +46,7 @@
 mod demux;
 mod engine;
 pub mod forward;
+pub mod io;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod media;
