@@ -46,9 +46,9 @@
 mod demux;
 mod engine;
 pub mod forward;
-pub mod io;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod io;
 mod media;
 mod metrics;
 mod routes;
@@ -72,8 +72,10 @@ use crate::demux::DemuxCounters;
 pub use crate::engine::rtc_config;
 use crate::engine::{Cmd, ShardMsg, ShardSetup};
 use crate::forward::GateCell;
+use crate::io::batch::SendOutcome;
 pub use crate::metrics::STATS_INTERVAL;
 use crate::metrics::{SfuCounters, UdpFigures};
+use crate::transport::{BatchTransport, SendCounters};
 
 /// Media plane configuration.
 #[derive(Debug, Clone)]
@@ -101,6 +103,10 @@ pub struct SfuOptions {
     /// default. Default 4 MiB. The kernel caps it (Linux: `net.core.rmem_max`/`wmem_max`); the
     /// effective sizes are logged and exported as `greenroom_udp_socket_buffer_bytes`.
     pub socket_buffer_bytes: usize,
+    /// Most datagrams a shard hands to the kernel in one `sendmmsg` (1..=64; 1 = one system
+    /// call per datagram, as before batching). Default 64, or the environment's
+    /// `GREENROOM_RTC_SEND_BATCH` (read by [`Default`], for A/B measurements).
+    pub send_batch: usize,
 }
 
 impl Default for SfuOptions {
@@ -110,6 +116,10 @@ impl Default for SfuOptions {
             shards: 0,
             parallel_fanout_min: 64,
             socket_buffer_bytes: 4 << 20,
+            send_batch: std::env::var("GREENROOM_RTC_SEND_BATCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(io::batch::MAX_BATCH),
         }
     }
 }
@@ -220,6 +230,8 @@ pub struct Sfu {
 struct Shard {
     tx: SyncSender<ShardMsg>,
     counters: Arc<SfuCounters>,
+    /// What the shard's transport sent and dropped.
+    egress: Arc<SendCounters>,
     /// False once the shard's thread ended (it died, or the plane stopped).
     alive: Arc<AtomicBool>,
 }
@@ -337,12 +349,17 @@ impl Sfu {
         for shard in 0..n {
             let (tx, input) = std::sync::mpsc::sync_channel(demux::SHARD_QUEUE);
             let counters = Arc::new(SfuCounters::default());
+            let egress = Arc::new(SendCounters::default());
             let alive = Arc::new(AtomicBool::new(true));
             engine::spawn(
                 ShardSetup {
                     shard,
                     opts: opts.clone(),
-                    socket: Arc::new(socket.try_clone().map_err(bind_err)?),
+                    socket: Arc::new(BatchTransport::new(
+                        socket.try_clone().map_err(bind_err)?,
+                        opts.send_batch,
+                        egress.clone(),
+                    )),
                     advertised,
                     input,
                     events: ev_tx.clone(),
@@ -355,6 +372,7 @@ impl Sfu {
             shards.push(Shard {
                 tx,
                 counters,
+                egress,
                 alive,
             });
         }
@@ -640,6 +658,10 @@ impl Sfu {
     ///   integrity failure); `greenroom_udp_queue_dropped_total`: dropped on a full shard queue.
     /// * `greenroom_udp_socket_buffer_bytes{direction}`: effective socket buffers;
     ///   `greenroom_udp_receive_drops_total`: the kernel's drops on the socket (Linux).
+    /// * `greenroom_udp_sent_datagrams_total`: datagrams the kernel accepted;
+    ///   `greenroom_udp_send_dropped_total{reason="would_block"|"error"}`: dropped on a full
+    ///   send buffer or refused; `greenroom_udp_send_syscalls_total` (`sendmmsg`/`sendmsg`
+    ///   calls) and `greenroom_udp_gso_datagrams_total` (sent inside UDP GSO sends).
     /// * histograms `greenroom_rtt_seconds`, `greenroom_loss_ratio`, `greenroom_jitter_seconds`
     ///   `{direction="ingress"|"egress"}`, one sample per stream per [`STATS_INTERVAL`].
     ///
@@ -651,6 +673,11 @@ impl Sfu {
             queue_dropped: self.inner.demux.queue_dropped.load(Relaxed),
             buffers: self.inner.buffers,
             kernel_drops: self.inner.inode.and_then(socket::kernel_drops),
+            egress: self
+                .inner
+                .shards
+                .iter()
+                .fold(SendOutcome::default(), |sum, s| s.egress.add_to(sum)),
         };
         metrics::render(&shards, udp)
     }
