@@ -223,6 +223,10 @@ pub struct RtcConfig {
     /// given here must bind or the server does not start.
     #[serde(default)]
     pub ice_tcp_port: Option<u16>,
+    /// Most datagrams a shard hands to the kernel in one `sendmmsg` (1..=64; 1 = one system call
+    /// per datagram). Unset: 64 (or the `GREENROOM_RTC_SEND_BATCH` variable, kept for A/B runs).
+    #[serde(default)]
+    pub send_batch: Option<usize>,
 }
 
 /// One API key: the name carried in a token's `kid` and its HS256 secret.
@@ -388,6 +392,7 @@ impl Default for RtcConfig {
             parallel_fanout_min: 64,
             socket_buffer_bytes: 4 << 20,
             ice_tcp_port: None,
+            send_batch: None,
         }
     }
 }

@@ -83,6 +83,13 @@ pub async fn start_state(
         .filter(|p| *p != 0),
         ..Default::default()
     };
+    let options = match config.rtc.send_batch {
+        Some(n) => greenroom_sfu::SfuOptions {
+            send_batch: n,
+            ..options
+        },
+        None => options,
+    };
     let started = match greenroom_sfu::Sfu::start_with(sfu_config.clone(), options.clone()).await {
         // ICE-TCP on its default port (the UDP port's number) is a convenience: when that TCP
         // port is taken, run without it rather than not at all. A configured port must bind.

@@ -87,6 +87,7 @@
 
 pub mod bot;
 pub mod error;
+pub mod floor;
 pub mod histogram;
 pub mod janus;
 pub mod light;

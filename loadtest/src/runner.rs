@@ -13,6 +13,7 @@ use serde::Serialize;
 
 use crate::bot::{Bot, BotConfig};
 use crate::error::BotError;
+use crate::floor::FloorFigures;
 use crate::histogram::LatencyHistogram;
 use crate::janus::{
     JanusError, JanusHandle, JanusLightPublisher, JanusLightSubscriber, JanusPublisher,
@@ -82,6 +83,8 @@ pub struct RunConfig {
     pub bots: BotKind,
     /// Relay every webrtc-rs bot's media through the node's TURN server (`--transport turn`).
     pub turn: Option<crate::turn::TurnRelay>,
+    /// This machine's forwarding floor, measured before the run (`None`: not reported).
+    pub floor: Option<FloorFigures>,
 }
 
 impl RunConfig {
@@ -109,6 +112,7 @@ impl RunConfig {
             bind_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             bots: BotKind::Webrtc,
             turn: None,
+            floor: None,
         }
     }
 }
@@ -241,6 +245,22 @@ pub struct Summary {
     /// simulcast.
     #[serde(default)]
     pub video_layer_packets: [u64; 3],
+    /// Mean RTP payload bytes per forwarded packet.
+    #[serde(default)]
+    pub mean_payload_bytes: Option<f64>,
+    /// The forwarding floor at that payload size, CPU ns per packet (see [`crate::floor`]).
+    #[serde(default)]
+    pub floor_ns_per_packet: Option<f64>,
+    /// Server CPU per forwarded packet as a multiple of the floor.
+    #[serde(default)]
+    pub server_cpu_x_floor: Option<f64>,
+    /// UDP datagrams the server sent to the bots per second (every datagram the light bots
+    /// received: media, RTCP, STUN, padding and probes); `None` with webrtc-rs bots.
+    #[serde(default)]
+    pub server_datagrams_out_per_s: Option<f64>,
+    /// Those datagrams per forwarded media packet (1.0 plus RTCP, STUN and padding/probing).
+    #[serde(default)]
+    pub datagrams_per_media_packet: Option<f64>,
     /// The first errors seen.
     pub errors: Vec<String>,
 }
@@ -374,6 +394,8 @@ struct Totals {
     at: Option<Instant>,
     server: Option<ProcSample>,
     bot: ProcSample,
+    /// Datagrams received by the light bots (see [`crate::light::datagrams_received`]).
+    datagrams_in: u64,
 }
 
 impl Totals {
@@ -413,6 +435,7 @@ impl Totals {
             hist,
             server_cpu,
             bot_cpu: (self.bot.cpu_seconds - earlier.bot.cpu_seconds).max(0.0),
+            datagrams_in: self.datagrams_in.saturating_sub(earlier.datagrams_in),
         }
     }
 }
@@ -429,6 +452,7 @@ struct Delta {
     hist: LatencyHistogram,
     server_cpu: Option<f64>,
     bot_cpu: f64,
+    datagrams_in: u64,
 }
 
 fn ms(us: Option<u64>) -> Option<f64> {
@@ -480,6 +504,7 @@ impl Run {
             }
             t.tx_packets += m.sent_packets();
         }
+        t.datagrams_in = crate::light::datagrams_received();
         t.at = Some(Instant::now());
         t.server = match self.config.server.read().await {
             Ok(s) => s,
@@ -998,7 +1023,26 @@ impl Run {
             }
             _ => None,
         };
+        let mean_payload = (d.rx > 0).then(|| d.rx_bytes as f64 / d.rx as f64);
+        let floor_ns = self
+            .config
+            .floor
+            .zip(mean_payload)
+            .map(|(f, b)| f.ns_for(b));
+        let x_floor = match (per_m, floor_ns) {
+            // CPU-s per M packets = µs per packet.
+            (Some(us), Some(ns)) if ns > 0.0 => Some(us * 1000.0 / ns),
+            _ => None,
+        };
+        let light = self.config.bots == BotKind::Light;
+        let datagrams_out = light.then(|| d.datagrams_in as f64 / d.secs);
         Summary {
+            mean_payload_bytes: mean_payload,
+            floor_ns_per_packet: floor_ns,
+            server_cpu_x_floor: x_floor,
+            server_datagrams_out_per_s: datagrams_out,
+            datagrams_per_media_packet: (light && d.rx > 0)
+                .then(|| d.datagrams_in as f64 / d.rx as f64),
             target: self.config.target.as_str().into(),
             scenario: self.scenario.name.clone(),
             bots: self.config.bots.as_str().into(),

@@ -576,6 +576,8 @@ impl Engine {
             let wait = next
                 .saturating_duration_since(Instant::now())
                 .max(MIN_SLEEP);
+            // The batch of work is done: what it queued leaves in one sendmmsg before we wait.
+            self.socket.flush();
             match self.input.recv_timeout(wait) {
                 Ok(ShardMsg::Datagram { data, src }) => {
                     self.on_datagram(&data, src, Instant::now());

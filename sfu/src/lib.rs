@@ -49,6 +49,7 @@ mod engine;
 pub mod forward;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod io;
 mod media;
 mod metrics;
 mod offer_plan;
@@ -75,9 +76,11 @@ use crate::demux::DemuxCounters;
 pub use crate::engine::rtc_config;
 use crate::engine::{Cmd, ShardMsg, ShardSetup};
 use crate::forward::GateCell;
+use crate::io::batch::SendOutcome;
 pub use crate::metrics::STATS_INTERVAL;
 use crate::metrics::{SfuCounters, UdpFigures};
 pub use crate::tcp::{TcpCounters, TcpLimits};
+use crate::transport::{BatchTransport, SendCounters};
 
 /// Media plane configuration.
 #[derive(Debug, Clone)]
@@ -111,6 +114,10 @@ pub struct SfuOptions {
     pub ice_tcp_port: Option<u16>,
     /// Limits of the ICE-TCP listener.
     pub ice_tcp_limits: TcpLimits,
+    /// Most datagrams a shard hands to the kernel in one `sendmmsg` (1..=64; 1 = one system
+    /// call per datagram, as before batching). Default 64, or the environment's
+    /// `GREENROOM_RTC_SEND_BATCH` (read by [`Default`], for A/B measurements).
+    pub send_batch: usize,
 }
 
 impl Default for SfuOptions {
@@ -122,6 +129,10 @@ impl Default for SfuOptions {
             socket_buffer_bytes: 4 << 20,
             ice_tcp_port: None,
             ice_tcp_limits: TcpLimits::default(),
+            send_batch: std::env::var("GREENROOM_RTC_SEND_BATCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(io::batch::MAX_BATCH),
         }
     }
 }
@@ -239,6 +250,8 @@ pub struct Sfu {
 struct Shard {
     tx: SyncSender<ShardMsg>,
     counters: Arc<SfuCounters>,
+    /// What the shard's transport sent and dropped.
+    egress: Arc<SendCounters>,
     /// False once the shard's thread ended (it died, or the plane stopped).
     alive: Arc<AtomicBool>,
 }
@@ -373,17 +386,25 @@ impl Sfu {
         for shard in 0..n {
             let (tx, input) = std::sync::mpsc::sync_channel(demux::SHARD_QUEUE);
             let counters = Arc::new(SfuCounters::default());
+            let egress = Arc::new(SendCounters::default());
             let alive = Arc::new(AtomicBool::new(true));
             engine::spawn(
                 ShardSetup {
                     shard,
                     opts: opts.clone(),
-                    socket: match &tcp {
-                        Some((_, _, writers)) => Arc::new(tcp::MediaTransport {
-                            udp: socket.try_clone().map_err(bind_err)?,
-                            tcp: writers.clone(),
-                        }),
-                        None => Arc::new(socket.try_clone().map_err(bind_err)?),
+                    socket: {
+                        let udp = BatchTransport::new(
+                            socket.try_clone().map_err(bind_err)?,
+                            opts.send_batch,
+                            egress.clone(),
+                        );
+                        match &tcp {
+                            Some((_, _, writers)) => Arc::new(tcp::MediaTransport {
+                                udp,
+                                tcp: writers.clone(),
+                            }),
+                            None => Arc::new(udp),
+                        }
                     },
                     advertised,
                     input,
@@ -397,6 +418,7 @@ impl Sfu {
             shards.push(Shard {
                 tx,
                 counters,
+                egress,
                 alive,
             });
         }
@@ -708,6 +730,10 @@ impl Sfu {
     /// * with ICE-TCP on: `greenroom_ice_tcp_{accepted,refused,bad_frames,idle_closed,
     ///   frames_in,send_dropped}_total` and the gauge `greenroom_ice_tcp_connections` (see
     ///   [`TcpCounters`]).
+    /// * `greenroom_udp_sent_datagrams_total`: datagrams the kernel accepted;
+    ///   `greenroom_udp_send_dropped_total{reason="would_block"|"error"}`: dropped on a full
+    ///   send buffer or refused; `greenroom_udp_send_syscalls_total` (`sendmmsg`/`sendmsg`
+    ///   calls) and `greenroom_udp_gso_datagrams_total` (sent inside UDP GSO sends).
     /// * histograms `greenroom_rtt_seconds`, `greenroom_loss_ratio`, `greenroom_jitter_seconds`
     ///   `{direction="ingress"|"egress"}`, one sample per stream per [`STATS_INTERVAL`].
     ///
@@ -719,6 +745,11 @@ impl Sfu {
             queue_dropped: self.inner.demux.queue_dropped.load(Relaxed),
             buffers: self.inner.buffers,
             kernel_drops: self.inner.inode.and_then(socket::kernel_drops),
+            egress: self
+                .inner
+                .shards
+                .iter()
+                .fold(SendOutcome::default(), |sum, s| s.egress.add_to(sum)),
         };
         let mut text = metrics::render(&shards, udp);
         if let Some((_, writers)) = &self.inner.tcp {

@@ -21,7 +21,7 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{SocketAddr, UdpSocket};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
@@ -147,15 +147,19 @@ impl Writers {
 /// A shard's sending side when ICE-TCP is on: UDP transmits to the shared socket, TCP ones to
 /// their connection.
 pub(crate) struct MediaTransport {
-    /// The shared media UDP socket (a clone).
-    pub(crate) udp: UdpSocket,
+    /// The shared media UDP socket (a clone), batched.
+    pub(crate) udp: crate::transport::BatchTransport,
     /// The TCP connections.
     pub(crate) tcp: Writers,
 }
 
 impl Transport for MediaTransport {
     fn send_to(&self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
-        self.udp.send_to(data, dest).map(|_| ())
+        self.udp.send_to(data, dest)
+    }
+
+    fn flush(&self) {
+        self.udp.flush();
     }
 
     fn send_tcp(&self, data: &[u8], dest: SocketAddr) -> io::Result<()> {

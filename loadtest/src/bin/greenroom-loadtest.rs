@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
+use greenroom_loadtest::floor;
 use greenroom_loadtest::procstat::ServerProbe;
 use greenroom_loadtest::report;
 use greenroom_loadtest::runner::{self, FindMax, RunConfig, RunResult};
@@ -178,6 +179,29 @@ struct Args {
     /// Print the summaries of earlier JSON reports side by side, and exit.
     #[arg(long, num_args = 1..)]
     compare: Vec<PathBuf>,
+    /// Measure this machine's forwarding floor (100 B and 1200 B) for this long each before
+    /// the run, to report the server's CPU per packet as a multiple of it; 0s: skip.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    floor_time: Duration,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Measure the forwarding floor of this machine (copy + RTP rewrite + SRTP AES-GCM +
+    /// sendmmsg x32 to loopback, thread CPU time) and print ns per packet as JSON.
+    Floor {
+        /// Measurement time per payload size.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        time: Duration,
+    },
+}
+
+/// Measures the floor on a blocking thread.
+async fn measure_floor(each: Duration) -> anyhow::Result<floor::FloorFigures> {
+    let f = tokio::task::spawn_blocking(move || floor::measure(each)).await??;
+    Ok(f)
 }
 
 fn compare(files: &[PathBuf]) -> anyhow::Result<()> {
@@ -281,6 +305,11 @@ async fn main() -> anyhow::Result<()> {
     if !args.compare.is_empty() {
         return compare(&args.compare);
     }
+    if let Some(Command::Floor { time }) = args.command {
+        let f = measure_floor(time).await?;
+        println!("{}", serde_json::to_string(&f)?);
+        return Ok(());
+    }
     let target = match args.target {
         TargetArg::Greenroom => Target::Greenroom,
         TargetArg::Janus => Target::Janus,
@@ -339,6 +368,17 @@ async fn main() -> anyhow::Result<()> {
         (None, Some(u)) => ServerProbe::metrics(u.clone()),
         (None, None) => ServerProbe::None,
     };
+    if !args.floor_time.is_zero() {
+        let f = measure_floor(args.floor_time).await?;
+        eprintln!(
+            "floor: {:.0} ns/pkt at {} B, {:.0} ns/pkt at {} B",
+            f.ns_small,
+            floor::SMALL,
+            f.ns_large,
+            floor::LARGE
+        );
+        config.floor = Some(f);
+    }
     let scenarios = if args.suite {
         suite(args.suite_listeners, args.duration)
             .into_iter()
