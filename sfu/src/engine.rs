@@ -748,6 +748,10 @@ impl Engine {
     }
 
     fn fire_timers(&mut self, now: Instant) {
+        // Collect the due peers first and drive each once per pass: a peer whose str0m asks
+        // again for a timeout at `now` is re-armed by `drive` and waits for the next pass,
+        // instead of being popped and driven again here forever (the shard would spin).
+        let mut due: Vec<Key> = Vec::new();
         while let Some(Reverse((t, key))) = self.timers.peek().copied() {
             if t > now {
                 break;
@@ -757,10 +761,13 @@ impl Engine {
                 if p.timeout == Some(t) {
                     // Re-armed by `drive` whatever timeout str0m asks for next.
                     p.timeout = None;
-                    add(&self.counters.drives[DRIVE_TIMER], 1);
-                    self.drive(key, None, now);
+                    due.push(key);
                 }
             }
+        }
+        for key in due {
+            add(&self.counters.drives[DRIVE_TIMER], 1);
+            self.drive(key, None, now);
         }
     }
 
