@@ -301,6 +301,8 @@ pub(crate) struct Engine {
     pending_events: Vec<(Key, Event)>,
     dirty: Vec<Key>,
     next_tick: Instant,
+    /// Origin of the grid str0m's lax timers are rounded to (see `drive::coalesce`).
+    timer_epoch: Instant,
     ticks: u64,
     /// Metrics, written by this thread only.
     counters: Arc<SfuCounters>,
@@ -336,6 +338,7 @@ impl Engine {
             pending_events: Vec::new(),
             dirty: Vec::new(),
             next_tick: Instant::now() + TICK,
+            timer_epoch: Instant::now(),
             ticks: 0,
             counters,
         }

@@ -5,6 +5,10 @@ use crate::metrics::{add, DRIVE_OUTPUT, DRIVE_TIMER};
 use std::sync::mpsc::RecvTimeoutError;
 use tracing::info;
 
+/// At most this many queued messages are taken before the subscribers they wrote to are
+/// driven (bounds the latency a batch adds to its first packet).
+const BATCH: usize = 64;
+
 impl Engine {
     pub(super) fn run(&mut self) {
         loop {
@@ -27,22 +31,40 @@ impl Engine {
             let wait = next
                 .saturating_duration_since(Instant::now())
                 .max(MIN_SLEEP);
-            match self.input.recv_timeout(wait) {
-                Ok(ShardMsg::Datagram { data, src }) => {
-                    self.on_datagram(&data, src, Instant::now());
-                }
-                Ok(ShardMsg::Cmd(Cmd::Stop)) | Err(RecvTimeoutError::Disconnected) => {
+            let first = match self.input.recv_timeout(wait) {
+                Ok(msg) => msg,
+                Err(RecvTimeoutError::Timeout) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
                     info!(shard = self.shard, "media engine shard stopping");
                     return;
                 }
-                Ok(ShardMsg::Cmd(cmd)) => {
-                    let now = Instant::now();
-                    self.on_cmd(cmd, now);
-                    self.settle(now);
-                    self.publish_gauges();
+            };
+            // A batch: this message and whatever else is queued (up to BATCH). Datagrams are
+            // received first, then every subscriber they wrote to is driven once.
+            let now = Instant::now();
+            let mut next_msg = Some(first);
+            let mut taken = 0;
+            while let Some(msg) = next_msg.take() {
+                taken += 1;
+                match msg {
+                    ShardMsg::Datagram { data, src } => self.receive(&data, src, now),
+                    ShardMsg::Cmd(Cmd::Stop) => {
+                        info!(shard = self.shard, "media engine shard stopping");
+                        return;
+                    }
+                    ShardMsg::Cmd(cmd) => {
+                        // Commands see the datagrams before them fully handled.
+                        self.settle(now);
+                        self.on_cmd(cmd, now);
+                        self.settle(now);
+                        self.publish_gauges();
+                    }
                 }
-                Err(RecvTimeoutError::Timeout) => {}
+                if taken < BATCH {
+                    next_msg = self.input.try_recv().ok();
+                }
             }
+            self.settle(now);
         }
     }
 
