@@ -632,6 +632,7 @@ impl ShardBench {
         for (src, data) in self.queued.drain(..) {
             self.shard.engine.receive(&data, src, now);
         }
+        self.shard.engine.settle(now);
         self.shard.engine.advance(now);
         self.shard.sink.discard.store(false, Relaxed);
         self.shard.sink.count.load(Relaxed) - before

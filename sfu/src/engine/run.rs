@@ -69,7 +69,7 @@ impl Engine {
     }
 
     /// Handles collected events and drives dirty peers until nothing is left.
-    pub(super) fn settle(&mut self, now: Instant) {
+    pub(crate) fn settle(&mut self, now: Instant) {
         loop {
             if !self.pending_events.is_empty() {
                 let mut evs = std::mem::take(&mut self.pending_events);
@@ -95,12 +95,19 @@ impl Engine {
         }
     }
 
+    /// Drives each peer whose timer is due at `now`, once: a timeout str0m asks for at or
+    /// before `now` again waits for the next call (the loop sleeps at least [`MIN_SLEEP`]), so a
+    /// peer that keeps asking for "now" cannot spin the shard.
     pub(super) fn fire_timers(&mut self, now: Instant) {
+        let mut due = Vec::new();
         while let Some(Reverse((t, key))) = self.timers.peek().copied() {
             if t > now {
                 break;
             }
             self.timers.pop();
+            due.push((t, key));
+        }
+        for (t, key) in due {
             if let Some(p) = self.peers.get_mut(key) {
                 if p.timeout == Some(t) {
                     // Re-armed by `drive` whatever timeout str0m asks for next.
