@@ -70,6 +70,7 @@ function elementState(page) {
         frames: t.querySelector('video')?.getVideoPlaybackQuality?.().totalVideoFrames ?? 0,
       })),
       buttons: [...(root?.querySelectorAll('.bar button') ?? [])].map((b) => b.dataset.action),
+      reactionBar: [...(root?.querySelectorAll('.reaction-bar:not([hidden]) button') ?? [])].map((b) => b.dataset.reaction),
       events: window.embedEvents ?? [],
     };
   });
@@ -97,16 +98,19 @@ test('a page that only embeds <greenroom-call> joins a call with media both ways
     }
     const sa = await elementState(a.page);
     const sb = await elementState(b.page);
-    // Settings: alice has the default bar in a grid, bob only mic + leave in spotlight.
-    assert.deepEqual(sa.buttons, ['mic', 'camera', 'screen', 'react', 'layout', 'leave'], JSON.stringify(sa.buttons));
+    // Settings: alice has the default bar (every button that applies to a user in a video call)
+    // and the reaction bar (`react`) in a grid; bob only mic + leave in spotlight, no reactions.
+    assert.deepEqual(sa.buttons, ['mic', 'camera', 'screen', 'layout', 'people', 'leave'], JSON.stringify(sa.buttons));
+    assert.deepEqual(sa.reactionBar, ['like', 'heart', 'laugh', 'clap', 'raised-hand'], JSON.stringify(sa.reactionBar));
     assert.deepEqual(sb.buttons, ['mic', 'leave']);
+    assert.deepEqual(sb.reactionBar, []);
     assert.equal(sa.spotlight, false);
     assert.equal(sb.spotlight, true);
     assert.equal(sb.layout, 'spotlight');
     assert.ok(sa.tiles.some((t) => t.user === 'alice' && t.name.includes('Alice A. (you)')), JSON.stringify(sa.tiles));
     // Display names: bob sees alice's name, not her user id.
     assert.ok(sb.tiles.some((t) => t.user === 'alice' && t.name.startsWith('Alice A.')), JSON.stringify(sb.tiles));
-    // Reactions: alice presses the reaction button; both elements get the `reaction` event.
+    // Reactions: alice presses the reaction bar's first button (like); both elements get the `reaction` event.
     await a.page.evaluate(() => document.querySelector('greenroom-call').shadowRoot.querySelector('button[data-action="react"]').click());
     for (const h of [a, b]) {
       await waitUntil(`${h.user}: reaction from alice`, async () => (await elementState(h.page)).events.some((e) => e.type === 'reaction' && e.userId === 'alice'), { diag });
@@ -121,6 +125,30 @@ test('a page that only embeds <greenroom-call> joins a call with media both ways
     assert.ok(sent.some((l) => l.includes('"type":"publish"') && l.includes('"request_id":"call-')), sent.join('\n'));
     await a.page.screenshot({ path: join(SHOTS, 'embed-alice.png') }).catch(() => {});
     await b.page.screenshot({ path: join(SHOTS, 'embed-bob.png') }).catch(() => {});
+
+    // Connection states: the Call's `connectionStateChanged` (emitted here by hand on the SDK
+    // call, as the SDK's reconnection does) shows a non-blocking "Reconnecting…" banner (the tiles
+    // do not move), removes it on `connected`, shows an error on `failed`, and is re-emitted as the
+    // DOM event `connectionstatechange`.
+    const connection = (state) => a.page.evaluate((st) => document.querySelector('greenroom-call').call.emit('connectionStateChanged', { state: st }), state);
+    const banner = (id) => a.page.evaluate((t) => {
+      const el = document.querySelector('greenroom-call').shadowRoot.querySelector(`.banners [data-testid="${t}"]`);
+      return el ? el.textContent : null;
+    }, id);
+    const tileBoxes = () => a.page.evaluate(() => [...document.querySelector('greenroom-call').shadowRoot.querySelectorAll('.tile')].map((t) => JSON.stringify(t.getBoundingClientRect())));
+    const boxesBefore = await tileBoxes();
+    await connection('reconnecting');
+    await waitUntil('alice: Reconnecting banner', async () => (await banner('reconnecting'))?.includes('Reconnecting'), { diag });
+    assert.deepEqual(await tileBoxes(), boxesBefore, 'the banner moved the tiles');
+    assert.equal((await elementState(a.page)).state, 'joined', 'still in the call while reconnecting');
+    await connection('connected');
+    await waitUntil('alice: Reconnecting banner gone', async () => (await banner('reconnecting')) === null, { diag });
+    await connection('failed');
+    await waitUntil('alice: connection error', async () => (await banner('connection-failed'))?.includes('Connection lost'), { diag });
+    await connection('connected');
+    await waitUntil('alice: connection error gone', async () => (await banner('connection-failed')) === null, { diag });
+    const states = (await elementState(a.page)).events.filter((e) => e.type === 'connectionstatechange').map((e) => e.state);
+    assert.deepEqual(states, ['reconnecting', 'connected', 'failed', 'connected']);
 
     // Bob leaves with his element's Leave button: bob gets `left`, alice `user-left`.
     await b.page.evaluate(() => document.querySelector('greenroom-call').shadowRoot.querySelector('button[data-action="leave"]').click());

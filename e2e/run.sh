@@ -14,6 +14,11 @@ if [ ! -x "$FIREFOX" ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends firefox-esr
 fi
+# nftables for e2e/icetcp.test.mjs (UDP dropped inside a network namespace; needs root).
+if ! command -v nft >/dev/null 2>&1 && [ "$(id -u)" -eq 0 ]; then
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nftables
+fi
 # The SDK's JavaScript is type-checked against its JSDoc and the wire types generated from proto/.
 e2e/node_modules/.bin/tsc -p control/web/sdk
 exec node --test e2e/ "$@"

@@ -137,3 +137,14 @@ test('a single failed unmute rolls back to muted', async () => {
   assert.equal(call.local.microphone.muted, true);
   assert.equal(track.enabled, false);
 });
+
+test('sdpFingerprint tells a new server peer (another certificate) from the same one', async () => {
+  const { sdpFingerprint } = await import('../control/web/sdk/client.js');
+  const a = 'v=0\r\ns=-\r\na=group:BUNDLE 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=fingerprint:sha-256 AB:CD\r\na=mid:0\r\n';
+  const b = a.replace('AB:CD', 'EF:01');
+  assert.equal(sdpFingerprint(a), 'sha-256 ab:cd');
+  assert.notEqual(sdpFingerprint(a), sdpFingerprint(b));
+  assert.equal(sdpFingerprint(a.replace('a=mid:0', 'a=mid:0\r\na=ice-ufrag:new')), sdpFingerprint(a), 'an ICE restart keeps it');
+  assert.equal(sdpFingerprint('v=0\r\n'), null);
+  assert.equal(sdpFingerprint(undefined), null);
+});

@@ -279,9 +279,75 @@ else
 fi
 
 # ---------------------------------------------------------------------------------------------
+section "cluster: compose with Redis and three nodes, Kubernetes manifests with Redis"
+check "cluster/docker-compose.yml and k8s-cluster/" "$PY" - "$DEPLOY" <<'PYEOF'
+import sys, yaml, os
+d = sys.argv[1]
+errors = []
+c = yaml.safe_load(open(os.path.join(d, "cluster/docker-compose.yml")))
+s = c["services"]
+if "redis" not in s:
+    errors.append("cluster compose: no redis service")
+nodes = {k: v for k, v in s.items() if k.startswith("greenroom-")}
+if len(nodes) != 3:
+    errors.append(f"cluster compose: {len(nodes)} greenroom nodes, want 3")
+udp, ids, secrets = set(), set(), set()
+for name, n in nodes.items():
+    env = n.get("environment", {})
+    for key in ["GREENROOM_CLUSTER__REDIS_URL", "GREENROOM_CLUSTER__NODE_ID", "GREENROOM_CLUSTER__ADVERTISE_URL", "GREENROOM_UDP_ADDR", "GREENROOM_API_SECRET"]:
+        if key not in env:
+            errors.append(f"{name}: {key} missing")
+    port = env.get("GREENROOM_UDP_ADDR", ":").rsplit(":", 1)[1]
+    if not any(str(p) == f"{port}:{port}/udp" for p in n.get("ports", [])):
+        errors.append(f"{name}: must publish {port}:{port}/udp")
+    udp.add(port); ids.add(env.get("GREENROOM_CLUSTER__NODE_ID")); secrets.add(env.get("GREENROOM_API_SECRET"))
+    ctx = os.path.join(d, "cluster", n.get("build", {}).get("context", "."), n.get("build", {}).get("dockerfile", ""))
+    if not os.path.exists(ctx):
+        errors.append(f"{name}: build context/dockerfile {ctx} does not exist")
+if len(udp) != len(nodes) or len(ids) != len(nodes):
+    errors.append("cluster compose: nodes need distinct UDP ports and node ids")
+if len(secrets) != 1:
+    errors.append("cluster compose: every node must share the API secret")
+k = os.path.join(d, "k8s-cluster")
+kust = yaml.safe_load(open(os.path.join(k, "kustomization.yaml")))
+objs = []
+for r in kust["resources"]:
+    if not os.path.exists(os.path.join(k, r)):
+        errors.append(f"k8s-cluster kustomization lists missing {r}")
+        continue
+    objs += [o for o in yaml.safe_load_all(open(os.path.join(k, r))) if o]
+kinds = {}
+for o in objs:
+    kinds.setdefault(o["kind"], []).append(o)
+ns = kinds.get("Namespace", [{}])[0].get("metadata", {}).get("name")
+for o in objs:
+    if o["kind"] != "Namespace" and o["metadata"].get("namespace") != ns:
+        errors.append(f"k8s-cluster: {o['kind']} {o['metadata']['name']} not in namespace {ns}")
+names = {(o["kind"], o["metadata"]["name"]) for o in objs}
+for want in [("Deployment", "redis"), ("Service", "redis"), ("StatefulSet", "greenroom"), ("Service", "greenroom")]:
+    if want not in names:
+        errors.append(f"k8s-cluster: no {want[0]} {want[1]}")
+for o in kinds.get("StatefulSet", []):
+    env = {e["name"] for e in o["spec"]["template"]["spec"]["containers"][0].get("env", [])}
+    for key in ["GREENROOM_CLUSTER__REDIS_URL", "GREENROOM_CLUSTER__NODE_ID", "GREENROOM_CLUSTER__ADVERTISE_URL", "GREENROOM_API_SECRET", "GREENROOM_NODE_IP"]:
+        if key not in env:
+            errors.append(f"k8s-cluster StatefulSet: {key} missing")
+if errors:
+    sys.exit("\n".join(errors))
+PYEOF
+if [ -x "$GREENROOM_BIN" ]; then
+    check "greenroom config check with a cluster node's environment" \
+        clean_env GREENROOM_HTTP_ADDR=0.0.0.0:7884 GREENROOM_UDP_ADDR=0.0.0.0:7886 \
+        GREENROOM_CLUSTER__REDIS_URL=redis://redis:6379/0 GREENROOM_CLUSTER__NODE_ID=b \
+        GREENROOM_CLUSTER__ADVERTISE_URL=http://greenroom-b:7884 \
+        GREENROOM_SERVER__MAX_CONNS_PER_IP=4096 "$GREENROOM_BIN" config check
+fi
+
+# ---------------------------------------------------------------------------------------------
 section "docker compose"
 if command -v docker >/dev/null && docker compose version >/dev/null 2>&1; then
     check "docker compose -f $DEPLOY/docker-compose.yml config -q" docker compose -f "$DEPLOY/docker-compose.yml" config -q
+    check "docker compose -f $DEPLOY/cluster/docker-compose.yml config -q" docker compose -f "$DEPLOY/cluster/docker-compose.yml" config -q
 else
     skip "the docker compose plugin is not installed: docker compose config not run"
 fi

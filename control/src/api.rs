@@ -225,7 +225,48 @@ pub fn routes() -> Router<Arc<AppState>> {
         .route("/v1/calls/{call_type}/{id}/kick", post(kick))
         .route("/v1/calls/{call_type}/{id}/block", post(block))
         .route("/v1/calls/{call_type}/{id}/unblock", post(unblock))
+        .route("/v1/nodes", get(nodes))
         .merge(ring_routes())
+}
+
+/// `GET /v1/nodes`: the cluster's registered nodes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodesResponse {
+    /// Whether this server runs in cluster mode (without it the list is empty).
+    pub cluster: bool,
+    /// The node that answered.
+    pub node_id: Option<String>,
+    /// Every live node, by id, with its load and state.
+    pub nodes: Vec<crate::cluster::NodeInfo>,
+}
+
+/// The cluster's nodes with their load and state (admin tokens only); 503
+/// `cluster_unavailable` while Redis is unreachable.
+#[utoipa::path(get, path = "/v1/nodes",
+    responses((status = 200, body = NodesResponse), (status = 403, body = ErrorBody),
+        (status = 503, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub async fn nodes(
+    State(state): State<Arc<AppState>>,
+    Authed(claims): Authed,
+) -> Result<Json<NodesResponse>, ApiError> {
+    if !claims.admin {
+        return Err(ApiError::Forbidden(
+            "listing nodes needs an admin (server-side) token".into(),
+        ));
+    }
+    let Some(cluster) = state.cluster.get() else {
+        return Ok(Json(NodesResponse {
+            cluster: false,
+            node_id: None,
+            nodes: Vec::new(),
+        }));
+    };
+    Ok(Json(NodesResponse {
+        cluster: true,
+        node_id: Some(cluster.node_id().to_owned()),
+        nodes: cluster.registry().nodes().await?,
+    }))
 }
 
 /// Liveness and readiness: `200 {"status":"ok"}` while serving, `503 {"status":"draining"}`
@@ -649,11 +690,11 @@ impl utoipa::Modify for BearerAuth {
     info(title = "Greenroom API", description = "Calls, roles, capabilities and permissions of the Greenroom SFU"),
     paths(healthz, get_or_create, get_call, go_live, stop_live, end_call, request_permission,
         user_permissions, mute_users, kick, block, unblock,
-        ring, create_group, get_group, update_group, call_history, create_token),
+        ring, create_group, get_group, update_group, call_history, create_token, nodes),
     components(schemas(CreateCallRequest, CallResponse, RequestPermissionRequest,
         UpdatePermissionsRequest, MuteUsersRequest, UserRequest, Health, ErrorBody,
         RingRequest, CreateGroupRequest, GroupMembersRequest, CallHistoryResponse, TokenRequest,
-        TokenResponse, crate::ringing::GroupInfo, greenroom_proto::RingCallInfo,
+        TokenResponse, NodesResponse, crate::cluster::NodeInfo, crate::ringing::GroupInfo, greenroom_proto::RingCallInfo,
         greenroom_proto::CallRecord)),
     modifiers(&BearerAuth)
 )]

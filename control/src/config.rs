@@ -1,15 +1,19 @@
-//! Configuration: embedded defaults, then a TOML file, then `GREENROOM_*` environment variables,
-//! then command-line flags (applied by the binary). Unknown keys in the file are an error that
-//! names the key.
+//! Configuration: embedded defaults, then a TOML file, then `GREENROOM_SECTION__KEY` environment
+//! variables, then command-line flags; the layering is in [`load`](self::load). Unknown keys are
+//! an error that names the key and its source.
+
+mod load;
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use greenroom_proto::CallType;
 use serde::{Deserialize, Serialize};
 
 use crate::policy::CallTypeOverride;
+
+pub use load::{env_in_use, env_key, Overrides, ENV_ALIASES, ENV_PREFIX, ENV_SEPARATOR};
 
 /// The development API key used when none is configured.
 pub const DEV_API_KEY: &str = "devkey";
@@ -30,9 +34,16 @@ pub enum ConfigError {
         /// What is wrong, naming the key.
         message: String,
     },
-    /// An environment variable has a bad value.
-    #[error("environment variable {0}: {1}")]
-    Env(&'static str, String),
+    /// A value (from the file, a variable or a flag) is wrong: names the key and its source.
+    #[error("{origin}: key `{key}`: {message}")]
+    Value {
+        /// The dotted key, e.g. `limits.idle_ws_secs`.
+        key: String,
+        /// Where the value came from: the file, `environment variable NAME` or `flag --x`.
+        origin: String,
+        /// What is wrong.
+        message: String,
+    },
     /// Values that do not fit together.
     #[error("invalid configuration: {0}")]
     Invalid(String),
@@ -54,6 +65,107 @@ pub struct Config {
     pub call_types: BTreeMap<CallType, CallTypeOverride>,
     /// Webhook receivers.
     pub webhooks: crate::webhook::WebhookConfig,
+    /// Cluster mode on Redis; absent = one process with no external service.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<crate::cluster::ClusterConfig>,
+    /// The embedded TURN server (off by default).
+    pub turn: TurnConfig,
+    /// Discovery of the node's public address.
+    pub nat: NatConfig,
+}
+
+/// A transport of the embedded TURN server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TurnTransport {
+    /// TURN over UDP (`turn:host:port?transport=udp`).
+    Udp,
+    /// TURN over TCP (`turn:host:port?transport=tcp`).
+    Tcp,
+    /// TURN over TLS (`turns:host:port?transport=tcp`), with the server's certificate.
+    Tls,
+}
+
+/// The embedded TURN server (docs/ARCHITECTURE.md, TURN). It relays only to this node's media
+/// address, with credentials that expire, handed to clients in `joined` as `ice_servers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TurnConfig {
+    /// Run it.
+    pub enabled: bool,
+    /// Listeners to run; `tls` needs a certificate (`server.tls` or `--dev-tls`) and is skipped
+    /// with a warning without one.
+    pub transports: Vec<TurnTransport>,
+    /// UDP listener address.
+    pub udp_addr: SocketAddr,
+    /// TCP listener address.
+    pub tcp_addr: SocketAddr,
+    /// TLS listener address (443 in deploy/, where firewalls let it through).
+    pub tls_addr: SocketAddr,
+    /// Host name or IP put in the `urls` clients get (default: `rtc.node_ip`); TLS clients check
+    /// the certificate against it.
+    pub host: Option<String>,
+    /// Realm of the credentials.
+    pub realm: String,
+    /// Secret the credentials are derived from (default: the signing API secret).
+    pub secret: Option<String>,
+    /// Seconds a credential handed out in `joined` stays valid.
+    pub credential_ttl_secs: u64,
+    /// Allocations one user may hold at once.
+    pub max_allocations_per_user: usize,
+    /// Allocations the server holds at once (also the bound on open TCP/TLS connections).
+    pub max_allocations: usize,
+}
+
+impl Default for TurnConfig {
+    fn default() -> Self {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        TurnConfig {
+            enabled: false,
+            transports: vec![TurnTransport::Udp, TurnTransport::Tcp, TurnTransport::Tls],
+            udp_addr: SocketAddr::new(any, 3478),
+            tcp_addr: SocketAddr::new(any, 3478),
+            tls_addr: SocketAddr::new(any, 5349),
+            host: None,
+            realm: "greenroom".to_owned(),
+            secret: None,
+            credential_ttl_secs: 6 * 3600,
+            max_allocations_per_user: 10,
+            max_allocations: 1000,
+        }
+    }
+}
+
+impl TurnConfig {
+    /// Checks values that parse but do not make sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !self.enabled {
+            return Ok(());
+        }
+        if self.credential_ttl_secs < 60
+            || self.max_allocations_per_user == 0
+            || self.max_allocations == 0
+            || self.realm.is_empty()
+            || self.secret.as_ref().is_some_and(|s| s.is_empty())
+        {
+            return Err(ConfigError::Invalid(
+                "turn: credential_ttl_secs must be at least 60, the allocation limits at least 1, \
+                 realm and secret not empty"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Discovery of the node's public address.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatConfig {
+    /// A STUN server (`host:port`) asked at start for this node's public IP, which is then
+    /// advertised in ICE candidates when `rtc.node_ip` is left at a loopback or unspecified
+    /// address.
+    pub stun_server: Option<String>,
 }
 
 /// HTTP and WebSocket settings.
@@ -105,6 +217,16 @@ pub struct RtcConfig {
     /// Receive and send buffer size requested for the media UDP socket, in bytes (the kernel
     /// caps it at `net.core.rmem_max` / `wmem_max`; the effective size is exported).
     pub socket_buffer_bytes: usize,
+    /// ICE over TCP (passive TCP candidates, RFC 4571 framing) on this TCP port of the UDP
+    /// address's IP, for clients whose UDP is blocked. Unset: the UDP port's number (if that
+    /// TCP port is taken, the server starts without ICE-TCP and logs a warning); 0: off; a port
+    /// given here must bind or the server does not start.
+    #[serde(default)]
+    pub ice_tcp_port: Option<u16>,
+    /// Most datagrams a shard hands to the kernel in one `sendmmsg` (1..=64; 1 = one system call
+    /// per datagram). Unset: 64 (or the `GREENROOM_RTC_SEND_BATCH` variable, kept for A/B runs).
+    #[serde(default)]
+    pub send_batch: Option<usize>,
 }
 
 /// One API key: the name carried in a token's `kid` and its HS256 secret.
@@ -241,6 +363,9 @@ pub struct LimitsConfig {
     pub ended_call_ttl_secs: u64,
     /// Seconds a call with nobody in it (never joined, or everyone left) stays in memory.
     pub empty_call_ttl_secs: u64,
+    /// Seconds a session whose signaling socket dropped (without `leave`) stays in its call,
+    /// waiting for a `resume`; then it leaves with reason `disconnected`. 0 = leave at once.
+    pub resume_grace_secs: u64,
 }
 
 impl Default for ServerConfig {
@@ -266,6 +391,8 @@ impl Default for RtcConfig {
             shards: 0,
             parallel_fanout_min: 64,
             socket_buffer_bytes: 4 << 20,
+            ice_tcp_port: None,
+            send_batch: None,
         }
     }
 }
@@ -292,104 +419,12 @@ impl Default for LimitsConfig {
             subscriber_offer_timeout_ms: 5000,
             ended_call_ttl_secs: 300,
             empty_call_ttl_secs: 3600,
+            resume_grace_secs: 15,
         }
-    }
-}
-
-fn env_parse<T: std::str::FromStr>(
-    name: &'static str,
-    get: &dyn Fn(&str) -> Option<String>,
-) -> Result<Option<T>, ConfigError>
-where
-    T::Err: std::fmt::Display,
-{
-    match get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .parse::<T>()
-            .map(Some)
-            .map_err(|e| ConfigError::Env(name, format!("`{v}`: {e}"))),
     }
 }
 
 impl Config {
-    /// Parses a TOML document.
-    pub fn from_toml(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: path.to_owned(),
-            message: e.to_string(),
-        })
-    }
-
-    /// Reads a TOML file.
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text =
-            std::fs::read_to_string(path).map_err(|e| ConfigError::Read(path.to_owned(), e))?;
-        Config::from_toml(path, &text)
-    }
-
-    /// Loads the file (when given) and applies the process environment.
-    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
-        let mut c = match path {
-            Some(p) => Config::from_file(p)?,
-            None => Config::default(),
-        };
-        c.apply_env(&|k| std::env::var(k).ok())?;
-        c.validate()?;
-        Ok(c)
-    }
-
-    /// Applies `GREENROOM_*` variables read through `get`.
-    pub fn apply_env(&mut self, get: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
-        if let Some(v) = env_parse("GREENROOM_HTTP_ADDR", get)? {
-            self.server.http_addr = v;
-        }
-        if let Some(v) = env_parse::<PathBuf>("GREENROOM_WEB_ROOT", get)? {
-            self.server.web_root = Some(v);
-        }
-        if let Some(v) = env_parse("GREENROOM_UDP_ADDR", get)? {
-            self.rtc.udp_addr = v;
-        }
-        if let Some(v) = env_parse("GREENROOM_NODE_IP", get)? {
-            self.rtc.node_ip = v;
-        }
-        if let Some(v) = env_parse("GREENROOM_RTC_SHARDS", get)? {
-            self.rtc.shards = v;
-        }
-        if let Some(v) = env_parse("GREENROOM_RTC_PARALLEL_FANOUT_MIN", get)? {
-            self.rtc.parallel_fanout_min = v;
-        }
-        if let Some(v) = env_parse("GREENROOM_RTC_SOCKET_BUFFER_BYTES", get)? {
-            self.rtc.socket_buffer_bytes = v;
-        }
-        if let Some(v) = get("GREENROOM_API_KEY") {
-            self.keys.api_key = v;
-        }
-        if let Some(v) = get("GREENROOM_API_SECRET") {
-            self.keys.api_secret = v;
-        }
-        if let Some(v) = env_parse("GREENROOM_DRAIN_SECS", get)? {
-            self.server.drain_secs = v;
-        }
-        if let Some(v) = get("GREENROOM_DATA_DIR") {
-            self.server.data_dir = PathBuf::from(v);
-        }
-        if let Some(v) = get("GREENROOM_WEBHOOK_URLS") {
-            self.webhooks.urls = v
-                .split(',')
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect();
-        }
-        if let Some(v) = get("GREENROOM_WEBHOOK_SECRET") {
-            self.webhooks.secret = v;
-        }
-        if let Some(v) = env_parse("GREENROOM_MAX_MESSAGE_BYTES", get)? {
-            self.limits.max_message_bytes = v;
-        }
-        Ok(())
-    }
-
     /// Checks values that parse but do not make sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let keys = self.keys.all();
@@ -430,7 +465,16 @@ impl Config {
                     .into(),
             ));
         }
+        self.turn.validate()?;
         Ok(())
+    }
+
+    /// The configuration as TOML with every set secret replaced by `"<redacted>"`: keys named like
+    /// `*secret*`, `*password*` or `*token*`, and the password of URLs (`redis://:pw@host`).
+    pub fn to_redacted_toml(&self) -> Result<String, toml::ser::Error> {
+        let mut v = toml::Value::try_from(self)?;
+        redact(&mut v, false);
+        toml::to_string_pretty(&v)
     }
 
     /// Whether the development secret is in use (the server warns at start-up).
@@ -439,9 +483,49 @@ impl Config {
     }
 }
 
+/// The placeholder `config check` prints instead of a secret.
+pub const REDACTED: &str = "<redacted>";
+
+fn redact(v: &mut toml::Value, secret: bool) {
+    match v {
+        toml::Value::String(s) => {
+            if secret && !s.is_empty() {
+                *s = REDACTED.to_owned();
+            } else if let Some(clean) = redact_url(s) {
+                *s = clean;
+            }
+        }
+        toml::Value::Array(a) => a.iter_mut().for_each(|x| redact(x, secret)),
+        toml::Value::Table(t) => {
+            for (k, x) in t.iter_mut() {
+                let k = k.to_ascii_lowercase();
+                let s = secret
+                    || ["secret", "password", "token"]
+                        .iter()
+                        .any(|w| k.contains(w));
+                redact(x, s);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `scheme://user:password@host...` with the password replaced, or `None`.
+fn redact_url(s: &str) -> Option<String> {
+    let (scheme, rest) = s.split_once("://")?;
+    let at = rest.find('@')?;
+    let (userinfo, host) = rest.split_at(at);
+    if userinfo.contains('/') {
+        return None;
+    }
+    let (user, _) = userinfo.split_once(':')?;
+    Some(format!("{scheme}://{user}:{REDACTED}{host}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::path::Path;
 
     #[test]
     fn unknown_key_is_named() {
@@ -451,31 +535,19 @@ mod tests {
     }
 
     #[test]
-    fn env_overrides_file() {
-        let mut c = Config::from_toml(
-            Path::new("x.toml"),
-            "[server]\nhttp_addr = \"127.0.0.1:9000\"\n[rtc]\nnode_ip = \"10.0.0.1\"\n",
-        )
-        .unwrap();
-        assert_eq!(c.server.http_addr.port(), 9000);
-        c.apply_env(&|k| (k == "GREENROOM_HTTP_ADDR").then(|| "127.0.0.1:9100".to_owned()))
-            .unwrap();
-        assert_eq!(c.server.http_addr.port(), 9100);
-        assert_eq!(c.rtc.node_ip.to_string(), "10.0.0.1");
-        let bad = c.apply_env(&|k| (k == "GREENROOM_UDP_ADDR").then(|| "nope".to_owned()));
-        assert!(bad.unwrap_err().to_string().contains("GREENROOM_UDP_ADDR"));
-        assert_eq!(c.rtc.shards, 0, "one shard per core by default");
-        c.apply_env(&|k| (k == "GREENROOM_RTC_SHARDS").then(|| "3".to_owned()))
-            .unwrap();
-        assert_eq!(c.rtc.shards, 3);
-        c.apply_env(&|k| (k == "GREENROOM_RTC_PARALLEL_FANOUT_MIN").then(|| "0".to_owned()))
-            .unwrap();
-        assert_eq!(c.rtc.parallel_fanout_min, 0);
-        let bad = c.apply_env(&|k| (k == "GREENROOM_RTC_SHARDS").then(|| "-1".to_owned()));
-        assert!(bad
-            .unwrap_err()
-            .to_string()
-            .contains("GREENROOM_RTC_SHARDS"));
+    fn secrets_are_redacted() {
+        let mut c = Config::default();
+        c.webhooks.secret = "hook-secret".into();
+        c.cluster = Some(crate::cluster::ClusterConfig {
+            redis_url: "redis://:pw123@redis:6379/0".into(),
+            ..Default::default()
+        });
+        let text = c.to_redacted_toml().unwrap();
+        assert!(!text.contains(DEV_API_SECRET), "{text}");
+        assert!(!text.contains("hook-secret"), "{text}");
+        assert!(!text.contains("pw123"), "{text}");
+        assert!(text.contains("redis://:<redacted>@redis:6379/0"), "{text}");
+        assert!(text.contains(DEV_API_KEY), "the key name is not a secret");
     }
 
     #[test]

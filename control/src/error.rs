@@ -51,6 +51,12 @@ pub enum ApiError {
     /// The user holds as many signaling sockets as allowed.
     #[error("too many connections: at most {0} signaling sockets per user")]
     TooManyConnections(usize),
+    /// The token lacks a right that has no capability (e.g. an admin-only route).
+    #[error("{0}")]
+    Forbidden(String),
+    /// Cluster mode: the call cannot be placed or reached now.
+    #[error(transparent)]
+    Cluster(#[from] crate::cluster::ClusterError),
 }
 
 impl ApiError {
@@ -109,6 +115,15 @@ impl ApiError {
             ApiError::TooManyConnections(_) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::TooManyConnections,
+                None,
+            ),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, ErrorCode::Unauthorized, None),
+            ApiError::Cluster(crate::cluster::ClusterError::Config(_)) => {
+                (StatusCode::INTERNAL_SERVER_ERROR, ErrorCode::Internal, None)
+            }
+            ApiError::Cluster(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ErrorCode::ClusterUnavailable,
                 None,
             ),
         };

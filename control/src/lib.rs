@@ -4,6 +4,7 @@
 pub mod api;
 pub mod auth;
 pub mod call;
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -16,6 +17,7 @@ pub mod server;
 pub mod signal;
 pub mod state;
 pub mod tls;
+pub mod turn;
 pub mod webhook;
 
 use std::path::PathBuf;
@@ -43,6 +45,11 @@ pub fn app(state: Arc<AppState>) -> Router {
         .unwrap_or_else(default_web_root);
     let limit = state.config.limits.max_body_bytes;
     api::routes()
+        // Cluster mode: requests for a call homed on another node go there (a no-op otherwise).
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            cluster::proxy::forward_to_home,
+        ))
         .route("/v1/signal", get(signal::signal))
         .route("/metrics", get(metrics::handler))
         .layer(DefaultBodyLimit::max(limit))
@@ -59,19 +66,44 @@ pub async fn start_state(
     if !with_media {
         return Ok(AppState::new(config, None));
     }
-    let (sfu, mut events) = greenroom_sfu::Sfu::start_with(
-        greenroom_sfu::SfuConfig {
-            bind: config.rtc.udp_addr,
-            advertise_ip: config.rtc.node_ip,
+    let sfu_config = greenroom_sfu::SfuConfig {
+        bind: config.rtc.udp_addr,
+        advertise_ip: config.rtc.node_ip,
+    };
+    let options = greenroom_sfu::SfuOptions {
+        shards: config.rtc.shards,
+        parallel_fanout_min: config.rtc.parallel_fanout_min,
+        socket_buffer_bytes: config.rtc.socket_buffer_bytes,
+        ice_tcp_port: Some(
+            config
+                .rtc
+                .ice_tcp_port
+                .unwrap_or(config.rtc.udp_addr.port()),
+        )
+        .filter(|p| *p != 0),
+        ..Default::default()
+    };
+    let options = match config.rtc.send_batch {
+        Some(n) => greenroom_sfu::SfuOptions {
+            send_batch: n,
+            ..options
         },
-        greenroom_sfu::SfuOptions {
-            shards: config.rtc.shards,
-            parallel_fanout_min: config.rtc.parallel_fanout_min,
-            socket_buffer_bytes: config.rtc.socket_buffer_bytes,
-            ..Default::default()
-        },
-    )
-    .await?;
+        None => options,
+    };
+    let started = match greenroom_sfu::Sfu::start_with(sfu_config.clone(), options.clone()).await {
+        // ICE-TCP on its default port (the UDP port's number) is a convenience: when that TCP
+        // port is taken, run without it rather than not at all. A configured port must bind.
+        Err(greenroom_sfu::SfuError::BindTcp(addr, e)) if config.rtc.ice_tcp_port.is_none() => {
+            tracing::warn!(%addr, "ICE over TCP off: cannot bind its default port: {e}");
+            let options = greenroom_sfu::SfuOptions {
+                ice_tcp_port: None,
+                ..options
+            };
+            greenroom_sfu::Sfu::start_with(sfu_config, options).await
+        }
+        other => other,
+    };
+    let (sfu, mut events) = started?;
     tracing::info!(shards = sfu.shard_count(), "media engine started");
     let state = AppState::new(config, Some(sfu));
     let weak = Arc::downgrade(&state);

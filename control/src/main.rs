@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use greenroom_control::config::{Config, DEV_API_KEY, DEV_API_SECRET};
+use greenroom_control::config::{Config, Overrides, DEV_API_KEY, DEV_API_SECRET};
 use greenroom_proto::{CallCid, Role};
 
 #[derive(Parser, Debug)]
@@ -38,30 +38,79 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum ConfigCommand {
-    /// Validate the configuration (file, environment) and print the effective values.
-    Check,
+    /// Validate the configuration (file, environment, flags) and print the effective values,
+    /// secrets redacted.
+    Check(ConfigFlags),
 }
 
 #[derive(Args, Debug, Default)]
 struct ServeArgs {
-    /// HTTP and WebSocket address.
+    #[command(flatten)]
+    flags: ConfigFlags,
+    /// Serve HTTPS/WSS with a freshly generated self-signed certificate (LAN demos).
+    #[arg(long)]
+    dev_tls: bool,
+}
+
+/// Flags that set configuration keys: the last layer, over the file and the environment.
+#[derive(Args, Debug, Default)]
+struct ConfigFlags {
+    /// HTTP and WebSocket address (server.http_addr).
     #[arg(long)]
     http_addr: Option<SocketAddr>,
     /// The UDP address of the media plane.
     #[arg(long)]
     udp_addr: Option<SocketAddr>,
-    /// IP advertised to clients in ICE candidates.
+    /// IP advertised to clients in ICE candidates (rtc.node_ip).
     #[arg(long)]
     node_ip: Option<IpAddr>,
-    /// Seconds to drain connections on shutdown (default: server.drain_secs).
+    /// Seconds to drain connections on shutdown (server.drain_secs).
     #[arg(long)]
     drain_secs: Option<u64>,
-    /// Serve HTTPS/WSS with a freshly generated self-signed certificate (LAN demos).
+    /// Directory of the server's files: the call history database (server.data_dir).
     #[arg(long)]
-    dev_tls: bool,
-    /// Directory of the server's files: the call history database (default: server.data_dir).
-    #[arg(long, env = "GREENROOM_DATA_DIR")]
     data_dir: Option<PathBuf>,
+    /// Redis URL: turns cluster mode on (cluster.redis_url).
+    #[arg(long)]
+    redis_url: Option<String>,
+    /// This node's id in the cluster (cluster.node_id).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Any key: `--set limits.idle_ws_secs=30` (repeatable; values read like TOML scalars).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl ConfigFlags {
+    /// The flags as the configuration's last layer.
+    fn overrides(&self) -> Result<Overrides> {
+        let mut o = Overrides::new();
+        if let Some(v) = &self.http_addr {
+            o.set("--http-addr", "server.http_addr", v);
+        }
+        if let Some(v) = &self.udp_addr {
+            o.set("--udp-addr", "rtc.udp_addr", v);
+        }
+        if let Some(v) = &self.node_ip {
+            o.set("--node-ip", "rtc.node_ip", v);
+        }
+        if let Some(v) = &self.drain_secs {
+            o.set("--drain-secs", "server.drain_secs", v);
+        }
+        if let Some(v) = &self.data_dir {
+            o.set("--data-dir", "server.data_dir", v);
+        }
+        if let Some(v) = &self.redis_url {
+            o.set("--redis-url", "cluster.redis_url", v);
+        }
+        if let Some(v) = &self.node_id {
+            o.set("--node-id", "cluster.node_id", v);
+        }
+        for item in &self.set {
+            o.parse_set(item)?;
+        }
+        Ok(o)
+    }
 }
 
 #[derive(Args, Debug)]
@@ -102,8 +151,17 @@ fn init_tracing() {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let config = Config::load(cli.config.as_deref()).context("loading configuration")?;
-    match cli.command.unwrap_or(Command::Serve(ServeArgs::default())) {
+    let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
+    let overrides = match &command {
+        Command::Serve(a) => a.flags.overrides()?,
+        Command::Config {
+            command: ConfigCommand::Check(f),
+        } => f.overrides()?,
+        Command::Token(_) => Overrides::new(),
+    };
+    let config =
+        Config::load_with(cli.config.as_deref(), &overrides).context("loading configuration")?;
+    match command {
         Command::Token(t) => {
             let auth = greenroom_control::auth::Auth::from_config(&config.keys);
             let call = match &t.session {
@@ -118,10 +176,21 @@ fn main() -> Result<()> {
             Ok(())
         }
         Command::Config {
-            command: ConfigCommand::Check,
+            command: ConfigCommand::Check(_),
         } => {
-            let text = toml::to_string_pretty(&config).context("printing configuration")?;
+            let text = config
+                .to_redacted_toml()
+                .context("printing configuration")?;
             println!("{text}");
+            if let Some(f) = &cli.config {
+                eprintln!("file: {}", f.display());
+            }
+            for name in greenroom_control::config::env_in_use(std::env::vars()) {
+                eprintln!("environment: {name}");
+            }
+            if !overrides.is_empty() {
+                eprintln!("flags: {overrides:?}");
+            }
             eprintln!("configuration OK");
             Ok(())
         }
@@ -140,15 +209,9 @@ fn main() -> Result<()> {
 }
 
 async fn serve(mut config: Config, args: ServeArgs) -> Result<()> {
-    if let Some(a) = args.http_addr {
-        config.server.http_addr = a;
-    }
-    if let Some(a) = args.udp_addr {
-        config.rtc.udp_addr = a;
-    }
-    if let Some(ip) = args.node_ip {
-        config.rtc.node_ip = ip;
-    }
+    greenroom_control::turn::nat::apply(&mut config)
+        .await
+        .context("discovering the public address ([nat] stun_server)")?;
     if config.uses_dev_secret() {
         tracing::warn!(
             api_key = DEV_API_KEY,
@@ -157,12 +220,6 @@ async fn serve(mut config: Config, args: ServeArgs) -> Result<()> {
         );
         eprintln!("Development credentials: api_key={DEV_API_KEY} api_secret={DEV_API_SECRET}");
         eprintln!("Mint a token: cargo run --release -- token --user alice --role host");
-    }
-    if let Some(d) = args.data_dir {
-        config.server.data_dir = d;
-    }
-    if let Some(d) = args.drain_secs {
-        config.server.drain_secs = d;
     }
     let http_addr = config.server.http_addr;
     let mut opts = greenroom_control::server::ServeOptions::from_config(&config.server);
@@ -185,10 +242,33 @@ async fn serve(mut config: Config, args: ServeArgs) -> Result<()> {
     }
     let drain = Duration::from_secs(config.server.drain_secs);
     let webhook_flush = Duration::from_secs(config.webhooks.flush_secs);
+    let turn = match config.turn.enabled {
+        true => Some(
+            greenroom_control::turn::TurnListeners::bind(&mut config.turn, opts.tls.as_ref())
+                .await?,
+        ),
+        false => None,
+    };
     let state = greenroom_control::start_state(config, true)
         .await
         .context("starting the media plane")?;
+    let cluster = if state.config.cluster.is_some() {
+        let c = greenroom_control::cluster::Cluster::start(&state)
+            .await
+            .context("joining the cluster (Redis)")?;
+        Some(c)
+    } else {
+        None
+    };
     let udp = state.sfu.as_ref().map(|s| s.local_addr());
+    let turn = match (turn, udp) {
+        (Some(l), Some(media)) => {
+            let settings = greenroom_control::turn::TurnSettings::from_config(&state.config, media);
+            tracing::info!(turn = ?state.config.turn.transports, "embedded TURN server listening");
+            Some(greenroom_control::turn::TurnServer::start(l, settings).await?)
+        }
+        _ => None,
+    };
     let app = greenroom_control::app(state.clone());
     let listener = tokio::net::TcpListener::bind(http_addr)
         .await
@@ -214,6 +294,10 @@ async fn serve(mut config: Config, args: ServeArgs) -> Result<()> {
         "shutting down: draining connections"
     );
     state.begin_shutdown(drain.as_millis() as u64);
+    //    In cluster mode the node is marked draining: no new call is placed here.
+    if let Some(c) = &cluster {
+        c.drain(&state).await;
+    }
     // 2. Wait for the clients to leave, at most the drain time.
     let deadline = tokio::time::Instant::now() + drain;
     while state.session_count() > 0 && tokio::time::Instant::now() < deadline {
@@ -227,6 +311,9 @@ async fn serve(mut config: Config, args: ServeArgs) -> Result<()> {
     while state.session_count() > 0 && tokio::time::Instant::now() < closed_by {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    if let Some(t) = turn {
+        t.close().await;
+    }
     // 5. Calls still ringing (or in progress) get their final history record.
     state.ringing.shutdown(&state);
     // 6. Flush the webhook queue (bounded) and the history writer.
@@ -238,6 +325,9 @@ async fn serve(mut config: Config, args: ServeArgs) -> Result<()> {
     }
     if let Err(e) = server.await {
         tracing::warn!("HTTP server task: {e}");
+    }
+    if let Some(c) = &cluster {
+        c.deregister().await;
     }
     tracing::info!("drained, exiting");
     Ok(())

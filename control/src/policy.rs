@@ -103,9 +103,9 @@ impl Default for Policy {
             },
         );
 
-        // audio_room: hosts speak, listeners ask to speak.
+        // audio_room: hosts speak, listeners ask to speak (and react: the app's reaction bar).
         let speaker = host.with(C::SendAudio);
-        let listener = CapabilitySet::of(&[C::JoinCall, C::ReadCall]);
+        let listener = set(&[BASE]);
         types.insert(
             CallType::AudioRoom,
             CallTypePolicy {
@@ -194,14 +194,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn audio_room_listeners_only_join_and_read() {
+    fn audio_room_listeners_join_read_and_react() {
         let p = Policy::default();
         let ar = p.of(CallType::AudioRoom);
         assert!(ar.backstage);
-        assert_eq!(
-            ar.grants_of(Role::User),
-            CapabilitySet::of(&[C::JoinCall, C::ReadCall])
-        );
+        // Listeners (user and call_member) in audio rooms and livestreams join, read and react.
+        let listener = CapabilitySet::of(&[C::JoinCall, C::ReadCall, C::CreateReaction]);
+        for t in [CallType::AudioRoom, CallType::Livestream] {
+            for r in [Role::User, Role::CallMember] {
+                assert_eq!(p.of(t).grants_of(r), listener, "{t:?} {r:?}");
+            }
+        }
         assert!(ar.grants_of(Role::Host).contains(C::SendAudio));
         assert!(!ar.grants_of(Role::Host).contains(C::SendVideo));
         assert_eq!(ar.requestable, CapabilitySet::of(&[C::SendAudio]));

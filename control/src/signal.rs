@@ -4,9 +4,10 @@
 //! (rate-limited per socket); a writer task drains the socket's bounded queue of pre-serialized
 //! messages and watches a close signal beside it, so a slow client is closed (1008) even when
 //! its queue is full. Oversized messages close the socket with 1009; malformed or unknown
-//! messages get an `error` message and the connection stays; a dropped socket leaves the call;
-//! a socket outside any call that stays silent is closed (4408). The rules are in section 4 of
-//! docs/PROTOCOL.md.
+//! messages get an `error` message and the connection stays; a dropped socket parks its session
+//! for `limits.resume_grace_secs` (a new socket takes it back with `resume`, see
+//! [`crate::state`]'s resume registry), then it leaves the call; a socket outside any call that
+//! stays silent is closed (4408). The rules are in section 4 of docs/PROTOCOL.md.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -29,8 +30,12 @@ use crate::auth::{unix_now_ms, AuthError, Claims};
 use crate::call::CallError;
 use crate::error::ApiError;
 use crate::state::{
-    AppState, CloseReason, Inbox, Notice, Outbound, Outbox, SocketSlot, SESSION_QUEUE,
+    new_resume_token, AppState, CloseReason, Dropped, Inbox, Notice, Outbound, Outbox, ResumeError,
+    SocketSlot, Taken, REPLACED_CLOSE_CODE, SESSION_QUEUE,
 };
+
+/// How long a `resume` waits for an old socket that still holds the session to let go.
+const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
 
 /// Bytes the WebSocket may buffer for writing before a write fails (bounds a connection's
 /// memory; a subscriber offer of a large call fits several times).
@@ -79,6 +84,8 @@ pub async fn signal(
     };
     // Reserved before the upgrade; a failed upgrade drops the closure and with it the slot.
     let slot = state.open_socket(&claims.sub)?;
+    // Cluster mode: a socket a peer node relays here is served here, never relayed on.
+    let relayed = headers.contains_key(crate::cluster::HOP_HEADER);
     let limit = state.config.limits.max_message_bytes;
     // The hard cap is above our limit so an oversized message is seen and answered with 1009.
     Ok(ws
@@ -96,7 +103,10 @@ pub async fn signal(
                 call = tracing::field::Empty,
                 participant = tracing::field::Empty
             );
-            tracing::Instrument::instrument(run(state, claims, device_id, slot, socket), span)
+            tracing::Instrument::instrument(
+                run(state, claims, device_id, slot, socket, relayed),
+                span,
+            )
         }))
 }
 
@@ -161,6 +171,10 @@ struct Conn {
     request_id: Option<String>,
     /// When this session's recent reactions and custom events were sent (rate limit).
     recent_sends: std::collections::VecDeque<std::time::Instant>,
+    /// Cluster mode: this socket was relayed here by a peer node (served here, never relayed).
+    relayed: bool,
+    /// Cluster mode: this socket's call is homed on another node; every message goes there.
+    relay: Option<crate::cluster::relay::Relay>,
 }
 
 /// Reactions plus custom events one session may send per [`SEND_WINDOW`].
@@ -177,13 +191,14 @@ async fn run(
     device_id: String,
     slot: SocketSlot,
     socket: WebSocket,
+    relayed: bool,
 ) {
     let (outbox, inbox) = Outbox::new(SESSION_QUEUE);
     slot.attach(outbox.clone());
     let Inbox {
         queue,
         close,
-        notices,
+        mut notices,
     } = inbox;
     let (sink, stream) = socket.split();
     let mut writer = tokio::spawn(write_loop(sink, queue, close.clone()));
@@ -208,10 +223,19 @@ async fn run(
         state,
         request_id: None,
         recent_sends: std::collections::VecDeque::new(),
+        relayed,
+        relay: None,
     };
     conn.reset_idle();
-    let reason = conn.read_loop(stream, notices, close).await;
-    conn.leave(reason);
+    let closed = close.clone();
+    let reason = conn.read_loop(stream, &mut notices, close).await;
+    // The server closing a socket for cause (too slow, message too big, shutdown) ends its
+    // session at once; a socket that drops, or one replaced by a resume, parks it.
+    let server_close = closed.borrow().as_ref().map(|c| c.0);
+    let park = server_close.is_none_or(|code| code == REPLACED_CLOSE_CODE);
+    if !(park && conn.park(reason, &mut notices)) {
+        conn.leave(reason);
+    }
     conn.state
         .ringing
         .disconnect_device(&conn.claims.sub, device_key);
@@ -277,7 +301,7 @@ impl Conn {
     async fn read_loop(
         &mut self,
         mut stream: SplitStream<WebSocket>,
-        mut notices: mpsc::UnboundedReceiver<Notice>,
+        notices: &mut mpsc::UnboundedReceiver<Notice>,
         mut close: watch::Receiver<Option<CloseReason>>,
     ) -> LeaveReason {
         let limit = self.state.config.limits.max_message_bytes;
@@ -377,6 +401,7 @@ impl Conn {
                 self.joined = None;
                 self.offer = None;
                 self.published = SourceSet::EMPTY;
+                self.state.forget_resumable(&r.participant_id);
                 tracing::info!(cid = %r.call_cid, reason = r.reason, "session removed from call");
                 self.state
                     .ringing
@@ -453,9 +478,37 @@ impl Conn {
         });
     }
 
+    /// The socket dropped (not by `leave`): parks the joined session for the resume grace
+    /// period. Returns false when there is nothing to park or it cannot be parked.
+    fn park(
+        &mut self,
+        reason: &'static str,
+        notices: &mut mpsc::UnboundedReceiver<Notice>,
+    ) -> bool {
+        let Some((cid, pid)) = &self.joined else {
+            return false;
+        };
+        let parked = self.state.park(Dropped {
+            call: cid,
+            participant_id: pid,
+            outbox: &self.outbox,
+            notices,
+            published: self.published,
+            offer: self.offer.as_ref().map(|o| o.text.clone()),
+            reason,
+        });
+        if parked {
+            self.joined = None;
+            self.offer = None;
+            self.published = SourceSet::EMPTY;
+        }
+        parked
+    }
+
     fn leave(&mut self, reason: &'static str) {
         self.offer = None;
         if let Some((cid, pid)) = self.joined.take() {
+            self.state.forget_resumable(&pid);
             let _ = self
                 .state
                 .with_call(&cid, |c| Ok(((), c.leave(&pid, reason))));
@@ -471,6 +524,9 @@ impl Conn {
     }
 
     async fn handle_text(&mut self, text: &str) {
+        if let Some(relay) = &self.relay {
+            return relay.forward(text);
+        }
         let value: serde_json::Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => return self.error(ApiError::InvalidJson(e.to_string()), None),
@@ -529,7 +585,10 @@ impl Conn {
                 return self.error(ApiError::InvalidJson(detail), Some(&kind));
             }
         };
-        if matches!(msg, ClientMessage::Ping | ClientMessage::Join { .. }) {
+        if matches!(
+            msg,
+            ClientMessage::Ping | ClientMessage::Join { .. } | ClientMessage::Resume { .. }
+        ) {
             self.reset_idle();
         }
         if let Err(e) = self.handle(msg).await {
@@ -581,7 +640,30 @@ impl Conn {
                 call_cid,
                 create,
                 settings,
-            } => self.join(call_cid, create, settings)?,
+            } => {
+                let relay = crate::cluster::relay::join_elsewhere(
+                    &self.state,
+                    self.relayed,
+                    self.joined.is_some(),
+                    crate::cluster::relay::JoinRequest {
+                        claims: &self.claims,
+                        device_id: &self.device_id,
+                        call_cid: &call_cid,
+                        create,
+                        settings: &settings,
+                        request_id: self.request_id.as_deref(),
+                    },
+                    &self.outbox,
+                )
+                .await?;
+                match relay {
+                    Some(r) => {
+                        self.relay = Some(r);
+                        self.idle_at = None;
+                    }
+                    None => self.join(call_cid, create, settings)?,
+                }
+            }
             ClientMessage::Leave => {
                 let (cid, pid) = self.joined()?;
                 self.leave("left");
@@ -717,6 +799,11 @@ impl Conn {
                 self.state
                     .with_call(&cid, |c| Ok(((), c.send_reaction(&actor, &pid, reaction)?)))?;
             }
+            ClientMessage::Resume { resume_token } => self.resume(&resume_token).await?,
+            ClientMessage::RestartIce => {
+                let (_, pid) = self.joined()?;
+                self.sfu()?.restart_subscriber_ice(&pid);
+            }
             ClientMessage::SendEvent { custom } => {
                 let (cid, pid) = self.joined()?;
                 greenroom_proto::validate_custom(
@@ -769,6 +856,107 @@ impl Conn {
         });
     }
 
+    /// Answers a failed `resume` with `error` `resume_failed`.
+    fn resume_failed(&self, why: ResumeError) {
+        tracing::info!(%why, "resume failed");
+        let mut body = ApiError::BadRequest(format!("resume failed: {why}")).body();
+        body.code = greenroom_proto::ErrorCode::ResumeFailed;
+        self.reply(SignalMessage::Error {
+            error: body,
+            request: Some("resume".to_owned()),
+        });
+    }
+
+    /// Takes back a parked session (section 4 of docs/PROTOCOL.md, "Resume").
+    async fn resume(&mut self, token: &str) -> Result<(), ApiError> {
+        if self.joined.is_some() {
+            return Err(ApiError::AlreadyJoined);
+        }
+        if self.state.is_shutting_down() {
+            return Err(ApiError::ShuttingDown);
+        }
+        let give_up = Instant::now() + TAKEOVER_WAIT;
+        let (cid, mut parked) = loop {
+            match self.state.take_resumable(token, &self.claims.sub) {
+                Ok(Taken::Parked(cid, p)) => break (cid, p),
+                Ok(Taken::Busy) if Instant::now() < give_up => {
+                    // The old socket was told to close; it parks the session as it goes.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Ok(Taken::Busy) => {
+                    self.resume_failed(ResumeError::StillHeld);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.resume_failed(e);
+                    return Ok(());
+                }
+            }
+        };
+        // The token names its participant (checked against the stored digest above).
+        let pid = token
+            .split_once('.')
+            .map(|(p, _)| p.to_owned())
+            .unwrap_or_default();
+        let user = self.claims.sub.clone();
+        if !self.claims.allows_call(&cid) {
+            // Only a token of this user gets here: the session is this user's, yet this socket
+            // may not be in its call. It ends as if its grace had run out.
+            self.state.end_taken(&cid, &pid, &user);
+            self.resume_failed(ResumeError::NoSession);
+            return Ok(());
+        }
+        let new_token = new_resume_token(&pid);
+        let handle = AppState::session_handle(cid.clone(), &user, self.outbox.clone());
+        let state = self.state.clone();
+        let outbox = self.outbox.clone();
+        let request_id = self.request_id.clone();
+        let actor = self.claims.actor();
+        let resumed = self.state.with_call(&cid, |c| {
+            let Some(participant) = c.participant(&pid) else {
+                return Err(CallError::UnknownParticipant(pid.clone()));
+            };
+            // Under the call's lock: every event after this snapshot goes to this socket.
+            state.register_session(&pid, handle);
+            state.register_resumable(&cid, &pid, &user, &new_token, outbox.clone());
+            let resumed = SignalMessage::Resumed {
+                protocol: PROTOCOL_VERSION,
+                participant,
+                call: Box::new(c.state()),
+                own_capabilities: c.capabilities(&actor),
+                requestable: c.requestable(),
+                resume_token: new_token.clone(),
+                ice_servers: crate::turn::ice_servers(&state.config, &actor.user_id),
+            };
+            send_reply(&outbox, resumed, request_id);
+            Ok(((), crate::call::Outcome::default()))
+        });
+        if resumed.is_err() {
+            // Removed (kick, block, end of call) while disconnected.
+            self.state.end_taken(&cid, &pid, &user);
+            self.resume_failed(ResumeError::Gone);
+            return Ok(());
+        }
+        // Offers that came while parked (a removal would have failed the resume above).
+        parked.drain_notices(&pid);
+        let span = tracing::Span::current();
+        span.record("call", tracing::field::display(&cid));
+        span.record("participant", pid.as_str());
+        tracing::info!("resumed");
+        self.joined = Some((cid, pid.clone()));
+        self.published = parked.published;
+        self.idle_at = None;
+        if let Some(text) = parked.offer.take() {
+            self.outbox.send_text(text.clone());
+            self.offer = Some(PendingOffer {
+                participant_id: pid,
+                text,
+                resend_at: Instant::now() + self.offer_timeout(),
+            });
+        }
+        Ok(())
+    }
+
     fn join(
         &mut self,
         cid: CallCid,
@@ -804,6 +992,7 @@ impl Conn {
                 .get_or_create(&cid, &actor, Vec::new(), serde_json::Value::Null)?;
         }
         let pid = uuid::Uuid::new_v4().simple().to_string();
+        let resume_token = new_resume_token(&pid);
         let handle = AppState::session_handle(cid.clone(), &actor.user_id, self.outbox.clone());
         let state = self.state.clone();
         let outbox = self.outbox.clone();
@@ -811,6 +1000,7 @@ impl Conn {
         let joined = self.state.with_call(&cid, |c| {
             let (info, mut out) = c.join_with_profile(&actor, &pid, unix_now_ms(), name, custom)?;
             state.register_session(&pid, handle);
+            state.register_resumable(&cid, &pid, &actor.user_id, &resume_token, outbox.clone());
             if let Some(sfu) = &state.sfu {
                 let options = greenroom_sfu::JoinOptions {
                     bandwidth_estimation: c.policy().may_carry_video(),
@@ -835,18 +1025,11 @@ impl Conn {
                 call: Box::new(c.state()),
                 own_capabilities: c.capabilities(&actor),
                 requestable: c.requestable(),
+                resume_token: Some(resume_token),
+                ice_servers: crate::turn::ice_servers(&state.config, &actor.user_id),
             };
             // Queued before the outcome is applied, so `joined` precedes every event.
-            match request_id {
-                None => outbox.send(&ServerMessage::Signal(joined)),
-                Some(request_id) => match serde_json::to_string(&greenroom_proto::Reply {
-                    message: ServerMessage::Signal(joined),
-                    request_id: Some(request_id),
-                }) {
-                    Ok(text) => outbox.send_text(text.into()),
-                    Err(e) => tracing::error!("cannot serialize joined: {e}"),
-                },
-            }
+            send_reply(&outbox, joined, request_id);
             Ok(((), out))
         });
         match joined {
@@ -867,6 +1050,21 @@ impl Conn {
                 Err(e)
             }
         }
+    }
+}
+
+/// Queues a direct reply (tagged with the request id, if any) on an outbox; used under a call's
+/// lock, where `joined` and `resumed` are queued before any event.
+fn send_reply(outbox: &Outbox, msg: SignalMessage, request_id: Option<String>) {
+    match request_id {
+        None => outbox.send(&ServerMessage::Signal(msg)),
+        Some(request_id) => match serde_json::to_string(&greenroom_proto::Reply {
+            message: ServerMessage::Signal(msg),
+            request_id: Some(request_id),
+        }) {
+            Ok(text) => outbox.send_text(text.into()),
+            Err(e) => tracing::error!("cannot serialize a reply: {e}"),
+        },
     }
 }
 

@@ -3,6 +3,7 @@
 //! to every recipient in order, gates sent to the SFU, media torn down, removals announced).
 
 mod outbox;
+mod resume;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -15,6 +16,7 @@ use greenroom_sfu::{Sfu, SfuEvent};
 use parking_lot::Mutex;
 
 pub use outbox::{serialize, CloseReason, Inbox, Notice, Outbound, Outbox, Removal, SESSION_QUEUE};
+pub use resume::{new_resume_token, Dropped, Parked, ResumeError, Taken, REPLACED_CLOSE_CODE};
 
 use crate::auth::{unix_now_ms, Auth};
 use crate::call::{Actor, Call, CallError, Outcome};
@@ -132,12 +134,16 @@ pub struct AppState {
     calls: DashMap<CallCid, CallRef>,
     /// Joined sessions by participant id.
     sessions: DashMap<String, SessionHandle>,
+    /// Resume tokens and parked sessions by participant id (see [`resume`]).
+    resumable: DashMap<String, resume::Resumable>,
     /// Every open signaling socket, joined or not (closed with 1001 at shutdown).
     sockets: DashMap<u64, Outbox>,
     next_socket: AtomicU64,
     /// Open signaling sockets per user.
     user_sockets: DashMap<String, usize>,
     shutting_down: AtomicBool,
+    /// Cluster mode, when started (`crate::cluster::Cluster::start`); unset = one process.
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -162,10 +168,12 @@ impl AppState {
             sfu,
             calls: DashMap::new(),
             sessions: DashMap::new(),
+            resumable: DashMap::new(),
             sockets: DashMap::new(),
             next_socket: AtomicU64::new(1),
             user_sockets: DashMap::new(),
             shutting_down: AtomicBool::new(false),
+            cluster: std::sync::OnceLock::new(),
         });
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             let ttl = state
@@ -252,6 +260,11 @@ impl AppState {
             user_id: user_id.to_owned(),
             id: self.next_socket.fetch_add(1, Ordering::Relaxed),
         })
+    }
+
+    /// The ids of the calls in memory (the cluster refreshes their placement claims).
+    pub fn call_cids(&self) -> Vec<CallCid> {
+        self.calls.iter().map(|e| e.key().clone()).collect()
     }
 
     fn call_refs(&self) -> Vec<(CallCid, CallRef)> {

@@ -181,13 +181,13 @@ async fn get_or_create_with_members_and_state() {
     }
     assert!(!has(&v, "send-video") && !has(&v, "screenshare"), "{v}");
 
-    // bob's token says host, but his member role is user: only join and read.
+    // bob's token says host, but his member role is user: only join, read and react.
     let bob = api.token("bob", Role::Host);
     let (s, v) = api.get("/v1/calls/audio_room/r1", &bob).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     let mut c = caps(&v);
     c.sort();
-    assert_eq!(c, vec!["join-call", "read-call"]);
+    assert_eq!(c, vec!["create-reaction", "join-call", "read-call"]);
 
     // A default call with an empty body.
     let carol = api.token("carol", Role::User);

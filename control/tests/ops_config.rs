@@ -1,6 +1,6 @@
 //! Configuration precedence through the real `greenroom` binary: embedded defaults < TOML file <
-//! `GREENROOM_*` environment < command-line flags, and errors that name the unknown key or the
-//! bad variable.
+//! `GREENROOM_SECTION__KEY` environment (and the documented aliases) < command-line flags, errors
+//! that name the unknown key or the bad variable, and `config check` redacting secrets.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,7 +8,7 @@ mod ops_support;
 
 use std::process::Output;
 
-use greenroom_control::config::Config;
+use greenroom_control::config::{Config, REDACTED};
 use ops_support::{command, free_tcp, free_udp, temp_dir, wait_ready, Server};
 
 fn check(file: &std::path::Path, env: &[(&str, &str)]) -> Output {
@@ -39,10 +39,12 @@ fn file_then_env_override_defaults_in_order() {
     )
     .unwrap();
 
-    // Defaults alone.
+    // Defaults alone (the secret is printed redacted).
     let out = command().args(["config", "check"]).output().unwrap();
     let c = effective(&out);
-    assert_eq!(c, Config::default());
+    let mut expected = Config::default();
+    expected.keys.api_secret = REDACTED.to_owned();
+    assert_eq!(c, expected);
 
     // File over defaults.
     let c = effective(&check(&file, &[]));
@@ -62,6 +64,52 @@ fn file_then_env_override_defaults_in_order() {
     assert_eq!(c.server.http_addr.to_string(), "127.0.0.1:9002");
     assert_eq!(c.server.drain_secs, 3);
     assert_eq!(c.rtc.node_ip.to_string(), "10.1.2.3");
+
+    // Every key by the one rule, nested tables included; the rule wins over an alias.
+    let c = effective(&check(
+        &file,
+        &[
+            ("GREENROOM_LIMITS__IDLE_WS_SECS", "17"),
+            ("GREENROOM_SERVER__TLS__CERT_PATH", "/c.pem"),
+            ("GREENROOM_SERVER__TLS__KEY_PATH", "/k.pem"),
+            (
+                "GREENROOM_WEBHOOKS__URLS",
+                "[\"http://h/1\", \"http://h/2\"]",
+            ),
+            ("GREENROOM_DRAIN_SECS", "3"),
+            ("GREENROOM_SERVER__DRAIN_SECS", "4"),
+            ("GREENROOM_REDIS_URL", "redis://:hunter2@r:6379/0"),
+        ],
+    ));
+    assert_eq!(c.limits.idle_ws_secs, 17);
+    assert_eq!(c.server.tls.unwrap().key_path.to_string_lossy(), "/k.pem");
+    assert_eq!(c.webhooks.urls.len(), 2);
+    assert_eq!(c.server.drain_secs, 4);
+    let cluster = c
+        .cluster
+        .expect("GREENROOM_REDIS_URL turns cluster mode on");
+    assert_eq!(cluster.redis_url, format!("redis://:{REDACTED}@r:6379/0"));
+
+    // Flags over the environment, shown by `config check`; secrets never printed.
+    let out = command()
+        .arg("--config")
+        .arg(&file)
+        .env("GREENROOM_HTTP_ADDR", "127.0.0.1:9002")
+        .env("GREENROOM_API_SECRET", "s3cr3t-value")
+        .args([
+            "config",
+            "check",
+            "--http-addr",
+            "127.0.0.1:9003",
+            "--set",
+            "limits.signal_burst=7",
+        ])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("s3cr3t-value"));
+    let c = effective(&out);
+    assert_eq!(c.server.http_addr.to_string(), "127.0.0.1:9003");
+    assert_eq!(c.limits.signal_burst, 7);
 
     // The file can come from GREENROOM_CONFIG too.
     let out = command()
@@ -105,6 +153,16 @@ fn unknown_keys_and_bad_values_fail_naming_them() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("GREENROOM_UDP_ADDR"), "{err}");
+    // So does a mistyped or badly valued variable of the rule.
+    for (var, value) in [
+        ("GREENROOM_LIMITS__IDLE_WS_SEC", "3"),
+        ("GREENROOM_LIMITS__IDLE_WS_SECS", "soon"),
+    ] {
+        let out = check(&file, &[(var, value)]);
+        assert!(!out.status.success(), "accepted {var}={value}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(var), "{err}");
+    }
     // A missing file is an error, not the defaults.
     let out = check(&dir.join("missing.toml"), &[]);
     assert!(!out.status.success());

@@ -178,24 +178,37 @@ async fn reactions_and_custom_events_go_to_everyone_with_limits() {
     assert_eq!((delivered, limited), (19, 11));
 }
 
-#[tokio::test]
-async fn reactions_need_create_reaction() {
-    let (state, url) = server().await;
-    // In an audio room a listener (plain user) holds join-call and read-call only.
-    let mut host = connect(&state, &url, "host", Role::Host).await;
-    join(&mut host, "audio_room:stage", json!({})).await;
+/// POSTs `body` to `path` as `user` with a global `role`; the answer must be 200.
+async fn post_ok(state: &Arc<AppState>, user: &str, role: Role, path: &str, body: Value) {
     let token = state
         .auth
-        .mint("host", None, Some(Role::Host), false, 3600)
+        .mint(user, None, Some(role), false, 3600)
         .unwrap();
     let req = Request::builder()
         .method(Method::POST)
-        .uri("/v1/calls/audio_room/stage/go_live")
+        .uri(path)
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Body::empty())
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(body.to_string()))
         .unwrap();
     let resp = app(state.clone()).oneshot(req).await.unwrap();
-    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.status(), StatusCode::OK, "POST {path}");
+}
+
+#[tokio::test]
+async fn reactions_need_create_reaction() {
+    let (state, url) = server().await;
+    // In an audio room a listener (plain user) holds join-call, read-call and create-reaction.
+    let mut host = connect(&state, &url, "host", Role::Host).await;
+    join(&mut host, "audio_room:stage", json!({})).await;
+    post_ok(
+        &state,
+        "host",
+        Role::Host,
+        "/v1/calls/audio_room/stage/go_live",
+        json!({}),
+    )
+    .await;
     let mut l = connect(&state, &url, "listener", Role::User).await;
     send(
         &mut l,
@@ -204,6 +217,30 @@ async fn reactions_need_create_reaction() {
     .await;
     let j = next(&mut l).await;
     assert_eq!(j["type"], "joined", "{j}");
+    let own = j["own_capabilities"].as_array().unwrap();
+    assert!(own.contains(&json!("create-reaction")), "{j}");
+    // By default the listener reacts: the host gets it.
+    send(
+        &mut l,
+        json!({"type": "send_reaction", "reaction": {"type": "clap"}, "request_id": "ok"}),
+    )
+    .await;
+    let r = wait_for(&mut host, "call.reaction").await;
+    assert_eq!(r["user_id"], "listener", "{r}");
+    assert_eq!(r["reaction"]["type"], "clap", "{r}");
+
+    // The host revokes create-reaction: the listener's next reaction is refused.
+    post_ok(
+        &state,
+        "host",
+        Role::Host,
+        "/v1/calls/audio_room/stage/user_permissions",
+        json!({"user_id": "listener", "revoke_permissions": ["create-reaction"]}),
+    )
+    .await;
+    let up = wait_for(&mut l, "call.permissions_updated").await;
+    let own = up["own_capabilities"].as_array().unwrap();
+    assert!(!own.contains(&json!("create-reaction")), "{up}");
     send(
         &mut l,
         json!({"type": "send_reaction", "reaction": {"type": "clap"}, "request_id": "r"}),

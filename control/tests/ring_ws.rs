@@ -63,6 +63,8 @@ impl Server {
         let dir = TempDir::new();
         let mut config = Config::default();
         config.server.data_dir = dir.0.clone();
+        // A dropped socket's session leaves after 1 s (the resume grace period).
+        config.limits.resume_grace_secs = 1;
         if let Some(ms) = ms {
             config.call_types.insert(
                 CallType::Default,
@@ -601,7 +603,8 @@ async fn switch_to_video_then_a_dropped_socket_ends_the_call() {
         assert_eq!(sw["accepted_by"], "bob");
     }
 
-    // alice's socket drops: her session leaves, the one-to-one call ends for bob.
+    // alice's socket drops: her session leaves (after the resume grace), the one-to-one call
+    // ends for bob.
     drop(alice);
     let ended = bob.wait_for("call.ended").await;
     assert_eq!(ended["ended_by"], "alice");

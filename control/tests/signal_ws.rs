@@ -33,7 +33,11 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
-        let state = start_state(Config::default(), false).await.unwrap();
+        Server::start_with(Config::default()).await
+    }
+
+    async fn start_with(config: Config) -> Server {
+        let state = start_state(config, false).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let router = app(state.clone());
@@ -240,7 +244,7 @@ async fn audio_room_request_grant_revoke() {
     let joined = listener.join(cid, false).await;
     let mut lc = caps(&joined);
     lc.sort();
-    assert_eq!(lc, vec!["join-call", "read-call"]);
+    assert_eq!(lc, vec!["create-reaction", "join-call", "read-call"]);
     assert_eq!(joined["requestable"], json!(["send-audio"]));
     assert_eq!(joined["call"]["live"], true);
     let pj = host.wait_for("call.session_participant_joined").await;
@@ -292,7 +296,11 @@ async fn audio_room_request_grant_revoke() {
     let up = listener.wait_for("call.permissions_updated").await;
     let mut lc = caps(&up);
     lc.sort();
-    assert_eq!(lc, vec!["join-call", "read-call"], "{up}");
+    assert_eq!(
+        lc,
+        vec!["create-reaction", "join-call", "read-call"],
+        "{up}"
+    );
 
     // And cannot unmute until granted again.
     listener
@@ -367,8 +375,11 @@ async fn very_large_message_closes_with_1009() {
 }
 
 #[tokio::test]
-async fn dropped_socket_leaves_the_call() {
-    let s = Server::start().await;
+async fn dropped_socket_leaves_the_call_without_a_resume_grace() {
+    // With a grace period the session waits for a `resume` first (tests/resume_ws.rs).
+    let mut config = Config::default();
+    config.limits.resume_grace_secs = 0;
+    let s = Server::start_with(config).await;
     let mut a = s.connect("a", Role::User).await;
     a.join("default:drop", true).await;
     let mut b = s.connect("b", Role::User).await;

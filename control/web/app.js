@@ -1,6 +1,8 @@
-// Greenroom web app: dev login, pre-join (name, devices, permission check), video call
-// (grid / spotlight) and audio room (stage, audience, raised hands, backstage). Built on the SDK
-// in ./sdk/ (plain ES modules, no build step).
+// Greenroom web app: dev login, pre-join (name, devices, permission check), then the call screen,
+// which is the SDK's `<greenroom-call>` element (./sdk/call-element.js: video call in grid /
+// spotlight, audio room with stage, audience, raised hands, backstage; banners, People panel,
+// reactions). This file is the lobby and the glue: it joins through the element and listens to its
+// events. Built on the SDK in ./sdk/ (plain ES modules, no build step).
 //
 // Ringing (docs/PROTOCOL.md section 6): with a token and no call (/?token=<JWT>), the idle screen
 // keeps the user-level connection open, rings for incoming calls (WebAudio ring tone), calls
@@ -13,63 +15,22 @@ import {
   GreenroomClient,
   checkMediaAccess,
   describeAccess,
-  permissionInstructions,
   environmentCheck,
   listDevices,
   captureTrack,
   watchDevices,
   canSelectAudioOutput,
-  browserName,
   watchPermission,
   RingClient,
   randomId,
 } from './sdk/index.js';
+import { h, icon, initials, avatarColor, avatar } from './sdk/icons.js';
+import { CALL_BUTTONS, fillSelect, instructionsList } from './sdk/call-ui.js';
+import './sdk/call-element.js';
 
 const $ = (id) => document.getElementById(id);
-
-/** Creates an element: h('div', {class: 'x', onclick}, child, 'text'). */
-function h(tag, attrs = {}, ...children) {
-  const el = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs ?? {})) {
-    if (v == null || v === false) continue;
-    if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
-    else if (k === 'class') el.className = v;
-    else if (k === 'dataset') Object.assign(el.dataset, v);
-    else if (k === 'testid') el.dataset.testid = v;
-    else el.setAttribute(k, v === true ? '' : v);
-  }
-  for (const c of children.flat()) {
-    if (c == null || c === false) continue;
-    el.append(c instanceof Node ? c : document.createTextNode(String(c)));
-  }
-  return el;
-}
-
-// Inline SVG icons (stroke icons drawn for this app; no icon font or emoji font needed).
-const SVG = {
-  mic: '<rect x="9" y="3" width="6" height="11" rx="3"/><path d="M5 11a7 7 0 0 0 14 0M12 18v3"/>',
-  micOff: '<rect x="9" y="3" width="6" height="11" rx="3"/><path d="M5 11a7 7 0 0 0 14 0M12 18v3M4 4l16 16"/>',
-  cam: '<rect x="3" y="7" width="12" height="10" rx="2"/><path d="M15 11l6-3v8l-6-3z"/>',
-  camOff: '<rect x="3" y="7" width="12" height="10" rx="2"/><path d="M15 11l6-3v8l-6-3zM3 4l17 16"/>',
-  screen: '<rect x="3" y="4" width="18" height="12" rx="2"/><path d="M8 20h8M12 16v4M9 10l3-3 3 3M12 7v6"/>',
-  hand: '<path d="M8 13V5.5a1.5 1.5 0 0 1 3 0V12M11 11V4.5a1.5 1.5 0 0 1 3 0V12M14 11V6.5a1.5 1.5 0 0 1 3 0V15a6 6 0 0 1-6 6h-1a6 6 0 0 1-5-2.7L3 14.5a1.5 1.5 0 0 1 2.5-1.6L8 15"/>',
-  leave: '<path d="M4 15c4.5-4 11.5-4 16 0l-2 3-3-1v-2.5a9 9 0 0 0-6 0V17l-3 1z"/>',
-  people: '<circle cx="9" cy="8" r="3.5"/><path d="M2.5 20a6.5 6.5 0 0 1 13 0M16 4.5a3.5 3.5 0 0 1 0 7M18 14a6.5 6.5 0 0 1 3.5 6"/>',
-  grid: '<rect x="3" y="3" width="8" height="8" rx="1"/><rect x="13" y="3" width="8" height="8" rx="1"/><rect x="3" y="13" width="8" height="8" rx="1"/><rect x="13" y="13" width="8" height="8" rx="1"/>',
-  spot: '<rect x="3" y="3" width="18" height="13" rx="1.5"/><rect x="3" y="18" width="5" height="3" rx=".5"/><rect x="9.5" y="18" width="5" height="3" rx=".5"/><rect x="16" y="18" width="5" height="3" rx=".5"/>',
-  end: '<rect x="6" y="6" width="12" height="12" rx="2"/>',
-  live: '<circle cx="12" cy="12" r="4" fill="currentColor"/><path d="M6.3 6.3a8 8 0 0 0 0 11.4M17.7 6.3a8 8 0 0 1 0 11.4"/>',
-  phone: '<path d="M5 3.5h3.5l2 5-2.5 1.6a11 11 0 0 0 5.9 5.9l1.6-2.5 5 2V19a2 2 0 0 1-2 2A17 17 0 0 1 3 5.5a2 2 0 0 1 2-2z"/>',
-  video: '<rect x="3" y="7" width="12" height="10" rx="2"/><path d="M15 11l6-3v8l-6-3z"/>',
-};
-function icon(name) {
-  const span = document.createElement('span');
-  span.className = 'svg-ico';
-  span.setAttribute('aria-hidden', 'true');
-  span.innerHTML = `<svg viewBox="0 0 24 24" width="22" height="22" fill="none" stroke="currentColor" stroke-width="1.8" stroke-linecap="round" stroke-linejoin="round">${SVG[name]}</svg>`;
-  return span;
-}
-const ICON = Object.fromEntries(Object.keys(SVG).map((k) => [k, k]));
+/** The call screen: `<greenroom-call>`. @returns {import('./sdk/call-element.js').GreenroomCallElement} */
+const callEl = () => /** @type {any} */ ($('call-el'));
 
 const app = {
   screen: 'loading',
@@ -87,13 +48,9 @@ const app = {
   preview: { audio: null, video: null },
   prefs: { audioMuted: false, videoMuted: false, audioOnly: false, layout: 'grid' },
   devices: { audioInput: null, videoInput: null, audioOutput: null },
-  requests: new Map(),
-  banners: new Map(),
   joinedAudioOnlyBecauseCamera: false,
   lastError: null,
   endReason: null,
-  panelOpen: false,
-  activeSpeaker: null,
   /** The user-level (ringing) connection, on the idle screen and during rung calls. */
   ring: null,
   /** The incoming call shown now: {callCid, callerUserId, kind, members, groupId}. */
@@ -115,7 +72,12 @@ function show(screen) {
   for (const s of ['login', 'home', 'incoming', 'outgoing', 'prejoin', 'call', 'end']) $(`screen-${s}`).hidden = s !== screen;
 }
 
+/** A toast: over the call while in one (the element's), else the app's own. */
 function toast(text, kind = '') {
+  if (app.screen === 'call') {
+    callEl().toast(text, kind);
+    return;
+  }
   const el = h('div', { class: `toast ${kind}`, role: 'status' }, text);
   const box = $('toasts');
   box.append(el);
@@ -123,25 +85,7 @@ function toast(text, kind = '') {
   setTimeout(() => el.remove(), 4000);
 }
 
-function initials(name) {
-  const parts = String(name || '?').split(/[\s._@-]+/).filter(Boolean);
-  return (parts[0]?.[0] ?? '?') + (parts[1]?.[0] ?? '');
-}
-
-function avatarColor(id) {
-  let hsh = 0;
-  for (const c of String(id)) hsh = (hsh * 31 + c.charCodeAt(0)) >>> 0;
-  return `hsl(${hsh % 360} 45% 38%)`;
-}
-
-function avatar(id, name, cls = 'avatar') {
-  const a = h('div', { class: cls }, initials(name));
-  a.style.background = avatarColor(id);
-  return a;
-}
-
 const isRoom = () => app.callType === 'audio_room';
-const displayName = (p) => (p.isLocal ? `${localName()} (you)` : p.name ?? p.userId);
 const localName = () => ($('display-name').value.trim() || app.client?.userId || 'You');
 
 // ---- boot & login ---------------------------------------------------------------------------
@@ -332,12 +276,6 @@ async function refreshDeviceLists() {
   return lists;
 }
 
-function fillSelect(sel, devices, current, fallback) {
-  sel.replaceChildren(...devices.map((d, i) => h('option', { value: d.deviceId, selected: d.deviceId === current }, d.label || `${fallback} ${i + 1}`)));
-  if (devices.length === 0) sel.append(h('option', { value: '' }, `No ${fallback.toLowerCase()} available`));
-  sel.disabled = devices.length === 0 || !devices[0].label;
-}
-
 let meter = null;
 function startMeter() {
   stopMeter();
@@ -369,11 +307,6 @@ function stopMeter() {
   meter.ctx.close().catch(() => {});
   meter = null;
   $('pre-meter').style.width = '0';
-}
-
-function instructionsList(what) {
-  const ins = permissionInstructions(what, browserName());
-  return h('div', {}, h('span', { class: 'hint' }, `In ${ins.browser}:`), h('ol', {}, ins.steps.map((s) => h('li', {}, s))));
 }
 
 /** Renders the permission panel, preview and join button from app.access. */
@@ -495,120 +428,48 @@ async function join() {
   app.devices.audioInput = app.preview.audio?.getSettings?.().deviceId ?? app.devices.audioInput;
   app.devices.videoInput = app.preview.video?.getSettings?.().deviceId ?? app.devices.videoInput;
   stopMeter();
-  const call = app.client.call(app.cid);
-  app.call = call;
-  wireCall(call);
   const tracks = { audio: want.audio || !want.listener ? app.preview.audio : null, video: audioOnly ? null : app.preview.video };
   if (!tracks.audio) app.preview.audio?.stop();
   if (!tracks.video) app.preview.video?.stop();
   app.preview = { audio: null, video: null };
+  const el = callEl();
+  el.settings = {
+    create: true,
+    audioOnly,
+    startAudioMuted: app.prefs.audioMuted,
+    startVideoMuted: app.prefs.videoMuted,
+    layout: app.prefs.layout,
+    name: localName(),
+    buttons: CALL_BUTTONS,
+  };
+  el.actions = [];
+  const joining = el.join({ client: app.client, callId: app.cid, tracks, devices: { ...app.devices } });
+  app.call = el.call;
   try {
-    await call.join({
-      create: true,
-      audioOnly,
-      startAudioMuted: app.prefs.audioMuted,
-      startVideoMuted: app.prefs.videoMuted,
-      layout: app.prefs.layout,
-      name: localName(),
-      tracks,
-      devices: { ...app.devices },
-    });
+    await joining;
   } catch (e) {
     await checkAccess(true);
     throw e;
   }
-  app.requests.clear();
-  app.banners.clear();
-  $('reactions').replaceChildren();
   if (app.joinedAudioOnlyBecauseCamera) {
-    setBanner('audio-only', 'info', 'You joined with audio only', 'To turn your camera on, allow it in your browser, then press Camera.');
+    el.setBanner('audio-only', { kind: 'info', title: 'You joined with audio only', text: 'To turn your camera on, allow it in your browser, then press Switch to video.' });
   }
   show('call');
-  renderCall();
+  renderTopbar();
 }
 
-function wireCall(call) {
-  const rerender = () => renderCall();
-  call.on('participantsChanged', rerender);
-  call.on('localChanged', rerender);
-  call.on('layoutChanged', rerender);
-  call.on('callStateChanged', rerender);
-  call.on('devicesChanged', () => { if (app.panelOpen) renderCallDevices(call); });
-  call.on('connectionState', renderConnection);
-  call.on('participantJoined', (p) => toast(`${p.name ?? p.userId} joined`));
-  call.on('participantLeft', ({ participant, reason }) => toast(`${participant.userId} ${reason === 'disconnected' ? 'lost connection' : reason === 'kicked' ? 'was removed' : 'left'}`));
-  call.on('userMuted', ({ userIds, by, sources, byModerator }) => {
-    if (userIds.includes(app.client.userId) && byModerator && by !== app.client.userId) {
-      toast(`${by} muted your ${sources.map(sourceName).join(' and ')}`, 'bad');
-    }
-  });
-  call.on('screenShareStarted', ({ participant, local }) => toast(local ? 'You are sharing your screen' : `${participant.userId} is sharing their screen`));
-  call.on('screenShareStopped', ({ participant, local }) => toast(local ? 'You stopped sharing' : `${participant.userId} stopped sharing`));
-  call.on('callSwitchedToVideo', ({ initiator }) => { if (initiator !== app.client.userId) toast(`${initiator} turned on video`); });
-  call.on('speakersChanged', (speakers) => { app.activeSpeaker = speakers[0]?.participantId ?? app.activeSpeaker; });
-  call.on('permissionRequest', ({ userId, permissions }) => {
-    app.requests.set(userId, permissions);
-    toast(`${userId} raised a hand: asks to ${permissions.map(capName).join(', ')}`);
-    app.panelOpen = true;
-    renderCall();
-  });
-  call.on('permissionRequestAnswered', ({ capability, granted }) => {
-    toast(granted ? `You can ${capName(capability)} now` : `A host declined your request to ${capName(capability)}`, granted ? '' : 'bad');
-    renderCall();
-  });
-  call.on('permissionsUpdated', rerender);
-  call.on('stopPublishing', ({ sources, reason }) => {
-    if (reason === 'permission_revoked') {
-      const text = isRoom() && sources.includes('microphone') ? 'A host moved you back to the audience.' : `A host took away your permission to share your ${sources.map(sourceName).join(' and ')}.`;
-      setBanner('revoked', 'warn', 'Permission removed', text);
-    }
-  });
-  call.on('liveStarted', () => toast(isRoom() ? 'The room is live' : 'The call is live'));
-  call.on('liveStopped', () => toast('Back to backstage'));
-  call.on('deviceBlocked', ({ source }) => {
-    const mic = source === 'microphone';
-    setBanner(`${source}-blocked`, 'bad', mic ? 'Microphone blocked' : 'Camera blocked',
-      mic ? 'Greenroom lost access to your microphone: others see you muted and cannot hear you. Allow it again and your audio comes back without leaving the call.'
-        : 'Greenroom lost access to your camera: others see your name instead of video. Your audio continues. Allow the camera again and your video comes back.',
-      source);
-  });
-  call.on('deviceRestored', ({ source }) => {
-    app.banners.delete(`${source}-blocked`);
-    if (source === 'camera') app.banners.delete('audio-only');
-    toast(source === 'microphone' ? 'Microphone is back: you are live again' : 'Camera is back');
-    renderCall();
-  });
-  call.on('devicePermissionChanged', ({ source, state }) => {
-    if (source === 'camera' && state === 'granted' && app.joinedAudioOnlyBecauseCamera && !call.local.camera.track) {
-      setBanner('audio-only', 'info', 'Camera allowed', 'Press Camera to turn your video on.');
-    }
-  });
-  call.on('reaction', ({ participant, userId, reaction, local }) => showReaction(participant, userId, reaction, local));
-  call.on('autoplayBlocked', () => setBanner('autoplay', 'info', 'Sound is paused by the browser', 'Click anywhere to hear the call.'));
-  call.on('error', (e) => {
-    app.lastError = e;
-    const text = e.code === 'media_error' ? `Media could not be connected: ${e.message}` : e.message;
-    toast(text, 'bad');
-  });
-  call.on('left', ({ reason }) => {
+/** App-level glue: the element's events that change screens. Wired once. */
+function wireCallElement() {
+  const el = callEl();
+  el.addEventListener('error', (ev) => { app.lastError = ev.detail.error; });
+  el.addEventListener('left', (ev) => {
+    const { reason, endedBy } = ev.detail;
+    const call = app.call;
     app.endReason = reason;
-    if (app.ringCall?.callCid === call.cid) ringCallOver(call, reason);
+    if (endedBy) app.endedBy = endedBy;
+    if (call && app.ringCall?.callCid === call.cid) ringCallOver(call, reason);
     else if (app.screen === 'call') showEnd(reason);
   });
-  call.on('callEnded', ({ endedBy }) => { app.endedBy = endedBy; });
-}
-
-function sourceName(s) {
-  return { microphone: 'microphone', camera: 'camera', screen_share: 'screen share', screen_share_audio: 'screen audio' }[s] ?? s;
-}
-
-function capName(c) {
-  return { 'send-audio': 'speak', 'send-video': 'turn on video', screenshare: 'share the screen' }[c] ?? c;
-}
-
-function setBanner(key, kind, title, text, instructionsFor, action) {
-  app.banners.set(key, { kind, title, text, instructionsFor, action });
-  renderCall();
 }
 
 function showEnd(reason) {
@@ -623,359 +484,20 @@ function showEnd(reason) {
   $('end-title').textContent = titles[reason] ?? 'You left the call';
   $('end-text').textContent = reason === 'call_ended' && app.endedBy ? `Ended by ${app.endedBy}.` : reason === 'disconnected' ? 'The connection to the server dropped.' : '';
   $('rejoin').hidden = reason === 'call_ended' || reason === 'blocked';
-  $('rejoin').onclick = () => { app.call = null; prejoin(); };
+  $('rejoin').onclick = () => { app.call = null; app.endedBy = null; prejoin(); };
   show('end');
-  $('connection').hidden = true;
 }
 
-// ---- in call --------------------------------------------------------------------------------
-
-function renderConnection() {
-  const el = $('connection');
-  const c = app.call?.connection;
-  if (!c || app.screen !== 'call') {
-    el.hidden = true;
-    return;
-  }
-  el.hidden = false;
-  const text = { connected: 'Connected', connecting: 'Connecting…', 'connecting-media': 'Connecting media…', 'media-failed': 'Media connection failed', disconnected: 'Disconnected', new: 'Starting…' }[c.overall] ?? c.overall;
-  el.textContent = text;
-  el.dataset.state = c.overall;
-  el.className = `pill ${c.overall === 'connected' ? 'ok' : c.overall === 'media-failed' || c.overall === 'disconnected' ? 'bad' : ''}`;
-}
-
-function renderCall() {
-  const call = app.call;
-  if (!call || app.screen !== 'call') return;
-  renderTopbar(call);
-  renderBanners(call);
-  if (isRoom()) renderRoom(call);
-  else renderTiles(call);
-  renderControls(call);
-  renderReactionBar(call);
-  renderPanel(call);
-  renderConnection();
-}
-
-function renderTopbar(call) {
-  const n = call.participants.size;
-  const title = app.ringCall?.callCid === call.cid ? `${app.ringCall.kind === 'audio' ? 'Audio' : 'Video'} call with ${app.ringCall.peer}` : app.cid;
-  const parts = [h('span', { class: 'call-id', testid: 'call-id', title }, title), h('span', { class: 'pill' }, `${n} ${n === 1 ? 'person' : 'people'}`)];
-  if (call.info.backstageEnabled) {
-    parts.push(call.info.live ? h('span', { class: 'pill live', testid: 'live-badge' }, 'LIVE') : h('span', { class: 'pill backstage', testid: 'backstage-badge' }, 'Backstage'));
-  }
-  $('topbar-call').replaceChildren(...parts);
-}
-
-function renderBanners(call) {
-  const out = [];
-  if (call.info.backstageEnabled && !call.info.live) {
-    const host = call.hasCapability('update-call');
-    out.push(h('div', { class: 'banner warn', testid: 'backstage-banner' },
-      h('div', {}, h('strong', {}, 'Backstage'), h('div', {}, host ? 'You are backstage: only hosts and moderators are here. Listeners can join once you go live.' : 'The room is not live yet.')),
-      host ? h('button', { class: 'btn danger small', testid: 'go-live', onclick: () => call.goLive().catch(showErr) }, icon('live'), ' Go live') : null));
-  }
-  for (const [key, b] of app.banners) {
-    const source = b.instructionsFor;
-    out.push(h('div', { class: `banner ${b.kind}`, testid: key, role: b.kind === 'bad' ? 'alert' : 'status' },
-      h('div', {}, h('strong', {}, b.title), h('div', {}, b.text), source ? instructionsList(source) : null),
-      h('div', { class: 'person-actions' },
-        source ? h('button', { class: 'btn small', onclick: () => call.retryDevice(source).catch((e) => toast(`Still blocked: ${e.message}`, 'bad')) }, 'Try again') : null,
-        b.action ? h('button', { class: 'btn small primary', testid: `${key}-action`, onclick: () => { app.banners.delete(key); renderCall(); b.action.onclick(); } }, b.action.label) : null,
-        h('button', { class: 'icon-btn', 'aria-label': 'Dismiss', onclick: () => { app.banners.delete(key); renderCall(); } }, '✕'))));
-  }
-  $('banners').replaceChildren(...out);
-}
-
-const tileEls = new Map();
-
-function ensureTile(key) {
-  let t = tileEls.get(key);
-  if (!t) {
-    const video = h('video', { autoplay: true, playsinline: true });
-    video.muted = true; // audio plays through the SDK's audio elements
-    const ph = h('div', { class: 'placeholder', testid: 'video-off' });
-    const name = h('div', { class: 'name' });
-    t = { el: h('div', { class: 'tile' }, video, ph, name), video, ph, name, track: null };
-    tileEls.set(key, t);
-  }
-  return t;
-}
-
-function updateTile(t, p, kind) {
-  const isScreen = kind === 'screen';
-  const track = isScreen ? p.tracks.screen_share : p.tracks.camera;
-  const camOff = !track || (!isScreen && (p.muted.has('camera') || (p.isLocal && !app.call.localState().camera.on)));
-  t.el.className = `tile${p.isLocal ? ' local' : ''}${isScreen ? ' screen' : ''}${p.speaking && !isScreen ? ' speaking' : ''}`;
-  t.el.dataset.participantId = p.participantId;
-  t.el.dataset.userId = p.userId;
-  t.el.dataset.kind = kind;
-  t.el.dataset.testid = isScreen ? 'screen-tile' : 'tile';
-  t.el.dataset.videoOff = String(camOff);
-  t.video.className = isScreen ? '' : 'cam';
-  if (!camOff && t.track !== track) {
-    t.track = track;
-    t.video.srcObject = new MediaStream([track]);
-  } else if (camOff && t.track) {
-    t.track = null;
-    t.video.srcObject = null;
-  }
-  t.video.hidden = camOff;
-  t.ph.hidden = !camOff;
-  if (camOff) {
-    const blocked = p.isLocal && app.call.local.camera.blocked;
-    t.ph.replaceChildren(avatar(p.userId, p.isLocal ? localName() : p.name ?? p.userId, 'avatar big'), h('span', { class: 'label' }, blocked ? 'Camera blocked' : 'Camera off'));
-  }
-  const micMuted = !isScreen && (p.muted.has('microphone') || !p.published.has('microphone') || (p.isLocal && !app.call.localState().microphone.on));
-  t.name.replaceChildren(
-    ...[micMuted ? h('span', { class: 'badge-muted', testid: 'muted-badge', title: 'Muted' }, icon('micOff')) : null,
-      h('span', {}, isScreen ? `${displayName(p)}: screen` : displayName(p))].filter(Boolean));
-  if (t.video.srcObject && t.video.paused) t.video.play().catch(() => {});
-}
-
-function renderTiles(call) {
-  const stage = $('stage');
-  stage.className = `stage${call.layout === 'spotlight' ? ' spotlight' : ''}`;
-  const items = [];
-  for (const p of call.participantList()) {
-    items.push({ key: `${p.participantId}:cam`, p, kind: 'cam' });
-    const sharing = p.isLocal ? !!p.tracks.screen_share : p.published.has('screen_share') && !p.muted.has('screen_share');
-    if (sharing) items.push({ key: `${p.participantId}:screen`, p, kind: 'screen' });
-  }
-  const keep = new Set(items.map((i) => i.key));
-  for (const [k] of tileEls) if (!keep.has(k)) tileEls.delete(k);
-  for (const i of items) updateTile(ensureTile(i.key), i.p, i.kind);
-  if (call.layout === 'spotlight' && items.length > 1) {
-    const main = items.find((i) => i.kind === 'screen')
-      ?? items.find((i) => i.p.participantId === app.activeSpeaker && !i.p.isLocal)
-      ?? items.find((i) => !i.p.isLocal) ?? items[0];
-    const mainBox = h('div', { class: 'spot-main' }, tileEls.get(main.key).el);
-    const strip = h('div', { class: 'spot-strip' }, items.filter((i) => i !== main).map((i) => tileEls.get(i.key).el));
-    stage.replaceChildren(mainBox, strip);
-  } else {
-    stage.replaceChildren(...items.map((i) => tileEls.get(i.key).el));
-  }
-  for (const t of tileEls.values()) if (t.video.srcObject && t.video.paused) t.video.play().catch(() => {});
-}
-
-function onStage(call, p) {
-  if (p.isLocal) return call.hasCapability('send-audio');
-  return ['host', 'moderator', 'admin'].includes(p.role) || (p.published.has('microphone') && !p.muted.has('microphone'));
-}
-
-function seat(call, p) {
-  const muted = p.muted.has('microphone') || !p.published.has('microphone') || (p.isLocal && !call.localState().microphone.on);
-  const hand = app.requests.has(p.userId) || (p.isLocal && call.pendingRequests.size > 0);
-  return h('div', { class: `seat${p.speaking ? ' speaking' : ''}`, testid: 'seat', dataset: { userId: p.userId, participantId: p.participantId } },
-    avatar(p.userId, p.isLocal ? localName() : p.name ?? p.userId),
-    hand ? h('span', { class: 'hand', title: 'Hand raised' }, icon('hand')) : null,
-    muted && onStage(call, p) ? h('span', { class: 'badge-muted', testid: 'muted-badge' }, icon('micOff')) : null,
-    h('div', {}, displayName(p)),
-    h('div', { class: 'role' }, p.role));
-}
-
-function renderRoom(call) {
-  const stage = $('stage');
-  stage.className = 'stage room';
-  tileEls.clear();
-  const all = call.participantList();
-  const speakers = all.filter((p) => onStage(call, p));
-  const audience = all.filter((p) => !onStage(call, p));
-  stage.replaceChildren(
-    h('h3', {}, `On stage · ${speakers.length}`),
-    h('div', { class: 'room-grid', testid: 'room-stage' }, speakers.length ? speakers.map((p) => seat(call, p)) : h('p', { class: 'empty' }, 'Nobody is speaking yet.')),
-    h('h3', {}, `Listeners · ${audience.length}`),
-    h('div', { class: 'room-grid audience', testid: 'room-audience' }, audience.length ? audience.map((p) => seat(call, p)) : h('p', { class: 'empty' }, 'No listeners yet.')));
-}
-
-function iconEl(name) {
-  return SVG[name] ? icon(name) : name;
-}
-
-function ctrl(opts) {
-  const { icon: ic, label, onclick, cls = '', testid, disabled = false, title, pressed } = opts;
-  return h('button', { class: `ctrl ${cls}`, testid, onclick, disabled, title: title ?? label, 'aria-pressed': pressed == null ? null : String(pressed) },
-    h('span', { class: 'ico', 'aria-hidden': 'true' }, iconEl(ic)), h('span', { class: 'lbl' }, label));
+/** The top bar in a call: what call this is (the element shows people, LIVE and connection). */
+function renderTopbar() {
+  const rc = app.ringCall;
+  const title = rc && rc.callCid === app.call?.cid ? `${rc.kind === 'audio' ? 'Audio' : 'Video'} call with ${rc.peer}` : app.cid;
+  $('topbar-call').replaceChildren(h('span', { class: 'call-id', testid: 'call-id', title }, title));
 }
 
 function showErr(e) {
   app.lastError = e;
   toast(e.message ?? String(e), 'bad');
-}
-
-function renderControls(call) {
-  const ls = call.localState();
-  const out = [];
-  const canAudio = call.hasCapability('send-audio');
-  if (!canAudio && ls.microphone.published && !isRoom()) {
-    // Audio was revoked: say so instead of offering an Unmute that the server would refuse.
-    out.push(ctrl({ icon: ICON.micOff, label: 'Mic not allowed', cls: 'off', testid: 'toggle-mic', pressed: true, disabled: true, onclick: () => {} }));
-  }
-  // A listener moved back to the audience has no microphone control (they may raise a hand).
-  if (canAudio) {
-    const blocked = !!ls.microphone.blocked;
-    out.push(ctrl({
-      icon: ls.microphone.on ? ICON.mic : ICON.micOff,
-      label: blocked ? 'Mic blocked' : ls.microphone.on ? 'Mute' : 'Unmute',
-      cls: ls.microphone.on ? '' : 'off',
-      testid: 'toggle-mic',
-      pressed: !ls.microphone.on,
-      onclick: () => (blocked ? call.retryDevice('microphone') : call.setMicrophoneMuted(ls.microphone.on)).catch(showErr),
-    }));
-  }
-  if (!isRoom()) {
-    const blocked = !!ls.camera.blocked;
-    out.push(ctrl({
-      icon: ls.camera.on ? ICON.cam : ICON.camOff,
-      label: blocked ? 'Camera blocked' : ls.camera.on ? 'Stop video' : 'Start video',
-      cls: ls.camera.on ? '' : 'off',
-      testid: 'toggle-camera',
-      disabled: !call.hasCapability('send-video'),
-      onclick: () => (blocked ? call.retryDevice('camera') : call.setCameraMuted(ls.camera.on)).catch(showErr),
-    }));
-    if (call.hasCapability('screenshare')) {
-      const sharing = !!call.local.screen_share.track;
-      out.push(ctrl({ icon: ICON.screen, label: sharing ? 'Stop sharing' : 'Share screen', cls: sharing ? 'active' : '', testid: 'toggle-screen',
-        onclick: () => (sharing ? call.stopScreenShare() : call.startScreenShare()).catch((e) => showErr(e.name === 'NotAllowedError' ? new Error('Screen sharing was cancelled or blocked') : e)) }));
-    }
-    out.push(ctrl({ icon: call.layout === 'grid' ? ICON.spot : ICON.grid, label: call.layout === 'grid' ? 'Spotlight' : 'Grid', testid: 'toggle-layout',
-      onclick: () => call.setLayout(call.layout === 'grid' ? 'spotlight' : 'grid') }));
-  }
-  for (const cap of ['send-audio', 'send-video', 'screenshare']) {
-    if (!call.canRequest(cap)) continue;
-    if (!isRoom() && cap !== 'send-audio' && call.capabilities.has('send-audio')) continue;
-    const pending = call.pendingRequests.has(cap);
-    out.push(ctrl({
-      icon: ICON.hand,
-      label: pending ? 'Waiting…' : isRoom() ? 'Raise hand' : `Ask to ${capName(cap)}`,
-      cls: pending ? 'active' : '',
-      testid: pending ? 'hand-pending' : 'raise-hand',
-      title: pending ? 'Your request is waiting for a host. Click to lower your hand.' : 'Ask a host for permission',
-      onclick: () => (pending ? Promise.resolve(call.cancelPermissionRequest()) : call.requestPermission([cap])).then(() => pending || toast('Request sent to the hosts')).catch(showErr),
-    }));
-    if (isRoom()) break;
-  }
-  const nReq = app.requests.size;
-  out.push(ctrl({ icon: ICON.people, label: nReq ? `People (${nReq})` : 'People', cls: nReq ? 'active' : '', testid: 'toggle-people', onclick: () => { app.panelOpen = !app.panelOpen; renderCall(); } }));
-  if (call.info.backstageEnabled && call.info.live && call.hasCapability('update-call')) {
-    out.push(ctrl({ icon: ICON.end, label: 'Stop live', testid: 'stop-live', onclick: () => call.stopLive().catch(showErr) }));
-  }
-  if (app.ringCall?.callCid === call.cid) {
-    if (call.settings.audioOnly && call.hasCapability('send-video')) {
-      out.push(ctrl({ icon: ICON.video, label: 'Ask for video', testid: 'ask-video', onclick: () => app.ring.requestVideo(call.cid).then(() => toast('Asked to switch to video')).catch(showErr) }));
-    }
-    out.push(ctrl({ icon: ICON.leave, label: 'End call', cls: 'leave', testid: 'hang-up', onclick: () => hangUp() }));
-    $('controls').replaceChildren(...out);
-    return;
-  }
-  out.push(ctrl({ icon: ICON.leave, label: isRoom() ? 'Leave quietly' : 'Leave', cls: 'leave', testid: 'leave', onclick: () => call.leave() }));
-  if (call.hasCapability('end-call')) {
-    out.push(ctrl({ icon: ICON.end, label: 'End for all', cls: 'leave', testid: 'end-call', onclick: () => { if (confirm('End the call for everyone?')) call.endCall().catch(showErr); } }));
-  }
-  $('controls').replaceChildren(...out);
-}
-
-// ---- reactions --------------------------------------------------------------------------------
-
-/** The reaction bar's buttons: `type` goes on the wire, `emoji` is what everyone sees. */
-const REACTIONS = [
-  { type: 'like', emoji: '\u{1F44D}', label: 'Like' },
-  { type: 'heart', emoji: '\u{2764}\u{FE0F}', label: 'Heart' },
-  { type: 'laugh', emoji: '\u{1F602}', label: 'Laugh' },
-  { type: 'clap', emoji: '\u{1F44F}', label: 'Applause' },
-  { type: 'raised-hand', emoji: '\u{270B}', label: 'Raise hand' },
-];
-/** How long a received reaction stays on screen. */
-const REACTION_SHOW_MS = 4000;
-
-/** Shows the reaction bar only to those with `create-reaction`. */
-function renderReactionBar(call) {
-  const bar = $('reaction-bar');
-  const can = call.hasCapability('create-reaction');
-  bar.hidden = !can;
-  if (!can) {
-    bar.replaceChildren();
-    return;
-  }
-  if (bar.childElementCount === REACTIONS.length) return;
-  bar.replaceChildren(...REACTIONS.map((r) => h('button', {
-    class: 'react-btn', type: 'button', testid: `react-${r.type}`, title: r.label, 'aria-label': r.label,
-    onclick: () => app.call?.sendReaction(r.type, { emojiCode: `:${r.type}:` }).catch(showErr),
-  }, r.emoji)));
-}
-
-/** Floats a reaction (with who sent it) over the call for a few seconds. */
-function showReaction(participant, userId, reaction, local) {
-  const known = REACTIONS.find((r) => r.type === reaction?.type);
-  const emoji = known?.emoji ?? reaction?.emoji_code ?? reaction?.type ?? '';
-  const who = local ? 'You' : participant?.name ?? userId ?? 'Someone';
-  const el = h('div', { class: 'reaction-pop', testid: 'reaction', dataset: { userId: userId ?? '', type: reaction?.type ?? '' } },
-    h('span', { class: 'emoji', 'aria-hidden': 'true' }, emoji), h('span', { class: 'who' }, `${who}${known ? '' : ` · ${reaction?.type ?? ''}`}`));
-  el.setAttribute('aria-label', `${who}: ${known?.label ?? reaction?.type ?? 'reaction'}`);
-  const layer = $('reactions');
-  layer.append(el);
-  while (layer.childElementCount > 6) layer.firstElementChild?.remove();
-  setTimeout(() => el.remove(), REACTION_SHOW_MS);
-}
-
-function renderPanel(call) {
-  $('panel').hidden = !app.panelOpen;
-  $('panel-close').onclick = () => { app.panelOpen = false; renderCall(); };
-  if (!app.panelOpen) return;
-  const canPerm = call.hasCapability('update-call-permissions');
-  const reqs = [...app.requests].map(([userId, perms]) => h('div', { class: 'request', testid: `request-${userId}` },
-    h('p', {}, icon('hand'), ` ${userId} asks to ${perms.map(capName).join(', ')}`),
-    h('div', { class: 'person-actions' },
-      h('button', { class: 'btn small primary', testid: `approve-${userId}`, onclick: () => answer(userId, perms, true) }, 'Approve'),
-      h('button', { class: 'btn small ghost', testid: `deny-${userId}`, onclick: () => answer(userId, perms, false) }, 'Deny'))));
-  $('requests').replaceChildren(...(canPerm ? reqs : []));
-  const people = call.participantList().map((p) => {
-    const micMuted = p.muted.has('microphone') || !p.published.has('microphone');
-    const actions = [];
-    if (!p.isLocal && call.hasCapability('mute-users') && !micMuted) {
-      actions.push(h('button', { class: 'btn small ghost', testid: `mute-${p.userId}`, onclick: () => call.muteUsers([p.userId], { audio: true }).catch(showErr) }, 'Mute'));
-    }
-    if (!p.isLocal && canPerm && !['host', 'admin', 'moderator'].includes(p.role)) {
-      const speaking = p.published.has('microphone') && !p.muted.has('microphone');
-      if (isRoom() || call.requestable.size) {
-        actions.push(speaking
-          ? h('button', { class: 'btn small ghost', testid: `revoke-${p.userId}`, onclick: () => call.revokePermissions(p.userId, ['send-audio']).catch(showErr) }, isRoom() ? 'Move to audience' : 'Revoke audio')
-          : h('button', { class: 'btn small ghost', testid: `grant-${p.userId}`, onclick: () => call.grantPermissions(p.userId, ['send-audio']).catch(showErr) }, isRoom() ? 'Invite to speak' : 'Allow audio'));
-      }
-    }
-    return h('li', { dataset: { userId: p.userId } }, avatar(p.userId, p.isLocal ? localName() : p.name ?? p.userId),
-      h('div', { class: 'who' }, displayName(p), h('small', {}, `${p.role}${micMuted ? ' · muted' : ''}${p.published.has('screen_share') ? ' · sharing' : ''}`)),
-      h('div', { class: 'person-actions' }, actions));
-  });
-  $('people').replaceChildren(...people);
-  renderCallDevices(call);
-}
-
-/** The in-call device pickers: switching keeps the call (replaceTrack / setSinkId). */
-async function renderCallDevices(call) {
-  const lists = await listDevices().catch(() => ({ audioInputs: [], audioOutputs: [], videoInputs: [] }));
-  const cur = (src) => call.local[src].track?.getSettings?.().deviceId ?? null;
-  fillSelect($('call-audio-in'), lists.audioInputs, cur('microphone') ?? call.devices.audioInput, 'Microphone');
-  fillSelect($('call-video-in'), lists.videoInputs, cur('camera') ?? call.devices.videoInput, 'Camera');
-  fillSelect($('call-audio-out'), lists.audioOutputs, call.devices.audioOutput, 'Speaker');
-  $('call-video-in-wrap').hidden = isRoom();
-  $('call-audio-out-wrap').hidden = !canSelectAudioOutput();
-  const sw = (kind, what) => (e) => call.switchDevice(kind, e.target.value).then(() => toast(`${what} switched`)).catch(showErr);
-  $('call-audio-in').onchange = sw('audioInput', 'Microphone');
-  $('call-video-in').onchange = sw('videoInput', 'Camera');
-  $('call-audio-out').onchange = sw('audioOutput', 'Speaker');
-}
-
-async function answer(userId, perms, approve) {
-  try {
-    if (approve) await app.call.grantPermissions(userId, perms);
-    else await app.call.revokePermissions(userId, perms);
-    app.requests.delete(userId);
-    toast(approve ? `${userId} can ${perms.map(capName).join(', ')} now` : `Declined ${userId}'s request`);
-  } catch (e) {
-    showErr(e);
-  }
-  renderCall();
 }
 
 // ---- ringing: idle screen, incoming and outgoing calls, history ------------------------------
@@ -1093,7 +615,6 @@ function showHome() {
   show('home');
   document.title = 'Greenroom';
   $('topbar-call').textContent = '';
-  $('connection').hidden = true;
   renderRingStatus();
   loadHistory();
 }
@@ -1173,13 +694,13 @@ function wireRing(ring) {
   });
   ring.on('videoRequested', (ev) => {
     if (app.ringCall?.callCid !== ev.callCid) return;
-    setBanner('video-request', 'info', `${ev.requestedBy} wants to switch to video`, 'Your camera turns on when you accept.', null,
-      { label: 'Turn on video', onclick: () => ring.acceptVideo(ev.callCid).catch(showErr) });
+    callEl().setBanner('video-request', { kind: 'info', title: `${ev.requestedBy} wants to switch to video`, text: 'Your camera turns on when you accept.',
+      action: { label: 'Turn on video', onClick: () => ring.acceptVideo(ev.callCid).catch(showErr) } });
   });
   ring.on('switchedToVideo', (ev) => {
     if (app.ringCall?.callCid !== ev.callCid || !app.call) return;
     app.ringCall.kind = 'video';
-    app.banners.delete('video-request');
+    callEl().clearBanner('video-request');
     if (app.call.settings.audioOnly) app.call.enableVideo().catch(showErr);
     toast('Switched to video');
   });
@@ -1348,21 +869,25 @@ async function startRingCall(cid, kind, peer, tracks) {
   app.cid = cid;
   app.callType = 'default';
   app.endedBy = null;
-  app.requests.clear();
-  app.banners.clear();
-  $('reactions').replaceChildren();
-  const call = app.client.call(cid);
-  app.call = call;
-  wireCall(call);
+  const el = callEl();
+  // A rung call: "End call" ends it for both sides (instead of Leave), and an audio call asks the
+  // other side before switching to video (instead of switching at once).
+  el.settings = { create: true, audioOnly: kind === 'audio', name: localName(), buttons: CALL_BUTTONS.filter((b) => !['leave', 'end-call', 'switch-video'].includes(b)) };
+  el.actions = [
+    { id: 'ask-video', label: 'Ask for video', icon: 'video', testid: 'ask-video', visible: (c) => c.settings.audioOnly && c.hasCapability('send-video'),
+      onClick: (c) => app.ring.requestVideo(c.cid).then(() => el.toast('Asked to switch to video')) },
+    { id: 'hang-up', label: 'End call', icon: 'leave', kind: 'leave', testid: 'hang-up', onClick: () => hangUp() },
+  ];
   $('topbar-call').textContent = `Connecting to ${peer}…`;
+  const joining = el.join({
+    client: app.client,
+    callId: cid,
+    tracks: { audio: tracks?.audio ?? null, video: kind === 'audio' ? null : tracks?.video ?? null },
+    devices: { ...app.devices },
+  });
+  app.call = el.call;
   try {
-    await call.join({
-      create: true,
-      audioOnly: kind === 'audio',
-      name: localName(),
-      tracks: { audio: tracks?.audio ?? null, video: kind === 'audio' ? null : tracks?.video ?? null },
-      devices: { ...app.devices },
-    });
+    await joining;
   } catch (e) {
     app.lastError = e;
     if (kind === 'audio') tracks?.video?.stop();
@@ -1376,7 +901,7 @@ async function startRingCall(cid, kind, peer, tracks) {
   if (app.ringCall?.callCid !== cid) return; // ended while joining
   document.title = `Call with ${peer}`;
   show('call');
-  renderCall();
+  renderTopbar();
 }
 
 /** Hang up a rung call: ends it for both sides (the other page returns to idle too). */
@@ -1394,8 +919,6 @@ function ringCallOver(call, reason) {
   app.ringCall = null;
   app.call = null;
   app.cid = '';
-  tileEls.clear();
-  $('stage').replaceChildren();
   const by = app.endedBy;
   notice(reason === 'disconnected' ? `Lost the connection to the call with ${rc.peer}`
     : by && by !== app.client.userId ? `${by} ended the call` : `Call with ${rc.peer} ended`);
@@ -1482,12 +1005,9 @@ function renderHistory() {
 // A click anywhere resumes audio that the browser's autoplay policy paused.
 document.addEventListener('click', () => {
   if (ringtone.playing && ringtone.ctx?.state === 'suspended') ringtone.ctx.resume().catch(() => {});
-  if (app.banners.delete('autoplay')) {
-    app.call?.resumeAudio();
-    renderCall();
-  }
 });
 window.addEventListener('unhandledrejection', (ev) => { app.lastError = ev.reason; console.warn('unhandled', ev.reason); });
 const env = environmentCheck();
 if (!env.secure) console.warn(env.message);
+wireCallElement();
 boot();

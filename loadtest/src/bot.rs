@@ -122,6 +122,7 @@ impl Bot {
             Subscriber::new(SubscriberConfig {
                 bind_ip: config.bind_ip,
                 gather_timeout: config.timeout,
+                ice: config.publisher.ice.clone(),
             })
             .await?,
         );
@@ -183,6 +184,7 @@ impl Bot {
                     call,
                     own_capabilities,
                     requestable,
+                    ..
                 }) => Some(Joined {
                     protocol: *protocol,
                     participant: participant.clone(),

@@ -87,6 +87,7 @@
 
 pub mod bot;
 pub mod error;
+pub mod floor;
 pub mod histogram;
 pub mod janus;
 pub mod light;
@@ -99,6 +100,7 @@ pub mod scenario;
 pub mod signal;
 pub mod stats;
 pub mod token;
+pub mod turn;
 pub mod vp8;
 
 pub use bot::{Bot, BotConfig, Joined, StopMode};

@@ -74,6 +74,26 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
             opt(s.server_cpu_s_per_mpkt, 2),
         ),
         (
+            "floor ns/pkt (at mean payload B)",
+            format!(
+                "{} ({})",
+                opt(s.floor_ns_per_packet, 0),
+                opt(s.mean_payload_bytes, 0)
+            ),
+        ),
+        (
+            "server CPU per fwd pkt / floor",
+            opt(s.server_cpu_x_floor, 2),
+        ),
+        (
+            "server datagrams out/s (per media pkt)",
+            format!(
+                "{} ({})",
+                opt(s.server_datagrams_out_per_s, 0),
+                opt(s.datagrams_per_media_packet, 3)
+            ),
+        ),
+        (
             "server RSS before / after (MiB)",
             format!(
                 "{} / {}",

@@ -13,13 +13,14 @@ use serde::Serialize;
 
 use crate::bot::{Bot, BotConfig};
 use crate::error::BotError;
+use crate::floor::FloorFigures;
 use crate::histogram::LatencyHistogram;
 use crate::janus::{
     JanusError, JanusHandle, JanusLightPublisher, JanusLightSubscriber, JanusPublisher,
     JanusSession, JanusSubscriber,
 };
 use crate::light::{LightBot, LightConfig};
-use crate::media::{PublisherConfig, SubscriberConfig};
+use crate::media::{IceConfig, PublisherConfig, SubscriberConfig};
 use crate::procstat::{read_pid, ProcError, ProcSample, ServerProbe};
 use crate::scenario::{BotKind, Scenario, Target};
 use crate::stats::TrackStats;
@@ -59,6 +60,9 @@ pub struct RunConfig {
     /// Greenroom base URL (`http://127.0.0.1:7880`) or Janus API URL
     /// (`http://127.0.0.1:8088/janus`).
     pub url: String,
+    /// Greenroom cluster nodes: when not empty, bot `i` joins through `urls[i % len]` (round
+    /// robin) instead of `url`.
+    pub urls: Vec<String>,
     /// API key of Greenroom tokens (their `kid`).
     pub api_key: String,
     /// HS256 secret for Greenroom tokens.
@@ -77,14 +81,27 @@ pub struct RunConfig {
     pub bind_ip: std::net::IpAddr,
     /// Which bots join.
     pub bots: BotKind,
+    /// Relay every webrtc-rs bot's media through the node's TURN server (`--transport turn`).
+    pub turn: Option<crate::turn::TurnRelay>,
+    /// This machine's forwarding floor, measured before the run (`None`: not reported).
+    pub floor: Option<FloorFigures>,
 }
 
 impl RunConfig {
+    /// The URL bot `index` connects through: round robin over `urls`, else `url`.
+    pub fn url_for(&self, index: usize) -> &str {
+        match self.urls.len() {
+            0 => &self.url,
+            n => &self.urls[index % n],
+        }
+    }
+
     /// Defaults for `target` at `url`: dev secret, no server probe, 10 s timeouts, 1 s samples.
     pub fn new(target: Target, url: impl Into<String>) -> RunConfig {
         RunConfig {
             target,
             url: url.into(),
+            urls: Vec::new(),
             api_key: token::DEV_KEY.into(),
             secret: token::DEV_SECRET.into(),
             server: ServerProbe::None,
@@ -94,6 +111,8 @@ impl RunConfig {
             progress: false,
             bind_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             bots: BotKind::Webrtc,
+            turn: None,
+            floor: None,
         }
     }
 }
@@ -226,6 +245,22 @@ pub struct Summary {
     /// simulcast.
     #[serde(default)]
     pub video_layer_packets: [u64; 3],
+    /// Mean RTP payload bytes per forwarded packet.
+    #[serde(default)]
+    pub mean_payload_bytes: Option<f64>,
+    /// The forwarding floor at that payload size, CPU ns per packet (see [`crate::floor`]).
+    #[serde(default)]
+    pub floor_ns_per_packet: Option<f64>,
+    /// Server CPU per forwarded packet as a multiple of the floor.
+    #[serde(default)]
+    pub server_cpu_x_floor: Option<f64>,
+    /// UDP datagrams the server sent to the bots per second (every datagram the light bots
+    /// received: media, RTCP, STUN, padding and probes); `None` with webrtc-rs bots.
+    #[serde(default)]
+    pub server_datagrams_out_per_s: Option<f64>,
+    /// Those datagrams per forwarded media packet (1.0 plus RTCP, STUN and padding/probing).
+    #[serde(default)]
+    pub datagrams_per_media_packet: Option<f64>,
     /// The first errors seen.
     pub errors: Vec<String>,
 }
@@ -359,6 +394,8 @@ struct Totals {
     at: Option<Instant>,
     server: Option<ProcSample>,
     bot: ProcSample,
+    /// Datagrams received by the light bots (see [`crate::light::datagrams_received`]).
+    datagrams_in: u64,
 }
 
 impl Totals {
@@ -398,6 +435,7 @@ impl Totals {
             hist,
             server_cpu,
             bot_cpu: (self.bot.cpu_seconds - earlier.bot.cpu_seconds).max(0.0),
+            datagrams_in: self.datagrams_in.saturating_sub(earlier.datagrams_in),
         }
     }
 }
@@ -414,6 +452,7 @@ struct Delta {
     hist: LatencyHistogram,
     server_cpu: Option<f64>,
     bot_cpu: f64,
+    datagrams_in: u64,
 }
 
 fn ms(us: Option<u64>) -> Option<f64> {
@@ -465,6 +504,7 @@ impl Run {
             }
             t.tx_packets += m.sent_packets();
         }
+        t.datagrams_in = crate::light::datagrams_received();
         t.at = Some(Instant::now());
         t.server = match self.config.server.read().await {
             Ok(s) => s,
@@ -536,10 +576,13 @@ impl Run {
         if self.config.bots == BotKind::Light {
             return self.join_light(index, sources, tok).await;
         }
-        let mut cfg = BotConfig::new(&self.config.url, tok.clone());
+        let mut cfg = BotConfig::new(self.config.url_for(index), tok.clone());
         cfg.quality = self.scenario.quality;
         cfg.timeout = self.config.timeout;
         cfg.publisher = self.publisher_config();
+        if let Some(t) = &self.config.turn {
+            cfg.publisher.ice = t.ice_for(&user);
+        }
         cfg.bind_ip = self.config.bind_ip;
         let bot = Bot::connect(cfg).await?;
         bot.join(&self.greenroom_cid, publisher).await?;
@@ -563,7 +606,7 @@ impl Run {
         tok: String,
     ) -> Result<Member, LoadError> {
         let publisher = !sources.is_empty();
-        let mut cfg = LightConfig::new(&self.config.url, tok.clone());
+        let mut cfg = LightConfig::new(self.config.url_for(index), tok.clone());
         cfg.timeout = self.config.timeout;
         cfg.bind_ip = self.config.bind_ip;
         cfg.audio = self.scenario.audio;
@@ -616,6 +659,7 @@ impl Run {
             audio: self.scenario.audio,
             gather_timeout: self.config.timeout,
             bind_ip: self.config.bind_ip,
+            ice: IceConfig::default(),
         }
     }
 
@@ -623,6 +667,7 @@ impl Run {
         SubscriberConfig {
             gather_timeout: self.config.timeout,
             bind_ip: self.config.bind_ip,
+            ice: IceConfig::default(),
         }
     }
 
@@ -978,7 +1023,26 @@ impl Run {
             }
             _ => None,
         };
+        let mean_payload = (d.rx > 0).then(|| d.rx_bytes as f64 / d.rx as f64);
+        let floor_ns = self
+            .config
+            .floor
+            .zip(mean_payload)
+            .map(|(f, b)| f.ns_for(b));
+        let x_floor = match (per_m, floor_ns) {
+            // CPU-s per M packets = µs per packet.
+            (Some(us), Some(ns)) if ns > 0.0 => Some(us * 1000.0 / ns),
+            _ => None,
+        };
+        let light = self.config.bots == BotKind::Light;
+        let datagrams_out = light.then(|| d.datagrams_in as f64 / d.secs);
         Summary {
+            mean_payload_bytes: mean_payload,
+            floor_ns_per_packet: floor_ns,
+            server_cpu_x_floor: x_floor,
+            server_datagrams_out_per_s: datagrams_out,
+            datagrams_per_media_packet: (light && d.rx > 0)
+                .then(|| d.datagrams_in as f64 / d.rx as f64),
             target: self.config.target.as_str().into(),
             scenario: self.scenario.name.clone(),
             bots: self.config.bots.as_str().into(),
@@ -1164,6 +1228,18 @@ pub async fn find_max(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bots_are_spread_over_the_urls_round_robin() {
+        let mut c = RunConfig::new(Target::Greenroom, "http://one");
+        assert_eq!(c.url_for(3), "http://one");
+        c.urls = vec!["http://a".into(), "http://b".into(), "http://c".into()];
+        let picked: Vec<&str> = (0..5).map(|i| c.url_for(i)).collect();
+        assert_eq!(
+            picked,
+            ["http://a", "http://b", "http://c", "http://a", "http://b"]
+        );
+    }
 
     #[test]
     fn spread_percentiles() {

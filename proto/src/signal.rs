@@ -50,6 +50,12 @@ pub enum ErrorCode {
     RateLimited,
     /// The user holds as many signaling sockets as allowed (HTTP 429 before the upgrade).
     TooManyConnections,
+    /// A `resume` failed: the token is unknown, expired (past the grace period), another
+    /// user's, or its session has left the call. The client joins afresh.
+    ResumeFailed,
+    /// Cluster mode: the call cannot be placed or reached now (Redis or its home node is
+    /// unreachable, or no node takes new calls); HTTP 503. Retry later.
+    ClusterUnavailable,
     /// An unexpected server error.
     Internal,
 }
@@ -293,6 +299,17 @@ impl MuteKinds {
     }
 }
 
+/// An ICE server as `RTCIceServer` takes it: TURN URLs with a time-limited credential.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
+pub struct IceServer {
+    /// `turn:host:port?transport=udp|tcp` and `turns:host:port?transport=tcp` URLs.
+    pub urls: Vec<String>,
+    /// `<expiry-unix-seconds>:<user_id>`.
+    pub username: String,
+    /// `base64(HMAC-SHA1(secret, username))`.
+    pub credential: String,
+}
+
 /// Which PeerConnection an ICE candidate belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema, TS)]
 #[serde(rename_all = "snake_case")]
@@ -418,6 +435,17 @@ pub enum ClientMessage {
         /// The payload: a JSON object of at most [`MAX_EVENT_BYTES`] bytes.
         custom: serde_json::Value,
     },
+    /// Take back a session whose socket dropped, within the grace period: the first call
+    /// message of a new socket of the same user. Answered with `resumed` or `error`
+    /// `resume_failed`.
+    Resume {
+        /// The `resume_token` of the last `joined` or `resumed`.
+        resume_token: String,
+    },
+    /// Ask the server for a `subscriber_offer` that restarts ICE on the subscriber connection
+    /// (new ice-ufrag/pwd; tracks and forwarding are kept). The publisher connection restarts
+    /// ICE with a new `publish` offer instead.
+    RestartIce,
 }
 
 /// What a client sends on `/v1/signal`: a [`ClientMessage`] plus an optional `request_id`
@@ -479,7 +507,7 @@ impl ClientMessage {
                 "settings" => check::<JoinSettings>(v),
                 "permissions" => check::<Vec<Capability>>(v),
                 "source" => check::<TrackSource>(v),
-                "sdp" | "candidate" | "track_id" => check::<String>(v),
+                "sdp" | "candidate" | "track_id" | "resume_token" => check::<String>(v),
                 "tracks" => check::<Vec<PublishTrack>>(v),
                 "target" => check::<PeerTarget>(v),
                 "quality" => check::<Quality>(v),
@@ -506,6 +534,8 @@ impl ClientMessage {
         "set_quality",
         "send_reaction",
         "send_event",
+        "resume",
+        "restart_ice",
     ];
 
     /// The message's `type` string, e.g. `join`.
@@ -525,6 +555,8 @@ impl ClientMessage {
             ClientMessage::SetQuality { .. } => "set_quality",
             ClientMessage::SendReaction { .. } => "send_reaction",
             ClientMessage::SendEvent { .. } => "send_event",
+            ClientMessage::Resume { .. } => "resume",
+            ClientMessage::RestartIce => "restart_ice",
         }
     }
 }
@@ -545,6 +577,36 @@ pub enum SignalMessage {
         own_capabilities: CapabilitySet,
         /// Capabilities this participant may request in this call type.
         requestable: CapabilitySet,
+        /// A secret that takes this session back on a new socket within the grace period
+        /// (`resume`). Bound to this user and participant; rotated by every `resumed`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[ts(optional)]
+        resume_token: Option<String>,
+        /// ICE servers for this participant's PeerConnections (the node's embedded TURN server
+        /// with credentials that expire); empty when the node runs none.
+        #[serde(default)]
+        ice_servers: Vec<IceServer>,
+    },
+    /// A `resume` succeeded: the session is back on this socket with the same participant id
+    /// and media connections. Carries what `joined` carries (the call as it is now covers the
+    /// events missed while disconnected) and a new `resume_token`.
+    Resumed {
+        /// Protocol version.
+        protocol: u32,
+        /// This session.
+        participant: ParticipantInfo,
+        /// The call as it is now.
+        call: Box<CallState>,
+        /// What this participant may do.
+        own_capabilities: CapabilitySet,
+        /// Capabilities this participant may request in this call type.
+        requestable: CapabilitySet,
+        /// The token for the next `resume` (the old one is spent).
+        resume_token: String,
+        /// ICE servers for this participant's PeerConnections, as in `joined` (the node's embedded TURN server
+        /// with credentials that expire); empty when the node runs none.
+        #[serde(default)]
+        ice_servers: Vec<IceServer>,
     },
     /// The socket left the call (by `leave`, kick, block or the end of the call).
     Left {
@@ -896,6 +958,10 @@ mod tests {
             ClientMessage::SendEvent {
                 custom: serde_json::json!({}),
             },
+            ClientMessage::Resume {
+                resume_token: String::new(),
+            },
+            ClientMessage::RestartIce,
         ];
         assert_eq!(all.len(), ClientMessage::TYPES.len());
         for m in all {

@@ -43,6 +43,7 @@ pub fn typescript_declarations() -> String {
     push::<ParticipantInfo>(out, &cfg);
     push::<CallState>(out, &cfg);
     push::<MuteKinds>(out, &cfg);
+    push::<IceServer>(out, &cfg);
     push::<PeerTarget>(out, &cfg);
     push::<PublishTrack>(out, &cfg);
     push::<SubscribedTrack>(out, &cfg);

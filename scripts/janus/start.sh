@@ -7,7 +7,13 @@
 #   scripts/janus/stop.sh
 #
 # Prints three lines: the PID (also in target/janus/janus.pid), the API URL, and the address of
-# its media sockets (bots must bind it: --bind-ip).
+# its media sockets (127.0.0.1; bots bind it: --bind-ip).
+#
+# Every datagram stays on loopback. Janus's ICE code skips interfaces flagged IFF_LOOPBACK, so on
+# its own it would gather the host's global address; a small LD_PRELOAD shim
+# (scripts/janus/loopback-shim.c, compiled here with cc) clears that flag in getifaddrs()
+# results, and `ice_enforce_list = "lo"` keeps Janus to the loopback interface: its candidates
+# are 127.0.0.1.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 DIR="${JANUS_DIR:-$ROOT/target/janus}"
@@ -23,21 +29,19 @@ if ! command -v janus >/dev/null 2>&1; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends janus >&2
 fi
 
-# Janus's ICE code skips loopback interfaces (IFF_LOOPBACK), so it cannot gather a candidate on
-# 127.0.0.1: its HTTP API is bound to 127.0.0.1, but its media sockets use this host's first
-# global IPv4 address (JANUS_ICE_IP to choose another), and the bots must bind the same address
-# (greenroom-loadtest --bind-ip). A loopback-range alias (127.0.0.2) on a non-loopback device was
-# tried and does not carry Janus's ICE checks.
-ICE_IP="${JANUS_ICE_IP:-$(ip -o -4 addr show scope global 2>/dev/null | awk '{split($4, a, "/"); print a[1]; exit}')}"
-ICE_IF="$(ip -o -4 addr show 2>/dev/null | awk -v ip="$ICE_IP" '{split($4, a, "/")} a[1] == ip {print $2; exit}')"
-if [ -z "$ICE_IP" ] || [ -z "$ICE_IF" ]; then
-  echo "no non-loopback IPv4 address for Janus's media (set JANUS_ICE_IP)" >&2
-  exit 1
+ICE_IP=127.0.0.1
+ICE_IF=lo
+mkdir -p "$DIR"
+SHIM="$DIR/loopback-shim.so"
+SHIM_SRC="$ROOT/scripts/janus/loopback-shim.c"
+if [ ! -f "$SHIM" ] || [ "$SHIM_SRC" -nt "$SHIM" ]; then
+  cc -shared -fPIC -O2 -Wall -Werror -o "$SHIM" "$SHIM_SRC" -ldl
 fi
 
 mkdir -p "$DIR/conf"
 PIDFILE="$DIR/janus.pid"
 if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null \
+  && [ "$(cat "$DIR/ice-ip" 2>/dev/null)" = "$ICE_IP" ] \
   && curl -fsS "http://127.0.0.1:$PORT/janus/info" >/dev/null 2>&1; then
   cat "$PIDFILE"
   echo "http://127.0.0.1:$PORT/janus"
@@ -116,7 +120,12 @@ CFG
 
 rm -f "$PIDFILE"
 : >"$DIR/janus.log"
-janus --config="$DIR/conf/janus.jcfg" --configs-folder="$DIR/conf" \
+# A Janus left from an older configuration (global address) is stopped first.
+if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
+  kill "$(cat "$PIDFILE")" 2>/dev/null || true
+  sleep 1
+fi
+LD_PRELOAD="$SHIM" janus --config="$DIR/conf/janus.jcfg" --configs-folder="$DIR/conf" \
   --interface="$ICE_IP" --ice-enforce-list="$ICE_IF" \
   --log-file="$DIR/janus.log" --disable-stdout --disable-colors \
   --pid-file="$PIDFILE" --daemon >/dev/null 2>&1 || true

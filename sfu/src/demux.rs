@@ -25,14 +25,22 @@
 //! to a peer on another shard (a client that rejoins into a call on another shard from the same
 //! port) follows at its first consent check. Addresses not seen for [`FORGET_AFTER`] are
 //! forgotten. The shards send on clones of the same socket themselves.
+//!
+//! The thread reads with `recvmmsg`: it sleeps until one datagram arrives, then takes every
+//! datagram already queued (up to [`RX_BATCH`]) in the same system call, into buffers it
+//! reuses; each datagram is copied once, at its own length, into its shard's queue.
 
 use std::collections::HashMap;
+use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::errno::Errno;
+use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use parking_lot::RwLock;
 use str0m::IceCreds;
 use tracing::{debug, warn};
@@ -48,6 +56,10 @@ pub(crate) const SHARD_QUEUE: usize = 4096;
 pub(crate) const MAX_ADDRS: usize = 65_536;
 /// The receive thread looks at its stop flag at least this often.
 const POLL: Duration = Duration::from_millis(200);
+/// Datagrams read per `recvmmsg`.
+const RX_BATCH: usize = 32;
+/// Receive buffer per datagram (larger datagrams are truncated: no WebRTC peer sends them).
+const RX_SLOT: usize = 2048;
 
 /// Server ufrags without a shard tag (after a client's ICE restart) -> their shard.
 pub(crate) type UfragMap = Arc<RwLock<HashMap<String, usize>>>;
@@ -187,40 +199,75 @@ fn run(
     stop: Arc<AtomicBool>,
     counters: Arc<DemuxCounters>,
 ) {
-    let mut buf = vec![0u8; 2048];
+    let fd = socket.as_raw_fd();
+    let mut bufs = vec![[0u8; RX_SLOT]; RX_BATCH];
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RX_BATCH, None);
     while !stop.load(Relaxed) {
-        match socket.recv_from(&mut buf) {
-            Ok((n, src)) => {
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> =
+            bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+        // Blocks for the first datagram (up to the socket's read timeout), then takes what
+        // else is already queued, up to RX_BATCH, in the same system call.
+        match recvmmsg(
+            fd,
+            &mut headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        ) {
+            Ok(msgs) => {
                 let now = Instant::now();
-                let Some(tx) = router
-                    .route(&buf[..n], src, now)
-                    .and_then(|s| shards.get(s))
-                else {
-                    add(&counters.unrouted, 1);
-                    debug!("no shard for datagram from {src}");
-                    continue;
-                };
-                let msg = ShardMsg::Datagram {
-                    data: buf[..n].to_vec(),
-                    src,
-                };
-                dispatch(tx, msg, &counters);
+                for m in msgs {
+                    let (Some(src), Some(data)) =
+                        (m.address.and_then(socket_addr), m.iovs().next())
+                    else {
+                        continue;
+                    };
+                    route_one(&mut router, &shards, data, src, now, &counters);
+                }
             }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock
-                        | std::io::ErrorKind::TimedOut
-                        | std::io::ErrorKind::ConnectionReset
-                        | std::io::ErrorKind::ConnectionRefused
-                        | std::io::ErrorKind::Interrupted
-                ) => {}
+            Err(
+                Errno::EAGAIN
+                | Errno::EINTR
+                | Errno::ETIMEDOUT
+                | Errno::ECONNRESET
+                | Errno::ECONNREFUSED,
+            ) => {}
             Err(e) => {
                 warn!("UDP receive failed: {e}");
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
     }
+}
+
+/// Routes one received datagram to its shard's queue (a copy of exactly its length), or
+/// drops and counts it.
+fn route_one(
+    router: &mut Router,
+    shards: &[SyncSender<ShardMsg>],
+    data: &[u8],
+    src: SocketAddr,
+    now: Instant,
+    counters: &DemuxCounters,
+) {
+    let Some(tx) = router.route(data, src, now).and_then(|s| shards.get(s)) else {
+        add(&counters.unrouted, 1);
+        debug!("no shard for datagram from {src}");
+        return;
+    };
+    let msg = ShardMsg::Datagram {
+        data: data.to_vec(),
+        src,
+    };
+    dispatch(tx, msg, counters);
+}
+
+/// A std address from the kernel's (IPv4 or IPv6; anything else is not ours).
+fn socket_addr(a: SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = a.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 #[cfg(test)]

@@ -44,15 +44,20 @@
 //! consumers over shards (a producer piped to consumer shards) is not done.
 
 mod demux;
+mod dtls;
 mod engine;
 pub mod forward;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+pub mod io;
 mod media;
 mod metrics;
+mod offer_plan;
 mod routes;
+mod sdp;
 mod socket;
 mod speakers;
+mod tcp;
 mod transport;
 
 use std::collections::HashMap;
@@ -71,8 +76,11 @@ use crate::demux::DemuxCounters;
 pub use crate::engine::rtc_config;
 use crate::engine::{Cmd, ShardMsg, ShardSetup};
 use crate::forward::GateCell;
+use crate::io::batch::SendOutcome;
 pub use crate::metrics::STATS_INTERVAL;
 use crate::metrics::{SfuCounters, UdpFigures};
+pub use crate::tcp::{TcpCounters, TcpLimits};
+use crate::transport::{BatchTransport, SendCounters};
 
 /// Media plane configuration.
 #[derive(Debug, Clone)]
@@ -100,6 +108,16 @@ pub struct SfuOptions {
     /// default. Default 4 MiB. The kernel caps it (Linux: `net.core.rmem_max`/`wmem_max`); the
     /// effective sizes are logged and exported as `greenroom_udp_socket_buffer_bytes`.
     pub socket_buffer_bytes: usize,
+    /// ICE over TCP (RFC 6544 passive candidates, RFC 4571 framing): the TCP port to listen on,
+    /// on the UDP socket's IP; `Some(0)` picks a free port; `None` (the default here) turns it
+    /// off. The server's configuration (`rtc.ice_tcp_port`) defaults to the UDP port's number.
+    pub ice_tcp_port: Option<u16>,
+    /// Limits of the ICE-TCP listener.
+    pub ice_tcp_limits: TcpLimits,
+    /// Most datagrams a shard hands to the kernel in one `sendmmsg` (1..=64; 1 = one system
+    /// call per datagram, as before batching). Default 64, or the environment's
+    /// `GREENROOM_RTC_SEND_BATCH` (read by [`Default`], for A/B measurements).
+    pub send_batch: usize,
 }
 
 impl Default for SfuOptions {
@@ -109,6 +127,12 @@ impl Default for SfuOptions {
             shards: 0,
             parallel_fanout_min: 64,
             socket_buffer_bytes: 4 << 20,
+            ice_tcp_port: None,
+            ice_tcp_limits: TcpLimits::default(),
+            send_batch: std::env::var("GREENROOM_RTC_SEND_BATCH")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(io::batch::MAX_BATCH),
         }
     }
 }
@@ -171,9 +195,16 @@ pub enum SfuError {
     /// Binding the UDP socket failed.
     #[error("cannot bind UDP {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    /// Binding the ICE-TCP listener failed.
+    #[error("cannot bind ICE-TCP {0}: {1}")]
+    BindTcp(SocketAddr, std::io::Error),
     /// The SDP could not be parsed or negotiated.
     #[error("bad SDP: {0}")]
     Sdp(String),
+    /// A track listed in `publish` sits on an m-line the server rejected (port 0 in the
+    /// answer: none of its codecs is forwarded, or the client offered it stopped).
+    #[error("track on mid {0} rejected by the server (no codec it forwards)")]
+    TrackRejected(String),
     /// No such participant in the media plane.
     #[error("unknown participant {0}")]
     UnknownParticipant(String),
@@ -219,6 +250,8 @@ pub struct Sfu {
 struct Shard {
     tx: SyncSender<ShardMsg>,
     counters: Arc<SfuCounters>,
+    /// What the shard's transport sent and dropped.
+    egress: Arc<SendCounters>,
     /// False once the shard's thread ended (it died, or the plane stopped).
     alive: Arc<AtomicBool>,
 }
@@ -289,6 +322,8 @@ struct Inner {
     shards: Vec<Shard>,
     registry: Mutex<Registry>,
     demux: Arc<DemuxCounters>,
+    /// The ICE-TCP listener's address and connections (when on).
+    tcp: Option<(SocketAddr, tcp::Writers)>,
     stop: Arc<AtomicBool>,
 }
 
@@ -321,11 +356,26 @@ impl Sfu {
     /// [`Sfu::start`] with explicit engine options.
     pub async fn start_with(
         cfg: SfuConfig,
-        opts: SfuOptions,
+        mut opts: SfuOptions,
     ) -> Result<(Sfu, mpsc::UnboundedReceiver<SfuEvent>), SfuError> {
         let bind_err = |e| SfuError::Bind(cfg.bind, e);
         let socket = UdpSocket::bind(cfg.bind).map_err(bind_err)?;
         let local_addr = socket.local_addr().map_err(bind_err)?;
+        // ICE-TCP: bind first, so the shards learn the actual port for their candidates.
+        let tcp = match opts.ice_tcp_port {
+            Some(port) => {
+                let addr = SocketAddr::new(local_addr.ip(), port);
+                let listener = tcp::bind(addr)
+                    .await
+                    .map_err(|e| SfuError::BindTcp(addr, e))?;
+                let bound = listener
+                    .local_addr()
+                    .map_err(|e| SfuError::BindTcp(addr, e))?;
+                opts.ice_tcp_port = Some(bound.port());
+                Some((listener, bound, tcp::Writers::default()))
+            }
+            None => None,
+        };
         let buffers = socket::size_buffers(&socket, opts.socket_buffer_bytes);
         let inode = socket::inode(&socket);
         let advertised = SocketAddr::new(cfg.advertise_ip, local_addr.port());
@@ -336,12 +386,26 @@ impl Sfu {
         for shard in 0..n {
             let (tx, input) = std::sync::mpsc::sync_channel(demux::SHARD_QUEUE);
             let counters = Arc::new(SfuCounters::default());
+            let egress = Arc::new(SendCounters::default());
             let alive = Arc::new(AtomicBool::new(true));
             engine::spawn(
                 ShardSetup {
                     shard,
                     opts: opts.clone(),
-                    socket: Arc::new(socket.try_clone().map_err(bind_err)?),
+                    socket: {
+                        let udp = BatchTransport::new(
+                            socket.try_clone().map_err(bind_err)?,
+                            opts.send_batch,
+                            egress.clone(),
+                        );
+                        match &tcp {
+                            Some((_, _, writers)) => Arc::new(tcp::MediaTransport {
+                                udp,
+                                tcp: writers.clone(),
+                            }),
+                            None => Arc::new(udp),
+                        }
+                    },
                     advertised,
                     input,
                     events: ev_tx.clone(),
@@ -354,11 +418,24 @@ impl Sfu {
             shards.push(Shard {
                 tx,
                 counters,
+                egress,
                 alive,
             });
         }
         let stop = Arc::new(AtomicBool::new(false));
         let demux = Arc::new(DemuxCounters::default());
+        let tcp = tcp.map(|(listener, bound, writers)| {
+            tcp::spawn(
+                listener,
+                shards.iter().map(|s| s.tx.clone()).collect(),
+                untagged.clone(),
+                writers.clone(),
+                opts.ice_tcp_limits,
+                demux.clone(),
+                stop.clone(),
+            );
+            (bound, writers)
+        });
         demux::spawn(
             socket,
             shards.iter().map(|s| s.tx.clone()).collect(),
@@ -378,6 +455,7 @@ impl Sfu {
             shards,
             registry: Mutex::new(registry),
             demux,
+            tcp,
             stop,
         };
         Ok((
@@ -452,6 +530,16 @@ impl Sfu {
     /// The bound UDP address.
     pub fn local_addr(&self) -> SocketAddr {
         self.inner.local_addr
+    }
+
+    /// The ICE-TCP listener's bound address (`None`: ICE-TCP is off).
+    pub fn ice_tcp_addr(&self) -> Option<SocketAddr> {
+        self.inner.tcp.as_ref().map(|(a, _)| *a)
+    }
+
+    /// The ICE-TCP listener's counters (`None`: ICE-TCP is off).
+    pub fn ice_tcp_counters(&self) -> Option<Arc<TcpCounters>> {
+        self.inner.tcp.as_ref().map(|(_, w)| w.counters().clone())
     }
 
     /// Registers a joined participant with its gate.
@@ -639,6 +727,13 @@ impl Sfu {
     ///   integrity failure); `greenroom_udp_queue_dropped_total`: dropped on a full shard queue.
     /// * `greenroom_udp_socket_buffer_bytes{direction}`: effective socket buffers;
     ///   `greenroom_udp_receive_drops_total`: the kernel's drops on the socket (Linux).
+    /// * with ICE-TCP on: `greenroom_ice_tcp_{accepted,refused,bad_frames,idle_closed,
+    ///   frames_in,send_dropped}_total` and the gauge `greenroom_ice_tcp_connections` (see
+    ///   [`TcpCounters`]).
+    /// * `greenroom_udp_sent_datagrams_total`: datagrams the kernel accepted;
+    ///   `greenroom_udp_send_dropped_total{reason="would_block"|"error"}`: dropped on a full
+    ///   send buffer or refused; `greenroom_udp_send_syscalls_total` (`sendmmsg`/`sendmsg`
+    ///   calls) and `greenroom_udp_gso_datagrams_total` (sent inside UDP GSO sends).
     /// * histograms `greenroom_rtt_seconds`, `greenroom_loss_ratio`, `greenroom_jitter_seconds`
     ///   `{direction="ingress"|"egress"}`, one sample per stream per [`STATS_INTERVAL`].
     ///
@@ -650,8 +745,17 @@ impl Sfu {
             queue_dropped: self.inner.demux.queue_dropped.load(Relaxed),
             buffers: self.inner.buffers,
             kernel_drops: self.inner.inode.and_then(socket::kernel_drops),
+            egress: self
+                .inner
+                .shards
+                .iter()
+                .fold(SendOutcome::default(), |sum, s| s.egress.add_to(sum)),
         };
-        metrics::render(&shards, udp)
+        let mut text = metrics::render(&shards, udp);
+        if let Some((_, writers)) = &self.inner.tcp {
+            writers.counters().render(&mut text);
+        }
+        text
     }
 
     /// Test hook (feature `fault-injection`): the shard's own loop panics, outside the
@@ -670,6 +774,18 @@ impl Sfu {
             Cmd::InjectPanic {
                 pid: participant_id.to_owned(),
                 target,
+            },
+        );
+    }
+
+    /// Restarts ICE on a participant's subscriber peer: a new `SubscriberOffer` with new ICE
+    /// credentials follows (after any offer still pending is answered); tracks and forwarding
+    /// are kept. The publisher peer restarts with the client's own offer (`publish`).
+    pub fn restart_subscriber_ice(&self, participant_id: &str) {
+        let _ = self.send(
+            participant_id,
+            Cmd::RestartIce {
+                pid: participant_id.to_owned(),
             },
         );
     }

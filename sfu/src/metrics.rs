@@ -232,6 +232,8 @@ pub(crate) struct UdpFigures {
     pub(crate) buffers: (usize, usize),
     /// Datagrams the kernel dropped on our socket (receive buffer full), if readable.
     pub(crate) kernel_drops: Option<u64>,
+    /// What the shards' transports sent and dropped, summed.
+    pub(crate) egress: crate::io::batch::SendOutcome,
 }
 
 /// The Prometheus text of the media plane: every shard's counters summed, then the per-shard
@@ -278,6 +280,35 @@ pub(crate) fn render(shards: &[&SfuCounters], udp: UdpFigures) -> String {
     );
     let _ = writeln!(o, "{name}{{direction=\"receive\"}} {}", udp.buffers.0);
     let _ = writeln!(o, "{name}{{direction=\"send\"}} {}", udp.buffers.1);
+    let e = udp.egress;
+    let name = "greenroom_udp_sent_datagrams_total";
+    header(
+        &mut o,
+        name,
+        "counter",
+        "Datagrams the kernel accepted for sending",
+    );
+    let _ = writeln!(o, "{name} {}", e.sent);
+    let name = "greenroom_udp_send_dropped_total";
+    header(
+        &mut o,
+        name,
+        "counter",
+        "Datagrams dropped on sending: send buffer full (would_block) or refused (error)",
+    );
+    let _ = writeln!(o, "{name}{{reason=\"would_block\"}} {}", e.would_block);
+    let _ = writeln!(o, "{name}{{reason=\"error\"}} {}", e.failed);
+    let name = "greenroom_udp_send_syscalls_total";
+    header(&mut o, name, "counter", "sendmmsg and sendmsg calls");
+    let _ = writeln!(o, "{name} {}", e.syscalls);
+    let name = "greenroom_udp_gso_datagrams_total";
+    header(
+        &mut o,
+        name,
+        "counter",
+        "Datagrams sent inside UDP GSO sends",
+    );
+    let _ = writeln!(o, "{name} {}", e.gso_datagrams);
     if let Some(drops) = udp.kernel_drops {
         let name = "greenroom_udp_receive_drops_total";
         header(
@@ -494,6 +525,13 @@ mod tests {
             queue_dropped: 4,
             buffers: (8192, 4096),
             kernel_drops: Some(11),
+            egress: crate::io::batch::SendOutcome {
+                sent: 40,
+                would_block: 3,
+                failed: 1,
+                syscalls: 2,
+                gso_datagrams: 5,
+            },
         };
         let t = render(&[&c, &other], udp);
         assert!(
@@ -510,6 +548,9 @@ mod tests {
         assert!(t.contains("greenroom_udp_queue_dropped_total 4\n"));
         assert!(t.contains("greenroom_udp_socket_buffer_bytes{direction=\"receive\"} 8192\n"));
         assert!(t.contains("greenroom_udp_receive_drops_total 11\n"));
+        assert!(t.contains("greenroom_udp_sent_datagrams_total 40\n"));
+        assert!(t.contains("greenroom_udp_send_dropped_total{reason=\"would_block\"} 3\n"));
+        assert!(t.contains("greenroom_udp_send_dropped_total{reason=\"error\"} 1\n"));
         assert!(t.contains("greenroom_engine_drives_total{cause=\"timer\"} 3\n"));
         for line in t.lines() {
             assert!(

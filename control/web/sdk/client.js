@@ -7,6 +7,7 @@ import { Emitter } from './emitter.js';
 import { PendingRequests } from './requests.js';
 import { RingClient } from './ringing.js';
 import { captureTrack, listDevices, watchDevices, watchPermission, queryPermission, classifyMediaError } from './devices.js';
+import { backoffMs, attemptFits, IceWatchdog } from './reconnect.js';
 
 /** @typedef {import('./types/wire').TrackSource} TrackSource */
 /** @typedef {import('./types/wire').SubscribedTrack} SubscribedTrack */
@@ -45,11 +46,17 @@ import { captureTrack, listDevices, watchDevices, watchPermission, queryPermissi
  * @property {{audioInput?: string|null, videoInput?: string|null, audioOutput?: string|null}} [devices]
  * @property {string} [name]  Display name others see (1-64 characters; the server trims and validates it).
  * @property {Record<string, any>} [custom]  App data others see with the participant (a JSON object, at most 1 KiB).
+ * @property {number} [reconnectTimeoutMs=15000]  How long to try to get the session back after the signaling socket drops (match the server's `limits.resume_grace_secs`); then `connectionStateChanged` `failed` and `left` `disconnected`.
+ * @property {RTCIceTransportPolicy} [iceTransportPolicy='all']  `'relay'`: media only through the TURN servers of `joined.ice_servers`.
  */
 
 const GATHER_TIMEOUT_MS = 4000;
 const REPLY_TIMEOUT_MS = 15000;
-const PING_INTERVAL_MS = 20000;
+/** A joined socket pings this often; no pong within PONG_TIMEOUT_MS counts as a dropped socket. */
+const PING_INTERVAL_MS = 5000;
+const PONG_TIMEOUT_MS = 5000;
+/** A PeerConnection `disconnected` for this long gets an ICE restart (`failed` at once). */
+const ICE_RESTART_DELAY_MS = 3000;
 /** Audio level (0..1, from call.speakers_changed) from which a participant counts as speaking. */
 const SPEAKING_LEVEL = 0.05;
 /** @type {RTCConfiguration} */
@@ -282,6 +289,16 @@ function callPath(cid) {
 }
 
 /** Resolves when ICE gathering is complete, or after a timeout with what was gathered. */
+/**
+ * The `a=fingerprint` value of an SDP (the session's or the first section's), or `null`.
+ * @param {string|undefined|null} sdp
+ * @returns {string|null}
+ */
+export function sdpFingerprint(sdp) {
+  const m = /^a=fingerprint:(.+?)\s*$/m.exec(sdp ?? '');
+  return m ? m[1].toLowerCase() : null;
+}
+
 function gatheringComplete(pc) {
   if (pc.iceGatheringState === 'complete') return Promise.resolve();
   return new Promise((resolve) => {
@@ -315,6 +332,10 @@ function kindOf(source) {
  * - `stopPublishing` {sources, reason}
  * - `devicesChanged` DeviceLists; `deviceBlocked` {source, reason}; `deviceRestored` {source}; `localChanged` LocalState
  * - `connectionState` {signal, publisher, subscriber, overall}
+ * - `connectionStateChanged` {state: 'connected'|'reconnecting'|'failed', attempt}: the session's
+ *   signaling: `reconnecting` while the SDK gets a dropped socket's session back (`resume`),
+ *   `connected` once it has, `failed` (followed by `left` `disconnected`) when it could not
+ * - `iceRestart` {target: 'publisher'|'subscriber'}: an ICE restart began on that connection
  * - `error` GreenroomError|Error (non-fatal, the call goes on); `kicked`, `blocked`
  */
 export class Call extends Emitter {
@@ -368,6 +389,21 @@ export class Call extends Emitter {
     this._pingTimer = null;
     this._wantAutoPublish = new Set();
     this._blockWatch = new Map();
+    /** `connected`, `reconnecting` or `failed` (see `connectionStateChanged`). */
+    this.connectionState = 'new';
+    /** Set by `join`: how long a reconnect may take. */
+    this.reconnectTimeoutMs = 15000;
+    /** The secret that takes this session back after a dropped socket (never logged). @type {string|null} */
+    this._resumeToken = null;
+    this._reconnecting = false;
+    /** The `join` message, sent again when a resume fails. @type {any} */
+    this._joinMsg = null;
+    /** @type {IceWatchdog[]} */
+    this._watchdogs = [];
+    /** @type {IceWatchdog|null} the subscriber connection's watchdog */
+    this._subDog = null;
+    /** ICE restarts asked for while the socket was down. @type {Set<'publisher'|'subscriber'>} */
+    this._iceRestartPending = new Set();
   }
 
   // ---- public API: joining ------------------------------------------------------------------
@@ -381,7 +417,9 @@ export class Call extends Emitter {
    */
   async join(opts = {}) {
     if (this.state !== 'idle') throw new Error(`join: call is ${this.state}`);
-    const { create = true, audioOnly = false, startAudioMuted = false, startVideoMuted = false, layout = 'grid', publish = true, tracks = {}, devices = {}, name, custom } = opts;
+    const { create = true, audioOnly = false, startAudioMuted = false, startVideoMuted = false, layout = 'grid', publish = true, tracks = {}, devices = {}, name, custom, reconnectTimeoutMs = 15000, iceTransportPolicy = 'all' } = opts;
+    this.reconnectTimeoutMs = reconnectTimeoutMs;
+    this._iceTransportPolicy = iceTransportPolicy;
     this.settings = { audioOnly, startAudioMuted, startVideoMuted };
     this.layout = layout;
     Object.assign(this.devices, devices);
@@ -393,9 +431,8 @@ export class Call extends Emitter {
     this.state = 'joining';
     this._setConnection('signal', 'connecting');
     await this._openSocket();
-    const joined = await this._request(
-      { type: 'join', call_cid: this.cid, create, settings: { audio_only: audioOnly, start_audio_muted: startAudioMuted, start_video_muted: startVideoMuted || audioOnly, ...(name ? { name } : {}), ...(custom ? { custom } : {}) } },
-    ).catch((e) => {
+    this._joinMsg = { type: 'join', call_cid: this.cid, create, settings: { audio_only: audioOnly, start_audio_muted: startAudioMuted, start_video_muted: startVideoMuted || audioOnly, ...(name ? { name } : {}), ...(custom ? { custom } : {}) } };
+    const joined = await this._request(this._joinMsg).catch((e) => {
       this.state = 'idle';
       this._closeSocket();
       this._stopLocalTracks();
@@ -404,6 +441,16 @@ export class Call extends Emitter {
     this._onJoined(joined);
     this._setupPeerConnections();
     this._watchLocalDevices();
+    this._setSessionState('connected', 0);
+    // Closing the tab is a leave, not a dropped socket: the others see it at once instead of
+    // after the server's resume grace period.
+    if (typeof window !== 'undefined') {
+      const onPageHide = () => {
+        if (this.state === 'joined') this._send({ type: 'leave' });
+      };
+      window.addEventListener('pagehide', onPageHide);
+      this._cleanups.push(() => window.removeEventListener('pagehide', onPageHide));
+    }
     if (publish) {
       this._publishInitial().catch((e) => this._emitError(e));
     }
@@ -728,10 +775,13 @@ export class Call extends Emitter {
       ws.addEventListener('open', () => {
         opened = true;
         this._setConnection('signal', 'connected');
-        this._pingTimer = setInterval(() => this._send({ type: 'ping' }), PING_INTERVAL_MS);
+        clearInterval(this._pingTimer);
+        this._pingTimer = setInterval(() => this._ping(ws), PING_INTERVAL_MS);
         resolve();
       });
       ws.addEventListener('close', (ev) => {
+        // A socket this call already let go of (closed, or replaced by a reconnect).
+        if (ws !== this._ws) return;
         clearInterval(this._pingTimer);
         this._setConnection('signal', 'closed');
         const err = new GreenroomError(
@@ -742,10 +792,7 @@ export class Call extends Emitter {
         );
         this._requests.rejectAll(err);
         if (!opened) reject(err);
-        else if (this.state === 'joined') {
-          this._emitError(err);
-          this._teardown('disconnected');
-        }
+        else if (this.state === 'joined') this._socketLost();
       });
       ws.addEventListener('message', (ev) => {
         let msg;
@@ -757,6 +804,180 @@ export class Call extends Emitter {
         this._onMessage(msg);
       });
     });
+  }
+
+  /**
+   * Pings a joined socket; no pong in time means the socket is dead even if the browser has not
+   * noticed yet (a network change): it is dropped and the session resumed on a new one.
+   * @param {WebSocket} ws
+   */
+  _ping(ws) {
+    if (ws !== this._ws || this.state !== 'joined') return;
+    const { requestId, promise } = this._requests.open('ping', PONG_TIMEOUT_MS);
+    promise.catch(() => {
+      if (ws !== this._ws || this.state !== 'joined') return;
+      this._closeSocket();
+      this._setConnection('signal', 'closed');
+      this._requests.rejectAll(new GreenroomError('connection_closed', 'the server stopped answering'));
+      this._socketLost();
+    });
+    if (!this._send({ type: 'ping', request_id: requestId })) this._requests.settle(requestId, null, new GreenroomError('connection_closed', 'not connected'));
+  }
+
+  /** The joined session's socket dropped: get the session back on a new one. */
+  _socketLost() {
+    if (this._reconnecting || this.state !== 'joined') return;
+    this._reconnect().catch((e) => this._emitError(e));
+  }
+
+  /**
+   * Reconnects with backoff until `reconnectTimeoutMs` (the server's grace period): a fresh
+   * token when a `tokenProvider` is set, a new socket, `resume` with the last resume token. A
+   * `resume_failed` answer joins afresh (a new participant id). Past the bound: `failed`, and
+   * the call is left with reason `disconnected`.
+   */
+  async _reconnect() {
+    this._reconnecting = true;
+    const deadline = Date.now() + this.reconnectTimeoutMs;
+    let attempt = 0;
+    try {
+      while (this.state === 'joined') {
+        attempt += 1;
+        this._setSessionState('reconnecting', attempt);
+        const delay = backoffMs(attempt);
+        if (!attemptFits(Date.now(), deadline, delay)) break;
+        await new Promise((r) => setTimeout(r, delay));
+        if (this.state !== 'joined') return;
+        if (this.client.tokenProvider) await this.client.refreshToken().catch(() => {});
+        this._setConnection('signal', 'connecting');
+        try {
+          await this._openSocket();
+        } catch {
+          continue;
+        }
+        if (this.state !== 'joined') return;
+        try {
+          const resumed = await this._request({ type: 'resume', resume_token: this._resumeToken });
+          this._onResumed(resumed);
+        } catch (e) {
+          if (this.state !== 'joined') return;
+          if (!(e instanceof GreenroomError && e.code === 'resume_failed')) {
+            this._closeSocket();
+            continue;
+          }
+          try {
+            await this._rejoin();
+          } catch (e2) {
+            // Joining afresh failed for good (blocked, call ended, ...): the call is over.
+            this._emitError(e2);
+            break;
+          }
+        }
+        this._reconnecting = false;
+        this._setSessionState('connected', attempt);
+        this._afterReconnect();
+        return;
+      }
+    } finally {
+      this._reconnecting = false;
+    }
+    if (this.state === 'joined') {
+      this._setSessionState('failed', attempt);
+      this._teardown('disconnected');
+    }
+  }
+
+  /** @param {'connected'|'reconnecting'|'failed'} state @param {number} attempt */
+  _setSessionState(state, attempt) {
+    this.connectionState = state;
+    this.emit('connectionStateChanged', { state, attempt });
+  }
+
+  /** @param {any} msg  The `resumed` reply: rebuilds the call from its snapshot. */
+  _onResumed(msg) {
+    this._resumeToken = msg.resume_token ?? null;
+    if (msg.ice_servers) this._iceServers = msg.ice_servers;
+    const me = this.localParticipant?.participantId;
+    const now = new Set((msg.call?.participants ?? []).map((p) => p.participant_id));
+    const before = new Set(this.participants.keys());
+    // Leaves missed while disconnected (the reason is not known any more).
+    for (const [pid, p] of [...this.participants]) {
+      if (pid === me || now.has(pid)) continue;
+      this.participants.delete(pid);
+      this._removeAudio(pid);
+      this.emit('participantLeft', { participant: p, reason: 'unknown' });
+    }
+    this._applyCallState(msg.call);
+    this.requestable = new Set(msg.requestable ?? []);
+    this._setCapabilities(msg.own_capabilities ?? []);
+    for (const pid of now) {
+      if (!before.has(pid) && pid !== me) this.emit('participantJoined', this.participants.get(pid));
+    }
+    this._rebuildRemoteTracks();
+    this._participantsChanged();
+  }
+
+  /** A resume failed: joins afresh with new PeerConnections and publishes the same sources. */
+  async _rejoin() {
+    for (const d of this._watchdogs.splice(0)) d.stop();
+    this._pub?.close();
+    this._sub?.close();
+    this._transceivers.clear();
+    this.remoteTracks = [];
+    for (const pid of [...this._audioEls.keys()]) this._removeAudio(pid);
+    this.participants.clear();
+    this.localParticipant = null;
+    const joined = await this._request(this._joinMsg);
+    this._onJoined(joined);
+    this._setupPeerConnections();
+    this._publishInitial().catch((e) => this._emitError(e));
+  }
+
+  /** After a resume: restarts ICE where it was asked for meanwhile or where media is down. */
+  _afterReconnect() {
+    const want = new Set(this._iceRestartPending);
+    this._iceRestartPending.clear();
+    for (const [which, pc] of /** @type {Array<['publisher'|'subscriber', RTCPeerConnection|null]>} */ ([['publisher', this._pub], ['subscriber', this._sub]])) {
+      if (pc && (pc.connectionState === 'failed' || pc.connectionState === 'disconnected')) want.add(which);
+    }
+    for (const which of want) this._restartIce(which);
+  }
+
+  /**
+   * Restarts ICE on both PeerConnections (after a network change): the publisher re-offers with
+   * new credentials, the subscriber asks the server for an offer that restarts ICE. Tracks and
+   * forwarding are kept. The SDK does this by itself when a connection fails or stays
+   * disconnected; call it when you know the network changed.
+   */
+  restartIce() {
+    this._restartIce('publisher');
+    this._restartIce('subscriber');
+  }
+
+  /** @param {'publisher'|'subscriber'} which */
+  _restartIce(which) {
+    if (this.state !== 'joined') return;
+    if (this._reconnecting || this._ws?.readyState !== WebSocket.OPEN) {
+      this._iceRestartPending.add(which);
+      return;
+    }
+    if (which === 'publisher') {
+      // Nothing was ever negotiated: there is no publisher connection to restart.
+      if (!this._pub || !this._pub.localDescription) return;
+      this.emit('iceRestart', { target: which });
+      const pc = this._pub;
+      this._negotiation = this._negotiation
+        .catch(() => {})
+        .then(async () => {
+          pc.restartIce();
+          await this._negotiatePublisher();
+        });
+      this._negotiation.catch((e) => this._emitError(e));
+    } else {
+      if (!this._sub || !this._sub.remoteDescription) return;
+      this.emit('iceRestart', { target: which });
+      this._send({ type: 'restart_ice' });
+    }
   }
 
   _closeSocket() {
@@ -969,8 +1190,10 @@ export class Call extends Emitter {
     this._applyCallState(msg.call);
     this.requestable = new Set(msg.requestable ?? []);
     this.capabilities = new Set(msg.own_capabilities ?? []);
+    this._iceServers = msg.ice_servers ?? [];
     const me = this._upsertParticipant(msg.participant, true);
     this.localParticipant = me;
+    this._resumeToken = msg.resume_token ?? null;
     this.emit('joined', { participant: me });
     this._participantsChanged();
   }
@@ -1127,13 +1350,59 @@ export class Call extends Emitter {
 
   // ---- media --------------------------------------------------------------------------------
 
+  /** @returns {RTCConfiguration}  The PeerConnection settings: `joined.ice_servers` and the join's `iceTransportPolicy`. */
+  _pcConfig() {
+    return { ...PC_CONFIG, iceServers: this._iceServers ?? [], iceTransportPolicy: this._iceTransportPolicy ?? 'all' };
+  }
+
   _setupPeerConnections() {
-    this._pub = new RTCPeerConnection(PC_CONFIG);
-    this._sub = new RTCPeerConnection(PC_CONFIG);
+    const config = this._pcConfig();
+    this._pub = new RTCPeerConnection(config);
+    this._sub = new RTCPeerConnection(config);
     for (const [label, pc] of /** @type {Array<['publisher'|'subscriber', RTCPeerConnection]>} */ ([['publisher', this._pub], ['subscriber', this._sub]])) {
-      pc.addEventListener('connectionstatechange', () => this._setConnection(label, pc.connectionState));
+      const dog = new IceWatchdog(() => this._restartIce(label), { delayMs: ICE_RESTART_DELAY_MS });
+      this._watchdogs.push(dog);
+      if (label === 'subscriber') this._subDog = dog;
+      this._watchConnection(label, pc, dog);
     }
     this._sub.addEventListener('track', () => this._rebuildRemoteTracks());
+  }
+
+  /**
+   * @param {'publisher'|'subscriber'} label
+   * @param {RTCPeerConnection} pc
+   * @param {IceWatchdog} dog
+   */
+  _watchConnection(label, pc, dog) {
+    pc.addEventListener('connectionstatechange', () => {
+      // A replaced PeerConnection (closed) no longer speaks for the connection.
+      if (pc !== this._pub && pc !== this._sub) return;
+      this._setConnection(label, pc.connectionState);
+      dog.update(pc.connectionState);
+    });
+  }
+
+  /**
+   * The server replaced its subscriber peer (the old one failed: `media_error`): its offer
+   * carries another DTLS fingerprint (every server peer has its own certificate) and starts
+   * its m-lines afresh, which the old RTCPeerConnection cannot apply ("Differing m-line
+   * count", "order of m-lines"). Answer it on a new RTCPeerConnection.
+   * @param {string} sdp
+   * @returns {RTCPeerConnection}
+   */
+  _subscriberFor(sdp) {
+    const old = this._sub;
+    if (!old) return old;
+    const before = sdpFingerprint(old.remoteDescription?.sdp);
+    const now = sdpFingerprint(sdp);
+    if (!before || !now || before === now) return old;
+    const pc = new RTCPeerConnection(this._pcConfig());
+    this._sub = pc;
+    old.close();
+    if (this._subDog) this._watchConnection('subscriber', pc, this._subDog);
+    pc.addEventListener('track', () => this._rebuildRemoteTracks());
+    this.emit('subscriberReplaced', {});
+    return pc;
   }
 
   async _publishInitial() {
@@ -1199,8 +1468,8 @@ export class Call extends Emitter {
   }
 
   async _answerSubscriber(msg) {
-    const pc = this._sub;
-    if (!pc) return;
+    if (!this._sub) return;
+    const pc = this._subscriberFor(msg.sdp);
     this.remoteTracks = (msg.tracks ?? []).map((t) => ({ ...t, mid: String(t.mid) }));
     await pc.setRemoteDescription({ type: 'offer', sdp: msg.sdp });
     const answer = await pc.createAnswer();
@@ -1446,6 +1715,7 @@ export class Call extends Emitter {
       }
     }
     this._stopLocalTracks();
+    for (const d of this._watchdogs.splice(0)) d.stop();
     for (const pid of [...this._audioEls.keys()]) this._removeAudio(pid);
     this._pub?.close();
     this._sub?.close();

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
+use greenroom_loadtest::floor;
 use greenroom_loadtest::procstat::ServerProbe;
 use greenroom_loadtest::report;
 use greenroom_loadtest::runner::{self, FindMax, RunConfig, RunResult};
@@ -25,6 +26,15 @@ enum BotsArg {
     /// str0m in RTP mode, no depacketizing, all peers on one thread: about half the CPU
     /// (about 33 µs per packet).
     Light,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, ValueEnum)]
+enum TransportArg {
+    /// Media straight to the server's UDP port.
+    Udp,
+    /// Media relayed by the node's embedded TURN server over UDP (`[turn] enabled`; webrtc-rs
+    /// bots only): relayed candidates only.
+    Turn,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -50,8 +60,12 @@ struct Args {
     #[arg(long, value_enum, default_value = "greenroom")]
     target: TargetArg,
     /// Server URL (default http://127.0.0.1:7880, or http://127.0.0.1:8088/janus for Janus).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "urls")]
     url: Option<String>,
+    /// Greenroom cluster: node URLs, comma-separated; bots are spread over them round robin
+    /// (bot i joins through node i mod n; the first publisher through the first node).
+    #[arg(long, value_delimiter = ',')]
+    urls: Vec<String>,
     /// API key of Greenroom tokens (the JWT `kid`; must name a key the server is configured with).
     #[arg(long, env = "GREENROOM_API_KEY", default_value = "devkey")]
     api_key: String,
@@ -62,6 +76,15 @@ struct Args {
         default_value = "greenroom-dev-secret"
     )]
     secret: String,
+    /// How the bots' media reaches a Greenroom server.
+    #[arg(long, value_enum, default_value = "udp")]
+    transport: TransportArg,
+    /// TURN URL for --transport turn (default `turn:<host of --url>:3478?transport=udp`).
+    #[arg(long)]
+    turn_url: Option<String>,
+    /// Secret of the server's TURN credentials for --transport turn (default: --secret).
+    #[arg(long)]
+    turn_secret: Option<String>,
     /// Read the server's CPU and memory from /proc/<pid> (local server).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -156,6 +179,29 @@ struct Args {
     /// Print the summaries of earlier JSON reports side by side, and exit.
     #[arg(long, num_args = 1..)]
     compare: Vec<PathBuf>,
+    /// Measure this machine's forwarding floor (100 B and 1200 B) for this long each before
+    /// the run, to report the server's CPU per packet as a multiple of it; 0s: skip.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    floor_time: Duration,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Measure the forwarding floor of this machine (copy + RTP rewrite + SRTP AES-GCM +
+    /// sendmmsg x32 to loopback, thread CPU time) and print ns per packet as JSON.
+    Floor {
+        /// Measurement time per payload size.
+        #[arg(long, default_value = "3s", value_parser = parse_duration)]
+        time: Duration,
+    },
+}
+
+/// Measures the floor on a blocking thread.
+async fn measure_floor(each: Duration) -> anyhow::Result<floor::FloorFigures> {
+    let f = tokio::task::spawn_blocking(move || floor::measure(each)).await??;
+    Ok(f)
 }
 
 fn compare(files: &[PathBuf]) -> anyhow::Result<()> {
@@ -259,21 +305,53 @@ async fn main() -> anyhow::Result<()> {
     if !args.compare.is_empty() {
         return compare(&args.compare);
     }
+    if let Some(Command::Floor { time }) = args.command {
+        let f = measure_floor(time).await?;
+        println!("{}", serde_json::to_string(&f)?);
+        return Ok(());
+    }
     let target = match args.target {
         TargetArg::Greenroom => Target::Greenroom,
         TargetArg::Janus => Target::Janus,
     };
-    let url = args.url.clone().unwrap_or_else(|| match target {
-        Target::Greenroom => "http://127.0.0.1:7880".into(),
-        Target::Janus => "http://127.0.0.1:8088/janus".into(),
-    });
+    let url = args
+        .url
+        .clone()
+        .or_else(|| args.urls.first().cloned())
+        .unwrap_or_else(|| match target {
+            Target::Greenroom => "http://127.0.0.1:7880".into(),
+            Target::Janus => "http://127.0.0.1:8088/janus".into(),
+        });
     let mut config = RunConfig::new(target, url);
+    config.urls = args.urls.clone();
     config.bots = match args.bots {
         BotsArg::Webrtc => BotKind::Webrtc,
         BotsArg::Light => BotKind::Light,
     };
     config.api_key = args.api_key.clone();
     config.secret = args.secret.clone();
+    if args.transport == TransportArg::Turn {
+        if !matches!((target, config.bots), (Target::Greenroom, BotKind::Webrtc)) {
+            anyhow::bail!("--transport turn needs --target greenroom and --bots webrtc");
+        }
+        let url = match &args.turn_url {
+            Some(u) => u.clone(),
+            None => {
+                let parsed = reqwest::Url::parse(&config.url)?;
+                let host = parsed
+                    .host_str()
+                    .ok_or_else(|| anyhow::anyhow!("--url has no host"))?;
+                format!("turn:{host}:3478?transport=udp")
+            }
+        };
+        config.turn = Some(greenroom_loadtest::turn::TurnRelay {
+            url,
+            secret: args
+                .turn_secret
+                .clone()
+                .unwrap_or_else(|| args.secret.clone()),
+        });
+    }
     config.timeout = args.timeout;
     config.progress = !args.no_progress;
     config.bind_ip = match (args.bind_ip, target) {
@@ -290,6 +368,17 @@ async fn main() -> anyhow::Result<()> {
         (None, Some(u)) => ServerProbe::metrics(u.clone()),
         (None, None) => ServerProbe::None,
     };
+    if !args.floor_time.is_zero() {
+        let f = measure_floor(args.floor_time).await?;
+        eprintln!(
+            "floor: {:.0} ns/pkt at {} B, {:.0} ns/pkt at {} B",
+            f.ns_small,
+            floor::SMALL,
+            f.ns_large,
+            floor::LARGE
+        );
+        config.floor = Some(f);
+    }
     let scenarios = if args.suite {
         suite(args.suite_listeners, args.duration)
             .into_iter()

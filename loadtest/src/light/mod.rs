@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use peer::{LightPeer, PeerStatus, SIMULCAST_LAYERS};
+pub use peer::{datagrams_received, LightPeer, PeerStatus, SIMULCAST_LAYERS};
 
 use crate::error::{BotError, Result};
 use crate::media::{AudioParams, SentStats, VideoParams};

@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -397,6 +398,15 @@ fn video_frame(l: &mut Layer, params: VideoParams, now: Instant) -> (Vec<Vec<u8>
 
 /// The task: socket reads, str0m timeouts, media timers and jobs from the handle. The socket
 /// is registered with the runtime the task runs on.
+/// Datagrams received by every light peer of this process (STUN, DTLS, RTP, RTCP, padding):
+/// only the server under test sends to them, so this counts the server's datagrams out.
+static DATAGRAMS_IN: AtomicU64 = AtomicU64::new(0);
+
+/// Datagrams received so far by all light peers of this process (see [`DATAGRAMS_IN`]).
+pub fn datagrams_received() -> u64 {
+    DATAGRAMS_IN.load(Ordering::Relaxed)
+}
+
 async fn run(mut st: State, socket: std::net::UdpSocket, mut jobs: mpsc::UnboundedReceiver<Job>) {
     let socket = match UdpSocket::from_std(socket) {
         Ok(s) => s,
@@ -428,7 +438,10 @@ async fn run(mut st: State, socket: std::net::UdpSocket, mut jobs: mpsc::Unbound
             },
             r = socket.recv_from(&mut buf) => {
                 let res = match r {
-                    Ok((n, src)) => st.input(&socket, src, &buf[..n]),
+                    Ok((n, src)) => {
+                        DATAGRAMS_IN.fetch_add(1, Ordering::Relaxed);
+                        st.input(&socket, src, &buf[..n])
+                    }
                     // e.g. ICMP port unreachable reported on the socket: keep going.
                     Err(_) => Ok(()),
                 };

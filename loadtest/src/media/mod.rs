@@ -8,7 +8,7 @@ mod peer;
 mod publisher;
 mod subscriber;
 
-pub use peer::{Pc, MIME_OPUS, MIME_VP8, OPUS_PT, VP8_PT};
+pub use peer::{IceConfig, Pc, MIME_OPUS, MIME_VP8, OPUS_PT, VP8_PT};
 pub use publisher::{
     default_payload_type, AudioParams, Publisher, PublisherConfig, SentStats, VideoParams,
 };

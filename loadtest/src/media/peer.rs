@@ -13,7 +13,7 @@ use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCBundlePolicy, RTCConfigurationBuilder, RTCIceGatheringState,
-    RTCPeerConnectionState, Registry,
+    RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionState, Registry,
 };
 
 use crate::error::{BotError, Result};
@@ -26,6 +26,15 @@ pub const VP8_PT: u8 = 96;
 pub const MIME_OPUS: &str = "audio/opus";
 /// VP8 MIME type.
 pub const MIME_VP8: &str = "video/VP8";
+
+/// ICE servers and policy of a connection (default: none, all candidates).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct IceConfig {
+    /// STUN/TURN servers (webrtc-rs relays over TURN/UDP only).
+    pub servers: Vec<RTCIceServer>,
+    /// Gather relayed candidates only: all media goes through the TURN server.
+    pub relay_only: bool,
+}
 
 /// A shared handle on a webrtc-rs connection.
 pub type Pc = Arc<dyn PeerConnection>;
@@ -99,6 +108,7 @@ pub(crate) struct PeerState {
 /// Builds a connection with Opus and VP8 only, bound to one UDP socket on `bind_ip`.
 pub(crate) async fn build_peer(
     bind_ip: IpAddr,
+    ice: &IceConfig,
     on_track: Option<OnTrack>,
 ) -> Result<(Pc, PeerState)> {
     let (state_tx, state) = watch::channel(RTCPeerConnectionState::New);
@@ -114,6 +124,12 @@ pub(crate) async fn build_peer(
     let registry = register_default_interceptors(Registry::new(), &mut media)?;
     let config = RTCConfigurationBuilder::new()
         .with_bundle_policy(RTCBundlePolicy::MaxBundle)
+        .with_ice_servers(ice.servers.clone())
+        .with_ice_transport_policy(if ice.relay_only {
+            RTCIceTransportPolicy::Relay
+        } else {
+            RTCIceTransportPolicy::All
+        })
         .build();
     let pc = PeerConnectionBuilder::new()
         .with_configuration(config)

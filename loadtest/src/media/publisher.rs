@@ -22,8 +22,8 @@ use webrtc::peer_connection::{RTCPeerConnectionState, RTCSessionDescription};
 use webrtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 
 use super::peer::{
-    build_peer, gathered_local_sdp, opus_codec, vp8_codec, wait_connected, Pc, PeerState,
-    MIME_OPUS, MIME_VP8, OPUS_PT, VP8_PT,
+    build_peer, gathered_local_sdp, opus_codec, vp8_codec, wait_connected, IceConfig, Pc,
+    PeerState, MIME_OPUS, MIME_VP8, OPUS_PT, VP8_PT,
 };
 use crate::error::{BotError, Result};
 use crate::probe::{now_us, Probe, FLAG_FRAME_START, PROBE_LEN};
@@ -88,6 +88,8 @@ pub struct PublisherConfig {
     pub audio: AudioParams,
     /// Limit for ICE gathering.
     pub gather_timeout: Duration,
+    /// ICE servers and policy.
+    pub ice: IceConfig,
 }
 
 impl Default for PublisherConfig {
@@ -97,6 +99,7 @@ impl Default for PublisherConfig {
             video: VideoParams::default(),
             audio: AudioParams::default(),
             gather_timeout: Duration::from_secs(5),
+            ice: IceConfig::default(),
         }
     }
 }
@@ -206,7 +209,7 @@ pub struct Publisher {
 impl Publisher {
     /// Builds the connection and a send-only transceiver per source (duplicates ignored).
     pub async fn new(sources: &[TrackSource], config: PublisherConfig) -> Result<Publisher> {
-        let (pc, state) = build_peer(config.bind_ip, None).await?;
+        let (pc, state) = build_peer(config.bind_ip, &config.ice, None).await?;
         let p = Publisher {
             pc,
             state,

@@ -11,7 +11,9 @@ use tokio::task::JoinHandle;
 use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
 use webrtc::peer_connection::{PeerConnection, RTCPeerConnectionState, RTCSessionDescription};
 
-use super::peer::{build_peer, gathered_local_sdp, same_object, wait_connected, Pc, PeerState};
+use super::peer::{
+    build_peer, gathered_local_sdp, same_object, wait_connected, IceConfig, Pc, PeerState,
+};
 use crate::error::{BotError, Result};
 use crate::probe::now_us;
 use crate::stats::{Received, TrackCounter, TrackStats};
@@ -23,6 +25,8 @@ pub struct SubscriberConfig {
     pub bind_ip: IpAddr,
     /// Limit for ICE gathering.
     pub gather_timeout: Duration,
+    /// ICE servers and policy.
+    pub ice: IceConfig,
 }
 
 impl Default for SubscriberConfig {
@@ -30,6 +34,7 @@ impl Default for SubscriberConfig {
         SubscriberConfig {
             bind_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             gather_timeout: Duration::from_secs(5),
+            ice: IceConfig::default(),
         }
     }
 }
@@ -89,7 +94,7 @@ impl Subscriber {
                 readers.push(reader);
             }
         });
-        let (pc, state) = build_peer(config.bind_ip, Some(on_track)).await?;
+        let (pc, state) = build_peer(config.bind_ip, &config.ice, Some(on_track)).await?;
         // Set once, here: cannot already be set.
         let _ = shared.pc.set(Arc::downgrade(&pc));
         Ok(Subscriber {

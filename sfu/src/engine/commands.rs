@@ -75,6 +75,12 @@ impl Engine {
                 }
             }
             Cmd::Leave { pid } => self.leave(&pid, now),
+            Cmd::RestartIce { pid } => {
+                if let Some(p) = self.parts.get_mut(&pid) {
+                    p.sub.request_ice_restart();
+                }
+                self.renegotiate(&pid, now);
+            }
             #[cfg(feature = "fault-injection")]
             Cmd::InjectPanic { pid, target } => {
                 let key = self.parts.get(&pid).and_then(|p| match target {
@@ -185,6 +191,7 @@ impl Engine {
         for t in &tracks {
             let mid = Mid::from(t.mid.as_str());
             match peer.rtc.media(mid) {
+                Some(m) if m.disabled() => return Err(SfuError::TrackRejected(t.mid.clone())),
                 Some(m) if m.kind().is_audio() == t.source.is_audio() => {
                     if !wanted.iter().any(|w| w.0 == t.source) {
                         wanted.push((t.source, mid, m.kind()));
@@ -267,7 +274,9 @@ impl Engine {
         if changed {
             self.renegotiate_call_of(pid, now);
         }
-        Ok(answer.to_sdp_string())
+        Ok(crate::sdp::candidates_in_bundled_section(
+            &answer.to_sdp_string(),
+        ))
     }
 
     pub(super) fn remove_producer(&mut self, pk: Key) {

@@ -38,7 +38,11 @@ fn drive_peer(
             match rtc.poll_output()? {
                 Output::Timeout(t) => return Ok(t),
                 Output::Transmit(t) => {
-                    if let Err(e) = socket.send_to(&t.contents, t.destination) {
+                    let sent = match t.proto {
+                        Protocol::Tcp => socket.send_tcp(&t.contents, t.destination),
+                        _ => socket.send_to(&t.contents, t.destination),
+                    };
+                    if let Err(e) = sent {
                         debug!("send to {} failed: {e}", t.destination);
                     }
                 }
@@ -100,12 +104,28 @@ impl Engine {
     /// at the end of the batch, which writes every packet and then drives each subscriber
     /// written to once.
     pub(crate) fn receive(&mut self, data: &[u8], src: SocketAddr, now: Instant) {
+        self.receive_packet(Protocol::Udp, data, src, now);
+    }
+
+    /// One packet of a batch over UDP or ICE-TCP (addressed to the matching local candidate),
+    /// routed as [`Engine::receive`] describes.
+    pub(crate) fn receive_packet(
+        &mut self,
+        proto: Protocol,
+        data: &[u8],
+        src: SocketAddr,
+        now: Instant,
+    ) {
+        let local = match (proto, self.opts.ice_tcp_port) {
+            (Protocol::Tcp, Some(port)) => SocketAddr::new(self.local.ip(), port),
+            _ => self.local,
+        };
         let Some(route) = self.routes.candidate(data, src) else {
             add(&self.counters.unrouted, 1);
             debug!("no peer for datagram from {src}");
             return;
         };
-        let Ok(recv) = Receive::new(Protocol::Udp, src, self.local, data) else {
+        let Ok(recv) = Receive::new(proto, src, local, data) else {
             add(&self.counters.unrouted, 1);
             return; // Not STUN, DTLS, RTP or RTCP.
         };

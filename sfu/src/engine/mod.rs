@@ -108,6 +108,10 @@ pub(crate) enum Cmd {
     Leave {
         pid: String,
     },
+    /// Offer the subscriber peer again with new ICE credentials (a client's network changed).
+    RestartIce {
+        pid: String,
+    },
     #[cfg(feature = "fault-injection")]
     InjectPanic {
         pid: String,
@@ -126,6 +130,13 @@ pub(crate) enum ShardMsg {
         /// The datagram.
         data: Vec<u8>,
         /// Its source.
+        src: SocketAddr,
+    },
+    /// A packet from an ICE-TCP connection (RFC 4571 frame), routed like a datagram.
+    TcpPacket {
+        /// The packet, without its length prefix.
+        data: Vec<u8>,
+        /// The connection's remote address.
         src: SocketAddr,
     },
     /// A command from the handle.

@@ -7,10 +7,15 @@
 //!   ([`Negotiation::begin`] returns false) and offered once the answer (or its failure) is in.
 //! * A track added for a new producer is `Negotiating` until the answer; then `Open`.
 //! * A track whose producer left is `Stopping` from the offer that stops it, and gone once
-//!   that offer is answered.
+//!   that offer is answered; except the BUNDLE tag (the first track not stopping), which is
+//!   `Parked` inactive for good ([`crate::offer_plan`]).
+//! * An answer must carry the pending offer's mids, in order; another one (e.g. a late answer
+//!   to a replaced peer's offer) is refused without spending the pending offer.
 //! * A refused answer rolls back the tracks that offer added; the next offer adds them again.
 
 use str0m::media::Mid;
+
+use crate::offer_plan::{stale_section, Stale};
 
 /// Where one m-line of the subscriber peer stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +26,8 @@ pub(super) enum TrackState {
     Open,
     /// Stopped in the offer that is out (its producer left).
     Stopping,
+    /// The BUNDLE tag section whose producer is gone: inactive, never stopped (`offer_plan`).
+    Parked,
 }
 
 /// One m-line of the subscriber peer and the producer it carries.
@@ -42,6 +49,10 @@ pub(super) struct Negotiation<K, P> {
     pending: Option<P>,
     /// A change arrived while an offer was unanswered.
     again: bool,
+    /// The next offer restarts ICE.
+    restart_ice: bool,
+    /// The mids of the pending offer, in order: an answer with other mids is not its answer.
+    offered_mids: Vec<String>,
 }
 
 impl<K, P> Default for Negotiation<K, P> {
@@ -50,6 +61,8 @@ impl<K, P> Default for Negotiation<K, P> {
             tracks: Vec::new(),
             pending: None,
             again: false,
+            restart_ice: false,
+            offered_mids: Vec::new(),
         }
     }
 }
@@ -66,17 +79,39 @@ impl<K: Copy + PartialEq, P> Negotiation<K, P> {
         }
     }
 
-    /// Marks the tracks whose producer is gone (`alive` false) as stopping and returns their
-    /// mids, to stop in the next offer.
-    pub(super) fn stop_gone(&mut self, alive: impl Fn(K) -> bool) -> Vec<Mid> {
-        let mut stopped = Vec::new();
-        for t in &mut self.tracks {
-            if t.state != TrackState::Stopping && !alive(t.producer) {
-                t.state = TrackState::Stopping;
-                stopped.push(t.mid);
+    /// The next offer restarts ICE (new local credentials).
+    pub(super) fn request_ice_restart(&mut self) {
+        self.restart_ice = true;
+    }
+
+    /// Whether the offer being made restarts ICE (asked once, then cleared).
+    pub(super) fn take_ice_restart(&mut self) -> bool {
+        std::mem::take(&mut self.restart_ice)
+    }
+
+    /// Retires the open or negotiating tracks whose producer is gone (`alive` false): each is
+    /// stopped, except the BUNDLE tag (the first track not stopping), which is parked. Returns
+    /// their mids with the action, to apply in the next offer.
+    pub(super) fn retire_gone(&mut self, alive: impl Fn(K) -> bool) -> Vec<(Mid, Stale)> {
+        let tag = self
+            .tracks
+            .iter()
+            .position(|t| t.state != TrackState::Stopping);
+        let mut retired = Vec::new();
+        for (i, t) in self.tracks.iter_mut().enumerate() {
+            let stale =
+                matches!(t.state, TrackState::Open | TrackState::Negotiating) && !alive(t.producer);
+            if !stale {
+                continue;
             }
+            let action = stale_section(tag == Some(i));
+            t.state = match action {
+                Stale::Stop => TrackState::Stopping,
+                Stale::Park => TrackState::Parked,
+            };
+            retired.push((t.mid, action));
         }
-        stopped
+        retired
     }
 
     /// The producers of `desired` that have no track yet, in order.
@@ -97,9 +132,16 @@ impl<K: Copy + PartialEq, P> Negotiation<K, P> {
         });
     }
 
-    /// The offer went out; its answer must come before the next one.
-    pub(super) fn offered(&mut self, pending: P) {
+    /// The offer went out (its m-lines' mids in order); its answer must come before the next.
+    pub(super) fn offered(&mut self, pending: P, mids: Vec<String>) {
         self.pending = Some(pending);
+        self.offered_mids = mids;
+    }
+
+    /// Whether an answer with these mids (in order) must be refused: an offer is out and they
+    /// are not its mids. The pending offer is kept for its real answer.
+    pub(super) fn answer_mismatch(&self, mids: &[String]) -> bool {
+        self.pending.is_some() && self.offered_mids != mids
     }
 
     /// Whether an offer is out.
@@ -108,11 +150,11 @@ impl<K: Copy + PartialEq, P> Negotiation<K, P> {
         self.pending.is_some()
     }
 
-    /// The tracks the subscriber is told about with an offer (all but the stopping ones).
+    /// The tracks the subscriber is told about with an offer (open and negotiating ones).
     pub(super) fn listed(&self) -> impl Iterator<Item = (Mid, K)> + '_ {
         self.tracks
             .iter()
-            .filter(|t| t.state != TrackState::Stopping)
+            .filter(|t| matches!(t.state, TrackState::Open | TrackState::Negotiating))
             .map(|t| (t.mid, t.producer))
     }
 
@@ -165,12 +207,17 @@ mod tests {
         if !n.begin() {
             return None;
         }
-        let stopped = n.stop_gone(|k| desired.contains(&k));
+        let stopped = n
+            .retire_gone(|k| desired.contains(&k))
+            .into_iter()
+            .map(|(m, _)| m)
+            .collect();
         let added = n.missing(desired);
         for k in &added {
             n.added(mid(&format!("m{k}")), *k);
         }
-        n.offered("offer");
+        let mids = n.tracks.iter().map(|t| t.mid.to_string()).collect();
+        n.offered("offer", mids);
         Some((stopped, added))
     }
 
@@ -214,15 +261,65 @@ mod tests {
         offer(&mut n, &[1, 2]);
         n.take_pending();
         n.accepted();
-        assert_eq!(offer(&mut n, &[2]), Some((vec![mid("m1")], vec![])));
-        assert_eq!(n.state_of(mid("m1")), Some(TrackState::Stopping));
-        assert_eq!(n.listed().collect::<Vec<_>>(), vec![(mid("m2"), 2)]);
+        // m2 is not the BUNDLE tag: stopped.
+        assert_eq!(offer(&mut n, &[1]), Some((vec![mid("m2")], vec![])));
+        assert_eq!(n.state_of(mid("m2")), Some(TrackState::Stopping));
+        assert_eq!(n.listed().collect::<Vec<_>>(), vec![(mid("m1"), 1)]);
         // Stopping is not repeated by a later offer.
-        assert!(n.stop_gone(|k| k == 2).is_empty());
+        assert!(n.retire_gone(|k| k == 1).is_empty());
         n.take_pending();
         let (opened, _) = n.accepted();
         assert!(opened.is_empty());
-        assert_eq!(n.state_of(mid("m1")), None);
+        assert_eq!(n.state_of(mid("m2")), None);
+    }
+
+    #[test]
+    fn the_bundle_tag_is_parked_for_good_never_stopped() {
+        let mut n = N::default();
+        offer(&mut n, &[1, 2]);
+        n.take_pending();
+        n.accepted();
+        n.begin();
+        assert_eq!(
+            n.retire_gone(|k| k == 2),
+            vec![(mid("m1"), Stale::Park)],
+            "m1 is the first section not stopped"
+        );
+        n.offered("offer", vec!["m1".into(), "m2".into()]);
+        assert_eq!(n.state_of(mid("m1")), Some(TrackState::Parked));
+        assert_eq!(n.listed().collect::<Vec<_>>(), vec![(mid("m2"), 2)]);
+        n.take_pending();
+        n.accepted();
+        assert_eq!(n.state_of(mid("m1")), Some(TrackState::Parked));
+        // Producer 2 leaves too: the tag is still m1 (parked), so m2 is stopped.
+        assert_eq!(offer(&mut n, &[]), Some((vec![mid("m2")], vec![])));
+        assert_eq!(n.state_of(mid("m2")), Some(TrackState::Stopping));
+        n.take_pending();
+        n.accepted();
+        assert_eq!(n.state_of(mid("m1")), Some(TrackState::Parked));
+        assert_eq!(n.state_of(mid("m2")), None);
+        // A parked section is never retired again.
+        assert!(n.retire_gone(|_| false).is_empty());
+    }
+
+    #[test]
+    fn an_answer_with_other_mids_keeps_the_pending_offer() {
+        let mut n = N::default();
+        assert!(!n.answer_mismatch(&[]), "no offer out: nothing to compare");
+        offer(&mut n, &[1, 2]);
+        assert!(n.answer_mismatch(&["m1".to_owned()]));
+        assert!(n.answer_mismatch(&["m2".to_owned(), "m1".to_owned()]));
+        assert!(!n.answer_mismatch(&["m1".to_owned(), "m2".to_owned()]));
+        assert_eq!(n.take_pending(), Some("offer"));
+    }
+
+    #[test]
+    fn an_ice_restart_is_taken_by_one_offer() {
+        let mut n = N::default();
+        assert!(!n.take_ice_restart());
+        n.request_ice_restart();
+        assert!(n.take_ice_restart());
+        assert!(!n.take_ice_restart());
     }
 
     #[test]
@@ -235,10 +332,12 @@ mod tests {
         let (opened, again) = n.accepted();
         assert_eq!(opened, vec![(mid("m1"), 1)]);
         assert!(again);
+        // m1 is the BUNDLE tag: parked, not stopped.
         assert_eq!(offer(&mut n, &[]), Some((vec![mid("m1")], vec![])));
         n.take_pending();
         n.accepted();
         assert_eq!(n.listed().count(), 0);
+        assert_eq!(n.state_of(mid("m1")), Some(TrackState::Parked));
     }
 
     #[test]

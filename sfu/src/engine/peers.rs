@@ -1,7 +1,7 @@
 //! Server-side peers: their str0m configuration, creation, removal and failure.
 
 use super::*;
-use crate::demux::shard_ufrag;
+use crate::demux::{shard_of_ufrag, shard_ufrag};
 use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, RtcConfig};
 use tracing::warn;
@@ -11,6 +11,7 @@ use tracing::warn;
 pub fn rtc_config(bwe: bool) -> RtcConfig {
     let mut cfg = RtcConfig::new()
         .set_ice_lite(true)
+        .set_crypto_provider(crate::dtls::provider())
         .set_rtp_mode(true)
         .enable_h265(false)
         .enable_h266(false)
@@ -52,6 +53,15 @@ impl Engine {
             }
             Err(e) => warn!("host candidate {}: {e}", self.local),
         }
+        if let Some(port) = self.opts.ice_tcp_port {
+            let addr = SocketAddr::new(self.local.ip(), port);
+            match crate::tcp::candidate(addr) {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => warn!("TCP host candidate {addr}: {e}"),
+            }
+        }
         let key = self.peers.insert(Peer {
             rtc,
             ufrag: ufrag.clone(),
@@ -71,6 +81,28 @@ impl Engine {
         });
         self.routes.set_ufrag(key, None, &ufrag);
         key
+    }
+
+    /// Routes a peer's STUN by its local ufrag after an ICE restart changed it (the new one
+    /// lacks the shard tag, so it goes into the shared untagged map too).
+    pub(super) fn route_new_local_ufrag(&mut self, key: Key) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
+        if ufrag == peer.ufrag {
+            return;
+        }
+        self.routes.set_ufrag(key, Some(&peer.ufrag), &ufrag);
+        peer.ufrag = ufrag.clone();
+        if shard_of_ufrag(&ufrag) != Some(self.shard) {
+            let mut map = self.untagged.write();
+            if let Some(old) = peer.untagged_ufrag.take() {
+                map.remove(&old);
+            }
+            map.insert(ufrag.clone(), self.shard);
+            peer.untagged_ufrag = Some(ufrag);
+        }
     }
 
     /// Removes a peer and everything that forwards to it.

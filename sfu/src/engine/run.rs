@@ -3,6 +3,7 @@
 use super::*;
 use crate::metrics::{add, DRIVE_OUTPUT, DRIVE_TIMER};
 use std::sync::mpsc::RecvTimeoutError;
+use str0m::net::Protocol;
 use tracing::info;
 
 /// At most this many queued messages are taken before the subscribers they wrote to are
@@ -31,6 +32,8 @@ impl Engine {
             let wait = next
                 .saturating_duration_since(Instant::now())
                 .max(MIN_SLEEP);
+            // The batch of work is done: what it queued leaves in one sendmmsg before we wait.
+            self.socket.flush();
             let first = match self.input.recv_timeout(wait) {
                 Ok(msg) => msg,
                 Err(RecvTimeoutError::Timeout) => continue,
@@ -48,6 +51,9 @@ impl Engine {
                 taken += 1;
                 match msg {
                     ShardMsg::Datagram { data, src } => self.receive(&data, src, now),
+                    ShardMsg::TcpPacket { data, src } => {
+                        self.receive_packet(Protocol::Tcp, &data, src, now)
+                    }
                     ShardMsg::Cmd(Cmd::Stop) => {
                         info!(shard = self.shard, "media engine shard stopping");
                         return;

@@ -7,6 +7,8 @@ use str0m::change::SdpAnswer;
 use str0m::media::{Direction, KeyframeRequestKind};
 use tracing::warn;
 
+use crate::offer_plan::Stale;
+
 impl Engine {
     /// Re-offers to everyone in `pid`'s call except `pid` (their track set changed).
     pub(super) fn renegotiate_call_of(&mut self, pid: &str, now: Instant) {
@@ -47,10 +49,20 @@ impl Engine {
             return;
         };
         let producers = &self.producers;
+        let restart_ice = part.sub.take_ice_restart();
         let res = catch_unwind(AssertUnwindSafe(|| {
             let mut api = peer.rtc.sdp_api();
-            for mid in part.sub.stop_gone(|pk| producers.contains_key(pk)) {
-                api.stop_media(mid);
+            if restart_ice {
+                api.ice_restart(true);
+            }
+            // A gone producer's section is stopped, except the BUNDLE tag: Chromium tears the
+            // bundled transport down when it is rejected (the peer then dies "connection
+            // closed"), so it is parked inactive, for good.
+            for (mid, action) in part.sub.retire_gone(|pk| producers.contains_key(pk)) {
+                match action {
+                    Stale::Stop => api.stop_media(mid),
+                    Stale::Park => api.set_direction(mid, Direction::Inactive),
+                }
             }
             for pk in part.sub.missing(&desired) {
                 let Some(prod) = producers.get(pk) else {
@@ -78,7 +90,8 @@ impl Engine {
                 return;
             }
         };
-        part.sub.offered(pending);
+        let offer_sdp = crate::sdp::candidates_in_bundled_section(&offer.to_sdp_string());
+        part.sub.offered(pending, crate::sdp::mids(&offer_sdp));
         if !peer.connected && peer.deadline.is_none() {
             peer.deadline = Some(now + self.opts.connect_timeout);
         }
@@ -105,7 +118,7 @@ impl Engine {
             .collect();
         let _ = self.events.send(SfuEvent::SubscriberOffer {
             participant_id: pid.to_owned(),
-            sdp: offer.to_sdp_string(),
+            sdp: offer_sdp,
             tracks,
         });
     }
@@ -121,6 +134,13 @@ impl Engine {
             .parts
             .get_mut(pid)
             .ok_or_else(|| SfuError::UnknownParticipant(pid.to_owned()))?;
+        if part.sub.answer_mismatch(&crate::sdp::mids(sdp)) {
+            // Not the answer to this offer (a late one to a replaced peer's offer): applying it
+            // would spend the offer the client is about to answer.
+            return Err(SfuError::Sdp(
+                "the answer's mids are not the pending subscriber offer's".into(),
+            ));
+        }
         let pending = part
             .sub
             .take_pending()
@@ -150,6 +170,8 @@ impl Engine {
         let (opened, again) = part.sub.accepted();
         let unsubscribed = part.unsubscribed.clone();
         let quality = part.quality.clone();
+        // An answer to an ICE-restart offer switched the peer to new local credentials.
+        self.route_new_local_ufrag(sub_key);
         for (mid, pk) in opened {
             let Some(peer) = self.peers.get_mut(sub_key) else {
                 break;

@@ -36,7 +36,7 @@ export type CallCid = string;
 /**
  * A machine-readable error code, used in HTTP error bodies and in `error` messages.
  */
-export type ErrorCode = "invalid_json" | "bad_request" | "unauthorized" | "token_expired" | "unknown_key" | "missing_capability" | "wrong_call" | "not_found" | "blocked" | "call_ended" | "backstage" | "not_joined" | "already_joined" | "not_requestable" | "too_large" | "unknown_message" | "media_error" | "shutting_down" | "rate_limited" | "too_many_connections" | "internal";
+export type ErrorCode = "invalid_json" | "bad_request" | "unauthorized" | "token_expired" | "unknown_key" | "missing_capability" | "wrong_call" | "not_found" | "blocked" | "call_ended" | "backstage" | "not_joined" | "already_joined" | "not_requestable" | "too_large" | "unknown_message" | "media_error" | "shutting_down" | "rate_limited" | "too_many_connections" | "resume_failed" | "cluster_unavailable" | "internal";
 
 /**
  * The JSON body of every HTTP error and the payload of an `error` message.
@@ -250,6 +250,23 @@ video: boolean,
 screenshare: boolean, };
 
 /**
+ * An ICE server as `RTCIceServer` takes it: TURN URLs with a time-limited credential.
+ */
+export type IceServer = { 
+/**
+ * `turn:host:port?transport=udp|tcp` and `turns:host:port?transport=tcp` URLs.
+ */
+urls: Array<string>, 
+/**
+ * `<expiry-unix-seconds>:<user_id>`.
+ */
+username: string, 
+/**
+ * `base64(HMAC-SHA1(secret, username))`.
+ */
+credential: string, };
+
+/**
  * Which PeerConnection an ICE candidate belongs to.
  */
 export type PeerTarget = "publisher" | "subscriber";
@@ -376,7 +393,11 @@ reaction: Reaction, } | { "type": "send_event",
 /**
  * The payload: a JSON object of at most [`MAX_EVENT_BYTES`] bytes.
  */
-custom: JsonValue, };
+custom: JsonValue, } | { "type": "resume", 
+/**
+ * The `resume_token` of the last `joined` or `resumed`.
+ */
+resume_token: string, } | { "type": "restart_ice" };
 
 /**
  * What a client sends on `/v1/signal`: a [`ClientMessage`] plus an optional `request_id`
@@ -458,7 +479,11 @@ reaction: Reaction, } | { "type": "send_event",
 /**
  * The payload: a JSON object of at most [`MAX_EVENT_BYTES`] bytes.
  */
-custom: JsonValue, });
+custom: JsonValue, } | { "type": "resume", 
+/**
+ * The `resume_token` of the last `joined` or `resumed`.
+ */
+resume_token: string, } | { "type": "restart_ice" });
 
 /**
  * A signaling reply or media instruction from the server.
@@ -483,7 +508,46 @@ own_capabilities: CapabilitySet,
 /**
  * Capabilities this participant may request in this call type.
  */
-requestable: CapabilitySet, } | { "type": "left", 
+requestable: CapabilitySet, 
+/**
+ * A secret that takes this session back on a new socket within the grace period
+ * (`resume`). Bound to this user and participant; rotated by every `resumed`.
+ */
+resume_token?: string, 
+/**
+ * ICE servers for this participant's PeerConnections (the node's embedded TURN server
+ * with credentials that expire); empty when the node runs none.
+ */
+ice_servers: Array<IceServer>, } | { "type": "resumed", 
+/**
+ * Protocol version.
+ */
+protocol: number, 
+/**
+ * This session.
+ */
+participant: ParticipantInfo, 
+/**
+ * The call as it is now.
+ */
+call: CallState, 
+/**
+ * What this participant may do.
+ */
+own_capabilities: CapabilitySet, 
+/**
+ * Capabilities this participant may request in this call type.
+ */
+requestable: CapabilitySet, 
+/**
+ * The token for the next `resume` (the old one is spent).
+ */
+resume_token: string, 
+/**
+ * ICE servers for this participant's PeerConnections, as in `joined` (the node's embedded TURN server
+ * with credentials that expire); empty when the node runs none.
+ */
+ice_servers: Array<IceServer>, } | { "type": "left", 
 /**
  * The call.
  */
