@@ -9,8 +9,12 @@
 //!   encrypts (so arbitrary payloads reach the forwarding path). The shard sends into memory.
 //! * [`PublishHarness`]: the real publish path (parse an offer, answer it, map its tracks).
 //! * [`is_keyframe`]: keyframe detection for each codec.
+//! * [`ShardBench`]: one shard with publishers and listeners connected to in-memory str0m
+//!   clients, for the forwarding benchmark (`benches/forward.rs`): the engine's real path.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::demux::{Router, UfragMap};
 use crate::engine::{Cmd, Engine, ShardMsg, ShardSetup};
 use crate::forward::GateCell;
-use crate::metrics::SfuCounters;
+use crate::metrics::{SfuCounters, DRIVE_INPUT, DRIVE_OUTPUT, DRIVE_TIMER};
 use crate::routes::PeerRoutes;
 use crate::transport::Transport;
 use crate::{SfuEvent, SfuOptions};
@@ -94,15 +98,23 @@ impl DatagramRouter {
     }
 }
 
-/// Datagrams a shard sent, kept in memory.
+/// Datagrams a shard sent, kept in memory (or only counted while `discard` is set).
 #[derive(Default)]
 struct MemSink {
     sent: Mutex<Vec<(SocketAddr, Vec<u8>)>>,
+    /// Count, do not keep, all but STUN (a benchmark's timed region).
+    discard: AtomicBool,
+    /// Datagrams sent, kept or not.
+    count: AtomicU64,
 }
 
 impl Transport for MemSink {
     fn send_to(&self, data: &[u8], dest: SocketAddr) -> std::io::Result<()> {
-        self.sent.lock().push((dest, data.to_vec()));
+        self.count.fetch_add(1, Relaxed);
+        // STUN (first byte 0 or 1) is kept even then: the clients need their consent answers.
+        if !self.discard.load(Relaxed) || data.first().is_some_and(|b| *b < 2) {
+            self.sent.lock().push((dest, data.to_vec()));
+        }
         Ok(())
     }
 }
@@ -111,6 +123,7 @@ impl Transport for MemSink {
 struct Shard {
     engine: Engine,
     sink: Arc<MemSink>,
+    counters: Arc<SfuCounters>,
     events: mpsc::UnboundedReceiver<SfuEvent>,
     /// Keeps the engine's queue open.
     _queue: SyncSender<ShardMsg>,
@@ -121,6 +134,7 @@ impl Shard {
         let (queue, input) = sync_channel(1);
         let (events_tx, events) = mpsc::unbounded_channel();
         let sink = Arc::new(MemSink::default());
+        let counters = Arc::new(SfuCounters::default());
         let engine = Engine::new(ShardSetup {
             shard: 0,
             opts: SfuOptions {
@@ -132,18 +146,24 @@ impl Shard {
             advertised: SERVER,
             input,
             events: events_tx,
-            counters: Arc::new(SfuCounters::default()),
+            counters: counters.clone(),
             untagged: UfragMap::default(),
         });
         Shard {
             engine,
             sink,
+            counters,
             events,
             _queue: queue,
         }
     }
 
     fn join(&mut self, pid: &str) {
+        self.join_with(pid, true);
+    }
+
+    /// Joins `pid`; `bwe` turns on bandwidth estimation on its subscriber peer.
+    fn join_with(&mut self, pid: &str, bwe: bool) {
         let call: CallCid = match "default:fuzz".parse() {
             Ok(c) => c,
             Err(_) => return,
@@ -158,7 +178,7 @@ impl Shard {
                 pid: pid.to_owned(),
                 user_id: pid.to_owned(),
                 gate: Arc::new(GateCell::new(gate)),
-                bwe: true,
+                bwe,
             },
             Instant::now(),
         );
@@ -430,6 +450,257 @@ impl EngineHarness {
     }
 }
 
+/// One shard with `publishers` participants that publish one track each (Opus, or VP8 for
+/// video) and subscribe to each other, and `listeners` that only subscribe; every peer is
+/// connected (ICE, DTLS, SRTP) to an in-memory str0m client. [`ShardBench::prepare`] has each
+/// publisher's client encrypt packets (untimed), [`ShardBench::feed`] gives them to the shard as
+/// one batch of datagrams (the engine's real receive, fan-out, drive and protect path, batched
+/// as in the shard's loop; the
+/// shard's output is counted, not kept), [`ShardBench::pump`] lets the clients talk back
+/// (consent checks, RTCP) outside the timed region. The clock is virtual.
+pub struct ShardBench {
+    shard: Shard,
+    /// Publisher clients (source address, client, the mid it sends on, payload type).
+    senders: Vec<(Client, Mid, str0m::media::Pt)>,
+    /// Every client by address (publishers' and subscribers').
+    receivers: HashMap<SocketAddr, Client>,
+    queued: Vec<(SocketAddr, Vec<u8>)>,
+    video: bool,
+    seq: u64,
+    now: Instant,
+}
+
+impl ShardBench {
+    /// Builds and connects the shard, with bandwidth estimation on every subscriber peer;
+    /// `None` if a peer did not connect.
+    pub fn new(publishers: usize, listeners: usize, video: bool) -> Option<ShardBench> {
+        Self::with_bwe(publishers, listeners, video, true)
+    }
+
+    /// [`ShardBench::new`]; `bwe` turns bandwidth estimation on the subscriber peers on or off
+    /// (off as in an audio room).
+    pub fn with_bwe(
+        publishers: usize,
+        listeners: usize,
+        video: bool,
+        bwe: bool,
+    ) -> Option<ShardBench> {
+        let mut shard = Shard::new();
+        let mut now = Instant::now();
+        let total = publishers + listeners;
+        for i in 0..total {
+            shard.join_with(&format!("p{i}"), bwe);
+        }
+        let kind = if video {
+            MediaKind::Video
+        } else {
+            MediaKind::Audio
+        };
+        let codec = if video { Codec::Vp8 } else { Codec::Opus };
+        let mut senders = Vec::new();
+        for i in 0..publishers {
+            let mut client = Client::new(20_000 + i as u16);
+            let mut api = client.rtc.sdp_api();
+            let mid = api.add_media(kind, Direction::SendOnly, None, None, None);
+            let (offer, pending) = api.apply()?;
+            let tracks = vec![PublishTrack {
+                mid: mid.to_string(),
+                source: if video {
+                    TrackSource::Camera
+                } else {
+                    TrackSource::Microphone
+                },
+            }];
+            let answer = shard.publish(&format!("p{i}"), &offer.to_sdp_string(), tracks)?;
+            let answer = SdpAnswer::from_sdp_string(&answer).ok()?;
+            client.rtc.sdp_api().accept_answer(pending, answer).ok()?;
+            let pt = client
+                .rtc
+                .codec_config()
+                .find(|p| p.spec().codec == codec)?
+                .pt();
+            senders.push((client, mid, pt));
+        }
+        let mut receivers: HashMap<SocketAddr, Client> = HashMap::new();
+        let mut subs: HashMap<String, SocketAddr> = HashMap::new();
+        for i in 0..total {
+            let c = Client::new(30_000 + i as u16);
+            subs.insert(format!("p{i}"), c.addr);
+            receivers.insert(c.addr, c);
+        }
+        let mut answered = std::collections::HashSet::new();
+        // Answer offers until none is left (an answer can release a queued re-offer).
+        loop {
+            let mut offers = Vec::new();
+            while let Ok(ev) = shard.events.try_recv() {
+                if let SfuEvent::SubscriberOffer {
+                    participant_id,
+                    sdp,
+                    ..
+                } = ev
+                {
+                    offers.push((participant_id, sdp));
+                }
+            }
+            if offers.is_empty() {
+                break;
+            }
+            for (pid, sdp) in offers {
+                let addr = *subs.get(&pid)?;
+                answered.insert(addr);
+                let client = receivers.get_mut(&addr)?;
+                let offer = SdpOffer::from_sdp_string(&sdp).ok()?;
+                let answer = client.rtc.sdp_api().accept_offer(offer).ok()?;
+                let (reply, _) = oneshot::channel();
+                shard.engine.on_cmd(
+                    Cmd::SubscriberAnswer {
+                        pid,
+                        sdp: answer.to_sdp_string(),
+                        reply,
+                    },
+                    now,
+                );
+            }
+        }
+        // A participant with nothing to receive got no offer and has no subscriber client.
+        let offered: Vec<SocketAddr> = answered.into_iter().collect();
+        receivers.retain(|addr, _| offered.contains(addr));
+        let mut b = ShardBench {
+            shard,
+            senders,
+            receivers,
+            queued: Vec::new(),
+            video,
+            seq: 0,
+            now,
+        };
+        for _ in 0..2_000 {
+            now += Duration::from_millis(5);
+            b.now = now;
+            b.pump();
+            if b.connected() {
+                return Some(b);
+            }
+        }
+        None
+    }
+
+    fn connected(&self) -> bool {
+        self.senders.iter().all(|(c, _, _)| c.rtc.is_connected())
+            && self.receivers.values().all(|c| c.rtc.is_connected())
+    }
+
+    /// Has every publisher's client encrypt `packets` RTP packets (1100 B video, 100 B audio;
+    /// the virtual clock advances 3 ms (video) or 20 ms (audio) per packet). Untimed.
+    pub fn prepare(&mut self, packets: usize) {
+        let size = if self.video { 1_100 } else { 100 };
+        let step = Duration::from_millis(if self.video { 3 } else { 20 });
+        for _ in 0..packets {
+            self.seq += 1;
+            self.now += step;
+            let (seq, now) = (self.seq, self.now);
+            for (client, mid, pt) in &mut self.senders {
+                let mut api = client.rtc.direct_api();
+                if let Some(tx) = api.stream_tx_by_mid(*mid, None) {
+                    tx.write_rtp(
+                        RtpWrite::new(
+                            *pt,
+                            SeqNo::from(seq),
+                            seq as u32 * 960,
+                            now,
+                            vec![0x42; size],
+                        )
+                        .marker(true),
+                    );
+                }
+                let addr = client.addr;
+                for data in client.poll(now) {
+                    self.queued.push((addr, data));
+                }
+            }
+        }
+    }
+
+    /// Gives the prepared datagrams to the shard as one batch, then lets it fire its due
+    /// timers: the timed part. Returns the number of datagrams the shard sent.
+    pub fn feed(&mut self) -> u64 {
+        self.shard.sink.discard.store(true, Relaxed);
+        let before = self.shard.sink.count.load(Relaxed);
+        let now = self.now;
+        // As the shard's loop does with a batch: receive every datagram, then fan out and
+        // drive each subscriber written to once; then the timers that fell due.
+        for (src, data) in self.queued.drain(..) {
+            self.shard.engine.receive(&data, src, now);
+        }
+        self.shard.engine.settle(now);
+        self.shard.engine.advance(now);
+        self.shard.sink.discard.store(false, Relaxed);
+        self.shard.sink.count.load(Relaxed) - before
+    }
+
+    /// Lets the clients and the shard exchange datagrams (consent checks, RTCP) until quiet.
+    /// Untimed.
+    pub fn pump(&mut self) {
+        let now = self.now;
+        for _ in 0..50 {
+            let sent = std::mem::take(&mut *self.shard.sink.sent.lock());
+            for (dest, data) in &sent {
+                if let Some(c) = self.receivers.get_mut(dest) {
+                    c.receive(data, now);
+                } else if let Some((c, _, _)) =
+                    self.senders.iter_mut().find(|(c, _, _)| c.addr == *dest)
+                {
+                    c.receive(data, now);
+                }
+            }
+            let mut moved = !sent.is_empty();
+            let clients = self
+                .receivers
+                .values_mut()
+                .chain(self.senders.iter_mut().map(|(c, _, _)| c));
+            for c in clients {
+                for data in c.poll(now) {
+                    moved = true;
+                    self.shard.engine.on_datagram(&data, c.addr, now);
+                }
+            }
+            self.shard.engine.advance(now);
+            if !moved {
+                break;
+            }
+        }
+        while self.shard.events.try_recv().is_ok() {}
+    }
+
+    /// Drops the in-memory clients (the shard keeps its peers): what stays allocated is the
+    /// shard's, for a memory measurement.
+    pub fn drop_clients(&mut self) {
+        self.receivers = HashMap::new();
+        self.shard.sink.sent.lock().clear();
+        self.queued = Vec::new();
+    }
+
+    /// Packets forwarded so far (to all subscribers).
+    pub fn forwarded(&self) -> u64 {
+        self.shard
+            .counters
+            .fwd_packets
+            .iter()
+            .map(|c| c.load(Relaxed))
+            .sum()
+    }
+
+    /// str0m drive cycles so far: (input, output, timer).
+    pub fn drives(&self) -> (u64, u64, u64) {
+        let d = &self.shard.counters.drives;
+        (
+            d[DRIVE_INPUT].load(Relaxed),
+            d[DRIVE_OUTPUT].load(Relaxed),
+            d[DRIVE_TIMER].load(Relaxed),
+        )
+    }
+}
+
 impl Default for EngineHarness {
     fn default() -> Self {
         EngineHarness::new()
@@ -504,6 +775,30 @@ mod tests {
         let (offer, _) = api.apply().unwrap();
         let answer = p.publish(&offer.to_sdp_string(), (&a.to_string(), &v.to_string()));
         assert!(answer.is_some_and(|a| a.contains("m=video")));
+    }
+
+    #[test]
+    fn the_shard_bench_forwards_to_every_listener() {
+        let mut b = ShardBench::new(1, 3, false).expect("connects");
+        b.prepare(5);
+        let sent = b.feed();
+        assert_eq!(b.forwarded(), 15, "5 packets to 3 listeners");
+        assert!(sent > 0, "the shard sent media");
+        b.pump();
+        // Minutes of virtual time: the peers stay connected and every packet arrives.
+        for round in 0..3_000u64 {
+            let before = b.forwarded();
+            b.prepare(1);
+            b.feed();
+            assert_eq!(b.forwarded() - before, 3, "round {round}");
+            if round % 10 == 9 {
+                b.pump();
+            }
+        }
+        let mut m = ShardBench::new(2, 0, true).expect("connects");
+        m.prepare(3);
+        m.feed();
+        assert_eq!(m.forwarded(), 6, "each of 2 publishers to the other");
     }
 
     #[test]

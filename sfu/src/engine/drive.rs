@@ -1,0 +1,256 @@
+//! Driving one peer's str0m `Rtc`: an input (a datagram or a timeout), then its output until
+//! it asks for a timeout. Transmits go to the socket, events are queued for the shard.
+
+use super::*;
+use crate::metrics::{add, DRIVE_INPUT, DRIVE_OUTPUT};
+use crate::routes::Candidate as Route;
+use rayon::prelude::*;
+use str0m::net::{Protocol, Receive};
+use str0m::{Input, Output, Reason};
+use tracing::debug;
+
+/// A peer driven on the worker pool: its key, next timeout or failure, and its events.
+type Driven = (Key, Result<Instant, String>, Vec<(Key, Event)>);
+
+/// Runs one peer's str0m cycle: the input (or a timeout), then its output until it asks for a
+/// timeout; transmits go straight to the socket, events into `events`. A panic inside str0m is
+/// caught here and reported as this peer's failure. Free of the engine, so the worker pool can
+/// run many peers at once.
+fn drive_peer(
+    peer: &mut Peer,
+    key: Key,
+    input: Option<Input<'_>>,
+    now: Instant,
+    socket: &dyn Transport,
+    events: &mut Vec<(Key, Event)>,
+) -> Result<Instant, String> {
+    peer.dirty = false;
+    #[cfg(feature = "fault-injection")]
+    let inject = std::mem::take(&mut peer.panic_next);
+    let rtc = &mut peer.rtc;
+    let res = catch_unwind(AssertUnwindSafe(|| -> Result<Instant, str0m::RtcError> {
+        #[cfg(feature = "fault-injection")]
+        if inject {
+            panic!("injected fault");
+        }
+        rtc.handle_input(input.unwrap_or(Input::Timeout(now)))?;
+        loop {
+            match rtc.poll_output()? {
+                Output::Timeout(t) => return Ok(t),
+                Output::Transmit(t) => {
+                    let sent = match t.proto {
+                        Protocol::Tcp => socket.send_tcp(&t.contents, t.destination),
+                        _ => socket.send_to(&t.contents, t.destination),
+                    };
+                    if let Err(e) = sent {
+                        debug!("send to {} failed: {e}", t.destination);
+                    }
+                }
+                Output::Event(e) => events.push((key, e)),
+            }
+        }
+    }));
+    match res {
+        Ok(Ok(t)) => Ok(t),
+        Ok(Err(e)) => Err(format!("rtc error: {e}")),
+        Err(_) => Err("media engine panic in peer".into()),
+    }
+}
+
+/// The grid that str0m's timers are rounded up to when they need no precision (reports, stats,
+/// ICE, NACK and TWCC feedback): the timers of many peers then fall due in one wake-up, and a
+/// listener that gets no media is driven at most every few milliseconds.
+pub(super) const TIMER_GRAIN: Duration = Duration::from_millis(5);
+
+/// When to drive a peer whose str0m asked for a timeout at `t` (with `reason`): pacing and
+/// bandwidth-estimation timers and anything already due keep their time; the others are
+/// rounded up to the next multiple of [`TIMER_GRAIN`] since `epoch`. Never earlier than `t`.
+pub(super) fn coalesce(t: Instant, now: Instant, epoch: Instant, reason: Reason) -> Instant {
+    let precise = matches!(
+        reason,
+        Reason::Pacer(_)
+            | Reason::BweDelayControl
+            | Reason::BweProbeControl
+            | Reason::BweProbeEstimator
+            | Reason::SendStream
+            | Reason::DTLS
+    );
+    if precise || t <= now || t < epoch {
+        return t;
+    }
+    let grain = TIMER_GRAIN.as_nanos();
+    let since = t.duration_since(epoch).as_nanos();
+    let up = since.div_ceil(grain) * grain;
+    // Rounding up by less than one grain cannot overflow a u64 of nanoseconds in practice;
+    // if it somehow did, keep str0m's own time.
+    u64::try_from(up)
+        .ok()
+        .and_then(|n| epoch.checked_add(Duration::from_nanos(n)))
+        .unwrap_or(t)
+}
+
+impl Engine {
+    /// One datagram, handled at once: [`Engine::receive`], then [`Engine::settle`].
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn on_datagram(&mut self, data: &[u8], src: SocketAddr, now: Instant) {
+        self.receive(data, src, now);
+        self.settle(now);
+    }
+
+    /// One datagram of a batch from the receive thread: STUN goes to the peer its ufrag names,
+    /// anything else only to the peer that validated its source address; the rest is dropped
+    /// and counted (`greenroom_udp_unrouted_total`). No scan over the shard's peers. The peer
+    /// is driven with the datagram; its events (RTP to fan out) wait for [`Engine::settle`]
+    /// at the end of the batch, which writes every packet and then drives each subscriber
+    /// written to once.
+    pub(crate) fn receive(&mut self, data: &[u8], src: SocketAddr, now: Instant) {
+        self.receive_packet(Protocol::Udp, data, src, now);
+    }
+
+    /// One packet of a batch over UDP or ICE-TCP (addressed to the matching local candidate),
+    /// routed as [`Engine::receive`] describes.
+    pub(crate) fn receive_packet(
+        &mut self,
+        proto: Protocol,
+        data: &[u8],
+        src: SocketAddr,
+        now: Instant,
+    ) {
+        let local = match (proto, self.opts.ice_tcp_port) {
+            (Protocol::Tcp, Some(port)) => SocketAddr::new(self.local.ip(), port),
+            _ => self.local,
+        };
+        let Some(route) = self.routes.candidate(data, src) else {
+            add(&self.counters.unrouted, 1);
+            debug!("no peer for datagram from {src}");
+            return;
+        };
+        let Ok(recv) = Receive::new(proto, src, local, data) else {
+            add(&self.counters.unrouted, 1);
+            return; // Not STUN, DTLS, RTP or RTCP.
+        };
+        let input = Input::Receive(now, recv);
+        let (Route::Stun(key) | Route::Validated(key)) = route;
+        // For STUN, str0m checks USERNAME and MESSAGE-INTEGRITY here; for the rest, that the
+        // source is one of the peer's candidate pairs.
+        let accepted = self.peers.get(key).is_some_and(|p| {
+            catch_unwind(AssertUnwindSafe(|| p.rtc.accepts(&input))).unwrap_or(false)
+        });
+        if !accepted {
+            add(&self.counters.unrouted, 1);
+            debug!("peer refuses datagram from {src}");
+            return;
+        }
+        if matches!(route, Route::Stun(_)) {
+            self.routes.validated(src, key);
+        }
+        add(&self.counters.drives[DRIVE_INPUT], 1);
+        self.drive(key, Some(input), now);
+    }
+
+    /// Runs one peer: input (or a timeout), then drains its output until it asks for a timeout.
+    pub(super) fn drive(&mut self, key: Key, input: Option<Input<'_>>, now: Instant) {
+        let Engine {
+            peers,
+            socket,
+            pending_events,
+            ..
+        } = self;
+        let Some(peer) = peers.get_mut(key) else {
+            return;
+        };
+        let res = drive_peer(peer, key, input, now, &**socket, pending_events);
+        self.after_drive(key, res, now);
+    }
+
+    /// Drives every dirty peer at once on the worker pool (a large fan-out), then files their
+    /// events, timeouts and failures in this thread.
+    pub(super) fn drive_dirty_parallel(&mut self, now: Instant) {
+        add(&self.counters.drives[DRIVE_OUTPUT], self.dirty.len() as u64);
+        add(&self.counters.parallel_fanouts, 1);
+        self.dirty.clear();
+        let Engine { peers, socket, .. } = self;
+        let socket: &dyn Transport = &**socket;
+        let batch: Vec<(Key, &mut Peer)> = peers.iter_mut().filter(|(_, p)| p.dirty).collect();
+        let done: Vec<Driven> = batch
+            .into_par_iter()
+            .map(|(key, peer)| {
+                let mut events = Vec::new();
+                let res = drive_peer(peer, key, None, now, socket, &mut events);
+                (key, res, events)
+            })
+            .collect();
+        for (key, res, events) in done {
+            self.pending_events.extend(events);
+            self.after_drive(key, res, now);
+        }
+    }
+
+    /// Files a drive's outcome: the peer's next timeout, or its failure.
+    pub(super) fn after_drive(&mut self, key: Key, res: Result<Instant, String>, now: Instant) {
+        let fail = match res {
+            Ok(t) => {
+                let Some(peer) = self.peers.get_mut(key) else {
+                    return;
+                };
+                let t = coalesce(t, now, self.timer_epoch, peer.rtc.last_timeout_reason());
+                if Some(t) != peer.timeout {
+                    peer.timeout = Some(t);
+                    self.timers.push(Reverse((t, key)));
+                }
+                (!peer.rtc.is_alive()).then(|| "connection closed".to_owned())
+            }
+            Err(reason) => Some(reason),
+        };
+        if let Some(reason) = fail {
+            self.fail_peer(key, &reason);
+        }
+    }
+
+    pub(super) fn mark_dirty(&mut self, key: Key) {
+        if let Some(p) = self.peers.get_mut(key) {
+            if !p.dirty {
+                p.dirty = true;
+                self.dirty.push(key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use str0m::PacerReason;
+
+    #[test]
+    fn lax_timers_round_up_to_the_grain_and_precise_ones_keep_their_time() {
+        let epoch = Instant::now();
+        let now = epoch + Duration::from_millis(100);
+        let ms = |n: u64| epoch + Duration::from_millis(n) + Duration::from_micros(300);
+        // A report timer at 101.3 ms fires at 105 ms; one exactly on the grid stays.
+        assert_eq!(
+            coalesce(ms(101), now, epoch, Reason::Feedback),
+            epoch + Duration::from_millis(105)
+        );
+        let on_grid = epoch + Duration::from_millis(110);
+        assert_eq!(coalesce(on_grid, now, epoch, Reason::Stats), on_grid);
+        // Many peers' timers within one grain share one wake-up.
+        let a = coalesce(ms(106), now, epoch, Reason::Nack);
+        let b = coalesce(ms(109), now, epoch, Reason::Ice);
+        assert_eq!(a, b);
+        // Pacing and anything already due are not moved.
+        for r in [
+            Reason::Pacer(PacerReason::Handle),
+            Reason::BweDelayControl,
+            Reason::SendStream,
+        ] {
+            assert_eq!(coalesce(ms(101), now, epoch, r), ms(101));
+        }
+        assert_eq!(coalesce(ms(50), now, epoch, Reason::Feedback), ms(50));
+        // Never earlier than asked.
+        for n in 100..130 {
+            let t = coalesce(ms(n), now, epoch, Reason::Twcc);
+            assert!(t >= ms(n) && t < ms(n) + TIMER_GRAIN);
+        }
+    }
+}

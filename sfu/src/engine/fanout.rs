@@ -1,0 +1,228 @@
+//! The hot path: one incoming RTP packet of a producer to every consumer: gate, layer, pause,
+//! sequence/timestamp rewrite, payload type map, `write_rtp` into the subscriber's send stream.
+
+use super::*;
+use crate::forward::{PtLookup, Step};
+use crate::media::is_keyframe;
+use crate::metrics::{add, cap_idx, kind_idx, ConsumerDrop};
+use str0m::media::KeyframeRequestKind;
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
+use tracing::warn;
+
+impl Engine {
+    /// The producer and layer of an incoming SSRC (cached per publisher peer).
+    pub(super) fn resolve_ssrc(&mut self, key: Key, ssrc: Ssrc) -> Option<(Key, u8)> {
+        let peer = self.peers.get_mut(key)?;
+        if let Some((_, pk, l)) = peer.ssrcs.iter().find(|(s, _, _)| *s == ssrc) {
+            return Some((*pk, *l));
+        }
+        let (mid, rid) = {
+            let mut api = peer.rtc.direct_api();
+            let rx = api.stream_rx(&ssrc)?;
+            (rx.mid(), rx.rid())
+        };
+        let owner = self.parts.get(&peer.owner)?;
+        let pk = owner
+            .producers
+            .iter()
+            .copied()
+            .find(|pk| self.producers.get(*pk).is_some_and(|p| p.mid == mid))?;
+        let prod = self.producers.get_mut(pk)?;
+        let li = match prod.layers.iter().position(|l| l.rid == rid) {
+            Some(i) => i,
+            None => {
+                prod.layers.push(Layer {
+                    rid,
+                    ssrc: None,
+                    last_keyframe_req: None,
+                    bytes: 0,
+                    rate_bps: 0.0,
+                });
+                prod.layers.len() - 1
+            }
+        };
+        let layer = &mut prod.layers[li];
+        if layer.ssrc.is_some_and(|s| s != ssrc) {
+            // The publisher restarted this stream: new epoch for every consumer.
+            prod.epoch = prod.epoch.wrapping_add(1);
+        }
+        layer.ssrc = Some(ssrc);
+        let li = li.min(usize::from(NO_LAYER - 1)) as u8;
+        peer.ssrcs.push((ssrc, pk, li));
+        Some((pk, li))
+    }
+
+    /// The hot path: one incoming RTP packet to every consumer of its producer.
+    pub(super) fn on_rtp(&mut self, key: Key, pkt: RtpPacket, now: Instant) {
+        let Some((pk, layer)) = self.resolve_ssrc(key, pkt.header.ssrc) else {
+            return;
+        };
+        let Some(prod) = self.producers.get_mut(pk) else {
+            return;
+        };
+        let len = pkt.payload.len() as u64;
+        if let Some(l) = prod.layers.get_mut(usize::from(layer)) {
+            l.bytes += len;
+        }
+        let kind = kind_idx(prod.kind);
+        let counters = &*self.counters;
+        add(&counters.rx_packets[kind], 1);
+        add(&counters.rx_bytes[kind], len);
+        // Gate: one bit test against the publisher's current gate.
+        if !prod.gate.sends(prod.bit) {
+            prod.open = false;
+            add(&counters.gate_drops[cap_idx(prod.source)], 1);
+            return;
+        }
+        let mut want_keyframe = false;
+        if !prod.open {
+            prod.open = true;
+            prod.epoch = prod.epoch.wrapping_add(1);
+            want_keyframe = prod.kind == MediaKind::Video;
+        }
+        let pt = pkt.header.payload_type;
+        let params = match prod.params.iter().find(|(p, _)| *p == pt) {
+            Some((_, params)) => *params,
+            None => {
+                let Some(pubpeer) = self.peers.get(prod.publisher) else {
+                    return;
+                };
+                let Some(params) = pubpeer.rtc.codec_config().find(|p| p.pt() == pt).copied()
+                else {
+                    return;
+                };
+                prod.params.push((pt, params));
+                params
+            }
+        };
+        let codec = params.spec().codec;
+        let clock_rate = params.spec().clock_rate.get();
+        let video = prod.kind == MediaKind::Video;
+        let ext = &pkt.header.ext_vals;
+        if !video {
+            if let Some(level) = ext.audio_level {
+                prod.level.observe(level);
+            }
+        }
+        let out_ext = ExtensionValues {
+            audio_level: ext.audio_level,
+            voice_activity: ext.voice_activity,
+            video_orientation: ext.video_orientation,
+            ..Default::default()
+        };
+        let simulcast = prod.layers.len() > 1;
+        let keyframe = simulcast && is_keyframe(codec, &pkt.payload);
+        let in_seq = *pkt.seq_no;
+        let in_ts = pkt.header.timestamp;
+        let marker = pkt.header.marker;
+        let epoch = prod.epoch;
+        let Engine {
+            peers,
+            dirty,
+            producers,
+            counters,
+            ..
+        } = self;
+        let Some(prod) = producers.get_mut(pk) else {
+            return;
+        };
+        // Per-packet tallies kept in registers, published once after the fan-out.
+        let mut forwarded = 0u64;
+        let mut drops = [0u64; 3];
+        for c in &mut prod.consumers {
+            if simulcast && layer != c.cur {
+                if layer == c.target && keyframe {
+                    c.cur = layer;
+                    c.st.fwd.resync();
+                } else {
+                    continue;
+                }
+            }
+            let receives = c.gate.receives();
+            let (seq, ts, resumed) =
+                match c
+                    .st
+                    .step(receives, epoch, in_seq, in_ts, pkt.timestamp, clock_rate)
+                {
+                    Step::Drop => {
+                        let why = if !receives {
+                            ConsumerDrop::Receive
+                        } else if c.st.paused {
+                            ConsumerDrop::Paused
+                        } else {
+                            ConsumerDrop::Other
+                        };
+                        drops[why as usize] += 1;
+                        continue;
+                    }
+                    Step::Forward { seq, ts, resumed } => (seq, ts, resumed),
+                };
+            let Some(sub) = peers.get_mut(c.peer) else {
+                drops[ConsumerDrop::Other as usize] += 1;
+                continue;
+            };
+            let out_pt = match c.st.pts.get(*pt) {
+                PtLookup::Mapped(v) => v,
+                PtLookup::Unmappable => {
+                    drops[ConsumerDrop::Other as usize] += 1;
+                    continue;
+                }
+                PtLookup::Unknown => {
+                    let m = sub.rtc.codec_config().match_params(params).map(|p| *p.pt());
+                    c.st.pts.set(*pt, m);
+                    match m {
+                        Some(v) => v,
+                        None => {
+                            warn!("subscriber {} cannot take codec {codec:?}", sub.owner);
+                            drops[ConsumerDrop::Other as usize] += 1;
+                            continue;
+                        }
+                    }
+                }
+            };
+            let mut api = sub.rtc.direct_api();
+            let Some(tx) = api.stream_tx(&c.ssrc) else {
+                drops[ConsumerDrop::Other as usize] += 1;
+                continue;
+            };
+            tx.write_rtp(
+                RtpWrite::new(
+                    Pt::from(out_pt),
+                    SeqNo::from(seq),
+                    ts,
+                    pkt.timestamp,
+                    pkt.payload.clone(),
+                )
+                .marker(marker)
+                .ext_vals(out_ext.clone())
+                .nackable(video),
+            );
+            if !sub.dirty {
+                sub.dirty = true;
+                dirty.push(c.peer);
+            }
+            forwarded += 1;
+            want_keyframe |= resumed && video;
+        }
+        if forwarded > 0 {
+            add(&counters.fwd_packets[kind], forwarded);
+            add(&counters.fwd_bytes[kind], forwarded * len);
+        }
+        if drops != [0; 3] {
+            for (cell, n) in counters.consumer_drops.iter().zip(drops) {
+                add(cell, n);
+            }
+        }
+        if want_keyframe {
+            // The producer reopened (a re-grant) or a consumer resumed: its subscribers wait
+            // for a keyframe, so this request bypasses the rate limit.
+            self.request_keyframe(
+                pk,
+                Some(usize::from(layer)),
+                KeyframeRequestKind::Pli,
+                now,
+                true,
+            );
+        }
+    }
+}

@@ -1,0 +1,187 @@
+//! Server-side peers: their str0m configuration, creation, removal and failure.
+
+use super::*;
+use crate::demux::{shard_of_ufrag, shard_ufrag};
+use str0m::rtp::{Extension, ExtensionMap};
+use str0m::{Candidate, RtcConfig};
+use tracing::warn;
+
+/// The str0m configuration of every server-side peer; `bwe` turns on send-side bandwidth
+/// estimation (TWCC) and str0m's pacer, for subscribers that may need a simulcast step-down.
+pub fn rtc_config(bwe: bool) -> RtcConfig {
+    let mut cfg = RtcConfig::new()
+        .set_ice_lite(true)
+        .set_crypto_provider(crate::dtls::provider())
+        .set_rtp_mode(true)
+        .enable_h265(false)
+        .enable_h266(false)
+        .set_stats_interval(Some(crate::metrics::STATS_INTERVAL));
+    if bwe {
+        cfg = cfg.enable_bwe(Some(INITIAL_BWE));
+    }
+    cfg
+}
+
+/// str0m's standard RTP header extensions without transport-wide-cc.
+fn without_twcc() -> ExtensionMap {
+    let mut map = ExtensionMap::empty();
+    for (id, ext) in ExtensionMap::standard().iter() {
+        if *ext != Extension::TransportSequenceNumber {
+            map.set(id, ext.clone());
+        }
+    }
+    map
+}
+
+impl Engine {
+    /// A new server-side peer; `bwe` turns on bandwidth estimation (subscribers only).
+    pub(super) fn new_peer(&mut self, owner: &str, role: Role, bwe: bool, now: Instant) -> Key {
+        let cfg = match role {
+            // Publishers keep transport-wide-cc: their own uplink estimate needs our feedback.
+            Role::Publisher => rtc_config(false),
+            Role::Subscriber if bwe => rtc_config(true),
+            // Without an estimate, no TWCC either: the client then sends no TWCC feedback
+            // (about ten SRTCP packets per second per subscriber to decrypt for nothing).
+            Role::Subscriber => rtc_config(false).set_extension_map(without_twcc()),
+        };
+        let creds = shard_ufrag(self.shard);
+        let ufrag = creds.ufrag.clone();
+        let mut rtc = cfg.set_local_ice_credentials(creds).build(now);
+        match Candidate::host(self.local, "udp") {
+            Ok(c) => {
+                rtc.add_local_candidate(c);
+            }
+            Err(e) => warn!("host candidate {}: {e}", self.local),
+        }
+        if let Some(port) = self.opts.ice_tcp_port {
+            let addr = SocketAddr::new(self.local.ip(), port);
+            match crate::tcp::candidate(addr) {
+                Ok(c) => {
+                    rtc.add_local_candidate(c);
+                }
+                Err(e) => warn!("TCP host candidate {addr}: {e}"),
+            }
+        }
+        let key = self.peers.insert(Peer {
+            rtc,
+            ufrag: ufrag.clone(),
+            owner: owner.to_owned(),
+            role,
+            timeout: None,
+            dirty: false,
+            connected: false,
+            deadline: None,
+            ssrcs: Vec::new(),
+            sub_mids: HashMap::new(),
+            bwe: None,
+            nacks_seen: Vec::new(),
+            untagged_ufrag: None,
+            #[cfg(feature = "fault-injection")]
+            panic_next: false,
+        });
+        self.routes.set_ufrag(key, None, &ufrag);
+        key
+    }
+
+    /// Routes a peer's STUN by its local ufrag after an ICE restart changed it (the new one
+    /// lacks the shard tag, so it goes into the shared untagged map too).
+    pub(super) fn route_new_local_ufrag(&mut self, key: Key) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        let ufrag = peer.rtc.direct_api().local_ice_credentials().ufrag;
+        if ufrag == peer.ufrag {
+            return;
+        }
+        self.routes.set_ufrag(key, Some(&peer.ufrag), &ufrag);
+        peer.ufrag = ufrag.clone();
+        if shard_of_ufrag(&ufrag) != Some(self.shard) {
+            let mut map = self.untagged.write();
+            if let Some(old) = peer.untagged_ufrag.take() {
+                map.remove(&old);
+            }
+            map.insert(ufrag.clone(), self.shard);
+            peer.untagged_ufrag = Some(ufrag);
+        }
+    }
+
+    /// Removes a peer and everything that forwards to it.
+    pub(super) fn drop_peer(&mut self, key: Key) {
+        let Some(peer) = self.peers.remove(key) else {
+            return;
+        };
+        if let Some(u) = &peer.untagged_ufrag {
+            self.untagged.write().remove(u);
+        }
+        if peer.role == Role::Subscriber {
+            for pk in peer.sub_mids.values() {
+                if let Some(p) = self.producers.get_mut(*pk) {
+                    p.consumers.retain(|c| c.peer != key);
+                }
+            }
+        }
+        self.routes.remove(key, &peer.ufrag);
+    }
+
+    /// A peer failed (timeout, error, panic): drop it, tell the control plane, and keep the
+    /// participant usable (fresh subscriber peer, publisher removed with its producers).
+    pub(super) fn fail_peer(&mut self, key: Key, reason: &str) {
+        let Some(peer) = self.peers.get(key) else {
+            return;
+        };
+        let (owner, role) = (peer.owner.clone(), peer.role);
+        warn!("peer of {owner} ({role:?}) failed: {reason}");
+        self.drop_peer(key);
+        let _ = self.events.send(SfuEvent::PeerFailed {
+            participant_id: owner.clone(),
+            reason: reason.to_owned(),
+        });
+        let now = Instant::now();
+        match role {
+            Role::Publisher => {
+                let pks = match self.parts.get_mut(&owner) {
+                    Some(p) if p.publisher == Some(key) => {
+                        p.publisher = None;
+                        p.producers.clone()
+                    }
+                    _ => return,
+                };
+                for pk in pks {
+                    self.remove_producer(pk);
+                }
+                self.renegotiate_call_of(&owner, now);
+            }
+            Role::Subscriber => {
+                let is_current = self.parts.get(&owner).is_some_and(|p| p.subscriber == key);
+                if !is_current {
+                    return;
+                }
+                let bwe = self.parts.get(&owner).is_some_and(|p| p.bwe);
+                let fresh = self.new_peer(&owner, Role::Subscriber, bwe, now);
+                if let Some(p) = self.parts.get_mut(&owner) {
+                    p.subscriber = fresh;
+                    p.sub = Negotiation::default();
+                }
+                self.renegotiate(&owner, now);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use str0m::rtp::{Extension, ExtensionMap};
+
+    #[test]
+    fn subscribers_without_estimate_do_not_offer_twcc() {
+        let map = super::without_twcc();
+        assert_eq!(map.id_of(Extension::TransportSequenceNumber), None);
+        let std = ExtensionMap::standard();
+        assert!(std.id_of(Extension::TransportSequenceNumber).is_some());
+        assert_eq!(map.iter().count() + 1, std.iter().count());
+        assert_eq!(
+            map.id_of(Extension::AudioLevel),
+            std.id_of(Extension::AudioLevel)
+        );
+    }
+}
