@@ -165,6 +165,9 @@ pub async fn node_with(redis: &Redis, node_id: &str, prefix: &str, media: bool) 
     config.cluster = Some(c);
     config.server.http_addr = addr;
     config.rtc.udp_addr = "127.0.0.1:0".parse().unwrap();
+    // A dropped socket leaves the call once its resume grace is over (15 s by default, as long as
+    // WAIT): the tests that drop a socket expect the leave well within WAIT.
+    config.limits.resume_grace_secs = 1;
     let state = start_state(config, media).await.unwrap();
     let cluster = Cluster::start(&state).await.unwrap();
     let router = app(state.clone());
