@@ -49,21 +49,14 @@ async fn settle(
     pid: &str,
     client: &Client,
 ) -> (String, Vec<greenroom_proto::SubscribedTrack>) {
-    let (mut sdp, mut tracks) = events.offer(pid).await;
-    assert_bundled(pid, &sdp);
-    let answer = client.accept_offer(sdp.clone());
-    sfu.subscriber_answer(pid, answer).await.unwrap();
     loop {
+        let (sdp, tracks) = answer_offer(sfu, events, pid, client).await;
+        assert_bundled(pid, &sdp);
         // A queued re-offer goes out at once after the answer.
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         if !events.has_offer(pid) {
             return (sdp, tracks);
         }
-        let (s, t) = events.offer(pid).await;
-        assert_bundled(pid, &s);
-        (sdp, tracks) = (s, t);
-        let answer = client.accept_offer(sdp.clone());
-        sfu.subscriber_answer(pid, answer).await.unwrap();
     }
 }
 
@@ -76,11 +69,7 @@ async fn kicking_a_connected_publisher_leaves_the_others_working() {
     let mut subs = HashMap::new();
     for pid in names {
         sfu.join(&call, pid, &format!("u-{pid}"), ALL);
-        let p = Client::new();
-        let (offer, tracks, pending) = p.publish_offer();
-        let answer = sfu.publish(pid, offer, tracks).await.unwrap();
-        p.accept_answer(pending, answer);
-        pubs.insert(pid, p);
+        pubs.insert(pid, publisher(&sfu, pid).await);
         subs.insert(pid, Client::new());
     }
     let mut tracks = HashMap::new();
@@ -127,12 +116,7 @@ async fn kicking_a_connected_publisher_leaves_the_others_working() {
         subs["bob"].count(&b_from_c) > b0 + 50 && subs["carol"].count(&c_from_b) > c0 + 50
     })
     .await;
-    events.drain();
-    assert!(
-        events.failed.is_empty(),
-        "no peer failed: {:?}",
-        events.failed
-    );
+    events.assert_no_peer_failed();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,10 +124,7 @@ async fn kicking_the_only_publisher_never_offers_all_sections_stopped() {
     let (sfu, mut events) = start(greenroom_sfu::SfuOptions::default()).await;
     let call: CallCid = "default:kick-only".parse().unwrap();
     sfu.join(&call, "carol", "u-carol", ALL);
-    let carol = Client::new();
-    let (offer, tracks, pending) = carol.publish_offer();
-    let answer = sfu.publish("carol", offer, tracks).await.unwrap();
-    carol.accept_answer(pending, answer);
+    let carol = publisher(&sfu, "carol").await;
     let mut subs = HashMap::new();
     let mut mids = HashMap::new();
     let mut tags = HashMap::new();
@@ -179,10 +160,7 @@ async fn kicking_the_only_publisher_never_offers_all_sections_stopped() {
     // A newcomer publishes: alice and bob are offered its tracks on their same client peers
     // (carol's old sections stopped now), and its media arrives.
     sfu.join(&call, "dave", "u-dave", ALL);
-    let dave = Client::new();
-    let (offer, tracks, pending) = dave.publish_offer();
-    let answer = sfu.publish("dave", offer, tracks).await.unwrap();
-    dave.accept_answer(pending, answer);
+    let dave = publisher(&sfu, "dave").await;
     wait_for("dave connected", || dave.is_connected()).await;
     dave.set_sending(true);
     for pid in ["alice", "bob"] {
@@ -198,12 +176,7 @@ async fn kicking_the_only_publisher_never_offers_all_sections_stopped() {
         subs.iter().all(|(pid, c)| c.count(&mids[pid]) > 20)
     })
     .await;
-    events.drain();
-    assert!(
-        events.failed.is_empty(),
-        "no peer failed: {:?}",
-        events.failed
-    );
+    events.assert_no_peer_failed();
 }
 
 /// The `a=fingerprint` of an SDP.
@@ -228,10 +201,7 @@ async fn a_replaced_subscriber_peer_offers_another_fingerprint() {
     let call: CallCid = "default:fresh".parse().unwrap();
     sfu.join(&call, "alice", "u-alice", ALL);
     sfu.join(&call, "bob", "u-bob", ALL);
-    let alice = Client::new();
-    let (offer, tracks, pending) = alice.publish_offer();
-    let answer = sfu.publish("alice", offer, tracks).await.unwrap();
-    alice.accept_answer(pending, answer);
+    let alice = publisher(&sfu, "alice").await;
     wait_for("alice connected", || alice.is_connected()).await;
     alice.set_sending(true);
 

@@ -16,7 +16,7 @@ use greenroom_sfu::{Sfu, SfuConfig, SfuEvent};
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
-use str0m::net::{Protocol, Receive};
+use str0m::net::{Protocol, Receive, Transmit};
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -59,6 +59,55 @@ pub struct Client {
     pub keyframe_requests: Arc<AtomicU64>,
 }
 
+impl ClientState {
+    /// A client's state around `rtc`, sending nothing yet.
+    pub fn new(rtc: Rtc, now: Instant) -> ClientState {
+        ClientState {
+            rtc,
+            send: Vec::new(),
+            sending: false,
+            seq: 0,
+            next_audio: now,
+            next_video: now,
+            frame: 0,
+            periodic_keyframes: true,
+            keyframe_wanted: false,
+        }
+    }
+}
+
+/// How a client's pump thread moves packets between its `Rtc` and the network.
+pub trait Transport: Send + 'static {
+    /// Sends one packet the client's str0m wants out; false when the transport is gone (the
+    /// pump ends).
+    fn transmit(&mut self, t: &Transmit) -> bool;
+    /// Waits up to `wait` for one incoming packet and feeds it to `rtc`.
+    fn receive(&mut self, wait: Duration, rtc: &mut Rtc);
+}
+
+/// A client's own UDP socket.
+pub struct UdpTransport {
+    socket: UdpSocket,
+    addr: SocketAddr,
+    buf: Vec<u8>,
+}
+
+impl Transport for UdpTransport {
+    fn transmit(&mut self, t: &Transmit) -> bool {
+        let _ = self.socket.send_to(&t.contents, t.destination);
+        true
+    }
+
+    fn receive(&mut self, wait: Duration, rtc: &mut Rtc) {
+        self.socket.set_read_timeout(Some(wait)).unwrap();
+        if let Ok((n, src)) = self.socket.recv_from(&mut self.buf) {
+            if let Ok(r) = Receive::new(Protocol::Udp, src, self.addr, &self.buf[..n]) {
+                rtc.handle_input(Input::Receive(Instant::now(), r)).unwrap();
+            }
+        }
+    }
+}
+
 impl Client {
     pub fn new() -> Client {
         Client::with_config(RtcConfig::new())
@@ -68,27 +117,28 @@ impl Client {
     pub fn with_config(cfg: RtcConfig) -> Client {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
         let addr = socket.local_addr().unwrap();
-        let now = Instant::now();
-        let mut rtc = cfg.set_rtp_mode(true).build(now);
+        let mut rtc = cfg.set_rtp_mode(true).build(Instant::now());
         rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        let transport = UdpTransport {
+            socket,
+            addr,
+            buf: vec![0u8; 2048],
+        };
+        Client::spawn(rtc, transport)
+    }
+
+    /// A client around `rtc` (its local candidates added), pumped by its own thread over
+    /// `transport`.
+    pub fn spawn(rtc: Rtc, transport: impl Transport) -> Client {
+        let now = Instant::now();
         let (jobs, job_rx) = std_mpsc::channel::<Job>();
         let rx: Arc<Mutex<HashMap<String, Rx>>> = Default::default();
         let connected: Arc<Mutex<bool>> = Default::default();
         let keyframe_requests: Arc<AtomicU64> = Default::default();
         let (rx2, conn2, kf2) = (rx.clone(), connected.clone(), keyframe_requests.clone());
         std::thread::spawn(move || {
-            let mut st = ClientState {
-                rtc,
-                send: Vec::new(),
-                sending: false,
-                seq: 0,
-                next_audio: now,
-                next_video: now,
-                frame: 0,
-                periodic_keyframes: true,
-                keyframe_wanted: false,
-            };
-            pump(&mut st, socket, addr, job_rx, rx2, conn2, kf2);
+            let mut st = ClientState::new(rtc, now);
+            pump(&mut st, transport, job_rx, rx2, conn2, kf2);
         });
         Client {
             jobs,
@@ -193,16 +243,16 @@ impl Client {
     }
 }
 
+/// Runs a client: its jobs, its synthetic media, its str0m output onto `transport` and what
+/// arrives back, until its [`Client`] is dropped or the transport is gone.
 pub fn pump(
     st: &mut ClientState,
-    socket: UdpSocket,
-    addr: SocketAddr,
+    mut transport: impl Transport,
     jobs: std_mpsc::Receiver<Job>,
     rx: Arc<Mutex<HashMap<String, Rx>>>,
     connected: Arc<Mutex<bool>>,
     keyframe_requests: Arc<AtomicU64>,
 ) {
-    let mut buf = vec![0u8; 2048];
     loop {
         loop {
             match jobs.try_recv() {
@@ -220,7 +270,9 @@ pub fn pump(
             match st.rtc.poll_output().unwrap() {
                 Output::Timeout(t) => break t,
                 Output::Transmit(t) => {
-                    let _ = socket.send_to(&t.contents, t.destination);
+                    if !transport.transmit(&t) {
+                        return;
+                    }
                 }
                 Output::Event(Event::Connected) => *connected.lock().unwrap() = true,
                 Output::Event(Event::KeyframeRequest(_)) => {
@@ -256,14 +308,7 @@ pub fn pump(
             wait = wait.min(Duration::from_millis(5));
         }
         let wait = wait.clamp(Duration::from_millis(1), Duration::from_millis(20));
-        socket.set_read_timeout(Some(wait)).unwrap();
-        if let Ok((n, src)) = socket.recv_from(&mut buf) {
-            if let Ok(r) = Receive::new(Protocol::Udp, src, addr, &buf[..n]) {
-                st.rtc
-                    .handle_input(Input::Receive(Instant::now(), r))
-                    .unwrap();
-            }
-        }
+        transport.receive(wait, &mut st.rtc);
     }
 }
 
@@ -384,6 +429,12 @@ impl Events {
         self.drain();
         self.offers.get(pid).is_some_and(|q| !q.is_empty())
     }
+
+    /// Drains the stream and checks that no peer failed.
+    pub fn assert_no_peer_failed(&mut self) {
+        self.drain();
+        assert!(self.failed.is_empty(), "no peer failed: {:?}", self.failed);
+    }
 }
 
 pub async fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -443,14 +494,9 @@ pub async fn publish_and_subscribe(
     for pid in [publisher, subscriber] {
         sfu.join_with(call, pid, &format!("u-{pid}"), ALL, options);
     }
-    let p = Client::new();
-    let (offer, tracks, pending) = p.publish_offer();
-    let answer = sfu.publish(publisher, offer, tracks).await.unwrap();
-    p.accept_answer(pending, answer);
+    let p = self::publisher(sfu, publisher).await;
     let s = Client::new();
-    let (sdp, tracks) = events.offer(subscriber).await;
-    let answer = s.accept_offer(sdp);
-    sfu.subscriber_answer(subscriber, answer).await.unwrap();
+    let (_, tracks) = answer_offer(sfu, events, subscriber, &s).await;
     let mids = (
         mid_of(&tracks, TrackSource::Microphone),
         mid_of(&tracks, TrackSource::Camera),
@@ -458,4 +504,34 @@ pub async fn publish_and_subscribe(
     wait_for("pair connected", || p.is_connected() && s.is_connected()).await;
     p.set_sending(true);
     (p, s, mids)
+}
+
+/// Publishes audio + video from `client` as participant `pid` (joined already) and accepts the
+/// answer; returns the answer's SDP. The client connects but does not send yet.
+pub async fn publish_from(sfu: &Sfu, pid: &str, client: &Client) -> String {
+    let (offer, tracks, pending) = client.publish_offer();
+    let answer = sfu.publish(pid, offer, tracks).await.unwrap();
+    client.accept_answer(pending, answer.clone());
+    answer
+}
+
+/// [`publish_from`] a new UDP client; returns the client.
+pub async fn publisher(sfu: &Sfu, pid: &str) -> Client {
+    let client = Client::new();
+    publish_from(sfu, pid, &client).await;
+    client
+}
+
+/// Waits for the next subscriber offer of `pid` and answers it from `client`; returns the
+/// offer's SDP and its tracks.
+pub async fn answer_offer(
+    sfu: &Sfu,
+    events: &mut Events,
+    pid: &str,
+    client: &Client,
+) -> (String, Vec<SubscribedTrack>) {
+    let (sdp, tracks) = events.offer(pid).await;
+    let answer = client.accept_offer(sdp.clone());
+    sfu.subscriber_answer(pid, answer).await.unwrap();
+    (sdp, tracks)
 }
