@@ -224,7 +224,7 @@ pub struct RtcConfig {
     #[serde(default)]
     pub ice_tcp_port: Option<u16>,
     /// Most datagrams a shard hands to the kernel in one `sendmmsg` (1..=64; 1 = one system call
-    /// per datagram). Unset: 64 (or the `GREENROOM_RTC_SEND_BATCH` variable, kept for A/B runs).
+    /// per datagram). Unset: 64. Env: `GREENROOM_RTC__SEND_BATCH`.
     #[serde(default)]
     pub send_batch: Option<usize>,
 }

@@ -115,8 +115,8 @@ pub struct SfuOptions {
     /// Limits of the ICE-TCP listener.
     pub ice_tcp_limits: TcpLimits,
     /// Most datagrams a shard hands to the kernel in one `sendmmsg` (1..=64; 1 = one system
-    /// call per datagram, as before batching). Default 64, or the environment's
-    /// `GREENROOM_RTC_SEND_BATCH` (read by [`Default`], for A/B measurements).
+    /// call per datagram, as before batching). Default 64. The server sets it from its
+    /// configuration (`rtc.send_batch`); the library reads no environment.
     pub send_batch: usize,
 }
 
@@ -129,10 +129,7 @@ impl Default for SfuOptions {
             socket_buffer_bytes: 4 << 20,
             ice_tcp_port: None,
             ice_tcp_limits: TcpLimits::default(),
-            send_batch: std::env::var("GREENROOM_RTC_SEND_BATCH")
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(io::batch::MAX_BATCH),
+            send_batch: io::batch::MAX_BATCH,
         }
     }
 }

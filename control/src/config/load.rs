@@ -326,6 +326,17 @@ mod tests {
     }
 
     #[test]
+    fn the_send_batch_comes_from_its_key_alone() {
+        let none = Overrides::new();
+        let c = Config::load_from(None, env(&[("GREENROOM_RTC__SEND_BATCH", "1")]), &none).unwrap();
+        assert_eq!(c.rtc.send_batch, Some(1));
+        // The old variable is no key: nothing reads it.
+        let c = Config::load_from(None, env(&[("GREENROOM_RTC_SEND_BATCH", "1")]), &none).unwrap();
+        assert_eq!(c.rtc.send_batch, None);
+        assert_eq!(greenroom_sfu::SfuOptions::default().send_batch, 64);
+    }
+
+    #[test]
     fn every_layer_in_order() {
         let dir = std::env::temp_dir().join(format!("gr-cfg-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
