@@ -10,27 +10,17 @@ import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
-import { readFileSync, writeFileSync, mkdtempSync, rmSync, chmodSync } from 'node:fs';
+import { writeFileSync, mkdtempSync, rmSync, chmodSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
-import { ROOT, CHROMIUM, CHROMIUM_ARGS, startServer, mintToken, ensureArtifacts, freePort, sleep } from './lib.mjs';
+import {
+  ROOT, CHROMIUM, launchBrowser, startServerOnFreePorts, mintToken, pcPrelude, openMediaPage,
+  assertMediaBothWays, screenshotPages,
+} from './lib.mjs';
 
 const NETNS = join(ROOT, 'scripts/netns-udp-blocked.sh');
 const MEDIA_TIMEOUT_MS = 40_000;
 const USERS = ['alice', 'bob'];
-
-// Collects the page's PeerConnections (for getStats) before media.js creates them.
-const PRELUDE = `
-const __NativePc = window.RTCPeerConnection;
-window.__pcs = [];
-window.RTCPeerConnection = class extends __NativePc {
-  constructor(config = {}) {
-    super(config);
-    window.__pcs.push(this);
-  }
-};
-`;
 
 let server;
 let browser;
@@ -53,13 +43,9 @@ after(async () => {
   if (tmp) rmSync(tmp, { recursive: true, force: true });
 });
 
-/** Frames decoded / audio bytes from `other`, and the protocol of each selected ICE pair. */
-async function look(page, other) {
-  return page.evaluate(async (other) => {
-    const g = window.greenroom;
-    const stats = g ? await g.stats() : [];
-    const video = stats.find((s) => s.kind === 'video' && s.user_id === other);
-    const audio = stats.find((s) => s.kind === 'audio' && s.user_id === other);
+/** The protocol (local/remote) of the selected ICE candidate pair of each PeerConnection. */
+async function selectedProtocols(page) {
+  return page.evaluate(async () => {
     const protocols = [];
     for (const pc of window.__pcs ?? []) {
       const r = await pc.getStats();
@@ -72,16 +58,8 @@ async function look(page, other) {
         }
       }
     }
-    return {
-      state: g?.state,
-      error: g?.error,
-      errors: g?.errors ?? [],
-      pcs: g?.pcs,
-      frames: video?.framesDecoded ?? 0,
-      bytes: audio?.bytesReceived ?? 0,
-      protocols,
-    };
-  }, other);
+    return protocols;
+  });
 }
 
 test('Chromium with UDP blocked connects over ICE-TCP', { timeout: 120_000 }, async (t) => {
@@ -97,14 +75,8 @@ test('Chromium with UDP blocked connects over ICE-TCP', { timeout: 120_000 }, as
     return;
   }
 
-  const http = await freePort();
-  const media = await freePort();
-  const url = `http://${hostIp}:${http}`;
-  server = await startServer({
-    httpUrl: url,
-    args: ['--http-addr', `${hostIp}:${http}`, '--udp-addr', `${hostIp}:${media}`, '--node-ip', hostIp],
-    logName: 'icetcp-server.log',
-  });
+  server = await startServerOnFreePorts({ host: hostIp, args: ['--node-ip', hostIp], logName: 'icetcp-server.log' });
+  const url = server.url;
   const cid = `default:icetcp-${randomBytes(4).toString('hex')}`;
   const tokens = await Promise.all(USERS.map((u) => mintToken(u, cid)));
 
@@ -113,58 +85,28 @@ test('Chromium with UDP blocked connects over ICE-TCP', { timeout: 120_000 }, as
   const wrapper = join(tmp, 'chromium-in-netns');
   writeFileSync(wrapper, `#!/bin/sh\nexec "${NETNS}" exec "${name}" "${CHROMIUM}" "$@"\n`);
   chmodSync(wrapper, 0o755);
-  browser = await chromium.launch({
+  browser = await launchBrowser({
     executablePath: wrapper,
-    headless: true,
     // Plain http to a non-loopback address is not a secure context without this flag.
-    args: [...CHROMIUM_ARGS, `--unsafely-treat-insecure-origin-as-secure=${url}`],
+    extraArgs: [`--unsafely-treat-insecure-origin-as-secure=${url}`],
     timeout: 30_000,
   });
 
-  const mediaJs = readFileSync(join(ROOT, 'control/web/test/media.js'), 'utf8');
   const pages = [];
   try {
     for (const [i, user] of USERS.entries()) {
-      const ctx = await browser.newContext();
-      const page = await ctx.newPage();
-      await page.route('**/test/media.js', (route) =>
-        route.fulfill({ status: 200, contentType: 'text/javascript; charset=utf-8', body: PRELUDE + mediaJs }),
-      );
-      const q = new URLSearchParams({ token: tokens[i], call: cid, name: user });
-      const resp = await page.goto(`${url}/test/media.html?${q}`);
-      assert.ok(resp?.ok(), `GET /test/media.html from inside the namespace answered ${resp?.status()}`);
-      pages.push(page);
+      pages.push(await openMediaPage(browser, url, { token: tokens[i], cid, name: user, prelude: pcPrelude() }));
     }
-
-    const deadline = Date.now() + MEDIA_TIMEOUT_MS;
-    let seen = [];
-    for (;;) {
-      seen = await Promise.all(pages.map((p, i) => look(p, USERS[1 - i])));
-      if (seen.every((s) => s.frames > 0 && s.bytes > 0)) break;
-      const broken = seen.findIndex((s) => s.state === 'error' || s.errors.some((e) => /connection failed|server error/.test(e)));
-      if (broken >= 0) {
-        assert.fail(`${USERS[broken]}'s page failed: ${seen[broken].error ?? seen[broken].errors.join('; ')}\n${JSON.stringify(seen)}\n${server.logTail(30)}`);
-      }
-      if (Date.now() > deadline) {
-        assert.fail(`no media both ways over ICE-TCP after ${MEDIA_TIMEOUT_MS / 1000} s: ${JSON.stringify(seen)}\n${server.logTail(30)}`);
-      }
-      await sleep(500);
-    }
-    await sleep(1500);
-    const later = await Promise.all(pages.map((p, i) => look(p, USERS[1 - i])));
+    await assertMediaBothWays(pages, USERS, { server, timeoutMs: MEDIA_TIMEOUT_MS, what: ' over ICE-TCP' });
     for (const [i, user] of USERS.entries()) {
-      assert.ok(later[i].frames > seen[i].frames, `${user}: video stopped (${seen[i].frames} -> ${later[i].frames})`);
-      assert.ok(later[i].bytes > seen[i].bytes, `${user}: audio stopped (${seen[i].bytes} -> ${later[i].bytes})`);
-      assert.equal(later[i].protocols.length, 2, `${user}: a selected pair per PeerConnection: ${later[i].protocols}`);
-      for (const p of later[i].protocols) {
+      const protocols = await selectedProtocols(pages[i]);
+      assert.equal(protocols.length, 2, `${user}: a selected pair per PeerConnection: ${protocols}`);
+      for (const p of protocols) {
         assert.equal(p, 'tcp/tcp', `${user}: selected candidate pair protocol (local/remote)`);
       }
     }
   } finally {
-    const dir = ensureArtifacts();
-    for (const [i, page] of pages.entries()) {
-      await page.screenshot({ path: join(dir, `icetcp-${USERS[i]}.png`) }).catch(() => {});
-    }
+    await screenshotPages(pages, 'icetcp', USERS);
     await browser.close().catch(() => {});
     browser = undefined;
     await server.stop().catch(() => {});

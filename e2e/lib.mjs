@@ -1,8 +1,10 @@
 // Shared helpers for the browser end-to-end tests: Chromium launch, a static file server,
-// the greenroom server process and token minting.
+// the greenroom server process, token minting, and the two-party media page
+// (control/web/test/media.html): opening it, its media stats, waiting for media both ways.
 
 import { spawn, execFile } from 'node:child_process';
-import { createReadStream, createWriteStream, existsSync, mkdirSync, statSync } from 'node:fs';
+import assert from 'node:assert/strict';
+import { createReadStream, createWriteStream, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
 import { extname, join, normalize, resolve, sep, dirname } from 'node:path';
@@ -41,13 +43,15 @@ export function ensureArtifacts() {
  * Launches headless Chromium with fake media devices.
  * `fakeUi: false` drops --use-fake-ui-for-media-stream so that permissions are controlled by the
  * test (context permissions, CDP Browser.setPermission); `extraArgs` are appended.
+ * `executablePath` runs another executable in Chromium's place (e.g. a wrapper that starts it in
+ * a network namespace), `timeout` is the launch timeout in ms.
  */
-export async function launchBrowser({ fakeUi = true, extraArgs = [] } = {}) {
+export async function launchBrowser({ fakeUi = true, extraArgs = [], executablePath = CHROMIUM, timeout = 20_000 } = {}) {
   if (!existsSync(CHROMIUM)) {
     throw new Error(`Chromium not found at ${CHROMIUM}: run scripts/install-browser-deps.sh`);
   }
   const args = CHROMIUM_ARGS.filter((a) => fakeUi || a !== '--use-fake-ui-for-media-stream').concat(extraArgs);
-  return chromium.launch({ executablePath: CHROMIUM, headless: true, args, timeout: 20_000 });
+  return chromium.launch({ executablePath, headless: true, args, timeout });
 }
 
 /** Collects a page's console output and page errors, for diagnostics. */
@@ -202,4 +206,112 @@ export async function startServer({ httpUrl = 'http://127.0.0.1:7880', healthTim
     await sleep(200);
   }
   return { url: httpUrl, stop, logTail, exited: () => exited, logPath };
+}
+
+/**
+ * Starts `greenroom serve` on free ports of `host` (HTTP and media UDP), with `args` appended;
+ * returns what {@link startServer} returns.
+ */
+export async function startServerOnFreePorts({ host = '127.0.0.1', args = [], logName = 'server.log' } = {}) {
+  const http = await freePort();
+  const udp = await freePort();
+  return startServer({
+    httpUrl: `http://${host}:${http}`,
+    args: ['--http-addr', `${host}:${http}`, '--udp-addr', `${host}:${udp}`, ...args],
+    logName,
+  });
+}
+
+/**
+ * A page-script prelude that wraps RTCPeerConnection so that every connection the page makes is
+ * collected in `window.__pcs` (for getStats). `setup` is script run first (it may use top-level
+ * await); `configure` is a JavaScript expression over `config` giving the configuration each
+ * connection is made with.
+ */
+export function pcPrelude({ setup = '', configure = 'config' } = {}) {
+  return `${setup}
+const __NativePc = window.RTCPeerConnection;
+window.__pcs = [];
+window.RTCPeerConnection = class extends __NativePc {
+  constructor(config = {}) {
+    super(${configure});
+    window.__pcs.push(this);
+  }
+};
+`;
+}
+
+/**
+ * Opens control/web/test/media.html for `name` in a new context of `browser`, joined to `cid`
+ * with `token`, its media.js served with `prelude` in front.
+ */
+export async function openMediaPage(browser, baseUrl, { token, cid, name, prelude = '' }) {
+  const mediaJs = readFileSync(join(ROOT, 'control/web/test/media.js'), 'utf8');
+  const ctx = await browser.newContext();
+  const page = await ctx.newPage();
+  await page.route('**/test/media.js', (route) =>
+    route.fulfill({ status: 200, contentType: 'text/javascript; charset=utf-8', body: prelude + mediaJs }),
+  );
+  const q = new URLSearchParams({ token, call: cid, name });
+  const resp = await page.goto(`${baseUrl}/test/media.html?${q}`);
+  if (!resp?.ok()) {
+    throw new Error(`GET ${baseUrl}/test/media.html answered ${resp?.status()}`);
+  }
+  return page;
+}
+
+/** On a media.html page: video frames decoded and audio bytes received from `other`, and the page's state. */
+export async function mediaFrom(page, other) {
+  return page.evaluate(async (other) => {
+    const g = window.greenroom;
+    const stats = g ? await g.stats() : [];
+    const video = stats.find((s) => s.kind === 'video' && s.user_id === other);
+    const audio = stats.find((s) => s.kind === 'audio' && s.user_id === other);
+    return {
+      state: g?.state,
+      error: g?.error,
+      errors: g?.errors ?? [],
+      frames: video?.framesDecoded ?? 0,
+      bytes: audio?.bytesReceived ?? 0,
+    };
+  }, other);
+}
+
+/**
+ * Two media.html pages, `users[i]` on `pages[i]`: waits until each decodes the other's video
+ * and receives its audio (fails at once when a page reports an error, or after `timeoutMs`),
+ * then checks 1.5 s later that both still flow. `server` gives the log tail for failures.
+ */
+export async function assertMediaBothWays(pages, users, { server, timeoutMs, what = '' }) {
+  const sample = () => Promise.all(pages.map((p, i) => mediaFrom(p, users[1 - i])));
+  const deadline = Date.now() + timeoutMs;
+  let seen = [];
+  for (;;) {
+    seen = await sample();
+    if (seen.every((s) => s.frames > 0 && s.bytes > 0)) break;
+    const broken = seen.findIndex((s) => s.state === 'error' || s.errors.some((e) => /connection failed|server error/.test(e)));
+    if (broken >= 0) {
+      assert.fail(`${users[broken]}'s page failed: ${seen[broken].error ?? seen[broken].errors.join('; ')}\n${JSON.stringify(seen)}\n${server.logTail(30)}`);
+    }
+    if (Date.now() > deadline) {
+      assert.fail(`no media both ways${what} after ${timeoutMs / 1000} s: ${JSON.stringify(seen)}\n${server.logTail(30)}`);
+    }
+    await sleep(500);
+  }
+  // Media keeps flowing.
+  await sleep(1500);
+  const later = await sample();
+  for (const [i, user] of users.entries()) {
+    assert.ok(later[i].frames > seen[i].frames, `${user}: video stopped (${seen[i].frames} -> ${later[i].frames})`);
+    assert.ok(later[i].bytes > seen[i].bytes, `${user}: audio stopped (${seen[i].bytes} -> ${later[i].bytes})`);
+  }
+}
+
+/** Screenshots each of `pages` into the artifacts as `<prefix>-<names[i]>.png` (best effort). */
+export async function screenshotPages(pages, prefix, names) {
+  const dir = ensureArtifacts();
+  for (const [i, page] of pages.entries()) {
+    await page.screenshot({ path: join(dir, `${prefix}-${names[i]}.png`) }).catch(() => {});
+  }
+  return dir;
 }

@@ -12,36 +12,24 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes, X509Certificate } from 'node:crypto';
-import { readFileSync, writeFileSync } from 'node:fs';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { ROOT, launchBrowser, startServer, mintToken, ensureArtifacts, freePort, sleep } from './lib.mjs';
+import {
+  launchBrowser, startServerOnFreePorts, mintToken, pcPrelude, openMediaPage, assertMediaBothWays,
+  screenshotPages,
+} from './lib.mjs';
 
 const MEDIA_TIMEOUT_MS = 30_000;
 
-const RSA_PRELUDE = `
-const __rsaCert = await RTCPeerConnection.generateCertificate({
+// Alice's connections use an RSA certificate made before media.js runs; bob's the default.
+const RSA_PRELUDE = pcPrelude({
+  setup: `const __rsaCert = await RTCPeerConnection.generateCertificate({
   name: 'RSASSA-PKCS1-v1_5', modulusLength: 2048,
   publicExponent: new Uint8Array([1, 0, 1]), hash: 'SHA-256',
+});`,
+  configure: '{ ...config, certificates: [__rsaCert] }',
 });
-const __NativePc = window.RTCPeerConnection;
-window.__pcs = [];
-window.RTCPeerConnection = class extends __NativePc {
-  constructor(config = {}) {
-    super({ ...config, certificates: [__rsaCert] });
-    window.__pcs.push(this);
-  }
-};
-`;
-const DEFAULT_PRELUDE = `
-const __NativePc = window.RTCPeerConnection;
-window.__pcs = [];
-window.RTCPeerConnection = class extends __NativePc {
-  constructor(config = {}) {
-    super(config);
-    window.__pcs.push(this);
-  }
-};
-`;
+const DEFAULT_PRELUDE = pcPrelude();
 
 let server;
 let browser;
@@ -49,23 +37,6 @@ after(async () => {
   await browser?.close().catch(() => {});
   await server?.stop().catch(() => {});
 });
-
-/** Video frames decoded and audio bytes received from `other`, plus the page's state. */
-async function mediaFrom(page, other) {
-  return page.evaluate(async (other) => {
-    const g = window.greenroom;
-    const stats = g ? await g.stats() : [];
-    const video = stats.find((s) => s.kind === 'video' && s.user_id === other);
-    const audio = stats.find((s) => s.kind === 'audio' && s.user_id === other);
-    return {
-      state: g?.state,
-      error: g?.error,
-      errors: g?.errors ?? [],
-      frames: video?.framesDecoded ?? 0,
-      bytes: audio?.bytesReceived ?? 0,
-    };
-  }, other);
-}
 
 /**
  * Per connected transport of the page: the DER (base64) of the local certificate it used and
@@ -90,56 +61,19 @@ async function transports(page) {
 }
 
 test('a Chromium client with an RSA DTLS certificate publishes and subscribes', { timeout: 90_000 }, async () => {
-  const http = await freePort();
-  const udp = await freePort();
-  const url = `http://127.0.0.1:${http}`;
-  server = await startServer({
-    httpUrl: url,
-    args: ['--http-addr', `127.0.0.1:${http}`, '--udp-addr', `127.0.0.1:${udp}`],
-    logName: 'rsa-server.log',
-  });
+  server = await startServerOnFreePorts({ logName: 'rsa-server.log' });
   const cid = `default:rsa-${randomBytes(4).toString('hex')}`;
   const users = ['alice', 'bob'];
   const tokens = await Promise.all(users.map((u) => mintToken(u, cid)));
-  const mediaJs = readFileSync(join(ROOT, 'control/web/test/media.js'), 'utf8');
 
   browser = await launchBrowser();
   const pages = [];
   try {
     for (const [i, user] of users.entries()) {
-      const ctx = await browser.newContext();
-      const page = await ctx.newPage();
       const prelude = user === 'alice' ? RSA_PRELUDE : DEFAULT_PRELUDE;
-      await page.route('**/test/media.js', (route) =>
-        route.fulfill({ status: 200, contentType: 'text/javascript; charset=utf-8', body: prelude + mediaJs }),
-      );
-      const q = new URLSearchParams({ token: tokens[i], call: cid, name: user });
-      const resp = await page.goto(`${url}/test/media.html?${q}`);
-      assert.ok(resp?.ok(), `GET /test/media.html answered ${resp?.status()}`);
-      pages.push(page);
+      pages.push(await openMediaPage(browser, server.url, { token: tokens[i], cid, name: user, prelude }));
     }
-
-    const deadline = Date.now() + MEDIA_TIMEOUT_MS;
-    let seen = [];
-    for (;;) {
-      seen = await Promise.all(pages.map((p, i) => mediaFrom(p, users[1 - i])));
-      if (seen.every((s) => s.frames > 0 && s.bytes > 0)) break;
-      const broken = seen.findIndex((s) => s.state === 'error' || s.errors.some((e) => /connection failed|server error/.test(e)));
-      if (broken >= 0) {
-        assert.fail(`${users[broken]}'s page failed: ${seen[broken].error ?? seen[broken].errors.join('; ')}\n${server.logTail(30)}`);
-      }
-      if (Date.now() > deadline) {
-        assert.fail(`no media both ways after ${MEDIA_TIMEOUT_MS / 1000} s: ${JSON.stringify(seen)}\n${server.logTail(30)}`);
-      }
-      await sleep(500);
-    }
-    // Media keeps flowing.
-    await sleep(1500);
-    const later = await Promise.all(pages.map((p, i) => mediaFrom(p, users[1 - i])));
-    for (const [i, user] of users.entries()) {
-      assert.ok(later[i].frames > seen[i].frames, `${user}: video stopped (${seen[i].frames} -> ${later[i].frames})`);
-      assert.ok(later[i].bytes > seen[i].bytes, `${user}: audio stopped (${seen[i].bytes} -> ${later[i].bytes})`);
-    }
+    await assertMediaBothWays(pages, users, { server, timeoutMs: MEDIA_TIMEOUT_MS });
 
     // The connections really used the certificates the test meant: RSA for alice, EC for bob.
     const expected = { alice: 'rsa', bob: 'ec' };
@@ -155,10 +89,7 @@ test('a Chromium client with an RSA DTLS certificate publishes and subscribes', 
       }
     }
   } finally {
-    const dir = ensureArtifacts();
-    for (const [i, page] of pages.entries()) {
-      await page.screenshot({ path: join(dir, `rsa-${users[i]}.png`) }).catch(() => {});
-    }
+    const dir = await screenshotPages(pages, 'rsa', users);
     writeFileSync(join(dir, 'rsa-server-tail.log'), server?.logTail(200) ?? '');
     await browser.close().catch(() => {});
     browser = undefined;
