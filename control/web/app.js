@@ -27,6 +27,12 @@ import {
 import { h, icon, initials, avatarColor, avatar } from './sdk/icons.js';
 import { CALL_BUTTONS, fillSelect, instructionsList } from './sdk/call-ui.js';
 import './sdk/call-element.js';
+import { SHARED_CSS } from './sdk/call-ui-style.js';
+
+// Buttons, pills, avatars and toasts look as in the call element: one source for both, put
+// ahead of app.css so that the app's own rules still follow it. Every screen is hidden until
+// this module shows one, so nothing is drawn without it.
+document.head.prepend(Object.assign(document.createElement('style'), { textContent: SHARED_CSS }));
 
 const $ = (id) => document.getElementById(id);
 /** The call screen: `<greenroom-call>`. @returns {import('./sdk/call-element.js').GreenroomCallElement} */

@@ -2,6 +2,36 @@
 // The stylesheet of `<greenroom-call>` (inside its shadow root). Colours are custom properties on
 // the host: a page themes the element with e.g. `greenroom-call { --accent: #7c3aed; }`.
 
+/**
+ * The rules the element shares with the Greenroom web app, which puts them in its page ahead of
+ * app.css (control/web/app.js): buttons, pills, avatars, icons, hints, toasts. They use the
+ * colour custom properties (`--surface-2`, `--accent`, ...) of the element's host or the page's
+ * root.
+ */
+export const SHARED_CSS = `
+h2 { font-size: 1rem; margin: 0; }
+.hint { display: block; font-size: 0.8rem; color: var(--muted); margin-top: 4px; }
+.btn { border: 0; border-radius: 10px; padding: 11px 18px; font: inherit; font-weight: 600; cursor: pointer; background: var(--surface-2); color: var(--text); }
+.btn:hover:not(:disabled) { filter: brightness(1.15); }
+.btn:disabled { opacity: .45; cursor: not-allowed; }
+.btn.primary { background: var(--accent); color: #04150b; }
+.btn.danger { background: var(--danger); color: #fff; }
+.btn.small { padding: 6px 12px; font-size: 0.85rem; border-radius: 8px; }
+.btn.ghost { background: transparent; border: 1px solid var(--border); }
+.icon-btn { background: none; border: 0; color: var(--muted); font-size: 1.1rem; cursor: pointer; }
+.pill { font-size: 0.78rem; padding: 3px 10px; border-radius: 999px; background: var(--surface-2); color: var(--muted); white-space: nowrap; }
+.pill.ok { color: #8ff0b8; background: #16331f; }
+.pill.bad { color: #ffb3b5; background: #3a1719; }
+.pill.warn { color: #1b1300; background: var(--warn); }
+.avatar { width: 56px; height: 56px; border-radius: 50%; background: #3b4252; color: #fff; display: flex; align-items: center; justify-content: center; font-weight: 700; font-size: 1.2rem; text-transform: uppercase; }
+.avatar.big { width: 88px; height: 88px; font-size: 2rem; }
+.svg-ico { display: inline-flex; line-height: 0; }
+.toast { background: #2a2f3a; border: 1px solid var(--border); border-radius: 10px; padding: 10px 14px; box-shadow: 0 8px 24px rgba(0,0,0,.35); font-size: 0.9rem; animation: in .2s ease-out; }
+.toast.bad { border-color: #7a2a2d; }
+@keyframes in { from { transform: translateY(8px); opacity: 0; } to { transform: none; opacity: 1; } }
+`;
+
+/** The element's whole stylesheet: its own rules around {@link SHARED_CSS}. */
 export const CALL_UI_CSS = `
 :host {
   --bg: #0f1115; --surface: #181b22; --surface-2: #20242d; --border: #2c313c;
@@ -17,28 +47,15 @@ export const CALL_UI_CSS = `
 .status { padding: 8px 14px; color: var(--muted); }
 .status:empty { display: none; }
 .status.bad { color: #ffd0d1; }
-.btn { border: 0; border-radius: 10px; padding: 11px 18px; font: inherit; font-weight: 600; cursor: pointer; background: var(--surface-2); color: var(--text); }
-.btn:hover:not(:disabled) { filter: brightness(1.15); }
-.btn:disabled { opacity: .45; cursor: not-allowed; }
-.btn.primary { background: var(--accent); color: #04150b; }
-.btn.danger { background: var(--danger); color: #fff; }
-.btn.small { padding: 6px 12px; font-size: 0.85rem; border-radius: 8px; }
-.btn.ghost { background: transparent; border: 1px solid var(--border); }
-.icon-btn { background: none; border: 0; color: var(--muted); font-size: 1.1rem; cursor: pointer; }
-h2 { font-size: 1rem; margin: 0; }
+${SHARED_CSS}
 select { display: block; width: 100%; margin-top: 5px; padding: 10px 12px; border-radius: 10px; border: 1px solid var(--border); background: var(--bg); color: var(--text); font: inherit; }
 label { display: block; margin: 8px 0 0; font-size: 0.88rem; color: var(--muted); }
-.hint { display: block; font-size: 0.8rem; color: var(--muted); margin-top: 4px; }
 
 /* The head row: title, people count, LIVE / Backstage, connection. */
 .call-head { display: flex; align-items: center; gap: 8px; padding: 8px 14px; min-width: 0; border-bottom: 1px solid var(--border); }
 .call-head:empty { display: none; }
 .call-head .title { font-weight: 600; min-width: 0; overflow: hidden; text-overflow: ellipsis; white-space: nowrap; }
 .call-head .spacer { flex: 1; }
-.pill { font-size: 0.78rem; padding: 3px 10px; border-radius: 999px; background: var(--surface-2); color: var(--muted); white-space: nowrap; }
-.pill.ok { color: #8ff0b8; background: #16331f; }
-.pill.bad { color: #ffb3b5; background: #3a1719; }
-.pill.warn { color: #1b1300; background: var(--warn); }
 .pill.live { color: #fff; background: var(--danger); font-weight: 700; letter-spacing: .5px; }
 .pill.backstage { color: #1b1300; background: var(--warn); font-weight: 600; }
 
@@ -61,9 +78,6 @@ label { display: block; margin: 8px 0 0; font-size: 0.88rem; color: var(--muted)
 .tile .placeholder .label { font-size: 0.85rem; }
 .badge-muted { display: inline-flex; align-items: center; gap: 3px; color: #fff; background: var(--danger); border-radius: 6px; padding: 0 6px; font-size: 0.75rem; font-weight: 600; }
 .badge-muted .svg-ico svg { width: 14px; height: 14px; }
-.avatar { width: 56px; height: 56px; border-radius: 50%; background: #3b4252; color: #fff; display: flex; align-items: center; justify-content: center; font-weight: 700; font-size: 1.2rem; text-transform: uppercase; }
-.avatar.big { width: 88px; height: 88px; font-size: 2rem; }
-.svg-ico { display: inline-flex; line-height: 0; }
 
 /* The control bar. */
 .controls { display: flex; gap: 10px; justify-content: center; align-items: center; padding: 12px; border-top: 1px solid var(--border); background: #12151b; flex-wrap: wrap; position: sticky; bottom: 0; z-index: 5; }
@@ -99,9 +113,6 @@ label { display: block; margin: 8px 0 0; font-size: 0.88rem; color: var(--muted)
 
 /* Toasts: centered above the control bar, never over the People panel's device pickers. */
 .toasts { position: absolute; left: 50%; transform: translateX(-50%); bottom: 90px; display: flex; flex-direction: column; gap: 8px; z-index: 20; max-width: min(360px, calc(100% - 32px)); pointer-events: none; }
-.toast { background: #2a2f3a; border: 1px solid var(--border); border-radius: 10px; padding: 10px 14px; box-shadow: 0 8px 24px rgba(0,0,0,.35); font-size: 0.9rem; animation: in .2s ease-out; }
-.toast.bad { border-color: #7a2a2d; }
-@keyframes in { from { transform: translateY(8px); opacity: 0; } to { transform: none; opacity: 1; } }
 
 /* Audio room: large avatar seats, centered and wrapping, using the whole stage. */
 .stage.room { display: flex; flex-direction: column; align-items: stretch; padding: 20px 24px; overflow: auto; }
