@@ -215,6 +215,40 @@ fn by_label(out: &mut String, name: &str, label: &str, values: &[&str], cells: &
     }
 }
 
+/// A histogram per direction (ingress, egress) under one header.
+fn by_direction<const N: usize>(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    histograms: &[Histogram<N>; 2],
+) {
+    header(out, name, "histogram", help);
+    for (d, h) in DIRECTIONS.iter().zip(histograms) {
+        h.render(out, name, &format!("direction=\"{d}\""));
+    }
+}
+
+/// A metric without labels: its header and its one sample.
+fn single(out: &mut String, name: &str, kind: &str, help: &str, value: impl std::fmt::Display) {
+    header(out, name, kind, help);
+    let _ = writeln!(out, "{name} {value}");
+}
+
+/// A metric with one label: its header and a sample per (label value, value).
+fn labelled<V: std::fmt::Display>(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    samples: &[(&str, V)],
+) {
+    header(out, name, kind, help);
+    for (v, value) in samples {
+        let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {value}");
+    }
+}
+
 fn absorb_all(into: &[AtomicU64], from: &[AtomicU64]) {
     for (a, b) in into.iter().zip(from) {
         add(a, b.load(Relaxed));
@@ -254,70 +288,68 @@ pub(crate) fn render(shards: &[&SfuCounters], udp: UdpFigures) -> String {
     for (i, s) in shards.iter().enumerate() {
         let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", s.peers.load(Relaxed));
     }
-    let name = "greenroom_udp_unrouted_total";
-    header(
+    single(
         &mut o,
-        name,
+        "greenroom_udp_unrouted_total",
         "counter",
         "Datagrams dropped before reaching a peer: no shard or peer for their ufrag or \
          validated source address, or refused by the peer (STUN integrity)",
+        udp.unrouted + total.unrouted.load(Relaxed),
     );
-    let _ = writeln!(o, "{name} {}", udp.unrouted + total.unrouted.load(Relaxed));
-    let name = "greenroom_udp_queue_dropped_total";
-    header(
+    single(
         &mut o,
-        name,
+        "greenroom_udp_queue_dropped_total",
         "counter",
         "Datagrams dropped because their engine shard's queue was full",
+        udp.queue_dropped,
     );
-    let _ = writeln!(o, "{name} {}", udp.queue_dropped);
-    let name = "greenroom_udp_socket_buffer_bytes";
-    header(
+    let (receive, send) = udp.buffers;
+    labelled(
         &mut o,
-        name,
+        "greenroom_udp_socket_buffer_bytes",
         "gauge",
         "Effective UDP socket buffer sizes (SO_RCVBUF, SO_SNDBUF) as the kernel reports them",
+        "direction",
+        &[("receive", receive), ("send", send)],
     );
-    let _ = writeln!(o, "{name}{{direction=\"receive\"}} {}", udp.buffers.0);
-    let _ = writeln!(o, "{name}{{direction=\"send\"}} {}", udp.buffers.1);
     let e = udp.egress;
-    let name = "greenroom_udp_sent_datagrams_total";
-    header(
+    single(
         &mut o,
-        name,
+        "greenroom_udp_sent_datagrams_total",
         "counter",
         "Datagrams the kernel accepted for sending",
+        e.sent,
     );
-    let _ = writeln!(o, "{name} {}", e.sent);
-    let name = "greenroom_udp_send_dropped_total";
-    header(
+    labelled(
         &mut o,
-        name,
+        "greenroom_udp_send_dropped_total",
         "counter",
         "Datagrams dropped on sending: send buffer full (would_block) or refused (error)",
+        "reason",
+        &[("would_block", e.would_block), ("error", e.failed)],
     );
-    let _ = writeln!(o, "{name}{{reason=\"would_block\"}} {}", e.would_block);
-    let _ = writeln!(o, "{name}{{reason=\"error\"}} {}", e.failed);
-    let name = "greenroom_udp_send_syscalls_total";
-    header(&mut o, name, "counter", "sendmmsg and sendmsg calls");
-    let _ = writeln!(o, "{name} {}", e.syscalls);
-    let name = "greenroom_udp_gso_datagrams_total";
-    header(
+    single(
         &mut o,
-        name,
+        "greenroom_udp_send_syscalls_total",
+        "counter",
+        "sendmmsg and sendmsg calls",
+        e.syscalls,
+    );
+    single(
+        &mut o,
+        "greenroom_udp_gso_datagrams_total",
         "counter",
         "Datagrams sent inside UDP GSO sends",
+        e.gso_datagrams,
     );
-    let _ = writeln!(o, "{name} {}", e.gso_datagrams);
     if let Some(drops) = udp.kernel_drops {
-        let name = "greenroom_udp_receive_drops_total";
-        header(
+        single(
             &mut o,
-            name,
+            "greenroom_udp_receive_drops_total",
             "counter",
             "Datagrams the kernel dropped on the media socket (receive buffer full)",
+            drops,
         );
-        let _ = writeln!(o, "{name} {drops}");
     }
     o
 }
@@ -409,14 +441,13 @@ impl SfuCounters {
             &["egress", "ingress"],
             &self.nacks,
         );
-        let name = "greenroom_plis_total";
-        header(
+        single(
             &mut o,
-            name,
+            "greenroom_plis_total",
             "counter",
             "Keyframe requests (PLI or FIR) sent to publishers",
+            self.plis.load(Relaxed),
         );
-        let _ = writeln!(o, "{name} {}", self.plis.load(Relaxed));
         for (name, help, cells) in [
             ("greenroom_producers", "Published tracks", &self.producers),
             (
@@ -428,14 +459,13 @@ impl SfuCounters {
             header(&mut o, name, "gauge", help);
             by_label(&mut o, name, "kind", &KINDS, cells);
         }
-        let name = "greenroom_peers";
-        header(
+        single(
             &mut o,
-            name,
+            "greenroom_peers",
             "gauge",
             "str0m peer connections (publishers and subscribers)",
+            self.peers.load(Relaxed),
         );
-        let _ = writeln!(o, "{name} {}", self.peers.load(Relaxed));
         let name = "greenroom_engine_drives_total";
         header(
             &mut o,
@@ -444,44 +474,31 @@ impl SfuCounters {
             "str0m drive cycles by cause: a datagram (input), written packets or state (output), a due timeout (timer)",
         );
         by_label(&mut o, name, "cause", &DRIVE_CAUSES, &self.drives);
-        let name = "greenroom_engine_parallel_fanouts_total";
-        header(
+        single(
             &mut o,
-            name,
+            "greenroom_engine_parallel_fanouts_total",
             "counter",
             "Fan-outs large enough to drive their subscriber peers on the worker pool (all cores)",
+            self.parallel_fanouts.load(Relaxed),
         );
-        let _ = writeln!(o, "{name} {}", self.parallel_fanouts.load(Relaxed));
-        let name = "greenroom_rtt_seconds";
-        header(
+        by_direction(
             &mut o,
-            name,
-            "histogram",
+            "greenroom_rtt_seconds",
             "Round-trip time per stream from RTCP, sampled every stats interval",
+            &self.rtt,
         );
-        for (d, h) in DIRECTIONS.iter().zip(&self.rtt) {
-            h.render(&mut o, name, &format!("direction=\"{d}\""));
-        }
-        let name = "greenroom_loss_ratio";
-        header(
+        by_direction(
             &mut o,
-            name,
-            "histogram",
+            "greenroom_loss_ratio",
             "Fraction of packets lost per stream from RTCP receiver reports",
+            &self.loss,
         );
-        for (d, h) in DIRECTIONS.iter().zip(&self.loss) {
-            h.render(&mut o, name, &format!("direction=\"{d}\""));
-        }
-        let name = "greenroom_jitter_seconds";
-        header(
+        by_direction(
             &mut o,
-            name,
-            "histogram",
+            "greenroom_jitter_seconds",
             "Interarrival jitter per stream (ingress: measured here; egress: reported by subscribers)",
+            &self.jitter,
         );
-        for (d, h) in DIRECTIONS.iter().zip(&self.jitter) {
-            h.render(&mut o, name, &format!("direction=\"{d}\""));
-        }
         o
     }
 }
