@@ -9,6 +9,16 @@ fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
 }
 
+/// Figures that share a cell: `a / b / c`.
+fn slash<const N: usize>(parts: [String; N]) -> String {
+    parts.join(" / ")
+}
+
+/// A figure and, in parentheses, the one it is read against: `a (b)`.
+fn paren(a: String, b: String) -> String {
+    format!("{a} ({b})")
+}
+
 /// The rows of the summary table: (label, value).
 pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
     vec![
@@ -21,19 +31,11 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
         ),
         (
             "join time p50 / p99 (ms)",
-            format!(
-                "{} / {}",
-                opt(s.join_time.p50_ms, 0),
-                opt(s.join_time.p99_ms, 0)
-            ),
+            slash([opt(s.join_time.p50_ms, 0), opt(s.join_time.p99_ms, 0)]),
         ),
         (
             "first media p50 / p99 (ms)",
-            format!(
-                "{} / {}",
-                opt(s.first_media.p50_ms, 0),
-                opt(s.first_media.p99_ms, 0)
-            ),
+            slash([opt(s.first_media.p50_ms, 0), opt(s.first_media.p99_ms, 0)]),
         ),
         ("window (s)", format!("{:.1}", s.window_secs)),
         (
@@ -50,12 +52,11 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
         ),
         (
             "latency p50 / p99 / p99.9 (ms)",
-            format!(
-                "{} / {} / {}",
+            slash([
                 opt(s.latency_p50_ms, 2),
                 opt(s.latency_p99_ms, 2),
-                opt(s.latency_p999_ms, 2)
-            ),
+                opt(s.latency_p999_ms, 2),
+            ]),
         ),
         (
             "video rx kbit/s per track",
@@ -75,11 +76,7 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
         ),
         (
             "floor ns/pkt (at mean payload B)",
-            format!(
-                "{} ({})",
-                opt(s.floor_ns_per_packet, 0),
-                opt(s.mean_payload_bytes, 0)
-            ),
+            paren(opt(s.floor_ns_per_packet, 0), opt(s.mean_payload_bytes, 0)),
         ),
         (
             "server CPU per fwd pkt / floor",
@@ -87,19 +84,17 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
         ),
         (
             "server datagrams out/s (per media pkt)",
-            format!(
-                "{} ({})",
+            paren(
                 opt(s.server_datagrams_out_per_s, 0),
-                opt(s.datagrams_per_media_packet, 3)
+                opt(s.datagrams_per_media_packet, 3),
             ),
         ),
         (
             "server RSS before / after (MiB)",
-            format!(
-                "{} / {}",
+            slash([
                 opt(s.server_rss_before_mib, 1),
-                opt(s.server_rss_after_mib, 1)
-            ),
+                opt(s.server_rss_after_mib, 1),
+            ]),
         ),
         (
             "server KiB per subscriber",
@@ -393,6 +388,10 @@ mod tests {
         assert!(t.contains("loss (%)"));
         assert!(t.contains("0.500"));
         assert!(t.contains("video layers q / h / f (pkts)"));
+        // Figures without a value show as "-", several in one cell with " / " between them.
+        let line = |label: &str| t.lines().find(|l| l.starts_with(label)).unwrap_or("");
+        assert!(line("latency p50 ").ends_with("  - / - / -"), "{t}");
+        assert!(line("floor ns/pkt ").ends_with("  - (-)"), "{t}");
         assert!(t.contains("bots"));
         let sbs = side_by_side(&[&s, &s]);
         assert_eq!(sbs.lines().count(), rows(&s).len());
