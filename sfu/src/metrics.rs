@@ -209,7 +209,18 @@ fn header(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = writeln!(out, "# TYPE {name} {kind}");
 }
 
-fn by_label(out: &mut String, name: &str, label: &str, values: &[&str], cells: &[AtomicU64]) {
+/// A metric with one label whose samples are `cells`, one per label value: its header and
+/// its samples.
+fn by_label(
+    out: &mut String,
+    name: &str,
+    kind: &str,
+    help: &str,
+    label: &str,
+    values: &[&str],
+    cells: &[AtomicU64],
+) {
+    header(out, name, kind, help);
     for (v, c) in values.iter().zip(cells) {
         let _ = writeln!(out, "{name}{{{label}=\"{v}\"}} {}", c.load(Relaxed));
     }
@@ -408,35 +419,31 @@ impl SfuCounters {
                 &self.fwd_bytes,
             ),
         ] {
-            header(&mut o, name, "counter", help);
-            by_label(&mut o, name, "kind", &KINDS, cells);
+            by_label(&mut o, name, "counter", help, "kind", &KINDS, cells);
         }
-        let name = "greenroom_packets_dropped_total";
-        header(
+        by_label(
             &mut o,
-            name,
+            "greenroom_packets_dropped_total",
             "counter",
             "Packets from publishers dropped by the gate, by the capability the source needs",
-        );
-        by_label(&mut o, name, "capability", &caps, &self.gate_drops);
-        let name = "greenroom_consumer_packets_dropped_total";
-        header(
-            &mut o,
-            name,
-            "counter",
-            "Packets not written to one subscriber: receive off, paused (unsubscribed), other",
-        );
-        by_label(&mut o, name, "reason", &DROP_REASONS, &self.consumer_drops);
-        let name = "greenroom_nacks_total";
-        header(
-            &mut o,
-            name,
-            "counter",
-            "NACKs received from subscribers (egress) and sent to publishers (ingress), from str0m stats",
+            "capability",
+            &caps,
+            &self.gate_drops,
         );
         by_label(
             &mut o,
-            name,
+            "greenroom_consumer_packets_dropped_total",
+            "counter",
+            "Packets not written to one subscriber: receive off, paused (unsubscribed), other",
+            "reason",
+            &DROP_REASONS,
+            &self.consumer_drops,
+        );
+        by_label(
+            &mut o,
+            "greenroom_nacks_total",
+            "counter",
+            "NACKs received from subscribers (egress) and sent to publishers (ingress), from str0m stats",
             "direction",
             &["egress", "ingress"],
             &self.nacks,
@@ -456,8 +463,7 @@ impl SfuCounters {
                 &self.consumers,
             ),
         ] {
-            header(&mut o, name, "gauge", help);
-            by_label(&mut o, name, "kind", &KINDS, cells);
+            by_label(&mut o, name, "gauge", help, "kind", &KINDS, cells);
         }
         single(
             &mut o,
@@ -466,14 +472,15 @@ impl SfuCounters {
             "str0m peer connections (publishers and subscribers)",
             self.peers.load(Relaxed),
         );
-        let name = "greenroom_engine_drives_total";
-        header(
+        by_label(
             &mut o,
-            name,
+            "greenroom_engine_drives_total",
             "counter",
             "str0m drive cycles by cause: a datagram (input), written packets or state (output), a due timeout (timer)",
+            "cause",
+            &DRIVE_CAUSES,
+            &self.drives,
         );
-        by_label(&mut o, name, "cause", &DRIVE_CAUSES, &self.drives);
         single(
             &mut o,
             "greenroom_engine_parallel_fanouts_total",
