@@ -40,6 +40,10 @@
 //! Per participant there is one publisher `Rtc` (client offers) and one subscriber `Rtc`
 //! (server offers every other participant's producers in the same call as SendOnly media).
 //!
+//! A call can span nodes: with [`SfuOptions::relay`] on, each local track of a call is relayed
+//! once to every other node carrying it ([`Sfu::set_call_nodes`]), and tracks of participants
+//! on other nodes ([`Sfu::join_remote`]) are fanned out here like local ones; see `relay`.
+//!
 //! A single call larger than one core can forward stays on one shard: splitting one call's
 //! consumers over shards (a producer piped to consumer shards) is not done.
 
@@ -785,6 +789,10 @@ impl Sfu {
     ///   `greenroom_udp_send_dropped_total{reason="would_block"|"error"}`: dropped on a full
     ///   send buffer or refused; `greenroom_udp_send_syscalls_total` (`sendmmsg`/`sendmsg`
     ///   calls) and `greenroom_udp_gso_datagrams_total` (sent inside UDP GSO sends).
+    /// * with the relay on (a call spanning nodes): `greenroom_relay_packets_total{direction}`,
+    ///   `greenroom_relay_bytes_total{direction}`, `greenroom_relay_encoded_total`,
+    ///   `greenroom_relay_control_total{kind,direction}` and
+    ///   `greenroom_relay_dropped_total{reason}` (see [`RelayStats`]).
     /// * histograms `greenroom_rtt_seconds`, `greenroom_loss_ratio`, `greenroom_jitter_seconds`
     ///   `{direction="ingress"|"egress"}`, one sample per stream per [`STATS_INTERVAL`].
     ///

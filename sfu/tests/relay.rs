@@ -350,3 +350,39 @@ async fn forged_truncated_and_foreign_datagrams_are_dropped_and_counted() {
     wait_for("B still forwards", || k.subs[0].counts().0 > c0.0 + 10).await;
     let _ = (&k.c, &k.call, &k.publisher);
 }
+
+/// A revoke and a newer grant fired at once, hundreds of times: the newest version always
+/// wins, whichever call lands first, local and remote participants alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_versioned_gate_updates_end_at_the_newest_version() {
+    let (sfu, _events) = node("A", SECRET).await;
+    let call: CallCid = "default:race".parse().unwrap();
+    sfu.join(&call, "local", "u-local", ALL);
+    sfu.join_remote(&call, "remote", "u-remote", "B", ALL, 0);
+    let revoke = gate(&[]);
+    for round in 0..300u64 {
+        for pid in ["local", "remote"] {
+            let v = 2 * round + 1;
+            let barrier = std::sync::Arc::new(std::sync::Barrier::new(2));
+            let (s1, b1) = (sfu.clone(), barrier.clone());
+            let t1 = std::thread::spawn(move || {
+                b1.wait();
+                s1.set_gate_versioned(pid, revoke, v)
+            });
+            let (s2, b2) = (sfu.clone(), barrier);
+            let t2 = std::thread::spawn(move || {
+                b2.wait();
+                s2.set_gate_versioned(pid, ALL, v + 1)
+            });
+            let (revoked, granted) = (t1.join().unwrap(), t2.join().unwrap());
+            assert!(granted, "round {round}: the newest version must apply");
+            assert_eq!(
+                sfu.gate(pid).unwrap(),
+                ALL,
+                "round {round} {pid} (revoke {revoked})"
+            );
+            // Neither is newer than what is held now.
+            assert!(!sfu.set_gate_versioned(pid, revoke, v + 1));
+        }
+    }
+}

@@ -107,6 +107,8 @@ impl Engine {
                 self.relay_tick(now);
             }
             RelayCmd::Version { pid, version } => {
+                // A local participant now (it may have been remote on this shard before).
+                self.relay.remote.remove(&pid);
                 self.relay.versions.insert(pid, version);
             }
             RelayCmd::JoinRemote {
@@ -334,6 +336,7 @@ impl Engine {
         pk: Key,
         rid: Option<Rid>,
         kind: KeyframeRequestKind,
+        force: bool,
     ) -> bool {
         let Some(prod) = self.producers.get(pk) else {
             return false;
@@ -358,6 +361,7 @@ impl Engine {
         let body = Body::Keyframe {
             rid: rid.as_deref(),
             fir: kind == KeyframeRequestKind::Fir,
+            force,
         };
         if wire::encode(&mut r.buf, &head, &body, &link.key).is_ok() {
             link.send(wire::Kind::Keyframe, &r.buf, addr);
@@ -387,7 +391,7 @@ impl Engine {
             }
         };
         match body {
-            InBody::Keyframe { rid, fir } => {
+            InBody::Keyframe { rid, fir, force } => {
                 // For a local publisher of the call, from any node of the call.
                 if !call_matches || self.relay.remote.contains_key(&pid) {
                     return dropped(RelayDrop::UnknownTrack);
@@ -406,7 +410,7 @@ impl Engine {
                 } else {
                     KeyframeRequestKind::Pli
                 };
-                self.request_keyframe(pk, layer, kind, now, false);
+                self.request_keyframe(pk, layer, kind, now, force);
             }
             InBody::Announce(tracks) => {
                 if !call_matches || !remote_from_sender {

@@ -380,7 +380,11 @@ pub(crate) struct RelayIn {
 pub(crate) enum InBody {
     Media(MediaIn),
     Announce(Vec<TrackDesc>),
-    Keyframe { rid: Option<Rid>, fir: bool },
+    Keyframe {
+        rid: Option<Rid>,
+        fir: bool,
+        force: bool,
+    },
 }
 
 /// One relayed RTP packet.
@@ -431,9 +435,10 @@ pub(crate) fn route(routes: &Routes, data: &[u8]) -> Result<(usize, RelayIn), Re
             payload: m.payload.into(),
         }),
         Body::Announce(t) => InBody::Announce(t),
-        Body::Keyframe { rid, fir } => InBody::Keyframe {
+        Body::Keyframe { rid, fir, force } => InBody::Keyframe {
             rid: rid.map(Rid::from),
             fir,
+            force,
         },
     };
     Ok((
@@ -554,6 +559,7 @@ mod tests {
             &Body::Keyframe {
                 rid: None,
                 fir: false,
+                force: false,
             },
             &wire::node_key(secret, node),
         )

@@ -15,7 +15,8 @@
 //! (1), flags (1: marker, audio level, voice activity, video orientation present), audio level
 //! (1), video orientation (1), then the RTP payload as the publisher's node received it after
 //! SRTP unprotect. Announce body: the publisher's tracks in JSON ([`TrackDesc`]). Keyframe
-//! request body: rid, 1 byte (0 PLI, 1 FIR).
+//! request body: rid, 1 byte flags (1: FIR, else PLI; 2: forced, past the producing node's
+//! rate limit: a new subscriber or a resume there).
 //!
 //! Every length is checked: a short or malformed datagram decodes to a [`WireError`], never a
 //! panic.
@@ -136,6 +137,8 @@ pub(crate) enum Body<'a> {
         rid: Option<&'a str>,
         /// FIR (else PLI).
         fir: bool,
+        /// Past the producing node's rate limit.
+        force: bool,
     },
 }
 
@@ -192,9 +195,9 @@ pub(crate) fn encode(
         Body::Announce(tracks) => {
             serde_json::to_writer(&mut *o.0, tracks).map_err(|_| WireError::Malformed)?;
         }
-        Body::Keyframe { rid, fir } => {
+        Body::Keyframe { rid, fir, force } => {
             o.str8(rid.unwrap_or(""))?;
-            o.0.push(u8::from(*fir));
+            o.0.push(u8::from(*fir) | u8::from(*force) << 1);
         }
     }
     let tag = hmac::sign(key, buf);
@@ -312,8 +315,12 @@ pub(crate) fn open<'a>(s: &Sealed<'a>, key: &hmac::Key) -> Result<Body<'a>, Wire
         }
         Kind::Keyframe => {
             let rid = Some(r.str8()?).filter(|x| !x.is_empty());
-            let fir = r.u8()? != 0;
-            Body::Keyframe { rid, fir }
+            let flags = r.u8()?;
+            Body::Keyframe {
+                rid,
+                fir: flags & 1 != 0,
+                force: flags & 2 != 0,
+            }
         }
     })
 }
@@ -393,13 +400,15 @@ mod tests {
         let b = Body::Keyframe {
             rid: None,
             fir: true,
+            force: true,
         };
         encode(&mut buf, &head(Kind::Keyframe), &b, &key("node-a")).unwrap();
         assert!(matches!(
             open(&peek(&buf).unwrap(), &key("node-a")).unwrap(),
             Body::Keyframe {
                 rid: None,
-                fir: true
+                fir: true,
+                force: true
             }
         ));
     }
