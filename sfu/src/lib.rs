@@ -84,6 +84,8 @@ use crate::forward::GateCell;
 use crate::io::batch::SendOutcome;
 pub use crate::metrics::STATS_INTERVAL;
 use crate::metrics::{SfuCounters, UdpFigures};
+#[cfg(feature = "fuzzing")]
+pub use crate::relay::bench as relay_bench;
 use crate::relay::GateVersion;
 pub use crate::relay::{RelayNode, RelayOptions, RelayStats};
 pub use crate::tcp::{TcpCounters, TcpLimits};

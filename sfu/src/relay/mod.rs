@@ -515,6 +515,74 @@ pub(crate) fn spawn_receiver(
     Ok(())
 }
 
+/// The relay codec for the benchmark and the fuzz targets (feature `fuzzing`; not a public
+/// API): one sender's datagrams and one receiver's routing, without sockets.
+#[cfg(feature = "fuzzing")]
+pub mod bench {
+    use super::*;
+
+    /// A sender (node `a`) and a receiver that carries call 1 with node `a`.
+    pub struct RelayCodec {
+        buf: Vec<u8>,
+        key: hmac::Key,
+        routes: Routes,
+    }
+
+    impl Default for RelayCodec {
+        fn default() -> Self {
+            let secret = [9u8; 32];
+            let routes = Routes::default();
+            let a = RelayNode {
+                node_id: "a".into(),
+                addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+            };
+            routes.set_nodes(1, Some(0), &[a], &secret);
+            RelayCodec {
+                buf: Vec::new(),
+                key: wire::node_key(&secret, "a"),
+                routes,
+            }
+        }
+    }
+
+    impl RelayCodec {
+        /// Encodes and signs one media datagram of `payload` (what a publishing node does once
+        /// per packet); returns it.
+        pub fn encode_media(&mut self, payload: &[u8]) -> &[u8] {
+            let head = wire::Head {
+                kind: wire::Kind::Media,
+                call: 1,
+                node: "a",
+                pid: "participant-0123456789",
+                source: TrackSource::Camera,
+            };
+            let body = Body::Media(wire::Media {
+                rid: None,
+                ssrc: 1,
+                version: 1,
+                seq: 1,
+                ts: 1,
+                pt: 96,
+                marker: true,
+                audio_level: None,
+                voice_activity: None,
+                orientation: None,
+                payload,
+            });
+            if wire::encode(&mut self.buf, &head, &body, &self.key).is_err() {
+                self.buf.clear();
+            }
+            &self.buf
+        }
+
+        /// What the receive thread does per datagram (head, route, MAC, decode); whether it
+        /// was accepted.
+        pub fn route(&self, data: &[u8]) -> bool {
+            route(&self.routes, data).is_ok()
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
