@@ -260,22 +260,28 @@ impl Engine {
         }
     }
 
-    /// A local producer as an announcement describes it.
+    /// A local producer as an announcement describes it: the codecs of the payload types it
+    /// sent so far, or before its first packet every codec of its kind the publisher's peer
+    /// knows (the announce changes, and is sent again, when a new payload type shows up).
     fn describe(&self, p: &Producer) -> TrackDesc {
         let audio = p.kind == MediaKind::Audio;
-        let params = self
-            .peers
-            .get(p.publisher)
-            .map(|peer| {
-                peer.rtc
-                    .codec_config()
-                    .params()
-                    .iter()
-                    .filter(|c| c.spec().codec.is_audio() == audio)
-                    .copied()
-                    .collect()
-            })
-            .unwrap_or_default();
+        let seen: Vec<PayloadParams> = p.params.iter().map(|(_, params)| *params).collect();
+        let params = if !seen.is_empty() {
+            seen
+        } else {
+            self.peers
+                .get(p.publisher)
+                .map(|peer| {
+                    peer.rtc
+                        .codec_config()
+                        .params()
+                        .iter()
+                        .filter(|c| c.spec().codec.is_audio() == audio)
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
         TrackDesc {
             source: p.source,
             audio,
