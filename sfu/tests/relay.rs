@@ -63,6 +63,8 @@ struct Cluster {
     subs: Vec<Sub>,
     /// Receives what A relays to a fourth, fake node ("sniff").
     sniffer: UdpSocket,
+    /// C's events.
+    ec: Events,
 }
 
 const NO_VIDEO_BWE: JoinOptions = JoinOptions {
@@ -132,6 +134,7 @@ async fn cluster() -> Cluster {
         publisher,
         subs,
         sniffer,
+        ec,
     }
 }
 
@@ -206,6 +209,23 @@ async fn a_publisher_on_one_node_reaches_subscribers_on_two_others_once_per_node
     })
     .await;
     assert!(k.b.metrics_text().contains("greenroom_relay_packets_total"));
+
+    // The remote publisher leaves C: its tracks leave c1's offer, and what A still relays to C
+    // is dropped there.
+    let mut k = k;
+    k.c.leave("pub");
+    let (sdp, tracks) = k.ec.offer("c1").await;
+    assert!(
+        tracks.iter().all(|t| t.track.participant_id != "pub"),
+        "{tracks:?}"
+    );
+    let answer = k.subs[2].client.accept_offer(sdp);
+    k.c.subscriber_answer("c1", answer).await.unwrap();
+    let dropped = stats(&k.c).dropped("unknown_track");
+    wait_for("C drops the gone participant's packets", || {
+        stats(&k.c).dropped("unknown_track") > dropped + 20
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
