@@ -1,7 +1,7 @@
 //! Node-to-node media relay: one call's tracks carried between the nodes of a cluster.
 //!
 //! * One UDP socket per node ([`RelayOptions::bind`]) and its own receive thread
-//!   ([`spawn_receiver`]): each datagram's head names the call (a 64-bit key) and the sending
+//!   ([`spawn_receiver`], `recvmmsg` up to 32 datagrams per call): each datagram's head names the call (a 64-bit key) and the sending
 //!   node; the thread accepts it only for a call whose node set ([`crate::Sfu::set_call_nodes`])
 //!   holds that node, checks its MAC with that node's key ([`wire`]), and hands it to the call's
 //!   shard through the shard's bounded queue (dropped and counted when full).
@@ -16,17 +16,18 @@
 pub(crate) mod wire;
 
 use std::collections::HashMap;
+use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::os::fd::AsRawFd;
-
 use aws_lc_rs::hmac;
 use greenroom_proto::{MediaGate, TrackSource};
-use nix::sys::socket::{sendto, MsgFlags, SockaddrStorage};
+use nix::errno::Errno;
+use nix::sys::socket::{recvmmsg, sendto, MsgFlags, MultiHeaders, SockaddrStorage};
 use parking_lot::RwLock;
 use str0m::media::Rid;
 use tracing::warn;
@@ -455,8 +456,10 @@ pub(crate) fn route(routes: &Routes, data: &[u8]) -> Result<(usize, RelayIn), Re
 
 /// The receive thread looks at its stop flag at least this often.
 const POLL: Duration = Duration::from_millis(200);
+/// Datagrams read per `recvmmsg`.
+const RX_BATCH: usize = 32;
 
-/// Spawns the relay socket's receive thread.
+/// Spawns the relay socket's receive thread. It ends when `stop` is set.
 pub(crate) fn spawn_receiver(
     socket: UdpSocket,
     routes: Arc<Routes>,
@@ -467,52 +470,85 @@ pub(crate) fn spawn_receiver(
     socket.set_read_timeout(Some(POLL))?;
     std::thread::Builder::new()
         .name("greenroom-relay-rx".into())
-        .spawn(move || {
-            let mut buf = vec![0u8; wire::MAX_DATAGRAM + 1];
-            while !stop.load(Relaxed) {
-                let n = match socket.recv_from(&mut buf) {
-                    Ok((n, _)) => n,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock
-                                | std::io::ErrorKind::TimedOut
-                                | std::io::ErrorKind::Interrupted
-                        ) =>
-                    {
-                        continue
-                    }
-                    Err(e) => {
-                        warn!("relay socket: {e}");
-                        std::thread::sleep(POLL);
+        .spawn(move || receive(socket, &routes, &shards, &counters, &stop))?;
+    Ok(())
+}
+
+/// The receive loop: `recvmmsg` (sleeps until one datagram arrives, then takes what else is
+/// queued, up to [`RX_BATCH`]), each datagram routed by [`route`] to its call's shard.
+fn receive(
+    socket: UdpSocket,
+    routes: &Routes,
+    shards: &[SyncSender<ShardMsg>],
+    counters: &RelayCounters,
+    stop: &AtomicBool,
+) {
+    let fd = socket.as_raw_fd();
+    // One byte more than the largest datagram: a longer one shows as too long, and is dropped.
+    let mut bufs = vec![vec![0u8; wire::MAX_DATAGRAM + 1]; RX_BATCH];
+    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RX_BATCH, None);
+    while !stop.load(Relaxed) {
+        let mut slices: Vec<[IoSliceMut<'_>; 1]> =
+            bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
+        match recvmmsg(
+            fd,
+            &mut headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_WAITFORONE,
+            None,
+        ) {
+            Ok(msgs) => {
+                for m in msgs {
+                    // An empty datagram comes without a slice: it is garbage like the rest.
+                    let data = m.iovs().next().unwrap_or_default();
+                    let data = &data[..m.bytes.min(data.len())];
+                    if m.bytes > wire::MAX_DATAGRAM {
+                        counters.dropped(RelayDrop::Malformed);
                         continue;
                     }
-                };
-                let data = &buf[..n];
-                match route(&routes, data) {
-                    Ok((shard, msg)) => {
-                        let kind = match msg.body {
-                            InBody::Media(_) => wire::Kind::Media,
-                            InBody::Announce(_) => wire::Kind::Announce,
-                            InBody::Keyframe { .. } => wire::Kind::Keyframe,
-                        };
-                        let Some(tx) = shards.get(shard) else {
-                            counters.dropped(RelayDrop::UnknownCall);
-                            continue;
-                        };
-                        match tx.try_send(ShardMsg::Relay(msg)) {
-                            Ok(()) => counters.received(kind, n),
-                            Err(TrySendError::Full(_)) => counters.dropped(RelayDrop::QueueFull),
-                            Err(TrySendError::Disconnected(_)) => {
-                                counters.dropped(RelayDrop::UnknownCall)
-                            }
-                        }
-                    }
-                    Err(why) => counters.dropped(why),
+                    deliver(routes, shards, counters, data);
                 }
             }
-        })?;
-    Ok(())
+            Err(
+                Errno::EAGAIN
+                | Errno::EINTR
+                | Errno::ETIMEDOUT
+                | Errno::ECONNRESET
+                | Errno::ECONNREFUSED,
+            ) => {}
+            Err(e) => {
+                warn!("relay socket: {e}");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+    }
+}
+
+/// Routes one datagram into its call's shard queue, or drops and counts it.
+fn deliver(
+    routes: &Routes,
+    shards: &[SyncSender<ShardMsg>],
+    counters: &RelayCounters,
+    data: &[u8],
+) {
+    let (shard, msg) = match route(routes, data) {
+        Ok(x) => x,
+        Err(why) => return counters.dropped(why),
+    };
+    let kind = match msg.body {
+        InBody::Media(_) => wire::Kind::Media,
+        InBody::Announce(_) => wire::Kind::Announce,
+        InBody::Keyframe { .. } => wire::Kind::Keyframe,
+    };
+    let Some(tx) = shards.get(shard) else {
+        return counters.dropped(RelayDrop::UnknownCall);
+    };
+    match tx.try_send(ShardMsg::Relay(msg)) {
+        Ok(()) => counters.received(kind, data.len()),
+        Err(TrySendError::Full(_)) => counters.dropped(RelayDrop::QueueFull),
+        // A dead shard: its calls move at their next join.
+        Err(TrySendError::Disconnected(_)) => counters.dropped(RelayDrop::UnknownCall),
+    }
 }
 
 /// The relay codec for the benchmark and the fuzz targets (feature `fuzzing`; not a public

@@ -34,8 +34,9 @@ const VERSION: u8 = 1;
 pub(crate) const MAC_LEN: usize = 16;
 /// Fixed bytes before the sender node id.
 const FIXED: usize = 12;
-/// Largest datagram the relay sends or accepts.
-pub(crate) const MAX_DATAGRAM: usize = 65_000;
+/// Largest datagram the relay sends or accepts (an announce of a publisher's every track with
+/// every codec before its first packet stays well below; media is one RTP packet).
+pub(crate) const MAX_DATAGRAM: usize = 16_384;
 
 /// What a datagram carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
