@@ -61,6 +61,7 @@ struct OutTrack {
 
 /// The last announcement of a local publisher.
 struct Announced {
+    call: CallCid,
     json: String,
     at: Instant,
     repeats: u8,
@@ -77,7 +78,8 @@ pub(super) struct RelayShard {
     remote: HashMap<String, String>,
     /// Local producers relayed, rebuilt on every tick and node-set change.
     out: HashMap<Key, OutTrack>,
-    announced: HashMap<(CallCid, String), Announced>,
+    /// By participant id (a participant is in one call).
+    announced: HashMap<String, Announced>,
     buf: Vec<u8>,
 }
 
@@ -103,7 +105,7 @@ impl Engine {
                         .calls
                         .insert(call.clone(), CallRelay { key, nodes, addrs });
                 }
-                self.relay.announced.retain(|(c, _), _| *c != call);
+                self.relay.announced.retain(|_, a| a.call != call);
                 self.relay_tick(now);
             }
             RelayCmd::Version { pid, version } => {
@@ -203,15 +205,19 @@ impl Engine {
                 let Some(part) = self.parts.get(pid) else {
                     continue;
                 };
+                let last = self.relay.announced.get(pid.as_str());
+                if part.producers.is_empty() && last.is_none() {
+                    // A listener: nothing to announce, now or before.
+                    continue;
+                }
                 let tracks: Vec<TrackDesc> = part
                     .producers
                     .iter()
                     .filter_map(|pk| self.producers.get(*pk))
                     .map(|p| self.describe(p))
                     .collect();
-                let id = (call.clone(), pid.clone());
                 let json = serde_json::to_string(&tracks).unwrap_or_default();
-                let send = match self.relay.announced.get(&id) {
+                let send = match last {
                     None => !tracks.is_empty(),
                     Some(a) if a.json != json => true,
                     Some(a) => {
@@ -219,9 +225,16 @@ impl Engine {
                             && (!tracks.is_empty() || a.repeats < EMPTY_REPEATS)
                     }
                 };
-                live.insert(id.clone());
+                live.insert(pid.clone());
                 if send {
-                    due.push((id, c.key, c.addrs.clone(), tracks, json));
+                    due.push((
+                        call.clone(),
+                        pid.clone(),
+                        c.key,
+                        c.addrs.clone(),
+                        tracks,
+                        json,
+                    ));
                 }
             }
         }
@@ -230,7 +243,7 @@ impl Engine {
         let Some(link) = r.link.as_ref() else {
             return;
         };
-        for ((call, pid), key, addrs, tracks, json) in due {
+        for (call, pid, key, addrs, tracks, json) in due {
             let head = Head {
                 kind: wire::Kind::Announce,
                 call: key,
@@ -245,7 +258,8 @@ impl Engine {
             for a in addrs.iter() {
                 link.send(wire::Kind::Announce, &r.buf, *a);
             }
-            let e = r.announced.entry((call, pid)).or_insert(Announced {
+            let e = r.announced.entry(pid).or_insert(Announced {
+                call: call.clone(),
                 json: String::new(),
                 at: now,
                 repeats: 0,
@@ -256,6 +270,7 @@ impl Engine {
                 0
             };
             e.json = json;
+            e.call = call;
             e.at = now;
         }
     }
