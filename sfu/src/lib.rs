@@ -40,6 +40,10 @@
 //! Per participant there is one publisher `Rtc` (client offers) and one subscriber `Rtc`
 //! (server offers every other participant's producers in the same call as SendOnly media).
 //!
+//! A call can span nodes: with [`SfuOptions::relay`] on, each local track of a call is relayed
+//! once to every other node carrying it ([`Sfu::set_call_nodes`]), and tracks of participants
+//! on other nodes ([`Sfu::join_remote`]) are fanned out here like local ones; see `relay`.
+//!
 //! A single call larger than one core can forward stays on one shard: splitting one call's
 //! consumers over shards (a producer piped to consumer shards) is not done.
 
@@ -75,12 +79,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::demux::DemuxCounters;
 pub use crate::engine::rtc_config;
-use crate::engine::{Cmd, ShardMsg, ShardSetup};
+use crate::engine::{Cmd, RelayCmd, ShardMsg, ShardSetup};
 use crate::forward::GateCell;
 use crate::io::batch::SendOutcome;
 pub use crate::metrics::STATS_INTERVAL;
 use crate::metrics::{SfuCounters, UdpFigures};
-pub use crate::relay::{RelayNode, RelayOptions};
+#[cfg(feature = "fuzzing")]
+pub use crate::relay::bench as relay_bench;
+use crate::relay::GateVersion;
+pub use crate::relay::{RelayNode, RelayOptions, RelayStats};
 pub use crate::tcp::{TcpCounters, TcpLimits};
 use crate::transport::{BatchTransport, SendCounters};
 
@@ -272,6 +279,8 @@ struct Registry {
 
 struct PartEntry {
     gate: Arc<GateCell>,
+    /// The gate's version ([`Sfu::set_gate_versioned`]) and revoke floors.
+    version: Arc<GateVersion>,
     shard: usize,
     call: CallCid,
 }
@@ -329,7 +338,18 @@ struct Inner {
     demux: Arc<DemuxCounters>,
     /// The ICE-TCP listener's address and connections (when on).
     tcp: Option<(SocketAddr, tcp::Writers)>,
+    /// The node-to-node relay (when on).
+    relay: Option<RelayHandle>,
     stop: Arc<AtomicBool>,
+}
+
+/// The handle's side of the node-to-node relay.
+struct RelayHandle {
+    addr: SocketAddr,
+    node_id: String,
+    secret: [u8; 32],
+    routes: Arc<relay::Routes>,
+    counters: Arc<relay::RelayCounters>,
 }
 
 impl Drop for Inner {
@@ -449,6 +469,10 @@ impl Sfu {
             demux.clone(),
         )
         .map_err(bind_err)?;
+        let relay = match &opts.relay {
+            Some(r) => Some(relay_start(r, &shards, &stop)?),
+            None => None,
+        };
         let registry = Registry {
             load: vec![0; n],
             ..Registry::default()
@@ -461,6 +485,7 @@ impl Sfu {
             registry: Mutex::new(registry),
             demux,
             tcp,
+            relay,
             stop,
         };
         Ok((
@@ -562,7 +587,39 @@ impl Sfu {
         gate: MediaGate,
         options: JoinOptions,
     ) {
+        let (cell, version, shard) = self.register(call, participant_id, gate, 0);
+        let _ = self.send_to_shard(
+            shard,
+            Cmd::Join {
+                call: call.clone(),
+                pid: participant_id.to_owned(),
+                user_id: user_id.to_owned(),
+                gate: cell,
+                bwe: options.bandwidth_estimation,
+            },
+        );
+        if self.inner.relay.is_some() {
+            let _ = self.send_to_shard(
+                shard,
+                Cmd::Relay(RelayCmd::Version {
+                    pid: participant_id.to_owned(),
+                    version,
+                }),
+            );
+        }
+    }
+
+    /// Places a (re)joining participant, local or remote, in the registry (its old media is
+    /// torn down first when it moves shards); returns its gate, gate version and shard.
+    fn register(
+        &self,
+        call: &CallCid,
+        participant_id: &str,
+        gate: MediaGate,
+        version: u64,
+    ) -> (Arc<GateCell>, Arc<GateVersion>, usize) {
         let cell = Arc::new(GateCell::new(gate));
+        let version = Arc::new(GateVersion::new(version));
         let alive = self.alive();
         let (old, shard) = {
             let mut reg = self.inner.registry.lock();
@@ -575,6 +632,7 @@ impl Sfu {
                 participant_id.to_owned(),
                 PartEntry {
                     gate: cell.clone(),
+                    version: version.clone(),
                     shard,
                     call: call.clone(),
                 },
@@ -589,16 +647,10 @@ impl Sfu {
                 },
             );
         }
-        let _ = self.send_to_shard(
-            shard,
-            Cmd::Join {
-                call: call.clone(),
-                pid: participant_id.to_owned(),
-                user_id: user_id.to_owned(),
-                gate: cell,
-                bwe: options.bandwidth_estimation,
-            },
-        );
+        if let Some(r) = &self.inner.relay {
+            r.routes.set_shard(relay::wire::call_key(call), shard);
+        }
+        (cell, version, shard)
     }
 
     /// Applies a publisher offer (first publish or renegotiation with the full track list);
@@ -739,6 +791,10 @@ impl Sfu {
     ///   `greenroom_udp_send_dropped_total{reason="would_block"|"error"}`: dropped on a full
     ///   send buffer or refused; `greenroom_udp_send_syscalls_total` (`sendmmsg`/`sendmsg`
     ///   calls) and `greenroom_udp_gso_datagrams_total` (sent inside UDP GSO sends).
+    /// * with the relay on (a call spanning nodes): `greenroom_relay_packets_total{direction}`,
+    ///   `greenroom_relay_bytes_total{direction}`, `greenroom_relay_encoded_total`,
+    ///   `greenroom_relay_control_total{kind,direction}` and
+    ///   `greenroom_relay_dropped_total{reason}` (see [`RelayStats`]).
     /// * histograms `greenroom_rtt_seconds`, `greenroom_loss_ratio`, `greenroom_jitter_seconds`
     ///   `{direction="ingress"|"egress"}`, one sample per stream per [`STATS_INTERVAL`].
     ///
@@ -759,6 +815,9 @@ impl Sfu {
         let mut text = metrics::render(&shards, udp);
         if let Some((_, writers)) = &self.inner.tcp {
             writers.counters().render(&mut text);
+        }
+        if let Some(r) = &self.inner.relay {
+            r.counters.render(&mut text);
         }
         text
     }
@@ -797,14 +856,38 @@ impl Sfu {
 
     /// The relay socket's bound address (`None`: relay off).
     pub fn relay_addr(&self) -> Option<SocketAddr> {
-        None
+        self.inner.relay.as_ref().map(|r| r.addr)
+    }
+
+    /// The relay's counters (`None`: relay off); also in [`Sfu::metrics_text`].
+    pub fn relay_stats(&self) -> Option<RelayStats> {
+        self.inner.relay.as_ref().map(|r| r.counters.stats())
     }
 
     /// Sets the OTHER nodes that carry media of `call` (replaces the previous set; empty:
     /// none). Every track published on this node in `call` is sent once to each of them;
     /// packets they relay for `call` are accepted, anything else is dropped and counted.
-    pub fn set_call_nodes(&self, call: &CallCid, nodes: Vec<RelayNode>) {
-        let _ = (call, nodes);
+    ///
+    /// This node's own id in `nodes` is ignored. `set_call_nodes(call, vec![])` when the call
+    /// ends here frees its relay state. No-op when the relay is off.
+    pub fn set_call_nodes(&self, call: &CallCid, mut nodes: Vec<RelayNode>) {
+        let Some(r) = &self.inner.relay else {
+            return;
+        };
+        nodes.retain(|n| n.node_id != r.node_id);
+        let shard = self.inner.registry.lock().calls.get(call).map(|c| c.shard);
+        r.routes
+            .set_nodes(relay::wire::call_key(call), shard, &nodes, &r.secret);
+        // Every shard learns the node set: the call may be placed on any of them later.
+        for s in 0..self.inner.shards.len() {
+            let _ = self.send_to_shard(
+                s,
+                Cmd::Relay(RelayCmd::CallNodes {
+                    call: call.clone(),
+                    nodes: nodes.clone(),
+                }),
+            );
+        }
     }
 
     /// Registers a participant of `call` whose media lives on node `node_id`: its tracks arrive
@@ -819,14 +902,33 @@ impl Sfu {
         gate: MediaGate,
         version: u64,
     ) {
-        let _ = (call, participant_id, user_id, node_id, gate, version);
+        let (cell, version, shard) = self.register(call, participant_id, gate, version);
+        let _ = self.send_to_shard(
+            shard,
+            Cmd::Relay(RelayCmd::JoinRemote {
+                call: call.clone(),
+                pid: participant_id.to_owned(),
+                user_id: user_id.to_owned(),
+                node_id: node_id.to_owned(),
+                gate: cell,
+                version,
+            }),
+        );
     }
 
     /// Replaces a participant's gate (local or remote) if `version` is newer than the one it
     /// holds; returns whether it applied. ([`Sfu::set_gate`] stays, as version-less.)
     pub fn set_gate_versioned(&self, participant_id: &str, gate: MediaGate, version: u64) -> bool {
-        let _ = (participant_id, gate, version);
-        false
+        let reg = self.inner.registry.lock();
+        let Some(e) = reg.parts.get(participant_id) else {
+            return false;
+        };
+        // Floors first: a receiving shard that sees the new gate also sees its floors.
+        if !e.version.advance(e.gate.load(), gate, version) {
+            return false;
+        }
+        e.gate.store(gate);
+        true
     }
 
     /// Tears down a participant's media at once and re-offers to the others (a remote
@@ -842,4 +944,43 @@ impl Sfu {
             },
         );
     }
+}
+
+/// Binds the relay socket, gives every shard its sending side, starts the receive thread.
+fn relay_start(
+    opts: &RelayOptions,
+    shards: &[Shard],
+    stop: &Arc<AtomicBool>,
+) -> Result<RelayHandle, SfuError> {
+    let err = |e| SfuError::Bind(opts.bind, e);
+    let socket = UdpSocket::bind(opts.bind).map_err(err)?;
+    let addr = socket.local_addr().map_err(err)?;
+    socket::size_buffers(&socket, 4 << 20);
+    let counters = Arc::new(relay::RelayCounters::default());
+    let link = Arc::new(relay::RelayLink {
+        socket: socket.try_clone().map_err(err)?,
+        node_id: opts.node_id.clone(),
+        key: relay::wire::node_key(&opts.secret, &opts.node_id),
+        counters: counters.clone(),
+    });
+    for s in shards {
+        let _ =
+            s.tx.send(ShardMsg::Cmd(Cmd::Relay(RelayCmd::Link(link.clone()))));
+    }
+    let routes = Arc::new(relay::Routes::default());
+    relay::spawn_receiver(
+        socket,
+        routes.clone(),
+        shards.iter().map(|s| s.tx.clone()).collect(),
+        counters.clone(),
+        stop.clone(),
+    )
+    .map_err(err)?;
+    Ok(RelayHandle {
+        addr,
+        node_id: opts.node_id.clone(),
+        secret: opts.secret,
+        routes,
+        counters,
+    })
 }

@@ -75,6 +75,7 @@ impl Engine {
                 }
             }
             Cmd::Leave { pid } => self.leave(&pid, now),
+            Cmd::Relay(cmd) => self.on_relay_cmd(cmd, now),
             Cmd::RestartIce { pid } => {
                 if let Some(p) = self.parts.get_mut(&pid) {
                     p.sub.request_ice_restart();

@@ -6,7 +6,24 @@ use crate::forward::{PtLookup, Step};
 use crate::media::is_keyframe;
 use crate::metrics::{add, cap_idx, kind_idx, ConsumerDrop};
 use str0m::media::KeyframeRequestKind;
-use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo};
+use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, VideoOrientation};
+
+/// One RTP packet of a producer, from a publisher peer or relayed from another node.
+pub(super) struct InPacket {
+    /// The SSRC it arrived with (at the publisher's node).
+    pub(super) ssrc: u32,
+    /// Extended sequence number.
+    pub(super) seq: u64,
+    pub(super) ts: u32,
+    pub(super) pt: Pt,
+    pub(super) marker: bool,
+    pub(super) audio_level: Option<i8>,
+    pub(super) voice_activity: Option<bool>,
+    pub(super) video_orientation: Option<VideoOrientation>,
+    pub(super) payload: Arc<[u8]>,
+    /// When it arrived.
+    pub(super) at: Instant,
+}
 use tracing::warn;
 
 impl Engine {
@@ -52,11 +69,30 @@ impl Engine {
         Some((pk, li))
     }
 
-    /// The hot path: one incoming RTP packet to every consumer of its producer.
+    /// An RTP packet from a publisher peer: its producer, then [`Engine::forward`].
     pub(super) fn on_rtp(&mut self, key: Key, pkt: RtpPacket, now: Instant) {
         let Some((pk, layer)) = self.resolve_ssrc(key, pkt.header.ssrc) else {
             return;
         };
+        let ext = &pkt.header.ext_vals;
+        let p = InPacket {
+            ssrc: *pkt.header.ssrc,
+            seq: *pkt.seq_no,
+            ts: pkt.header.timestamp,
+            pt: pkt.header.payload_type,
+            marker: pkt.header.marker,
+            audio_level: ext.audio_level,
+            voice_activity: ext.voice_activity,
+            video_orientation: ext.video_orientation,
+            payload: pkt.payload,
+            at: pkt.timestamp,
+        };
+        self.forward(pk, layer, p, now);
+    }
+
+    /// The hot path: one packet of a producer (local, or relayed from another node) to every
+    /// consumer, and once to each other node of the call for a local producer (`relay_out`).
+    pub(super) fn forward(&mut self, pk: Key, layer: u8, pkt: InPacket, now: Instant) {
         let Some(prod) = self.producers.get_mut(pk) else {
             return;
         };
@@ -74,13 +110,19 @@ impl Engine {
             add(&counters.gate_drops[cap_idx(prod.source)], 1);
             return;
         }
+        if !self.relay.is_idle() {
+            self.relay_out(pk, layer, &pkt);
+        }
+        let Some(prod) = self.producers.get_mut(pk) else {
+            return;
+        };
         let mut want_keyframe = false;
         if !prod.open {
             prod.open = true;
             prod.epoch = prod.epoch.wrapping_add(1);
             want_keyframe = prod.kind == MediaKind::Video;
         }
-        let pt = pkt.header.payload_type;
+        let pt = pkt.pt;
         let params = match prod.params.iter().find(|(p, _)| *p == pt) {
             Some((_, params)) => *params,
             None => {
@@ -98,23 +140,22 @@ impl Engine {
         let codec = params.spec().codec;
         let clock_rate = params.spec().clock_rate.get();
         let video = prod.kind == MediaKind::Video;
-        let ext = &pkt.header.ext_vals;
         if !video {
-            if let Some(level) = ext.audio_level {
+            if let Some(level) = pkt.audio_level {
                 prod.level.observe(level);
             }
         }
         let out_ext = ExtensionValues {
-            audio_level: ext.audio_level,
-            voice_activity: ext.voice_activity,
-            video_orientation: ext.video_orientation,
+            audio_level: pkt.audio_level,
+            voice_activity: pkt.voice_activity,
+            video_orientation: pkt.video_orientation,
             ..Default::default()
         };
         let simulcast = prod.layers.len() > 1;
         let keyframe = simulcast && is_keyframe(codec, &pkt.payload);
-        let in_seq = *pkt.seq_no;
-        let in_ts = pkt.header.timestamp;
-        let marker = pkt.header.marker;
+        let in_seq = pkt.seq;
+        let in_ts = pkt.ts;
+        let marker = pkt.marker;
         let epoch = prod.epoch;
         let Engine {
             peers,
@@ -139,24 +180,23 @@ impl Engine {
                 }
             }
             let receives = c.gate.receives();
-            let (seq, ts, resumed) =
-                match c
-                    .st
-                    .step(receives, epoch, in_seq, in_ts, pkt.timestamp, clock_rate)
-                {
-                    Step::Drop => {
-                        let why = if !receives {
-                            ConsumerDrop::Receive
-                        } else if c.st.paused {
-                            ConsumerDrop::Paused
-                        } else {
-                            ConsumerDrop::Other
-                        };
-                        drops[why as usize] += 1;
-                        continue;
-                    }
-                    Step::Forward { seq, ts, resumed } => (seq, ts, resumed),
-                };
+            let (seq, ts, resumed) = match c
+                .st
+                .step(receives, epoch, in_seq, in_ts, pkt.at, clock_rate)
+            {
+                Step::Drop => {
+                    let why = if !receives {
+                        ConsumerDrop::Receive
+                    } else if c.st.paused {
+                        ConsumerDrop::Paused
+                    } else {
+                        ConsumerDrop::Other
+                    };
+                    drops[why as usize] += 1;
+                    continue;
+                }
+                Step::Forward { seq, ts, resumed } => (seq, ts, resumed),
+            };
             let Some(sub) = peers.get_mut(c.peer) else {
                 drops[ConsumerDrop::Other as usize] += 1;
                 continue;
@@ -190,7 +230,7 @@ impl Engine {
                     Pt::from(out_pt),
                     SeqNo::from(seq),
                     ts,
-                    pkt.timestamp,
+                    pkt.at,
                     pkt.payload.clone(),
                 )
                 .marker(marker)

@@ -44,6 +44,10 @@ impl Engine {
             None => None,
         };
         let (publisher, mid) = (prod.publisher, prod.mid);
+        // A remote producer's publisher is on another node: the request goes there.
+        if self.relay_keyframe(pk, rid, kind, force) {
+            return;
+        }
         let Some(peer) = self.peers.get_mut(publisher) else {
             return;
         };

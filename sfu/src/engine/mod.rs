@@ -15,6 +15,7 @@
 //! * [`peers`]: creating, dropping and failing server-side peers.
 //! * [`events`]: str0m events other than RTP (connection state, estimates, stats).
 //! * [`housekeeping`]: the periodic tick (deadlines, layer rates, active speakers).
+//! * [`relay`]: the node-to-node relay's shard side (remote tracks, relaying local ones).
 
 mod commands;
 mod drive;
@@ -24,6 +25,7 @@ mod housekeeping;
 mod keyframes;
 mod negotiation;
 mod peers;
+mod relay;
 mod run;
 mod subscribe;
 
@@ -58,6 +60,7 @@ use crate::{SfuError, SfuEvent, SfuOptions};
 
 use negotiation::Negotiation;
 pub use peers::rtc_config;
+pub(crate) use relay::RelayCmd;
 
 /// Housekeeping period (deadlines, layer choice); speakers run every second tick.
 const TICK: Duration = Duration::from_millis(250);
@@ -112,6 +115,8 @@ pub(crate) enum Cmd {
     RestartIce {
         pid: String,
     },
+    /// Node-to-node relay (see `relay`).
+    Relay(RelayCmd),
     #[cfg(feature = "fault-injection")]
     InjectPanic {
         pid: String,
@@ -141,6 +146,8 @@ pub(crate) enum ShardMsg {
     },
     /// A command from the handle.
     Cmd(Cmd),
+    /// A datagram from another node's relay, authenticated (see [`crate::relay`]).
+    Relay(crate::relay::RelayIn),
 }
 
 /// Where a shard lives and what it talks to.
@@ -317,6 +324,8 @@ pub(crate) struct Engine {
     ticks: u64,
     /// Metrics, written by this thread only.
     counters: Arc<SfuCounters>,
+    /// The node-to-node relay's state (idle when the relay is off).
+    relay: relay::RelayShard,
 }
 
 impl Engine {
@@ -352,6 +361,7 @@ impl Engine {
             timer_epoch: Instant::now(),
             ticks: 0,
             counters,
+            relay: relay::RelayShard::default(),
         }
     }
 

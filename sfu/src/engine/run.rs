@@ -54,6 +54,7 @@ impl Engine {
                     ShardMsg::TcpPacket { data, src } => {
                         self.receive_packet(Protocol::Tcp, &data, src, now)
                     }
+                    ShardMsg::Relay(msg) => self.on_relay(msg, now),
                     ShardMsg::Cmd(Cmd::Stop) => {
                         info!(shard = self.shard, "media engine shard stopping");
                         return;

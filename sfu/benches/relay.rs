@@ -1,0 +1,36 @@
+//! The node-to-node relay's own cost per packet, without sockets
+//! (`greenroom_sfu::relay_bench::RelayCodec`): on the publishing node, encoding and signing a
+//! media datagram (HMAC-SHA256, once per packet whatever the number of nodes); on a receiving
+//! node, what the receive thread does per datagram (head, route lookup, MAC check, decode into
+//! the shard's message). The `sendto`/`recvfrom` per datagram and the fan-out (the same as for
+//! a local packet) come on top.
+//!
+//! Run: `cargo bench -p greenroom-sfu --bench relay` (smoke test: `-- --test`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use greenroom_sfu::relay_bench::RelayCodec;
+
+fn relay(c: &mut Criterion) {
+    let mut g = c.benchmark_group("relay");
+    // Opus audio (80 bytes) and a full video packet (1100 bytes).
+    for size in [80usize, 1100] {
+        let payload = vec![0x55u8; size];
+        g.throughput(Throughput::Elements(1));
+        let mut codec = RelayCodec::default();
+        g.bench_with_input(BenchmarkId::new("encode", size), &payload, |b, p| {
+            b.iter(|| codec.encode_media(p).len())
+        });
+        let mut codec = RelayCodec::default();
+        let datagram = codec.encode_media(&payload).to_vec();
+        assert!(codec.route(&datagram));
+        g.bench_with_input(BenchmarkId::new("receive", size), &datagram, |b, d| {
+            b.iter(|| codec.route(d))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, relay);
+criterion_main!(benches);
