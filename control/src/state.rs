@@ -545,11 +545,12 @@ pub fn resolve_node_id(config: &mut Config) -> Option<String> {
 fn relay_advertise(config: &Config, sfu: Option<&Sfu>) -> Option<std::net::SocketAddr> {
     let c = config.cluster.as_ref()?;
     if !c.relay_advertise.is_empty() {
-        match c.relay_advertise.parse() {
-            Ok(a) => return Some(a),
-            Err(e) => {
-                tracing::warn!("cluster.relay_advertise: {e}: using the bound address");
-            }
+        // `ip:port`, or `host:port` resolved once at start-up (e.g. a compose service name).
+        use std::net::ToSocketAddrs;
+        match c.relay_advertise.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(a)) => return Some(a),
+            Ok(None) => tracing::warn!("cluster.relay_advertise resolves to nothing"),
+            Err(e) => tracing::warn!("cluster.relay_advertise: {e}: using the bound address"),
         }
     }
     let bound = sfu?.relay_addr()?;

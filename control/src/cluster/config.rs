@@ -29,7 +29,8 @@ pub struct ClusterConfig {
     /// UDP address the node-to-node RTP relay binds (a call spanning nodes relays each track
     /// once to every other node of the call through it); port 0 picks a free port.
     pub relay_bind: String,
-    /// The relay address as the other nodes reach it; empty = `<rtc.node_ip>:<bound port>`.
+    /// The relay address as the other nodes reach it, `ip:port` or `host:port` (resolved once
+    /// at start-up); empty = `<rtc.node_ip>:<bound port>`.
     pub relay_advertise: String,
 }
 
