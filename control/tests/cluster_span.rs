@@ -211,6 +211,30 @@ async fn a_call_spans_three_nodes_the_gate_holds_everywhere_and_media_outlives_r
     received_more(&l_b, &mic, frozen[0] + 25).await;
     received_more(&l_c, &mic, frozen[1] + 25).await;
 
+    // Grants and revokes fired at once through B's and C's APIs for 50 rounds, then one last
+    // revoke: whatever order they reached the home and the nodes in, no stale grant reopens the
+    // gate after it (the versions only grow).
+    let grant = json!({"user_id": "speaker", "grant_permissions": ["send-audio"]});
+    let revoke = json!({"user_id": "speaker", "revoke_permissions": ["send-audio"]});
+    for _ in 0..50 {
+        tokio::join!(
+            permissions(b, call_id, grant.clone()),
+            permissions(c, call_id, revoke.clone())
+        );
+    }
+    permissions(a, call_id, revoke.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let frozen = [packets(&l_b, &mic), packets(&l_c, &mic)];
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        [packets(&l_b, &mic), packets(&l_c, &mic)],
+        frozen,
+        "audio leaked after the last of racing grants and revokes"
+    );
+    permissions(b, call_id, grant).await;
+    received_more(&l_b, &mic, frozen[0] + 25).await;
+    received_more(&l_c, &mic, frozen[1] + 25).await;
+
     // Redis down: the established call keeps forwarding (media and the media RPC do not
     // need Redis); a new call cannot be placed (503 cluster_unavailable).
     redis.stop();
