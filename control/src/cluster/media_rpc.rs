@@ -572,8 +572,22 @@ pub async fn handler(
 /// What one served channel created on this node (torn down when it ends).
 #[derive(Default)]
 struct Created {
-    pids: HashSet<String>,
+    /// Participants (local and remote) and their call.
+    pids: HashMap<String, CallCid>,
+    /// Calls with participants or a node set here.
     calls: HashSet<CallCid>,
+}
+
+impl Created {
+    /// Forgets a participant; returns its call when no other participant of it is left here.
+    fn remove(&mut self, pid: &str) -> Option<CallCid> {
+        let call = self.pids.remove(pid)?;
+        if self.pids.values().any(|c| *c == call) {
+            return None;
+        }
+        self.calls.remove(&call);
+        Some(call)
+    }
 }
 
 async fn serve(state: Arc<AppState>, socket: WebSocket) {
@@ -625,14 +639,15 @@ async fn serve(state: Arc<AppState>, socket: WebSocket) {
     }
     tracing::info!(home = %home, participants = created.pids.len(), "media channel ended: tearing down");
     if let Some(sfu) = &state.sfu {
-        for pid in &created.pids {
+        for pid in created.pids.keys() {
             sfu.leave(pid);
         }
         for call in &created.calls {
             sfu.set_call_nodes(call, Vec::new());
         }
     }
-    state.media.unserve(conn, &created.pids, &created.calls);
+    let pids: HashSet<String> = created.pids.into_keys().collect();
+    state.media.unserve(conn, &pids, &created.calls);
 }
 
 /// Applies one operation to this node's media plane.
@@ -670,7 +685,7 @@ async fn apply(
             };
             sfu.join_with(&call, &pid, &user_id, gate.into(), options);
             sfu.set_gate_versioned(&pid, gate.into(), version);
-            created.pids.insert(pid);
+            created.pids.insert(pid, call.clone());
             created.calls.insert(call);
             Ok(serde_json::Value::Null)
         }
@@ -684,11 +699,12 @@ async fn apply(
         } => {
             state.media.serve(conn, &pid, &call, events.clone());
             sfu.join_remote(&call, &pid, &user_id, &node_id, gate.into(), version);
-            created.pids.insert(pid);
+            created.pids.insert(pid, call.clone());
             created.calls.insert(call);
             Ok(serde_json::Value::Null)
         }
         Op::SetCallNodes { call, nodes } => {
+            let forget = nodes.is_empty() && !created.pids.values().any(|c| *c == call);
             let nodes = nodes
                 .into_iter()
                 .map(|n| RelayNode {
@@ -697,8 +713,16 @@ async fn apply(
                 })
                 .collect();
             sfu.set_call_nodes(&call, nodes);
-            state.media.serve_call(conn, &call, events.clone());
-            created.calls.insert(call);
+            if forget {
+                // The node left the call: nothing of it stays here.
+                created.calls.remove(&call);
+                state
+                    .media
+                    .unserve(conn, &HashSet::new(), &HashSet::from([call]));
+            } else {
+                state.media.serve_call(conn, &call, events.clone());
+                created.calls.insert(call);
+            }
             Ok(serde_json::Value::Null)
         }
         Op::SetGate { pid, gate, version } => {
@@ -748,10 +772,10 @@ async fn apply(
         }
         Op::Leave { pid } => {
             sfu.leave(&pid);
-            created.pids.remove(&pid);
-            state
-                .media
-                .unserve(conn, &HashSet::from([pid]), &HashSet::new());
+            // The last participant of a call here: its speaker events stop being routed (the
+            // home sends the call's empty node set itself).
+            let gone: HashSet<CallCid> = created.remove(&pid).into_iter().collect();
+            state.media.unserve(conn, &HashSet::from([pid]), &gone);
             Ok(serde_json::Value::Null)
         }
     }
@@ -760,6 +784,22 @@ async fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_is_forgotten_with_its_last_participant_here() {
+        let call: CallCid = "default:x".parse().unwrap();
+        let other: CallCid = "default:y".parse().unwrap();
+        let mut c = Created::default();
+        c.pids.insert("l".into(), call.clone());
+        c.pids.insert("s".into(), call.clone());
+        c.pids.insert("o".into(), other.clone());
+        c.calls.extend([call.clone(), other.clone()]);
+        assert_eq!(c.remove("l"), None, "s is still in the call");
+        assert_eq!(c.remove("s"), Some(call.clone()));
+        assert!(!c.calls.contains(&call));
+        assert!(c.calls.contains(&other));
+        assert_eq!(c.remove("s"), None, "a second leave is a no-op");
+    }
 
     #[test]
     fn gates_round_trip_through_the_wire() {
