@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod extract;
 pub mod history;
+pub mod media_plane;
 pub mod metrics;
 pub mod policy;
 pub mod ring;
@@ -51,6 +52,7 @@ pub fn app(state: Arc<AppState>) -> Router {
             cluster::proxy::forward_to_home,
         ))
         .route("/v1/signal", get(signal::signal))
+        .route(cluster::media_rpc::PATH, get(cluster::media_rpc::handler))
         .route("/metrics", get(metrics::handler))
         .layer(DefaultBodyLimit::max(limit))
         .fallback_service(ServeDir::new(web_root))
@@ -60,7 +62,7 @@ pub fn app(state: Arc<AppState>) -> Router {
 /// Starts the media plane (when `with_media`) and returns the shared state. Media events are
 /// pumped into the state by a background task.
 pub async fn start_state(
-    config: config::Config,
+    mut config: config::Config,
     with_media: bool,
 ) -> Result<Arc<AppState>, greenroom_sfu::SfuError> {
     if !with_media {
@@ -81,6 +83,7 @@ pub async fn start_state(
                 .unwrap_or(config.rtc.udp_addr.port()),
         )
         .filter(|p| *p != 0),
+        relay: relay_options(&mut config),
         ..Default::default()
     };
     let options = match config.rtc.send_batch {
@@ -116,4 +119,34 @@ pub async fn start_state(
         }
     });
     Ok(state)
+}
+
+/// Cluster mode: the node-to-node RTP relay's options (bind address, this node's id, a secret
+/// derived from the shared API secret); `None` outside cluster mode or when `cluster.relay_bind`
+/// is empty or not an address (logged).
+fn relay_options(config: &mut config::Config) -> Option<greenroom_sfu::RelayOptions> {
+    use sha2::Digest;
+    let node_id = state::resolve_node_id(config)?;
+    let c = config.cluster.as_ref()?;
+    if c.relay_bind.is_empty() {
+        return None;
+    }
+    let bind = match c.relay_bind.parse() {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(
+                "cluster.relay_bind {:?}: {e}: calls will not span nodes",
+                c.relay_bind
+            );
+            return None;
+        }
+    };
+    let mut h = sha2::Sha256::new();
+    h.update(b"greenroom-relay-v1\0");
+    h.update(config.keys.api_secret.as_bytes());
+    Some(greenroom_sfu::RelayOptions {
+        bind,
+        node_id,
+        secret: h.finalize().into(),
+    })
 }

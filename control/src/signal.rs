@@ -86,6 +86,12 @@ pub async fn signal(
     let slot = state.open_socket(&claims.sub)?;
     // Cluster mode: a socket a peer node relays here is served here, never relayed on.
     let relayed = headers.contains_key(crate::cluster::HOP_HEADER);
+    // ...and the relaying node hosts the participant's media when it names itself.
+    let media_node = headers
+        .get(crate::cluster::MEDIA_NODE_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .filter(|n| relayed && greenroom_proto::validate_id(n).is_ok())
+        .map(str::to_owned);
     let limit = state.config.limits.max_message_bytes;
     // The hard cap is above our limit so an oversized message is seen and answered with 1009.
     Ok(ws
@@ -104,7 +110,7 @@ pub async fn signal(
                 participant = tracing::field::Empty
             );
             tracing::Instrument::instrument(
-                run(state, claims, device_id, slot, socket, relayed),
+                run(state, claims, device_id, slot, socket, relayed, media_node),
                 span,
             )
         }))
@@ -173,6 +179,8 @@ struct Conn {
     recent_sends: std::collections::VecDeque<std::time::Instant>,
     /// Cluster mode: this socket was relayed here by a peer node (served here, never relayed).
     relayed: bool,
+    /// Cluster mode: the node that relayed this socket here hosts the session's media.
+    media_node: Option<String>,
     /// Cluster mode: this socket's call is homed on another node; every message goes there.
     relay: Option<crate::cluster::relay::Relay>,
 }
@@ -192,6 +200,7 @@ async fn run(
     slot: SocketSlot,
     socket: WebSocket,
     relayed: bool,
+    media_node: Option<String>,
 ) {
     let (outbox, inbox) = Outbox::new(SESSION_QUEUE);
     slot.attach(outbox.clone());
@@ -224,6 +233,7 @@ async fn run(
         request_id: None,
         recent_sends: std::collections::VecDeque::new(),
         relayed,
+        media_node,
         relay: None,
     };
     conn.reset_idle();
@@ -512,9 +522,7 @@ impl Conn {
             let _ = self
                 .state
                 .with_call(&cid, |c| Ok(((), c.leave(&pid, reason))));
-            if let Some(sfu) = &self.state.sfu {
-                sfu.leave(&pid);
-            }
+            self.state.media.leave(&cid, &pid);
             self.published = SourceSet::EMPTY;
             self.state
                 .ringing
@@ -626,13 +634,6 @@ impl Conn {
             .ok_or_else(|| ApiError::BadRequest("join a call first".into()))
     }
 
-    fn sfu(&self) -> Result<&greenroom_sfu::Sfu, ApiError> {
-        self.state
-            .sfu
-            .as_ref()
-            .ok_or_else(|| ApiError::Media("the media plane is not running".into()))
-    }
-
     async fn handle(&mut self, msg: ClientMessage) -> Result<(), ApiError> {
         match msg {
             ClientMessage::Ping => self.reply(SignalMessage::Pong),
@@ -661,7 +662,7 @@ impl Conn {
                         self.relay = Some(r);
                         self.idle_at = None;
                     }
-                    None => self.join(call_cid, create, settings)?,
+                    None => self.join(call_cid, create, settings).await?,
                 }
             }
             ClientMessage::Leave => {
@@ -703,16 +704,13 @@ impl Conn {
                     }
                     sources = sources.with(t.source);
                 }
-                let sfu = self.sfu()?.clone();
+                self.state.media.ready(&pid)?;
                 self.state.read_call(&cid, |c| {
                     tracks
                         .iter()
                         .try_for_each(|t| c.check_publish(&pid, t.source))
                 })??;
-                let answer = sfu
-                    .publish(&pid, sdp, tracks)
-                    .await
-                    .map_err(|e| ApiError::Media(e.to_string()))?;
+                let answer = self.state.media.publish(&pid, sdp, tracks).await?;
                 self.reply(SignalMessage::PublishAnswer { sdp: answer });
                 self.published = sources;
                 self.state
@@ -720,9 +718,7 @@ impl Conn {
             }
             ClientMessage::Unpublish { source } => {
                 let (cid, pid) = self.joined()?;
-                if let Some(sfu) = &self.state.sfu {
-                    sfu.unpublish(&pid, source);
-                }
+                self.state.media.unpublish(&pid, source);
                 self.published = self.published.without(source);
                 let now = self.published;
                 self.state
@@ -732,26 +728,23 @@ impl Conn {
                 let (_, pid) = self.joined()?;
                 // Answered (or failed): the offer is no longer pending either way.
                 self.offer = None;
-                self.sfu()?
-                    .subscriber_answer(&pid, sdp)
-                    .await
-                    .map_err(|e| ApiError::Media(e.to_string()))?;
+                self.state.media.subscriber_answer(&pid, sdp).await?;
             }
             ClientMessage::IceCandidate { target, candidate } => {
                 let (_, pid) = self.joined()?;
-                self.sfu()?.ice_candidate(&pid, target, candidate);
+                self.state.media.ice_candidate(&pid, target, candidate)?;
             }
             ClientMessage::Subscribe { track_id } => {
                 let (_, pid) = self.joined()?;
-                self.sfu()?.set_subscribed(&pid, &track_id, true);
+                self.state.media.set_subscribed(&pid, &track_id, true)?;
             }
             ClientMessage::Unsubscribe { track_id } => {
                 let (_, pid) = self.joined()?;
-                self.sfu()?.set_subscribed(&pid, &track_id, false);
+                self.state.media.set_subscribed(&pid, &track_id, false)?;
             }
             ClientMessage::SetQuality { track_id, quality } => {
                 let (_, pid) = self.joined()?;
-                self.sfu()?.set_quality(&pid, &track_id, quality);
+                self.state.media.set_quality(&pid, &track_id, quality)?;
             }
             ClientMessage::SendReaction { mut reaction } => {
                 let (cid, pid) = self.joined()?;
@@ -799,10 +792,31 @@ impl Conn {
                 self.state
                     .with_call(&cid, |c| Ok(((), c.send_reaction(&actor, &pid, reaction)?)))?;
             }
-            ClientMessage::Resume { resume_token } => self.resume(&resume_token).await?,
+            ClientMessage::Resume { resume_token } => {
+                let relay = crate::cluster::relay::resume_elsewhere(
+                    &self.state,
+                    self.relayed,
+                    self.joined.is_some(),
+                    crate::cluster::relay::ResumeRequest {
+                        claims: &self.claims,
+                        device_id: &self.device_id,
+                        resume_token: &resume_token,
+                        request_id: self.request_id.as_deref(),
+                    },
+                    &self.outbox,
+                )
+                .await?;
+                match relay {
+                    Some(r) => {
+                        self.relay = Some(r);
+                        self.idle_at = None;
+                    }
+                    None => self.resume(&resume_token).await?,
+                }
+            }
             ClientMessage::RestartIce => {
                 let (_, pid) = self.joined()?;
-                self.sfu()?.restart_subscriber_ice(&pid);
+                self.state.media.restart_ice(&pid)?;
             }
             ClientMessage::SendEvent { custom } => {
                 let (cid, pid) = self.joined()?;
@@ -906,7 +920,7 @@ impl Conn {
             self.resume_failed(ResumeError::NoSession);
             return Ok(());
         }
-        let new_token = new_resume_token(&pid);
+        let new_token = new_resume_token(&pid, self.home_id().as_deref());
         let handle = AppState::session_handle(cid.clone(), &user, self.outbox.clone());
         let state = self.state.clone();
         let outbox = self.outbox.clone();
@@ -957,7 +971,12 @@ impl Conn {
         Ok(())
     }
 
-    fn join(
+    /// Cluster mode: this node's id (resume tokens name it).
+    fn home_id(&self) -> Option<String> {
+        self.state.cluster.get().map(|c| c.node_id().to_owned())
+    }
+
+    async fn join(
         &mut self,
         cid: CallCid,
         create: bool,
@@ -985,6 +1004,16 @@ impl Conn {
                 .map_err(|e| ApiError::BadRequest(e.to_string()))?;
         }
         let custom = settings.custom.clone();
+        // Cluster mode: media follows the socket to the node that relayed it here.
+        let remote = match &self.media_node {
+            Some(n)
+                if self.state.cluster.get().is_some()
+                    && self.state.media.node_id() != Some(n.as_str()) =>
+            {
+                Some(self.state.media.connect(&self.state, n).await?)
+            }
+            _ => None,
+        };
         let started = std::time::Instant::now();
         let actor = self.claims.actor();
         if create {
@@ -992,7 +1021,7 @@ impl Conn {
                 .get_or_create(&cid, &actor, Vec::new(), serde_json::Value::Null)?;
         }
         let pid = uuid::Uuid::new_v4().simple().to_string();
-        let resume_token = new_resume_token(&pid);
+        let resume_token = new_resume_token(&pid, self.home_id().as_deref());
         let handle = AppState::session_handle(cid.clone(), &actor.user_id, self.outbox.clone());
         let state = self.state.clone();
         let outbox = self.outbox.clone();
@@ -1001,18 +1030,17 @@ impl Conn {
             let (info, mut out) = c.join_with_profile(&actor, &pid, unix_now_ms(), name, custom)?;
             state.register_session(&pid, handle);
             state.register_resumable(&cid, &pid, &actor.user_id, &resume_token, outbox.clone());
-            if let Some(sfu) = &state.sfu {
-                let options = greenroom_sfu::JoinOptions {
-                    bandwidth_estimation: c.policy().may_carry_video(),
-                };
-                sfu.join_with(
-                    &cid,
-                    &pid,
-                    &actor.user_id,
-                    c.gate(&pid).unwrap_or_default(),
-                    options,
-                );
-            }
+            let options = greenroom_sfu::JoinOptions {
+                bandwidth_estimation: c.policy().may_carry_video(),
+            };
+            state.media.join(
+                &cid,
+                &pid,
+                &actor.user_id,
+                c.gate(&pid).unwrap_or_default(),
+                options,
+                remote,
+            );
             if settings.start_audio_muted {
                 out.merge(c.set_self_muted(&pid, TrackSource::Microphone, true)?);
             }

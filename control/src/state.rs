@@ -16,7 +16,9 @@ use greenroom_sfu::{Sfu, SfuEvent};
 use parking_lot::Mutex;
 
 pub use outbox::{serialize, CloseReason, Inbox, Notice, Outbound, Outbox, Removal, SESSION_QUEUE};
-pub use resume::{new_resume_token, Dropped, Parked, ResumeError, Taken, REPLACED_CLOSE_CODE};
+pub use resume::{
+    new_resume_token, resume_token_home, Dropped, Parked, ResumeError, Taken, REPLACED_CLOSE_CODE,
+};
 
 use crate::auth::{unix_now_ms, Auth};
 use crate::call::{Actor, Call, CallError, Outcome};
@@ -126,6 +128,9 @@ pub struct AppState {
     pub config: Config,
     /// The media plane, when running.
     pub sfu: Option<Sfu>,
+    /// Where each participant's media lives and how its operations get there (this node's
+    /// `sfu`, or in cluster mode another node's); every media operation goes through it.
+    pub media: crate::media_plane::MediaPlane,
     /// Webhook senders, when receivers are configured.
     pub webhooks: Option<crate::webhook::Webhooks>,
     /// Ringing, groups and call history.
@@ -158,8 +163,12 @@ impl std::fmt::Debug for AppState {
 impl AppState {
     /// State for a configuration, with an optional running media plane. Inside a tokio runtime
     /// a background task frees expired calls (see [`AppState::free_expired_calls`]).
-    pub fn new(config: Config, sfu: Option<Sfu>) -> Arc<AppState> {
+    pub fn new(mut config: Config, sfu: Option<Sfu>) -> Arc<AppState> {
+        let node_id = resolve_node_id(&mut config);
+        let relay_advertise = relay_advertise(&config, sfu.as_ref());
+        let media = crate::media_plane::MediaPlane::new(sfu.clone(), node_id, relay_advertise);
         let state = Arc::new(AppState {
+            media,
             auth: Auth::from_config(&config.keys),
             policy: Policy::with_overrides(&config.call_types),
             webhooks: crate::webhook::Webhooks::start(&config.webhooks, &config.keys.api_secret),
@@ -420,11 +429,7 @@ impl AppState {
                 }
             }
         }
-        if let Some(sfu) = &self.sfu {
-            for (pid, gate) in &gates {
-                sfu.set_gate(pid, *gate);
-            }
-        }
+        self.media.set_gates(call.cid(), &gates);
         for (pid, sources, reason) in stop_publishing {
             self.send_to(
                 &pid,
@@ -435,9 +440,7 @@ impl AppState {
             );
         }
         for (pid, reason) in removed {
-            if let Some(sfu) = &self.sfu {
-                sfu.leave(&pid);
-            }
+            self.media.leave(call.cid(), &pid);
             if let Some((_, s)) = self.sessions.remove(&pid) {
                 s.outbox.notify(Notice::Removed(Removal {
                     call_cid: call.cid().clone(),
@@ -449,8 +452,13 @@ impl AppState {
         tracing::trace!(call = %call.cid(), "outcome applied");
     }
 
-    /// Handles one event from the media plane.
+    /// Handles one event from the media plane (this node's, or a media node's for a session
+    /// homed here; cluster mode: an event of a participant a remote home created here goes to
+    /// that home).
     pub fn on_sfu_event(&self, ev: SfuEvent) {
+        let Some(ev) = self.media.route_event(ev) else {
+            return;
+        };
         match ev {
             SfuEvent::SubscriberOffer {
                 participant_id,
@@ -516,4 +524,40 @@ impl AppState {
             }
         }
     }
+}
+
+/// Cluster mode: this node's id, resolved once (a `node_id` left empty becomes the host name or
+/// a random id, written back into the configuration so every part uses the same).
+pub fn resolve_node_id(config: &mut Config) -> Option<String> {
+    let c = config.cluster.as_mut()?;
+    match c.resolved_node_id() {
+        Ok(id) => {
+            c.node_id = id.clone();
+            Some(id)
+        }
+        // Reported by `Cluster::start`.
+        Err(_) => None,
+    }
+}
+
+/// Cluster mode: the relay address the other nodes reach (`cluster.relay_advertise`, else the
+/// relay socket's port on `rtc.node_ip` when it is bound to an unspecified address).
+fn relay_advertise(config: &Config, sfu: Option<&Sfu>) -> Option<std::net::SocketAddr> {
+    let c = config.cluster.as_ref()?;
+    if !c.relay_advertise.is_empty() {
+        // `ip:port`, or `host:port` resolved once at start-up (e.g. a compose service name).
+        use std::net::ToSocketAddrs;
+        match c.relay_advertise.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(a)) => return Some(a),
+            Ok(None) => tracing::warn!("cluster.relay_advertise resolves to nothing"),
+            Err(e) => tracing::warn!("cluster.relay_advertise: {e}: using the bound address"),
+        }
+    }
+    let bound = sfu?.relay_addr()?;
+    let ip = if bound.ip().is_unspecified() {
+        config.rtc.node_ip
+    } else {
+        bound.ip()
+    };
+    Some(std::net::SocketAddr::new(ip, bound.port()))
 }

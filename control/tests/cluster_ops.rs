@@ -55,6 +55,7 @@ fn spawn(redis: &Redis, id: &str, dir: &std::path::Path) -> Server {
         .env("GREENROOM_CLUSTER__NODE_ID", id)
         .env("GREENROOM_CLUSTER__NODE_TTL_SECS", "2")
         .env("GREENROOM_CLUSTER__REFRESH_MS", "200")
+        .env("GREENROOM_CLUSTER__RELAY_BIND", "127.0.0.1:0")
         .args(["serve", "--drain-secs", "2"]);
     Server::spawn(&mut cmd, http, dir)
 }

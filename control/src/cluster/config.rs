@@ -26,6 +26,33 @@ pub struct ClusterConfig {
     pub redis_timeout_ms: u64,
     /// Key prefix of every Redis key, so several clusters can share one Redis.
     pub key_prefix: String,
+    /// UDP address the node-to-node RTP relay binds (a call spanning nodes relays each track
+    /// once to every other node of the call through it); port 0 picks a free port.
+    pub relay_bind: String,
+    /// The relay address as the other nodes reach it, `ip:port` or `host:port` (resolved once
+    /// at start-up); empty = `<rtc.node_ip>:<bound port>`.
+    pub relay_advertise: String,
+}
+
+impl ClusterConfig {
+    /// This node's id: `node_id`, else the host name, else a random id (computed once per
+    /// call: set `node_id` to keep it stable).
+    pub fn resolved_node_id(&self) -> Result<String, String> {
+        if self.node_id.is_empty() {
+            return Ok(default_node_id());
+        }
+        greenroom_proto::validate_id(&self.node_id).map_err(|e| format!("cluster.node_id: {e}"))?;
+        Ok(self.node_id.clone())
+    }
+}
+
+/// The host name, else a random id.
+fn default_node_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| greenroom_proto::validate_id(h).is_ok())
+        .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))
 }
 
 impl Default for ClusterConfig {
@@ -39,6 +66,8 @@ impl Default for ClusterConfig {
             refresh_ms: 2000,
             redis_timeout_ms: 1000,
             key_prefix: "greenroom".to_owned(),
+            relay_bind: "0.0.0.0:7883".to_owned(),
+            relay_advertise: String::new(),
         }
     }
 }

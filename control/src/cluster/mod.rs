@@ -5,8 +5,10 @@
 //! proxied to its home ([`proxy`]), a signaling `join` for it is relayed over a node-to-node
 //! WebSocket ([`relay`]). docs/SCALING.md has the design.
 
+pub mod call_nodes;
 mod config;
 mod load;
+pub mod media_rpc;
 pub mod proxy;
 pub mod registry;
 pub mod relay;
@@ -26,6 +28,11 @@ use crate::state::AppState;
 /// The header a node adds to a request or socket it forwards to a call's home: the home serves
 /// it locally (no second hop), and answers 503 `cluster_unavailable` rather than forward again.
 pub const HOP_HEADER: &str = "x-greenroom-hop";
+
+/// The header a node adds to a socket it relays to a call's home when it hosts the
+/// participant's media itself (its node id): media follows the socket. Honoured only on a
+/// relayed socket (with [`HOP_HEADER`]) and only for a registered node.
+pub const MEDIA_NODE_HEADER: &str = "x-greenroom-media-node";
 
 /// Cluster failures.
 #[derive(Debug, thiserror::Error)]
@@ -61,19 +68,26 @@ pub struct Cluster {
 }
 
 impl Cluster {
-    /// Connects to Redis and registers this node (active, no load yet). Fails when Redis
-    /// cannot be reached.
+    /// Connects to Redis and registers this node (active, no load yet, no relay address).
+    /// Fails when Redis cannot be reached.
     pub async fn connect(config: &Config) -> Result<Arc<Cluster>, ClusterError> {
+        Cluster::connect_with(config, None, None).await
+    }
+
+    /// [`Cluster::connect`] with this node's id (when already resolved: the media plane's
+    /// relay uses it) and its RTP relay address, listed in the registry.
+    pub async fn connect_with(
+        config: &Config,
+        node_id: Option<String>,
+        relay_addr: Option<std::net::SocketAddr>,
+    ) -> Result<Arc<Cluster>, ClusterError> {
         let c = config
             .cluster
             .as_ref()
             .ok_or_else(|| ClusterError::Config("no [cluster] table".into()))?;
-        let node_id = if c.node_id.is_empty() {
-            default_node_id()
-        } else {
-            greenroom_proto::validate_id(&c.node_id)
-                .map_err(|e| ClusterError::Config(format!("cluster.node_id: {e}")))?;
-            c.node_id.clone()
+        let node_id = match node_id {
+            Some(id) => id,
+            None => c.resolved_node_id().map_err(ClusterError::Config)?,
         };
         let advertise_url = if c.advertise_url.is_empty() {
             format!("http://{}", config.server.http_addr)
@@ -103,6 +117,7 @@ impl Cluster {
                 node_id,
                 advertise_url,
                 media_addr,
+                relay_addr: relay_addr.map(|a| a.to_string()).unwrap_or_default(),
             },
             Duration::from_secs(c.node_ttl_secs),
             timeout,
@@ -132,12 +147,18 @@ impl Cluster {
     /// Connects (see [`Cluster::connect`]), attaches the cluster to `state` and starts the
     /// refresh task (it ends when the state is dropped).
     pub async fn start(state: &Arc<AppState>) -> Result<Arc<Cluster>, ClusterError> {
-        let cluster = Cluster::connect(&state.config).await?;
+        let cluster = Cluster::connect_with(
+            &state.config,
+            state.media.node_id().map(str::to_owned),
+            state.media.relay_advertise(),
+        )
+        .await?;
         if state.cluster.set(cluster.clone()).is_err() {
             return Err(ClusterError::Config(
                 "the cluster is already started".into(),
             ));
         }
+        state.media.start_cluster(cluster.node_id());
         let weak = Arc::downgrade(state);
         tokio::spawn(refresh_loop(weak, cluster.clone()));
         Ok(cluster)
@@ -231,13 +252,4 @@ async fn refresh_loop(state: Weak<AppState>, cluster: Arc<Cluster>) {
             Err(_) => {}
         }
     }
-}
-
-/// The host name, else a random id.
-fn default_node_id() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| greenroom_proto::validate_id(h).is_ok())
-        .unwrap_or_else(|| format!("node-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]))
 }

@@ -3,8 +3,8 @@
 //! least-loaded active node). Keys, under `key_prefix`:
 //!
 //! * `<p>:nodes`: set of node ids (members whose hash expired are removed lazily);
-//! * `<p>:node:<id>`: hash `advertise_url media_addr state score cpu participants pps calls
-//!   updated_ms`, expires after `node_ttl_secs` without a refresh;
+//! * `<p>:node:<id>`: hash `advertise_url media_addr relay_addr state score cpu participants pps
+//!   calls updated_ms`, expires after `node_ttl_secs` without a refresh;
 //! * `<p>:call:<type:id>`: the call's home node id, expires after `3 × node_ttl_secs` unless the
 //!   home refreshes it (it does, for every call it holds, at each registry refresh).
 
@@ -65,6 +65,9 @@ pub struct NodeInfo {
     pub advertise_url: String,
     /// Its media address.
     pub media_addr: String,
+    /// Its node-to-node RTP relay address (empty when it runs no media plane).
+    #[serde(default)]
+    pub relay_addr: String,
     /// `active` or `draining`.
     pub state: String,
     /// The placement score (lower is less loaded).
@@ -141,6 +144,7 @@ pub struct Registry {
     node_id: String,
     advertise_url: String,
     media_addr: String,
+    relay_addr: String,
     node_ttl: Duration,
     timeout: Duration,
     place: redis::Script,
@@ -165,6 +169,8 @@ pub struct NodeIdentity {
     pub advertise_url: String,
     /// Media address.
     pub media_addr: String,
+    /// Node-to-node RTP relay address (empty: no media plane).
+    pub relay_addr: String,
 }
 
 impl Registry {
@@ -193,6 +199,7 @@ impl Registry {
             node_id: me.node_id,
             advertise_url: me.advertise_url,
             media_addr: me.media_addr,
+            relay_addr: me.relay_addr,
             node_ttl,
             timeout,
             place: redis::Script::new(PLACE),
@@ -256,6 +263,7 @@ impl Registry {
                 &[
                     ("advertise_url", self.advertise_url.clone()),
                     ("media_addr", self.media_addr.clone()),
+                    ("relay_addr", self.relay_addr.clone()),
                     ("state", state.as_str().to_owned()),
                     ("score", load.score().to_string()),
                     ("cpu", load.cpu.to_string()),
@@ -316,6 +324,18 @@ impl Registry {
         }
     }
 
+    /// The advertised URL of a live node (`None` when it is not registered or expired).
+    pub async fn advertise_url_of(&self, node_id: &str) -> Result<Option<String>, ClusterError> {
+        let mut conn = self.conn.clone();
+        self.run(
+            redis::cmd("HGET")
+                .arg(format!("{}{node_id}", self.node_prefix()))
+                .arg("advertise_url")
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
     /// Every registered node, by id.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
         let mut conn = self.conn.clone();
@@ -345,6 +365,7 @@ impl Registry {
                     node_id,
                     advertise_url: s("advertise_url"),
                     media_addr: s("media_addr"),
+                    relay_addr: s("relay_addr"),
                     state: s("state"),
                     score: f("score"),
                     cpu: f("cpu"),

@@ -1,9 +1,12 @@
 //! A signaling `join` for a call homed on another node: the receiving node opens a WebSocket to
 //! the home's `/v1/signal` on the client's behalf (a token with the client's claims, signed
 //! with the cluster's shared key, and [`HOP_HEADER`]), sends the `join` there and from then on
-//! relays every text message both ways unchanged. The media of the session goes to the home
-//! node's media address, which its SDP answer names. When either side closes, the other is
-//! closed with the same code.
+//! relays every text message both ways unchanged. When this node runs a media plane with a
+//! relay, it names itself in [`MEDIA_NODE_HEADER`]: the home keeps the session but puts the
+//! participant's media here (driven over the media RPC, [`super::media_rpc`]), so the SDP answer
+//! names this node's media address; otherwise the media goes to the home. A `resume` whose
+//! token names another home node is relayed the same way ([`resume_elsewhere`]). When either
+//! side closes, the other is closed with the same code.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +18,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{ClusterError, Home, Route, HOP_HEADER};
+use super::{ClusterError, Home, Route, HOP_HEADER, MEDIA_NODE_HEADER};
 use crate::auth::Claims;
 use crate::error::ApiError;
 use crate::state::{AppState, Outbox, SESSION_QUEUE};
@@ -104,18 +107,98 @@ pub async fn join_elsewhere(
         }
         Route::Remote(home) => home,
     };
-    let relay = open(state, &home, &req, outbox.clone()).await?;
+    let mut join = serde_json::to_value(ClientMessage::Join {
+        call_cid: req.call_cid.clone(),
+        create: req.create,
+        settings: req.settings.clone(),
+    })
+    .map_err(|e| ClusterError::Config(e.to_string()))?;
+    if let (Some(id), Some(obj)) = (req.request_id, join.as_object_mut()) {
+        obj.insert("request_id".into(), id.into());
+    }
+    let relay = open(
+        state,
+        &home,
+        req.claims,
+        req.device_id,
+        join,
+        outbox.clone(),
+    )
+    .await?;
     tracing::info!(call = %req.call_cid, home = %home.node_id, "join relayed to the call's home");
+    Ok(Some(relay))
+}
+
+/// A `resume` to relay to the session's home.
+pub struct ResumeRequest<'a> {
+    /// The client's verified claims.
+    pub claims: &'a Claims,
+    /// The client's device id (ringing).
+    pub device_id: &'a str,
+    /// The resume token.
+    pub resume_token: &'a str,
+    /// The message's `request_id`, echoed by the home.
+    pub request_id: Option<&'a str>,
+}
+
+/// Cluster mode: a `resume` whose token names another home node (see
+/// [`crate::state::new_resume_token`]) relays this socket there with the `resume`; `None` when
+/// it is served here (cluster mode off, a token of this node or of no node, a socket a peer
+/// relayed here, or one already joined). Fails with `cluster_unavailable` when the home is not
+/// registered or cannot be reached.
+pub async fn resume_elsewhere(
+    state: &Arc<AppState>,
+    relayed: bool,
+    joined: bool,
+    req: ResumeRequest<'_>,
+    outbox: &Outbox,
+) -> Result<Option<Relay>, ApiError> {
+    let ResumeRequest {
+        claims,
+        device_id,
+        resume_token,
+        request_id,
+    } = req;
+    let Some(cluster) = state.cluster.get().cloned() else {
+        return Ok(None);
+    };
+    let Some(home_id) = crate::state::resume_token_home(resume_token) else {
+        return Ok(None);
+    };
+    if relayed || joined || home_id == cluster.node_id() || state.is_shutting_down() {
+        return Ok(None);
+    }
+    let advertise_url = cluster
+        .registry()
+        .advertise_url_of(home_id)
+        .await?
+        .ok_or_else(|| {
+            ClusterError::Unavailable(format!("the session's home node {home_id} is gone"))
+        })?;
+    let home = Home {
+        node_id: home_id.to_owned(),
+        advertise_url,
+    };
+    let mut resume = serde_json::to_value(ClientMessage::Resume {
+        resume_token: resume_token.to_owned(),
+    })
+    .map_err(|e| ClusterError::Config(e.to_string()))?;
+    if let (Some(id), Some(obj)) = (request_id, resume.as_object_mut()) {
+        obj.insert("request_id".into(), id.into());
+    }
+    let relay = open(state, &home, claims, device_id, resume, outbox.clone()).await?;
+    tracing::info!(home = %home.node_id, "resume relayed to the session's home");
     Ok(Some(relay))
 }
 
 async fn open(
     state: &AppState,
     home: &Home,
-    req: &JoinRequest<'_>,
+    c: &Claims,
+    device_id: &str,
+    first: serde_json::Value,
     outbox: Outbox,
 ) -> Result<Relay, ClusterError> {
-    let c = req.claims;
     let call = c.call.as_deref().and_then(|s| s.parse::<CallCid>().ok());
     let ttl = c
         .exp
@@ -129,7 +212,7 @@ async fn open(
         .advertise_url
         .replacen("https://", "wss://", 1)
         .replacen("http://", "ws://", 1);
-    let url = format!("{base}/v1/signal?device_id={}", req.device_id);
+    let url = format!("{base}/v1/signal?device_id={device_id}");
     let mut request = url
         .into_client_request()
         .map_err(|e| ClusterError::Unavailable(format!("home node URL: {e}")))?;
@@ -144,21 +227,18 @@ async fn open(
         HOP_HEADER,
         tokio_tungstenite::tungstenite::http::HeaderValue::from_static("1"),
     );
+    // Media follows the socket: this node hosts the participant's media when it can relay.
+    if let (Some(me), Some(_)) = (state.media.node_id(), state.media.relay_advertise()) {
+        if let Ok(v) = me.parse() {
+            headers.insert(MEDIA_NODE_HEADER, v);
+        }
+    }
     let (ws, _) = tokio::time::timeout(CONNECT_TIMEOUT, tokio_tungstenite::connect_async(request))
         .await
         .map_err(|_| ClusterError::Unavailable("the call's home node did not answer".into()))?
         .map_err(|e| ClusterError::Unavailable(format!("the call's home node: {e}")))?;
-    let mut join = serde_json::to_value(ClientMessage::Join {
-        call_cid: req.call_cid.clone(),
-        create: req.create,
-        settings: req.settings.clone(),
-    })
-    .map_err(|e| ClusterError::Config(e.to_string()))?;
-    if let (Some(id), Some(obj)) = (req.request_id, join.as_object_mut()) {
-        obj.insert("request_id".into(), id.into());
-    }
     let (tx, rx) = mpsc::channel(SESSION_QUEUE);
-    tx.try_send(join.to_string())
+    tx.try_send(first.to_string())
         .map_err(|_| ClusterError::Config("relay queue".into()))?;
     let task = tokio::spawn(pump(ws, rx, outbox.clone()));
     Ok(Relay { tx, outbox, task })

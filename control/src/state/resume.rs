@@ -19,11 +19,20 @@ use tokio::sync::mpsc;
 
 use super::{AppState, Notice, Outbox};
 
-/// Makes a fresh resume token: the participant id and 256 random bits (hex). The server keeps
-/// only its SHA-256; the token is never logged.
-pub fn new_resume_token(participant_id: &str) -> String {
+/// Makes a fresh resume token: the participant id and 256 random bits (hex), and in cluster
+/// mode a dot and the id of the node holding the session (`home`), so a `resume` reaching
+/// another node is relayed there. The server keeps only its SHA-256; the token is never logged.
+pub fn new_resume_token(participant_id: &str, home: Option<&str>) -> String {
     let secret: [u8; 32] = rand::random();
-    format!("{participant_id}.{}", hex::encode(secret))
+    match home {
+        Some(home) => format!("{participant_id}.{}.{home}", hex::encode(secret)),
+        None => format!("{participant_id}.{}", hex::encode(secret)),
+    }
+}
+
+/// The node holding a resume token's session, when the token names one (cluster mode).
+pub fn resume_token_home(token: &str) -> Option<&str> {
+    token.splitn(3, '.').nth(2).filter(|h| !h.is_empty())
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -271,9 +280,7 @@ impl AppState {
         reason: &'static str,
     ) {
         let _ = self.with_call(call, |c| Ok(((), c.leave(participant_id, reason))));
-        if let Some(sfu) = &self.sfu {
-            sfu.leave(participant_id);
-        }
+        self.media.leave(call, participant_id);
         self.ringing.session_left(self, call, user_id);
     }
 
@@ -314,12 +321,17 @@ mod tests {
 
     #[test]
     fn tokens_are_bound_to_the_participant_and_unguessable() {
-        let a = new_resume_token("p1");
-        let b = new_resume_token("p1");
+        let a = new_resume_token("p1", None);
+        let b = new_resume_token("p1", None);
         assert!(a.starts_with("p1."));
         assert_ne!(a, b);
         assert_eq!(a.len(), 3 + 64);
         assert_ne!(digest(&a), digest(&b));
+        assert_eq!(resume_token_home(&a), None);
+        let c = new_resume_token("p1", Some("node.a"));
+        assert!(c.starts_with("p1."));
+        assert_eq!(resume_token_home(&c), Some("node.a"));
+        assert_eq!(c.split_once('.').map(|(p, _)| p), Some("p1"));
     }
 
     #[test]

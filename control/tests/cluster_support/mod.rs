@@ -146,6 +146,7 @@ pub fn cluster_config(redis: &Redis, node_id: &str, prefix: &str) -> ClusterConf
         refresh_ms: 200,
         redis_timeout_ms: 500,
         key_prefix: prefix.to_owned(),
+        relay_bind: "127.0.0.1:0".to_owned(),
         ..Default::default()
     }
 }

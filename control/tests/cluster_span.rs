@@ -1,0 +1,467 @@
+//! One call spanning nodes: media follows the socket (a participant's media lives on the node
+//! its socket reached; the session at the call's home), the home drives the other nodes' media
+//! planes over the media RPC, the gate holds on every node (a revoke with a version), a killed
+//! node's participants leave, and media keeps flowing while Redis is down. Real `redis-server`,
+//! real nodes with their media planes and relays, webrtc-rs bots.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod cluster_support;
+mod ops_support;
+
+use std::time::{Duration, Instant};
+
+use cluster_support::{node_with, prefix, Node, Redis, WAIT};
+use greenroom_control::cluster::Route;
+use greenroom_loadtest::{Bot, BotConfig, StopMode};
+use greenroom_proto::{CallCid, Role, TrackSource};
+use serde_json::{json, Value};
+
+fn admin(n: &Node) -> String {
+    n.state.auth.mint("backend", None, None, true, 600).unwrap()
+}
+
+async fn bot_at(url: String, token: String, mode: StopMode) -> Bot {
+    let mut c = BotConfig::new(url, token);
+    c.stop_mode = mode;
+    Bot::connect(c).await.unwrap()
+}
+
+async fn bot(n: &Node, user: &str, mode: StopMode) -> Bot {
+    let token = n
+        .state
+        .auth
+        .mint(user, None, Some(Role::User), false, 600)
+        .unwrap();
+    bot_at(n.http(), token, mode).await
+}
+
+fn packets(bot: &Bot, track: &str) -> u64 {
+    bot.received().get(track).map(|t| t.packets).unwrap_or(0)
+}
+
+async fn received_more(bot: &Bot, track: &str, n: u64) -> u64 {
+    let s = bot
+        .wait_for_received(WAIT, |s| s.get(track).is_some_and(|t| t.packets > n))
+        .await
+        .unwrap_or_else(|e| panic!("no packets on {track} beyond {n}: {e}"));
+    s[track].packets
+}
+
+/// The call's home among `nodes` (placing the call through the first one).
+async fn home_of<'a>(nodes: &'a [&'a Node], cid: &str) -> &'a Node {
+    let parsed: CallCid = cid.parse().unwrap();
+    let home_id = match nodes[0]
+        .cluster
+        .route(&nodes[0].state, &parsed)
+        .await
+        .unwrap()
+    {
+        Route::Local => nodes[0].cluster.node_id().to_owned(),
+        Route::Remote(h) => h.node_id,
+    };
+    nodes
+        .iter()
+        .find(|n| n.cluster.node_id() == home_id)
+        .unwrap()
+}
+
+async fn permissions(n: &Node, call_id: &str, body: Value) {
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/calls/default/{call_id}/user_permissions",
+            n.http()
+        ))
+        .bearer_auth(admin(n))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Waits until `f` holds (bounded by WAIT).
+async fn until(what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_spans_three_nodes_the_gate_holds_everywhere_and_media_outlives_redis() {
+    let Some(mut redis) = Redis::start().await else {
+        return;
+    };
+    let p = prefix("span");
+    let nodes3 = [
+        node_with(&redis, "span-a", &p, true).await,
+        node_with(&redis, "span-b", &p, true).await,
+        node_with(&redis, "span-c", &p, true).await,
+    ];
+    let refs: Vec<&Node> = nodes3.iter().collect();
+    let call_id = "spanning";
+    let cid = format!("default:{call_id}");
+    let parsed: CallCid = cid.parse().unwrap();
+    // A is the call's home; B and C are the others.
+    let a = home_of(&refs, &cid).await;
+    let mut others = nodes3
+        .iter()
+        .filter(|n| n.cluster.node_id() != a.cluster.node_id());
+    let (b, c) = (others.next().unwrap(), others.next().unwrap());
+    let listed: Value = reqwest::Client::new()
+        .get(format!("{}/v1/nodes", b.http()))
+        .bearer_auth(admin(b))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = listed["nodes"].as_array().unwrap().clone();
+    assert_eq!(listed.len(), 3, "{listed:?}");
+    assert!(
+        listed
+            .iter()
+            .all(|n| !n["relay_addr"].as_str().unwrap().is_empty()),
+        "every node lists its relay address: {listed:?}"
+    );
+
+    // An adversarial speaker (it keeps sending after `stop_publishing`) through A, listeners
+    // through B and C.
+    let speaker = bot(a, "speaker", StopMode::Adversarial).await;
+    let l_b = bot(b, "listener-b", StopMode::Obedient).await;
+    let l_c = bot(c, "listener-c", StopMode::Obedient).await;
+    let s = speaker.join(&cid, true).await.unwrap();
+    let jb = l_b.join(&cid, false).await.unwrap();
+    let jc = l_c.join(&cid, false).await.unwrap();
+    speaker.publish(&[TrackSource::Microphone]).await.unwrap();
+    let mic = format!("{}:microphone", s.participant.participant_id);
+    received_more(&l_b, &mic, 25).await;
+    received_more(&l_c, &mic, 25).await;
+
+    // The sessions live at the home, the listeners' media where their sockets are.
+    assert_eq!(a.state.session_count(), 3);
+    let media_node = |pid: &str| a.state.media.media_node_of(&parsed, pid);
+    assert_eq!(
+        media_node(&jb.participant.participant_id).as_deref(),
+        Some(b.cluster.node_id())
+    );
+    assert_eq!(
+        media_node(&jc.participant.participant_id).as_deref(),
+        Some(c.cluster.node_id())
+    );
+    assert_eq!(
+        media_node(&s.participant.participant_id).as_deref(),
+        Some(a.cluster.node_id())
+    );
+    // B and C each host their listener and the speaker relayed from A.
+    assert!(b.state.media.served_count() >= 2, "B hosts media");
+    assert!(c.state.media.served_count() >= 2, "C hosts media");
+    assert_eq!(a.state.media.served_count(), 0, "A hosts its own only");
+
+    // A revoke sent to C's API while the speaker keeps sending: nothing reaches either
+    // listener afterwards.
+    let from = speaker.cursor();
+    let revoked_at = Instant::now();
+    permissions(
+        c,
+        call_id,
+        json!({"user_id": "speaker", "revoke_permissions": ["send-audio"]}),
+    )
+    .await;
+    let answered = revoked_at.elapsed();
+    speaker.wait_for_stop_publishing(from, WAIT).await.unwrap();
+    // In-flight packets land; then the counts freeze while the speaker sends on.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let frozen = [packets(&l_b, &mic), packets(&l_c, &mic)];
+    let sent = speaker.sent()[&TrackSource::Microphone].packets;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        speaker.sent()[&TrackSource::Microphone].packets > sent + 10,
+        "the adversarial speaker kept sending"
+    );
+    assert_eq!(
+        [packets(&l_b, &mic), packets(&l_c, &mic)],
+        frozen,
+        "audio leaked after the revoke"
+    );
+    for (name, l) in [("B", &l_b), ("C", &l_c)] {
+        // Measured, not asserted: the last packet the listener got, relative to the moment the
+        // revoke was sent (negative: the gate closed before the speaker's next packet).
+        let last = l.received()[&mic].last_packet_at.unwrap();
+        let ms = match last.checked_duration_since(revoked_at) {
+            Some(d) => d.as_secs_f64() * 1000.0,
+            None => -(revoked_at.duration_since(last).as_secs_f64() * 1000.0),
+        };
+        println!(
+            "REVOKE_DELAY node {name}: last packet {ms:+.1} ms after the HTTP revoke was sent \
+             (HTTP answered after {:.1} ms; the speaker sends every 20 ms)",
+            answered.as_secs_f64() * 1000.0
+        );
+    }
+    // Re-grant: media resumes without a rejoin.
+    permissions(
+        c,
+        call_id,
+        json!({"user_id": "speaker", "grant_permissions": ["send-audio"]}),
+    )
+    .await;
+    received_more(&l_b, &mic, frozen[0] + 25).await;
+    received_more(&l_c, &mic, frozen[1] + 25).await;
+
+    // Grants and revokes fired at once through B's and C's APIs for 50 rounds, then one last
+    // revoke: whatever order they reached the home and the nodes in, no stale grant reopens the
+    // gate after it (the versions only grow).
+    let grant = json!({"user_id": "speaker", "grant_permissions": ["send-audio"]});
+    let revoke = json!({"user_id": "speaker", "revoke_permissions": ["send-audio"]});
+    for _ in 0..50 {
+        tokio::join!(
+            permissions(b, call_id, grant.clone()),
+            permissions(c, call_id, revoke.clone())
+        );
+    }
+    permissions(a, call_id, revoke.clone()).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let frozen = [packets(&l_b, &mic), packets(&l_c, &mic)];
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        [packets(&l_b, &mic), packets(&l_c, &mic)],
+        frozen,
+        "audio leaked after the last of racing grants and revokes"
+    );
+    permissions(b, call_id, grant).await;
+    received_more(&l_b, &mic, frozen[0] + 25).await;
+    received_more(&l_c, &mic, frozen[1] + 25).await;
+
+    // Redis down: the established call keeps forwarding (media and the media RPC do not
+    // need Redis); a new call cannot be placed (503 cluster_unavailable).
+    redis.stop();
+    let n = packets(&l_c, &mic);
+    received_more(&l_c, &mic, n + 50).await;
+    let http = reqwest::Client::new();
+    let host = b
+        .state
+        .auth
+        .mint("host", None, Some(Role::Host), false, 600)
+        .unwrap();
+    let create = |id: &str| {
+        http.post(format!("{}/v1/calls/default/{id}", b.http()))
+            .bearer_auth(&host)
+            .json(&json!({}))
+            .send()
+    };
+    let r = create("new-while-down").await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "cluster_unavailable", "{body}");
+    let n = packets(&l_b, &mic);
+    received_more(&l_b, &mic, n + 25).await;
+    // Redis back: new calls work.
+    redis.restart().await;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = create("after").await.unwrap();
+        if r.status() == 200 {
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(tokio::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_node_loses_its_listeners_and_the_others_keep_the_call() {
+    use ops_support::{command, free_tcp, free_udp, temp_dir, wait_ready, Server};
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let p = prefix("kill");
+    let a = node_with(&redis, "kill-a", &p, true).await;
+    let c = node_with(&redis, "kill-c", &p, true).await;
+    let call_id = "kill-span";
+    let cid = format!("default:{call_id}");
+    let parsed: CallCid = cid.parse().unwrap();
+    // Placed before B exists: the home is A or C.
+    let pair = [&a, &c];
+    let home = home_of(&pair, &cid).await;
+    let other = if home.cluster.node_id() == a.cluster.node_id() {
+        &c
+    } else {
+        &a
+    };
+    // B is the real binary (same keys and Redis prefix), so it can be killed with -9.
+    let dir = temp_dir("cluster-span-kill");
+    let http = free_tcp();
+    let mut cmd = command();
+    cmd.env("GREENROOM_HTTP_ADDR", http.to_string())
+        .env("GREENROOM_UDP_ADDR", free_udp().to_string())
+        .env("GREENROOM_DATA_DIR", &dir)
+        .env("GREENROOM_REDIS_URL", redis.url())
+        .env("GREENROOM_CLUSTER__NODE_ID", "kill-b")
+        .env("GREENROOM_CLUSTER__KEY_PREFIX", &p)
+        .env("GREENROOM_CLUSTER__NODE_TTL_SECS", "2")
+        .env("GREENROOM_CLUSTER__REFRESH_MS", "200")
+        .env("GREENROOM_CLUSTER__RELAY_BIND", "127.0.0.1:0")
+        .env("GREENROOM_LIMITS__RESUME_GRACE_SECS", "1")
+        .args(["serve"]);
+    let mut b = Server::spawn(&mut cmd, http, &dir);
+    wait_ready(
+        &mut b,
+        &reqwest::Client::new(),
+        &format!("http://{http}/healthz"),
+    )
+    .await;
+
+    let speaker = bot(home, "speaker", StopMode::Obedient).await;
+    let token = home
+        .state
+        .auth
+        .mint("listener-b", None, Some(Role::User), false, 600)
+        .unwrap();
+    let l_b = bot_at(format!("http://{http}"), token, StopMode::Obedient).await;
+    let l_c = bot(other, "listener-c", StopMode::Obedient).await;
+    let s = speaker.join(&cid, true).await.unwrap();
+    let jb = l_b.join(&cid, false).await.unwrap();
+    l_c.join(&cid, false).await.unwrap();
+    speaker.publish(&[TrackSource::Microphone]).await.unwrap();
+    let mic = format!("{}:microphone", s.participant.participant_id);
+    received_more(&l_b, &mic, 25).await;
+    received_more(&l_c, &mic, 25).await;
+    let pid_b = jb.participant.participant_id.clone();
+    assert_eq!(
+        home.state.media.media_node_of(&parsed, &pid_b).as_deref(),
+        Some("kill-b"),
+        "{}",
+        b.log()
+    );
+
+    b.child.kill().unwrap();
+    let _ = b.child.wait();
+    let killed = Instant::now();
+    until("B's listener leaves the call", || {
+        home.state
+            .read_call(&parsed, |c| c.participant(&pid_b).is_none())
+            .unwrap()
+    })
+    .await;
+    println!(
+        "KILL: B's listener left the call {:.0} ms after kill -9 (node TTL 2 s)",
+        killed.elapsed().as_secs_f64() * 1000.0
+    );
+    // A and C are unaffected: the speaker and C's listener stay, media flows on.
+    assert_eq!(
+        home.state
+            .read_call(&parsed, |c| c.participant_count())
+            .unwrap(),
+        2
+    );
+    let n = packets(&l_c, &mic);
+    received_more(&l_c, &mic, n + 50).await;
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn ws_connect(n: &Node, user: &str) -> Ws {
+    let token = n
+        .state
+        .auth
+        .mint(user, None, Some(Role::User), false, 600)
+        .unwrap();
+    let (ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("{}?token={token}", n.ws())),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    ws
+}
+
+async fn ws_send(ws: &mut Ws, v: Value) {
+    use futures_util::SinkExt;
+    ws.send(tokio_tungstenite::tungstenite::Message::text(v.to_string()))
+        .await
+        .unwrap();
+}
+
+/// The next message of `kind` (others are skipped); a close fails the test.
+async fn ws_wait(ws: &mut Ws, kind: &str) -> Value {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind}"))
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == kind {
+                return v;
+            }
+        } else if let Message::Close(f) = m {
+            panic!("closed waiting for {kind}: {f:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_reaching_any_node_is_relayed_to_the_sessions_home() {
+    let Some(redis) = Redis::start().await else {
+        return;
+    };
+    let p = prefix("resume");
+    let nodes3 = [
+        cluster_support::node(&redis, "resume-a", &p).await,
+        cluster_support::node(&redis, "resume-b", &p).await,
+        cluster_support::node(&redis, "resume-c", &p).await,
+    ];
+    let refs: Vec<&Node> = nodes3.iter().collect();
+    let cid = "default:resume-span";
+    let parsed: CallCid = cid.parse().unwrap();
+    let home = home_of(&refs, cid).await;
+    let mut others = nodes3
+        .iter()
+        .filter(|n| n.cluster.node_id() != home.cluster.node_id());
+    let (b, c) = (others.next().unwrap(), others.next().unwrap());
+    // Joined through B (relayed to the home), the socket drops, the resume reaches C.
+    for (first, second) in [(b, c), (c, home), (home, b)] {
+        let mut ws = ws_connect(first, "roamer").await;
+        ws_send(
+            &mut ws,
+            json!({"type": "join", "call_cid": cid, "create": true}),
+        )
+        .await;
+        let joined = ws_wait(&mut ws, "joined").await;
+        let pid = joined["participant"]["participant_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let token = joined["resume_token"].as_str().unwrap().to_owned();
+        drop(ws);
+        let mut again = ws_connect(second, "roamer").await;
+        ws_send(
+            &mut again,
+            json!({"type": "resume", "resume_token": token, "request_id": "r1"}),
+        )
+        .await;
+        let resumed = ws_wait(&mut again, "resumed").await;
+        assert_eq!(resumed["participant"]["participant_id"], pid.as_str());
+        assert_eq!(resumed["request_id"], "r1");
+        // The session is the home's, and still in the call.
+        assert!(home
+            .state
+            .read_call(&parsed, |c| c.participant(&pid).is_some())
+            .unwrap());
+        ws_send(&mut again, json!({"type": "ping"})).await;
+        ws_wait(&mut again, "pong").await;
+        ws_send(&mut again, json!({"type": "leave"})).await;
+        ws_wait(&mut again, "left").await;
+    }
+}
