@@ -39,6 +39,7 @@ impl Engine {
         if self.ticks.is_multiple_of(2) {
             self.speakers();
         }
+        self.park_silent_streams();
         let peers = &self.peers;
         self.routes.retain(|k| peers.get(k).is_some());
         self.publish_gauges();
