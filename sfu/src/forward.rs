@@ -95,6 +95,11 @@ impl Forwarder {
         Forwarder::default()
     }
 
+    /// The highest extended sequence number forwarded so far (`None` before the first).
+    pub fn last_seq(&self) -> Option<u64> {
+        self.state.as_ref().map(|s| s.max_out_seq)
+    }
+
     /// Forces the next packet to start a new epoch (e.g. after a pause or a layer switch).
     pub fn resync(&mut self) {
         self.resync = true;

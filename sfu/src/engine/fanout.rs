@@ -220,6 +220,8 @@ impl Engine {
                     }
                 }
             };
+            // A silent video stream was parked (no padding): declare it again first.
+            super::quiet::unpark(&mut sub.rtc, c);
             let mut api = sub.rtc.direct_api();
             let Some(tx) = api.stream_tx(&c.ssrc) else {
                 drops[ConsumerDrop::Other as usize] += 1;

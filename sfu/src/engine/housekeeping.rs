@@ -40,6 +40,7 @@ impl Engine {
             self.speakers();
         }
         self.relay_tick(now);
+        self.park_silent_streams();
         let peers = &self.peers;
         self.routes.retain(|k| peers.get(k).is_some());
         self.publish_gauges();

@@ -16,6 +16,7 @@
 //! * [`events`]: str0m events other than RTP (connection state, estimates, stats).
 //! * [`housekeeping`]: the periodic tick (deadlines, layer rates, active speakers).
 //! * [`relay`]: the node-to-node relay's shard side (remote tracks, relaying local ones).
+//! * [`quiet`]: silent video send streams parked (no padding on a silent track).
 
 mod commands;
 mod drive;
@@ -25,6 +26,7 @@ mod housekeeping;
 mod keyframes;
 mod negotiation;
 mod peers;
+mod quiet;
 mod relay;
 mod run;
 mod subscribe;
@@ -260,6 +262,11 @@ const NO_LAYER: u8 = u8::MAX;
 struct Consumer {
     peer: Key,
     ssrc: Ssrc,
+    /// The send stream's RTX SSRC and m-line (to declare it again after parking).
+    rtx: Option<Ssrc>,
+    mid: Mid,
+    /// Silent video: the send stream is parked ([`quiet`]).
+    park: quiet::ParkState,
     gate: Arc<GateCell>,
     st: ConsumerState,
     quality: Quality,

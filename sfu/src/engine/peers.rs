@@ -2,12 +2,32 @@
 
 use super::*;
 use crate::demux::{shard_of_ufrag, shard_ufrag};
+use str0m::media::MediaKind;
 use str0m::rtp::{Extension, ExtensionMap};
 use str0m::{Candidate, RtcConfig};
 use tracing::warn;
 
+/// RTX cache of a server-side audio send stream, in packets. Audio is forwarded without RTX
+/// (not NACKable), so nothing is ever cached: the smallest size str0m takes.
+pub const AUDIO_SEND_BUFFER: usize = 1;
+/// RTX cache of a server-side video send stream, at most, in packets (about 110 KiB: one
+/// `RtpPacket` per slot, the payload is shared): [`VIDEO_RTX_AGE`] of a stream up to about
+/// 2 Mbit/s. The cache grows on demand (a 500 kbit/s track, about 60 packets/s, keeps 80
+/// slots). str0m's default is 1000 packets.
+pub const VIDEO_SEND_BUFFER: usize = 256;
+/// How long a forwarded video packet stays resendable (answers NACKs). str0m's default is 3 s;
+/// a NACK comes one round trip after the loss, so 1 s covers round trips up to several hundred
+/// ms with retries. Each cached packet costs its `RtpPacket` (the payload is shared).
+pub const VIDEO_RTX_AGE: Duration = Duration::from_secs(1);
+/// The RTX ratio cap (str0m's default): queued resends are dropped while more than 15 % of
+/// the stream's bytes are resends.
+const RTX_RATIO_CAP: Option<f32> = Some(0.15);
+
 /// The str0m configuration of every server-side peer; `bwe` turns on send-side bandwidth
 /// estimation (TWCC) and str0m's pacer, for subscribers that may need a simulcast step-down.
+/// Send streams' RTX caches are sized with [`AUDIO_SEND_BUFFER`] and [`VIDEO_SEND_BUFFER`].
+/// Each peer keeps its own DTLS certificate: the SDK tells a replaced server peer by its new
+/// fingerprint (docs/PROTOCOL.md).
 pub fn rtc_config(bwe: bool) -> RtcConfig {
     let mut cfg = RtcConfig::new()
         .set_ice_lite(true)
@@ -15,11 +35,22 @@ pub fn rtc_config(bwe: bool) -> RtcConfig {
         .set_rtp_mode(true)
         .enable_h265(false)
         .enable_h266(false)
+        .set_send_buffer_audio(AUDIO_SEND_BUFFER)
+        .set_send_buffer_video(VIDEO_SEND_BUFFER)
         .set_stats_interval(Some(crate::metrics::STATS_INTERVAL));
     if bwe {
         cfg = cfg.enable_bwe(Some(INITIAL_BWE));
     }
     cfg
+}
+
+/// Sizes a server-side send stream's RTX cache by its kind: audio keeps nothing (no RTX, no
+/// resend statistics), video [`VIDEO_SEND_BUFFER`] packets for [`VIDEO_RTX_AGE`].
+pub(super) fn configure_send_stream(tx: &mut str0m::rtp::StreamTx, kind: MediaKind) {
+    match kind {
+        MediaKind::Audio => tx.set_rtx_cache(AUDIO_SEND_BUFFER, Duration::ZERO, None),
+        MediaKind::Video => tx.set_rtx_cache(VIDEO_SEND_BUFFER, VIDEO_RTX_AGE, RTX_RATIO_CAP),
+    }
 }
 
 /// str0m's standard RTP header extensions without transport-wide-cc.
@@ -170,7 +201,24 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use super::{rtc_config, AUDIO_SEND_BUFFER, INITIAL_BWE, VIDEO_SEND_BUFFER};
     use str0m::rtp::{Extension, ExtensionMap};
+
+    #[test]
+    fn listeners_get_small_send_buffers_and_no_estimate() {
+        // An audio room's listener: no bandwidth estimation (no pacer, no TWCC, no padding),
+        // a one-packet audio send buffer (audio has no RTX), a bounded video buffer.
+        let cfg = rtc_config(false);
+        assert_eq!(cfg.bwe_initial_bitrate(), None);
+        assert_eq!(cfg.send_buffer_audio(), AUDIO_SEND_BUFFER);
+        assert_eq!(AUDIO_SEND_BUFFER, 1);
+        assert_eq!(cfg.send_buffer_video(), VIDEO_SEND_BUFFER);
+        assert!(VIDEO_SEND_BUFFER < str0m::RtcConfig::new().send_buffer_video());
+        assert!(cfg.stats_interval().is_some(), "NACK metrics need stats");
+        let video = rtc_config(true);
+        assert_eq!(video.bwe_initial_bitrate(), Some(INITIAL_BWE));
+        assert_eq!(video.send_buffer_audio(), AUDIO_SEND_BUFFER);
+    }
 
     #[test]
     fn subscribers_without_estimate_do_not_offer_twcc() {

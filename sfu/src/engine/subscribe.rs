@@ -7,6 +7,7 @@ use str0m::change::SdpAnswer;
 use str0m::media::{Direction, KeyframeRequestKind};
 use tracing::warn;
 
+use super::peers::configure_send_stream;
 use crate::offer_plan::Stale;
 
 impl Engine {
@@ -45,6 +46,11 @@ impl Engine {
         if !part.sub.begin() {
             return;
         }
+        // The offer's a=ssrc lines come from the send streams: parked ones are declared again.
+        self.unpark_all(sub_key);
+        let Some(part) = self.parts.get_mut(pid) else {
+            return;
+        };
         let Some(peer) = self.peers.get_mut(sub_key) else {
             return;
         };
@@ -176,12 +182,14 @@ impl Engine {
             let Some(peer) = self.peers.get_mut(sub_key) else {
                 break;
             };
-            let ssrc = peer
-                .rtc
-                .direct_api()
-                .stream_tx_by_mid(mid, None)
-                .map(|s| s.ssrc());
-            let Some(ssrc) = ssrc else {
+            let Some(kind) = self.producers.get(pk).map(|p| p.kind) else {
+                continue;
+            };
+            let stream = peer.rtc.direct_api().stream_tx_by_mid(mid, None).map(|s| {
+                configure_send_stream(s, kind);
+                (s.ssrc(), s.rtx())
+            });
+            let Some((ssrc, rtx)) = stream else {
                 warn!("subscriber {pid}: no send stream for mid {mid}");
                 continue;
             };
@@ -193,6 +201,9 @@ impl Engine {
             prod.consumers.push(Consumer {
                 peer: sub_key,
                 ssrc,
+                rtx,
+                mid,
+                park: Default::default(),
                 gate: gate.clone(),
                 st: ConsumerState::new(unsubscribed.contains(&track_id)),
                 quality: quality.get(&track_id).copied().unwrap_or(Quality::High),

@@ -17,6 +17,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::RawPacket;
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::sync::mpsc::UnboundedReceiver;
@@ -57,6 +58,9 @@ pub struct Client {
     pub connected: Arc<Mutex<bool>>,
     /// Keyframe requests (PLI/FIR) this client received.
     pub keyframe_requests: Arc<AtomicU64>,
+    /// Padding this client received: RTP packets with an empty payload or on a repair (RTX)
+    /// payload type (counted only with `RtcConfig::enable_raw_packets(true)`).
+    pub padding: Arc<AtomicU64>,
 }
 
 impl ClientState {
@@ -135,16 +139,19 @@ impl Client {
         let rx: Arc<Mutex<HashMap<String, Rx>>> = Default::default();
         let connected: Arc<Mutex<bool>> = Default::default();
         let keyframe_requests: Arc<AtomicU64> = Default::default();
+        let padding: Arc<AtomicU64> = Default::default();
         let (rx2, conn2, kf2) = (rx.clone(), connected.clone(), keyframe_requests.clone());
+        let pad2 = padding.clone();
         std::thread::spawn(move || {
             let mut st = ClientState::new(rtc, now);
-            pump(&mut st, transport, job_rx, rx2, conn2, kf2);
+            pump(&mut st, transport, job_rx, rx2, conn2, kf2, pad2);
         });
         Client {
             jobs,
             rx,
             connected,
             keyframe_requests,
+            padding,
         }
     }
 
@@ -245,6 +252,7 @@ impl Client {
 
 /// Runs a client: its jobs, its synthetic media, its str0m output onto `transport` and what
 /// arrives back, until its [`Client`] is dropped or the transport is gone.
+#[allow(clippy::too_many_arguments)]
 pub fn pump(
     st: &mut ClientState,
     mut transport: impl Transport,
@@ -252,6 +260,7 @@ pub fn pump(
     rx: Arc<Mutex<HashMap<String, Rx>>>,
     connected: Arc<Mutex<bool>>,
     keyframe_requests: Arc<AtomicU64>,
+    padding: Arc<AtomicU64>,
 ) {
     loop {
         loop {
@@ -298,6 +307,19 @@ pub fn pump(
                     }
                     if !e.pts.contains(&*p.header.payload_type) {
                         e.pts.push(*p.header.payload_type);
+                    }
+                }
+                Output::Event(Event::RawPacket(raw)) => {
+                    if let RawPacket::RtpRx(header, payload) = *raw {
+                        let repair = st
+                            .rtc
+                            .codec_config()
+                            .params()
+                            .iter()
+                            .any(|p| p.resend() == Some(header.payload_type));
+                        if payload.is_empty() || repair {
+                            padding.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
                 }
                 Output::Event(_) => {}
