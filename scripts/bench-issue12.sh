@@ -76,7 +76,10 @@ else
 fi
 BIN_DIR="$TARGET_DIR/$PROFILE"
 # Every process started from here on (both servers, the load tester) inherits the nice level.
-[ -n "$NICE" ] && renice -n "$NICE" -p $$ >/dev/null
+if [ -n "$NICE" ] && ! renice -n "$NICE" -p $$ >/dev/null; then
+  echo "renice $NICE failed (a negative level needs root): running at the usual level" >&2
+  NICE=""
+fi
 RUN="issue12-$(date -u +%Y%m%d-%H%M%S)"
 OUT="$TARGET_DIR/loadtest/$RUN"
 mkdir -p "$OUT"
@@ -146,7 +149,7 @@ done
 
 {
   echo "Run $RUN: commit $(git rev-parse --short HEAD)$(git diff --quiet HEAD 2>/dev/null || echo '+changes'), $PROFILE build, light bots, $DURATION per run, $(nproc) cores"
-  echo "($(uname -r); $(janus --version 2>/dev/null | head -1 || echo 'janus: none')); every server socket on 127.0.0.1."
+  echo "(Linux $(uname -r); $( (janus --version 2>/dev/null || echo 'janus: none') | sed -n 1p)); every server socket on 127.0.0.1."
   echo
   echo '```sh'
   echo "scripts/bench-issue12.sh --duration $DURATION${ONLY:+ --only $ONLY}${NICE:+ --nice $NICE}$([ "$SMOKE" = 1 ] && echo ' --smoke')"
