@@ -26,65 +26,26 @@ NAME="compare-$(date +%Y%m%d-%H%M%S)"
 OUT="$TARGET_DIR/loadtest"
 mkdir -p "$OUT"
 
-# Greenroom on free ports.
-read -r HTTP_PORT UDP_PORT < <(python3 - <<'PY'
-import socket
-ports = []
-for kind, want in ((socket.SOCK_STREAM, 7880), (socket.SOCK_DGRAM, 7882)):
-    for p in (want, 0):
-        s = socket.socket(socket.AF_INET, kind)
-        try:
-            s.bind(("127.0.0.1", p)); ports.append(s.getsockname()[1]); break
-        except OSError:
-            pass
-        finally:
-            s.close()
-print(*ports)
-PY
-)
-"$BIN_DIR/greenroom" serve --http-addr "127.0.0.1:$HTTP_PORT" --udp-addr "127.0.0.1:$UDP_PORT" \
-  >"$OUT/$NAME-greenroom-server.log" 2>&1 &
-GR_PID=$!
-cleanup() { kill "$GR_PID" 2>/dev/null || true; wait "$GR_PID" 2>/dev/null || true; }
-trap cleanup EXIT
-for _ in $(seq 1 100); do
-  curl -fsS "http://127.0.0.1:$HTTP_PORT/healthz" >/dev/null 2>&1 && break
-  sleep 0.1
-done
+# shellcheck source=scripts/janus/lib.sh
+. "$ROOT/scripts/janus/lib.sh"
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
+gr_start "$OUT/$NAME-greenroom-server.log"
+trap gr_stop EXIT
 # Janus (idempotent start; left running for later comparisons, stop with scripts/janus/stop.sh).
-JANUS_OUT="$(scripts/janus/start.sh)"
-JANUS_PID="$(echo "$JANUS_OUT" | tail -3 | sed -n 1p)"
-JANUS_URL="$(echo "$JANUS_OUT" | tail -3 | sed -n 2p)"
-JANUS_ICE_IP="$(echo "$JANUS_OUT" | tail -3 | sed -n 3p)"
+janus_start
 
-echo "== greenroom (pid $GR_PID, http $HTTP_PORT, udp $UDP_PORT)"
-"$BIN_DIR/greenroom-loadtest" --target greenroom --url "http://127.0.0.1:$HTTP_PORT" \
+echo "== greenroom (pid $GR_PID, $GR_URL, udp $GR_UDP_PORT)"
+"$BIN_DIR/greenroom-loadtest" --target greenroom --url "$GR_URL" \
   --server-pid "$GR_PID" --name "$NAME" --out "$OUT" "$@" || echo "greenroom run failed"
 sleep 2
 echo "== janus (pid $JANUS_PID, $JANUS_URL, media on $JANUS_ICE_IP)"
-if [ "$JANUS_ICE_IP" != 127.0.0.1 ]; then
-  echo "janus media address is $JANUS_ICE_IP, not 127.0.0.1: refusing to load-test it" >&2
-  exit 1
-fi
 # Janus's UDP sockets (its ICE candidates' addresses), sampled during the run.
 SOCKS="$OUT/$NAME-janus-udp-sockets.txt"
-: >"$SOCKS"
-( while kill -0 "$JANUS_PID" 2>/dev/null; do
-    ss -H -u -a -n -p 2>/dev/null | grep "pid=$JANUS_PID," | awk '{print $4}' >>"$SOCKS" || true
-    sleep 1
-  done ) &
-SAMPLER=$!
+sockets_start "$JANUS_PID" "$SOCKS"
 "$BIN_DIR/greenroom-loadtest" --target janus --url "$JANUS_URL" \
   --server-pid "$JANUS_PID" --bind-ip "$JANUS_ICE_IP" --name "$NAME" --out "$OUT" "$@" || echo "janus run failed"
-kill "$SAMPLER" 2>/dev/null || true
-wait "$SAMPLER" 2>/dev/null || true
-ADDRS="$(sed 's/:[0-9]*$//' "$SOCKS" | sort -u | tr '\n' ' ')"
-echo "janus UDP socket addresses during the run: ${ADDRS:-none seen}"
-if [ -n "$(sed 's/:[0-9]*$//' "$SOCKS" | grep -v '^127\.0\.0\.1$' || true)" ]; then
-  echo "janus used a non-loopback address for media" >&2
-  [ "${JANUS_ALLOW_NON_LOOPBACK:-0}" = 1 ] || exit 1
-fi
+sockets_check "$SOCKS" janus
 
 echo
 echo "== side by side ($NAME)"

@@ -338,6 +338,29 @@ impl JanusHandle {
         }
     }
 
+    /// Waits until every feed of `feeds` is listed as an active publisher of `room`
+    /// (`listparticipants`, `publisher: true`). Janus answers a subscription to a feed whose
+    /// PeerConnection is not up on its side yet with "No such feed", even when the publisher's
+    /// own side is already connected.
+    pub async fn wait_publishing(&self, room: u64, feeds: &[u64], timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let v = self
+                .request(json!({"request": "listparticipants", "room": room}), None)
+                .await?;
+            let publishing = active_publishers(&v["plugindata"]["data"]["participants"]);
+            if feeds.iter().all(|f| publishing.contains(f)) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(JanusError::Timeout(format!(
+                    "feeds {feeds:?} to publish (publishing: {publishing:?})"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Destroys a room (best effort).
     pub async fn destroy_room(&self, room: u64) {
         let _ = self
@@ -588,6 +611,17 @@ impl JanusLightSubscriber {
     }
 }
 
+/// The feed ids of `listparticipants` entries flagged `publisher: true`.
+fn active_publishers(participants: &Value) -> Vec<u64> {
+    participants
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["publisher"] == true)
+        .filter_map(|p| p["id"].as_u64())
+        .collect()
+}
+
 /// Janus's `streams` list as the subscriber's track table: `<feed>:microphone` / `<feed>:camera`.
 pub fn subscribed_tracks(streams: &Value) -> Vec<SubscribedTrack> {
     let Some(list) = streams.as_array() else {
@@ -637,6 +671,18 @@ mod tests {
         assert_eq!(t[1].mid, "1");
         assert_eq!(t[1].track.source, TrackSource::Camera);
         assert!(subscribed_tracks(&json!(null)).is_empty());
+    }
+
+    #[test]
+    fn active_publishers_are_listed() {
+        let v = json!([
+            {"id": 1, "publisher": true},
+            {"id": 2, "publisher": false},
+            {"id": 3},
+            {"publisher": true}
+        ]);
+        assert_eq!(active_publishers(&v), vec![1]);
+        assert!(active_publishers(&json!(null)).is_empty());
     }
 
     #[test]

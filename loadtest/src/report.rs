@@ -100,6 +100,7 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
             "server KiB per subscriber",
             opt(s.server_kib_per_subscriber, 0),
         ),
+        ("server KiB per listener", kib_per_listener(s)),
         (
             "load tester CPU (% of a core)",
             format!("{:.1}", s.bot_cpu_pct),
@@ -164,6 +165,65 @@ pub fn side_by_side(summaries: &[&Summary]) -> String {
             let _ = write!(out, "  {v:>cw$}");
         }
         out.push('\n');
+    }
+    out
+}
+
+/// The memory per listener with its basis: `265` (per listener), or `310 / participant` for a
+/// scenario without listeners.
+fn kib_per_listener(s: &Summary) -> String {
+    let v = opt(s.server_kib_per_listener, 0);
+    if s.memory_per == "participant" && s.server_kib_per_listener.is_some() {
+        format!("{v} / participant")
+    } else {
+        v
+    }
+}
+
+/// The header of [`markdown`]'s table.
+const MARKDOWN_HEADER: &str = "| scenario | server | joined / failed | fwd pkt/s (expected) | loss % \
+    | latency p50 / p99 (ms) | server CPU (% core) | server µs CPU / fwd pkt | floor ns/pkt \
+    | CPU / floor | Janus ÷ Greenroom CPU/pkt | server KiB per listener | datagrams out / media pkt \
+    | tester CPU (% core) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+
+/// Runs as one markdown table, one row per run, in the given order (Greenroom then Janus for
+/// each scenario). The Janus ÷ Greenroom column divides a Janus run's server CPU per forwarded
+/// packet by that of the Greenroom run of the same scenario name; `-` elsewhere.
+pub fn markdown(summaries: &[&Summary]) -> String {
+    let mut out = String::from(MARKDOWN_HEADER);
+    for s in summaries {
+        let ratio = (s.target == "janus")
+            .then(|| {
+                summaries
+                    .iter()
+                    .find(|g| g.target == "greenroom" && g.scenario == s.scenario)
+                    .and_then(|g| g.server_cpu_s_per_mpkt)
+                    .filter(|g| *g > 0.0)
+                    .zip(s.server_cpu_s_per_mpkt)
+                    .map(|(g, j)| j / g)
+            })
+            .flatten();
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} / {} | {:.0} ({:.0}) | {:.2} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            s.scenario,
+            s.target,
+            s.joined,
+            s.join_failures,
+            s.forwarded_pps,
+            s.expected_pps,
+            s.loss_pct,
+            opt(s.latency_p50_ms, 2),
+            opt(s.latency_p99_ms, 2),
+            opt(s.server_cpu_pct, 1),
+            opt(s.server_cpu_s_per_mpkt, 2),
+            opt(s.floor_ns_per_packet, 0),
+            s.server_cpu_x_floor.map_or("-".into(), |x| format!("{x:.1}x")),
+            ratio.map_or("-".into(), |r| format!("{r:.2}x")),
+            kib_per_listener(s),
+            opt(s.datagrams_per_media_packet, 3),
+            s.bot_cpu_pct,
+        );
     }
     out
 }
@@ -395,5 +455,46 @@ mod tests {
         assert!(t.contains("bots"));
         let sbs = side_by_side(&[&s, &s]);
         assert_eq!(sbs.lines().count(), rows(&s).len());
+    }
+
+    #[test]
+    fn markdown_rows_and_the_janus_ratio() {
+        let g = Summary {
+            target: "greenroom".into(),
+            scenario: "audio-1x200".into(),
+            server_cpu_s_per_mpkt: Some(10.0),
+            server_cpu_x_floor: Some(11.5),
+            server_kib_per_listener: Some(64.4),
+            memory_per: "listener".into(),
+            ..Summary::default()
+        };
+        let j = Summary {
+            target: "janus".into(),
+            server_cpu_s_per_mpkt: Some(45.0),
+            ..g.clone()
+        };
+        let other = Summary {
+            target: "janus".into(),
+            scenario: "meeting-4x4".into(),
+            server_cpu_s_per_mpkt: Some(45.0),
+            server_kib_per_listener: Some(300.0),
+            memory_per: "participant".into(),
+            ..Summary::default()
+        };
+        let t = markdown(&[&g, &j, &other]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), 5, "{t}");
+        let cols = |l: &str| l.matches('|').count();
+        assert!(lines.iter().all(|l| cols(l) == cols(lines[0])), "{t}");
+        assert!(
+            lines[2].contains("| 11.5x |") && lines[2].contains("| 64 |"),
+            "{t}"
+        );
+        assert!(lines[3].contains("| 4.50x |"), "{t}");
+        // No Greenroom run of the meeting: no ratio.
+        assert!(
+            lines[4].contains("| - |") && lines[4].contains("300 / participant"),
+            "{t}"
+        );
     }
 }

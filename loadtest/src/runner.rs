@@ -230,6 +230,21 @@ pub struct Summary {
     pub server_rss_after_mib: Option<f64>,
     /// (RSS after - before) / receiving participants, KiB.
     pub server_kib_per_subscriber: Option<f64>,
+    /// Listeners (receive-only participants) connected at the end of the window.
+    #[serde(default)]
+    pub listeners_joined: usize,
+    /// Server RSS once the publishers had joined, just before the first listener, MiB.
+    #[serde(default)]
+    pub server_rss_before_listeners_mib: Option<f64>,
+    /// The server's memory per listener, KiB: (RSS at the end of the window, every listener
+    /// still connected - RSS just before the first listener joined) / listeners connected.
+    /// A scenario without listeners (a meeting) divides (RSS at the end - RSS before the first
+    /// join) by the participants connected instead; [`Summary::memory_per`] says which.
+    #[serde(default)]
+    pub server_kib_per_listener: Option<f64>,
+    /// What [`Summary::server_kib_per_listener`] is per: `listener` or `participant`.
+    #[serde(default)]
+    pub memory_per: String,
     /// Load tester CPU in the window, s.
     pub bot_cpu_seconds: f64,
     /// Load tester CPU, percent of one core.
@@ -438,6 +453,15 @@ impl Totals {
             datagrams_in: self.datagrams_in.saturating_sub(earlier.datagrams_in),
         }
     }
+}
+
+/// The listeners of a run, for the memory per listener.
+#[derive(Debug, Clone, Copy, Default)]
+struct Listeners {
+    /// The server's resources once the publishers had joined, before the first listener.
+    rss_before: Option<ProcSample>,
+    /// Listeners connected.
+    joined: usize,
 }
 
 struct Delta {
@@ -986,6 +1010,12 @@ impl Run {
             let first = self.errors.lock().first().cloned().unwrap_or_default();
             return Err(LoadError::NoPublisher(first));
         }
+        if let Some(ctx) = &self.janus {
+            let feeds = self.feeds.lock().clone();
+            ctx.control
+                .wait_publishing(ctx.room, &feeds, self.config.timeout)
+                .await?;
+        }
         if self.config.target == Target::Janus && s.publishers_subscribe {
             self.janus_cross_subscribe().await;
         }
@@ -1008,6 +1038,7 @@ impl Run {
         to: &Totals,
         before: Option<ProcSample>,
         receivers: usize,
+        listeners: Listeners,
     ) -> Summary {
         let d = to.since(from);
         let mib = |b: u64| b as f64 / 1048576.0;
@@ -1020,6 +1051,17 @@ impl Run {
         let per_sub = match (before, rss_after) {
             (Some(b), Some(a)) if receivers > 0 => {
                 Some((a as f64 - b.rss_bytes as f64) / 1024.0 / receivers as f64)
+            }
+            _ => None,
+        };
+        let (memory_per, base, count) = if self.scenario.subscribers > 0 {
+            ("listener", listeners.rss_before, listeners.joined)
+        } else {
+            ("participant", before, self.joined())
+        };
+        let per_listener = match (base, rss_after) {
+            (Some(b), Some(a)) if count > 0 => {
+                Some((a as f64 - b.rss_bytes as f64) / 1024.0 / count as f64)
             }
             _ => None,
         };
@@ -1069,6 +1111,10 @@ impl Run {
             server_rss_before_mib: before.map(|b| mib(b.rss_bytes)),
             server_rss_after_mib: rss_after.map(mib),
             server_kib_per_subscriber: per_sub,
+            listeners_joined: listeners.joined,
+            server_rss_before_listeners_mib: listeners.rss_before.map(|b| mib(b.rss_bytes)),
+            server_kib_per_listener: per_listener,
+            memory_per: memory_per.into(),
             bot_cpu_seconds: d.bot_cpu,
             bot_cpu_pct: d.bot_cpu * 100.0 / d.secs,
             bot_cpu_us_per_packet: (d.rx > 0).then(|| d.bot_cpu * 1e6 / d.rx as f64),
@@ -1101,15 +1147,24 @@ pub async fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunResult, L
     let before = config.server.read().await.ok().flatten();
     let sampler = run.spawn_sampler();
     let joined = run.join_publishers().await;
+    let publishers = run.joined();
+    let mut listeners = Listeners::default();
     if joined.is_ok() {
+        listeners.rss_before = config.server.read().await.ok().flatten();
         run.join_many(scenario.publishers(), scenario.subscribers, &[])
             .await;
     }
     let result = match joined {
         Ok(()) => {
             let (from, to) = run.measure(scenario.duration).await;
-            let mut summary =
-                run.summarize(&from, &to, before, run.receivers(scenario.subscribers));
+            listeners.joined = run.joined().saturating_sub(publishers);
+            let mut summary = run.summarize(
+                &from,
+                &to,
+                before,
+                run.receivers(scenario.subscribers),
+                listeners,
+            );
             summary.expected_pps = scenario.expected_forward_rate();
             Ok(summary)
         }
@@ -1146,6 +1201,7 @@ pub async fn find_max(
     let mut last_summary = None;
     let outcome = async {
         run.join_publishers().await?;
+        let rss_before = config.server.read().await.ok().flatten();
         let mut subscribers = 0usize;
         let mut next_index = scenario.publishers();
         let mut add = scenario.subscribers.max(bounds.step.min(bounds.max_subscribers));
@@ -1189,7 +1245,17 @@ pub async fn find_max(
                 break;
             }
             capacity.max_subscribers = subscribers;
-            let mut s = run.summarize(&from, &to, before, run.receivers(subscribers));
+            let listeners = Listeners {
+                rss_before,
+                joined: subscribers,
+            };
+            let mut s = run.summarize(
+                &from,
+                &to,
+                before,
+                run.receivers(subscribers),
+                listeners,
+            );
             s.expected_pps = {
                 let mut sc = scenario.clone();
                 sc.subscribers = subscribers;

@@ -20,6 +20,9 @@ DIR="${JANUS_DIR:-$ROOT/target/janus}"
 PORT="${JANUS_HTTP_PORT:-8088}"
 RTP_RANGE="${JANUS_RTP_RANGE:-20000-40000}"
 DEBUG_LEVEL="${JANUS_DEBUG_LEVEL:-3}"
+# Janus's default runs one event-loop thread per handle; JANUS_EVENT_LOOPS=N shares N loops.
+EVENT_LOOPS_LINE=""
+[ -n "${JANUS_EVENT_LOOPS:-}" ] && EVENT_LOOPS_LINE="event_loops = $JANUS_EVENT_LOOPS"
 
 if ! command -v janus >/dev/null 2>&1; then
   echo "installing the janus package" >&2
@@ -66,6 +69,7 @@ general: {
   admin_secret = "janusoverlord-disabled"
   protected_folders = [ "/bin", "/boot", "/dev", "/etc", "/initrd", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys", "/usr", "/var" ]
   session_timeout = 120
+  $EVENT_LOOPS_LINE
 }
 certificates: {
 }
@@ -125,6 +129,9 @@ if [ -f "$PIDFILE" ] && kill -0 "$(cat "$PIDFILE")" 2>/dev/null; then
   kill "$(cat "$PIDFILE")" 2>/dev/null || true
   sleep 1
 fi
+# One UDP socket per PeerConnection (plus its event loop's descriptors): a 1 x 600 room needs
+# more than the usual soft limit of 1024.
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 LD_PRELOAD="$SHIM" janus --config="$DIR/conf/janus.jcfg" --configs-folder="$DIR/conf" \
   --interface="$ICE_IP" --ice-enforce-list="$ICE_IF" \
   --log-file="$DIR/janus.log" --disable-stdout --disable-colors \

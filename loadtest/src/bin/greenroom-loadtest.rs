@@ -179,6 +179,9 @@ struct Args {
     /// Print the summaries of earlier JSON reports side by side, and exit.
     #[arg(long, num_args = 1..)]
     compare: Vec<PathBuf>,
+    /// With --compare: print one markdown table, a row per run (scripts/bench-issue12.sh).
+    #[arg(long, requires = "compare")]
+    markdown: bool,
     /// Measure this machine's forwarding floor (100 B and 1200 B) for this long each before
     /// the run, to report the server's CPU per packet as a multiple of it; 0s: skip.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
@@ -204,7 +207,7 @@ async fn measure_floor(each: Duration) -> anyhow::Result<floor::FloorFigures> {
     Ok(f)
 }
 
-fn compare(files: &[PathBuf]) -> anyhow::Result<()> {
+fn compare(files: &[PathBuf], markdown: bool) -> anyhow::Result<()> {
     let mut summaries = Vec::new();
     for f in files {
         let text =
@@ -217,7 +220,11 @@ fn compare(files: &[PathBuf]) -> anyhow::Result<()> {
         }
     }
     let refs: Vec<&runner::Summary> = summaries.iter().collect();
-    print!("{}", report::side_by_side(&refs));
+    if markdown {
+        print!("{}", report::markdown(&refs));
+    } else {
+        print!("{}", report::side_by_side(&refs));
+    }
     Ok(())
 }
 
@@ -303,7 +310,7 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
     if !args.compare.is_empty() {
-        return compare(&args.compare);
+        return compare(&args.compare, args.markdown);
     }
     if let Some(Command::Floor { time }) = args.command {
         let f = measure_floor(time).await?;
