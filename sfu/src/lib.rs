@@ -399,11 +399,11 @@ impl Sfu {
                             egress.clone(),
                         );
                         match &tcp {
-                            Some((_, _, writers)) => Arc::new(tcp::MediaTransport {
+                            Some((_, _, writers)) => Box::new(tcp::MediaTransport {
                                 udp,
                                 tcp: writers.clone(),
                             }),
-                            None => Arc::new(udp),
+                            None => Box::new(udp),
                         }
                     },
                     advertised,

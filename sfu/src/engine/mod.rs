@@ -150,7 +150,7 @@ pub(crate) struct ShardSetup {
     /// Engine tuning.
     pub(crate) opts: SfuOptions,
     /// Where outgoing datagrams go (a clone of the shared socket).
-    pub(crate) socket: Arc<dyn Transport>,
+    pub(crate) socket: Box<dyn Transport>,
     /// The address in host candidates.
     pub(crate) advertised: SocketAddr,
     /// Datagrams and commands.
@@ -296,7 +296,9 @@ struct CallState {
 pub(crate) struct Engine {
     shard: usize,
     opts: SfuOptions,
-    socket: Arc<dyn Transport>,
+    socket: Box<dyn Transport>,
+    /// One transport per worker of the parallel fan-out (forks of `socket`, made on first use).
+    workers: Vec<Box<dyn Transport>>,
     local: SocketAddr,
     untagged: UfragMap,
     input: Receiver<ShardMsg>,
@@ -336,6 +338,7 @@ impl Engine {
             shard,
             opts,
             socket,
+            workers: Vec::new(),
             local: advertised,
             untagged,
             input,
