@@ -125,13 +125,8 @@ pub(crate) enum Cmd {
 
 /// What a shard's thread waits for: a datagram for one of its peers, or a command.
 pub(crate) enum ShardMsg {
-    /// A datagram routed to this shard by the demultiplexer.
-    Datagram {
-        /// The datagram.
-        data: Vec<u8>,
-        /// Its source.
-        src: SocketAddr,
-    },
+    /// Datagrams routed to this shard by the demultiplexer: what one `recvmmsg` read for it.
+    Datagrams(crate::io::rx::RxBatch),
     /// A packet from an ICE-TCP connection (RFC 4571 frame), routed like a datagram.
     TcpPacket {
         /// The packet, without its length prefix.

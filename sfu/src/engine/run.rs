@@ -6,8 +6,8 @@ use std::sync::mpsc::RecvTimeoutError;
 use str0m::net::Protocol;
 use tracing::info;
 
-/// At most this many queued messages are taken before the subscribers they wrote to are
-/// driven (bounds the latency a batch adds to its first packet).
+/// At most this many queued datagrams (and commands) are taken before the subscribers they
+/// wrote to are driven (bounds the latency a batch adds to its first packet).
 const BATCH: usize = 64;
 
 impl Engine {
@@ -50,7 +50,13 @@ impl Engine {
             while let Some(msg) = next_msg.take() {
                 taken += 1;
                 match msg {
-                    ShardMsg::Datagram { data, src } => self.receive(&data, src, now),
+                    ShardMsg::Datagrams(batch) => {
+                        for (data, src) in batch.iter() {
+                            self.receive(data, src, now);
+                        }
+                        taken += batch.len().saturating_sub(1);
+                        // Dropping the batch hands its buffer back to the receive thread.
+                    }
                     ShardMsg::TcpPacket { data, src } => {
                         self.receive_packet(Protocol::Tcp, &data, src, now)
                     }
