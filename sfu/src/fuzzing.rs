@@ -807,6 +807,18 @@ mod tests {
         m.prepare(3);
         m.feed();
         assert_eq!(m.forwarded(), 6, "each of 2 publishers to the other");
+        // The bench's video 4x4 variant: frames of three packets, each to the three others,
+        // for seconds of virtual time (the shard's timers must not spin).
+        let mut v = ShardBench::new(4, 0, true).expect("connects");
+        for round in 0..200u64 {
+            let before = v.forwarded();
+            v.prepare(3);
+            v.feed();
+            assert_eq!(v.forwarded() - before, 4 * 3 * 3, "round {round}");
+            if round % 10 == 9 {
+                v.pump();
+            }
+        }
     }
 
     #[test]
