@@ -158,6 +158,10 @@ impl Transport for MediaTransport {
         self.udp.send_to(data, dest)
     }
 
+    fn send_owned(&mut self, data: Vec<u8>, dest: SocketAddr) -> io::Result<()> {
+        self.udp.send_owned(data, dest)
+    }
+
     fn flush(&mut self) {
         self.udp.flush();
     }

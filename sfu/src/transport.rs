@@ -26,6 +26,12 @@ pub(crate) trait Transport: Send {
     /// Queues one datagram for `dest`; it leaves at the latest at the next [`Self::flush`].
     fn send_to(&mut self, data: &[u8], dest: SocketAddr) -> io::Result<()>;
 
+    /// [`Self::send_to`] for a buffer the caller gives away (str0m's transmits): queued as it
+    /// is, without a copy, where the transport can.
+    fn send_owned(&mut self, data: Vec<u8>, dest: SocketAddr) -> io::Result<()> {
+        self.send_to(&data, dest)
+    }
+
     /// Sends one packet over the ICE-TCP connection from `dest` (see `tcp`); without ICE-TCP
     /// there is none.
     fn send_tcp(&mut self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
@@ -136,6 +142,13 @@ impl Transport for BatchTransport {
         Ok(())
     }
 
+    fn send_owned(&mut self, data: Vec<u8>, dest: SocketAddr) -> io::Result<()> {
+        if self.queue.push_owned(data, dest) {
+            self.send();
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) {
         if !self.queue.is_empty() {
             self.send();
@@ -202,7 +215,7 @@ mod tests {
                 });
             }
         });
-        main.send_to(&[3; 30], dest).unwrap();
+        main.send_owned(vec![3; 30], dest).unwrap();
         assert_eq!(
             counters.sent.load(Relaxed),
             0,

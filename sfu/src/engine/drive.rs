@@ -38,9 +38,11 @@ fn drive_peer(
             match rtc.poll_output()? {
                 Output::Timeout(t) => return Ok(t),
                 Output::Transmit(t) => {
+                    // UDP transmits are handed over whole: the queue keeps str0m's buffer
+                    // instead of copying it.
                     let sent = match t.proto {
                         Protocol::Tcp => socket.send_tcp(&t.contents, t.destination),
-                        _ => socket.send_to(&t.contents, t.destination),
+                        _ => socket.send_owned(t.contents.into(), t.destination),
                     };
                     if let Err(e) = sent {
                         debug!("send to {} failed: {e}", t.destination);
