@@ -312,6 +312,8 @@ pub(crate) struct Engine {
     /// Origin of the grid str0m's lax timers are rounded to (see `drive::coalesce`).
     timer_epoch: Instant,
     ticks: u64,
+    /// How busy this thread is (decides the parallel fan-out).
+    busy: run::Busy,
     /// Metrics, written by this thread only.
     counters: Arc<SfuCounters>,
 }
@@ -329,6 +331,7 @@ impl Engine {
             counters,
             untagged,
         } = setup;
+        let opts_busy = opts.parallel_busy;
         Engine {
             shard,
             opts,
@@ -349,6 +352,7 @@ impl Engine {
             next_tick: Instant::now() + TICK,
             timer_epoch: Instant::now(),
             ticks: 0,
+            busy: run::Busy::new(Instant::now(), opts_busy),
             counters,
         }
     }
