@@ -214,6 +214,9 @@ pub struct RtcConfig {
     pub shards: usize,
     /// Fan-outs to at least this many subscribers are driven on every core; 0 = never.
     pub parallel_fanout_min: usize,
+    /// The share (0..1) of the last 250 ms a shard's thread must have been busy for a large
+    /// fan-out to go to every core (`parallel_fanout_min`); 0 = whenever it is large enough.
+    pub parallel_busy: f64,
     /// Receive and send buffer size requested for the media UDP socket, in bytes (the kernel
     /// caps it at `net.core.rmem_max` / `wmem_max`; the effective size is exported).
     pub socket_buffer_bytes: usize,
@@ -390,6 +393,7 @@ impl Default for RtcConfig {
             node_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
             shards: 0,
             parallel_fanout_min: 64,
+            parallel_busy: 0.5,
             socket_buffer_bytes: 4 << 20,
             ice_tcp_port: None,
             send_batch: None,
@@ -447,6 +451,11 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "server.header_timeout_secs, server.body_timeout_secs and server.max_conns_per_ip must be at least 1".into(),
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.rtc.parallel_busy) {
+            return Err(ConfigError::Invalid(
+                "rtc.parallel_busy must be between 0 and 1".into(),
             ));
         }
         if self.limits.max_message_bytes < 1024 {

@@ -75,6 +75,7 @@ pub async fn start_state(
     let options = greenroom_sfu::SfuOptions {
         shards: config.rtc.shards,
         parallel_fanout_min: config.rtc.parallel_fanout_min,
+        parallel_busy: config.rtc.parallel_busy,
         socket_buffer_bytes: config.rtc.socket_buffer_bytes,
         ice_tcp_port: Some(
             config

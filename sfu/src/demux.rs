@@ -11,9 +11,10 @@
 //! * Datagrams from unknown addresses that are not tagged STUN are dropped and counted
 //!   (`greenroom_udp_unrouted_total`): garbage never reaches a shard, with one shard as with
 //!   many.
-//! * Each shard's queue is bounded ([`SHARD_QUEUE`]): when a shard falls behind, datagrams for
-//!   it are dropped and counted (`greenroom_udp_queue_dropped_total`) instead of growing memory;
-//!   a shard that died (see `engine::spawn`) gets nothing, and the others are still served.
+//! * Each shard's queue is bounded ([`SHARD_QUEUE`] messages: batches of datagrams and
+//!   commands): when a shard falls behind, datagrams for it are dropped and counted
+//!   (`greenroom_udp_queue_dropped_total`, per datagram) instead of growing memory; a shard that
+//!   died (see `engine::spawn`) gets nothing, and the others are still served.
 //! * The address map is bounded too ([`MAX_ADDRS`]); this map is only a routing hint: the shard
 //!   itself routes non-STUN datagrams only from addresses a peer validated (see `routes`).
 //!
@@ -27,8 +28,14 @@
 //! forgotten. The shards send on clones of the same socket themselves.
 //!
 //! The thread reads with `recvmmsg`: it sleeps until one datagram arrives, then takes every
-//! datagram already queued (up to [`RX_BATCH`]) in the same system call, into buffers it
-//! reuses; each datagram is copied once, at its own length, into its shard's queue.
+//! datagram already queued (up to [`RX_BATCH`]) in the same system call, into the slots of a
+//! pooled buffer ([`crate::io::rx`]). Each shard gets the datagrams of one `recvmmsg` as ONE
+//! message, so it wakes once per batch, not once per datagram. When they all go to one shard
+//! (always with one shard), the buffer itself is handed over and the thread takes a spare one
+//! from the pool: no copy between the kernel and the shard. Otherwise each datagram is copied
+//! once, at its own length, into its shard's batch. The shard returns the buffer to the pool
+//! when it has handled the batch. Memory in flight is bounded by [`SHARD_QUEUE`] batches of
+//! 64 KiB per shard.
 
 use std::collections::HashMap;
 use std::io::IoSliceMut;
@@ -46,20 +53,20 @@ use str0m::IceCreds;
 use tracing::{debug, warn};
 
 use crate::engine::ShardMsg;
+use crate::io::rx::{RxBatch, RxPool, RX_BATCH};
 use crate::metrics::add;
 
 /// A cached address not seen for this long is forgotten.
 pub(crate) const FORGET_AFTER: Duration = Duration::from_secs(60);
-/// Datagrams and commands waiting for one shard; beyond this, datagrams are dropped.
-pub(crate) const SHARD_QUEUE: usize = 4096;
+/// Messages (batches of up to [`RX_BATCH`] datagrams, commands) waiting for one shard; beyond
+/// this, datagrams are dropped.
+pub(crate) const SHARD_QUEUE: usize = 256;
+/// Spare ingress buffers the receive thread keeps (64 KiB each).
+const SPARE_BUFFERS: usize = 32;
 /// Source addresses the receive thread remembers at most (STUN is routed by tag regardless).
 pub(crate) const MAX_ADDRS: usize = 65_536;
 /// The receive thread looks at its stop flag at least this often.
 const POLL: Duration = Duration::from_millis(200);
-/// Datagrams read per `recvmmsg`.
-const RX_BATCH: usize = 32;
-/// Receive buffer per datagram (larger datagrams are truncated: no WebRTC peer sends them).
-const RX_SLOT: usize = 2048;
 
 /// Server ufrags without a shard tag (after a client's ICE restart) -> their shard.
 pub(crate) type UfragMap = Arc<RwLock<HashMap<String, usize>>>;
@@ -166,13 +173,19 @@ pub(crate) struct DemuxCounters {
     pub(crate) queue_dropped: AtomicU64,
 }
 
-/// Hands one datagram to its shard without blocking; a full queue or a dead shard drops it
-/// (counted). Never stops the receive thread: the other shards keep being served.
+/// Hands datagrams (one batch, or one ICE-TCP packet) to their shard without blocking; a full
+/// queue or a dead shard drops them (counted per datagram). Never stops the receive thread:
+/// the other shards keep being served.
 pub(crate) fn dispatch(shard: &SyncSender<ShardMsg>, msg: ShardMsg, counters: &DemuxCounters) {
+    let datagrams = |m: &ShardMsg| match m {
+        ShardMsg::Datagrams(b) => b.len() as u64,
+        ShardMsg::TcpPacket { .. } | ShardMsg::Relay(_) => 1,
+        ShardMsg::Cmd(_) => 0,
+    };
     match shard.try_send(msg) {
         Ok(()) => {}
-        Err(TrySendError::Full(_)) => add(&counters.queue_dropped, 1),
-        Err(TrySendError::Disconnected(_)) => add(&counters.unrouted, 1),
+        Err(TrySendError::Full(m)) => add(&counters.queue_dropped, datagrams(&m)),
+        Err(TrySendError::Disconnected(m)) => add(&counters.unrouted, datagrams(&m)),
     }
 }
 
@@ -200,66 +213,136 @@ fn run(
     counters: Arc<DemuxCounters>,
 ) {
     let fd = socket.as_raw_fd();
-    let mut bufs = vec![[0u8; RX_SLOT]; RX_BATCH];
+    let pool = RxPool::new(SPARE_BUFFERS);
+    let mut split = Split::new(shards.len());
+    let mut recv = pool.take();
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RX_BATCH, None);
+    let mut got: Vec<(usize, Option<SocketAddr>)> = Vec::with_capacity(RX_BATCH);
     while !stop.load(Relaxed) {
-        let mut slices: Vec<[IoSliceMut<'_>; 1]> =
-            bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
-        // Blocks for the first datagram (up to the socket's read timeout), then takes what
-        // else is already queued, up to RX_BATCH, in the same system call.
-        match recvmmsg(
-            fd,
-            &mut headers,
-            slices.iter_mut(),
-            MsgFlags::MSG_WAITFORONE,
-            None,
-        ) {
-            Ok(msgs) => {
-                let now = Instant::now();
-                for m in msgs {
-                    let (Some(src), Some(data)) =
-                        (m.address.and_then(socket_addr), m.iovs().next())
-                    else {
-                        continue;
-                    };
-                    route_one(&mut router, &shards, data, src, now, &counters);
+        got.clear();
+        {
+            let mut slices: Vec<[IoSliceMut<'_>; 1]> =
+                recv.slots_mut().map(|b| [IoSliceMut::new(b)]).collect();
+            // Blocks for the first datagram (up to the socket's read timeout), then takes what
+            // else is already queued, up to RX_BATCH, in the same system call.
+            match recvmmsg(
+                fd,
+                &mut headers,
+                slices.iter_mut(),
+                MsgFlags::MSG_WAITFORONE,
+                None,
+            ) {
+                Ok(msgs) => got.extend(msgs.map(|m| (m.bytes, m.address.and_then(socket_addr)))),
+                Err(
+                    Errno::EAGAIN
+                    | Errno::EINTR
+                    | Errno::ETIMEDOUT
+                    | Errno::ECONNRESET
+                    | Errno::ECONNREFUSED,
+                ) => {}
+                Err(e) => {
+                    warn!("UDP receive failed: {e}");
+                    std::thread::sleep(Duration::from_millis(1));
                 }
             }
-            Err(
-                Errno::EAGAIN
-                | Errno::EINTR
-                | Errno::ETIMEDOUT
-                | Errno::ECONNRESET
-                | Errno::ECONNREFUSED,
-            ) => {}
-            Err(e) => {
-                warn!("UDP receive failed: {e}");
-                std::thread::sleep(Duration::from_millis(1));
+        }
+        if got.is_empty() {
+            continue;
+        }
+        for (slot, (len, src)) in got.iter().enumerate() {
+            // A datagram without a usable source keeps its slot but is never routed.
+            let src = src.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
+            recv.set_slot(slot, *len, src);
+        }
+        let now = Instant::now();
+        let routes = split.route(&mut router, &recv, &got, now, &counters);
+        match routes {
+            Routed::Nothing => {}
+            Routed::One(shard) => {
+                // Zero copy: this buffer goes to the shard, the next recvmmsg gets a spare.
+                let keep = &split.dest;
+                recv.retain_index(|i| keep[i].is_some());
+                let batch = std::mem::replace(&mut recv, pool.take());
+                dispatch(&shards[shard], ShardMsg::Datagrams(batch), &counters);
+            }
+            Routed::Several => {
+                for (i, dest) in split.dest.iter().enumerate() {
+                    let (Some(shard), Some((data, src))) = (*dest, recv.get(i)) else {
+                        continue;
+                    };
+                    split.out[shard]
+                        .get_or_insert_with(|| pool.take())
+                        .push(data, src);
+                }
+                for (shard, batch) in split.out.iter_mut().enumerate() {
+                    if let Some(batch) = batch.take() {
+                        dispatch(&shards[shard], ShardMsg::Datagrams(batch), &counters);
+                    }
+                }
             }
         }
     }
 }
 
-/// Routes one received datagram to its shard's queue (a copy of exactly its length), or
-/// drops and counts it.
-fn route_one(
-    router: &mut Router,
-    shards: &[SyncSender<ShardMsg>],
-    data: &[u8],
-    src: SocketAddr,
-    now: Instant,
-    counters: &DemuxCounters,
-) {
-    let Some(tx) = router.route(data, src, now).and_then(|s| shards.get(s)) else {
-        add(&counters.unrouted, 1);
-        debug!("no shard for datagram from {src}");
-        return;
-    };
-    let msg = ShardMsg::Datagram {
-        data: data.to_vec(),
-        src,
-    };
-    dispatch(tx, msg, counters);
+/// Where the datagrams of one `recvmmsg` go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Routed {
+    /// All dropped.
+    Nothing,
+    /// Every routed datagram to this shard.
+    One(usize),
+    /// To more than one shard.
+    Several,
+}
+
+/// The per-`recvmmsg` routing scratch of the receive thread (kept between batches).
+struct Split {
+    /// Each datagram's shard (`None`: dropped).
+    dest: Vec<Option<usize>>,
+    /// Per shard, the batch being filled when a `recvmmsg` is split.
+    out: Vec<Option<RxBatch>>,
+}
+
+impl Split {
+    fn new(shards: usize) -> Split {
+        Split {
+            dest: Vec::with_capacity(RX_BATCH),
+            out: (0..shards).map(|_| None).collect(),
+        }
+    }
+
+    /// Routes every datagram of `batch` (`got` says which had a source address); counts the
+    /// dropped ones.
+    fn route(
+        &mut self,
+        router: &mut Router,
+        batch: &RxBatch,
+        got: &[(usize, Option<SocketAddr>)],
+        now: Instant,
+        counters: &DemuxCounters,
+    ) -> Routed {
+        self.dest.clear();
+        let mut routed = Routed::Nothing;
+        for (i, (data, src)) in batch.iter().enumerate() {
+            let shard = got
+                .get(i)
+                .and_then(|(_, s)| *s)
+                .and_then(|_| router.route(data, src, now))
+                .filter(|s| *s < self.out.len());
+            if shard.is_none() {
+                add(&counters.unrouted, 1);
+                debug!("no shard for datagram from {src}");
+            }
+            routed = match (routed, shard) {
+                (r, None) => r,
+                (Routed::Nothing, Some(s)) => Routed::One(s),
+                (Routed::One(a), Some(s)) if a == s => Routed::One(a),
+                _ => Routed::Several,
+            };
+            self.dest.push(shard);
+        }
+        routed
+    }
 }
 
 /// A std address from the kernel's (IPv4 or IPv6; anything else is not ours).
@@ -386,21 +469,25 @@ pub(crate) mod tests {
     fn full_and_dead_shard_queues_drop_and_count_without_blocking() {
         let counters = DemuxCounters::default();
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
-        let msg = || ShardMsg::Datagram {
-            data: vec![0x80, 0],
-            src: addr(9000),
+        // Batches of three datagrams: a dropped batch counts each of its datagrams.
+        let msg = || {
+            let mut b = RxBatch::default();
+            for _ in 0..3 {
+                b.push(&[0x80, 0], addr(9000));
+            }
+            ShardMsg::Datagrams(b)
         };
         for _ in 0..5 {
             dispatch(&tx, msg(), &counters);
         }
-        assert_eq!(counters.queue_dropped.load(Relaxed), 3);
+        assert_eq!(counters.queue_dropped.load(Relaxed), 3 * 3);
         assert_eq!(rx.try_iter().count(), 2, "the queue kept its bound");
         drop(rx);
         dispatch(&tx, msg(), &counters);
         assert_eq!(
             counters.unrouted.load(Relaxed),
-            1,
-            "a dead shard's datagram"
+            3,
+            "a dead shard's datagrams"
         );
     }
 
@@ -413,5 +500,72 @@ pub(crate) mod tests {
             assert_eq!(r.route(&stun("g001abcd:cl"), src, t0), Some(1));
         }
         assert_eq!(r.known(), MAX_ADDRS);
+    }
+
+    #[test]
+    fn one_recvmmsg_wakes_each_shard_once_with_its_datagrams_in_order() {
+        let server = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = server.local_addr().unwrap();
+        let (a, b) = (
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+            UdpSocket::bind("127.0.0.1:0").unwrap(),
+        );
+        // Everything is in the socket's queue before the thread starts: its first recvmmsg
+        // takes RX_BATCH datagrams at once. a talks to shard 0 (20 datagrams), b to shard 1
+        // (10), interleaved; then 30 more from a alone (one shard: the buffer is handed over).
+        a.send_to(&stun("g000aaaa:cl"), to).unwrap();
+        b.send_to(&stun("g001bbbb:cl"), to).unwrap();
+        for i in 0..19u8 {
+            a.send_to(&[0x80, 0, 0, i], to).unwrap();
+            if i < 9 {
+                b.send_to(&[0x80, 1, 0, i], to).unwrap();
+            }
+        }
+        for i in 19..49u8 {
+            a.send_to(&[0x80, 0, 0, i], to).unwrap();
+        }
+        let (tx0, rx0) = std::sync::mpsc::sync_channel(SHARD_QUEUE);
+        let (tx1, rx1) = std::sync::mpsc::sync_channel(SHARD_QUEUE);
+        let stop = Arc::new(AtomicBool::new(false));
+        let counters = Arc::new(DemuxCounters::default());
+        spawn(
+            server,
+            vec![tx0, tx1],
+            UfragMap::default(),
+            stop.clone(),
+            counters.clone(),
+        )
+        .unwrap();
+        let collect = |rx: &std::sync::mpsc::Receiver<ShardMsg>, want: usize| {
+            let mut msgs = 0;
+            let mut got: Vec<(Vec<u8>, SocketAddr)> = Vec::new();
+            while got.len() < want {
+                match rx.recv_timeout(Duration::from_secs(10)) {
+                    Ok(ShardMsg::Datagrams(batch)) => {
+                        msgs += 1;
+                        got.extend(batch.iter().map(|(d, s)| (d.to_vec(), s)));
+                    }
+                    Ok(_) => panic!("only datagrams expected"),
+                    Err(_) => break,
+                }
+            }
+            (msgs, got)
+        };
+        let (msgs0, got0) = collect(&rx0, 50);
+        let (msgs1, got1) = collect(&rx1, 10);
+        stop.store(true, Relaxed);
+        assert_eq!(got0.len(), 50);
+        assert_eq!(got1.len(), 10);
+        assert!(got0.iter().all(|(_, s)| *s == a.local_addr().unwrap()));
+        assert!(got1.iter().all(|(_, s)| *s == b.local_addr().unwrap()));
+        let seq0: Vec<u8> = got0[1..].iter().map(|(d, _)| d[3]).collect();
+        assert_eq!(seq0, (0..49).collect::<Vec<u8>>(), "in order");
+        let seq1: Vec<u8> = got1[1..].iter().map(|(d, _)| d[3]).collect();
+        assert_eq!(seq1, (0..9).collect::<Vec<u8>>());
+        // 60 datagrams in two recvmmsg calls: two messages for shard 0, one for shard 1.
+        assert!(msgs0 <= 2, "{msgs0} messages for shard 0");
+        assert_eq!(msgs1, 1);
+        assert_eq!(counters.queue_dropped.load(Relaxed), 0);
+        assert_eq!(counters.unrouted.load(Relaxed), 0);
     }
 }

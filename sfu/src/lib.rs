@@ -111,8 +111,13 @@ pub struct SfuOptions {
     /// A fan-out that leaves at least this many subscriber peers to drive runs them on a
     /// worker pool over every core, so one large call is not limited to its shard's thread;
     /// 0 = never. Default 64. It costs some CPU per packet (pool hand-off and wake-ups) in
-    /// exchange for a call's capacity; see docs/BENCHMARKS.md.
+    /// exchange for a call's capacity, so it engages only while the shard's thread is loaded
+    /// (see [`SfuOptions::parallel_busy`]); see docs/BENCHMARKS.md.
     pub parallel_fanout_min: usize,
+    /// The share of wall time (0..1) a shard's thread must have been busy over the last
+    /// housekeeping tick (250 ms) for [`SfuOptions::parallel_fanout_min`] to apply; 0 = always.
+    /// Default 0.5. The server sets it from its configuration (`rtc.parallel_busy`).
+    pub parallel_busy: f64,
     /// SO_RCVBUF and SO_SNDBUF requested for the media socket, in bytes; 0 = the system
     /// default. Default 4 MiB. The kernel caps it (Linux: `net.core.rmem_max`/`wmem_max`); the
     /// effective sizes are logged and exported as `greenroom_udp_socket_buffer_bytes`.
@@ -137,6 +142,7 @@ impl Default for SfuOptions {
             connect_timeout: std::time::Duration::from_secs(20),
             shards: 0,
             parallel_fanout_min: 64,
+            parallel_busy: 0.5,
             socket_buffer_bytes: 4 << 20,
             ice_tcp_port: None,
             ice_tcp_limits: TcpLimits::default(),
@@ -421,11 +427,11 @@ impl Sfu {
                             egress.clone(),
                         );
                         match &tcp {
-                            Some((_, _, writers)) => Arc::new(tcp::MediaTransport {
+                            Some((_, _, writers)) => Box::new(tcp::MediaTransport {
                                 udp,
                                 tcp: writers.clone(),
                             }),
-                            None => Arc::new(udp),
+                            None => Box::new(udp),
                         }
                     },
                     advertised,

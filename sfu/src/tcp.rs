@@ -154,16 +154,27 @@ pub(crate) struct MediaTransport {
 }
 
 impl Transport for MediaTransport {
-    fn send_to(&self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
+    fn send_to(&mut self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
         self.udp.send_to(data, dest)
     }
 
-    fn flush(&self) {
+    fn send_owned(&mut self, data: Vec<u8>, dest: SocketAddr) -> io::Result<()> {
+        self.udp.send_owned(data, dest)
+    }
+
+    fn flush(&mut self) {
         self.udp.flush();
     }
 
-    fn send_tcp(&self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
+    fn send_tcp(&mut self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
         self.tcp.send(data, dest)
+    }
+
+    fn fork(&self) -> Box<dyn Transport> {
+        Box::new(MediaTransport {
+            udp: self.udp.fork_batch(),
+            tcp: self.tcp.clone(),
+        })
     }
 }
 

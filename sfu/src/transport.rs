@@ -7,35 +7,47 @@
 //! [`crate::io::batch::MAX_BATCH`] datagrams is sent at once. A full socket buffer drops the
 //! rest of a batch and counts it; the shard never blocks on the kernel (see
 //! [`crate::io::batch`]).
+//!
+//! A transport belongs to one thread (`&mut self`, no lock). The parallel fan-out gives each
+//! worker of the pool its own [`Transport::fork`]: the same socket and counters, its own queue,
+//! flushed by that worker at the end of its share of the batch. No datagram takes a lock.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use tracing::debug;
 
 use crate::io::batch::{send_batch, GsoState, SendOutcome, SendQueue, MAX_BATCH};
 
-/// Where a shard's outgoing datagrams go. Shared by the worker pool when a large fan-out is
-/// driven in parallel, hence `Sync`.
-pub(crate) trait Transport: Send + Sync {
+/// Where a shard's (or one fan-out worker's) outgoing datagrams go.
+pub(crate) trait Transport: Send {
     /// Queues one datagram for `dest`; it leaves at the latest at the next [`Self::flush`].
-    fn send_to(&self, data: &[u8], dest: SocketAddr) -> io::Result<()>;
+    fn send_to(&mut self, data: &[u8], dest: SocketAddr) -> io::Result<()>;
+
+    /// [`Self::send_to`] for a buffer the caller gives away (str0m's transmits): queued as it
+    /// is, without a copy, where the transport can.
+    fn send_owned(&mut self, data: Vec<u8>, dest: SocketAddr) -> io::Result<()> {
+        self.send_to(&data, dest)
+    }
 
     /// Sends one packet over the ICE-TCP connection from `dest` (see `tcp`); without ICE-TCP
     /// there is none.
-    fn send_tcp(&self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
+    fn send_tcp(&mut self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
         let _ = (data, dest);
         Err(io::ErrorKind::Unsupported.into())
     }
 
     /// Hands every queued datagram to the kernel (default: nothing is queued).
-    fn flush(&self) {}
+    fn flush(&mut self) {}
+
+    /// Another transport to the same destinations with its own queue, for one worker of the
+    /// parallel fan-out (it flushes its own queue).
+    fn fork(&self) -> Box<dyn Transport>;
 }
 
-/// Egress figures of one shard's transport (several writers, all behind the queue's lock).
+/// Egress figures of one shard's transport and its forks.
 #[derive(Debug, Default)]
 pub(crate) struct SendCounters {
     /// Datagrams the kernel accepted.
@@ -72,9 +84,10 @@ impl SendCounters {
 
 /// A clone of the media socket with a queue of up to [`MAX_BATCH`] datagrams.
 pub(crate) struct BatchTransport {
-    socket: UdpSocket,
-    queue: Mutex<SendQueue>,
-    gso: GsoState,
+    socket: Arc<UdpSocket>,
+    queue: SendQueue,
+    batch: usize,
+    gso: Arc<GsoState>,
     counters: Arc<SendCounters>,
 }
 
@@ -87,16 +100,29 @@ impl BatchTransport {
         batch: usize,
         counters: Arc<SendCounters>,
     ) -> BatchTransport {
+        let batch = batch.clamp(1, MAX_BATCH);
         BatchTransport {
-            socket,
-            queue: Mutex::new(SendQueue::new(batch.clamp(1, MAX_BATCH))),
-            gso: GsoState::new(true),
+            socket: Arc::new(socket),
+            queue: SendQueue::new(batch),
+            batch,
+            gso: Arc::new(GsoState::new(true)),
             counters,
         }
     }
 
-    fn send(&self, queue: &mut SendQueue) {
-        let o = send_batch(&self.socket, queue, &self.gso);
+    /// The same socket, GSO state and counters with an empty queue of its own.
+    pub(crate) fn fork_batch(&self) -> BatchTransport {
+        BatchTransport {
+            socket: self.socket.clone(),
+            queue: SendQueue::new(self.batch),
+            batch: self.batch,
+            gso: self.gso.clone(),
+            counters: self.counters.clone(),
+        }
+    }
+
+    fn send(&mut self) {
+        let o = send_batch(&*self.socket, &mut self.queue, &self.gso);
         if o.would_block + o.failed > 0 {
             debug!(
                 would_block = o.would_block,
@@ -109,19 +135,28 @@ impl BatchTransport {
 }
 
 impl Transport for BatchTransport {
-    fn send_to(&self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
-        let mut q = self.queue.lock();
-        if q.push(data, dest) {
-            self.send(&mut q);
+    fn send_to(&mut self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
+        if self.queue.push(data, dest) {
+            self.send();
         }
         Ok(())
     }
 
-    fn flush(&self) {
-        let mut q = self.queue.lock();
-        if !q.is_empty() {
-            self.send(&mut q);
+    fn send_owned(&mut self, data: Vec<u8>, dest: SocketAddr) -> io::Result<()> {
+        if self.queue.push_owned(data, dest) {
+            self.send();
         }
+        Ok(())
+    }
+
+    fn flush(&mut self) {
+        if !self.queue.is_empty() {
+            self.send();
+        }
+    }
+
+    fn fork(&self) -> Box<dyn Transport> {
+        Box::new(self.fork_batch())
     }
 }
 
@@ -137,7 +172,7 @@ mod tests {
         let dest = rx.local_addr().unwrap();
         let counters = Arc::new(SendCounters::default());
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let t = BatchTransport::new(sock, MAX_BATCH, counters.clone());
+        let mut t = BatchTransport::new(sock, MAX_BATCH, counters.clone());
         t.send_to(&[1; 50], dest).unwrap();
         assert_eq!(counters.sent.load(Relaxed), 0, "queued, not sent");
         t.flush();
@@ -158,5 +193,46 @@ mod tests {
             counters.would_block.load(Relaxed) + counters.failed.load(Relaxed),
             0
         );
+    }
+
+    #[test]
+    fn forks_keep_their_own_queue_and_share_the_counters() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let dest = rx.local_addr().unwrap();
+        let counters = Arc::new(SendCounters::default());
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut main = BatchTransport::new(sock, MAX_BATCH, counters.clone());
+        let mut a = main.fork();
+        let mut b = main.fork();
+        // Two workers queue at once, each on its own thread; nothing leaves before a flush.
+        std::thread::scope(|s| {
+            for (w, t) in [(1u8, &mut a), (2u8, &mut b)] {
+                s.spawn(move || {
+                    for _ in 0..10 {
+                        t.send_to(&[w; 30], dest).unwrap();
+                    }
+                });
+            }
+        });
+        main.send_owned(vec![3; 30], dest).unwrap();
+        assert_eq!(
+            counters.sent.load(Relaxed),
+            0,
+            "every queue waits for its flush"
+        );
+        a.flush();
+        assert_eq!(counters.sent.load(Relaxed), 10, "only a's queue left");
+        b.flush();
+        main.flush();
+        assert_eq!(counters.sent.load(Relaxed), 21);
+        let mut buf = [0u8; 100];
+        let mut by_worker = [0usize; 4];
+        for _ in 0..21 {
+            let n = rx.recv(&mut buf).unwrap();
+            assert_eq!(n, 30);
+            by_worker[usize::from(buf[0])] += 1;
+        }
+        assert_eq!(by_worker, [0, 10, 10, 1]);
     }
 }

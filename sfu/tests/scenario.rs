@@ -345,6 +345,8 @@ async fn a_large_fan_out_is_driven_on_the_worker_pool_and_reaches_everyone() {
     let (sfu, mut events) = start(greenroom_sfu::SfuOptions {
         shards: 1,
         parallel_fanout_min: 32,
+        // The pool even on an idle shard (by default it waits for a loaded one).
+        parallel_busy: 0.0,
         ..Default::default()
     })
     .await;

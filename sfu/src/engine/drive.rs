@@ -21,7 +21,7 @@ fn drive_peer(
     key: Key,
     input: Option<Input<'_>>,
     now: Instant,
-    socket: &dyn Transport,
+    socket: &mut dyn Transport,
     events: &mut Vec<(Key, Event)>,
 ) -> Result<Instant, String> {
     peer.dirty = false;
@@ -38,9 +38,11 @@ fn drive_peer(
             match rtc.poll_output()? {
                 Output::Timeout(t) => return Ok(t),
                 Output::Transmit(t) => {
+                    // UDP transmits are handed over whole: the queue keeps str0m's buffer
+                    // instead of copying it.
                     let sent = match t.proto {
                         Protocol::Tcp => socket.send_tcp(&t.contents, t.destination),
-                        _ => socket.send_to(&t.contents, t.destination),
+                        _ => socket.send_owned(t.contents.into(), t.destination),
                     };
                     if let Err(e) = sent {
                         debug!("send to {} failed: {e}", t.destination);
@@ -159,28 +161,48 @@ impl Engine {
         let Some(peer) = peers.get_mut(key) else {
             return;
         };
-        let res = drive_peer(peer, key, input, now, &**socket, pending_events);
+        let res = drive_peer(peer, key, input, now, &mut **socket, pending_events);
         self.after_drive(key, res, now);
     }
 
     /// Drives every dirty peer at once on the worker pool (a large fan-out), then files their
-    /// events, timeouts and failures in this thread.
+    /// events, timeouts and failures in this thread. The peers are split into one share per
+    /// worker; each share is driven with its own transport ([`Transport::fork`]), whose queue
+    /// the worker flushes when its share is done: no lock per datagram.
     pub(super) fn drive_dirty_parallel(&mut self, now: Instant) {
         add(&self.counters.drives[DRIVE_OUTPUT], self.dirty.len() as u64);
         add(&self.counters.parallel_fanouts, 1);
         self.dirty.clear();
-        let Engine { peers, socket, .. } = self;
-        let socket: &dyn Transport = &**socket;
-        let batch: Vec<(Key, &mut Peer)> = peers.iter_mut().filter(|(_, p)| p.dirty).collect();
-        let done: Vec<Driven> = batch
-            .into_par_iter()
-            .map(|(key, peer)| {
-                let mut events = Vec::new();
-                let res = drive_peer(peer, key, None, now, socket, &mut events);
-                (key, res, events)
+        let Engine {
+            peers,
+            socket,
+            workers,
+            ..
+        } = self;
+        let mut batch: Vec<(Key, &mut Peer)> = peers.iter_mut().filter(|(_, p)| p.dirty).collect();
+        let threads = rayon::current_num_threads().clamp(1, batch.len().max(1));
+        while workers.len() < threads {
+            workers.push(socket.fork());
+        }
+        let share = batch.len().div_ceil(threads).max(1);
+        let done: Vec<Vec<Driven>> = batch
+            .par_chunks_mut(share)
+            .zip(workers.par_iter_mut())
+            .map(|(peers, tx)| {
+                let tx: &mut dyn Transport = &mut **tx;
+                let out = peers
+                    .iter_mut()
+                    .map(|(key, peer)| {
+                        let mut events = Vec::new();
+                        let res = drive_peer(peer, *key, None, now, tx, &mut events);
+                        (*key, res, events)
+                    })
+                    .collect();
+                tx.flush();
+                out
             })
             .collect();
-        for (key, res, events) in done {
+        for (key, res, events) in done.into_iter().flatten() {
             self.pending_events.extend(events);
             self.after_drive(key, res, now);
         }

@@ -132,13 +132,8 @@ pub(crate) enum Cmd {
 
 /// What a shard's thread waits for: a datagram for one of its peers, or a command.
 pub(crate) enum ShardMsg {
-    /// A datagram routed to this shard by the demultiplexer.
-    Datagram {
-        /// The datagram.
-        data: Vec<u8>,
-        /// Its source.
-        src: SocketAddr,
-    },
+    /// Datagrams routed to this shard by the demultiplexer: what one `recvmmsg` read for it.
+    Datagrams(crate::io::rx::RxBatch),
     /// A packet from an ICE-TCP connection (RFC 4571 frame), routed like a datagram.
     TcpPacket {
         /// The packet, without its length prefix.
@@ -159,7 +154,7 @@ pub(crate) struct ShardSetup {
     /// Engine tuning.
     pub(crate) opts: SfuOptions,
     /// Where outgoing datagrams go (a clone of the shared socket).
-    pub(crate) socket: Arc<dyn Transport>,
+    pub(crate) socket: Box<dyn Transport>,
     /// The address in host candidates.
     pub(crate) advertised: SocketAddr,
     /// Datagrams and commands.
@@ -310,7 +305,9 @@ struct CallState {
 pub(crate) struct Engine {
     shard: usize,
     opts: SfuOptions,
-    socket: Arc<dyn Transport>,
+    socket: Box<dyn Transport>,
+    /// One transport per worker of the parallel fan-out (forks of `socket`, made on first use).
+    workers: Vec<Box<dyn Transport>>,
     local: SocketAddr,
     untagged: UfragMap,
     input: Receiver<ShardMsg>,
@@ -329,6 +326,8 @@ pub(crate) struct Engine {
     /// Origin of the grid str0m's lax timers are rounded to (see `drive::coalesce`).
     timer_epoch: Instant,
     ticks: u64,
+    /// How busy this thread is (decides the parallel fan-out).
+    busy: run::Busy,
     /// Metrics, written by this thread only.
     counters: Arc<SfuCounters>,
     /// The node-to-node relay's state (idle when the relay is off).
@@ -348,10 +347,12 @@ impl Engine {
             counters,
             untagged,
         } = setup;
+        let opts_busy = opts.parallel_busy;
         Engine {
             shard,
             opts,
             socket,
+            workers: Vec::new(),
             local: advertised,
             untagged,
             input,
@@ -367,6 +368,7 @@ impl Engine {
             next_tick: Instant::now() + TICK,
             timer_epoch: Instant::now(),
             ticks: 0,
+            busy: run::Busy::new(Instant::now(), opts_busy),
             counters,
             relay: relay::RelayShard::default(),
         }

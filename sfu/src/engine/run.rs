@@ -1,4 +1,6 @@
-//! The shard thread's loop: fire due timers, housekeeping, wait for a datagram or a command.
+//! The shard thread's loop: fire due timers, housekeeping, wait for a datagram or a command;
+//! and how busy the thread is ([`Busy`], which decides whether a large fan-out goes to the
+//! worker pool).
 
 use super::*;
 use crate::metrics::{add, DRIVE_OUTPUT, DRIVE_TIMER};
@@ -6,9 +8,72 @@ use std::sync::mpsc::RecvTimeoutError;
 use str0m::net::Protocol;
 use tracing::info;
 
-/// At most this many queued messages are taken before the subscribers they wrote to are
-/// driven (bounds the latency a batch adds to its first packet).
+/// At most this many queued datagrams (and commands) are taken before the subscribers they
+/// wrote to are driven (bounds the latency a batch adds to its first packet).
 const BATCH: usize = 64;
+
+/// How busy the shard's thread is: the share of wall time it spent working (not waiting for
+/// its queue) over the last housekeeping tick. The parallel fan-out engages only while this
+/// share is at least [`crate::SfuOptions::parallel_busy`]: with headroom on its own thread, a shard drives a
+/// fan-out serially, which costs the least CPU (no hand-off to the pool, no wake-ups of its
+/// workers, which spin before they sleep); once the thread is loaded, large fan-outs spread
+/// over every core so the queue does not grow.
+#[derive(Debug)]
+pub(super) struct Busy {
+    window_start: Instant,
+    awake_since: Option<Instant>,
+    busy: Duration,
+    loaded: bool,
+    threshold: f64,
+}
+
+impl Busy {
+    /// A thread awake since `now` that counts as loaded when busy at least `threshold` (a
+    /// share of wall time; 0: always loaded).
+    pub(super) fn new(now: Instant, threshold: f64) -> Busy {
+        Busy {
+            window_start: now,
+            awake_since: Some(now),
+            busy: Duration::ZERO,
+            loaded: threshold <= 0.0,
+            threshold,
+        }
+    }
+
+    /// The thread starts working (it woke up).
+    pub(super) fn wake(&mut self, now: Instant) {
+        if self.awake_since.is_none() {
+            self.awake_since = Some(now);
+        }
+    }
+
+    /// The thread goes to wait for its queue.
+    pub(super) fn sleep(&mut self, now: Instant) {
+        if let Some(t) = self.awake_since.take() {
+            self.busy += now.saturating_duration_since(t);
+        }
+    }
+
+    /// Closes the window at `now` (once per tick): whether the thread counts as loaded for the
+    /// next one.
+    pub(super) fn tick(&mut self, now: Instant) {
+        if let Some(t) = self.awake_since {
+            self.busy += now.saturating_duration_since(t);
+            self.awake_since = Some(now);
+        }
+        let window = now.saturating_duration_since(self.window_start);
+        self.loaded = self.threshold <= 0.0
+            || (!window.is_zero()
+                && self.busy.as_secs_f64() >= self.threshold * window.as_secs_f64());
+        self.window_start = now;
+        self.busy = Duration::ZERO;
+    }
+
+    /// The thread was busy at least `threshold` of the last tick.
+    pub(super) fn loaded(&self) -> bool {
+        self.loaded
+    }
+}
 
 impl Engine {
     pub(super) fn run(&mut self) {
@@ -18,6 +83,7 @@ impl Engine {
             if now >= self.next_tick {
                 self.housekeeping(now);
                 self.next_tick = now + TICK;
+                self.busy.tick(now);
             }
             self.settle(Instant::now());
 
@@ -34,7 +100,10 @@ impl Engine {
                 .max(MIN_SLEEP);
             // The batch of work is done: what it queued leaves in one sendmmsg before we wait.
             self.socket.flush();
-            let first = match self.input.recv_timeout(wait) {
+            self.busy.sleep(Instant::now());
+            let received = self.input.recv_timeout(wait);
+            self.busy.wake(Instant::now());
+            let first = match received {
                 Ok(msg) => msg,
                 Err(RecvTimeoutError::Timeout) => continue,
                 Err(RecvTimeoutError::Disconnected) => {
@@ -50,7 +119,13 @@ impl Engine {
             while let Some(msg) = next_msg.take() {
                 taken += 1;
                 match msg {
-                    ShardMsg::Datagram { data, src } => self.receive(&data, src, now),
+                    ShardMsg::Datagrams(batch) => {
+                        for (data, src) in batch.iter() {
+                            self.receive(data, src, now);
+                        }
+                        taken += batch.len().saturating_sub(1);
+                        // Dropping the batch hands its buffer back to the receive thread.
+                    }
                     ShardMsg::TcpPacket { data, src } => {
                         self.receive_packet(Protocol::Tcp, &data, src, now)
                     }
@@ -89,7 +164,7 @@ impl Engine {
                 continue;
             }
             let min = self.opts.parallel_fanout_min;
-            if min > 0 && self.dirty.len() >= min {
+            if min > 0 && self.dirty.len() >= min && self.busy.loaded() {
                 self.drive_dirty_parallel(now);
                 continue;
             }
@@ -132,5 +207,45 @@ impl Engine {
     pub(crate) fn advance(&mut self, now: Instant) {
         self.fire_timers(now);
         self.settle(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_thread_counts_as_loaded_only_when_busy_for_the_threshold_share() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut b = Busy::new(t0, 0.5);
+        assert!(!b.loaded(), "not loaded before the first window");
+        // 100 ms awake, 150 ms asleep: 40 % busy.
+        b.sleep(ms(100));
+        b.wake(ms(250));
+        b.tick(ms(250));
+        assert!(!b.loaded());
+        // Then 200 ms awake (twice woken), 50 ms asleep: 80 %.
+        b.sleep(ms(350));
+        b.wake(ms(400));
+        b.wake(ms(420)); // already awake: no effect
+        b.tick(ms(500));
+        assert!(b.loaded());
+        // Asleep across a tick: the open sleep does not count as work.
+        b.sleep(ms(510));
+        b.tick(ms(750));
+        assert!(!b.loaded(), "10 ms of 250");
+        b.wake(ms(800));
+        b.tick(ms(1000));
+        assert!(
+            b.loaded(),
+            "200 ms of 250, the wake-up counted up to the tick"
+        );
+        // A threshold of 0 means always.
+        let mut always = Busy::new(t0, 0.0);
+        assert!(always.loaded());
+        always.sleep(ms(1));
+        always.tick(ms(250));
+        assert!(always.loaded());
     }
 }

@@ -29,19 +29,23 @@ const GSO_MAX_BYTES: usize = 60_000;
 /// Most segments in one GSO send (the kernel's `UDP_MAX_SEGMENTS` is 64 on older kernels).
 const GSO_MAX_SEGMENTS: usize = 64;
 
-/// Outgoing datagrams waiting for [`send_batch`]: one contiguous buffer and their places in it
-/// (no allocation per datagram once the queue has grown to its capacity).
+/// Outgoing datagrams waiting for [`send_batch`]: copies in one contiguous buffer (no
+/// allocation per datagram once the queue has grown to its capacity), or buffers handed over
+/// whole ([`SendQueue::push_owned`]: str0m's transmits, no copy).
 #[derive(Debug)]
 pub struct SendQueue {
     buf: Vec<u8>,
+    owned: Vec<Vec<u8>>,
     items: Vec<Item>,
     capacity: usize,
 }
 
+/// Where one queued datagram is: `buf[start..start + len]`, or `owned[start]` when `owned`.
 #[derive(Debug, Clone, Copy)]
 struct Item {
     start: usize,
     len: usize,
+    owned: bool,
     dest: SocketAddr,
 }
 
@@ -51,8 +55,32 @@ impl SendQueue {
         let capacity = capacity.max(1);
         SendQueue {
             buf: Vec::with_capacity(capacity * 256),
+            owned: Vec::with_capacity(capacity),
             items: Vec::with_capacity(capacity),
             capacity,
+        }
+    }
+
+    /// Queues `data` itself (no copy; it is freed once sent) for `dest`; returns true when the
+    /// queue is now full.
+    pub fn push_owned(&mut self, data: Vec<u8>, dest: SocketAddr) -> bool {
+        self.items.push(Item {
+            start: self.owned.len(),
+            len: data.len(),
+            owned: true,
+            dest,
+        });
+        self.owned.push(data);
+        self.is_full()
+    }
+
+    /// The bytes of item `i`.
+    fn bytes(&self, i: usize) -> &[u8] {
+        let it = self.items[i];
+        if it.owned {
+            &self.owned[it.start]
+        } else {
+            &self.buf[it.start..it.start + it.len]
         }
     }
 
@@ -64,6 +92,7 @@ impl SendQueue {
         self.items.push(Item {
             start,
             len: data.len(),
+            owned: false,
             dest,
         });
         self.is_full()
@@ -81,7 +110,12 @@ impl SendQueue {
         self.buf.resize(start + max_len, 0);
         let len = fill(&mut self.buf[start..]).min(max_len);
         self.buf.truncate(start + len);
-        self.items.push(Item { start, len, dest });
+        self.items.push(Item {
+            start,
+            len,
+            owned: false,
+            dest,
+        });
         self.is_full()
     }
 
@@ -100,17 +134,17 @@ impl SendQueue {
         self.items.len() >= self.capacity
     }
 
-    /// Forgets every queued datagram (keeps the memory).
+    /// Forgets every queued datagram (keeps the copy buffer's memory; frees the handed-over
+    /// ones).
     pub fn clear(&mut self) {
         self.items.clear();
         self.buf.clear();
+        self.owned.clear();
     }
 
     /// The queued datagrams, in order.
     pub fn datagrams(&self) -> impl Iterator<Item = (&[u8], SocketAddr)> + '_ {
-        self.items
-            .iter()
-            .map(|i| (&self.buf[i.start..i.start + i.len], i.dest))
+        (0..self.items.len()).map(|i| (self.bytes(i), self.items[i].dest))
     }
 
     /// How the queue goes out: GSO runs and single datagrams, in queue order.
@@ -261,22 +295,17 @@ pub fn send_batch(socket: &impl AsRawFd, queue: &mut SendQueue, gso: &GsoState) 
     out
 }
 
-/// One GSO send of items `first..first + count` (contiguous in the buffer).
+/// One GSO send of items `first..first + count` (one I/O slice per segment: the kernel cuts
+/// the concatenation at the segment size).
 fn send_gso(fd: i32, queue: &SendQueue, first: usize, count: usize) -> Result<(), Errno> {
     let a = queue.items[first];
-    let last = queue.items[first + count - 1];
-    let bytes = &queue.buf[a.start..last.start + last.len];
+    let slices: Vec<IoSlice<'_>> = (first..first + count)
+        .map(|i| IoSlice::new(queue.bytes(i)))
+        .collect();
     let seg = u16::try_from(a.len).map_err(|_| Errno::EMSGSIZE)?;
     let addr = SockaddrStorage::from(a.dest);
     let cmsgs = [ControlMessage::UdpGsoSegments(&seg)];
-    sendmsg(
-        fd,
-        &[IoSlice::new(bytes)],
-        &cmsgs,
-        MsgFlags::MSG_DONTWAIT,
-        Some(&addr),
-    )
-    .map(|_| ())
+    sendmsg(fd, &slices, &cmsgs, MsgFlags::MSG_DONTWAIT, Some(&addr)).map(|_| ())
 }
 
 /// `sendmmsg` of the given items; returns true if the socket's buffer is full (`EAGAIN`): the
@@ -287,10 +316,7 @@ fn send_singles(fd: i32, queue: &SendQueue, which: &[usize], out: &mut SendOutco
         let rest = &which[at..];
         let slices: Vec<[IoSlice<'_>; 1]> = rest
             .iter()
-            .map(|&i| {
-                let it = queue.items[i];
-                [IoSlice::new(&queue.buf[it.start..it.start + it.len])]
-            })
+            .map(|&i| [IoSlice::new(queue.bytes(i))])
             .collect();
         let addrs: Vec<Option<SockaddrStorage>> = rest
             .iter()
@@ -411,7 +437,12 @@ mod tests {
                 q.push(&[i; 1000], pa);
             }
             for i in 0..10u8 {
-                q.push(&[100 + i; 80], pb);
+                // Copies and handed-over buffers mix, in one GSO run too.
+                if i % 2 == 0 {
+                    q.push(&[100 + i; 80], pb);
+                } else {
+                    q.push_owned(vec![100 + i; 80], pb);
+                }
             }
             q.push(&[9; 300], pa);
             let gso = GsoState::new(gso_on);

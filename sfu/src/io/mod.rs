@@ -1,5 +1,7 @@
-//! Batched UDP I/O: the egress queue and `sendmmsg`/GSO sender ([`batch`]), and the floor
-//! measurement of what one forwarded packet costs at least on this machine ([`floor`]).
+//! Batched UDP I/O: the egress queue and `sendmmsg`/GSO sender ([`batch`]), the pooled
+//! ingress batches a shard gets from the receive thread ([`rx`]), and the floor measurement of
+//! what one forwarded packet costs at least on this machine ([`floor`]).
 
 pub mod batch;
 pub mod floor;
+pub mod rx;
