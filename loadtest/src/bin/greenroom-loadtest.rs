@@ -89,6 +89,11 @@ struct Args {
     /// Secret of the server's TURN credentials for --transport turn (default: --secret).
     #[arg(long)]
     turn_secret: Option<String>,
+    /// --transport turn: how long a bot's ICE agent waits, from its start, before it may
+    /// nominate a relayed pair. webrtc-rs waits 2s by default, which delays first media by that
+    /// much; a relay-only browser does not wait.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    turn_relay_wait: Duration,
     /// Read the server's CPU and memory from /proc/<pid> (local server).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -365,6 +370,7 @@ async fn main() -> anyhow::Result<()> {
                 .turn_secret
                 .clone()
                 .unwrap_or_else(|| args.secret.clone()),
+            relay_acceptance_min_wait: Some(args.turn_relay_wait),
         });
     }
     config.timeout = args.timeout;
