@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # A network namespace whose UDP is blocked, joined to the host by a veth pair: the "corporate
-# firewall" of the ICE-TCP browser test (e2e/icetcp.test.mjs). Needs root (or sudo), iproute2
-# and nftables (installed by e2e/run.sh).
+# firewall" of the ICE-TCP browser tests (e2e/icetcp*.test.mjs); with `udp-ok`, a namespace
+# whose link the test cuts (e2e/linkcut.test.mjs). Needs root (or sudo), iproute2 and nftables
+# (installed by e2e/run.sh).
 #
-#   scripts/netns-udp-blocked.sh up   <ns> <index>   # makes it; prints "<host ip> <ns ip>"
-#   scripts/netns-udp-blocked.sh down <ns> <index>   # removes it (and its veth); never fails
-#   scripts/netns-udp-blocked.sh exec <ns> cmd...    # runs cmd inside
+#   scripts/netns-udp-blocked.sh up   <ns> <index> [udp-ok]  # makes it; prints "<host ip> <ns ip>"
+#                                                            # (udp-ok: UDP is not blocked)
+#   scripts/netns-udp-blocked.sh down <ns> <index>           # removes it (and its veth); never fails
+#   scripts/netns-udp-blocked.sh link <ns> <index> down|up   # cuts / restores the namespace's link
+#   scripts/netns-udp-blocked.sh exec <ns> cmd...            # runs cmd inside
 #
 # <index> (1-250) picks the /30 link 10.231.<index>.0 and the veth names, so parallel runs use
 # different ones. Inside the namespace nftables drops every UDP packet in and out; TCP and
@@ -51,6 +54,10 @@ case "$cmd" in
     $SUDO ip netns exec "$ns" ip addr add "${ns_ip}/30" dev "$ns_if"
     $SUDO ip netns exec "$ns" ip link set "$ns_if" up
     $SUDO ip netns exec "$ns" ip link set lo up
+    if [ "${4:-}" = udp-ok ]; then
+      echo "$host_ip $ns_ip"
+      exit 0
+    fi
     $SUDO ip netns exec "$ns" nft -f - <<'NFT'
 table inet greenroom_block_udp {
   chain input {
@@ -64,6 +71,14 @@ table inet greenroom_block_udp {
 }
 NFT
     echo "$host_ip $ns_ip"
+    ;;
+  link)
+    # The namespace's end of the veth: down drops its connected route (sends fail, nothing
+    # arrives), up restores the link and the route; established sockets survive.
+    case "${4:-}" in
+      down|up) $SUDO ip netns exec "$ns" ip link set "$ns_if" "$4" ;;
+      *) echo "link needs down or up, got '${4:-}'" >&2; exit 2 ;;
+    esac
     ;;
   down)
     $SUDO ip netns del "$ns" 2>/dev/null || true

@@ -25,6 +25,7 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
         ("target", s.target.clone()),
         ("scenario", s.scenario.clone()),
         ("bots", s.bots.clone()),
+        ("transport", s.transport.clone()),
         (
             "joined / failed",
             format!("{} / {}", s.joined, s.join_failures),

@@ -83,6 +83,8 @@ pub struct RunConfig {
     pub bots: BotKind,
     /// Relay every webrtc-rs bot's media through the node's TURN server (`--transport turn`).
     pub turn: Option<crate::turn::TurnRelay>,
+    /// How the light bots' media reaches the server: UDP, or ICE-TCP (`--transport tcp`).
+    pub transport: crate::light::PeerTransport,
     /// This machine's forwarding floor, measured before the run (`None`: not reported).
     pub floor: Option<FloorFigures>,
 }
@@ -93,6 +95,15 @@ impl RunConfig {
         match self.urls.len() {
             0 => &self.url,
             n => &self.urls[index % n],
+        }
+    }
+
+    /// `udp`, `tcp` or `turn`.
+    pub fn transport_name(&self) -> &'static str {
+        match (&self.turn, self.transport) {
+            (Some(_), _) => "turn",
+            (None, crate::light::PeerTransport::Tcp) => "tcp",
+            (None, crate::light::PeerTransport::Udp) => "udp",
         }
     }
 
@@ -112,6 +123,7 @@ impl RunConfig {
             bind_ip: std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
             bots: BotKind::Webrtc,
             turn: None,
+            transport: crate::light::PeerTransport::Udp,
             floor: None,
         }
     }
@@ -188,6 +200,9 @@ pub struct Summary {
     /// The bots used (`webrtc` or `light`).
     #[serde(default)]
     pub bots: String,
+    /// How media reached the server: `udp`, `tcp` (ICE-TCP) or `turn`.
+    #[serde(default)]
+    pub transport: String,
     /// Unix time of the start.
     pub started_unix: u64,
     /// Participants that joined and connected.
@@ -637,6 +652,7 @@ impl Run {
         cfg.video = self.scenario.video;
         cfg.simulcast = self.scenario.simulcast;
         cfg.quality = self.scenario.quality;
+        cfg.transport = self.config.transport;
         let bot = LightBot::connect(cfg).await?;
         bot.join(&self.greenroom_cid, publisher).await?;
         if publisher {
@@ -938,6 +954,11 @@ pub fn check_bots(scenario: &Scenario, config: &RunConfig) -> Result<(), String>
     if scenario.simulcast && config.target == Target::Janus {
         return Err("--simulcast is not supported against Janus".into());
     }
+    if config.transport == crate::light::PeerTransport::Tcp
+        && (config.bots != BotKind::Light || config.target != Target::Greenroom)
+    {
+        return Err("--transport tcp needs --bots light and --target greenroom".into());
+    }
     Ok(())
 }
 
@@ -1088,6 +1109,7 @@ impl Run {
             target: self.config.target.as_str().into(),
             scenario: self.scenario.name.clone(),
             bots: self.config.bots.as_str().into(),
+            transport: self.config.transport_name().into(),
             video_rx_kbps_per_track: d.video_kbps_per_track,
             video_layer_packets: d.layers,
             started_unix: unix_now(),

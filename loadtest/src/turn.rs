@@ -18,6 +18,8 @@ pub struct TurnRelay {
     pub url: String,
     /// The server's `[turn] secret` (by default its API secret).
     pub secret: String,
+    /// Passed to [`IceConfig::relay_acceptance_min_wait`].
+    pub relay_acceptance_min_wait: Option<std::time::Duration>,
 }
 
 /// Credential lifetime of the bots (a load test is shorter).
@@ -50,6 +52,7 @@ impl TurnRelay {
                 credential,
             }],
             relay_only: true,
+            relay_acceptance_min_wait: self.relay_acceptance_min_wait,
         }
     }
 }

@@ -32,6 +32,9 @@ enum BotsArg {
 enum TransportArg {
     /// Media straight to the server's UDP port.
     Udp,
+    /// Media over ICE-TCP: one TCP connection per peer to the server's passive TCP candidate
+    /// (RFC 4571 framing; `rtc.ice_tcp_port`; light bots only).
+    Tcp,
     /// Media relayed by the node's embedded TURN server over UDP (`[turn] enabled`; webrtc-rs
     /// bots only): relayed candidates only.
     Turn,
@@ -79,12 +82,18 @@ struct Args {
     /// How the bots' media reaches a Greenroom server.
     #[arg(long, value_enum, default_value = "udp")]
     transport: TransportArg,
-    /// TURN URL for --transport turn (default `turn:<host of --url>:3478?transport=udp`).
+    /// TURN URL for --transport turn (default `turn:<host of --url>:3478?transport=udp`; UDP only:
+    /// the webrtc-rs bots cannot relay over TCP or TLS).
     #[arg(long)]
     turn_url: Option<String>,
     /// Secret of the server's TURN credentials for --transport turn (default: --secret).
     #[arg(long)]
     turn_secret: Option<String>,
+    /// --transport turn: how long a bot's ICE agent waits, from its start, before it may
+    /// nominate a relayed pair. webrtc-rs waits 2s by default, which delays first media by that
+    /// much; a relay-only browser does not wait.
+    #[arg(long, default_value = "0s", value_parser = parse_duration)]
+    turn_relay_wait: Duration,
     /// Read the server's CPU and memory from /proc/<pid> (local server).
     #[arg(long)]
     server_pid: Option<u32>,
@@ -337,6 +346,9 @@ async fn main() -> anyhow::Result<()> {
     };
     config.api_key = args.api_key.clone();
     config.secret = args.secret.clone();
+    if args.transport == TransportArg::Tcp {
+        config.transport = greenroom_loadtest::light::PeerTransport::Tcp;
+    }
     if args.transport == TransportArg::Turn {
         if !matches!((target, config.bots), (Target::Greenroom, BotKind::Webrtc)) {
             anyhow::bail!("--transport turn needs --target greenroom and --bots webrtc");
@@ -351,12 +363,21 @@ async fn main() -> anyhow::Result<()> {
                 format!("turn:{host}:3478?transport=udp")
             }
         };
+        if url.starts_with("turns:") || url.contains("transport=tcp") {
+            // webrtc-rs 0.21's TURN relayer skips secure and non-UDP TURN URLs (it would gather
+            // no relayed candidate and every join would time out), and str0m has no TURN client.
+            anyhow::bail!(
+                "--transport turn relays over UDP only ({url}): the webrtc-rs bots' TURN client \
+                 has no TCP or TLS"
+            );
+        }
         config.turn = Some(greenroom_loadtest::turn::TurnRelay {
             url,
             secret: args
                 .turn_secret
                 .clone()
                 .unwrap_or_else(|| args.secret.clone()),
+            relay_acceptance_min_wait: Some(args.turn_relay_wait),
         });
     }
     config.timeout = args.timeout;

@@ -8,7 +8,8 @@
 //! simulcast layers (rids `q`, `h`, `f` at 1/4, 1/2 and the full bitrate); its subscriber
 //! [`LightPeer`] answers the server's `subscriber_offer`s. Each peer is one str0m `Rtc` (full
 //! ICE agent, controlling against the ICE-lite server, one host candidate on the bind IP,
-//! DTLS-SRTP), one tokio UDP socket and one tokio task; all peer tasks share one dedicated
+//! DTLS-SRTP), one tokio UDP socket (or, with [`PeerTransport::Tcp`], one TCP connection to the
+//! server's passive ICE-TCP candidate, see [`link`]) and one tokio task; all peer tasks share one dedicated
 //! current-thread runtime on its own thread. Received packets are not depacketized:
 //! the payload's probe trailer feeds the same [`TrackCounter`](crate::stats::TrackCounter)
 //! (loss by probe sequence gaps, one-way latency, bytes, keyframes) as the webrtc-rs bots.
@@ -16,6 +17,7 @@
 //! Unlike the webrtc-rs publisher, a light publisher answers PLI/FIR with a keyframe (at most
 //! one forced keyframe per 500 ms per layer), which simulcast layer switches need.
 
+pub mod link;
 mod peer;
 
 use std::collections::HashMap;
@@ -32,6 +34,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use link::PeerTransport;
 pub use peer::{datagrams_received, LightPeer, PeerStatus, SIMULCAST_LAYERS};
 
 use crate::error::{BotError, Result};
@@ -58,6 +61,8 @@ pub struct LightConfig {
     pub quality: Option<Quality>,
     /// Limit for every request/response exchange and for connecting.
     pub timeout: Duration,
+    /// UDP, or ICE-TCP to the server's passive TCP candidate (`--transport tcp`).
+    pub transport: PeerTransport,
 }
 
 impl LightConfig {
@@ -72,6 +77,7 @@ impl LightConfig {
             simulcast: false,
             quality: None,
             timeout: Duration::from_secs(5),
+            transport: PeerTransport::Udp,
         }
     }
 }
@@ -110,8 +116,10 @@ impl LightBot {
     pub async fn connect(config: LightConfig) -> Result<LightBot> {
         let client = SignalClient::connect(&config.url, &config.token, config.timeout).await?;
         let (sender, receiver) = client.into_split();
-        let subscriber =
-            Arc::new(LightPeer::new(config.bind_ip, config.audio, config.video).await?);
+        let subscriber = Arc::new(
+            LightPeer::with_transport(config.bind_ip, config.transport, config.audio, config.video)
+                .await?,
+        );
         let shared = Arc::new(Shared {
             publisher: Mutex::new(None),
             subscriber,
@@ -164,7 +172,9 @@ impl LightBot {
             Some(p) => p,
             None => {
                 let c = &self.config;
-                let p = Arc::new(LightPeer::new(c.bind_ip, c.audio, c.video).await?);
+                let p = Arc::new(
+                    LightPeer::with_transport(c.bind_ip, c.transport, c.audio, c.video).await?,
+                );
                 *self.shared.publisher.lock() = Some(p.clone());
                 p
             }

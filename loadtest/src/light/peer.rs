@@ -1,5 +1,6 @@
 //! One light peer: a str0m [`Rtc`] in RTP mode (full ICE agent, one host candidate), one tokio
-//! UDP socket and one tokio task that drives both, sends synthetic media and counts what
+//! UDP socket (or one ICE-TCP connection, see [`super::link`]) and one tokio task that drives
+//! both, sends synthetic media and counts what
 //! arrives, without depacketizing anything. Every peer task of the process runs on one
 //! dedicated current-thread runtime ("light-bots" thread), and str0m's own timers are rounded
 //! to a shared 10 ms grid, so many peers are served per wake-up.
@@ -17,13 +18,15 @@ use str0m::format::Codec;
 use str0m::media::{
     Direction, KeyframeRequest, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer,
 };
-use str0m::net::{Protocol, Receive};
+use str0m::net::Receive;
 use str0m::rtp::{RtpPacket, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
-use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::link::{
+    active_candidate, connect_tcp, passive_tcp_candidate, Link, LinkEvent, PeerTransport, TcpLink,
+};
 use crate::error::{BotError, Result};
 use crate::media::{AudioParams, SentStats, VideoParams};
 use crate::probe::{now_us, Probe, FLAG_FRAME_START, PROBE_LEN};
@@ -144,7 +147,8 @@ struct Sender {
 /// The state the peer task owns.
 pub(crate) struct State {
     rtc: Rtc,
-    local: SocketAddr,
+    /// A TCP connection for the task to take as its link (set by a job).
+    new_tcp: Option<std::net::TcpStream>,
     shared: Arc<Shared>,
     status: watch::Sender<PeerStatus>,
     senders: Vec<Sender>,
@@ -161,15 +165,12 @@ impl State {
         *self.status.borrow() == PeerStatus::Connected
     }
 
-    /// Polls str0m until it asks for a timeout, sending its datagrams.
-    fn drive(&mut self, socket: &UdpSocket) -> Result<Instant> {
+    /// Polls str0m until it asks for a timeout, sending its packets.
+    fn drive(&mut self, link: &mut Link) -> Result<Instant> {
         loop {
             match self.rtc.poll_output()? {
                 Output::Timeout(t) => return Ok(t),
-                Output::Transmit(t) => {
-                    // UDP: a full socket buffer drops the datagram, like the network would.
-                    let _ = socket.try_send_to(&t.contents, t.destination);
-                }
+                Output::Transmit(t) => link.send(t.proto, t.destination, &t.contents),
                 Output::Event(e) => self.event(e),
             }
         }
@@ -326,13 +327,16 @@ impl State {
         }
     }
 
-    fn input(&mut self, socket: &UdpSocket, src: SocketAddr, data: &[u8]) -> Result<()> {
+    fn input(&mut self, link: &mut Link, src: SocketAddr, data: &[u8]) -> Result<()> {
+        let Some((proto, local)) = link.local() else {
+            return Ok(());
+        };
         // Not STUN/DTLS/RTP: ignored, like any stray datagram.
-        let Ok(r) = Receive::new(Protocol::Udp, src, self.local, data) else {
+        let Ok(r) = Receive::new(proto, src, local, data) else {
             return Ok(());
         };
         self.rtc.handle_input(Input::Receive(Instant::now(), r))?;
-        self.drive(socket).map(|_| ())
+        self.drive(link).map(|_| ())
     }
 }
 
@@ -396,10 +400,9 @@ fn video_frame(l: &mut Layer, params: VideoParams, now: Instant) -> (Vec<Vec<u8>
     (payloads, keyframe)
 }
 
-/// The task: socket reads, str0m timeouts, media timers and jobs from the handle. The socket
-/// is registered with the runtime the task runs on.
-/// Datagrams received by every light peer of this process (STUN, DTLS, RTP, RTCP, padding):
-/// only the server under test sends to them, so this counts the server's datagrams out.
+/// Datagrams (or ICE-TCP frames) received by every light peer of this process (STUN, DTLS,
+/// RTP, RTCP, padding): only the server under test sends to them, so this counts the server's
+/// datagrams out.
 static DATAGRAMS_IN: AtomicU64 = AtomicU64::new(0);
 
 /// Datagrams received so far by all light peers of this process (see [`DATAGRAMS_IN`]).
@@ -407,23 +410,66 @@ pub fn datagrams_received() -> u64 {
     DATAGRAMS_IN.load(Ordering::Relaxed)
 }
 
-async fn run(mut st: State, socket: std::net::UdpSocket, mut jobs: mpsc::UnboundedReceiver<Job>) {
-    let socket = match UdpSocket::from_std(socket) {
-        Ok(s) => s,
-        Err(e) => {
-            st.status.send_replace(PeerStatus::Failed(e.to_string()));
-            return;
-        }
+/// What woke the task.
+enum Wake {
+    Job(Option<Job>),
+    Net(std::io::Result<LinkEvent>),
+    Timer,
+}
+
+/// Handles a readable/writable TCP link: writes what waits, feeds every whole frame read.
+fn on_tcp(st: &mut State, link: &mut Link, ready: tokio::io::Ready) -> Result<()> {
+    let Link::Tcp(t) = link else {
+        return Ok(());
+    };
+    let remote = t.remote;
+    if ready.is_writable() {
+        t.flush()?;
+    }
+    let mut frames = Vec::new();
+    let open = if ready.is_readable() || ready.is_read_closed() {
+        t.read(&mut frames)?
+    } else {
+        true
+    };
+    for f in &frames {
+        DATAGRAMS_IN.fetch_add(1, Ordering::Relaxed);
+        st.input(link, remote, f)?;
+    }
+    if !open {
+        return Err(BotError::ConnectionFailed(
+            "the server closed the ICE-TCP connection".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// The task: socket reads, str0m timeouts, media timers and jobs from the handle. The socket
+/// (or the TCP connection a job hands over) is registered with the runtime the task runs on.
+async fn run(
+    mut st: State,
+    socket: Option<std::net::UdpSocket>,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+) {
+    let fail = |st: &State, why: String| {
+        st.status.send_replace(PeerStatus::Failed(why));
+    };
+    let mut link = match socket {
+        None => Link::Pending,
+        Some(s) => match s
+            .local_addr()
+            .and_then(|a| Ok((tokio::net::UdpSocket::from_std(s)?, a)))
+        {
+            Ok((socket, local)) => Link::Udp(socket, local),
+            Err(e) => return fail(&st, e.to_string()),
+        },
     };
     let mut buf = vec![0u8; 2048];
     let far = Duration::from_secs(3600);
     loop {
-        let rtc_next = match st.drive(&socket) {
+        let rtc_next = match st.drive(&mut link) {
             Ok(t) => t,
-            Err(e) => {
-                st.status.send_replace(PeerStatus::Failed(e.to_string()));
-                return;
-            }
+            Err(e) => return fail(&st, e.to_string()),
         };
         let rtc_next = on_grid(rtc_next);
         let media_next = st.next_media();
@@ -431,26 +477,39 @@ async fn run(mut st: State, socket: std::net::UdpSocket, mut jobs: mpsc::Unbound
             .map_or(rtc_next, |m| m.min(rtc_next))
             .max(Instant::now())
             .min(Instant::now() + far);
-        tokio::select! {
-            job = jobs.recv() => match job {
-                Some(job) => job(&mut st),
-                None => return,
-            },
-            r = socket.recv_from(&mut buf) => {
-                let res = match r {
-                    Ok((n, src)) => {
-                        DATAGRAMS_IN.fetch_add(1, Ordering::Relaxed);
-                        st.input(&socket, src, &buf[..n])
+        let wake = tokio::select! {
+            job = jobs.recv() => Wake::Job(job),
+            r = link.wait(&mut buf) => Wake::Net(r),
+            _ = tokio::time::sleep_until(next.into()) => Wake::Timer,
+        };
+        let res = match wake {
+            Wake::Job(None) => return,
+            Wake::Job(Some(job)) => {
+                job(&mut st);
+                match st.new_tcp.take().map(TcpLink::new) {
+                    None => Ok(()),
+                    Some(Ok(t)) => {
+                        link = Link::Tcp(t);
+                        Ok(())
                     }
-                    // e.g. ICMP port unreachable reported on the socket: keep going.
-                    Err(_) => Ok(()),
-                };
-                if let Err(e) = res {
-                    st.status.send_replace(PeerStatus::Failed(e.to_string()));
-                    return;
+                    Some(Err(e)) => Err(BotError::Io(e)),
                 }
             }
-            _ = tokio::time::sleep_until(next.into()) => {}
+            Wake::Net(Ok(LinkEvent::Datagram(n, src))) => {
+                DATAGRAMS_IN.fetch_add(1, Ordering::Relaxed);
+                st.input(&mut link, src, &buf[..n])
+            }
+            Wake::Net(Ok(LinkEvent::Tcp(ready))) => on_tcp(&mut st, &mut link, ready),
+            // UDP: e.g. ICMP port unreachable reported on the socket: keep going.
+            Wake::Net(Err(e)) if matches!(link, Link::Udp(..)) => {
+                tracing::trace!(error = %e, "light peer socket");
+                Ok(())
+            }
+            Wake::Net(Err(e)) => Err(BotError::Io(e)),
+            Wake::Timer => Ok(()),
+        };
+        if let Err(e) = res {
+            return fail(&st, e.to_string());
         }
         let now = Instant::now();
         let media_due = media_next.is_some_and(|m| m <= now);
@@ -461,8 +520,7 @@ async fn run(mut st: State, socket: std::net::UdpSocket, mut jobs: mpsc::Unbound
         // needs the clock when its timer or a media frame is due.
         if media_due || rtc_next <= now {
             if let Err(e) = st.rtc.handle_input(Input::Timeout(now)) {
-                st.status.send_replace(PeerStatus::Failed(e.to_string()));
-                return;
+                return fail(&st, e.to_string());
             }
         }
     }
@@ -471,6 +529,10 @@ async fn run(mut st: State, socket: std::net::UdpSocket, mut jobs: mpsc::Unbound
 /// A handle on a light peer's task. Dropping it stops the task.
 pub struct LightPeer {
     jobs: mpsc::UnboundedSender<Job>,
+    transport: PeerTransport,
+    bind_ip: IpAddr,
+    /// TCP: the connection was opened (on the first offer or answer).
+    tcp_opened: tokio::sync::Mutex<bool>,
     shared: Arc<Shared>,
     status: watch::Receiver<PeerStatus>,
     task: JoinHandle<()>,
@@ -480,23 +542,41 @@ impl LightPeer {
     /// Binds a UDP socket on `bind_ip` (a concrete address), builds the str0m peer (RTP mode,
     /// full ICE agent, one host candidate) and starts its task.
     pub async fn new(bind_ip: IpAddr, audio: AudioParams, video: VideoParams) -> Result<LightPeer> {
-        let socket = std::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0))?;
-        socket.set_nonblocking(true)?;
-        let local = socket.local_addr()?;
+        LightPeer::with_transport(bind_ip, PeerTransport::Udp, audio, video).await
+    }
+
+    /// [`LightPeer::new`] over `transport`. With [`PeerTransport::Tcp`] the peer has no
+    /// candidate until the first offer or answer it applies names the server's passive TCP
+    /// candidate: it then connects from `bind_ip` and its only candidate is that connection's
+    /// (active TCP).
+    pub async fn with_transport(
+        bind_ip: IpAddr,
+        transport: PeerTransport,
+        audio: AudioParams,
+        video: VideoParams,
+    ) -> Result<LightPeer> {
         let mut rtc = RtcConfig::new()
             .set_rtp_mode(true)
             .clear_codecs()
             .enable_opus(true, false)
             .enable_vp8(true)
             .build(Instant::now());
-        let candidate =
-            Candidate::host(local, "udp").map_err(|e| BotError::Protocol(e.to_string()))?;
-        rtc.add_local_candidate(candidate);
+        let socket = match transport {
+            PeerTransport::Tcp => None,
+            PeerTransport::Udp => {
+                let socket = std::net::UdpSocket::bind(SocketAddr::new(bind_ip, 0))?;
+                socket.set_nonblocking(true)?;
+                let candidate = Candidate::host(socket.local_addr()?, "udp")
+                    .map_err(|e| BotError::Protocol(e.to_string()))?;
+                rtc.add_local_candidate(candidate);
+                Some(socket)
+            }
+        };
         let shared = Arc::new(Shared::default());
         let (status_tx, status) = watch::channel(PeerStatus::New);
         let state = State {
             rtc,
-            local,
+            new_tcp: None,
             shared: shared.clone(),
             status: status_tx,
             senders: Vec::new(),
@@ -513,6 +593,9 @@ impl LightPeer {
         };
         Ok(LightPeer {
             jobs,
+            transport,
+            bind_ip,
+            tcp_opened: tokio::sync::Mutex::new(false),
             shared,
             status,
             task,
@@ -627,10 +710,38 @@ impl LightPeer {
         .await?
     }
 
+    /// TCP: on the first SDP from the server, connects to its passive TCP candidate and hands
+    /// the connection and its active candidate to the task. UDP: nothing.
+    async fn open_tcp(&self, server_sdp: &str) -> Result<()> {
+        if self.transport != PeerTransport::Tcp {
+            return Ok(());
+        }
+        let mut opened = self.tcp_opened.lock().await;
+        if *opened {
+            return Ok(());
+        }
+        let server = passive_tcp_candidate(server_sdp, self.bind_ip).ok_or_else(|| {
+            BotError::ConnectionFailed(
+                "the server's SDP has no passive TCP candidate (ICE-TCP off?)".into(),
+            )
+        })?;
+        let stream = connect_tcp(self.bind_ip, server).await?;
+        let candidate = active_candidate(stream.local_addr()?)
+            .map_err(|e| BotError::Protocol(e.to_string()))?;
+        self.call(move |st| {
+            st.rtc.add_local_candidate(candidate);
+            st.new_tcp = Some(stream);
+        })
+        .await?;
+        *opened = true;
+        Ok(())
+    }
+
     /// Applies the answer to the last [`LightPeer::publish_offer`].
     pub async fn accept_answer(&self, sdp: &str) -> Result<()> {
         let answer = SdpAnswer::from_sdp_string(sdp)
             .map_err(|e| BotError::Protocol(format!("bad answer SDP: {e}")))?;
+        self.open_tcp(sdp).await?;
         self.call(move |st| {
             let pending = st
                 .pending
@@ -647,6 +758,7 @@ impl LightPeer {
     pub async fn accept_offer(&self, sdp: &str, tracks: Vec<SubscribedTrack>) -> Result<String> {
         let offer = SdpOffer::from_sdp_string(sdp)
             .map_err(|e| BotError::Protocol(format!("bad offer SDP: {e}")))?;
+        self.open_tcp(sdp).await?;
         {
             let mut mids = self.shared.mids.lock();
             mids.clear();

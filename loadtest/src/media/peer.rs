@@ -13,7 +13,7 @@ use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     register_default_interceptors, MediaEngine, PeerConnection, PeerConnectionBuilder,
     PeerConnectionEventHandler, RTCBundlePolicy, RTCConfigurationBuilder, RTCIceGatheringState,
-    RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionState, Registry,
+    RTCIceServer, RTCIceTransportPolicy, RTCPeerConnectionState, Registry, SettingEngineBuilder,
 };
 
 use crate::error::{BotError, Result};
@@ -34,6 +34,9 @@ pub struct IceConfig {
     pub servers: Vec<RTCIceServer>,
     /// Gather relayed candidates only: all media goes through the TURN server.
     pub relay_only: bool,
+    /// How long the ICE agent waits, from its start, before it may nominate a pair with a
+    /// relayed candidate; `None`: webrtc-rs's default, 2 s (a browser has no such wait).
+    pub relay_acceptance_min_wait: Option<Duration>,
 }
 
 /// A shared handle on a webrtc-rs connection.
@@ -131,8 +134,12 @@ pub(crate) async fn build_peer(
             RTCIceTransportPolicy::All
         })
         .build();
+    let settings = SettingEngineBuilder::default()
+        .with_relay_acceptance_min_wait(ice.relay_acceptance_min_wait)
+        .build();
     let pc = PeerConnectionBuilder::new()
         .with_configuration(config)
+        .with_setting_engine(settings)
         .with_media_engine(media)
         .with_interceptor_registry(registry)
         .with_handler(handler)
