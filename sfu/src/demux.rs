@@ -179,7 +179,8 @@ pub(crate) struct DemuxCounters {
 pub(crate) fn dispatch(shard: &SyncSender<ShardMsg>, msg: ShardMsg, counters: &DemuxCounters) {
     let datagrams = |m: &ShardMsg| match m {
         ShardMsg::Datagrams(b) => b.len() as u64,
-        ShardMsg::TcpPacket { .. } | ShardMsg::Relay(_) => 1,
+        ShardMsg::TcpPacket { .. } => 1,
+        ShardMsg::Relay(msgs) => msgs.len() as u64,
         ShardMsg::Cmd(_) => 0,
     };
     match shard.try_send(msg) {

@@ -143,8 +143,9 @@ pub(crate) enum ShardMsg {
     },
     /// A command from the handle.
     Cmd(Cmd),
-    /// A datagram from another node's relay, authenticated (see [`crate::relay`]).
-    Relay(crate::relay::RelayIn),
+    /// Datagrams from other nodes' relays, authenticated (see [`crate::relay`]): what one
+    /// `recvmmsg` of the relay socket read for this shard, in arrival order.
+    Relay(Vec<crate::relay::RelayIn>),
 }
 
 /// Where a shard lives and what it talks to.

@@ -129,7 +129,12 @@ impl Engine {
                     ShardMsg::TcpPacket { data, src } => {
                         self.receive_packet(Protocol::Tcp, &data, src, now)
                     }
-                    ShardMsg::Relay(msg) => self.on_relay(msg, now),
+                    ShardMsg::Relay(msgs) => {
+                        taken += msgs.len().saturating_sub(1);
+                        for msg in msgs {
+                            self.on_relay(msg, now);
+                        }
+                    }
                     ShardMsg::Cmd(Cmd::Stop) => {
                         info!(shard = self.shard, "media engine shard stopping");
                         return;

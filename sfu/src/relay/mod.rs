@@ -498,6 +498,7 @@ fn receive(
             None,
         ) {
             Ok(msgs) => {
+                let mut read = ShardBatches::default();
                 for m in msgs {
                     // An empty datagram comes without a slice: it is garbage like the rest.
                     let data = m.iovs().next().unwrap_or_default();
@@ -506,8 +507,12 @@ fn receive(
                         counters.dropped(RelayDrop::Malformed);
                         continue;
                     }
-                    deliver(routes, shards, counters, data);
+                    match route(routes, data) {
+                        Ok((shard, msg)) => read.push(shard, msg, data.len()),
+                        Err(why) => counters.dropped(why),
+                    }
                 }
+                read.deliver(shards, counters);
             }
             Err(
                 Errno::EAGAIN
@@ -524,30 +529,61 @@ fn receive(
     }
 }
 
-/// Routes one datagram into its call's shard queue, or drops and counts it.
-fn deliver(
-    routes: &Routes,
-    shards: &[SyncSender<ShardMsg>],
-    counters: &RelayCounters,
-    data: &[u8],
-) {
-    let (shard, msg) = match route(routes, data) {
-        Ok(x) => x,
-        Err(why) => return counters.dropped(why),
-    };
-    let kind = match msg.body {
-        InBody::Media(_) => wire::Kind::Media,
-        InBody::Announce(_) => wire::Kind::Announce,
-        InBody::Keyframe { .. } => wire::Kind::Keyframe,
-    };
-    let Some(tx) = shards.get(shard) else {
-        return counters.dropped(RelayDrop::UnknownCall);
-    };
-    match tx.try_send(ShardMsg::Relay(msg)) {
-        Ok(()) => counters.received(kind, data.len()),
-        Err(TrySendError::Full(_)) => counters.dropped(RelayDrop::QueueFull),
-        // A dead shard: its calls move at their next join.
-        Err(TrySendError::Disconnected(_)) => counters.dropped(RelayDrop::UnknownCall),
+/// The routed datagrams of one `recvmmsg` read, grouped by shard: each shard is woken once
+/// per read (one queue message), as the media socket's receive thread does.
+#[derive(Default)]
+struct ShardBatches {
+    /// (shard, its datagrams in arrival order, each one's kind and size for the counters).
+    by_shard: Vec<(usize, Vec<RelayIn>, Vec<KindLen>)>,
+}
+
+/// A routed datagram's kind and size, counted once its shard took it.
+type KindLen = (wire::Kind, usize);
+
+impl ShardBatches {
+    /// Adds one routed datagram of `len` bytes for `shard`.
+    fn push(&mut self, shard: usize, msg: RelayIn, len: usize) {
+        let kind = match msg.body {
+            InBody::Media(_) => wire::Kind::Media,
+            InBody::Announce(_) => wire::Kind::Announce,
+            InBody::Keyframe { .. } => wire::Kind::Keyframe,
+        };
+        let i = match self.by_shard.iter().position(|(s, _, _)| *s == shard) {
+            Some(i) => i,
+            None => {
+                self.by_shard.push((shard, Vec::new(), Vec::new()));
+                self.by_shard.len() - 1
+            }
+        };
+        let (_, msgs, sizes) = &mut self.by_shard[i];
+        msgs.push(msg);
+        sizes.push((kind, len));
+    }
+
+    /// Hands each shard its datagrams in one queue message, or drops and counts them (per
+    /// datagram) when the queue is full or the shard is gone.
+    fn deliver(self, shards: &[SyncSender<ShardMsg>], counters: &RelayCounters) {
+        for (shard, msgs, sizes) in self.by_shard {
+            let dropped = |why| {
+                for _ in &sizes {
+                    counters.dropped(why);
+                }
+            };
+            let Some(tx) = shards.get(shard) else {
+                dropped(RelayDrop::UnknownCall);
+                continue;
+            };
+            match tx.try_send(ShardMsg::Relay(msgs)) {
+                Ok(()) => {
+                    for (kind, len) in &sizes {
+                        counters.received(*kind, *len);
+                    }
+                }
+                Err(TrySendError::Full(_)) => dropped(RelayDrop::QueueFull),
+                // A dead shard: its calls move at their next join.
+                Err(TrySendError::Disconnected(_)) => dropped(RelayDrop::UnknownCall),
+            }
+        }
     }
 }
 
