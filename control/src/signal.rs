@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::auth::{unix_now_ms, AuthError, Claims};
 use crate::call::CallError;
+use crate::cluster::relay::Entry;
 use crate::error::ApiError;
 use crate::state::{
     new_resume_token, AppState, CloseReason, Dropped, Inbox, Notice, Outbound, Outbox, ResumeError,
@@ -642,28 +643,12 @@ impl Conn {
                 create,
                 settings,
             } => {
-                let relay = crate::cluster::relay::join_elsewhere(
-                    &self.state,
-                    self.relayed,
-                    self.joined.is_some(),
-                    crate::cluster::relay::JoinRequest {
-                        claims: &self.claims,
-                        device_id: &self.device_id,
-                        call_cid: &call_cid,
-                        create,
-                        settings: &settings,
-                        request_id: self.request_id.as_deref(),
-                    },
-                    &self.outbox,
-                )
-                .await?;
-                match relay {
-                    Some(r) => {
-                        self.relay = Some(r);
-                        self.idle_at = None;
-                    }
-                    None => self.join(call_cid, create, settings).await?,
-                }
+                self.enter(Entry::Join {
+                    call_cid,
+                    create,
+                    settings,
+                })
+                .await?
             }
             ClientMessage::Leave => {
                 let (cid, pid) = self.joined()?;
@@ -793,26 +778,7 @@ impl Conn {
                     .with_call(&cid, |c| Ok(((), c.send_reaction(&actor, &pid, reaction)?)))?;
             }
             ClientMessage::Resume { resume_token } => {
-                let relay = crate::cluster::relay::resume_elsewhere(
-                    &self.state,
-                    self.relayed,
-                    self.joined.is_some(),
-                    crate::cluster::relay::ResumeRequest {
-                        claims: &self.claims,
-                        device_id: &self.device_id,
-                        resume_token: &resume_token,
-                        request_id: self.request_id.as_deref(),
-                    },
-                    &self.outbox,
-                )
-                .await?;
-                match relay {
-                    Some(r) => {
-                        self.relay = Some(r);
-                        self.idle_at = None;
-                    }
-                    None => self.resume(&resume_token).await?,
-                }
+                self.enter(Entry::Resume { resume_token }).await?
             }
             ClientMessage::RestartIce => {
                 let (_, pid) = self.joined()?;
@@ -836,6 +802,34 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    /// A `join` or `resume`: relayed to the node that serves it in cluster mode
+    /// ([`crate::cluster::relay::relay_elsewhere`]), else served here.
+    async fn enter(&mut self, entry: Entry) -> Result<(), ApiError> {
+        let client = crate::cluster::relay::Client {
+            claims: &self.claims,
+            device_id: &self.device_id,
+            request_id: self.request_id.as_deref(),
+            relayed: self.relayed,
+            joined: self.joined.is_some(),
+        };
+        let relay =
+            crate::cluster::relay::relay_elsewhere(&self.state, client, &entry, &self.outbox)
+                .await?;
+        if let Some(r) = relay {
+            self.relay = Some(r);
+            self.idle_at = None;
+            return Ok(());
+        }
+        match entry {
+            Entry::Join {
+                call_cid,
+                create,
+                settings,
+            } => self.join(call_cid, create, settings).await,
+            Entry::Resume { resume_token } => self.resume(&resume_token).await,
+        }
     }
 
     /// Counts one reaction or custom event against [`SEND_LIMIT`] per [`SEND_WINDOW`]; false

@@ -5,7 +5,7 @@
 //! relay, it names itself in [`MEDIA_NODE_HEADER`]: the home keeps the session but puts the
 //! participant's media here (driven over the media RPC, [`super::media_rpc`]), so the SDP answer
 //! names this node's media address; otherwise the media goes to the home. A `resume` whose
-//! token names another home node is relayed the same way ([`resume_elsewhere`]). When either
+//! token names another home node is relayed the same way ([`relay_elsewhere`]). When either
 //! side closes, the other is closed with the same code.
 
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
-use super::{ClusterError, Home, Route, HOP_HEADER, MEDIA_NODE_HEADER};
+use super::{Cluster, ClusterError, Home, Route, HOP_HEADER, MEDIA_NODE_HEADER};
 use crate::auth::Claims;
 use crate::error::ApiError;
 use crate::state::{AppState, Outbox, SESSION_QUEUE};
@@ -61,111 +61,145 @@ impl Relay {
     }
 }
 
-/// The request a client's join becomes at the home node.
-pub struct JoinRequest<'a> {
+/// A client message that may be served at another node: a `join` of a call homed elsewhere, or
+/// a `resume` whose token names another home.
+pub enum Entry {
+    /// A `join`.
+    Join {
+        /// The call.
+        call_cid: CallCid,
+        /// The join's `create` flag.
+        create: bool,
+        /// The join's settings.
+        settings: JoinSettings,
+    },
+    /// A `resume`.
+    Resume {
+        /// The resume token.
+        resume_token: String,
+    },
+}
+
+impl Entry {
+    /// The message as the client sent it (without its `request_id`).
+    fn message(&self) -> ClientMessage {
+        match self {
+            Entry::Join {
+                call_cid,
+                create,
+                settings,
+            } => ClientMessage::Join {
+                call_cid: call_cid.clone(),
+                create: *create,
+                settings: settings.clone(),
+            },
+            Entry::Resume { resume_token } => ClientMessage::Resume {
+                resume_token: resume_token.clone(),
+            },
+        }
+    }
+}
+
+/// The client socket an [`Entry`] came on.
+pub struct Client<'a> {
     /// The client's verified claims.
     pub claims: &'a Claims,
     /// The client's device id (ringing).
     pub device_id: &'a str,
-    /// The call.
-    pub call_cid: &'a CallCid,
-    /// The join's `create` flag.
-    pub create: bool,
-    /// The join's settings.
-    pub settings: &'a JoinSettings,
-    /// The join's `request_id`, echoed by the home.
+    /// The message's `request_id`, echoed by the home.
     pub request_id: Option<&'a str>,
+    /// A socket a peer node relayed here (a second hop is never made).
+    pub relayed: bool,
+    /// The socket already joined a call here.
+    pub joined: bool,
 }
 
-/// Cluster mode: when the call of a `join` is homed on another node, relays this socket there
-/// and returns the relay; `None` when the join is served here (cluster mode off, a local call,
-/// or a socket that already joined: the local join refuses it). Fails with `cluster_unavailable`
-/// when the call cannot be placed or its home cannot be reached, and for a socket a peer relayed
-/// here (`relayed`) whose call is homed elsewhere (a second hop is never made: the client
-/// reconnects).
-pub async fn join_elsewhere(
+/// Cluster mode: when `entry` is served by another node, relays this socket there (sending
+/// `entry` first) and returns the relay; `None` when it is served here.
+///
+/// * A `join` is served here with cluster mode off, for a local call, or on a socket that
+///   already joined (the local join refuses it); it fails with `cluster_unavailable` when the
+///   call cannot be placed or its home cannot be reached, and on a socket a peer relayed here
+///   (`relayed`) whose call is homed elsewhere (the client reconnects).
+/// * A `resume` is served here with cluster mode off, for a token of this node or of no node
+///   (see [`crate::state::new_resume_token`]), on a relayed socket or one already joined; it
+///   fails with `cluster_unavailable` when the home is not registered or cannot be reached.
+pub async fn relay_elsewhere(
     state: &Arc<AppState>,
-    relayed: bool,
-    joined: bool,
-    req: JoinRequest<'_>,
+    client: Client<'_>,
+    entry: &Entry,
     outbox: &Outbox,
 ) -> Result<Option<Relay>, ApiError> {
     let Some(cluster) = state.cluster.get().cloned() else {
         return Ok(None);
     };
-    if joined || state.is_shutting_down() || !req.claims.allows_call(req.call_cid) {
-        // The local join answers these (served here, `shutting_down`, `wrong_call`).
+    if client.joined || state.is_shutting_down() {
+        // The local join or resume answers these (`shutting_down` for either).
         return Ok(None);
     }
-    let home = match cluster.route(state, req.call_cid).await? {
-        Route::Local => return Ok(None),
-        Route::Remote(_) if relayed => {
-            return Err(ClusterError::Unavailable(
-                "the call is homed on another node: reconnect and join again".into(),
-            )
-            .into())
-        }
-        Route::Remote(home) => home,
+    let home = match entry {
+        Entry::Join { call_cid, .. } => join_home(state, &cluster, &client, call_cid).await?,
+        Entry::Resume { resume_token } => resume_home(&cluster, &client, resume_token).await?,
     };
-    let mut join = serde_json::to_value(ClientMessage::Join {
-        call_cid: req.call_cid.clone(),
-        create: req.create,
-        settings: req.settings.clone(),
-    })
-    .map_err(|e| ClusterError::Config(e.to_string()))?;
-    if let (Some(id), Some(obj)) = (req.request_id, join.as_object_mut()) {
+    let Some(home) = home else {
+        return Ok(None);
+    };
+    let mut first =
+        serde_json::to_value(entry.message()).map_err(|e| ClusterError::Config(e.to_string()))?;
+    if let (Some(id), Some(obj)) = (client.request_id, first.as_object_mut()) {
         obj.insert("request_id".into(), id.into());
     }
     let relay = open(
         state,
         &home,
-        req.claims,
-        req.device_id,
-        join,
+        client.claims,
+        client.device_id,
+        first,
         outbox.clone(),
     )
     .await?;
-    tracing::info!(call = %req.call_cid, home = %home.node_id, "join relayed to the call's home");
+    match entry {
+        Entry::Join { call_cid, .. } => {
+            tracing::info!(call = %call_cid, home = %home.node_id, "join relayed to the call's home")
+        }
+        Entry::Resume { .. } => {
+            tracing::info!(home = %home.node_id, "resume relayed to the session's home")
+        }
+    }
     Ok(Some(relay))
 }
 
-/// A `resume` to relay to the session's home.
-pub struct ResumeRequest<'a> {
-    /// The client's verified claims.
-    pub claims: &'a Claims,
-    /// The client's device id (ringing).
-    pub device_id: &'a str,
-    /// The resume token.
-    pub resume_token: &'a str,
-    /// The message's `request_id`, echoed by the home.
-    pub request_id: Option<&'a str>,
+/// The home of a joined call when it is another node.
+async fn join_home(
+    state: &Arc<AppState>,
+    cluster: &Cluster,
+    client: &Client<'_>,
+    call_cid: &CallCid,
+) -> Result<Option<Home>, ApiError> {
+    if !client.claims.allows_call(call_cid) {
+        // The local join answers `wrong_call`.
+        return Ok(None);
+    }
+    match cluster.route(state, call_cid).await? {
+        Route::Local => Ok(None),
+        Route::Remote(_) if client.relayed => Err(ClusterError::Unavailable(
+            "the call is homed on another node: reconnect and join again".into(),
+        )
+        .into()),
+        Route::Remote(home) => Ok(Some(home)),
+    }
 }
 
-/// Cluster mode: a `resume` whose token names another home node (see
-/// [`crate::state::new_resume_token`]) relays this socket there with the `resume`; `None` when
-/// it is served here (cluster mode off, a token of this node or of no node, a socket a peer
-/// relayed here, or one already joined). Fails with `cluster_unavailable` when the home is not
-/// registered or cannot be reached.
-pub async fn resume_elsewhere(
-    state: &Arc<AppState>,
-    relayed: bool,
-    joined: bool,
-    req: ResumeRequest<'_>,
-    outbox: &Outbox,
-) -> Result<Option<Relay>, ApiError> {
-    let ResumeRequest {
-        claims,
-        device_id,
-        resume_token,
-        request_id,
-    } = req;
-    let Some(cluster) = state.cluster.get().cloned() else {
-        return Ok(None);
-    };
+/// The home named by a resume token when it is another node.
+async fn resume_home(
+    cluster: &Cluster,
+    client: &Client<'_>,
+    resume_token: &str,
+) -> Result<Option<Home>, ApiError> {
     let Some(home_id) = crate::state::resume_token_home(resume_token) else {
         return Ok(None);
     };
-    if relayed || joined || home_id == cluster.node_id() || state.is_shutting_down() {
+    if client.relayed || home_id == cluster.node_id() {
         return Ok(None);
     }
     let advertise_url = cluster
@@ -175,20 +209,10 @@ pub async fn resume_elsewhere(
         .ok_or_else(|| {
             ClusterError::Unavailable(format!("the session's home node {home_id} is gone"))
         })?;
-    let home = Home {
+    Ok(Some(Home {
         node_id: home_id.to_owned(),
         advertise_url,
-    };
-    let mut resume = serde_json::to_value(ClientMessage::Resume {
-        resume_token: resume_token.to_owned(),
-    })
-    .map_err(|e| ClusterError::Config(e.to_string()))?;
-    if let (Some(id), Some(obj)) = (request_id, resume.as_object_mut()) {
-        obj.insert("request_id".into(), id.into());
-    }
-    let relay = open(state, &home, claims, device_id, resume, outbox.clone()).await?;
-    tracing::info!(home = %home.node_id, "resume relayed to the session's home");
-    Ok(Some(relay))
+    }))
 }
 
 async fn open(
