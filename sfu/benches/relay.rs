@@ -2,15 +2,15 @@
 //! (`greenroom_sfu::relay_bench::RelayCodec`): on the publishing node, encoding and signing a
 //! media datagram (HMAC-SHA256, once per packet whatever the number of nodes); on a receiving
 //! node, what the receive thread does per datagram (head, route lookup, MAC check, decode into
-//! the shard's message). The `sendto`/`recvfrom` per datagram and the fan-out (the same as for
-//! a local packet) come on top.
+//! the shard's message); and the publishing node's sends of a batch of packets to two other
+//! nodes on loopback (`send_32x2`). The fan-out (the same as for a local packet) comes on top.
 //!
 //! Run: `cargo bench -p greenroom-sfu --bench relay` (smoke test: `-- --test`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use greenroom_sfu::relay_bench::RelayCodec;
+use greenroom_sfu::relay_bench::{RelayCodec, RelaySender};
 
 fn relay(c: &mut Criterion) {
     let mut g = c.benchmark_group("relay");
@@ -27,6 +27,21 @@ fn relay(c: &mut Criterion) {
         assert!(codec.route(&datagram));
         g.bench_with_input(BenchmarkId::new("receive", size), &datagram, |b, d| {
             b.iter(|| codec.route(d))
+        });
+    }
+    // The sending side: a batch of 32 packets (what a shard handles per wake-up at most), each
+    // out to 2 other nodes on loopback, then the end-of-batch flush.
+    for size in [80usize, 1100] {
+        let payload = vec![0x55u8; size];
+        let mut sender = RelaySender::new(2).unwrap();
+        g.throughput(Throughput::Elements(32));
+        g.bench_with_input(BenchmarkId::new("send_32x2", size), &payload, |b, p| {
+            b.iter(|| {
+                for _ in 0..32 {
+                    sender.send_media(p);
+                }
+                sender.flush();
+            })
         });
     }
     g.finish();

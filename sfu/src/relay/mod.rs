@@ -593,6 +593,31 @@ impl ShardBatches {
 pub mod bench {
     use super::*;
 
+    /// Encodes and signs the sample media datagram (node `a`, call 1) of `payload` into `buf`.
+    fn encode_sample(buf: &mut Vec<u8>, key: &hmac::Key, payload: &[u8]) -> Result<(), WireError> {
+        let head = wire::Head {
+            kind: wire::Kind::Media,
+            call: 1,
+            node: "a",
+            pid: "participant-0123456789",
+            source: TrackSource::Camera,
+        };
+        let body = Body::Media(wire::Media {
+            rid: None,
+            ssrc: 1,
+            version: 1,
+            seq: 1,
+            ts: 1,
+            pt: 96,
+            marker: true,
+            audio_level: None,
+            voice_activity: None,
+            orientation: None,
+            payload,
+        });
+        wire::encode(buf, &head, &body, key)
+    }
+
     /// A sender (node `a`) and a receiver that carries call 1 with node `a`.
     pub struct RelayCodec {
         buf: Vec<u8>,
@@ -621,27 +646,7 @@ pub mod bench {
         /// Encodes and signs one media datagram of `payload` (what a publishing node does once
         /// per packet); returns it.
         pub fn encode_media(&mut self, payload: &[u8]) -> &[u8] {
-            let head = wire::Head {
-                kind: wire::Kind::Media,
-                call: 1,
-                node: "a",
-                pid: "participant-0123456789",
-                source: TrackSource::Camera,
-            };
-            let body = Body::Media(wire::Media {
-                rid: None,
-                ssrc: 1,
-                version: 1,
-                seq: 1,
-                ts: 1,
-                pt: 96,
-                marker: true,
-                audio_level: None,
-                voice_activity: None,
-                orientation: None,
-                payload,
-            });
-            if wire::encode(&mut self.buf, &head, &body, &self.key).is_err() {
+            if encode_sample(&mut self.buf, &self.key, payload).is_err() {
                 self.buf.clear();
             }
             &self.buf
@@ -652,6 +657,53 @@ pub mod bench {
         pub fn route(&self, data: &[u8]) -> bool {
             route(&self.routes, data).is_ok()
         }
+    }
+
+    /// A publishing node's sending side on loopback: `nodes` other nodes of one call (sockets
+    /// nobody reads: the kernel drops what their buffers cannot hold, as it would for a slow
+    /// node), what a shard does per relayed packet and at the end of its batch of work.
+    pub struct RelaySender {
+        buf: Vec<u8>,
+        link: RelayLink,
+        addrs: Vec<SocketAddr>,
+        _sinks: Vec<UdpSocket>,
+    }
+
+    impl RelaySender {
+        /// A sender to `nodes` receivers on 127.0.0.1.
+        pub fn new(nodes: usize) -> std::io::Result<RelaySender> {
+            let sinks = (0..nodes)
+                .map(|_| UdpSocket::bind("127.0.0.1:0"))
+                .collect::<std::io::Result<Vec<_>>>()?;
+            let addrs = sinks
+                .iter()
+                .map(UdpSocket::local_addr)
+                .collect::<std::io::Result<Vec<_>>>()?;
+            Ok(RelaySender {
+                buf: Vec::new(),
+                link: RelayLink {
+                    socket: UdpSocket::bind("127.0.0.1:0")?,
+                    node_id: "a".into(),
+                    key: wire::node_key(&[9u8; 32], "a"),
+                    counters: Arc::new(RelayCounters::default()),
+                },
+                addrs,
+                _sinks: sinks,
+            })
+        }
+
+        /// One local packet of `payload` out to every node (encoded and signed once).
+        pub fn send_media(&mut self, payload: &[u8]) {
+            if encode_sample(&mut self.buf, &self.link.key, payload).is_err() {
+                return;
+            }
+            for a in &self.addrs {
+                self.link.send(wire::Kind::Media, &self.buf, *a);
+            }
+        }
+
+        /// The end of a shard's batch of work.
+        pub fn flush(&mut self) {}
     }
 }
 
