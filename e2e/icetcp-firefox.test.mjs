@@ -15,30 +15,19 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync, spawn } from 'node:child_process';
-import { randomBytes, randomInt } from 'node:crypto';
-import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { existsSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import puppeteer from 'puppeteer-core';
-import { ROOT, startServer, mintToken, ensureArtifacts, freePort, sleep } from './lib.mjs';
+import { netnsUp, startServerForNetns, mintToken, pcPrelude, screenshotPages, sleep } from './lib.mjs';
 
 const FIREFOX = process.env.FIREFOX_PATH || '/usr/bin/firefox-esr';
-const NETNS = join(ROOT, 'scripts/netns-udp-blocked.sh');
 const MEDIA_TIMEOUT_MS = 40_000;
 const USERS = ['alice', 'bob'];
 // Inside the fresh namespace nothing else listens: fixed ports are free.
 const BIDI_PORT = 9222;
 const FORWARD_PORT = 9223;
-
-// Collects the page's PeerConnections (for getStats) before the SDK creates them.
-const PRELUDE = `(() => {
-  const Native = window.RTCPeerConnection;
-  window.__pcs = [];
-  window.RTCPeerConnection = class extends Native {
-    constructor(config = {}) { super(config); window.__pcs.push(this); }
-  };
-})();`;
 
 // TCP forwarder: listen on argv[1]:argv[2], connect each client to 127.0.0.1:argv[3]. Firefox's
 // HTTP server answers 400 to a Host it does not serve, so the handshake's Host header is
@@ -61,49 +50,13 @@ let server;
 let browser;
 let netns = null;
 let tmp = null;
-const children = [];
-
-function netnsDown() {
-  for (const c of children.splice(0)) {
-    try { c.kill('SIGKILL'); } catch { /* gone */ }
-  }
-  if (!netns) return;
-  try {
-    execFileSync(NETNS, ['down', netns.name, String(netns.index)], { stdio: 'ignore', timeout: 30_000 });
-  } catch { /* best effort */ }
-  netns = null;
-}
-process.once('exit', netnsDown);
 
 after(async () => {
   await browser?.disconnect().catch(() => {});
   await server?.stop().catch(() => {});
-  netnsDown();
+  netns?.down();
   if (tmp) rmSync(tmp, { recursive: true, force: true });
 });
-
-/** Starts `cmd` inside the namespace; resolves once a line of its output matches `ready`. */
-function startInNetns(name, cmd, ready, what, env = {}) {
-  const child = spawn(NETNS, ['exec', name, ...cmd], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-  children.push(child);
-  let out = '';
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${what}: not ready after 30 s:\n${out.slice(-2000)}`)), 30_000);
-    const onData = (d) => {
-      out += d.toString();
-      if (ready.test(out)) {
-        clearTimeout(timer);
-        resolve(child);
-      }
-    };
-    child.stdout.on('data', onData);
-    child.stderr.on('data', onData);
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`${what} exited (${code}):\n${out.slice(-2000)}`));
-    });
-  });
-}
 
 /** Decoded frames / audio bytes from `other`, and local/remote protocol of each selected pair. */
 async function look(page, other) {
@@ -130,28 +83,11 @@ async function look(page, other) {
 
 test('Firefox with UDP blocked connects over ICE-TCP', { timeout: 120_000 }, async (t) => {
   if (!existsSync(FIREFOX)) throw new Error(`Firefox not found at ${FIREFOX}: run scripts/install-browser-deps.sh`);
-  const index = randomInt(1, 251);
-  const name = `gr-icetcp-ff-${process.pid}-${index}`;
-  let hostIp;
-  let nsIp;
-  try {
-    const out = execFileSync(NETNS, ['up', name, String(index)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
-    netns = { name, index };
-    [hostIp, nsIp] = out.trim().split(/\s+/);
-  } catch (e) {
-    t.skip(`network namespaces unavailable here (${NETNS} up failed: ${String(e.stderr || e.message).trim()}); Firefox ICE-TCP test skipped`);
-    return;
-  }
-
-  const http = await freePort();
-  const media = await freePort();
-  const url = `http://${hostIp}:${http}`;
-  process.env.GREENROOM_WEB_ROOT ??= join(ROOT, 'control/web');
-  server = await startServer({
-    httpUrl: url,
-    args: ['--http-addr', `${hostIp}:${http}`, '--udp-addr', `${hostIp}:${media}`, '--node-ip', hostIp],
-    logName: 'icetcp-firefox-server.log',
-  });
+  netns = netnsUp(t, { tag: 'icetcp-ff', what: 'Firefox ICE-TCP test' });
+  if (!netns) return;
+  const { hostIp, nsIp } = netns;
+  server = await startServerForNetns(netns, { logName: 'icetcp-firefox-server.log' });
+  const url = server.url;
   const cid = `default:icetcp-ff-${randomBytes(4).toString('hex')}`;
 
   tmp = mkdtempSync(join(tmpdir(), 'gr-icetcp-ff-'));
@@ -177,17 +113,16 @@ test('Firefox with UDP blocked connects over ICE-TCP', { timeout: 120_000 }, asy
     'toolkit.telemetry.reportingpolicy.firstRun': false,
     'remote.enabled': true,
   };
-  execFileSync('mkdir', ['-p', profile]);
+  mkdirSync(profile, { recursive: true });
   writeFileSync(join(profile, 'user.js'), Object.entries(prefs).map(([k, v]) => `user_pref(${JSON.stringify(k)}, ${JSON.stringify(v)});`).join('\n') + '\n');
 
-  await startInNetns(
-    name,
+  await netns.spawnReady(
     [FIREFOX, '--headless', '--no-remote', '--profile', profile, '--remote-debugging-port', String(BIDI_PORT), 'about:blank'],
     /WebDriver BiDi listening on ws:\/\//,
     'Firefox in the namespace',
     { HOME: tmp, MOZ_CRASHREPORTER_DISABLE: '1' },
   );
-  await startInNetns(name, [process.execPath, '-e', FORWARDER, nsIp, String(FORWARD_PORT), String(BIDI_PORT)], /forwarding/, 'BiDi forwarder');
+  await netns.spawnReady([process.execPath, '-e', FORWARDER, nsIp, String(FORWARD_PORT), String(BIDI_PORT)], /forwarding/, 'BiDi forwarder');
   browser = await puppeteer.connect({ browserWSEndpoint: `ws://${nsIp}:${FORWARD_PORT}/session`, protocol: 'webDriverBiDi' });
 
   const pages = [];
@@ -197,7 +132,7 @@ test('Firefox with UDP blocked connects over ICE-TCP', { timeout: 120_000 }, asy
       const page = await browser.newPage();
       page.on('console', (m) => logs.push(`[${user}] ${m.type()}: ${m.text()}`));
       page.on('pageerror', (e) => logs.push(`[${user}] pageerror: ${e.message}`));
-      await page.evaluateOnNewDocument(PRELUDE);
+      await page.evaluateOnNewDocument(pcPrelude());
       const token = await mintToken(user, cid);
       await page.goto(`${url}/sdk/examples/embed.html?${new URLSearchParams({ token, call: cid })}`);
       pages.push(page);
@@ -223,14 +158,11 @@ test('Firefox with UDP blocked connects over ICE-TCP', { timeout: 120_000 }, asy
       }
     }
   } finally {
-    const dir = ensureArtifacts();
-    for (const [i, page] of pages.entries()) {
-      await page.screenshot({ path: join(dir, `icetcp-firefox-${USERS[i]}.png`) }).catch(() => {});
-    }
+    await screenshotPages(pages, 'icetcp-firefox', USERS);
     await browser.close().catch(() => {});
     browser = undefined;
     await server.stop().catch(() => {});
     server = undefined;
-    netnsDown();
+    netns.down();
   }
 });

@@ -8,39 +8,23 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { randomBytes, randomInt } from 'node:crypto';
-import { writeFileSync, mkdtempSync, rmSync, chmodSync } from 'node:fs';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { randomBytes } from 'node:crypto';
 import {
-  ROOT, CHROMIUM, launchBrowser, startServerOnFreePorts, mintToken, pcPrelude, openMediaPage,
+  netnsUp, startServerForNetns, launchBrowserInNetns, mintToken, pcPrelude, openMediaPage,
   assertMediaBothWays, screenshotPages,
 } from './lib.mjs';
 
-const NETNS = join(ROOT, 'scripts/netns-udp-blocked.sh');
 const MEDIA_TIMEOUT_MS = 40_000;
 const USERS = ['alice', 'bob'];
 
 let server;
 let browser;
 let netns = null;
-let tmp = null;
-
-function netnsDown() {
-  if (!netns) return;
-  try {
-    execFileSync(NETNS, ['down', netns.name, String(netns.index)], { stdio: 'ignore', timeout: 30_000 });
-  } catch { /* best effort */ }
-  netns = null;
-}
-process.once('exit', netnsDown);
 
 after(async () => {
   await browser?.close().catch(() => {});
   await server?.stop().catch(() => {});
-  netnsDown();
-  if (tmp) rmSync(tmp, { recursive: true, force: true });
+  netns?.down();
 });
 
 /** The protocol (local/remote) of the selected ICE candidate pair of each PeerConnection. */
@@ -63,34 +47,13 @@ async function selectedProtocols(page) {
 }
 
 test('Chromium with UDP blocked connects over ICE-TCP', { timeout: 120_000 }, async (t) => {
-  const index = randomInt(1, 251);
-  const name = `gr-icetcp-${process.pid}-${index}`;
-  let hostIp;
-  try {
-    const out = execFileSync(NETNS, ['up', name, String(index)], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
-    netns = { name, index };
-    hostIp = out.trim().split(/\s+/)[0];
-  } catch (e) {
-    t.skip(`network namespaces unavailable here (${NETNS} up failed: ${String(e.stderr || e.message).trim()}); ICE-TCP browser test skipped`);
-    return;
-  }
-
-  server = await startServerOnFreePorts({ host: hostIp, args: ['--node-ip', hostIp], logName: 'icetcp-server.log' });
+  netns = netnsUp(t, { tag: 'icetcp', what: 'ICE-TCP browser test' });
+  if (!netns) return;
+  server = await startServerForNetns(netns, { logName: 'icetcp-server.log' });
   const url = server.url;
   const cid = `default:icetcp-${randomBytes(4).toString('hex')}`;
   const tokens = await Promise.all(USERS.map((u) => mintToken(u, cid)));
-
-  // Chromium inside the namespace: a wrapper as its executable.
-  tmp = mkdtempSync(join(tmpdir(), 'gr-icetcp-'));
-  const wrapper = join(tmp, 'chromium-in-netns');
-  writeFileSync(wrapper, `#!/bin/sh\nexec "${NETNS}" exec "${name}" "${CHROMIUM}" "$@"\n`);
-  chmodSync(wrapper, 0o755);
-  browser = await launchBrowser({
-    executablePath: wrapper,
-    // Plain http to a non-loopback address is not a secure context without this flag.
-    extraArgs: [`--unsafely-treat-insecure-origin-as-secure=${url}`],
-    timeout: 30_000,
-  });
+  browser = await launchBrowserInNetns(netns, url);
 
   const pages = [];
   try {
@@ -111,6 +74,6 @@ test('Chromium with UDP blocked connects over ICE-TCP', { timeout: 120_000 }, as
     browser = undefined;
     await server.stop().catch(() => {});
     server = undefined;
-    netnsDown();
+    netns.down();
   }
 });

@@ -1,12 +1,18 @@
 // Shared helpers for the browser end-to-end tests: Chromium launch, a static file server,
-// the greenroom server process, token minting, and the two-party media page
-// (control/web/test/media.html): opening it, its media stats, waiting for media both ways.
+// the greenroom server process, token minting, the two-party media page
+// (control/web/test/media.html): opening it, its media stats, waiting for media both ways; and
+// network namespaces (scripts/netns-udp-blocked.sh) with browsers and processes inside.
 
-import { spawn, execFile } from 'node:child_process';
+import { spawn, execFile, execFileSync } from 'node:child_process';
 import assert from 'node:assert/strict';
-import { createReadStream, createWriteStream, existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { randomInt } from 'node:crypto';
+import {
+  chmodSync, createReadStream, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync,
+  writeFileSync,
+} from 'node:fs';
 import { createServer } from 'node:http';
 import { createServer as createNetServer } from 'node:net';
+import { tmpdir } from 'node:os';
 import { extname, join, normalize, resolve, sep, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -314,4 +320,115 @@ export async function screenshotPages(pages, prefix, names) {
     await page.screenshot({ path: join(dir, `${prefix}-${names[i]}.png`) }).catch(() => {});
   }
   return dir;
+}
+
+/** Makes, cuts and removes the tests' network namespaces (see the script's header). */
+export const NETNS = join(ROOT, 'scripts/netns-udp-blocked.sh');
+
+/**
+ * Makes a network namespace joined to the host by a veth pair, its UDP blocked unless `udpOk`
+ * (`NETNS up`). Where namespaces cannot be made (not root, a kernel or container that refuses
+ * them), skips the test `t` with a message naming `what` and returns null. Otherwise returns
+ * `{ name, hostIp, nsIp, spawn, spawnReady, link, down }`:
+ * - `spawn(cmd, options)`: a child process running `cmd` (an array) inside;
+ * - `spawnReady(cmd, ready, what, env)`: the same, resolved once a line of its output matches
+ *   `ready` (rejected if it exits first or after 30 s);
+ * - `executable(path)`: a wrapper script that runs `path` inside (a browser's executable);
+ * - `link(up)`: restores or cuts the namespace's link;
+ * - `down()`: kills what was spawned inside and removes the namespace (also run when node exits;
+ *   idempotent, never throws).
+ */
+export function netnsUp(t, { tag, udpOk = false, what }) {
+  const index = randomInt(1, 251);
+  const name = `gr-${tag}-${process.pid}-${index}`;
+  let out;
+  try {
+    const args = ['up', name, String(index)].concat(udpOk ? ['udp-ok'] : []);
+    out = execFileSync(NETNS, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
+  } catch (e) {
+    t.skip(`network namespaces unavailable here (${NETNS} up failed: ${String(e.stderr || e.message).trim()}); ${what} skipped`);
+    return null;
+  }
+  const [hostIp, nsIp] = out.trim().split(/\s+/);
+  const children = [];
+  let tmp = null;
+  let removed = false;
+  const down = () => {
+    for (const c of children.splice(0)) {
+      try { c.kill('SIGKILL'); } catch { /* gone */ }
+    }
+    if (tmp) rmSync(tmp, { recursive: true, force: true });
+    tmp = null;
+    if (removed) return;
+    removed = true;
+    process.removeListener('exit', down);
+    try {
+      execFileSync(NETNS, ['down', name, String(index)], { stdio: 'ignore', timeout: 30_000 });
+    } catch { /* best effort */ }
+  };
+  process.once('exit', down);
+  const spawnInside = (cmd, options = {}) => {
+    const child = spawn(NETNS, ['exec', name, ...cmd], options);
+    children.push(child);
+    return child;
+  };
+  const spawnReady = (cmd, ready, label, env = {}) => {
+    const child = spawnInside(cmd, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
+    let output = '';
+    return new Promise((resolveChild, reject) => {
+      const timer = setTimeout(() => reject(new Error(`${label}: not ready after 30 s:\n${output.slice(-2000)}`)), 30_000);
+      const onData = (d) => {
+        output += d.toString();
+        if (ready.test(output)) {
+          clearTimeout(timer);
+          resolveChild(child);
+        }
+      };
+      child.stdout.on('data', onData);
+      child.stderr.on('data', onData);
+      child.once('exit', (code) => {
+        clearTimeout(timer);
+        reject(new Error(`${label} exited (${code}):\n${output.slice(-2000)}`));
+      });
+    });
+  };
+  const executable = (path) => {
+    tmp ??= mkdtempSync(join(tmpdir(), `gr-${tag}-`));
+    const wrapper = join(tmp, `in-netns-${children.length}-${randomInt(1e9)}`);
+    writeFileSync(wrapper, `#!/bin/sh\nexec "${NETNS}" exec "${name}" "${path}" "$@"\n`);
+    chmodSync(wrapper, 0o755);
+    return wrapper;
+  };
+  const link = (up) => {
+    execFileSync(NETNS, ['link', name, String(index), up ? 'up' : 'down'], { timeout: 10_000 });
+  };
+  return { name, hostIp, nsIp, spawn: spawnInside, spawnReady, executable, link, down };
+}
+
+/**
+ * Starts `greenroom serve` on the host side of `netns`'s veth (free ports, ICE candidates on
+ * that address), with `args` appended; returns what {@link startServer} returns. The web app is
+ * served from control/web unless GREENROOM_WEB_ROOT says otherwise.
+ */
+export async function startServerForNetns(netns, { args = [], logName }) {
+  process.env.GREENROOM_WEB_ROOT ??= join(ROOT, 'control/web');
+  return startServerOnFreePorts({ host: netns.hostIp, args: ['--node-ip', netns.hostIp, ...args], logName });
+}
+
+/**
+ * Launches headless Chromium inside `netns` (options as {@link launchBrowser}'s), treating
+ * `url` (plain http to a non-loopback address) as a secure context.
+ */
+export async function launchBrowserInNetns(netns, url, { extraArgs = [], ...options } = {}) {
+  return launchBrowser({
+    ...options,
+    executablePath: netns.executable(CHROMIUM),
+    extraArgs: [secureOrigin(url), ...extraArgs],
+    timeout: 30_000,
+  });
+}
+
+/** The Chromium flag that makes plain http to `url` (not loopback) a secure context. */
+export function secureOrigin(url) {
+  return `--unsafely-treat-insecure-origin-as-secure=${url}`;
 }

@@ -10,15 +10,14 @@
 
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { execFileSync } from 'node:child_process';
-import { randomBytes, randomInt } from 'node:crypto';
-import { writeFileSync, mkdtempSync, rmSync, chmodSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { randomBytes } from 'node:crypto';
+import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { chromium } from 'playwright-core';
-import { ROOT, CHROMIUM, CHROMIUM_ARGS, launchBrowser, startServer, mintToken, ensureArtifacts, freePort, captureConsole, sleep } from './lib.mjs';
+import {
+  netnsUp, startServerForNetns, launchBrowser, launchBrowserInNetns, secureOrigin, mintToken, ensureArtifacts,
+  captureConsole, sleep,
+} from './lib.mjs';
 
-const NETNS = join(ROOT, 'scripts/netns-udp-blocked.sh');
 const WAIT_MS = 25_000;
 const GRACE_SECS = 20;
 const MIN_CUT_MS = 3000;
@@ -26,23 +25,12 @@ const MIN_CUT_MS = 3000;
 let server;
 const browsers = [];
 let netns = null;
-let tmp = null;
 const consoles = [];
-
-function netnsDown() {
-  if (!netns) return;
-  try {
-    execFileSync(NETNS, ['down', netns.name, String(netns.index)], { stdio: 'ignore', timeout: 30_000 });
-  } catch { /* best effort */ }
-  netns = null;
-}
-process.once('exit', netnsDown);
 
 after(async () => {
   for (const b of browsers) await b.close().catch(() => {});
   await server?.stop().catch(() => {});
-  netnsDown();
-  if (tmp) rmSync(tmp, { recursive: true, force: true });
+  netns?.down();
 });
 
 /** Opens a page on `url` that joins `cid` with the SDK and records its events in `window.t`. */
@@ -82,40 +70,18 @@ const events = (page) => page.evaluate(() => window.t.events);
 const participantId = (page) => page.evaluate(() => window.t.call.localParticipant?.participantId ?? null);
 
 test('a cut network link mid-call: reconnecting, then the same session and media again, no leave seen', { timeout: 120_000 }, async (t) => {
-  const index = randomInt(1, 251);
-  const name = `gr-linkcut-${process.pid}-${index}`;
-  let hostIp;
-  try {
-    const out = execFileSync(NETNS, ['up', name, String(index), 'udp-ok'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
-    netns = { name, index };
-    hostIp = out.trim().split(/\s+/)[0];
-  } catch (e) {
-    t.skip(`network namespaces unavailable here (${NETNS} up failed: ${String(e.stderr || e.message).trim()}); link-cut test skipped`);
-    return;
-  }
-  const http = await freePort();
-  const media = await freePort();
-  const url = `http://${hostIp}:${http}`;
+  netns = netnsUp(t, { tag: 'linkcut', udpOk: true, what: 'link-cut test' });
+  if (!netns) return;
   const dir = ensureArtifacts();
   const config = join(dir, 'linkcut-greenroom.toml');
   writeFileSync(config, `[limits]\nresume_grace_secs = ${GRACE_SECS}\n`);
-  process.env.GREENROOM_WEB_ROOT ??= join(ROOT, 'control/web');
-  server = await startServer({
-    httpUrl: url,
-    args: ['--config', config, '--http-addr', `${hostIp}:${http}`, '--udp-addr', `${hostIp}:${media}`, '--node-ip', hostIp],
-    logName: 'linkcut-server.log',
-  });
+  server = await startServerForNetns(netns, { args: ['--config', config], logName: 'linkcut-server.log' });
+  const url = server.url;
   const cid = `default:linkcut-${randomBytes(4).toString('hex')}`;
-  // Plain http to a non-loopback address is not a secure context without this flag.
-  const secure = `--unsafely-treat-insecure-origin-as-secure=${url}`;
 
-  const host = await launchBrowser({ extraArgs: [secure] });
+  const host = await launchBrowser({ extraArgs: [secureOrigin(url)] });
   browsers.push(host);
-  tmp = mkdtempSync(join(tmpdir(), 'gr-linkcut-'));
-  const wrapper = join(tmp, 'chromium-in-netns');
-  writeFileSync(wrapper, `#!/bin/sh\nexec "${NETNS}" exec "${name}" "${CHROMIUM}" "$@"\n`);
-  chmodSync(wrapper, 0o755);
-  const inNs = await chromium.launch({ executablePath: wrapper, headless: true, args: [...CHROMIUM_ARGS, secure], timeout: 30_000 });
+  const inNs = await launchBrowserInNetns(netns, url);
   browsers.push(inNs);
 
   const pages = {
@@ -152,7 +118,7 @@ test('a cut network link mid-call: reconnecting, then the same session and media
 
     const cutAt = Date.now();
     t.diagnostic(`link down at ${cutAt}`);
-    execFileSync(NETNS, ['link', name, String(index), 'down'], { timeout: 10_000 });
+    netns.link(false);
     try {
       await until(pages.bob, 'bob shows reconnecting while the link is down', (e) => e.some((x) => x[0] === 'conn' && x[1] === 'reconnecting'));
       const elapsed = Date.now() - cutAt;
@@ -165,7 +131,7 @@ test('a cut network link mid-call: reconnecting, then the same session and media
       // (Audio bytes: a busy decoder can still be working through video frames received before.)
       assert.equal(still.alice.bytes, during.alice.bytes, "alice receives no audio of bob's while the link is down");
     } finally {
-      execFileSync(NETNS, ['link', name, String(index), 'up'], { timeout: 10_000 });
+      netns.link(true);
     }
     const cut = await both();
 
@@ -185,6 +151,6 @@ test('a cut network link mid-call: reconnecting, then the same session and media
     for (const b of browsers.splice(0)) await b.close().catch(() => {});
     await server.stop().catch(() => {});
     server = undefined;
-    netnsDown();
+    netns.down();
   }
 });
