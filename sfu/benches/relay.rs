@@ -3,7 +3,8 @@
 //! media datagram (HMAC-SHA256, once per packet whatever the number of nodes); on a receiving
 //! node, what the receive thread does per datagram (head, route lookup, MAC check, decode into
 //! the shard's message); and the publishing node's sends of a batch of packets to two other
-//! nodes on loopback (`send_32x2`). The fan-out (the same as for a local packet) comes on top.
+//! nodes on loopback, batched (`send_32x2`) or one `sendto` each (`send_32x2_sendto`). The
+//! fan-out (the same as for a local packet) comes on top.
 //!
 //! Run: `cargo bench -p greenroom-sfu --bench relay` (smoke test: `-- --test`).
 
@@ -30,19 +31,23 @@ fn relay(c: &mut Criterion) {
         });
     }
     // The sending side: a batch of 32 packets (what a shard handles per wake-up at most), each
-    // out to 2 other nodes on loopback, then the end-of-batch flush.
+    // out to 2 other nodes on loopback, then the end-of-batch flush: queued and sent with
+    // sendmmsg (`send_32x2`, the shard's path), or one sendto per datagram
+    // (`send_32x2_sendto`, the path before batching).
     for size in [80usize, 1100] {
         let payload = vec![0x55u8; size];
-        let mut sender = RelaySender::new(2).unwrap();
-        g.throughput(Throughput::Elements(32));
-        g.bench_with_input(BenchmarkId::new("send_32x2", size), &payload, |b, p| {
-            b.iter(|| {
-                for _ in 0..32 {
-                    sender.send_media(p);
-                }
-                sender.flush();
-            })
-        });
+        for (name, batched) in [("send_32x2", true), ("send_32x2_sendto", false)] {
+            let mut sender = RelaySender::new(2, batched).unwrap();
+            g.throughput(Throughput::Elements(32));
+            g.bench_with_input(BenchmarkId::new(name, size), &payload, |b, p| {
+                b.iter(|| {
+                    for _ in 0..32 {
+                        sender.send_media(p);
+                    }
+                    sender.flush();
+                })
+            });
+        }
     }
     g.finish();
 }

@@ -555,6 +555,7 @@ mod tests {
                 failed: 1,
                 syscalls: 2,
                 gso_datagrams: 5,
+                bytes: 0,
             },
         };
         let t = render(&[&c, &other], udp);

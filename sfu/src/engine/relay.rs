@@ -6,8 +6,11 @@
 use super::fanout::InPacket;
 use super::*;
 use crate::relay::wire::{self, Body, Head, TrackDesc};
-use crate::relay::{GateVersion, InBody, MediaIn, RelayDrop, RelayIn, RelayLink, RelayNode};
+use crate::relay::{
+    GateVersion, InBody, MediaIn, RelayDrop, RelayIn, RelayLink, RelayNode, RelayOut,
+};
 use greenroom_proto::SourceSet;
+use slotmap::SecondaryMap;
 use str0m::media::KeyframeRequestKind;
 use str0m::rtp::VideoOrientation;
 
@@ -50,13 +53,15 @@ struct CallRelay {
     addrs: Arc<[SocketAddr]>,
 }
 
-/// A local producer being relayed.
+/// A local producer being relayed: what each of its packets needs, found without a lookup.
 struct OutTrack {
     call: u64,
     pid: String,
     source: TrackSource,
     version: Arc<GateVersion>,
     addrs: Arc<[SocketAddr]>,
+    /// The rid of each of its layers (by layer index; a layer created since is looked up once).
+    rids: Vec<Option<Rid>>,
 }
 
 /// The last announcement of a local publisher.
@@ -70,14 +75,15 @@ struct Announced {
 /// A shard's relay state (empty and idle when the relay is off).
 #[derive(Default)]
 pub(super) struct RelayShard {
-    link: Option<Arc<RelayLink>>,
+    /// The relay socket and this shard's queue of media datagrams on it.
+    tx: Option<RelayOut>,
     calls: HashMap<CallCid, CallRelay>,
     /// Gate versions of this shard's participants, local and remote.
     versions: HashMap<String, Arc<GateVersion>>,
     /// Remote participant -> its node.
     remote: HashMap<String, String>,
     /// Local producers relayed, rebuilt on every tick and node-set change.
-    out: HashMap<Key, OutTrack>,
+    out: SecondaryMap<Key, OutTrack>,
     /// By participant id (a participant is in one call).
     announced: HashMap<String, Announced>,
     buf: Vec<u8>,
@@ -89,12 +95,16 @@ impl RelayShard {
     pub(super) fn is_idle(&self) -> bool {
         self.out.is_empty()
     }
+
+    fn link(&self) -> Option<&RelayLink> {
+        self.tx.as_ref().map(RelayOut::link)
+    }
 }
 
 impl Engine {
     pub(super) fn on_relay_cmd(&mut self, cmd: RelayCmd, now: Instant) {
         match cmd {
-            RelayCmd::Link(link) => self.relay.link = Some(link),
+            RelayCmd::Link(link) => self.relay.tx = Some(RelayOut::new(link)),
             RelayCmd::CallNodes { call, nodes } => {
                 if nodes.is_empty() {
                     self.relay.calls.remove(&call);
@@ -163,7 +173,7 @@ impl Engine {
         });
         r.versions.retain(|pid, _| parts.contains_key(pid));
         r.out.clear();
-        if r.calls.is_empty() || r.link.is_none() {
+        if r.calls.is_empty() || r.tx.is_none() {
             r.announced.clear();
             return;
         }
@@ -183,6 +193,7 @@ impl Engine {
                     source: prod.source,
                     version,
                     addrs: c.addrs.clone(),
+                    rids: prod.layers.iter().map(|l| l.rid).collect(),
                 },
             );
         }
@@ -240,7 +251,7 @@ impl Engine {
         }
         self.relay.announced.retain(|id, _| live.contains(id));
         let r = &mut self.relay;
-        let Some(link) = r.link.as_ref() else {
+        let Some(link) = r.tx.as_ref().map(RelayOut::link) else {
             return;
         };
         for (call, pid, key, addrs, tracks, json) in due {
@@ -309,17 +320,23 @@ impl Engine {
         }
     }
 
-    /// A local producer's packet (past its gate) to each other node of its call, encoded once.
+    /// A local producer's packet (past its gate) to each other node of its call: encoded and
+    /// signed once, queued once per node on the shard's relay queue ([`RelayOut`], sent in one
+    /// `sendmmsg` at the end of the shard's batch of work: [`Engine::relay_flush`]).
     pub(super) fn relay_out(&mut self, pk: Key, layer: u8, p: &InPacket) {
         let r = &mut self.relay;
-        let (Some(link), Some(t)) = (r.link.as_ref(), r.out.get(&pk)) else {
+        let (Some(tx), Some(t)) = (r.tx.as_mut(), r.out.get_mut(pk)) else {
             return;
         };
-        let rid = self
-            .producers
-            .get(pk)
-            .and_then(|prod| prod.layers.get(usize::from(layer)))
-            .and_then(|l| l.rid);
+        let li = usize::from(layer);
+        if li >= t.rids.len() {
+            // A layer that started since the last tick: its rid, once.
+            if let Some(prod) = self.producers.get(pk) {
+                t.rids = prod.layers.iter().map(|l| l.rid).collect();
+            }
+        }
+        let rid = t.rids.get(li).copied().flatten();
+        let link = tx.link();
         let head = Head {
             kind: wire::Kind::Media,
             call: t.call,
@@ -346,7 +363,15 @@ impl Engine {
         }
         link.counters.encoded();
         for a in t.addrs.iter() {
-            link.send(wire::Kind::Media, &r.buf, *a);
+            tx.push_media(&r.buf, *a);
+        }
+    }
+
+    /// Sends the relayed media this shard queued (called where the shard flushes its media
+    /// socket, at the end of each batch of work).
+    pub(super) fn relay_flush(&mut self) {
+        if let Some(tx) = self.relay.tx.as_mut() {
+            tx.flush();
         }
     }
 
@@ -366,7 +391,8 @@ impl Engine {
         let Some(node) = r.remote.get(&prod.owner) else {
             return false;
         };
-        let (Some(link), Some(c)) = (r.link.as_ref(), r.calls.get(&prod.call)) else {
+        let (Some(link), Some(c)) = (r.tx.as_ref().map(RelayOut::link), r.calls.get(&prod.call))
+        else {
             return true;
         };
         let Some(addr) = c.nodes.iter().find(|n| n.node_id == *node).map(|n| n.addr) else {
@@ -405,7 +431,7 @@ impl Engine {
             .and_then(|p| self.relay.calls.get(&p.call))
             .is_some_and(|c| c.key == call);
         let remote_from_sender = self.relay.remote.get(&pid).is_some_and(|n| *n == from);
-        let counters = self.relay.link.as_ref().map(|l| l.counters.clone());
+        let counters = self.relay.link().map(|l| l.counters.clone());
         let dropped = |why| {
             if let Some(c) = &counters {
                 c.dropped(why);

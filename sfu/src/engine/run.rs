@@ -100,6 +100,7 @@ impl Engine {
                 .max(MIN_SLEEP);
             // The batch of work is done: what it queued leaves in one sendmmsg before we wait.
             self.socket.flush();
+            self.relay_flush();
             self.busy.sleep(Instant::now());
             let received = self.input.recv_timeout(wait);
             self.busy.wake(Instant::now());

@@ -223,6 +223,8 @@ pub struct SendOutcome {
     pub syscalls: u64,
     /// Datagrams that went out inside GSO sends.
     pub gso_datagrams: u64,
+    /// Bytes of the datagrams the kernel accepted.
+    pub bytes: u64,
 }
 
 /// Sends every datagram of `queue` on `socket` without blocking (see the module docs) and
@@ -267,6 +269,9 @@ pub fn send_batch(socket: &impl AsRawFd, queue: &mut SendQueue, gso: &GsoState) 
                         out.syscalls += 1;
                         out.sent += count as u64;
                         out.gso_datagrams += count as u64;
+                        out.bytes += (first..first + count)
+                            .map(|i| queue.items[i].len as u64)
+                            .sum::<u64>();
                     }
                     Err(Errno::EAGAIN) => {
                         out.syscalls += 1;
@@ -341,6 +346,10 @@ fn send_singles(fd: i32, queue: &SendQueue, which: &[usize], out: &mut SendOutco
             }
             Ok(n) => {
                 out.sent += n as u64;
+                out.bytes += rest[..n]
+                    .iter()
+                    .map(|&i| queue.items[i].len as u64)
+                    .sum::<u64>();
                 at += n;
             }
             Err(Errno::EAGAIN) => {
@@ -449,6 +458,7 @@ mod tests {
             let out = send_batch(&tx, &mut q, &gso);
             assert!(q.is_empty());
             assert_eq!(out.sent, 16, "{out:?}");
+            assert_eq!(out.bytes, 5 * 1000 + 10 * 80 + 300, "{out:?}");
             assert_eq!(out.would_block + out.failed, 0);
             if gso.enabled() {
                 assert_eq!(out.gso_datagrams, 5 + 10, "{out:?}");
@@ -503,7 +513,7 @@ mod tests {
         q.push(&[2; 10], "[::1]:9".parse().unwrap());
         q.push(&[3; 10], rx.local_addr().unwrap());
         let out = send_batch(&tx, &mut q, &GsoState::new(false));
-        assert_eq!((out.sent, out.failed), (2, 1), "{out:?}");
+        assert_eq!((out.sent, out.failed, out.bytes), (2, 1, 20), "{out:?}");
         let got = receive_all(&rx, 2);
         assert_eq!(got, vec![vec![1; 10], vec![3; 10]]);
     }

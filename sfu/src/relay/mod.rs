@@ -6,8 +6,9 @@
 //!   holds that node, checks its MAC with that node's key ([`wire`]), and hands it to the call's
 //!   shard through the shard's bounded queue (dropped and counted when full).
 //! * The shard side (`engine::relay`) sends every packet of a local track once per other node of
-//!   the call, turns announces into producers without a str0m `Rtc` (remote tracks), and feeds
-//!   relayed packets into the same fan-out as local ones.
+//!   the call (encoded once, queued per node and sent in batches: [`RelayOut`]), turns announces
+//!   into producers without a str0m `Rtc` (remote tracks), and feeds relayed packets into the
+//!   same fan-out as local ones.
 //! * Gate versions ([`GateVersion`]) travel with every packet: a receiving node drops a packet
 //!   stamped older than the newest version that revoked its source there.
 //!
@@ -33,6 +34,7 @@ use str0m::media::Rid;
 use tracing::warn;
 
 use crate::engine::ShardMsg;
+use crate::io::batch::{send_batch, GsoState, SendOutcome, SendQueue, MAX_BATCH};
 use wire::{Body, TrackDesc, WireError};
 
 /// Node-to-node relay options (`None` in [`crate::SfuOptions::relay`]: relay off, no socket).
@@ -124,6 +126,14 @@ impl RelayCounters {
 
     pub(crate) fn encoded(&self) {
         self.media_encoded.fetch_add(1, Relaxed);
+    }
+
+    /// Counts what one batch of queued media datagrams did: sent (and their bytes), or dropped
+    /// by the kernel (a full buffer or an error: [`RelayDrop::SendError`]).
+    fn media_sent(&self, o: SendOutcome) {
+        self.media_out.fetch_add(o.sent, Relaxed);
+        self.bytes_out.fetch_add(o.bytes, Relaxed);
+        self.dropped[RelayDrop::SendError as usize].fetch_add(o.would_block + o.failed, Relaxed);
     }
 
     pub(crate) fn sent(&self, kind: wire::Kind, bytes: usize) {
@@ -324,6 +334,50 @@ impl RelayLink {
             Ok(_) => self.counters.sent(kind, data.len()),
             Err(_) => self.counters.dropped(RelayDrop::SendError),
         }
+    }
+}
+
+/// A shard's relayed media on its way out: datagrams queue here and leave in one `sendmmsg`
+/// (and UDP GSO runs, see [`crate::io::batch`]) when the queue is full or the shard ends its batch
+/// of work ([`RelayOut::flush`], next to the media socket's flush), never blocking. Control
+/// datagrams (announcements, keyframe requests: a few a second) go out at once
+/// ([`RelayLink::send`]), ahead of the media queued before them.
+pub(crate) struct RelayOut {
+    link: Arc<RelayLink>,
+    queue: SendQueue,
+    gso: GsoState,
+}
+
+impl RelayOut {
+    /// An empty queue of [`MAX_BATCH`] datagrams for `link`'s socket.
+    pub(crate) fn new(link: Arc<RelayLink>) -> RelayOut {
+        RelayOut {
+            link,
+            queue: SendQueue::new(MAX_BATCH),
+            gso: GsoState::new(true),
+        }
+    }
+
+    /// The socket, node id, key and counters.
+    pub(crate) fn link(&self) -> &RelayLink {
+        &self.link
+    }
+
+    /// Queues a copy of one encoded media datagram for `addr` (sent at once when the queue is
+    /// full).
+    pub(crate) fn push_media(&mut self, data: &[u8], addr: SocketAddr) {
+        if self.queue.push(data, addr) {
+            self.flush();
+        }
+    }
+
+    /// Hands every queued datagram to the kernel and counts what it did.
+    pub(crate) fn flush(&mut self) {
+        if self.queue.is_empty() {
+            return;
+        }
+        let o = send_batch(&self.link.socket, &mut self.queue, &self.gso);
+        self.link.counters.media_sent(o);
     }
 }
 
@@ -664,14 +718,18 @@ pub mod bench {
     /// node), what a shard does per relayed packet and at the end of its batch of work.
     pub struct RelaySender {
         buf: Vec<u8>,
-        link: RelayLink,
+        out: RelayOut,
+        /// Queued and sent in batches (the shard's path), else one `sendto` per datagram.
+        batched: bool,
         addrs: Vec<SocketAddr>,
         _sinks: Vec<UdpSocket>,
     }
 
     impl RelaySender {
-        /// A sender to `nodes` receivers on 127.0.0.1.
-        pub fn new(nodes: usize) -> std::io::Result<RelaySender> {
+        /// A sender to `nodes` receivers on 127.0.0.1, `batched` (what a shard does) or with
+        /// one `sendto` per datagram (for comparison: how the relay sent before batching, and
+        /// how it still sends its few control datagrams).
+        pub fn new(nodes: usize, batched: bool) -> std::io::Result<RelaySender> {
             let sinks = (0..nodes)
                 .map(|_| UdpSocket::bind("127.0.0.1:0"))
                 .collect::<std::io::Result<Vec<_>>>()?;
@@ -679,31 +737,40 @@ pub mod bench {
                 .iter()
                 .map(UdpSocket::local_addr)
                 .collect::<std::io::Result<Vec<_>>>()?;
+            let link = RelayLink {
+                socket: UdpSocket::bind("127.0.0.1:0")?,
+                node_id: "a".into(),
+                key: wire::node_key(&[9u8; 32], "a"),
+                counters: Arc::new(RelayCounters::default()),
+            };
             Ok(RelaySender {
                 buf: Vec::new(),
-                link: RelayLink {
-                    socket: UdpSocket::bind("127.0.0.1:0")?,
-                    node_id: "a".into(),
-                    key: wire::node_key(&[9u8; 32], "a"),
-                    counters: Arc::new(RelayCounters::default()),
-                },
+                out: RelayOut::new(Arc::new(link)),
+                batched,
                 addrs,
                 _sinks: sinks,
             })
         }
 
-        /// One local packet of `payload` out to every node (encoded and signed once).
+        /// One local packet of `payload` out to every node (encoded and signed once, queued
+        /// once per node).
         pub fn send_media(&mut self, payload: &[u8]) {
-            if encode_sample(&mut self.buf, &self.link.key, payload).is_err() {
+            if encode_sample(&mut self.buf, &self.out.link().key, payload).is_err() {
                 return;
             }
             for a in &self.addrs {
-                self.link.send(wire::Kind::Media, &self.buf, *a);
+                if self.batched {
+                    self.out.push_media(&self.buf, *a);
+                } else {
+                    self.out.link().send(wire::Kind::Media, &self.buf, *a);
+                }
             }
         }
 
-        /// The end of a shard's batch of work.
-        pub fn flush(&mut self) {}
+        /// The end of a shard's batch of work: the queued datagrams leave.
+        pub fn flush(&mut self) {
+            self.out.flush();
+        }
     }
 }
 
