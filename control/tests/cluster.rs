@@ -8,19 +8,13 @@ mod cluster_support;
 
 use std::time::Duration;
 
-use cluster_support::{node, node_with, prefix, Redis, WAIT};
-use futures_util::{SinkExt, StreamExt};
+use cluster_support::{
+    admin, connect, node, packets, prefix, received_more, send, split_by_home, three_nodes,
+    wait_for, Redis, WAIT,
+};
 use greenroom_control::cluster::{Cluster, Route};
 use greenroom_proto::{CallCid, CallType, Role};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::Message;
-
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-fn admin(n: &cluster_support::Node) -> String {
-    n.state.auth.mint("ops", None, None, true, 600).unwrap()
-}
 
 async fn nodes(n: &cluster_support::Node) -> Value {
     reqwest::Client::new()
@@ -32,46 +26,6 @@ async fn nodes(n: &cluster_support::Node) -> Value {
         .json()
         .await
         .unwrap()
-}
-
-async fn connect(n: &cluster_support::Node, user: &str, role: Role) -> Ws {
-    let token = n
-        .state
-        .auth
-        .mint(user, None, Some(role), false, 600)
-        .unwrap();
-    let (ws, _) = tokio::time::timeout(
-        WAIT,
-        tokio_tungstenite::connect_async(format!("{}?token={token}", n.ws())),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    ws
-}
-
-async fn send(ws: &mut Ws, v: Value) {
-    ws.send(Message::text(v.to_string())).await.unwrap();
-}
-
-/// The next message of `kind` (others are skipped); a close fails the test.
-async fn wait_for(ws: &mut Ws, kind: &str) -> Value {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let m = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("no {kind}"))
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if v["type"] == kind {
-                return v;
-            }
-        } else if let Message::Close(f) = m {
-            panic!("closed waiting for {kind}: {f:?}");
-        }
-    }
 }
 
 fn caps(v: &Value) -> Vec<String> {
@@ -285,10 +239,8 @@ async fn a_client_of_another_node_joins_and_gets_a_revoke_sent_there() {
     let n2 = node(&redis, "relay-2", &p).await;
     let cid = CallCid::new(CallType::Default, "spanning").unwrap();
     // Find the call's home; the other node is the client's entry.
-    let (home, entry) = match n1.cluster.route(&n1.state, &cid).await.unwrap() {
-        Route::Local => (&n1, &n2),
-        Route::Remote(_) => (&n2, &n1),
-    };
+    let (home, others) = split_by_home(&[&n1, &n2], &cid.to_string()).await;
+    let entry = others[0];
     let host_token = entry
         .state
         .auth
@@ -361,18 +313,6 @@ async fn a_client_of_another_node_joins_and_gets_a_revoke_sent_there() {
     assert_eq!(left["participant"]["user_id"], "listener");
 }
 
-fn packets(bot: &greenroom_loadtest::Bot, track: &str) -> u64 {
-    bot.received().get(track).map(|t| t.packets).unwrap_or(0)
-}
-
-async fn received_more(bot: &greenroom_loadtest::Bot, track: &str, n: u64) -> u64 {
-    let s = bot
-        .wait_for_received(WAIT, |s| s.get(track).is_some_and(|t| t.packets > n))
-        .await
-        .unwrap_or_else(|e| panic!("no packets on {track} beyond {n}: {e}"));
-    s[track].packets
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn media_flows_for_clients_of_non_home_nodes_and_a_revoke_there_stops_it() {
     use greenroom_loadtest::{Bot, BotConfig};
@@ -380,31 +320,12 @@ async fn media_flows_for_clients_of_non_home_nodes_and_a_revoke_there_stops_it()
     let Some(redis) = Redis::start().await else {
         return;
     };
-    let p = prefix("media");
-    let nodes3 = [
-        node_with(&redis, "media-1", &p, true).await,
-        node_with(&redis, "media-2", &p, true).await,
-        node_with(&redis, "media-3", &p, true).await,
-    ];
+    let nodes3 = three_nodes(&redis, "media", true).await;
     let listed = nodes(&nodes3[0]).await;
     assert_eq!(listed["nodes"].as_array().unwrap().len(), 3, "{listed}");
     let cid = "default:spanning-media";
-    let parsed: CallCid = cid.parse().unwrap();
-    let home_id = match nodes3[0]
-        .cluster
-        .route(&nodes3[0].state, &parsed)
-        .await
-        .unwrap()
-    {
-        Route::Local => "media-1".to_owned(),
-        Route::Remote(h) => h.node_id,
-    };
-    let home = nodes3
-        .iter()
-        .find(|n| n.cluster.node_id() == home_id)
-        .unwrap();
-    let mut others = nodes3.iter().filter(|n| n.cluster.node_id() != home_id);
-    let (entry, third) = (others.next().unwrap(), others.next().unwrap());
+    let (home, others) = split_by_home(&nodes3.each_ref(), cid).await;
+    let (entry, third) = (others[0], others[1]);
     let bot = |n: &cluster_support::Node, user: &str| {
         let token = n
             .state
@@ -442,17 +363,12 @@ async fn media_flows_for_clients_of_non_home_nodes_and_a_revoke_there_stops_it()
     // A revoke sent to the entry node's API: the publisher is told to stop, video stops for
     // every subscriber while audio flows on.
     let from = alice.cursor();
-    let admin_token = entry
-        .state
-        .auth
-        .mint("backend", None, None, true, 600)
-        .unwrap();
     let r = reqwest::Client::new()
         .post(format!(
             "{}/v1/calls/default/spanning-media/user_permissions",
             entry.http()
         ))
-        .bearer_auth(admin_token)
+        .bearer_auth(admin(entry))
         .json(&json!({"user_id": "alice", "revoke_permissions": ["send-video"]}))
         .send()
         .await
@@ -485,10 +401,8 @@ async fn a_forwarded_request_or_socket_for_a_call_homed_elsewhere_is_refused_not
     let n1 = node(&redis, "hop-1", &p).await;
     let n2 = node(&redis, "hop-2", &p).await;
     let cid = CallCid::new(CallType::Default, "hopped").unwrap();
-    let (home, other) = match n1.cluster.route(&n1.state, &cid).await.unwrap() {
-        Route::Local => (&n1, &n2),
-        Route::Remote(_) => (&n2, &n1),
-    };
+    let (home, others) = split_by_home(&[&n1, &n2], &cid.to_string()).await;
+    let other = others[0];
     let token = other
         .state
         .auth

@@ -9,7 +9,7 @@ mod ops_support;
 
 use std::time::Duration;
 
-use cluster_support::{Redis, WAIT};
+use cluster_support::{cluster_env, Redis, WAIT};
 use futures_util::{SinkExt, StreamExt};
 use greenroom_proto::Role;
 use ops_support::{command, free_tcp, free_udp, temp_dir, token, wait_ready, Server};
@@ -51,11 +51,7 @@ fn spawn(redis: &Redis, id: &str, dir: &std::path::Path) -> Server {
     cmd.env("GREENROOM_HTTP_ADDR", http.to_string())
         .env("GREENROOM_UDP_ADDR", free_udp().to_string())
         .env("GREENROOM_DATA_DIR", dir)
-        .env("GREENROOM_REDIS_URL", redis.url())
-        .env("GREENROOM_CLUSTER__NODE_ID", id)
-        .env("GREENROOM_CLUSTER__NODE_TTL_SECS", "2")
-        .env("GREENROOM_CLUSTER__REFRESH_MS", "200")
-        .env("GREENROOM_CLUSTER__RELAY_BIND", "127.0.0.1:0")
+        .envs(cluster_env(redis, id, None))
         .args(["serve", "--drain-secs", "2"]);
     Server::spawn(&mut cmd, http, dir)
 }

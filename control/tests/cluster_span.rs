@@ -11,15 +11,13 @@ mod ops_support;
 
 use std::time::{Duration, Instant};
 
-use cluster_support::{node_with, prefix, Node, Redis, WAIT};
-use greenroom_control::cluster::Route;
+use cluster_support::{
+    admin, cluster_env, connect, node_with, packets, prefix, received_more, send, split_by_home,
+    three_nodes, wait_for, Node, Redis, WAIT,
+};
 use greenroom_loadtest::{Bot, BotConfig, StopMode};
 use greenroom_proto::{CallCid, Role, TrackSource};
 use serde_json::{json, Value};
-
-fn admin(n: &Node) -> String {
-    n.state.auth.mint("backend", None, None, true, 600).unwrap()
-}
 
 async fn bot_at(url: String, token: String, mode: StopMode) -> Bot {
     let mut c = BotConfig::new(url, token);
@@ -34,36 +32,6 @@ async fn bot(n: &Node, user: &str, mode: StopMode) -> Bot {
         .mint(user, None, Some(Role::User), false, 600)
         .unwrap();
     bot_at(n.http(), token, mode).await
-}
-
-fn packets(bot: &Bot, track: &str) -> u64 {
-    bot.received().get(track).map(|t| t.packets).unwrap_or(0)
-}
-
-async fn received_more(bot: &Bot, track: &str, n: u64) -> u64 {
-    let s = bot
-        .wait_for_received(WAIT, |s| s.get(track).is_some_and(|t| t.packets > n))
-        .await
-        .unwrap_or_else(|e| panic!("no packets on {track} beyond {n}: {e}"));
-    s[track].packets
-}
-
-/// The call's home among `nodes` (placing the call through the first one).
-async fn home_of<'a>(nodes: &'a [&'a Node], cid: &str) -> &'a Node {
-    let parsed: CallCid = cid.parse().unwrap();
-    let home_id = match nodes[0]
-        .cluster
-        .route(&nodes[0].state, &parsed)
-        .await
-        .unwrap()
-    {
-        Route::Local => nodes[0].cluster.node_id().to_owned(),
-        Route::Remote(h) => h.node_id,
-    };
-    nodes
-        .iter()
-        .find(|n| n.cluster.node_id() == home_id)
-        .unwrap()
 }
 
 async fn permissions(n: &Node, call_id: &str, body: Value) {
@@ -94,22 +62,13 @@ async fn a_call_spans_three_nodes_the_gate_holds_everywhere_and_media_outlives_r
     let Some(mut redis) = Redis::start().await else {
         return;
     };
-    let p = prefix("span");
-    let nodes3 = [
-        node_with(&redis, "span-a", &p, true).await,
-        node_with(&redis, "span-b", &p, true).await,
-        node_with(&redis, "span-c", &p, true).await,
-    ];
-    let refs: Vec<&Node> = nodes3.iter().collect();
+    let nodes3 = three_nodes(&redis, "span", true).await;
     let call_id = "spanning";
     let cid = format!("default:{call_id}");
     let parsed: CallCid = cid.parse().unwrap();
     // A is the call's home; B and C are the others.
-    let a = home_of(&refs, &cid).await;
-    let mut others = nodes3
-        .iter()
-        .filter(|n| n.cluster.node_id() != a.cluster.node_id());
-    let (b, c) = (others.next().unwrap(), others.next().unwrap());
+    let (a, others) = split_by_home(&nodes3.each_ref(), &cid).await;
+    let (b, c) = (others[0], others[1]);
     let listed: Value = reqwest::Client::new()
         .get(format!("{}/v1/nodes", b.http()))
         .bearer_auth(admin(b))
@@ -285,13 +244,8 @@ async fn a_killed_node_loses_its_listeners_and_the_others_keep_the_call() {
     let cid = format!("default:{call_id}");
     let parsed: CallCid = cid.parse().unwrap();
     // Placed before B exists: the home is A or C.
-    let pair = [&a, &c];
-    let home = home_of(&pair, &cid).await;
-    let other = if home.cluster.node_id() == a.cluster.node_id() {
-        &c
-    } else {
-        &a
-    };
+    let (home, others) = split_by_home(&[&a, &c], &cid).await;
+    let other = others[0];
     // B is the real binary (same keys and Redis prefix), so it can be killed with -9.
     let dir = temp_dir("cluster-span-kill");
     let http = free_tcp();
@@ -299,13 +253,7 @@ async fn a_killed_node_loses_its_listeners_and_the_others_keep_the_call() {
     cmd.env("GREENROOM_HTTP_ADDR", http.to_string())
         .env("GREENROOM_UDP_ADDR", free_udp().to_string())
         .env("GREENROOM_DATA_DIR", &dir)
-        .env("GREENROOM_REDIS_URL", redis.url())
-        .env("GREENROOM_CLUSTER__NODE_ID", "kill-b")
-        .env("GREENROOM_CLUSTER__KEY_PREFIX", &p)
-        .env("GREENROOM_CLUSTER__NODE_TTL_SECS", "2")
-        .env("GREENROOM_CLUSTER__REFRESH_MS", "200")
-        .env("GREENROOM_CLUSTER__RELAY_BIND", "127.0.0.1:0")
-        .env("GREENROOM_LIMITS__RESUME_GRACE_SECS", "1")
+        .envs(cluster_env(&redis, "kill-b", Some(&p)))
         .args(["serve"]);
     let mut b = Server::spawn(&mut cmd, http, &dir);
     wait_ready(
@@ -363,95 +311,38 @@ async fn a_killed_node_loses_its_listeners_and_the_others_keep_the_call() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
-type Ws =
-    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
-async fn ws_connect(n: &Node, user: &str) -> Ws {
-    let token = n
-        .state
-        .auth
-        .mint(user, None, Some(Role::User), false, 600)
-        .unwrap();
-    let (ws, _) = tokio::time::timeout(
-        WAIT,
-        tokio_tungstenite::connect_async(format!("{}?token={token}", n.ws())),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    ws
-}
-
-async fn ws_send(ws: &mut Ws, v: Value) {
-    use futures_util::SinkExt;
-    ws.send(tokio_tungstenite::tungstenite::Message::text(v.to_string()))
-        .await
-        .unwrap();
-}
-
-/// The next message of `kind` (others are skipped); a close fails the test.
-async fn ws_wait(ws: &mut Ws, kind: &str) -> Value {
-    use futures_util::StreamExt;
-    use tokio_tungstenite::tungstenite::Message;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let m = tokio::time::timeout_at(deadline, ws.next())
-            .await
-            .unwrap_or_else(|_| panic!("no {kind}"))
-            .unwrap()
-            .unwrap();
-        if let Message::Text(t) = m {
-            let v: Value = serde_json::from_str(&t).unwrap();
-            if v["type"] == kind {
-                return v;
-            }
-        } else if let Message::Close(f) = m {
-            panic!("closed waiting for {kind}: {f:?}");
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_reaching_any_node_is_relayed_to_the_sessions_home() {
     let Some(redis) = Redis::start().await else {
         return;
     };
-    let p = prefix("resume");
-    let nodes3 = [
-        cluster_support::node(&redis, "resume-a", &p).await,
-        cluster_support::node(&redis, "resume-b", &p).await,
-        cluster_support::node(&redis, "resume-c", &p).await,
-    ];
-    let refs: Vec<&Node> = nodes3.iter().collect();
+    let nodes3 = three_nodes(&redis, "resume", false).await;
     let cid = "default:resume-span";
     let parsed: CallCid = cid.parse().unwrap();
-    let home = home_of(&refs, cid).await;
-    let mut others = nodes3
-        .iter()
-        .filter(|n| n.cluster.node_id() != home.cluster.node_id());
-    let (b, c) = (others.next().unwrap(), others.next().unwrap());
+    let (home, others) = split_by_home(&nodes3.each_ref(), cid).await;
+    let (b, c) = (others[0], others[1]);
     // Joined through B (relayed to the home), the socket drops, the resume reaches C.
     for (first, second) in [(b, c), (c, home), (home, b)] {
-        let mut ws = ws_connect(first, "roamer").await;
-        ws_send(
+        let mut ws = connect(first, "roamer", Role::User).await;
+        send(
             &mut ws,
             json!({"type": "join", "call_cid": cid, "create": true}),
         )
         .await;
-        let joined = ws_wait(&mut ws, "joined").await;
+        let joined = wait_for(&mut ws, "joined").await;
         let pid = joined["participant"]["participant_id"]
             .as_str()
             .unwrap()
             .to_owned();
         let token = joined["resume_token"].as_str().unwrap().to_owned();
         drop(ws);
-        let mut again = ws_connect(second, "roamer").await;
-        ws_send(
+        let mut again = connect(second, "roamer", Role::User).await;
+        send(
             &mut again,
             json!({"type": "resume", "resume_token": token, "request_id": "r1"}),
         )
         .await;
-        let resumed = ws_wait(&mut again, "resumed").await;
+        let resumed = wait_for(&mut again, "resumed").await;
         assert_eq!(resumed["participant"]["participant_id"], pid.as_str());
         assert_eq!(resumed["request_id"], "r1");
         // The session is the home's, and still in the call.
@@ -459,9 +350,9 @@ async fn a_resume_reaching_any_node_is_relayed_to_the_sessions_home() {
             .state
             .read_call(&parsed, |c| c.participant(&pid).is_some())
             .unwrap());
-        ws_send(&mut again, json!({"type": "ping"})).await;
-        ws_wait(&mut again, "pong").await;
-        ws_send(&mut again, json!({"type": "leave"})).await;
-        ws_wait(&mut again, "left").await;
+        send(&mut again, json!({"type": "ping"})).await;
+        wait_for(&mut again, "pong").await;
+        send(&mut again, json!({"type": "leave"})).await;
+        wait_for(&mut again, "left").await;
     }
 }

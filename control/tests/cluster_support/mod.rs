@@ -1,5 +1,6 @@
 //! Cluster tests: a real `redis-server` per test (free port, no persistence, stopped on drop)
-//! and Greenroom nodes (control state + HTTP server, no media plane) in the test process.
+//! and Greenroom nodes (control state + HTTP server, with or without a media plane) in the test
+//! process, and the clients' helpers the cluster tests share (signaling sockets, bots' counts).
 //! Tests skip with a message when `redis-server` is not installed (scripts/test installs it).
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
@@ -9,10 +10,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use greenroom_control::cluster::{Cluster, ClusterConfig};
+use futures_util::{SinkExt, StreamExt};
+use greenroom_control::cluster::{Cluster, ClusterConfig, Route};
 use greenroom_control::config::Config;
 use greenroom_control::{app, start_state, AppState};
+use greenroom_loadtest::Bot;
+use greenroom_proto::{CallCid, Role};
+use serde_json::Value;
 use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
 
 /// How long a test waits for one step before it fails.
 pub const WAIT: Duration = Duration::from_secs(15);
@@ -151,6 +157,24 @@ pub fn cluster_config(redis: &Redis, node_id: &str, prefix: &str) -> ClusterConf
     }
 }
 
+/// The environment of a `greenroom serve` child in the cluster on `redis` (the real binary's
+/// twin of [`cluster_config`]: short TTL and refresh, relay on a free port, a dropped socket's
+/// resume grace of 1 s), under the key `prefix` (`None`: the default, `greenroom`).
+pub fn cluster_env(redis: &Redis, node_id: &str, prefix: Option<&str>) -> Vec<(String, String)> {
+    let mut env = vec![
+        ("GREENROOM_REDIS_URL", redis.url()),
+        ("GREENROOM_CLUSTER__NODE_ID", node_id.to_owned()),
+        ("GREENROOM_CLUSTER__NODE_TTL_SECS", "2".to_owned()),
+        ("GREENROOM_CLUSTER__REFRESH_MS", "200".to_owned()),
+        ("GREENROOM_CLUSTER__RELAY_BIND", "127.0.0.1:0".to_owned()),
+        ("GREENROOM_LIMITS__RESUME_GRACE_SECS", "1".to_owned()),
+    ];
+    if let Some(p) = prefix {
+        env.push(("GREENROOM_CLUSTER__KEY_PREFIX", p.to_owned()));
+    }
+    env.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+}
+
 /// Starts a node in cluster mode (no media plane).
 pub async fn node(redis: &Redis, node_id: &str, prefix: &str) -> Node {
     node_with(redis, node_id, prefix, false).await
@@ -186,4 +210,98 @@ pub async fn node_with(redis: &Redis, node_id: &str, prefix: &str, media: bool) 
 /// A unique key prefix per test.
 pub fn prefix(test: &str) -> String {
     format!("t{}-{test}", std::process::id())
+}
+
+/// Starts three nodes `<name>-a`, `<name>-b`, `<name>-c` under the key prefix of `name`, with
+/// their media planes when `media`.
+pub async fn three_nodes(redis: &Redis, name: &str, media: bool) -> [Node; 3] {
+    let p = prefix(name);
+    [
+        node_with(redis, &format!("{name}-a"), &p, media).await,
+        node_with(redis, &format!("{name}-b"), &p, media).await,
+        node_with(redis, &format!("{name}-c"), &p, media).await,
+    ]
+}
+
+/// The home of call `cid` among `nodes` (placing the call through the first one), and the
+/// other nodes in their order.
+pub async fn split_by_home<'a>(nodes: &[&'a Node], cid: &str) -> (&'a Node, Vec<&'a Node>) {
+    let parsed: CallCid = cid.parse().unwrap();
+    let home_id = match nodes[0]
+        .cluster
+        .route(&nodes[0].state, &parsed)
+        .await
+        .unwrap()
+    {
+        Route::Local => nodes[0].cluster.node_id().to_owned(),
+        Route::Remote(h) => h.node_id,
+    };
+    let (home, others): (Vec<&Node>, Vec<&Node>) =
+        nodes.iter().partition(|n| n.cluster.node_id() == home_id);
+    (home[0], others)
+}
+
+/// An admin token of node `n` (the backend's).
+pub fn admin(n: &Node) -> String {
+    n.state.auth.mint("backend", None, None, true, 600).unwrap()
+}
+
+/// A signaling client's socket.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Opens a signaling socket at `n` as `user` with `role`.
+pub async fn connect(n: &Node, user: &str, role: Role) -> Ws {
+    let token = n
+        .state
+        .auth
+        .mint(user, None, Some(role), false, 600)
+        .unwrap();
+    let (ws, _) = tokio::time::timeout(
+        WAIT,
+        tokio_tungstenite::connect_async(format!("{}?token={token}", n.ws())),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    ws
+}
+
+/// Sends one JSON message.
+pub async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::text(v.to_string())).await.unwrap();
+}
+
+/// The next message of `kind` (others are skipped); a close fails the test.
+pub async fn wait_for(ws: &mut Ws, kind: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let m = tokio::time::timeout_at(deadline, ws.next())
+            .await
+            .unwrap_or_else(|_| panic!("no {kind}"))
+            .unwrap()
+            .unwrap();
+        if let Message::Text(t) = m {
+            let v: Value = serde_json::from_str(&t).unwrap();
+            if v["type"] == kind {
+                return v;
+            }
+        } else if let Message::Close(f) = m {
+            panic!("closed waiting for {kind}: {f:?}");
+        }
+    }
+}
+
+/// Packets `bot` received on `track` so far.
+pub fn packets(bot: &Bot, track: &str) -> u64 {
+    bot.received().get(track).map(|t| t.packets).unwrap_or(0)
+}
+
+/// Waits until `bot` received more than `n` packets on `track`; returns the count.
+pub async fn received_more(bot: &Bot, track: &str, n: u64) -> u64 {
+    let s = bot
+        .wait_for_received(WAIT, |s| s.get(track).is_some_and(|t| t.packets > n))
+        .await
+        .unwrap_or_else(|e| panic!("no packets on {track} beyond {n}: {e}"));
+    s[track].packets
 }
