@@ -442,24 +442,16 @@ pub(crate) enum InBody {
     },
 }
 
-/// One relayed RTP packet.
-#[derive(Debug)]
-pub(crate) struct MediaIn {
-    pub(crate) rid: Option<Rid>,
-    pub(crate) ssrc: u32,
-    pub(crate) version: u64,
-    pub(crate) seq: u64,
-    pub(crate) ts: u32,
-    pub(crate) pt: u8,
-    pub(crate) marker: bool,
-    pub(crate) audio_level: Option<i8>,
-    pub(crate) voice_activity: Option<bool>,
-    pub(crate) orientation: Option<u8>,
-    pub(crate) payload: Arc<[u8]>,
-}
+/// One relayed RTP packet, owned by the shard's message.
+pub(crate) type MediaIn = wire::MediaOf<Option<Rid>, Arc<[u8]>>;
 
-/// Checks one datagram and routes it: the shard index and the message, or why it was dropped.
-pub(crate) fn route(routes: &Routes, data: &[u8]) -> Result<(usize, RelayIn), RelayDrop> {
+/// Checks one datagram and routes it: the shard index, the datagram's kind and the message, or
+/// why it was dropped. Every check of the bytes is the wire's ([`wire::peek`]: length, magic,
+/// version, kind; [`wire::open`]: MAC, body).
+pub(crate) fn route(
+    routes: &Routes,
+    data: &[u8],
+) -> Result<(usize, wire::Kind, RelayIn), RelayDrop> {
     let sealed = wire::peek(data).map_err(|_| RelayDrop::Malformed)?;
     let head = &sealed.head;
     let map = routes.0.read();
@@ -476,19 +468,7 @@ pub(crate) fn route(routes: &Routes, data: &[u8]) -> Result<(usize, RelayIn), Re
     let shard = route.shard.ok_or(RelayDrop::UnknownCall)?;
     drop(map);
     let body = match body {
-        Body::Media(m) => InBody::Media(MediaIn {
-            rid: m.rid.map(Rid::from),
-            ssrc: m.ssrc,
-            version: m.version,
-            seq: m.seq,
-            ts: m.ts,
-            pt: m.pt,
-            marker: m.marker,
-            audio_level: m.audio_level,
-            voice_activity: m.voice_activity,
-            orientation: m.orientation,
-            payload: m.payload.into(),
-        }),
+        Body::Media(m) => InBody::Media(m.map(|r| r.map(Rid::from), Arc::from)),
         Body::Announce(t) => InBody::Announce(t),
         Body::Keyframe { rid, fir, force } => InBody::Keyframe {
             rid: rid.map(Rid::from),
@@ -498,6 +478,7 @@ pub(crate) fn route(routes: &Routes, data: &[u8]) -> Result<(usize, RelayIn), Re
     };
     Ok((
         shard,
+        head.kind,
         RelayIn {
             call: head.call,
             from: head.node.to_owned(),
@@ -556,13 +537,11 @@ fn receive(
                 for m in msgs {
                     // An empty datagram comes without a slice: it is garbage like the rest.
                     let data = m.iovs().next().unwrap_or_default();
+                    // A longer datagram fills the buffer (one byte over the limit): the wire
+                    // refuses it.
                     let data = &data[..m.bytes.min(data.len())];
-                    if m.bytes > wire::MAX_DATAGRAM {
-                        counters.dropped(RelayDrop::Malformed);
-                        continue;
-                    }
                     match route(routes, data) {
-                        Ok((shard, msg)) => read.push(shard, msg, data.len()),
+                        Ok((shard, kind, msg)) => read.push(shard, msg, (kind, data.len())),
                         Err(why) => counters.dropped(why),
                     }
                 }
@@ -595,13 +574,8 @@ struct ShardBatches {
 type KindLen = (wire::Kind, usize);
 
 impl ShardBatches {
-    /// Adds one routed datagram of `len` bytes for `shard`.
-    fn push(&mut self, shard: usize, msg: RelayIn, len: usize) {
-        let kind = match msg.body {
-            InBody::Media(_) => wire::Kind::Media,
-            InBody::Announce(_) => wire::Kind::Announce,
-            InBody::Keyframe { .. } => wire::Kind::Keyframe,
-        };
+    /// Adds one routed datagram for `shard`, of `size` (its kind and length).
+    fn push(&mut self, shard: usize, msg: RelayIn, size: KindLen) {
         let i = match self.by_shard.iter().position(|(s, _, _)| *s == shard) {
             Some(i) => i,
             None => {
@@ -611,7 +585,7 @@ impl ShardBatches {
         };
         let (_, msgs, sizes) = &mut self.by_shard[i];
         msgs.push(msg);
-        sizes.push((kind, len));
+        sizes.push(size);
     }
 
     /// Hands each shard its datagrams in one queue message, or drops and counts them (per
@@ -835,8 +809,10 @@ mod tests {
             addr: "127.0.0.1:1".parse().unwrap(),
         };
         routes.set_nodes(7, Some(2), std::slice::from_ref(&b), &secret);
-        let (shard, msg) = route(&routes, &datagram(7, "b", &secret)).unwrap();
+        let (shard, kind, msg) = route(&routes, &datagram(7, "b", &secret)).unwrap();
         assert_eq!((shard, msg.from.as_str(), msg.pid.as_str()), (2, "b", "p"));
+        assert_eq!(kind, wire::Kind::Keyframe);
+        assert!(matches!(msg.body, InBody::Keyframe { .. }));
         assert_eq!(
             route(&routes, &datagram(8, "b", &secret)).err(),
             Some(RelayDrop::UnknownCall)
@@ -850,6 +826,9 @@ mod tests {
             Some(RelayDrop::BadMac)
         );
         assert_eq!(route(&routes, b"GR").err(), Some(RelayDrop::Malformed));
+        let mut long = datagram(7, "b", &secret);
+        long.resize(wire::MAX_DATAGRAM + 1, 0);
+        assert_eq!(route(&routes, &long).err(), Some(RelayDrop::Malformed));
         routes.set_nodes(7, Some(2), &[], &secret);
         assert_eq!(
             route(&routes, &datagram(7, "b", &secret)).err(),

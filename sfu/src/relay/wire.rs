@@ -96,10 +96,12 @@ pub(crate) struct Head<'a> {
     pub(crate) source: TrackSource,
 }
 
-/// One RTP packet (the media body).
+/// One RTP packet (the media body), generic over how the rid and the payload are held:
+/// borrowed from the datagram ([`Media`]: encoding, decoding) or owned for the shard
+/// (`relay::MediaIn`, see [`MediaOf::map`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Media<'a> {
-    pub(crate) rid: Option<&'a str>,
+pub(crate) struct MediaOf<R, P> {
+    pub(crate) rid: R,
     pub(crate) ssrc: u32,
     pub(crate) version: u64,
     pub(crate) seq: u64,
@@ -109,7 +111,33 @@ pub(crate) struct Media<'a> {
     pub(crate) audio_level: Option<i8>,
     pub(crate) voice_activity: Option<bool>,
     pub(crate) orientation: Option<u8>,
-    pub(crate) payload: &'a [u8],
+    pub(crate) payload: P,
+}
+
+/// The media body as the datagram holds it.
+pub(crate) type Media<'a> = MediaOf<Option<&'a str>, &'a [u8]>;
+
+impl<R, P> MediaOf<R, P> {
+    /// The same packet with its rid and payload converted.
+    pub(crate) fn map<R2, P2>(
+        self,
+        rid: impl FnOnce(R) -> R2,
+        payload: impl FnOnce(P) -> P2,
+    ) -> MediaOf<R2, P2> {
+        MediaOf {
+            rid: rid(self.rid),
+            ssrc: self.ssrc,
+            version: self.version,
+            seq: self.seq,
+            ts: self.ts,
+            pt: self.pt,
+            marker: self.marker,
+            audio_level: self.audio_level,
+            voice_activity: self.voice_activity,
+            orientation: self.orientation,
+            payload: payload(self.payload),
+        }
+    }
 }
 
 /// A published track as the announce describes it.
@@ -244,10 +272,14 @@ pub(crate) struct Sealed<'a> {
     body: &'a [u8],
 }
 
-/// Reads a datagram's head (who sent it, for which call); the MAC is checked by [`open`].
+/// Reads a datagram's head (who sent it, for which call) after checking its length (at most
+/// [`MAX_DATAGRAM`]), magic, version and kind; the MAC is checked by [`open`].
 pub(crate) fn peek(data: &[u8]) -> Result<Sealed<'_>, WireError> {
     if data.len() < FIXED + MAC_LEN {
         return Err(WireError::Truncated);
+    }
+    if data.len() > MAX_DATAGRAM {
+        return Err(WireError::TooLong);
     }
     let (signed, mac) = data.split_at(data.len() - MAC_LEN);
     let mut r = In(signed);
@@ -473,6 +505,23 @@ mod tests {
                 assert!(open(&s, &key("node-a")).is_err());
             }
         }
+    }
+
+    #[test]
+    fn a_datagram_over_the_limit_is_refused_at_its_head() {
+        let mut buf = Vec::new();
+        encode(
+            &mut buf,
+            &head(Kind::Media),
+            &Body::Media(media(&[7; MAX_DATAGRAM - 200])),
+            &key("node-a"),
+        )
+        .unwrap();
+        assert!(buf.len() <= MAX_DATAGRAM);
+        assert!(peek(&buf).is_ok());
+        // One byte more than the limit (what the receive thread's buffer holds at most).
+        buf.resize(MAX_DATAGRAM + 1, 0);
+        assert_eq!(peek(&buf).err(), Some(WireError::TooLong));
     }
 
     #[test]
