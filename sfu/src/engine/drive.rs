@@ -6,7 +6,7 @@ use crate::metrics::{add, DRIVE_INPUT, DRIVE_OUTPUT};
 use crate::routes::Candidate as Route;
 use rayon::prelude::*;
 use str0m::net::{Protocol, Receive};
-use str0m::{Input, Output, Reason};
+use str0m::{Input, Output, PacerReason, Reason};
 use tracing::debug;
 
 /// A peer driven on the worker pool: its key, next timeout or failure, and its events.
@@ -64,15 +64,25 @@ fn drive_peer(
 /// listener that gets no media is driven at most every few milliseconds.
 pub(super) const TIMER_GRAIN: Duration = Duration::from_millis(5);
 
-/// When to drive a peer whose str0m asked for a timeout at `t` (with `reason`): pacing and
-/// bandwidth-estimation timers and anything already due keep their time; the others are
-/// rounded up to the next multiple of [`TIMER_GRAIN`] since `epoch`. Never earlier than `t`.
+/// When to drive a peer whose str0m asked for a timeout at `t` (with `reason`): pacer timeouts
+/// that release media, probing, send-stream and DTLS timers and anything already due
+/// keep their time; the others (reports, stats, ICE, NACK, TWCC feedback, the pacer's periodic
+/// budget refresh and padding, the delay-based estimator's update) are rounded up to the next multiple of
+/// [`TIMER_GRAIN`] since `epoch`. Never earlier than `t`.
 pub(super) fn coalesce(t: Instant, now: Instant, epoch: Instant, reason: Reason) -> Instant {
+    // Pacer timeouts that release media keep their time; its periodic budget refresh
+    // (`Handle`, every 40 ms), its padding (a filler) and the delay-based estimator's periodic update do not need
+    // sub-grain precision, and on the grid a shard's subscribers share their wake-ups.
     let precise = matches!(
         reason,
-        Reason::Pacer(_)
-            | Reason::BweDelayControl
-            | Reason::BweProbeControl
+        Reason::Pacer(
+            PacerReason::FirstEver
+                | PacerReason::Unpaced
+                | PacerReason::Probe1
+                | PacerReason::Probe2
+                | PacerReason::Paced
+                | PacerReason::Immediate
+        ) | Reason::BweProbeControl
             | Reason::BweProbeEstimator
             | Reason::SendStream
             | Reason::DTLS
@@ -260,13 +270,21 @@ mod tests {
         let a = coalesce(ms(106), now, epoch, Reason::Nack);
         let b = coalesce(ms(109), now, epoch, Reason::Ice);
         assert_eq!(a, b);
-        // Pacing and anything already due are not moved.
+        // Pacing that releases media and anything already due are not moved.
         for r in [
-            Reason::Pacer(PacerReason::Handle),
-            Reason::BweDelayControl,
+            Reason::Pacer(PacerReason::Paced),
+            Reason::Pacer(PacerReason::Immediate),
+            Reason::BweProbeControl,
             Reason::SendStream,
         ] {
             assert_eq!(coalesce(ms(101), now, epoch, r), ms(101));
+        }
+        // The pacer's periodic refresh and the estimator's update join the grid.
+        for r in [Reason::Pacer(PacerReason::Handle), Reason::BweDelayControl] {
+            assert_eq!(
+                coalesce(ms(101), now, epoch, r),
+                epoch + Duration::from_millis(105)
+            );
         }
         assert_eq!(coalesce(ms(50), now, epoch, Reason::Feedback), ms(50));
         // Never earlier than asked.
