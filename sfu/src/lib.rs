@@ -78,7 +78,8 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::demux::DemuxCounters;
-pub use crate::engine::rtc_config;
+pub use crate::dtls::{stats as dtls_stats, DtlsStats, RELEASE_GRACE as DTLS_RELEASE_GRACE};
+pub use crate::engine::{rtc_config, subscriber_config};
 use crate::engine::{Cmd, RelayCmd, ShardMsg, ShardSetup};
 use crate::forward::GateCell;
 use crate::io::batch::SendOutcome;
