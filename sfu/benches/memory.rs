@@ -40,10 +40,12 @@ use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig}
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// Live Rust heap bytes since `r` started.
+/// Live Rust heap bytes since `r` started. `stats_alloc` already adds a `realloc`'s growth to
+/// `bytes_allocated` (and a shrink to `bytes_deallocated`); `bytes_reallocated` is the same
+/// change again, so it is not added.
 fn live(r: &Region<'_, System>) -> i64 {
     let c = r.change();
-    c.bytes_allocated as i64 - c.bytes_deallocated as i64 + c.bytes_reallocated as i64
+    c.bytes_allocated as i64 - c.bytes_deallocated as i64
 }
 
 /// Resident set size of this process, bytes.
@@ -60,7 +62,7 @@ fn rss() -> i64 {
 /// Live Rust heap of the whole process (every thread).
 fn heap() -> i64 {
     let s = GLOBAL.stats();
-    s.bytes_allocated as i64 - s.bytes_deallocated as i64 + s.bytes_reallocated as i64
+    s.bytes_allocated as i64 - s.bytes_deallocated as i64
 }
 
 /// The server side's live heap: the sum of the heap changes inside [`Meter::run`].

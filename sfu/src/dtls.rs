@@ -13,8 +13,8 @@
 //! AEAD_AES_256_GCM, AEAD_AES_128_GCM, then AES128_CM_SHA1_80, so GCM stays negotiated.
 //!
 //! Release after the handshake: an OpenSSL DTLS session (its own `SSL_CTX` with the certificate
-//! and key, the `SSL`, its buffers: about 54 KiB of C heap per peer) is only needed until both
-//! sides surely hold the SRTP keys. Once the handshake completed and [`RELEASE_GRACE`] passed
+//! and key, the `SSL`, its buffers: about 86 KiB of C heap per connected peer) is only needed
+//! until both sides surely hold the SRTP keys. Once the handshake completed and [`RELEASE_GRACE`] passed
 //! without a DTLS record from the client (which covers the client's retransmissions of its last
 //! flight when our final flight was lost), the wrapper drops the OpenSSL instance and answers
 //! the trait from stored values; later records are ignored and counted ([`stats`]). A session
