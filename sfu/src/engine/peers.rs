@@ -230,6 +230,30 @@ mod tests {
     }
 
     #[test]
+    fn a_listener_keeps_no_twcc_register_and_a_subscriber_with_bwe_does() {
+        // Measured (benches/memory.rs): str0m keeps a TWCC send register of up to 1000
+        // records per peer that negotiated transport-wide-cc; a listener without an estimate
+        // does not negotiate it. Stats stay on: turning them off saved under 1 KiB.
+        let mut listener = super::subscriber_config(false);
+        assert_eq!(listener.bwe_initial_bitrate(), None);
+        assert_eq!(
+            listener
+                .extension_map()
+                .id_of(Extension::TransportSequenceNumber),
+            None
+        );
+        assert!(listener.stats_interval().is_some());
+        assert_eq!(listener.send_buffer_audio(), AUDIO_SEND_BUFFER);
+        let mut with_bwe = super::subscriber_config(true);
+        assert_eq!(with_bwe.bwe_initial_bitrate(), Some(INITIAL_BWE));
+        assert!(with_bwe
+            .extension_map()
+            .id_of(Extension::TransportSequenceNumber)
+            .is_some());
+        assert_eq!(with_bwe.send_buffer_video(), VIDEO_SEND_BUFFER);
+    }
+
+    #[test]
     fn subscribers_without_estimate_do_not_offer_twcc() {
         let map = super::without_twcc();
         assert_eq!(map.id_of(Extension::TransportSequenceNumber), None);
