@@ -14,8 +14,11 @@
 //! datagrams crossing to the client are copied outside and dropped inside), at each step of a
 //! listener's life: built, offer/answer with M audio m-lines, ICE connected (only STUN
 //! delivered), DTLS connected, 3 s of audio, and 31 s later (past the DTLS release grace:
-//! `dtls::RELEASE_GRACE`). OpenSSL's C heap is not in these figures: the count of live OpenSSL
-//! instances is printed next to them, and the bare `Rtc` row gives the size of one.
+//! `dtls::RELEASE_GRACE`). C heaps (OpenSSL's DTLS, aws-lc's SRTP keys) are not in these
+//! figures: the count of live OpenSSL instances is printed next to them; run the bench under
+//! `heaptrack` for their bytes (docs/BENCHMARKS.md, *Memory per listener*). The ShardBench rows
+//! "+ DTLS grace" idle past the grace, then send one more second of media and check that the
+//! listeners' clients still receive it.
 //!
 //! Run: `cargo bench -p greenroom-sfu --bench memory` (optional argument: listeners, default
 //! 200), or in a debug build `cargo test -p greenroom-sfu --bench memory -- 200` (the heap

@@ -92,10 +92,10 @@ impl DtlsProvider for OpensslDtls {
 
 /// How long a connected DTLS session keeps its OpenSSL instance after the handshake completed
 /// and after the client's last DTLS record. A DTLS client whose final flight went unanswered
-/// retransmits it with a doubling timer (1 s, 2 s, 4 s, ...; OpenSSL and dimpl give up after
-/// about a minute of silence, browsers within 30-60 s), and only the OpenSSL instance can answer
-/// it; every retransmission restarts the grace. SRTP needs nothing from DTLS once both sides
-/// hold the keys.
+/// retransmits it on a doubling timer (RFC 6347: 1 s, 2 s, 4 s, ... up to 60 s), and only the
+/// OpenSSL instance can answer it; every retransmission restarts the grace, so five
+/// retransmissions in a row (1 + 2 + 4 + 8 + 16 s) are covered. SRTP needs nothing from DTLS
+/// once both sides hold the keys.
 pub const RELEASE_GRACE: Duration = Duration::from_secs(30);
 
 /// Far enough ahead to mean "no DTLS timer" (str0m takes the soonest of its timers).
