@@ -9,6 +9,17 @@
 //! contexts, and the allocator's own overhead; noisy, page-granular). Also the live heap of
 //! one bare `Rtc` built with the server's configuration, per stage.
 //!
+//! Stages: the same server configuration on bare str0m pairs (server `Rtc` and an in-memory
+//! client), the server's heap counted alone (the heap change inside the server's calls only;
+//! datagrams crossing to the client are copied outside and dropped inside), at each step of a
+//! listener's life: built, offer/answer with M audio m-lines, ICE connected (only STUN
+//! delivered), DTLS connected, 3 s of audio, and 31 s later (past the DTLS release grace:
+//! `dtls::RELEASE_GRACE`). C heaps (OpenSSL's DTLS, aws-lc's SRTP keys) are not in these
+//! figures: the count of live OpenSSL instances is printed next to them; run the bench under
+//! `heaptrack` for their bytes (docs/BENCHMARKS.md, *Memory per listener*). The ShardBench rows
+//! "+ DTLS grace" idle past the grace, then send one more second of media and check that the
+//! listeners' clients still receive it.
+//!
 //! Run: `cargo bench -p greenroom-sfu --bench memory` (optional argument: listeners, default
 //! 200), or in a debug build `cargo test -p greenroom-sfu --bench memory -- 200` (the heap
 //! figures do not depend on the optimization level; without an argument: 10 listeners, a smoke
@@ -17,18 +28,27 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::alloc::System;
-use std::time::Instant;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use greenroom_sfu::fuzzing::ShardBench;
 use stats_alloc::{Region, StatsAlloc, INSTRUMENTED_SYSTEM};
+use str0m::change::{SdpAnswer, SdpOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid};
+use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::{RtpWrite, SeqNo};
+use str0m::{Candidate, Event, IceConnectionState, Input, Output, Rtc, RtcConfig};
 
 #[global_allocator]
 static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 
-/// Live Rust heap bytes since `r` started.
+/// Live Rust heap bytes since `r` started. `stats_alloc` already adds a `realloc`'s growth to
+/// `bytes_allocated` (and a shrink to `bytes_deallocated`); `bytes_reallocated` is the same
+/// change again, so it is not added.
 fn live(r: &Region<'_, System>) -> i64 {
     let c = r.change();
-    c.bytes_allocated as i64 - c.bytes_deallocated as i64 + c.bytes_reallocated as i64
+    c.bytes_allocated as i64 - c.bytes_deallocated as i64
 }
 
 /// Resident set size of this process, bytes.
@@ -42,8 +62,268 @@ fn rss() -> i64 {
     pages * 4096
 }
 
+/// Live Rust heap of the whole process (every thread).
+fn heap() -> i64 {
+    let s = GLOBAL.stats();
+    s.bytes_allocated as i64 - s.bytes_deallocated as i64
+}
+
+/// The server side's live heap: the sum of the heap changes inside [`Meter::run`].
+struct Meter(i64);
+
+impl Meter {
+    fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        let before = heap();
+        let r = f();
+        self.0 += heap() - before;
+        r
+    }
+}
+
+fn server_addr() -> SocketAddr {
+    SocketAddr::from(([10, 0, 0, 1], 5_000))
+}
+
+/// One server-side listener `Rtc` and its in-memory client.
+struct Pair {
+    server: Rtc,
+    client: Rtc,
+    addr: SocketAddr,
+    mids: Vec<Mid>,
+    /// The server reported ICE connected.
+    ice: bool,
+    /// Datagrams held back by an [`exchange`] filter (to the client, to the server).
+    held: (Vec<Vec<u8>>, Vec<Vec<u8>>),
+}
+
+/// Drives an `Rtc` with one datagram (or a timer) and returns what it transmits; `ice` is set
+/// when it reports ICE connected.
+fn drive(
+    ice: &mut bool,
+    rtc: &mut Rtc,
+    input: Option<(&[u8], SocketAddr, SocketAddr)>,
+    now: Instant,
+) -> Vec<Transmit> {
+    let r = match input {
+        Some((data, from, to)) => match Receive::new(Protocol::Udp, from, to, data) {
+            Ok(r) => rtc.handle_input(Input::Receive(now, r)),
+            Err(_) => return Vec::new(),
+        },
+        None => rtc.handle_input(Input::Timeout(now)),
+    };
+    let mut out = Vec::new();
+    if r.is_ok() {
+        while let Ok(o) = rtc.poll_output() {
+            match o {
+                Output::Transmit(t) => out.push(t),
+                Output::Timeout(_) => break,
+                Output::Event(Event::IceConnectionStateChange(
+                    IceConnectionState::Connected | IceConnectionState::Completed,
+                )) => *ice = true,
+                Output::Event(_) => {}
+            }
+        }
+    }
+    out
+}
+
+/// The server's side of [`drive`], metered; the datagrams are copied out for the client.
+fn server_io(m: &mut Meter, p: &mut Pair, input: Option<&[u8]>, now: Instant) -> Vec<Vec<u8>> {
+    let input = input.map(|d| (d, p.addr, server_addr()));
+    let out = m.run(|| drive(&mut p.ice, &mut p.server, input, now));
+    let bytes = out.iter().map(|t| t.contents.to_vec()).collect();
+    m.run(|| drop(out));
+    bytes
+}
+
+fn client_io(p: &mut Pair, input: Option<&[u8]>, now: Instant) -> Vec<Vec<u8>> {
+    let input = input.map(|d| (d, server_addr(), p.addr));
+    drive(&mut false, &mut p.client, input, now)
+        .iter()
+        .map(|t| t.contents.to_vec())
+        .collect()
+}
+
+/// STUN (RFC 7983: first byte 0-3).
+fn is_stun(d: &[u8]) -> bool {
+    d.first().is_some_and(|b| *b < 4)
+}
+
+/// Lets every pair exchange datagrams at `now` until quiet; `pass` filters what is delivered
+/// now (the rest is held for a later exchange).
+fn exchange(m: &mut Meter, pairs: &mut [Pair], now: Instant, pass: fn(&[u8]) -> bool) {
+    for p in pairs {
+        let mut to_client = std::mem::take(&mut p.held.0);
+        let mut to_server = std::mem::take(&mut p.held.1);
+        to_client.extend(server_io(m, p, None, now));
+        to_server.extend(client_io(p, None, now));
+        for _ in 0..20 {
+            for d in std::mem::take(&mut to_client) {
+                if pass(&d) {
+                    to_server.extend(client_io(p, Some(&d), now));
+                } else {
+                    p.held.0.push(d);
+                }
+            }
+            for d in std::mem::take(&mut to_server) {
+                if pass(&d) {
+                    to_client.extend(server_io(m, p, Some(&d), now));
+                } else {
+                    p.held.1.push(d);
+                }
+            }
+            if to_client.is_empty() {
+                break;
+            }
+        }
+    }
+}
+
+/// Per-listener server heap (and live OpenSSL instances) at each stage of `n` bare listener
+/// `Rtc`s with `mlines` audio m-lines each.
+fn stages(n: usize, mlines: usize, name: &str, config: fn() -> RtcConfig) {
+    let mut m = Meter(0);
+    let live0 = greenroom_sfu::dtls_stats().live as i64;
+    let mut now = Instant::now();
+    let mut rows: Vec<(&str, i64, i64)> = Vec::new();
+    let mut row = |name, m: &Meter| {
+        let live = greenroom_sfu::dtls_stats().live as i64 - live0;
+        rows.push((name, m.0, live));
+    };
+    let servers: Vec<Rtc> = m.run(|| {
+        (0..n)
+            .map(|_| {
+                let mut rtc = config().build(now);
+                rtc.add_local_candidate(Candidate::host(server_addr(), "udp").unwrap());
+                rtc
+            })
+            .collect()
+    });
+    row("built (with its host candidate)", &m);
+    let mut pairs: Vec<Pair> = servers
+        .into_iter()
+        .enumerate()
+        .map(|(i, server)| {
+            let addr = SocketAddr::from(([10, 0, 0, 2], 30_000 + i as u16));
+            let mut client = RtcConfig::new().set_rtp_mode(true).build(now);
+            client.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+            Pair {
+                server,
+                client,
+                addr,
+                mids: Vec::new(),
+                ice: false,
+                held: (Vec::new(), Vec::new()),
+            }
+        })
+        .collect();
+    for p in &mut pairs {
+        let (offer, pending) = m.run(|| {
+            let mut api = p.server.sdp_api();
+            for _ in 0..mlines {
+                p.mids
+                    .push(api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None));
+            }
+            api.apply().unwrap()
+        });
+        let sdp = offer.to_sdp_string();
+        m.run(|| drop(offer));
+        let offer = SdpOffer::from_sdp_string(&sdp).unwrap();
+        let answer = p
+            .client
+            .sdp_api()
+            .accept_offer(offer)
+            .unwrap()
+            .to_sdp_string();
+        m.run(|| {
+            let answer = SdpAnswer::from_sdp_string(&answer).unwrap();
+            p.server.sdp_api().accept_answer(pending, answer).unwrap();
+            for mid in &p.mids {
+                // As the engine sizes an audio send stream (engine::peers::configure_send_stream).
+                if let Some(tx) = p.server.direct_api().stream_tx_by_mid(*mid, None) {
+                    tx.set_rtx_cache(1, Duration::ZERO, None);
+                }
+            }
+        });
+    }
+    row("offer/answer", &m);
+    for _ in 0..400 {
+        now += Duration::from_millis(5);
+        exchange(&mut m, &mut pairs, now, is_stun);
+        if pairs.iter().all(|p| p.ice) {
+            break;
+        }
+    }
+    row("ICE connected (STUN only)", &m);
+    for _ in 0..400 {
+        now += Duration::from_millis(5);
+        exchange(&mut m, &mut pairs, now, |_| true);
+        if pairs.iter().all(|p| p.server.is_connected()) {
+            break;
+        }
+    }
+    assert!(
+        pairs.iter().all(|p| p.server.is_connected()),
+        "pairs connect"
+    );
+    row("DTLS connected, SRTP keyed", &m);
+    for seq in 1..=150u64 {
+        now += Duration::from_millis(20);
+        for p in &mut pairs {
+            m.run(|| {
+                let pt = p
+                    .server
+                    .codec_config()
+                    .find(|c| c.spec().codec == Codec::Opus)
+                    .map(|c| c.pt())
+                    .unwrap();
+                let mut api = p.server.direct_api();
+                for mid in &p.mids {
+                    if let Some(tx) = api.stream_tx_by_mid(*mid, None) {
+                        let w = RtpWrite::new(
+                            pt,
+                            SeqNo::from(seq),
+                            seq as u32 * 960,
+                            now,
+                            vec![0x42; 100],
+                        );
+                        tx.write_rtp(w.marker(true));
+                    }
+                }
+            });
+        }
+        exchange(&mut m, &mut pairs, now, |_| true);
+    }
+    row("3 s of audio (150 packets per m-line)", &m);
+    let end = now + greenroom_sfu::DTLS_RELEASE_GRACE + Duration::from_secs(1);
+    while now < end {
+        now += Duration::from_millis(250);
+        exchange(&mut m, &mut pairs, now, |_| true);
+    }
+    assert!(
+        pairs.iter().all(|p| p.server.is_connected()),
+        "pairs stay connected"
+    );
+    row("+ DTLS release grace, idle", &m);
+    let nf = n as f64;
+    println!(
+        "memory stages, {name}, {mlines} audio m-line(s), x{n}: server Rust heap per listener \
+         (cumulative), live OpenSSL instances"
+    );
+    let mut prev = 0;
+    for (stage, bytes, live) in rows {
+        println!(
+            "  {stage:<45} {:>7.1} KiB (+{:>6.1})  OpenSSL instances {live}",
+            bytes as f64 / nf / 1024.0,
+            (bytes - prev) as f64 / nf / 1024.0,
+        );
+        prev = bytes;
+    }
+    drop(pairs);
+}
+
 /// (Rust heap, RSS) the shard keeps for `listeners` listeners of one publisher.
-fn shard(listeners: usize, video: bool, bwe: bool) -> (i64, i64) {
+fn shard(listeners: usize, video: bool, bwe: bool, idle: bool) -> (i64, i64) {
     let rss0 = rss();
     let region = Region::new(GLOBAL);
     let mut b = ShardBench::with_bwe(1, listeners, video, bwe).expect("peers connect");
@@ -61,6 +341,20 @@ fn shard(listeners: usize, video: bool, bwe: bool) -> (i64, i64) {
         b.forwarded() > 0 || listeners == 0,
         "media reached the listeners"
     );
+    if idle {
+        // Past the DTLS release grace, then one more second of media.
+        b.idle(greenroom_sfu::DTLS_RELEASE_GRACE + Duration::from_secs(1));
+        let before = b.received();
+        for _ in 0..50 {
+            b.prepare(per_batch);
+            b.feed_delivered();
+            b.pump();
+        }
+        assert!(
+            b.received() > before || listeners == 0,
+            "media still reaches the listeners"
+        );
+    }
     b.drop_clients();
     let heap = live(&region);
     let res = (heap, rss() - rss0);
@@ -69,9 +363,9 @@ fn shard(listeners: usize, video: bool, bwe: bool) -> (i64, i64) {
     res
 }
 
-fn per_listener(name: &str, listeners: usize, video: bool, bwe: bool) {
-    let (h0, r0) = shard(0, video, bwe);
-    let (h, r) = shard(listeners, video, bwe);
+fn per_listener(name: &str, listeners: usize, video: bool, bwe: bool, idle: bool) {
+    let (h0, r0) = shard(0, video, bwe, idle);
+    let (h, r) = shard(listeners, video, bwe, idle);
     println!(
         "memory {name} (x{listeners}): Rust heap {:.1} KiB per listener, RSS {:.1} KiB per listener",
         (h - h0) as f64 / listeners as f64 / 1024.0,
@@ -121,12 +415,62 @@ fn main() {
     let listeners: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(default);
     bare(listeners, false);
     bare(listeners, true);
-    per_listener("audio listener, no BWE", listeners, false, false);
-    per_listener("audio listener, BWE", listeners, false, true);
-    per_listener("video subscriber, no BWE", listeners.min(50), true, false);
-    per_listener("video subscriber, BWE", listeners.min(50), true, true);
+    let listener = || greenroom_sfu::subscriber_config(false);
+    stages(
+        listeners,
+        1,
+        "listener (subscriber_config(false))",
+        listener,
+    );
+    stages(
+        listeners.min(50),
+        4,
+        "listener (subscriber_config(false))",
+        listener,
+    );
+    let no_stats = || greenroom_sfu::subscriber_config(false).set_stats_interval(None);
+    stages(listeners, 1, "listener, stats off", no_stats);
+    let bwe = || greenroom_sfu::subscriber_config(true);
+    stages(
+        listeners,
+        1,
+        "subscriber with BWE (subscriber_config(true))",
+        bwe,
+    );
+    per_listener("audio listener, no BWE", listeners, false, false, false);
+    per_listener(
+        "audio listener, no BWE, + DTLS grace",
+        listeners,
+        false,
+        false,
+        true,
+    );
+    per_listener("audio listener, BWE", listeners, false, true, false);
+    per_listener(
+        "video subscriber, no BWE",
+        listeners.min(50),
+        true,
+        false,
+        false,
+    );
+    per_listener(
+        "video subscriber, no BWE, + DTLS grace",
+        listeners.min(50),
+        true,
+        false,
+        true,
+    );
+    per_listener(
+        "video subscriber, BWE",
+        listeners.min(50),
+        true,
+        true,
+        false,
+    );
     println!(
-        "memory: size_of::<RtpPacket>() = {} B (one RTX cache slot holds one)",
-        std::mem::size_of::<str0m::rtp::RtpPacket>()
+        "memory: size_of::<RtpPacket>() = {} B (one RTX cache slot holds one), \
+         size_of::<Rtcp>() = {} B (one slot of str0m's RTCP feedback queues)",
+        std::mem::size_of::<str0m::rtp::RtpPacket>(),
+        std::mem::size_of::<str0m::rtp::rtcp::Rtcp>()
     );
 }

@@ -11,9 +11,18 @@
 //!
 //! SRTP profiles: OpenSSL, as the DTLS server, picks the first of its own list the client offers:
 //! AEAD_AES_256_GCM, AEAD_AES_128_GCM, then AES128_CM_SHA1_80, so GCM stays negotiated.
+//!
+//! Release after the handshake: an OpenSSL DTLS session (its own `SSL_CTX` with the certificate
+//! and key, the `SSL`, its buffers: about 86 KiB of C heap per connected peer) is only needed
+//! until both sides surely hold the SRTP keys. Once the handshake completed and [`RELEASE_GRACE`] passed
+//! without a DTLS record from the client (which covers the client's retransmissions of its last
+//! flight when our final flight was lost), the wrapper drops the OpenSSL instance and answers
+//! the trait from stored values; later records are ignored and counted ([`stats`]). A session
+//! that carried application data (SCTP, data channels) keeps its instance.
 
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use str0m::crypto::CryptoProvider;
 use str0m_proto::crypto::dtls::{
@@ -77,78 +86,225 @@ impl DtlsProvider for OpensslDtls {
         let inner = inner_provider()
             .new_dtls(&cert, now, version, mtu)
             .map_err(|e| CryptoError::Other(e.to_string()))?;
-        Ok(Box::new(Instance {
-            inner,
-            started: false,
-        }))
+        Ok(Box::new(Instance::new(inner, now)))
     }
 }
 
-/// One OpenSSL DTLS session, seen through the 0.8 [`DtlsInstance`] trait.
+/// How long a connected DTLS session keeps its OpenSSL instance after the handshake completed
+/// and after the client's last DTLS record. A DTLS client whose final flight went unanswered
+/// retransmits it on a doubling timer (RFC 6347: 1 s, 2 s, 4 s, ... up to 60 s), and only the
+/// OpenSSL instance can answer it; every retransmission restarts the grace, so five
+/// retransmissions in a row (1 + 2 + 4 + 8 + 16 s) are covered. SRTP needs nothing from DTLS
+/// once both sides hold the keys.
+pub const RELEASE_GRACE: Duration = Duration::from_secs(30);
+
+/// Far enough ahead to mean "no DTLS timer" (str0m takes the soonest of its timers).
+const NO_TIMER: Duration = Duration::from_secs(3600);
+
+/// Process-wide DTLS release counters (every shard's peers).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DtlsStats {
+    /// OpenSSL instances alive: created and not yet released or dropped.
+    pub live: u64,
+    /// OpenSSL instances released after their handshake (the rest end with their peer).
+    pub released: u64,
+    /// DTLS records that arrived, or application data str0m wanted to send, after the
+    /// instance was released: ignored.
+    pub late_records: u64,
+}
+
+static LIVE: AtomicU64 = AtomicU64::new(0);
+static RELEASED: AtomicU64 = AtomicU64::new(0);
+static LATE_RECORDS: AtomicU64 = AtomicU64::new(0);
+
+/// The process-wide DTLS release counters.
+pub fn stats() -> DtlsStats {
+    DtlsStats {
+        live: LIVE.load(Relaxed),
+        released: RELEASED.load(Relaxed),
+        late_records: LATE_RECORDS.load(Relaxed),
+    }
+}
+
+/// Where a session is on its way to releasing its OpenSSL instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Release {
+    /// Handshake not complete yet.
+    Handshaking,
+    /// Connected; the grace period starts at the next timer (the instance has no clock of its
+    /// own: `poll_output` asks str0m for a timer due at once).
+    Arm,
+    /// Connected; released at this instant unless a DTLS record arrives first.
+    At(Instant),
+    /// Carried application data (SCTP): kept for the session's lifetime.
+    Never,
+}
+
+/// One OpenSSL DTLS session, seen through the 0.8 [`DtlsInstance`] trait; releases the OpenSSL
+/// instance once the handshake is surely over (module docs).
 struct Instance {
-    inner: Box<dyn old::DtlsInstance>,
+    /// The OpenSSL session; `None` once released.
+    inner: Option<Box<dyn old::DtlsInstance>>,
     /// The OpenSSL instance starts a handshake only when it gets input; as the DTLS client
     /// (active) nothing would arrive first, so the first timeout feeds it an empty packet.
     started: bool,
+    /// The latest time str0m gave (creation, timers): never ahead of str0m's own clock.
+    now: Instant,
+    release: Release,
+    /// What `set_active` set, answered after the release.
+    active: bool,
+    /// `close` was called after the release (nothing left to send).
+    closed: bool,
 }
 
 impl std::fmt::Debug for Instance {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OpensslDtlsInstance").finish()
+        f.debug_struct("OpensslDtlsInstance")
+            .field("released", &self.inner.is_none())
+            .field("release", &self.release)
+            .finish()
+    }
+}
+
+impl Instance {
+    /// Wraps a fresh OpenSSL session created at `now`.
+    fn new(inner: Box<dyn old::DtlsInstance>, now: Instant) -> Instance {
+        LIVE.fetch_add(1, Relaxed);
+        Instance {
+            inner: Some(inner),
+            started: false,
+            now,
+            release: Release::Handshaking,
+            active: false,
+            closed: false,
+        }
+    }
+
+    /// Drops the OpenSSL instance (SSL, SSL_CTX, certificate, key, buffers).
+    fn release(&mut self) {
+        if let Some(inner) = self.inner.take() {
+            self.active = inner.is_active();
+            drop(inner);
+            LIVE.fetch_sub(1, Relaxed);
+            RELEASED.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            LIVE.fetch_sub(1, Relaxed);
+        }
     }
 }
 
 impl DtlsInstance for Instance {
     fn set_active(&mut self, active: bool) {
-        self.inner.set_active(active);
+        self.active = active;
+        if let Some(inner) = &mut self.inner {
+            inner.set_active(active);
+        }
     }
 
     fn handle_packet(&mut self, packet: &[u8]) -> Result<(), DtlsImplError> {
         self.started = true;
-        self.inner.handle_packet(packet).map_err(convert_error)
+        let Some(inner) = &mut self.inner else {
+            LATE_RECORDS.fetch_add(1, Relaxed);
+            return Ok(());
+        };
+        if matches!(self.release, Release::At(_)) {
+            // The client is still talking DTLS (a retransmitted flight): restart the grace.
+            self.release = Release::Arm;
+        }
+        inner.handle_packet(packet).map_err(convert_error)
     }
 
     fn poll_output<'a>(&mut self, buf: &'a mut [u8]) -> DtlsOutput<'a> {
-        convert_output(self.inner.poll_output(buf))
+        let Some(inner) = &mut self.inner else {
+            return DtlsOutput::Timeout(self.now + NO_TIMER);
+        };
+        let out = inner.poll_output(buf);
+        match (&out, self.release) {
+            (old::DtlsOutput::Connected, Release::Handshaking) => self.release = Release::Arm,
+            (old::DtlsOutput::ApplicationData(_), _) => self.release = Release::Never,
+            (old::DtlsOutput::Timeout(t), Release::Arm) => {
+                // Due at once: str0m calls `handle_timeout` with its clock, which arms the grace.
+                return DtlsOutput::Timeout((*t).min(self.now));
+            }
+            (old::DtlsOutput::Timeout(t), Release::At(at)) => {
+                return DtlsOutput::Timeout((*t).min(at));
+            }
+            _ => {}
+        }
+        convert_output(out)
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
-        if !self.started && self.inner.is_active() {
-            self.started = true;
-            self.inner.handle_packet(&[]).map_err(convert_error)?;
+        self.now = self.now.max(now);
+        match self.release {
+            Release::Arm => self.release = Release::At(now + RELEASE_GRACE),
+            Release::At(at) if now >= at => {
+                self.release();
+                return Ok(());
+            }
+            _ => {}
         }
-        self.inner.handle_timeout(now).map_err(convert_error)
+        let Some(inner) = &mut self.inner else {
+            return Ok(());
+        };
+        if !self.started && inner.is_active() {
+            self.started = true;
+            inner.handle_packet(&[]).map_err(convert_error)?;
+        }
+        inner.handle_timeout(now).map_err(convert_error)
     }
 
     fn send_application_data(&mut self, data: &[u8]) -> Result<usize, DtlsImplError> {
+        let Some(inner) = &mut self.inner else {
+            // Only SCTP sends application data, and a session that ran SCTP is never released;
+            // one that starts it this late gets nothing through (the media is unaffected).
+            LATE_RECORDS.fetch_add(1, Relaxed);
+            return Ok(data.len());
+        };
+        self.release = Release::Never;
         // The 0.7 trait takes all of it or fails; the 0.8 one reports how much it took.
-        self.inner
+        inner
             .send_application_data(data)
             .map(|()| data.len())
             .map_err(convert_error)
     }
 
     fn is_active(&self) -> bool {
-        self.inner.is_active()
+        self.inner.as_ref().map_or(self.active, |i| i.is_active())
     }
 
     fn protocol_version(&self) -> Option<ProtocolVersion> {
-        // `new_dtls` only ever creates DTLS 1.2 sessions.
-        self.inner
-            .protocol_version()
-            .map(|_| ProtocolVersion::DTLS1_2)
+        // `new_dtls` only ever creates DTLS 1.2 sessions; a released one had completed.
+        match &self.inner {
+            Some(inner) => inner.protocol_version().map(|_| ProtocolVersion::DTLS1_2),
+            None => Some(ProtocolVersion::DTLS1_2),
+        }
     }
 
     fn is_closing(&self) -> bool {
-        self.inner.is_closing()
+        self.inner.as_ref().map_or(self.closed, |i| i.is_closing())
     }
 
     fn is_closed(&self) -> bool {
-        self.inner.is_closed()
+        self.inner.as_ref().map_or(self.closed, |i| i.is_closed())
     }
 
     fn close(&mut self) -> Result<(), DtlsImplError> {
-        self.inner.close().map_err(convert_error)
+        match &mut self.inner {
+            Some(inner) => inner.close().map_err(convert_error),
+            // No close_notify after the release: the client learns from ICE consent or
+            // signaling that the peer is gone.
+            None => {
+                self.closed = true;
+                Ok(())
+            }
+        }
     }
 }
 
@@ -203,17 +359,39 @@ fn convert_error(e: old::DtlsImplError) -> DtlsImplError {
 mod tests {
     use super::*;
 
-    /// Runs a DTLS handshake between two OpenSSL instances, both through the adapter, to
-    /// completion; returns the SRTP profile each side exported.
-    fn handshake(client: &DtlsCert, server: &DtlsCert) -> (SrtpProfile, SrtpProfile) {
-        let p = OpensslDtls;
-        let now = Instant::now();
-        let mut c = p.new_dtls(client, now, DtlsVersion::Dtls12, None).unwrap();
-        let mut s = p.new_dtls(server, now, DtlsVersion::Dtls12, None).unwrap();
+    /// A wrapped OpenSSL session created at `now`.
+    fn instance(cert: &DtlsCert, now: Instant) -> Instance {
+        let old_cert = old::DtlsCert {
+            certificate: cert.certificate.clone(),
+            private_key: cert.private_key.clone(),
+        };
+        let version = str0m_proto_07::crypto::DtlsVersion::Dtls12;
+        Instance::new(
+            inner_provider()
+                .new_dtls(&old_cert, now, version, None)
+                .unwrap(),
+            now,
+        )
+    }
+
+    /// A client and a server session (both through the adapter) after a complete handshake at
+    /// `now`, the SRTP profile each exported, and the client's last flight (what completed the
+    /// server's handshake).
+    struct Connected {
+        client: Instance,
+        server: Instance,
+        profiles: (SrtpProfile, SrtpProfile),
+        last_flight: Vec<Vec<u8>>,
+    }
+
+    fn connect(client: &DtlsCert, server: &DtlsCert, now: Instant) -> Connected {
+        let mut c = instance(client, now);
+        let mut s = instance(server, now);
         c.set_active(true);
         s.set_active(false);
         c.handle_timeout(now).unwrap();
         let mut profiles = [None, None];
+        let mut last_flight = Vec::new();
         let mut buf = vec![0u8; 4096];
         for _ in 0..50 {
             for idx in [0usize, 1] {
@@ -231,15 +409,126 @@ mod tests {
                         _ => {}
                     }
                 }
+                if idx == 0 && !packets.is_empty() {
+                    last_flight = packets.clone();
+                }
                 for p in packets {
                     to.handle_packet(&p).unwrap();
                 }
             }
             if let [Some(a), Some(b)] = profiles {
-                return (a, b);
+                return Connected {
+                    client: c,
+                    server: s,
+                    profiles: (a, b),
+                    last_flight,
+                };
             }
         }
         panic!("handshake did not complete: {profiles:?}");
+    }
+
+    /// Runs a DTLS handshake between two OpenSSL instances, both through the adapter, to
+    /// completion; returns the SRTP profile each side exported.
+    fn handshake(client: &DtlsCert, server: &DtlsCert) -> (SrtpProfile, SrtpProfile) {
+        connect(client, server, Instant::now()).profiles
+    }
+
+    /// Polls until the session asks for a timer; returns it and the packets polled before.
+    fn poll_timer(i: &mut Instance) -> (Instant, usize) {
+        let mut buf = vec![0u8; 4096];
+        let mut packets = 0;
+        loop {
+            match i.poll_output(&mut buf) {
+                DtlsOutput::Timeout(t) => return (t, packets),
+                DtlsOutput::Packet(_) => packets += 1,
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn the_openssl_instance_is_released_after_the_grace_and_answers_from_stored_values() {
+        let t0 = Instant::now();
+        let cert = OpensslDtls.generate_certificate().unwrap();
+        let Connected {
+            mut client,
+            mut server,
+            ..
+        } = connect(&cert, &cert, t0);
+        for (side, active) in [(&mut server, false), (&mut client, true)] {
+            // Connected: the next timer is due at once, and arms the grace.
+            let (due, _) = poll_timer(side);
+            assert!(due <= t0, "the grace is armed at the next timer");
+            side.handle_timeout(t0).unwrap();
+            let (at, _) = poll_timer(side);
+            assert!(
+                at <= t0 + RELEASE_GRACE,
+                "str0m wakes the session to release it"
+            );
+            side.handle_timeout(t0 + RELEASE_GRACE - Duration::from_millis(1))
+                .unwrap();
+            assert!(side.inner.is_some(), "kept during the grace");
+            side.handle_timeout(t0 + RELEASE_GRACE).unwrap();
+            assert!(side.inner.is_none(), "released after the grace");
+            // The trait keeps answering.
+            assert_eq!(side.is_active(), active);
+            assert_eq!(side.protocol_version(), Some(ProtocolVersion::DTLS1_2));
+            assert!(!side.is_closing() && !side.is_closed());
+            assert!(
+                side.handle_packet(&[22, 254, 253, 0, 0]).is_ok(),
+                "late record ignored"
+            );
+            let (next, packets) = poll_timer(side);
+            assert_eq!(packets, 0);
+            assert!(next > t0 + RELEASE_GRACE);
+            assert_eq!(side.send_application_data(b"x").ok(), Some(1));
+            side.close().unwrap();
+            assert!(side.is_closing() && side.is_closed());
+        }
+    }
+
+    #[test]
+    fn a_late_client_record_restarts_the_grace() {
+        let t0 = Instant::now();
+        let cert = OpensslDtls.generate_certificate().unwrap();
+        let Connected {
+            mut server,
+            last_flight,
+            ..
+        } = connect(&cert, &cert, t0);
+        assert!(!last_flight.is_empty());
+        poll_timer(&mut server);
+        server.handle_timeout(t0).unwrap();
+        poll_timer(&mut server);
+        // 20 s later the client, which lost our final flight, sends its own again (OpenSSL drops
+        // these exact records as replays; a real retransmission has new record numbers).
+        let t1 = t0 + Duration::from_secs(20);
+        for p in &last_flight {
+            server.handle_packet(p).unwrap();
+        }
+        let (due, _) = poll_timer(&mut server);
+        assert!(due <= t1, "the grace is armed again at the next timer");
+        server.handle_timeout(t1).unwrap();
+        server.handle_timeout(t0 + RELEASE_GRACE).unwrap();
+        assert!(
+            server.inner.is_some(),
+            "the grace restarted at the late flight"
+        );
+        server.handle_timeout(t1 + RELEASE_GRACE).unwrap();
+        assert!(server.inner.is_none());
+    }
+
+    #[test]
+    fn a_session_that_carried_application_data_is_kept() {
+        let t0 = Instant::now();
+        let cert = OpensslDtls.generate_certificate().unwrap();
+        let Connected { mut server, .. } = connect(&cert, &cert, t0);
+        server.send_application_data(b"sctp").unwrap();
+        poll_timer(&mut server);
+        server.handle_timeout(t0).unwrap();
+        server.handle_timeout(t0 + RELEASE_GRACE * 4).unwrap();
+        assert!(server.inner.is_some(), "SCTP needs the DTLS session");
     }
 
     fn rsa_cert() -> DtlsCert {

@@ -223,6 +223,8 @@ struct Client {
     addr: SocketAddr,
     /// Media this client sends: (mid, kind).
     send: Vec<(Mid, MediaKind)>,
+    /// RTP packets received and decrypted.
+    rtp: u64,
 }
 
 impl Client {
@@ -236,6 +238,7 @@ impl Client {
             rtc,
             addr,
             send: Vec::new(),
+            rtp: 0,
         }
     }
 
@@ -256,6 +259,7 @@ impl Client {
             match o {
                 Output::Timeout(_) => break,
                 Output::Transmit(t) => out.push(t.contents.to_vec()),
+                Output::Event(Event::RtpPacket(_)) => self.rtp += 1,
                 Output::Event(Event::Connected) | Output::Event(_) => {}
             }
         }
@@ -632,7 +636,17 @@ impl ShardBench {
     /// Gives the prepared datagrams to the shard as one batch, then lets it fire its due
     /// timers: the timed part. Returns the number of datagrams the shard sent.
     pub fn feed(&mut self) -> u64 {
-        self.shard.sink.discard.store(true, Relaxed);
+        self.feed_inner(true)
+    }
+
+    /// [`ShardBench::feed`], keeping the shard's datagrams for the clients: the next
+    /// [`ShardBench::pump`] delivers the media ([`ShardBench::received`] counts it).
+    pub fn feed_delivered(&mut self) -> u64 {
+        self.feed_inner(false)
+    }
+
+    fn feed_inner(&mut self, discard: bool) -> u64 {
+        self.shard.sink.discard.store(discard, Relaxed);
         let before = self.shard.sink.count.load(Relaxed);
         let now = self.now;
         // As the shard's loop does with a batch: receive every datagram, then fan out and
@@ -686,6 +700,22 @@ impl ShardBench {
         self.receivers = HashMap::new();
         self.shard.sink.sent.lock().clear();
         self.queued = Vec::new();
+    }
+
+    /// Advances the virtual clock by `d` without media, letting the clients and the shard
+    /// exchange consent checks and RTCP every 250 ms. Untimed.
+    pub fn idle(&mut self, d: Duration) {
+        let end = self.now + d;
+        while self.now < end {
+            self.now += Duration::from_millis(250);
+            self.pump();
+        }
+    }
+
+    /// RTP packets the subscribers' clients received and decrypted so far (until
+    /// [`ShardBench::drop_clients`]).
+    pub fn received(&self) -> u64 {
+        self.receivers.values().map(|c| c.rtp).sum()
     }
 
     /// Packets forwarded so far (to all subscribers).

@@ -78,7 +78,8 @@ use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::demux::DemuxCounters;
-pub use crate::engine::rtc_config;
+pub use crate::dtls::{stats as dtls_stats, DtlsStats, RELEASE_GRACE as DTLS_RELEASE_GRACE};
+pub use crate::engine::{rtc_config, subscriber_config};
 use crate::engine::{Cmd, RelayCmd, ShardMsg, ShardSetup};
 use crate::forward::GateCell;
 use crate::io::batch::SendOutcome;
@@ -782,6 +783,10 @@ impl Sfu {
     /// * `greenroom_engine_parallel_fanouts_total`: fan-outs with at least
     ///   [`SfuOptions::parallel_fanout_min`] subscriber peers to drive, driven on the worker
     ///   pool (every core) instead of the shard's thread.
+    /// * `greenroom_dtls_sessions` (gauge): OpenSSL DTLS sessions held, process-wide;
+    ///   `greenroom_dtls_released_total`: released after their handshake
+    ///   ([`DTLS_RELEASE_GRACE`]); `greenroom_dtls_late_records_total`: DTLS records ignored
+    ///   after their session's release.
     /// * `greenroom_udp_unrouted_total`: datagrams dropped before reaching a peer (no shard or
     ///   peer for their ufrag or ICE-validated source address, a dead shard, or a STUN
     ///   integrity failure); `greenroom_udp_queue_dropped_total`: dropped on a full shard queue.

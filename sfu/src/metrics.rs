@@ -299,6 +299,28 @@ pub(crate) fn render(shards: &[&SfuCounters], udp: UdpFigures) -> String {
     for (i, s) in shards.iter().enumerate() {
         let _ = writeln!(o, "{name}{{shard=\"{i}\"}} {}", s.peers.load(Relaxed));
     }
+    let dtls = crate::dtls::stats();
+    single(
+        &mut o,
+        "greenroom_dtls_sessions",
+        "gauge",
+        "OpenSSL DTLS sessions held (each is released 30 s after its handshake)",
+        dtls.live,
+    );
+    single(
+        &mut o,
+        "greenroom_dtls_released_total",
+        "counter",
+        "OpenSSL DTLS sessions released after their handshake",
+        dtls.released,
+    );
+    single(
+        &mut o,
+        "greenroom_dtls_late_records_total",
+        "counter",
+        "DTLS records ignored because their session had been released",
+        dtls.late_records,
+    );
     single(
         &mut o,
         "greenroom_udp_unrouted_total",
@@ -571,6 +593,9 @@ mod tests {
             "receive thread + shards"
         );
         assert!(t.contains("greenroom_udp_queue_dropped_total 4\n"));
+        assert!(t.contains("\ngreenroom_dtls_sessions "));
+        assert!(t.contains("\ngreenroom_dtls_released_total "));
+        assert!(t.contains("\ngreenroom_dtls_late_records_total "));
         assert!(t.contains("greenroom_udp_socket_buffer_bytes{direction=\"receive\"} 8192\n"));
         assert!(t.contains("greenroom_udp_receive_drops_total 11\n"));
         assert!(t.contains("greenroom_udp_sent_datagrams_total 40\n"));

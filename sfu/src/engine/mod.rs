@@ -61,7 +61,7 @@ use crate::transport::Transport;
 use crate::{SfuError, SfuEvent, SfuOptions};
 
 use negotiation::Negotiation;
-pub use peers::rtc_config;
+pub use peers::{rtc_config, subscriber_config};
 pub(crate) use relay::RelayCmd;
 
 /// Housekeeping period (deadlines, layer choice); speakers run every second tick.

@@ -44,6 +44,18 @@ pub fn rtc_config(bwe: bool) -> RtcConfig {
     cfg
 }
 
+/// The str0m configuration of a subscriber peer: [`rtc_config`]; without an estimate, no
+/// transport-wide-cc either: the client then sends no TWCC feedback (about ten SRTCP packets
+/// per second per subscriber to decrypt for nothing) and str0m keeps no TWCC send register
+/// (up to 1000 records, about 80 KiB, per peer).
+pub fn subscriber_config(bwe: bool) -> RtcConfig {
+    if bwe {
+        rtc_config(true)
+    } else {
+        rtc_config(false).set_extension_map(without_twcc())
+    }
+}
+
 /// Sizes a server-side send stream's RTX cache by its kind: audio keeps nothing (no RTX, no
 /// resend statistics), video [`VIDEO_SEND_BUFFER`] packets for [`VIDEO_RTX_AGE`].
 pub(super) fn configure_send_stream(tx: &mut str0m::rtp::StreamTx, kind: MediaKind) {
@@ -70,10 +82,7 @@ impl Engine {
         let cfg = match role {
             // Publishers keep transport-wide-cc: their own uplink estimate needs our feedback.
             Role::Publisher => rtc_config(false),
-            Role::Subscriber if bwe => rtc_config(true),
-            // Without an estimate, no TWCC either: the client then sends no TWCC feedback
-            // (about ten SRTCP packets per second per subscriber to decrypt for nothing).
-            Role::Subscriber => rtc_config(false).set_extension_map(without_twcc()),
+            Role::Subscriber => subscriber_config(bwe),
         };
         let creds = shard_ufrag(self.shard);
         let ufrag = creds.ufrag.clone();
@@ -218,6 +227,30 @@ mod tests {
         let video = rtc_config(true);
         assert_eq!(video.bwe_initial_bitrate(), Some(INITIAL_BWE));
         assert_eq!(video.send_buffer_audio(), AUDIO_SEND_BUFFER);
+    }
+
+    #[test]
+    fn a_listener_keeps_no_twcc_register_and_a_subscriber_with_bwe_does() {
+        // Measured (benches/memory.rs): str0m keeps a TWCC send register of up to 1000
+        // records per peer that negotiated transport-wide-cc; a listener without an estimate
+        // does not negotiate it. Stats stay on: turning them off saved under 1 KiB.
+        let mut listener = super::subscriber_config(false);
+        assert_eq!(listener.bwe_initial_bitrate(), None);
+        assert_eq!(
+            listener
+                .extension_map()
+                .id_of(Extension::TransportSequenceNumber),
+            None
+        );
+        assert!(listener.stats_interval().is_some());
+        assert_eq!(listener.send_buffer_audio(), AUDIO_SEND_BUFFER);
+        let mut with_bwe = super::subscriber_config(true);
+        assert_eq!(with_bwe.bwe_initial_bitrate(), Some(INITIAL_BWE));
+        assert!(with_bwe
+            .extension_map()
+            .id_of(Extension::TransportSequenceNumber)
+            .is_some());
+        assert_eq!(with_bwe.send_buffer_video(), VIDEO_SEND_BUFFER);
     }
 
     #[test]

@@ -1,0 +1,60 @@
+//! The DTLS release on the engine's real peers: every connected peer drops its OpenSSL
+//! instance once the handshake is over and `DTLS_RELEASE_GRACE` passed, and media keeps flowing
+//! to the listeners afterwards (their clients receive and decrypt it). The clock is virtual; the
+//! counters are process-wide, so this binary holds this one test.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::time::Duration;
+
+use greenroom_sfu::dtls_stats;
+use greenroom_sfu::fuzzing::ShardBench;
+
+#[test]
+fn connected_peers_release_openssl_and_keep_forwarding() {
+    let listeners = 3;
+    let before = dtls_stats();
+    let mut b = ShardBench::with_bwe(1, listeners, false, false).expect("peers connect");
+    let created = dtls_stats();
+    // The publisher's peer and one per listener, at least, hold an OpenSSL instance now.
+    assert!(created.live >= before.live + 1 + listeners as u64);
+    assert_eq!(created.released, before.released, "nothing released yet");
+    for _ in 0..25 {
+        b.prepare(1);
+        b.feed_delivered();
+        b.pump();
+    }
+    let received = b.received();
+    assert!(
+        received >= 20 * listeners as u64,
+        "media arrived: {received}"
+    );
+    assert_eq!(
+        dtls_stats().released,
+        before.released,
+        "kept during the grace"
+    );
+
+    b.idle(greenroom_sfu::DTLS_RELEASE_GRACE + Duration::from_secs(1));
+    let after = dtls_stats();
+    let released = after.released - before.released;
+    assert!(
+        released > listeners as u64,
+        "the publisher's and every listener's instance released: {released}"
+    );
+    assert_eq!(after.live, created.live - released);
+
+    // Media still flows, encrypted with the keys the released sessions exported.
+    for _ in 0..25 {
+        b.prepare(1);
+        b.feed_delivered();
+        b.pump();
+    }
+    let more = b.received() - received;
+    assert!(
+        more >= 20 * listeners as u64,
+        "media arrived after the release: {more}"
+    );
+    // Nothing needed DTLS after the handshake: no record arrived late, no SCTP data was sent.
+    assert_eq!(dtls_stats().late_records, before.late_records);
+}
