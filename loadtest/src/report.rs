@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use crate::runner::{RunResult, Sample, Summary};
+use crate::runner::{RunResult, Sample, Summary, PUBLISHER_RATE_WARN_PCT};
 
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
@@ -46,6 +46,15 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
         (
             "packets sent / forwarded",
             format!("{} / {}", s.sent_packets, s.forwarded_packets),
+        ),
+        (
+            "publisher pkt/s sent (nominal)",
+            format!(
+                "{:.0} ({:.0}): {}",
+                s.sent_pps,
+                s.nominal_sent_pps,
+                publisher_rate(s)
+            ),
         ),
         (
             "loss (%)",
@@ -125,6 +134,9 @@ pub fn table(s: &Summary) -> String {
     for (k, v) in rows {
         let _ = writeln!(out, "{k:<w$}  {v}");
     }
+    if let Some(w) = publisher_rate_warning(s) {
+        let _ = writeln!(out, "{w}");
+    }
     if s.bots_heavier_than_server == Some(true) {
         let _ = writeln!(
             out,
@@ -170,6 +182,30 @@ pub fn side_by_side(summaries: &[&Summary]) -> String {
     out
 }
 
+/// The publishers' rate as a percentage of nominal, with `LOW` below
+/// [`PUBLISHER_RATE_WARN_PCT`]: `99.8 %`, `51.0 % LOW`, or `-` without a nominal rate.
+fn publisher_rate(s: &Summary) -> String {
+    match s.publisher_rate_pct {
+        None => "-".into(),
+        Some(p) if p < PUBLISHER_RATE_WARN_PCT => format!("{p:.1} % LOW"),
+        Some(p) => format!("{p:.1} %"),
+    }
+}
+
+/// A loud warning when the publishers sent less than [`PUBLISHER_RATE_WARN_PCT`] of their
+/// nominal rate: the load tester, not the server, limited the run.
+pub fn publisher_rate_warning(s: &Summary) -> Option<String> {
+    let p = s
+        .publisher_rate_pct
+        .filter(|p| *p < PUBLISHER_RATE_WARN_PCT)?;
+    Some(format!(
+        "WARNING: {} on {}: the publishers sent {p:.1} % of their nominal rate ({:.0} of {:.0} \
+         pkt/s, below {PUBLISHER_RATE_WARN_PCT} %): the load tester, not the server, set the \
+         rate of this run",
+        s.scenario, s.target, s.sent_pps, s.nominal_sent_pps
+    ))
+}
+
 /// The memory per listener with its basis: `265` (per listener), or `310 / participant` for a
 /// scenario without listeners.
 fn kib_per_listener(s: &Summary) -> String {
@@ -185,7 +221,8 @@ fn kib_per_listener(s: &Summary) -> String {
 const MARKDOWN_HEADER: &str = "| scenario | server | joined / failed | fwd pkt/s (expected) | loss % \
     | latency p50 / p99 (ms) | server CPU (% core) | server µs CPU / fwd pkt | floor ns/pkt \
     | CPU / floor | Janus ÷ Greenroom CPU/pkt | server KiB per listener | datagrams out / media pkt \
-    | tester CPU (% core) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    | tester CPU (% core) | publishers' rate (% of nominal) |\n\
+    |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
 
 /// Runs as one markdown table, one row per run, in the given order (Greenroom then Janus for
 /// each scenario). The Janus ÷ Greenroom column divides a Janus run's server CPU per forwarded
@@ -206,7 +243,7 @@ pub fn markdown(summaries: &[&Summary]) -> String {
             .flatten();
         let _ = writeln!(
             out,
-            "| {} | {} | {} / {} | {:.0} ({:.0}) | {:.2} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            "| {} | {} | {} / {} | {:.0} ({:.0}) | {:.2} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
             s.scenario,
             s.target,
             s.joined,
@@ -224,7 +261,18 @@ pub fn markdown(summaries: &[&Summary]) -> String {
             kib_per_listener(s),
             opt(s.datagrams_per_media_packet, 3),
             s.bot_cpu_pct,
+            publisher_rate(s),
         );
+    }
+    let warnings: Vec<String> = summaries
+        .iter()
+        .filter_map(|s| publisher_rate_warning(s))
+        .collect();
+    if !warnings.is_empty() {
+        out.push('\n');
+        for w in warnings {
+            let _ = writeln!(out, "**{w}**");
+        }
     }
     out
 }
@@ -497,5 +545,35 @@ mod tests {
             lines[4].contains("| - |") && lines[4].contains("300 / participant"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn a_publisher_below_its_nominal_rate_is_flagged() {
+        let ok = Summary {
+            target: "greenroom".into(),
+            scenario: "a".into(),
+            sent_pps: 499.0,
+            nominal_sent_pps: 500.0,
+            publisher_rate_pct: Some(99.8),
+            ..Summary::default()
+        };
+        let slow = Summary {
+            scenario: "b".into(),
+            sent_pps: 250.0,
+            publisher_rate_pct: Some(50.0),
+            ..ok.clone()
+        };
+        assert!(publisher_rate_warning(&ok).is_none());
+        assert!(!table(&ok).contains("WARNING"));
+        assert!(table(&ok).contains("499 (500): 99.8 %"));
+        let t = table(&slow);
+        assert!(t.contains("WARNING: b on greenroom"), "{t}");
+        assert!(t.contains("50.0 % LOW"), "{t}");
+        let md = markdown(&[&ok, &slow]);
+        assert!(
+            md.contains("| 99.8 % |") && md.contains("| 50.0 % LOW |"),
+            "{md}"
+        );
+        assert_eq!(md.matches("**WARNING").count(), 1, "{md}");
     }
 }

@@ -52,6 +52,10 @@ pub enum LoadError {
     NoPublisher(String),
 }
 
+/// Below this percentage of their nominal rate the publishers, i.e. the load tester, limited the
+/// run: [`crate::report::table`] and [`crate::report::markdown`] warn.
+pub const PUBLISHER_RATE_WARN_PCT: f64 = 95.0;
+
 /// How to reach the server and what to measure.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
@@ -217,6 +221,17 @@ pub struct Summary {
     pub window_secs: f64,
     /// Packets sent by publishers in the window.
     pub sent_packets: u64,
+    /// Media packets the publishers sent per second in the window.
+    #[serde(default)]
+    pub sent_pps: f64,
+    /// What the scenario's publishers send per second at their nominal rate
+    /// ([`Scenario::nominal_send_rate`]; publishers that failed to join count as silent).
+    #[serde(default)]
+    pub nominal_sent_pps: f64,
+    /// `sent_pps` as a percentage of `nominal_sent_pps`: below
+    /// [`PUBLISHER_RATE_WARN_PCT`] the bots, not the server, set the rate of the run.
+    #[serde(default)]
+    pub publisher_rate_pct: Option<f64>,
     /// Packets received by all bots in the window (= forwarded by the server).
     pub forwarded_packets: u64,
     /// Forwarded packets per second.
@@ -1097,6 +1112,8 @@ impl Run {
             (Some(us), Some(ns)) if ns > 0.0 => Some(us * 1000.0 / ns),
             _ => None,
         };
+        let nominal = self.scenario.nominal_send_rate();
+        let sent_pps = d.tx as f64 / d.secs;
         let light = self.config.bots == BotKind::Light;
         let datagrams_out = light.then(|| d.datagrams_in as f64 / d.secs);
         Summary {
@@ -1119,6 +1136,9 @@ impl Run {
             first_media: self.first_media(),
             window_secs: d.secs,
             sent_packets: d.tx,
+            sent_pps,
+            nominal_sent_pps: nominal,
+            publisher_rate_pct: (nominal > 0.0).then(|| sent_pps * 100.0 / nominal),
             forwarded_packets: d.rx,
             forwarded_pps: d.rx as f64 / d.secs,
             expected_pps: 0.0,

@@ -9,8 +9,10 @@
 //! [`LightPeer`] answers the server's `subscriber_offer`s. Each peer is one str0m `Rtc` (full
 //! ICE agent, controlling against the ICE-lite server, one host candidate on the bind IP,
 //! DTLS-SRTP), one tokio UDP socket (or, with [`PeerTransport::Tcp`], one TCP connection to the
-//! server's passive ICE-TCP candidate, see [`link`]) and one tokio task; all peer tasks share one dedicated
-//! current-thread runtime on its own thread. Received packets are not depacketized:
+//! server's passive ICE-TCP candidate, see [`link`]) and one tokio task; all receiving peers' tasks
+//! share one dedicated current-thread runtime on its own thread, and all publishing peers' tasks
+//! another one on another thread ([`PeerRole`]), so that a publisher keeps its nominal rate
+//! however many listeners the process serves. Received packets are not depacketized:
 //! the payload's probe trailer feeds the same [`TrackCounter`](crate::stats::TrackCounter)
 //! (loss by probe sequence gaps, one-way latency, bytes, keyframes) as the webrtc-rs bots.
 //!
@@ -35,7 +37,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub use link::PeerTransport;
-pub use peer::{datagrams_received, LightPeer, PeerStatus, SIMULCAST_LAYERS};
+pub use peer::{datagrams_received, LightPeer, PeerRole, PeerStatus, SIMULCAST_LAYERS};
 
 use crate::error::{BotError, Result};
 use crate::media::{AudioParams, SentStats, VideoParams};
@@ -173,7 +175,14 @@ impl LightBot {
             None => {
                 let c = &self.config;
                 let p = Arc::new(
-                    LightPeer::with_transport(c.bind_ip, c.transport, c.audio, c.video).await?,
+                    LightPeer::with_role(
+                        c.bind_ip,
+                        c.transport,
+                        PeerRole::Publisher,
+                        c.audio,
+                        c.video,
+                    )
+                    .await?,
                 );
                 *self.shared.publisher.lock() = Some(p.clone());
                 p
