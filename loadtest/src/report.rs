@@ -3,6 +3,7 @@
 
 use std::fmt::Write as _;
 
+use crate::revoke::RevokeSummary;
 use crate::runner::{RunResult, Sample, Summary, PUBLISHER_RATE_WARN_PCT};
 
 fn opt(v: Option<f64>, digits: usize) -> String {
@@ -134,6 +135,9 @@ pub fn table(s: &Summary) -> String {
     for (k, v) in rows {
         let _ = writeln!(out, "{k:<w$}  {v}");
     }
+    if let Some(r) = &s.revoke {
+        out.push_str(&revoke_lines(r));
+    }
     if let Some(w) = publisher_rate_warning(s) {
         let _ = writeln!(out, "{w}");
     }
@@ -206,6 +210,96 @@ pub fn publisher_rate_warning(s: &Summary) -> Option<String> {
     ))
 }
 
+/// The revoke scenario's figures as text lines (part of [`table`]).
+pub fn revoke_lines(r: &RevokeSummary) -> String {
+    let mut out = String::new();
+    let regrant = r
+        .regrant_after_s
+        .map_or(String::new(), |t| format!(", granted again at {t:.1} s"));
+    let _ = writeln!(
+        out,
+        "revoke: send-video of {} ({}) revoked at {:.1} s{regrant}; grace {} ms; \
+         stop_publishing received {} (ignored)",
+        r.user_id, r.track_id, r.revoke_after_s, r.grace_ms, r.stop_publishing_received
+    );
+    let _ = writeln!(
+        out,
+        "  before the revoke: {:.1} media pkt/s of the track at the subscribers",
+        r.video_pps_before
+    );
+    let _ = writeln!(
+        out,
+        "  revoked window ({:.1} s): {} media pkts of the track received ({} RTP), \
+         publisher sent {} video pkts; all tracks {:.1} media pkt/s",
+        r.revoked_secs,
+        r.revoked_video_media_packets,
+        r.revoked_video_rtp_packets,
+        r.publisher_video_sent,
+        r.media_pps
+    );
+    let _ = writeln!(
+        out,
+        "  server datagrams out/s in it: {} = RTP {} (no media: {}, padding bit: {}) + RTCP {} + STUN {}",
+        opt(r.datagrams_out_per_s, 1),
+        opt(r.rtp_per_s, 1),
+        opt(r.non_media_rtp_per_s, 1),
+        opt(r.padded_rtp_per_s, 1),
+        opt(r.rtcp_per_s, 1),
+        opt(r.stun_per_s, 1),
+    );
+    if let Some(a) = r.video_pps_after_regrant {
+        let _ = writeln!(out, "  after the re-grant: {a:.1} media pkt/s of the track");
+    }
+    if r.revoked_video_media_packets > 0 {
+        let _ = writeln!(
+            out,
+            "WARNING: the server forwarded {} media packets of a revoked track after the grace",
+            r.revoked_video_media_packets
+        );
+    }
+    out
+}
+
+/// The header of [`markdown`]'s revoke table.
+const REVOKE_HEADER: &str = "| scenario | revoked at / re-granted at (s) | video pkt/s before \
+    | revoked window (s) | media pkts of the revoked track in it | publisher's video pkts sent in it \
+    | all media pkt/s in it | server datagrams out/s in it | RTP without media / padded / RTCP / STUN per s \
+    | video pkt/s after re-grant |\n|---|---|---|---|---|---|---|---|---|---|\n";
+
+/// The revoke rows of [`markdown`], if any run had one.
+fn revoke_markdown(summaries: &[&Summary]) -> String {
+    let runs: Vec<(&Summary, &RevokeSummary)> = summaries
+        .iter()
+        .filter_map(|s| s.revoke.as_ref().map(|r| (*s, r)))
+        .collect();
+    if runs.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n");
+    out.push_str(REVOKE_HEADER);
+    for (s, r) in runs {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} / {} | {:.1} | {:.1} | {} | {} | {:.1} | {} | {} / {} / {} / {} | {} |",
+            s.scenario,
+            r.revoke_after_s,
+            opt(r.regrant_after_s, 1),
+            r.video_pps_before,
+            r.revoked_secs,
+            r.revoked_video_media_packets,
+            r.publisher_video_sent,
+            r.media_pps,
+            opt(r.datagrams_out_per_s, 1),
+            opt(r.non_media_rtp_per_s, 1),
+            opt(r.padded_rtp_per_s, 1),
+            opt(r.rtcp_per_s, 1),
+            opt(r.stun_per_s, 1),
+            opt(r.video_pps_after_regrant, 1),
+        );
+    }
+    out
+}
+
 /// The memory per listener with its basis: `265` (per listener), or `310 / participant` for a
 /// scenario without listeners.
 fn kib_per_listener(s: &Summary) -> String {
@@ -264,6 +358,7 @@ pub fn markdown(summaries: &[&Summary]) -> String {
             publisher_rate(s),
         );
     }
+    out.push_str(&revoke_markdown(summaries));
     let warnings: Vec<String> = summaries
         .iter()
         .filter_map(|s| publisher_rate_warning(s))
@@ -545,6 +640,45 @@ mod tests {
             lines[4].contains("| - |") && lines[4].contains("300 / participant"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn revoke_figures_are_printed_and_a_leak_is_flagged() {
+        let r = RevokeSummary {
+            user_id: "bot-0".into(),
+            track_id: "p1:camera".into(),
+            revoke_after_s: 1.5,
+            regrant_after_s: Some(4.0),
+            video_pps_before: 32.0,
+            revoked_secs: 2.0,
+            publisher_video_sent: 64,
+            datagrams_out_per_s: Some(120.0),
+            video_pps_after_regrant: Some(31.0),
+            ..RevokeSummary::default()
+        };
+        let mut s = Summary {
+            target: "greenroom".into(),
+            scenario: "revoke".into(),
+            revoke: Some(r),
+            ..Summary::default()
+        };
+        let t = table(&s);
+        assert!(
+            t.contains("revoked at 1.5 s, granted again at 4.0 s"),
+            "{t}"
+        );
+        assert!(t.contains("0 media pkts of the track received"), "{t}");
+        assert!(t.contains("after the re-grant: 31.0"), "{t}");
+        assert!(!t.contains("WARNING"), "{t}");
+        let md = markdown(&[&s]);
+        assert!(
+            md.contains("| revoke | 1.5 / 4.0 | 32.0 | 2.0 | 0 | 64 |"),
+            "{md}"
+        );
+        if let Some(r) = s.revoke.as_mut() {
+            r.revoked_video_media_packets = 3;
+        }
+        assert!(table(&s).contains("WARNING: the server forwarded 3 media packets"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::bot::StopMode;
 use crate::bot::{Bot, BotConfig};
 use crate::error::BotError;
 use crate::floor::FloorFigures;
@@ -19,9 +20,11 @@ use crate::janus::{
     JanusError, JanusHandle, JanusLightPublisher, JanusLightSubscriber, JanusPublisher,
     JanusSession, JanusSubscriber,
 };
-use crate::light::{LightBot, LightConfig};
+use crate::light::{DatagramCounts, LightBot, LightConfig};
+use crate::media::SentStats;
 use crate::media::{IceConfig, PublisherConfig, SubscriberConfig};
 use crate::procstat::{read_pid, ProcError, ProcSample, ServerProbe};
+use crate::revoke::{self, RevokePlan, RevokeSummary, REVOKE_GRACE};
 use crate::scenario::{BotKind, Scenario, Target};
 use crate::stats::TrackStats;
 use crate::token;
@@ -91,6 +94,9 @@ pub struct RunConfig {
     pub transport: crate::light::PeerTransport,
     /// This machine's forwarding floor, measured before the run (`None`: not reported).
     pub floor: Option<FloorFigures>,
+    /// Revoke the first video publisher's `send-video` mid-run (Greenroom only; publishers
+    /// then ignore `stop_publishing`): see [`crate::revoke`].
+    pub revoke: Option<RevokePlan>,
 }
 
 impl RunConfig {
@@ -129,6 +135,7 @@ impl RunConfig {
             turn: None,
             transport: crate::light::PeerTransport::Udp,
             floor: None,
+            revoke: None,
         }
     }
 }
@@ -306,6 +313,10 @@ pub struct Summary {
     /// Those datagrams per forwarded media packet (1.0 plus RTCP, STUN and padding/probing).
     #[serde(default)]
     pub datagrams_per_media_packet: Option<f64>,
+    /// The revoke scenario's figures (`--revoke-after`). The run's loss then includes the
+    /// revoked track's packets the server rightly dropped.
+    #[serde(default)]
+    pub revoke: Option<RevokeSummary>,
     /// The first errors seen.
     pub errors: Vec<String>,
 }
@@ -388,15 +399,38 @@ impl Member {
         }
     }
 
-    fn sent_packets(&self) -> u64 {
-        let sent = match self {
+    fn sent(&self) -> HashMap<TrackSource, SentStats> {
+        match self {
             Member::Greenroom(b) => b.sent(),
             Member::Light(b) => b.sent(),
             Member::JanusPublisher(p, _) => p.publisher.sent(),
             Member::JanusLightPublisher(p, _) => p.publisher.sent(),
-            Member::JanusSubscriber(_) | Member::JanusLightSubscriber(_) => return 0,
-        };
-        sent.values().map(|s| s.packets).sum()
+            Member::JanusSubscriber(_) | Member::JanusLightSubscriber(_) => HashMap::new(),
+        }
+    }
+
+    fn sent_packets(&self) -> u64 {
+        self.sent().values().map(|s| s.packets).sum()
+    }
+
+    /// `stop_publishing` messages received (Greenroom bots; 0 otherwise).
+    fn stop_publishing_received(&self) -> u64 {
+        match self {
+            Member::Light(b) => b.stop_publishing_received(),
+            Member::Greenroom(b) => b
+                .events()
+                .iter()
+                .filter(|m| {
+                    matches!(
+                        m,
+                        greenroom_proto::ServerMessage::Signal(
+                            greenroom_proto::SignalMessage::StopPublishing { .. }
+                        )
+                    )
+                })
+                .count() as u64,
+            _ => 0,
+        }
     }
 
     async fn close(&self) {
@@ -439,8 +473,15 @@ struct Totals {
     at: Option<Instant>,
     server: Option<ProcSample>,
     bot: ProcSample,
-    /// Datagrams received by the light bots (see [`crate::light::datagrams_received`]).
-    datagrams_in: u64,
+    /// Datagrams received by the light bots, by kind (see [`crate::light::counters`]).
+    datagrams: DatagramCounts,
+    /// RTP packets received that carried a probe (media).
+    rx_probes: u64,
+    /// Of the revoke scenario's video track: RTP packets and media packets received by all,
+    /// and packets its publisher sent.
+    revoked_rx_packets: u64,
+    revoked_rx_probes: u64,
+    revoked_tx_packets: u64,
 }
 
 impl Totals {
@@ -480,7 +521,17 @@ impl Totals {
             hist,
             server_cpu,
             bot_cpu: (self.bot.cpu_seconds - earlier.bot.cpu_seconds).max(0.0),
-            datagrams_in: self.datagrams_in.saturating_sub(earlier.datagrams_in),
+            datagrams: self.datagrams.since(&earlier.datagrams),
+            rx_probes: self.rx_probes.saturating_sub(earlier.rx_probes),
+            revoked_rx_packets: self
+                .revoked_rx_packets
+                .saturating_sub(earlier.revoked_rx_packets),
+            revoked_rx_probes: self
+                .revoked_rx_probes
+                .saturating_sub(earlier.revoked_rx_probes),
+            revoked_tx_packets: self
+                .revoked_tx_packets
+                .saturating_sub(earlier.revoked_tx_packets),
         }
     }
 }
@@ -506,7 +557,11 @@ struct Delta {
     hist: LatencyHistogram,
     server_cpu: Option<f64>,
     bot_cpu: f64,
-    datagrams_in: u64,
+    datagrams: DatagramCounts,
+    rx_probes: u64,
+    revoked_rx_packets: u64,
+    revoked_rx_probes: u64,
+    revoked_tx_packets: u64,
 }
 
 fn ms(us: Option<u64>) -> Option<f64> {
@@ -530,6 +585,20 @@ struct Run {
     greenroom_cid: String,
     janus: Option<JanusCtx>,
     feeds: Mutex<Vec<u64>>,
+    /// The revoke scenario's video track (`<participant_id>:camera`) once its publisher joined.
+    revoke_track: Mutex<Option<String>>,
+    /// That publisher.
+    revoke_member: Mutex<Option<Arc<Member>>>,
+}
+
+/// The totals the revoke scenario reads: the start of the window, the revoke, the revoked
+/// window (after the grace) and, with a re-grant, the window after it.
+struct RevokeMarks {
+    start: Totals,
+    revoked: Totals,
+    during_from: Totals,
+    during_to: Totals,
+    after: Option<(Totals, Totals)>,
 }
 
 struct JanusCtx {
@@ -541,9 +610,15 @@ struct JanusCtx {
 impl Run {
     async fn totals(&self) -> Totals {
         let members = self.members();
+        let revoke_track = self.revoke_track.lock().clone();
         let mut t = Totals::default();
         for m in &members {
             for s in m.received().values() {
+                if revoke_track.as_deref() == Some(s.track_id.as_str()) {
+                    t.revoked_rx_packets += s.packets;
+                    t.revoked_rx_probes += s.probes;
+                }
+                t.rx_probes += s.probes;
                 t.rx_packets += s.packets;
                 t.rx_bytes += s.bytes;
                 if s.source.is_some_and(|src| !src.is_audio()) {
@@ -558,7 +633,11 @@ impl Run {
             }
             t.tx_packets += m.sent_packets();
         }
-        t.datagrams_in = crate::light::datagrams_received();
+        t.datagrams = crate::light::datagram_counts();
+        let revoke_member = self.revoke_member.lock().clone();
+        if let Some(m) = revoke_member {
+            t.revoked_tx_packets = m.sent().get(&TrackSource::Camera).map_or(0, |s| s.packets);
+        }
         t.at = Some(Instant::now());
         t.server = match self.config.server.read().await {
             Ok(s) => s,
@@ -599,8 +678,12 @@ impl Run {
                 self.join_times
                     .lock()
                     .push(t0.elapsed().as_secs_f64() * 1000.0);
+                let m = Arc::new(m);
+                if self.is_revoke_target(index) {
+                    *self.revoke_member.lock() = Some(m.clone());
+                }
                 let mut members = self.members.lock();
-                members.push(Arc::new(m));
+                members.push(m);
                 self.join_started.lock().push(t0);
             }
             Err(e) => {
@@ -638,8 +721,10 @@ impl Run {
             cfg.publisher.ice = t.ice_for(&user);
         }
         cfg.bind_ip = self.config.bind_ip;
+        cfg.stop_mode = self.stop_mode();
         let bot = Bot::connect(cfg).await?;
-        bot.join(&self.greenroom_cid, publisher).await?;
+        let joined = bot.join(&self.greenroom_cid, publisher).await?;
+        self.note_revoke_target(index, &joined.participant.participant_id);
         if publisher {
             if index == 0 && self.needs_go_live() {
                 self.go_live(&tok).await?;
@@ -668,8 +753,10 @@ impl Run {
         cfg.simulcast = self.scenario.simulcast;
         cfg.quality = self.scenario.quality;
         cfg.transport = self.config.transport;
+        cfg.stop_mode = self.stop_mode();
         let bot = LightBot::connect(cfg).await?;
-        bot.join(&self.greenroom_cid, publisher).await?;
+        let joined = bot.join(&self.greenroom_cid, publisher).await?;
+        self.note_revoke_target(index, &joined.participant_id);
         if publisher {
             if index == 0 && self.needs_go_live() {
                 self.go_live(&tok).await?;
@@ -680,6 +767,118 @@ impl Run {
             let _ = bot.wait_subscriber_connected(self.config.timeout).await;
         }
         Ok(Member::Light(bot))
+    }
+
+    /// Publishers ignore `stop_publishing` in the revoke scenario (a hostile client).
+    fn stop_mode(&self) -> StopMode {
+        match self.config.revoke {
+            Some(_) => StopMode::Adversarial,
+            None => StopMode::Obedient,
+        }
+    }
+
+    /// Whether participant `index` is the revoke scenario's publisher: the first video
+    /// publisher.
+    fn is_revoke_target(&self, index: usize) -> bool {
+        self.config.revoke.is_some() && index == self.scenario.audio_publishers
+    }
+
+    fn note_revoke_target(&self, index: usize, participant_id: &str) {
+        if self.is_revoke_target(index) {
+            *self.revoke_track.lock() = Some(format!("{participant_id}:camera"));
+        }
+    }
+
+    /// Revokes (or grants again) the revoke scenario's publisher's `send-video`, as a
+    /// moderator of the call.
+    async fn set_send_video(&self, grant: bool) -> Result<(), LoadError> {
+        let tok = token::mint(
+            &self.config.api_key,
+            &self.config.secret,
+            "bot-moderator",
+            &self.greenroom_cid,
+            "host",
+            3600,
+        )?;
+        let user = format!("bot-{}", self.scenario.audio_publishers);
+        revoke::set_send_video(
+            &self.config.url,
+            &self.greenroom_cid,
+            &tok,
+            &user,
+            grant,
+            self.config.timeout,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The revoke scenario's schedule, from `start` (the window's start, totals `from`):
+    /// revoke, grace, the revoked window, and with a re-grant, grace and the window after it.
+    async fn revoke_schedule(
+        &self,
+        plan: RevokePlan,
+        start: Instant,
+        end: Instant,
+        from: Totals,
+    ) -> Result<RevokeMarks, LoadError> {
+        tokio::time::sleep_until((start + plan.after).into()).await;
+        let revoked = self.totals().await;
+        self.set_send_video(false).await?;
+        tokio::time::sleep(REVOKE_GRACE).await;
+        let during_from = self.totals().await;
+        let until = plan.regrant_after.map_or(end, |r| start + r);
+        tokio::time::sleep_until(until.into()).await;
+        let during_to = self.totals().await;
+        let mut after = None;
+        if plan.regrant_after.is_some() {
+            self.set_send_video(true).await?;
+            tokio::time::sleep(REVOKE_GRACE).await;
+            let a = self.totals().await;
+            tokio::time::sleep_until(end.into()).await;
+            after = Some((a, self.totals().await));
+        }
+        Ok(RevokeMarks {
+            start: from,
+            revoked,
+            during_from,
+            during_to,
+            after,
+        })
+    }
+
+    /// The revoke scenario's figures from its marks.
+    fn summarize_revoke(&self, plan: RevokePlan, m: &RevokeMarks) -> RevokeSummary {
+        let before = m.revoked.since(&m.start);
+        let during = m.during_to.since(&m.during_from);
+        let light = self.config.bots == BotKind::Light;
+        let per_s = |n: u64| light.then(|| n as f64 / during.secs);
+        let g = &during.datagrams;
+        let member = self.revoke_member.lock().clone();
+        RevokeSummary {
+            user_id: format!("bot-{}", self.scenario.audio_publishers),
+            track_id: self.revoke_track.lock().clone().unwrap_or_default(),
+            revoke_after_s: plan.after.as_secs_f64(),
+            regrant_after_s: plan.regrant_after.map(|r| r.as_secs_f64()),
+            grace_ms: REVOKE_GRACE.as_millis() as u64,
+            stop_publishing_received: member.map_or(0, |m| m.stop_publishing_received()),
+            video_pps_before: before.revoked_rx_probes as f64 / before.secs,
+            revoked_secs: during.secs,
+            revoked_video_media_packets: during.revoked_rx_probes,
+            revoked_video_rtp_packets: during.revoked_rx_packets,
+            publisher_video_sent: during.revoked_tx_packets,
+            media_pps: during.rx_probes as f64 / during.secs,
+            datagrams_out_per_s: per_s(g.total),
+            rtp_per_s: per_s(g.rtp),
+            non_media_rtp_per_s: per_s(g.rtp.saturating_sub(during.rx)),
+            padded_rtp_per_s: per_s(g.rtp_padded),
+            rtcp_per_s: per_s(g.rtcp),
+            stun_per_s: per_s(g.stun),
+            video_pps_after_regrant: m.after.as_ref().map(|(a, b)| {
+                let d = b.since(a);
+                d.revoked_rx_probes as f64 / d.secs
+            }),
+        }
     }
 
     fn needs_go_live(&self) -> bool {
@@ -969,6 +1168,17 @@ pub fn check_bots(scenario: &Scenario, config: &RunConfig) -> Result<(), String>
     if scenario.simulcast && config.target == Target::Janus {
         return Err("--simulcast is not supported against Janus".into());
     }
+    if let Some(plan) = &config.revoke {
+        if config.target == Target::Janus {
+            return Err(
+                "--revoke-after needs --target greenroom: Janus's videoroom has no \
+                        capabilities to revoke (a publisher there publishes until it unpublishes \
+                        or is kicked)"
+                    .into(),
+            );
+        }
+        plan.validate(scenario)?;
+    }
     if config.transport == crate::light::PeerTransport::Tcp
         && (config.bots != BotKind::Light || config.target != Target::Greenroom)
     {
@@ -1028,6 +1238,8 @@ impl Run {
             greenroom_cid: format!("{}:lt{room:x}", scenario.call_type),
             janus,
             feeds: Mutex::new(Vec::new()),
+            revoke_track: Mutex::new(None),
+            revoke_member: Mutex::new(None),
         }))
     }
 
@@ -1115,14 +1327,15 @@ impl Run {
         let nominal = self.scenario.nominal_send_rate();
         let sent_pps = d.tx as f64 / d.secs;
         let light = self.config.bots == BotKind::Light;
-        let datagrams_out = light.then(|| d.datagrams_in as f64 / d.secs);
+        let datagrams_out = light.then(|| d.datagrams.total as f64 / d.secs);
         Summary {
             mean_payload_bytes: mean_payload,
             floor_ns_per_packet: floor_ns,
             server_cpu_x_floor: x_floor,
             server_datagrams_out_per_s: datagrams_out,
             datagrams_per_media_packet: (light && d.rx > 0)
-                .then(|| d.datagrams_in as f64 / d.rx as f64),
+                .then(|| d.datagrams.total as f64 / d.rx as f64),
+            revoke: None,
             target: self.config.target.as_str().into(),
             scenario: self.scenario.name.clone(),
             bots: self.config.bots.as_str().into(),
@@ -1165,21 +1378,39 @@ impl Run {
         }
     }
 
-    /// Measures `duration` after `warmup`, moving the bar.
-    async fn measure(&self, duration: Duration) -> (Totals, Totals) {
+    /// Measures `duration` after `warmup`, moving the bar, and runs the revoke scenario's
+    /// schedule in it when `revoke` is set.
+    async fn measure(
+        &self,
+        duration: Duration,
+        revoke: Option<RevokePlan>,
+    ) -> Result<(Totals, Totals, Option<RevokeSummary>), LoadError> {
         tokio::time::sleep(self.config.warmup).await;
         let from = self.totals().await;
         self.bar.set_prefix("running");
         self.bar.set_length(duration.as_secs().max(1));
         self.bar.set_position(0);
-        let end = Instant::now() + duration;
-        while Instant::now() < end {
-            let left = end.saturating_duration_since(Instant::now());
-            tokio::time::sleep(left.min(Duration::from_secs(1))).await;
-            self.bar.inc(1);
-        }
+        let start = Instant::now();
+        let end = start + duration;
+        let bar = async {
+            while Instant::now() < end {
+                let left = end.saturating_duration_since(Instant::now());
+                tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+                self.bar.inc(1);
+            }
+        };
+        let schedule = async {
+            match revoke {
+                Some(plan) => {
+                    let marks = self.revoke_schedule(plan, start, end, from.clone()).await?;
+                    Ok::<_, LoadError>(Some(self.summarize_revoke(plan, &marks)))
+                }
+                None => Ok(None),
+            }
+        };
+        let ((), revoked) = tokio::join!(bar, schedule);
         let to = self.totals().await;
-        (from, to)
+        Ok((from, to, revoked?))
     }
 }
 
@@ -1197,19 +1428,22 @@ pub async fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunResult, L
             .await;
     }
     let result = match joined {
-        Ok(()) => {
-            let (from, to) = run.measure(scenario.duration).await;
-            listeners.joined = run.joined().saturating_sub(publishers);
-            let mut summary = run.summarize(
-                &from,
-                &to,
-                before,
-                run.receivers(scenario.subscribers),
-                listeners,
-            );
-            summary.expected_pps = scenario.expected_forward_rate();
-            Ok(summary)
-        }
+        Ok(()) => match run.measure(scenario.duration, config.revoke).await {
+            Ok((from, to, revoked)) => {
+                listeners.joined = run.joined().saturating_sub(publishers);
+                let mut summary = run.summarize(
+                    &from,
+                    &to,
+                    before,
+                    run.receivers(scenario.subscribers),
+                    listeners,
+                );
+                summary.expected_pps = scenario.expected_forward_rate();
+                summary.revoke = revoked;
+                Ok(summary)
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     sampler.abort();
@@ -1253,7 +1487,7 @@ pub async fn find_max(
             next_index += add;
             let failed = *run.failed.lock() - failed_before;
             subscribers += add - failed;
-            let (from, to) = run.measure(bounds.step_duration).await;
+            let (from, to, _) = run.measure(bounds.step_duration, None).await?;
             let d = to.since(&from);
             let p99 = ms(d.hist.quantile(0.99));
             let step = Step {

@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,6 +24,7 @@ use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::counters;
 use super::link::{
     active_candidate, connect_tcp, passive_tcp_candidate, Link, LinkEvent, PeerTransport, TcpLink,
 };
@@ -420,16 +420,6 @@ fn video_frame(l: &mut Layer, params: VideoParams, now: Instant) -> (Vec<Vec<u8>
     (payloads, keyframe)
 }
 
-/// Datagrams (or ICE-TCP frames) received by every light peer of this process (STUN, DTLS,
-/// RTP, RTCP, padding): only the server under test sends to them, so this counts the server's
-/// datagrams out.
-static DATAGRAMS_IN: AtomicU64 = AtomicU64::new(0);
-
-/// Datagrams received so far by all light peers of this process (see [`DATAGRAMS_IN`]).
-pub fn datagrams_received() -> u64 {
-    DATAGRAMS_IN.load(Ordering::Relaxed)
-}
-
 /// What woke the task.
 enum Wake {
     Job(Option<Job>),
@@ -453,7 +443,7 @@ fn on_tcp(st: &mut State, link: &mut Link, ready: tokio::io::Ready) -> Result<()
         true
     };
     for f in &frames {
-        DATAGRAMS_IN.fetch_add(1, Ordering::Relaxed);
+        counters::count(f);
         st.input(link, remote, f)?;
     }
     if !open {
@@ -516,7 +506,7 @@ async fn run(
                 }
             }
             Wake::Net(Ok(LinkEvent::Datagram(n, src))) => {
-                DATAGRAMS_IN.fetch_add(1, Ordering::Relaxed);
+                counters::count(&buf[..n]);
                 st.input(&mut link, src, &buf[..n])
             }
             Wake::Net(Ok(LinkEvent::Tcp(ready))) => on_tcp(&mut st, &mut link, ready),
