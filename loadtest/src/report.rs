@@ -224,7 +224,7 @@ pub fn revoke_lines(r: &RevokeSummary) -> String {
     );
     let _ = writeln!(
         out,
-        "  before the revoke: {:.1} media pkt/s of the track at the subscribers",
+        "  before the revoke: {:.1} media pkt/s of the track, all subscribers together",
         r.video_pps_before
     );
     let _ = writeln!(
@@ -261,10 +261,10 @@ pub fn revoke_lines(r: &RevokeSummary) -> String {
 }
 
 /// The header of [`markdown`]'s revoke table.
-const REVOKE_HEADER: &str = "| scenario | revoked at / re-granted at (s) | video pkt/s before \
+const REVOKE_HEADER: &str = "| scenario | revoked at / re-granted at (s) | video pkt/s before (all receivers) \
     | revoked window (s) | media pkts of the revoked track in it | publisher's video pkts sent in it \
     | all media pkt/s in it | server datagrams out/s in it | RTP without media / padded / RTCP / STUN per s \
-    | video pkt/s after re-grant |\n|---|---|---|---|---|---|---|---|---|---|\n";
+    | video pkt/s after re-grant (all receivers) |\n|---|---|---|---|---|---|---|---|---|---|\n";
 
 /// The revoke rows of [`markdown`], if any run had one.
 fn revoke_markdown(summaries: &[&Summary]) -> String {
