@@ -101,6 +101,15 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
             ),
         ),
         (
+            "server datagrams out/s by kind",
+            s.datagrams_by_kind_per_s.map_or("-".into(), |r| {
+                format!(
+                    "RTP {:.1} (no media {:.1}, padding bit {:.1}) + RTCP {:.1} + STUN {:.1} + other {:.1}",
+                    r.rtp, r.rtp_no_media, r.rtp_padded, r.rtcp, r.stun, r.other
+                )
+            }),
+        ),
+        (
             "server RSS before / after (MiB)",
             slash([
                 opt(s.server_rss_before_mib, 1),

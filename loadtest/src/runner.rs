@@ -20,7 +20,7 @@ use crate::janus::{
     JanusError, JanusHandle, JanusLightPublisher, JanusLightSubscriber, JanusPublisher,
     JanusSession, JanusSubscriber,
 };
-use crate::light::{DatagramCounts, LightBot, LightConfig};
+use crate::light::{DatagramCounts, DatagramRates, LightBot, LightConfig};
 use crate::media::SentStats;
 use crate::media::{IceConfig, PublisherConfig, SubscriberConfig};
 use crate::procstat::{read_pid, ProcError, ProcSample, ServerProbe};
@@ -313,6 +313,10 @@ pub struct Summary {
     /// Those datagrams per forwarded media packet (1.0 plus RTCP, STUN and padding/probing).
     #[serde(default)]
     pub datagrams_per_media_packet: Option<f64>,
+    /// Those datagrams per second by kind (light bots): whether the server sends anything but
+    /// media, e.g. padding or probing, and how much RTCP and STUN per media packet.
+    #[serde(default)]
+    pub datagrams_by_kind_per_s: Option<DatagramRates>,
     /// The revoke scenario's figures (`--revoke-after`). The run's loss then includes the
     /// revoked track's packets the server rightly dropped.
     #[serde(default)]
@@ -1335,6 +1339,7 @@ impl Run {
             server_datagrams_out_per_s: datagrams_out,
             datagrams_per_media_packet: (light && d.rx > 0)
                 .then(|| d.datagrams.total as f64 / d.rx as f64),
+            datagrams_by_kind_per_s: light.then(|| d.datagrams.rates(d.secs, d.rx)),
             revoke: None,
             target: self.config.target.as_str().into(),
             scenario: self.scenario.name.clone(),

@@ -7,6 +7,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use serde::{Deserialize, Serialize};
+
 /// What a received datagram is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DatagramKind {
@@ -72,6 +74,41 @@ impl DatagramCounts {
             rtp_padded: self.rtp_padded.saturating_sub(earlier.rtp_padded),
             rtcp: self.rtcp.saturating_sub(earlier.rtcp),
             other: self.other.saturating_sub(earlier.other),
+        }
+    }
+}
+
+/// [`DatagramCounts`] over a window, per second, with the RTP datagrams that carried no media
+/// packet the bots counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct DatagramRates {
+    /// RTP datagrams per second.
+    pub rtp: f64,
+    /// RTP datagrams that did not surface as a received RTP packet (padding-only packets,
+    /// probes, RTX the bots dropped, undecryptable ones): RTP datagrams - RTP packets received.
+    pub rtp_no_media: f64,
+    /// RTP datagrams with the padding bit set.
+    pub rtp_padded: f64,
+    /// RTCP datagrams per second.
+    pub rtcp: f64,
+    /// STUN datagrams per second.
+    pub stun: f64,
+    /// DTLS and anything else per second.
+    pub other: f64,
+}
+
+impl DatagramCounts {
+    /// Rates over `secs`, given the RTP packets the bots received in the same window.
+    pub fn rates(&self, secs: f64, rtp_packets_received: u64) -> DatagramRates {
+        let secs = secs.max(1e-6);
+        let r = |n: u64| n as f64 / secs;
+        DatagramRates {
+            rtp: r(self.rtp),
+            rtp_no_media: r(self.rtp.saturating_sub(rtp_packets_received)),
+            rtp_padded: r(self.rtp_padded),
+            rtcp: r(self.rtcp),
+            stun: r(self.stun),
+            other: r(self.dtls + self.other),
         }
     }
 }
@@ -165,5 +202,23 @@ mod tests {
             DatagramCounts::default().since(&d),
             DatagramCounts::default()
         );
+    }
+
+    #[test]
+    fn rates_split_rtp_without_media() {
+        let c = DatagramCounts {
+            total: 70,
+            stun: 4,
+            dtls: 2,
+            rtp: 60,
+            rtp_padded: 6,
+            rtcp: 4,
+            other: 0,
+        };
+        let r = c.rates(2.0, 50);
+        assert_eq!((r.rtp, r.rtp_no_media, r.rtp_padded), (30.0, 5.0, 3.0));
+        assert_eq!((r.rtcp, r.stun, r.other), (2.0, 2.0, 1.0));
+        // More packets than datagrams (another process's bots): no negative rate.
+        assert_eq!(c.rates(1.0, 100).rtp_no_media, 0.0);
     }
 }

@@ -37,7 +37,7 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-pub use counters::{datagram_counts, datagrams_received, DatagramCounts};
+pub use counters::{datagram_counts, datagrams_received, DatagramCounts, DatagramRates};
 pub use link::PeerTransport;
 pub use peer::{LightPeer, PeerRole, PeerStatus, SIMULCAST_LAYERS};
 
