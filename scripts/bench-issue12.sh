@@ -11,6 +11,16 @@
 #   scripts/bench-issue12.sh                      # all four, 15 s each, release build
 #   scripts/bench-issue12.sh --duration 10s --only meeting-4x4,livestream-1x50
 #   scripts/bench-issue12.sh --smoke              # a few seconds: 1 speaker x 3 listeners, debug
+#   scripts/bench-issue12.sh --only revoke-1x10 --revoke   # the revoke row alone
+#
+# With --revoke, one more row (Greenroom only: Janus has no capabilities to revoke):
+#
+#   revoke-1x10        1 VP8 + Opus publisher, 10 viewers; a moderator revokes its send-video at
+#                      a third of the run and grants it again at two thirds, while the publisher
+#                      ignores stop_publishing and keeps sending (greenroom-loadtest
+#                      --revoke-after/--regrant-after): what the viewers received of that video
+#                      before, in the revoked window and after, next to the server's datagrams
+#                      out in the revoked window (a second table)
 #
 # Every scenario gets a fresh Greenroom (`greenroom serve` on 127.0.0.1) and a fresh Janus
 # (scripts/janus/start.sh: 127.0.0.1 candidates), so each memory figure starts from a new
@@ -18,7 +28,12 @@
 # (--floor-time, default 1s). The script samples both servers' UDP sockets during their runs
 # and fails if one is bound to anything but 127.0.0.1: every datagram stays on loopback.
 #
-# Options: --duration D (default 15s), --only a,b (scenario names), --floor-time D, --smoke,
+# Every row says whether the bots' publishers kept their nominal rate (packets sent vs what the
+# scenario's publishers should send; "LOW" and a warning under 95 %: the load tester, not the
+# server, set the rate), and the script lists that health per run at the end.
+#
+# Options: --duration D (default 15s; whole seconds with --revoke), --only a,b (scenario names),
+# --floor-time D, --smoke, --revoke (add the revoke row, off by default),
 # --no-janus (Greenroom only), --nice N (run both servers and the load tester at this nice
 # level, e.g. -5 on a machine busy with builds: the same for every process measured; recorded in
 # the output). LOADTEST_PROFILE=debug|release (default release; debug with
@@ -35,6 +50,7 @@ FLOOR_TIME=1s
 SMOKE=0
 JANUS=1
 NICE=""
+REVOKE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION="$2"; shift 2 ;;
@@ -42,6 +58,7 @@ while [ $# -gt 0 ]; do
     --floor-time) FLOOR_TIME="$2"; shift 2 ;;
     --smoke) SMOKE=1; shift ;;
     --no-janus) JANUS=0; shift ;;
+    --revoke) REVOKE=1; shift ;;
     --nice) NICE="$2"; shift 2 ;;
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
@@ -59,6 +76,15 @@ if [ "$SMOKE" = 1 ]; then
   SCENARIOS=("smoke-audio-1x3|--audio-publishers 1 --subscribers 3 --no-cross-subscribe --call-type audio_room --join-rate 20")
   DURATION=3s
   FLOOR_TIME=200ms
+fi
+if [ "$REVOKE" = 1 ]; then
+  # Revoke at a third of the run, grant again at two thirds (each window minus a 500 ms grace).
+  if ! [[ "$DURATION" =~ ^([0-9]+)s?$ ]] || [ "${BASH_REMATCH[1]}" -lt 3 ]; then
+    echo "--revoke needs --duration in whole seconds, at least 3s (got $DURATION)" >&2
+    exit 2
+  fi
+  secs="${BASH_REMATCH[1]}"
+  SCENARIOS+=("revoke-1x10|--video-publishers 1 --subscribers 10 --no-cross-subscribe --join-rate 20 --revoke-after $((secs / 3))s --regrant-after $((2 * secs / 3))s")
 fi
 PROFILE="${LOADTEST_PROFILE:-$([ "$SMOKE" = 1 ] && echo debug || echo release)}"
 
@@ -130,7 +156,8 @@ for entry in "${SCENARIOS[@]}"; do
   sockets_check "$OUT/$name-greenroom-udp-sockets.txt" greenroom
   gr_stop
 
-  if [ "$JANUS" = 1 ]; then
+  # Janus has no capabilities to revoke: the revoke row runs on Greenroom only.
+  if [ "$JANUS" = 1 ] && [[ "$name" != revoke-* ]]; then
     janus_start fresh
     echo "== $name on janus (pid $JANUS_PID, $JANUS_URL; load average $(loadavg))" >&2
     LOADS+=("$name janus: $(loadavg)")
@@ -152,11 +179,24 @@ done
   echo "(Linux $(uname -r); $( (janus --version 2>/dev/null || echo 'janus: none') | sed -n 1p)); every server socket on 127.0.0.1."
   echo
   echo '```sh'
-  echo "scripts/bench-issue12.sh --duration $DURATION${ONLY:+ --only $ONLY}${NICE:+ --nice $NICE}$([ "$SMOKE" = 1 ] && echo ' --smoke')"
+  echo "scripts/bench-issue12.sh --duration $DURATION${ONLY:+ --only $ONLY}${NICE:+ --nice $NICE}$([ "$SMOKE" = 1 ] && echo ' --smoke')$([ "$REVOKE" = 1 ] && echo ' --revoke')"
   echo '```'
   echo
   if [ "${#FILES[@]}" -gt 0 ]; then
     "$BIN_DIR/greenroom-loadtest" --compare "${FILES[@]}" --markdown
+    echo
+    echo "Publishers' rate (packets sent / nominal) per run:"
+    python3 - "${FILES[@]}" <<'PY'
+import json, sys
+for path in sys.argv[1:]:
+    for r in json.load(open(path)):
+        s = r["summary"]
+        pct = s.get("publisher_rate_pct")
+        health = "-" if pct is None else ("OK" if pct >= 95 else "LOW: the load tester set the rate")
+        pct = "-" if pct is None else f"{pct:.1f} %"
+        print(f"- {s['scenario']} on {s['target']}: {s.get('sent_pps', 0):.0f} of "
+              f"{s.get('nominal_sent_pps', 0):.0f} pkt/s, {pct}: {health}")
+PY
   fi
   echo
   echo "Load average (1/5/15 min) before each run: $(IFS=';'; echo "${LOADS[*]}" | sed 's/;/; /g')."

@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::error::BotError;
-use crate::light::LightPeer;
+use crate::light::{LightPeer, PeerRole, PeerTransport};
 use crate::media::{
     AudioParams, Publisher, PublisherConfig, Subscriber, SubscriberConfig, VideoParams,
 };
@@ -533,7 +533,16 @@ impl JanusLightPublisher {
             .as_u64()
             .ok_or_else(|| JanusError::Protocol("joined without id".into()))?;
         let (bind_ip, audio, video) = media;
-        let publisher = Arc::new(LightPeer::new(bind_ip, audio, video).await?);
+        let publisher = Arc::new(
+            LightPeer::with_role(
+                bind_ip,
+                PeerTransport::Udp,
+                PeerRole::Publisher,
+                audio,
+                video,
+            )
+            .await?,
+        );
         let (offer, _) = publisher.publish_offer(sources, false).await?;
         let has = |a: bool| sources.iter().any(|s| s.is_audio() == a);
         let reply = handle

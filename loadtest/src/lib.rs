@@ -15,7 +15,8 @@
 //!
 //! The `greenroom-loadtest` binary (see `docs/BENCHMARKS.md`) is built from [`scenario`] (what
 //! to run), [`runner`] (joins bots at a join rate, samples throughput, loss, latency, CPU and
-//! memory every second, [`runner::find_max`] ramps subscribers to a bound), [`janus`] (the same
+//! memory every second, [`runner::find_max`] ramps subscribers to a bound), [`revoke`] (a
+//! moderator revokes a publisher's `send-video` mid-run), [`janus`] (the same
 //! media layer behind Janus videoroom signaling), [`procstat`] (server CPU and RSS from `/proc`
 //! or `/metrics`), [`histogram`] (latency percentiles), [`token`] (HS256 tokens) and [`report`]
 //! (table, JSON, self-contained HTML).
@@ -95,6 +96,7 @@ pub mod media;
 pub mod probe;
 pub mod procstat;
 pub mod report;
+pub mod revoke;
 pub mod runner;
 pub mod scenario;
 pub mod signal;

@@ -3,7 +3,8 @@
 
 use std::fmt::Write as _;
 
-use crate::runner::{RunResult, Sample, Summary};
+use crate::revoke::RevokeSummary;
+use crate::runner::{RunResult, Sample, Summary, PUBLISHER_RATE_WARN_PCT};
 
 fn opt(v: Option<f64>, digits: usize) -> String {
     v.map_or("-".into(), |v| format!("{v:.digits$}"))
@@ -46,6 +47,15 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
         (
             "packets sent / forwarded",
             format!("{} / {}", s.sent_packets, s.forwarded_packets),
+        ),
+        (
+            "publisher pkt/s sent (nominal)",
+            format!(
+                "{:.0} ({:.0}): {}",
+                s.sent_pps,
+                s.nominal_sent_pps,
+                publisher_rate(s)
+            ),
         ),
         (
             "loss (%)",
@@ -91,6 +101,15 @@ pub fn rows(s: &Summary) -> Vec<(&'static str, String)> {
             ),
         ),
         (
+            "server datagrams out/s by kind",
+            s.datagrams_by_kind_per_s.map_or("-".into(), |r| {
+                format!(
+                    "RTP {:.1} (no media {:.1}, padding bit {:.1}) + RTCP {:.1} + STUN {:.1} + other {:.1}",
+                    r.rtp, r.rtp_no_media, r.rtp_padded, r.rtcp, r.stun, r.other
+                )
+            }),
+        ),
+        (
             "server RSS before / after (MiB)",
             slash([
                 opt(s.server_rss_before_mib, 1),
@@ -124,6 +143,12 @@ pub fn table(s: &Summary) -> String {
     let mut out = String::new();
     for (k, v) in rows {
         let _ = writeln!(out, "{k:<w$}  {v}");
+    }
+    if let Some(r) = &s.revoke {
+        out.push_str(&revoke_lines(r));
+    }
+    if let Some(w) = publisher_rate_warning(s) {
+        let _ = writeln!(out, "{w}");
     }
     if s.bots_heavier_than_server == Some(true) {
         let _ = writeln!(
@@ -170,6 +195,120 @@ pub fn side_by_side(summaries: &[&Summary]) -> String {
     out
 }
 
+/// The publishers' rate as a percentage of nominal, with `LOW` below
+/// [`PUBLISHER_RATE_WARN_PCT`]: `99.8 %`, `51.0 % LOW`, or `-` without a nominal rate.
+fn publisher_rate(s: &Summary) -> String {
+    match s.publisher_rate_pct {
+        None => "-".into(),
+        Some(p) if p < PUBLISHER_RATE_WARN_PCT => format!("{p:.1} % LOW"),
+        Some(p) => format!("{p:.1} %"),
+    }
+}
+
+/// A loud warning when the publishers sent less than [`PUBLISHER_RATE_WARN_PCT`] of their
+/// nominal rate: the load tester, not the server, limited the run.
+pub fn publisher_rate_warning(s: &Summary) -> Option<String> {
+    let p = s
+        .publisher_rate_pct
+        .filter(|p| *p < PUBLISHER_RATE_WARN_PCT)?;
+    Some(format!(
+        "WARNING: {} on {}: the publishers sent {p:.1} % of their nominal rate ({:.0} of {:.0} \
+         pkt/s, below {PUBLISHER_RATE_WARN_PCT} %): the load tester, not the server, set the \
+         rate of this run",
+        s.scenario, s.target, s.sent_pps, s.nominal_sent_pps
+    ))
+}
+
+/// The revoke scenario's figures as text lines (part of [`table`]).
+pub fn revoke_lines(r: &RevokeSummary) -> String {
+    let mut out = String::new();
+    let regrant = r
+        .regrant_after_s
+        .map_or(String::new(), |t| format!(", granted again at {t:.1} s"));
+    let _ = writeln!(
+        out,
+        "revoke: send-video of {} ({}) revoked at {:.1} s{regrant}; grace {} ms; \
+         stop_publishing received {} (ignored)",
+        r.user_id, r.track_id, r.revoke_after_s, r.grace_ms, r.stop_publishing_received
+    );
+    let _ = writeln!(
+        out,
+        "  before the revoke: {:.1} media pkt/s of the track, all subscribers together",
+        r.video_pps_before
+    );
+    let _ = writeln!(
+        out,
+        "  revoked window ({:.1} s): {} media pkts of the track received ({} RTP), \
+         publisher sent {} video pkts; all tracks {:.1} media pkt/s",
+        r.revoked_secs,
+        r.revoked_video_media_packets,
+        r.revoked_video_rtp_packets,
+        r.publisher_video_sent,
+        r.media_pps
+    );
+    let _ = writeln!(
+        out,
+        "  server datagrams out/s in it: {} = RTP {} (no media: {}, padding bit: {}) + RTCP {} + STUN {}",
+        opt(r.datagrams_out_per_s, 1),
+        opt(r.rtp_per_s, 1),
+        opt(r.non_media_rtp_per_s, 1),
+        opt(r.padded_rtp_per_s, 1),
+        opt(r.rtcp_per_s, 1),
+        opt(r.stun_per_s, 1),
+    );
+    if let Some(a) = r.video_pps_after_regrant {
+        let _ = writeln!(out, "  after the re-grant: {a:.1} media pkt/s of the track");
+    }
+    if r.revoked_video_media_packets > 0 {
+        let _ = writeln!(
+            out,
+            "WARNING: the server forwarded {} media packets of a revoked track after the grace",
+            r.revoked_video_media_packets
+        );
+    }
+    out
+}
+
+/// The header of [`markdown`]'s revoke table.
+const REVOKE_HEADER: &str = "| scenario | revoked at / re-granted at (s) | video pkt/s before (all receivers) \
+    | revoked window (s) | media pkts of the revoked track in it | publisher's video pkts sent in it \
+    | all media pkt/s in it | server datagrams out/s in it | RTP without media / padded / RTCP / STUN per s \
+    | video pkt/s after re-grant (all receivers) |\n|---|---|---|---|---|---|---|---|---|---|\n";
+
+/// The revoke rows of [`markdown`], if any run had one.
+fn revoke_markdown(summaries: &[&Summary]) -> String {
+    let runs: Vec<(&Summary, &RevokeSummary)> = summaries
+        .iter()
+        .filter_map(|s| s.revoke.as_ref().map(|r| (*s, r)))
+        .collect();
+    if runs.is_empty() {
+        return String::new();
+    }
+    let mut out = String::from("\n");
+    out.push_str(REVOKE_HEADER);
+    for (s, r) in runs {
+        let _ = writeln!(
+            out,
+            "| {} | {:.1} / {} | {:.1} | {:.1} | {} | {} | {:.1} | {} | {} / {} / {} / {} | {} |",
+            s.scenario,
+            r.revoke_after_s,
+            opt(r.regrant_after_s, 1),
+            r.video_pps_before,
+            r.revoked_secs,
+            r.revoked_video_media_packets,
+            r.publisher_video_sent,
+            r.media_pps,
+            opt(r.datagrams_out_per_s, 1),
+            opt(r.non_media_rtp_per_s, 1),
+            opt(r.padded_rtp_per_s, 1),
+            opt(r.rtcp_per_s, 1),
+            opt(r.stun_per_s, 1),
+            opt(r.video_pps_after_regrant, 1),
+        );
+    }
+    out
+}
+
 /// The memory per listener with its basis: `265` (per listener), or `310 / participant` for a
 /// scenario without listeners.
 fn kib_per_listener(s: &Summary) -> String {
@@ -185,7 +324,8 @@ fn kib_per_listener(s: &Summary) -> String {
 const MARKDOWN_HEADER: &str = "| scenario | server | joined / failed | fwd pkt/s (expected) | loss % \
     | latency p50 / p99 (ms) | server CPU (% core) | server µs CPU / fwd pkt | floor ns/pkt \
     | CPU / floor | Janus ÷ Greenroom CPU/pkt | server KiB per listener | datagrams out / media pkt \
-    | tester CPU (% core) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+    | tester CPU (% core) | publishers' rate (% of nominal) |\n\
+    |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
 
 /// Runs as one markdown table, one row per run, in the given order (Greenroom then Janus for
 /// each scenario). The Janus ÷ Greenroom column divides a Janus run's server CPU per forwarded
@@ -206,7 +346,7 @@ pub fn markdown(summaries: &[&Summary]) -> String {
             .flatten();
         let _ = writeln!(
             out,
-            "| {} | {} | {} / {} | {:.0} ({:.0}) | {:.2} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {:.0} |",
+            "| {} | {} | {} / {} | {:.0} ({:.0}) | {:.2} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
             s.scenario,
             s.target,
             s.joined,
@@ -224,7 +364,19 @@ pub fn markdown(summaries: &[&Summary]) -> String {
             kib_per_listener(s),
             opt(s.datagrams_per_media_packet, 3),
             s.bot_cpu_pct,
+            publisher_rate(s),
         );
+    }
+    out.push_str(&revoke_markdown(summaries));
+    let warnings: Vec<String> = summaries
+        .iter()
+        .filter_map(|s| publisher_rate_warning(s))
+        .collect();
+    if !warnings.is_empty() {
+        out.push('\n');
+        for w in warnings {
+            let _ = writeln!(out, "**{w}**");
+        }
     }
     out
 }
@@ -497,5 +649,74 @@ mod tests {
             lines[4].contains("| - |") && lines[4].contains("300 / participant"),
             "{t}"
         );
+    }
+
+    #[test]
+    fn revoke_figures_are_printed_and_a_leak_is_flagged() {
+        let r = RevokeSummary {
+            user_id: "bot-0".into(),
+            track_id: "p1:camera".into(),
+            revoke_after_s: 1.5,
+            regrant_after_s: Some(4.0),
+            video_pps_before: 32.0,
+            revoked_secs: 2.0,
+            publisher_video_sent: 64,
+            datagrams_out_per_s: Some(120.0),
+            video_pps_after_regrant: Some(31.0),
+            ..RevokeSummary::default()
+        };
+        let mut s = Summary {
+            target: "greenroom".into(),
+            scenario: "revoke".into(),
+            revoke: Some(r),
+            ..Summary::default()
+        };
+        let t = table(&s);
+        assert!(
+            t.contains("revoked at 1.5 s, granted again at 4.0 s"),
+            "{t}"
+        );
+        assert!(t.contains("0 media pkts of the track received"), "{t}");
+        assert!(t.contains("after the re-grant: 31.0"), "{t}");
+        assert!(!t.contains("WARNING"), "{t}");
+        let md = markdown(&[&s]);
+        assert!(
+            md.contains("| revoke | 1.5 / 4.0 | 32.0 | 2.0 | 0 | 64 |"),
+            "{md}"
+        );
+        if let Some(r) = s.revoke.as_mut() {
+            r.revoked_video_media_packets = 3;
+        }
+        assert!(table(&s).contains("WARNING: the server forwarded 3 media packets"));
+    }
+
+    #[test]
+    fn a_publisher_below_its_nominal_rate_is_flagged() {
+        let ok = Summary {
+            target: "greenroom".into(),
+            scenario: "a".into(),
+            sent_pps: 499.0,
+            nominal_sent_pps: 500.0,
+            publisher_rate_pct: Some(99.8),
+            ..Summary::default()
+        };
+        let slow = Summary {
+            scenario: "b".into(),
+            sent_pps: 250.0,
+            publisher_rate_pct: Some(50.0),
+            ..ok.clone()
+        };
+        assert!(publisher_rate_warning(&ok).is_none());
+        assert!(!table(&ok).contains("WARNING"));
+        assert!(table(&ok).contains("499 (500): 99.8 %"));
+        let t = table(&slow);
+        assert!(t.contains("WARNING: b on greenroom"), "{t}");
+        assert!(t.contains("50.0 % LOW"), "{t}");
+        let md = markdown(&[&ok, &slow]);
+        assert!(
+            md.contains("| 99.8 % |") && md.contains("| 50.0 % LOW |"),
+            "{md}"
+        );
+        assert_eq!(md.matches("**WARNING").count(), 1, "{md}");
     }
 }

@@ -11,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use parking_lot::Mutex;
 use serde::Serialize;
 
+use crate::bot::StopMode;
 use crate::bot::{Bot, BotConfig};
 use crate::error::BotError;
 use crate::floor::FloorFigures;
@@ -19,9 +20,11 @@ use crate::janus::{
     JanusError, JanusHandle, JanusLightPublisher, JanusLightSubscriber, JanusPublisher,
     JanusSession, JanusSubscriber,
 };
-use crate::light::{LightBot, LightConfig};
+use crate::light::{DatagramCounts, DatagramRates, LightBot, LightConfig};
+use crate::media::SentStats;
 use crate::media::{IceConfig, PublisherConfig, SubscriberConfig};
 use crate::procstat::{read_pid, ProcError, ProcSample, ServerProbe};
+use crate::revoke::{self, RevokePlan, RevokeSummary, REVOKE_GRACE};
 use crate::scenario::{BotKind, Scenario, Target};
 use crate::stats::TrackStats;
 use crate::token;
@@ -51,6 +54,10 @@ pub enum LoadError {
     #[error("no publisher could join: {0}")]
     NoPublisher(String),
 }
+
+/// Below this percentage of their nominal rate the publishers, i.e. the load tester, limited the
+/// run: [`crate::report::table`] and [`crate::report::markdown`] warn.
+pub const PUBLISHER_RATE_WARN_PCT: f64 = 95.0;
 
 /// How to reach the server and what to measure.
 #[derive(Debug, Clone)]
@@ -87,6 +94,9 @@ pub struct RunConfig {
     pub transport: crate::light::PeerTransport,
     /// This machine's forwarding floor, measured before the run (`None`: not reported).
     pub floor: Option<FloorFigures>,
+    /// Revoke the first video publisher's `send-video` mid-run (Greenroom only; publishers
+    /// then ignore `stop_publishing`): see [`crate::revoke`].
+    pub revoke: Option<RevokePlan>,
 }
 
 impl RunConfig {
@@ -125,6 +135,7 @@ impl RunConfig {
             turn: None,
             transport: crate::light::PeerTransport::Udp,
             floor: None,
+            revoke: None,
         }
     }
 }
@@ -217,6 +228,17 @@ pub struct Summary {
     pub window_secs: f64,
     /// Packets sent by publishers in the window.
     pub sent_packets: u64,
+    /// Media packets the publishers sent per second in the window.
+    #[serde(default)]
+    pub sent_pps: f64,
+    /// What the scenario's publishers send per second at their nominal rate
+    /// ([`Scenario::nominal_send_rate`]; publishers that failed to join count as silent).
+    #[serde(default)]
+    pub nominal_sent_pps: f64,
+    /// `sent_pps` as a percentage of `nominal_sent_pps`: below
+    /// [`PUBLISHER_RATE_WARN_PCT`] the bots, not the server, set the rate of the run.
+    #[serde(default)]
+    pub publisher_rate_pct: Option<f64>,
     /// Packets received by all bots in the window (= forwarded by the server).
     pub forwarded_packets: u64,
     /// Forwarded packets per second.
@@ -291,6 +313,14 @@ pub struct Summary {
     /// Those datagrams per forwarded media packet (1.0 plus RTCP, STUN and padding/probing).
     #[serde(default)]
     pub datagrams_per_media_packet: Option<f64>,
+    /// Those datagrams per second by kind (light bots): whether the server sends anything but
+    /// media, e.g. padding or probing, and how much RTCP and STUN per media packet.
+    #[serde(default)]
+    pub datagrams_by_kind_per_s: Option<DatagramRates>,
+    /// The revoke scenario's figures (`--revoke-after`). The run's loss then includes the
+    /// revoked track's packets the server rightly dropped.
+    #[serde(default)]
+    pub revoke: Option<RevokeSummary>,
     /// The first errors seen.
     pub errors: Vec<String>,
 }
@@ -373,15 +403,38 @@ impl Member {
         }
     }
 
-    fn sent_packets(&self) -> u64 {
-        let sent = match self {
+    fn sent(&self) -> HashMap<TrackSource, SentStats> {
+        match self {
             Member::Greenroom(b) => b.sent(),
             Member::Light(b) => b.sent(),
             Member::JanusPublisher(p, _) => p.publisher.sent(),
             Member::JanusLightPublisher(p, _) => p.publisher.sent(),
-            Member::JanusSubscriber(_) | Member::JanusLightSubscriber(_) => return 0,
-        };
-        sent.values().map(|s| s.packets).sum()
+            Member::JanusSubscriber(_) | Member::JanusLightSubscriber(_) => HashMap::new(),
+        }
+    }
+
+    fn sent_packets(&self) -> u64 {
+        self.sent().values().map(|s| s.packets).sum()
+    }
+
+    /// `stop_publishing` messages received (Greenroom bots; 0 otherwise).
+    fn stop_publishing_received(&self) -> u64 {
+        match self {
+            Member::Light(b) => b.stop_publishing_received(),
+            Member::Greenroom(b) => b
+                .events()
+                .iter()
+                .filter(|m| {
+                    matches!(
+                        m,
+                        greenroom_proto::ServerMessage::Signal(
+                            greenroom_proto::SignalMessage::StopPublishing { .. }
+                        )
+                    )
+                })
+                .count() as u64,
+            _ => 0,
+        }
     }
 
     async fn close(&self) {
@@ -424,8 +477,15 @@ struct Totals {
     at: Option<Instant>,
     server: Option<ProcSample>,
     bot: ProcSample,
-    /// Datagrams received by the light bots (see [`crate::light::datagrams_received`]).
-    datagrams_in: u64,
+    /// Datagrams received by the light bots, by kind (see [`crate::light::counters`]).
+    datagrams: DatagramCounts,
+    /// RTP packets received that carried a probe (media).
+    rx_probes: u64,
+    /// Of the revoke scenario's video track: RTP packets and media packets received by all,
+    /// and packets its publisher sent.
+    revoked_rx_packets: u64,
+    revoked_rx_probes: u64,
+    revoked_tx_packets: u64,
 }
 
 impl Totals {
@@ -465,7 +525,17 @@ impl Totals {
             hist,
             server_cpu,
             bot_cpu: (self.bot.cpu_seconds - earlier.bot.cpu_seconds).max(0.0),
-            datagrams_in: self.datagrams_in.saturating_sub(earlier.datagrams_in),
+            datagrams: self.datagrams.since(&earlier.datagrams),
+            rx_probes: self.rx_probes.saturating_sub(earlier.rx_probes),
+            revoked_rx_packets: self
+                .revoked_rx_packets
+                .saturating_sub(earlier.revoked_rx_packets),
+            revoked_rx_probes: self
+                .revoked_rx_probes
+                .saturating_sub(earlier.revoked_rx_probes),
+            revoked_tx_packets: self
+                .revoked_tx_packets
+                .saturating_sub(earlier.revoked_tx_packets),
         }
     }
 }
@@ -491,7 +561,11 @@ struct Delta {
     hist: LatencyHistogram,
     server_cpu: Option<f64>,
     bot_cpu: f64,
-    datagrams_in: u64,
+    datagrams: DatagramCounts,
+    rx_probes: u64,
+    revoked_rx_packets: u64,
+    revoked_rx_probes: u64,
+    revoked_tx_packets: u64,
 }
 
 fn ms(us: Option<u64>) -> Option<f64> {
@@ -515,6 +589,20 @@ struct Run {
     greenroom_cid: String,
     janus: Option<JanusCtx>,
     feeds: Mutex<Vec<u64>>,
+    /// The revoke scenario's video track (`<participant_id>:camera`) once its publisher joined.
+    revoke_track: Mutex<Option<String>>,
+    /// That publisher.
+    revoke_member: Mutex<Option<Arc<Member>>>,
+}
+
+/// The totals the revoke scenario reads: the start of the window, the revoke, the revoked
+/// window (after the grace) and, with a re-grant, the window after it.
+struct RevokeMarks {
+    start: Totals,
+    revoked: Totals,
+    during_from: Totals,
+    during_to: Totals,
+    after: Option<(Totals, Totals)>,
 }
 
 struct JanusCtx {
@@ -526,9 +614,15 @@ struct JanusCtx {
 impl Run {
     async fn totals(&self) -> Totals {
         let members = self.members();
+        let revoke_track = self.revoke_track.lock().clone();
         let mut t = Totals::default();
         for m in &members {
             for s in m.received().values() {
+                if revoke_track.as_deref() == Some(s.track_id.as_str()) {
+                    t.revoked_rx_packets += s.packets;
+                    t.revoked_rx_probes += s.probes;
+                }
+                t.rx_probes += s.probes;
                 t.rx_packets += s.packets;
                 t.rx_bytes += s.bytes;
                 if s.source.is_some_and(|src| !src.is_audio()) {
@@ -543,7 +637,11 @@ impl Run {
             }
             t.tx_packets += m.sent_packets();
         }
-        t.datagrams_in = crate::light::datagrams_received();
+        t.datagrams = crate::light::datagram_counts();
+        let revoke_member = self.revoke_member.lock().clone();
+        if let Some(m) = revoke_member {
+            t.revoked_tx_packets = m.sent().get(&TrackSource::Camera).map_or(0, |s| s.packets);
+        }
         t.at = Some(Instant::now());
         t.server = match self.config.server.read().await {
             Ok(s) => s,
@@ -584,8 +682,12 @@ impl Run {
                 self.join_times
                     .lock()
                     .push(t0.elapsed().as_secs_f64() * 1000.0);
+                let m = Arc::new(m);
+                if self.is_revoke_target(index) {
+                    *self.revoke_member.lock() = Some(m.clone());
+                }
                 let mut members = self.members.lock();
-                members.push(Arc::new(m));
+                members.push(m);
                 self.join_started.lock().push(t0);
             }
             Err(e) => {
@@ -623,8 +725,10 @@ impl Run {
             cfg.publisher.ice = t.ice_for(&user);
         }
         cfg.bind_ip = self.config.bind_ip;
+        cfg.stop_mode = self.stop_mode();
         let bot = Bot::connect(cfg).await?;
-        bot.join(&self.greenroom_cid, publisher).await?;
+        let joined = bot.join(&self.greenroom_cid, publisher).await?;
+        self.note_revoke_target(index, &joined.participant.participant_id);
         if publisher {
             if index == 0 && self.needs_go_live() {
                 self.go_live(&tok).await?;
@@ -653,8 +757,10 @@ impl Run {
         cfg.simulcast = self.scenario.simulcast;
         cfg.quality = self.scenario.quality;
         cfg.transport = self.config.transport;
+        cfg.stop_mode = self.stop_mode();
         let bot = LightBot::connect(cfg).await?;
-        bot.join(&self.greenroom_cid, publisher).await?;
+        let joined = bot.join(&self.greenroom_cid, publisher).await?;
+        self.note_revoke_target(index, &joined.participant_id);
         if publisher {
             if index == 0 && self.needs_go_live() {
                 self.go_live(&tok).await?;
@@ -665,6 +771,118 @@ impl Run {
             let _ = bot.wait_subscriber_connected(self.config.timeout).await;
         }
         Ok(Member::Light(bot))
+    }
+
+    /// Publishers ignore `stop_publishing` in the revoke scenario (a hostile client).
+    fn stop_mode(&self) -> StopMode {
+        match self.config.revoke {
+            Some(_) => StopMode::Adversarial,
+            None => StopMode::Obedient,
+        }
+    }
+
+    /// Whether participant `index` is the revoke scenario's publisher: the first video
+    /// publisher.
+    fn is_revoke_target(&self, index: usize) -> bool {
+        self.config.revoke.is_some() && index == self.scenario.audio_publishers
+    }
+
+    fn note_revoke_target(&self, index: usize, participant_id: &str) {
+        if self.is_revoke_target(index) {
+            *self.revoke_track.lock() = Some(format!("{participant_id}:camera"));
+        }
+    }
+
+    /// Revokes (or grants again) the revoke scenario's publisher's `send-video`, as a
+    /// moderator of the call.
+    async fn set_send_video(&self, grant: bool) -> Result<(), LoadError> {
+        let tok = token::mint(
+            &self.config.api_key,
+            &self.config.secret,
+            "bot-moderator",
+            &self.greenroom_cid,
+            "host",
+            3600,
+        )?;
+        let user = format!("bot-{}", self.scenario.audio_publishers);
+        revoke::set_send_video(
+            &self.config.url,
+            &self.greenroom_cid,
+            &tok,
+            &user,
+            grant,
+            self.config.timeout,
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// The revoke scenario's schedule, from `start` (the window's start, totals `from`):
+    /// revoke, grace, the revoked window, and with a re-grant, grace and the window after it.
+    async fn revoke_schedule(
+        &self,
+        plan: RevokePlan,
+        start: Instant,
+        end: Instant,
+        from: Totals,
+    ) -> Result<RevokeMarks, LoadError> {
+        tokio::time::sleep_until((start + plan.after).into()).await;
+        let revoked = self.totals().await;
+        self.set_send_video(false).await?;
+        tokio::time::sleep(REVOKE_GRACE).await;
+        let during_from = self.totals().await;
+        let until = plan.regrant_after.map_or(end, |r| start + r);
+        tokio::time::sleep_until(until.into()).await;
+        let during_to = self.totals().await;
+        let mut after = None;
+        if plan.regrant_after.is_some() {
+            self.set_send_video(true).await?;
+            tokio::time::sleep(REVOKE_GRACE).await;
+            let a = self.totals().await;
+            tokio::time::sleep_until(end.into()).await;
+            after = Some((a, self.totals().await));
+        }
+        Ok(RevokeMarks {
+            start: from,
+            revoked,
+            during_from,
+            during_to,
+            after,
+        })
+    }
+
+    /// The revoke scenario's figures from its marks.
+    fn summarize_revoke(&self, plan: RevokePlan, m: &RevokeMarks) -> RevokeSummary {
+        let before = m.revoked.since(&m.start);
+        let during = m.during_to.since(&m.during_from);
+        let light = self.config.bots == BotKind::Light;
+        let per_s = |n: u64| light.then(|| n as f64 / during.secs);
+        let g = &during.datagrams;
+        let member = self.revoke_member.lock().clone();
+        RevokeSummary {
+            user_id: format!("bot-{}", self.scenario.audio_publishers),
+            track_id: self.revoke_track.lock().clone().unwrap_or_default(),
+            revoke_after_s: plan.after.as_secs_f64(),
+            regrant_after_s: plan.regrant_after.map(|r| r.as_secs_f64()),
+            grace_ms: REVOKE_GRACE.as_millis() as u64,
+            stop_publishing_received: member.map_or(0, |m| m.stop_publishing_received()),
+            video_pps_before: before.revoked_rx_probes as f64 / before.secs,
+            revoked_secs: during.secs,
+            revoked_video_media_packets: during.revoked_rx_probes,
+            revoked_video_rtp_packets: during.revoked_rx_packets,
+            publisher_video_sent: during.revoked_tx_packets,
+            media_pps: during.rx_probes as f64 / during.secs,
+            datagrams_out_per_s: per_s(g.total),
+            rtp_per_s: per_s(g.rtp),
+            non_media_rtp_per_s: per_s(g.rtp.saturating_sub(during.rx)),
+            padded_rtp_per_s: per_s(g.rtp_padded),
+            rtcp_per_s: per_s(g.rtcp),
+            stun_per_s: per_s(g.stun),
+            video_pps_after_regrant: m.after.as_ref().map(|(a, b)| {
+                let d = b.since(a);
+                d.revoked_rx_probes as f64 / d.secs
+            }),
+        }
     }
 
     fn needs_go_live(&self) -> bool {
@@ -954,6 +1172,17 @@ pub fn check_bots(scenario: &Scenario, config: &RunConfig) -> Result<(), String>
     if scenario.simulcast && config.target == Target::Janus {
         return Err("--simulcast is not supported against Janus".into());
     }
+    if let Some(plan) = &config.revoke {
+        if config.target == Target::Janus {
+            return Err(
+                "--revoke-after needs --target greenroom: Janus's videoroom has no \
+                        capabilities to revoke (a publisher there publishes until it unpublishes \
+                        or is kicked)"
+                    .into(),
+            );
+        }
+        plan.validate(scenario)?;
+    }
     if config.transport == crate::light::PeerTransport::Tcp
         && (config.bots != BotKind::Light || config.target != Target::Greenroom)
     {
@@ -1013,6 +1242,8 @@ impl Run {
             greenroom_cid: format!("{}:lt{room:x}", scenario.call_type),
             janus,
             feeds: Mutex::new(Vec::new()),
+            revoke_track: Mutex::new(None),
+            revoke_member: Mutex::new(None),
         }))
     }
 
@@ -1097,15 +1328,19 @@ impl Run {
             (Some(us), Some(ns)) if ns > 0.0 => Some(us * 1000.0 / ns),
             _ => None,
         };
+        let nominal = self.scenario.nominal_send_rate();
+        let sent_pps = d.tx as f64 / d.secs;
         let light = self.config.bots == BotKind::Light;
-        let datagrams_out = light.then(|| d.datagrams_in as f64 / d.secs);
+        let datagrams_out = light.then(|| d.datagrams.total as f64 / d.secs);
         Summary {
             mean_payload_bytes: mean_payload,
             floor_ns_per_packet: floor_ns,
             server_cpu_x_floor: x_floor,
             server_datagrams_out_per_s: datagrams_out,
             datagrams_per_media_packet: (light && d.rx > 0)
-                .then(|| d.datagrams_in as f64 / d.rx as f64),
+                .then(|| d.datagrams.total as f64 / d.rx as f64),
+            datagrams_by_kind_per_s: light.then(|| d.datagrams.rates(d.secs, d.rx)),
+            revoke: None,
             target: self.config.target.as_str().into(),
             scenario: self.scenario.name.clone(),
             bots: self.config.bots.as_str().into(),
@@ -1119,6 +1354,9 @@ impl Run {
             first_media: self.first_media(),
             window_secs: d.secs,
             sent_packets: d.tx,
+            sent_pps,
+            nominal_sent_pps: nominal,
+            publisher_rate_pct: (nominal > 0.0).then(|| sent_pps * 100.0 / nominal),
             forwarded_packets: d.rx,
             forwarded_pps: d.rx as f64 / d.secs,
             expected_pps: 0.0,
@@ -1145,21 +1383,39 @@ impl Run {
         }
     }
 
-    /// Measures `duration` after `warmup`, moving the bar.
-    async fn measure(&self, duration: Duration) -> (Totals, Totals) {
+    /// Measures `duration` after `warmup`, moving the bar, and runs the revoke scenario's
+    /// schedule in it when `revoke` is set.
+    async fn measure(
+        &self,
+        duration: Duration,
+        revoke: Option<RevokePlan>,
+    ) -> Result<(Totals, Totals, Option<RevokeSummary>), LoadError> {
         tokio::time::sleep(self.config.warmup).await;
         let from = self.totals().await;
         self.bar.set_prefix("running");
         self.bar.set_length(duration.as_secs().max(1));
         self.bar.set_position(0);
-        let end = Instant::now() + duration;
-        while Instant::now() < end {
-            let left = end.saturating_duration_since(Instant::now());
-            tokio::time::sleep(left.min(Duration::from_secs(1))).await;
-            self.bar.inc(1);
-        }
+        let start = Instant::now();
+        let end = start + duration;
+        let bar = async {
+            while Instant::now() < end {
+                let left = end.saturating_duration_since(Instant::now());
+                tokio::time::sleep(left.min(Duration::from_secs(1))).await;
+                self.bar.inc(1);
+            }
+        };
+        let schedule = async {
+            match revoke {
+                Some(plan) => {
+                    let marks = self.revoke_schedule(plan, start, end, from.clone()).await?;
+                    Ok::<_, LoadError>(Some(self.summarize_revoke(plan, &marks)))
+                }
+                None => Ok(None),
+            }
+        };
+        let ((), revoked) = tokio::join!(bar, schedule);
         let to = self.totals().await;
-        (from, to)
+        Ok((from, to, revoked?))
     }
 }
 
@@ -1177,19 +1433,22 @@ pub async fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunResult, L
             .await;
     }
     let result = match joined {
-        Ok(()) => {
-            let (from, to) = run.measure(scenario.duration).await;
-            listeners.joined = run.joined().saturating_sub(publishers);
-            let mut summary = run.summarize(
-                &from,
-                &to,
-                before,
-                run.receivers(scenario.subscribers),
-                listeners,
-            );
-            summary.expected_pps = scenario.expected_forward_rate();
-            Ok(summary)
-        }
+        Ok(()) => match run.measure(scenario.duration, config.revoke).await {
+            Ok((from, to, revoked)) => {
+                listeners.joined = run.joined().saturating_sub(publishers);
+                let mut summary = run.summarize(
+                    &from,
+                    &to,
+                    before,
+                    run.receivers(scenario.subscribers),
+                    listeners,
+                );
+                summary.expected_pps = scenario.expected_forward_rate();
+                summary.revoke = revoked;
+                Ok(summary)
+            }
+            Err(e) => Err(e),
+        },
         Err(e) => Err(e),
     };
     sampler.abort();
@@ -1233,7 +1492,7 @@ pub async fn find_max(
             next_index += add;
             let failed = *run.failed.lock() - failed_before;
             subscribers += add - failed;
-            let (from, to) = run.measure(bounds.step_duration).await;
+            let (from, to, _) = run.measure(bounds.step_duration, None).await?;
             let d = to.since(&from);
             let p99 = ms(d.hist.quantile(0.99));
             let step = Step {

@@ -9,6 +9,7 @@ use greenroom_proto::Quality;
 
 use crate::light::SIMULCAST_LAYERS;
 use crate::media::{AudioParams, VideoParams};
+use crate::vp8::packet_count;
 
 /// Which client implementation the bots use.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -176,6 +177,39 @@ impl Scenario {
         (50.0, per_frame * f64::from(v.fps))
     }
 
+    /// Media packets per second all publishers together send at their nominal rate: 50 Opus
+    /// packets each, and per video layer `fps` frames a second packetized as the bots do, a
+    /// keyframe (three times the bytes) every `keyframe_interval` frames. Forced keyframes
+    /// (answers to PLI/FIR) come on top, so a healthy publisher may send slightly more.
+    pub fn nominal_send_rate(&self) -> f64 {
+        let v = &self.video;
+        let fps = v.fps.max(1);
+        let layer_rates: Vec<u32> = if self.simulcast {
+            SIMULCAST_LAYERS
+                .iter()
+                .map(|(_, num, den)| {
+                    (u64::from(v.bitrate_bps) * u64::from(*num) / u64::from(*den)) as u32
+                })
+                .collect()
+        } else {
+            vec![v.bitrate_bps]
+        };
+        let video: f64 = layer_rates
+            .iter()
+            .map(|rate| {
+                let frame = (rate / 8 / fps) as usize;
+                let delta = packet_count(frame, false, v.max_payload) as f64;
+                let key = packet_count(frame * 3, true, v.max_payload) as f64;
+                let per_frame = match v.keyframe_interval {
+                    0 => delta,
+                    k => (key + delta * f64::from(k - 1)) / f64::from(k),
+                };
+                per_frame * f64::from(fps)
+            })
+            .sum();
+        self.audio_publishers as f64 * 50.0 + self.video_publishers as f64 * (50.0 + video)
+    }
+
     /// Forwarded packets per second the server should send in the steady state.
     pub fn expected_forward_rate(&self) -> f64 {
         let (a, v) = self.packets_per_second();
@@ -268,6 +302,24 @@ mod tests {
         let mut none = Scenario::new("x");
         none.subscribers = 3;
         assert!(none.validate().is_err());
+    }
+
+    #[test]
+    fn nominal_send_rate_counts_keyframes_and_layers() {
+        let mut s = Scenario::new("n");
+        s.audio_publishers = 2;
+        assert_eq!(s.nominal_send_rate(), 100.0);
+        s.audio_publishers = 0;
+        s.video_publishers = 1;
+        // medium: 2083 B frames = 2 packets, keyframes 6249 B = 6 packets, one in 60 frames.
+        let per_frame = (6.0 + 2.0 * 59.0) / 60.0;
+        assert!((s.nominal_send_rate() - (50.0 + 30.0 * per_frame)).abs() < 1e-9);
+        // Simulcast q/h/f at 125/250/500 kbit/s: 520/1041/2083 B frames.
+        s.simulcast = true;
+        let q = (2.0 + 59.0) / 60.0;
+        let h = (3.0 + 59.0) / 60.0;
+        let expected = 50.0 + 30.0 * (q + h + per_frame);
+        assert!((s.nominal_send_rate() - expected).abs() < 1e-9);
     }
 
     #[test]

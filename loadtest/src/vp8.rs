@@ -32,6 +32,19 @@ pub struct Vp8FrameSpec {
     pub height: u16,
 }
 
+/// How many payloads [`packetize_frame`] makes of a frame of `frame_bytes` (a keyframe or
+/// not) with payloads of at most `max_payload` bytes.
+pub fn packet_count(frame_bytes: usize, keyframe: bool, max_payload: usize) -> usize {
+    let header_len = if keyframe {
+        KEYFRAME_HEADER_LEN
+    } else {
+        INTERFRAME_HEADER_LEN
+    };
+    let max_payload = max_payload.max(DESCRIPTOR_LEN + KEYFRAME_HEADER_LEN + PROBE_LEN + 1);
+    let per_packet = max_payload - DESCRIPTOR_LEN - PROBE_LEN;
+    frame_bytes.max(header_len).div_ceil(per_packet)
+}
+
 /// Splits a synthetic frame into RTP payloads of at most `max_payload` bytes.
 ///
 /// Packet `i` carries a [`Probe`] with sequence `first_seq + i` and `send_us`. The caller sets
@@ -175,6 +188,25 @@ mod tests {
             picture_id: 0x1234,
             width: 640,
             height: 360,
+        }
+    }
+
+    #[test]
+    fn packet_count_matches_the_packetizer() {
+        for (bytes, key, max) in [
+            (0, false, 1200),
+            (1, true, 1200),
+            (1250, false, 1200),
+            (2083, false, 1200),
+            (6249, true, 1200),
+            (3540, true, 1200),
+            (500, false, 10),
+        ] {
+            assert_eq!(
+                packet_count(bytes, key, max),
+                packetize_frame(&spec(bytes, key), max, 0, 0).len(),
+                "{bytes} B, keyframe {key}, max {max}"
+            );
         }
     }
 

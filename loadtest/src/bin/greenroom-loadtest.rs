@@ -9,6 +9,7 @@ use clap::{Parser, ValueEnum};
 use greenroom_loadtest::floor;
 use greenroom_loadtest::procstat::ServerProbe;
 use greenroom_loadtest::report;
+use greenroom_loadtest::revoke::RevokePlan;
 use greenroom_loadtest::runner::{self, FindMax, RunConfig, RunResult};
 use greenroom_loadtest::scenario::{suite, BotKind, Scenario, Target, VideoPreset};
 use greenroom_proto::Quality;
@@ -182,6 +183,16 @@ struct Args {
     /// No progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// Revoke the first video publisher's send-video this long into the measurement window
+    /// (Greenroom only), with a moderator's token; every publisher then ignores
+    /// stop_publishing, like a hostile client. Reports what the subscribers received of that
+    /// video before, in the revoked window and after --regrant-after, next to the server's
+    /// datagrams out in the revoked window.
+    #[arg(long, value_parser = parse_duration)]
+    revoke_after: Option<Duration>,
+    /// Grant send-video again this long into the window (needs --revoke-after).
+    #[arg(long, value_parser = parse_duration, requires = "revoke_after")]
+    regrant_after: Option<Duration>,
     /// Exit with an error if no media was forwarded (smoke tests).
     #[arg(long)]
     require_media: bool,
@@ -382,6 +393,15 @@ async fn main() -> anyhow::Result<()> {
     }
     config.timeout = args.timeout;
     config.progress = !args.no_progress;
+    if let Some(after) = args.revoke_after {
+        if args.find_max || args.suite {
+            bail!("--revoke-after runs one scenario: not with --find-max or --suite");
+        }
+        config.revoke = Some(RevokePlan {
+            after,
+            regrant_after: args.regrant_after,
+        });
+    }
     config.bind_ip = match (args.bind_ip, target) {
         (Some(ip), _) => ip,
         (None, Target::Janus) => std::env::var("JANUS_ICE_IP")

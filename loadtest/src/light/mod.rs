@@ -9,14 +9,17 @@
 //! [`LightPeer`] answers the server's `subscriber_offer`s. Each peer is one str0m `Rtc` (full
 //! ICE agent, controlling against the ICE-lite server, one host candidate on the bind IP,
 //! DTLS-SRTP), one tokio UDP socket (or, with [`PeerTransport::Tcp`], one TCP connection to the
-//! server's passive ICE-TCP candidate, see [`link`]) and one tokio task; all peer tasks share one dedicated
-//! current-thread runtime on its own thread. Received packets are not depacketized:
+//! server's passive ICE-TCP candidate, see [`link`]) and one tokio task; all receiving peers' tasks
+//! share one dedicated current-thread runtime on its own thread, and all publishing peers' tasks
+//! another one on another thread ([`PeerRole`]), so that a publisher keeps its nominal rate
+//! however many listeners the process serves. Received packets are not depacketized:
 //! the payload's probe trailer feeds the same [`TrackCounter`](crate::stats::TrackCounter)
 //! (loss by probe sequence gaps, one-way latency, bytes, keyframes) as the webrtc-rs bots.
 //!
 //! Unlike the webrtc-rs publisher, a light publisher answers PLI/FIR with a keyframe (at most
 //! one forced keyframe per 500 ms per layer), which simulcast layer switches need.
 
+pub mod counters;
 pub mod link;
 mod peer;
 
@@ -34,9 +37,11 @@ use parking_lot::Mutex;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+pub use counters::{datagram_counts, datagrams_received, DatagramCounts, DatagramRates};
 pub use link::PeerTransport;
-pub use peer::{datagrams_received, LightPeer, PeerStatus, SIMULCAST_LAYERS};
+pub use peer::{LightPeer, PeerRole, PeerStatus, SIMULCAST_LAYERS};
 
+use crate::bot::StopMode;
 use crate::error::{BotError, Result};
 use crate::media::{AudioParams, SentStats, VideoParams};
 use crate::signal::{SignalClient, SignalReceiver, SignalSender};
@@ -63,6 +68,9 @@ pub struct LightConfig {
     pub timeout: Duration,
     /// UDP, or ICE-TCP to the server's passive TCP candidate (`--transport tcp`).
     pub transport: PeerTransport,
+    /// Obedient: pause the sources named in `stop_publishing`; adversarial: keep sending (a
+    /// hostile client; the server must stop forwarding by itself).
+    pub stop_mode: StopMode,
 }
 
 impl LightConfig {
@@ -78,6 +86,7 @@ impl LightConfig {
             quality: None,
             timeout: Duration::from_secs(5),
             transport: PeerTransport::Udp,
+            stop_mode: StopMode::Obedient,
         }
     }
 }
@@ -88,6 +97,9 @@ struct Shared {
     subscriber: Arc<LightPeer>,
     errors: Mutex<Vec<String>>,
     answers: AtomicU64,
+    stop_mode: StopMode,
+    /// `stop_publishing` messages received (obeyed or not).
+    stop_publishing: AtomicU64,
 }
 
 impl Shared {
@@ -125,6 +137,8 @@ impl LightBot {
             subscriber,
             errors: Mutex::new(Vec::new()),
             answers: AtomicU64::new(0),
+            stop_mode: config.stop_mode,
+            stop_publishing: AtomicU64::new(0),
         });
         let (replies_tx, replies) = mpsc::unbounded_channel();
         let (offers_tx, offers_rx) = mpsc::unbounded_channel();
@@ -173,7 +187,14 @@ impl LightBot {
             None => {
                 let c = &self.config;
                 let p = Arc::new(
-                    LightPeer::with_transport(c.bind_ip, c.transport, c.audio, c.video).await?,
+                    LightPeer::with_role(
+                        c.bind_ip,
+                        c.transport,
+                        PeerRole::Publisher,
+                        c.audio,
+                        c.video,
+                    )
+                    .await?,
                 );
                 *self.shared.publisher.lock() = Some(p.clone());
                 p
@@ -241,6 +262,12 @@ impl LightBot {
         self.shared.answers.load(Ordering::Relaxed)
     }
 
+    /// How many `stop_publishing` messages arrived (obeyed or, in
+    /// [`StopMode::Adversarial`], ignored).
+    pub fn stop_publishing_received(&self) -> u64 {
+        self.shared.stop_publishing.load(Ordering::Relaxed)
+    }
+
     /// Failures handling server messages and offers.
     pub fn errors(&self) -> Vec<String> {
         self.shared.errors.lock().clone()
@@ -305,7 +332,7 @@ async fn wait_reply<T>(
 }
 
 /// Routes server messages: replies to the waiting request, offers to the answerer, and
-/// `stop_publishing` to the publisher (the light bot is always obedient).
+/// `stop_publishing` to the publisher (unless the bot is adversarial).
 async fn read_loop(
     mut receiver: SignalReceiver,
     shared: Arc<Shared>,
@@ -319,8 +346,10 @@ async fn read_loop(
                     let _ = offers.send((sdp, tracks));
                 }
                 SignalMessage::StopPublishing { sources, .. } => {
+                    shared.stop_publishing.fetch_add(1, Ordering::Relaxed);
                     let publisher = shared.publisher.lock().clone();
-                    if let Some(p) = publisher {
+                    let obey = shared.stop_mode == StopMode::Obedient;
+                    if let (true, Some(p)) = (obey, publisher) {
                         for s in sources {
                             let _ = p.set_paused(s, true).await;
                         }

@@ -2,12 +2,12 @@
 //! UDP socket (or one ICE-TCP connection, see [`super::link`]) and one tokio task that drives
 //! both, sends synthetic media and counts what
 //! arrives, without depacketizing anything. Every peer task of the process runs on one
-//! dedicated current-thread runtime ("light-bots" thread), and str0m's own timers are rounded
-//! to a shared 10 ms grid, so many peers are served per wake-up.
+//! dedicated current-thread runtime ("light-bots" thread; publishing peers on their own
+//! "light-publishers" thread, see [`PeerRole`]), and str0m's own timers are rounded to a shared
+//! 10 ms grid, so many peers are served per wake-up.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::counters;
 use super::link::{
     active_candidate, connect_tcp, passive_tcp_candidate, Link, LinkEvent, PeerTransport, TcpLink,
 };
@@ -44,20 +45,39 @@ const MIN_FORCED_KEYFRAME_GAP: Duration = Duration::from_millis(500);
 /// every peer of the process, so that many peers' timers fire in one runtime wake-up.
 const TIMER_GRID: Duration = Duration::from_millis(10);
 
-/// The runtime every light peer task runs on: one current-thread tokio runtime on its own OS
-/// thread, so that a burst of datagrams for many peers (the server's fan-out) is handled in
-/// one reactor wake-up without handing tasks between worker threads. `None` if the thread or
-/// runtime cannot be created (the caller's runtime is used then).
-fn light_runtime() -> Option<tokio::runtime::Handle> {
-    static RT: std::sync::OnceLock<Option<tokio::runtime::Handle>> = std::sync::OnceLock::new();
-    RT.get_or_init(|| {
+/// Which of the two light-bot threads a peer's task runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PeerRole {
+    /// A receiving peer: shares the "light-bots" thread with every other receiving peer.
+    #[default]
+    Subscriber,
+    /// A sending peer: runs on the "light-publishers" thread, shared only with other
+    /// publishers, so that hundreds of listeners' packets never delay the publisher's frames
+    /// (the bots, not the server, would then set the rate).
+    Publisher,
+}
+
+/// The runtime of `role`'s peer tasks: one current-thread tokio runtime on its own OS thread
+/// per role, so that a burst of datagrams for many peers (the server's fan-out) is handled in
+/// one reactor wake-up without handing tasks between worker threads, and publishers keep
+/// their pace whatever the listeners cost. `None` if the thread or runtime cannot be created
+/// (the caller's runtime is used then).
+fn light_runtime(role: PeerRole) -> Option<tokio::runtime::Handle> {
+    type Slot = std::sync::OnceLock<Option<tokio::runtime::Handle>>;
+    static SUBSCRIBERS: Slot = std::sync::OnceLock::new();
+    static PUBLISHERS: Slot = std::sync::OnceLock::new();
+    let (slot, name) = match role {
+        PeerRole::Subscriber => (&SUBSCRIBERS, "light-bots"),
+        PeerRole::Publisher => (&PUBLISHERS, "light-publishers"),
+    };
+    slot.get_or_init(|| {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .ok()?;
         let handle = rt.handle().clone();
         std::thread::Builder::new()
-            .name("light-bots".into())
+            .name(name.into())
             .spawn(move || rt.block_on(std::future::pending::<()>()))
             .ok()?;
         Some(handle)
@@ -400,16 +420,6 @@ fn video_frame(l: &mut Layer, params: VideoParams, now: Instant) -> (Vec<Vec<u8>
     (payloads, keyframe)
 }
 
-/// Datagrams (or ICE-TCP frames) received by every light peer of this process (STUN, DTLS,
-/// RTP, RTCP, padding): only the server under test sends to them, so this counts the server's
-/// datagrams out.
-static DATAGRAMS_IN: AtomicU64 = AtomicU64::new(0);
-
-/// Datagrams received so far by all light peers of this process (see [`DATAGRAMS_IN`]).
-pub fn datagrams_received() -> u64 {
-    DATAGRAMS_IN.load(Ordering::Relaxed)
-}
-
 /// What woke the task.
 enum Wake {
     Job(Option<Job>),
@@ -433,7 +443,7 @@ fn on_tcp(st: &mut State, link: &mut Link, ready: tokio::io::Ready) -> Result<()
         true
     };
     for f in &frames {
-        DATAGRAMS_IN.fetch_add(1, Ordering::Relaxed);
+        counters::count(f);
         st.input(link, remote, f)?;
     }
     if !open {
@@ -496,7 +506,7 @@ async fn run(
                 }
             }
             Wake::Net(Ok(LinkEvent::Datagram(n, src))) => {
-                DATAGRAMS_IN.fetch_add(1, Ordering::Relaxed);
+                counters::count(&buf[..n]);
                 st.input(&mut link, src, &buf[..n])
             }
             Wake::Net(Ok(LinkEvent::Tcp(ready))) => on_tcp(&mut st, &mut link, ready),
@@ -555,6 +565,18 @@ impl LightPeer {
         audio: AudioParams,
         video: VideoParams,
     ) -> Result<LightPeer> {
+        LightPeer::with_role(bind_ip, transport, PeerRole::Subscriber, audio, video).await
+    }
+
+    /// [`LightPeer::with_transport`] on `role`'s thread: a peer that publishes should be a
+    /// [`PeerRole::Publisher`], so that receiving peers never delay its frames.
+    pub async fn with_role(
+        bind_ip: IpAddr,
+        transport: PeerTransport,
+        role: PeerRole,
+        audio: AudioParams,
+        video: VideoParams,
+    ) -> Result<LightPeer> {
         let mut rtc = RtcConfig::new()
             .set_rtp_mode(true)
             .clear_codecs()
@@ -587,7 +609,7 @@ impl LightPeer {
             routes: HashMap::new(),
         };
         let (jobs, jobs_rx) = mpsc::unbounded_channel();
-        let task = match light_runtime() {
+        let task = match light_runtime(role) {
             Some(rt) => rt.spawn(run(state, socket, jobs_rx)),
             None => tokio::spawn(run(state, socket, jobs_rx)),
         };
