@@ -62,6 +62,7 @@ mod routes;
 mod sdp;
 mod socket;
 mod speakers;
+pub mod srtp;
 mod tcp;
 mod transport;
 
