@@ -217,6 +217,10 @@ pub struct RtcConfig {
     /// The share (0..1) of the last 250 ms a shard's thread must have been busy for a large
     /// fan-out to go to every core (`parallel_fanout_min`); 0 = whenever it is large enough.
     pub parallel_busy: f64,
+    /// Forwarded audio to connected subscribers skips str0m's per-packet drive: the engine
+    /// builds, SRTP-protects and sends it itself (docs/ARCHITECTURE.md, "Lean audio path").
+    /// Default true; false: every packet through str0m. Env: `GREENROOM_RTC__LEAN_AUDIO`.
+    pub lean_audio: bool,
     /// Receive and send buffer size requested for the media UDP socket, in bytes (the kernel
     /// caps it at `net.core.rmem_max` / `wmem_max`; the effective size is exported).
     pub socket_buffer_bytes: usize,
@@ -394,6 +398,7 @@ impl Default for RtcConfig {
             shards: 0,
             parallel_fanout_min: 64,
             parallel_busy: 0.5,
+            lean_audio: true,
             socket_buffer_bytes: 4 << 20,
             ice_tcp_port: None,
             send_batch: None,

@@ -76,6 +76,7 @@ pub async fn start_state(
         shards: config.rtc.shards,
         parallel_fanout_min: config.rtc.parallel_fanout_min,
         parallel_busy: config.rtc.parallel_busy,
+        lean_audio: config.rtc.lean_audio,
         socket_buffer_bytes: config.rtc.socket_buffer_bytes,
         ice_tcp_port: Some(
             config

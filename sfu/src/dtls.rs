@@ -19,7 +19,13 @@
 //! flight when our final flight was lost), the wrapper drops the OpenSSL instance and answers
 //! the trait from stored values; later records are ignored and counted ([`stats`]). A session
 //! that carried application data (SCTP, data channels) keeps its instance.
+//!
+//! Keys for the lean audio path: the SRTP keying material str0m derives its contexts from
+//! passes through [`Instance::poll_output`]; a copy goes into the peer's [`KeySlot`], handed to
+//! the instance at creation through [`with_key_slot`] (str0m creates the instance inside
+//! `RtcConfig::build`, synchronously, on the calling thread).
 
+use std::cell::RefCell;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -44,6 +50,45 @@ pub fn provider() -> Arc<CryptoProvider> {
             Arc::new(p)
         })
         .clone()
+}
+
+/// One peer's exported SRTP keys: what str0m got from the DTLS handshake.
+#[derive(Clone)]
+pub(crate) struct SrtpKeys {
+    /// The negotiated SRTP protection profile.
+    pub(crate) profile: SrtpProfile,
+    /// The RFC 5764 keying material (client key, server key, client salt, server salt).
+    pub(crate) material: Vec<u8>,
+    /// This side was the DTLS client (active).
+    pub(crate) active: bool,
+}
+
+impl std::fmt::Debug for SrtpKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the key bytes.
+        f.debug_struct("SrtpKeys")
+            .field("profile", &self.profile)
+            .field("active", &self.active)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where one peer's DTLS instance puts its SRTP keys, once, when the handshake completes.
+pub(crate) type KeySlot = Arc<OnceLock<SrtpKeys>>;
+
+thread_local! {
+    /// The slot the next `new_dtls` on this thread takes (see [`with_key_slot`]).
+    static NEXT_SLOT: RefCell<Option<KeySlot>> = const { RefCell::new(None) };
+}
+
+/// Runs `build` (which creates one `Rtc`, hence one DTLS instance) with `slot` offered to the
+/// DTLS instance it creates; the instance then stores its SRTP keys there. A slot not taken
+/// (another provider) is withdrawn afterwards.
+pub(crate) fn with_key_slot<T>(slot: &KeySlot, build: impl FnOnce() -> T) -> T {
+    NEXT_SLOT.with(|s| *s.borrow_mut() = Some(slot.clone()));
+    let out = build();
+    NEXT_SLOT.with(|s| s.borrow_mut().take());
+    out
 }
 
 /// OpenSSL's DTLS behind str0m 0.25's [`DtlsProvider`].
@@ -86,7 +131,11 @@ impl DtlsProvider for OpensslDtls {
         let inner = inner_provider()
             .new_dtls(&cert, now, version, mtu)
             .map_err(|e| CryptoError::Other(e.to_string()))?;
-        Ok(Box::new(Instance::new(inner, now)))
+        Ok(Box::new(Instance::new(
+            inner,
+            now,
+            NEXT_SLOT.with(|s| s.borrow_mut().take()),
+        )))
     }
 }
 
@@ -155,6 +204,8 @@ struct Instance {
     active: bool,
     /// `close` was called after the release (nothing left to send).
     closed: bool,
+    /// Where the SRTP keys go (the lean audio path), if the engine asked for them.
+    keys: Option<KeySlot>,
 }
 
 impl std::fmt::Debug for Instance {
@@ -167,8 +218,8 @@ impl std::fmt::Debug for Instance {
 }
 
 impl Instance {
-    /// Wraps a fresh OpenSSL session created at `now`.
-    fn new(inner: Box<dyn old::DtlsInstance>, now: Instant) -> Instance {
+    /// Wraps a fresh OpenSSL session created at `now`; `keys` receives its SRTP keys.
+    fn new(inner: Box<dyn old::DtlsInstance>, now: Instant, keys: Option<KeySlot>) -> Instance {
         LIVE.fetch_add(1, Relaxed);
         Instance {
             inner: Some(inner),
@@ -177,6 +228,7 @@ impl Instance {
             release: Release::Handshaking,
             active: false,
             closed: false,
+            keys,
         }
     }
 
@@ -224,6 +276,7 @@ impl DtlsInstance for Instance {
         let Some(inner) = &mut self.inner else {
             return DtlsOutput::Timeout(self.now + NO_TIMER);
         };
+        let active = inner.is_active();
         let out = inner.poll_output(buf);
         match (&out, self.release) {
             (old::DtlsOutput::Connected, Release::Handshaking) => self.release = Release::Arm,
@@ -237,7 +290,17 @@ impl DtlsInstance for Instance {
             }
             _ => {}
         }
-        convert_output(out)
+        let out = convert_output(out);
+        if let (DtlsOutput::KeyingMaterial(km, profile), Some(slot)) = (&out, &self.keys) {
+            // Set once: a second export (none is expected) keeps the first keys, as str0m's
+            // contexts would differ from ours otherwise only if it re-keyed, which it cannot.
+            let _ = slot.set(SrtpKeys {
+                profile: *profile,
+                material: km.as_ref().to_vec(),
+                active,
+            });
+        }
+        out
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
@@ -371,6 +434,7 @@ mod tests {
                 .new_dtls(&old_cert, now, version, None)
                 .unwrap(),
             now,
+            None,
         )
     }
 
@@ -570,6 +634,55 @@ mod tests {
             (c, s),
             (SrtpProfile::AEAD_AES_256_GCM, SrtpProfile::AEAD_AES_256_GCM)
         );
+    }
+
+    #[test]
+    fn the_srtp_keys_land_in_the_slot_given_at_creation() {
+        let p = OpensslDtls;
+        let (cs, ss) = (KeySlot::default(), KeySlot::default());
+        let now = Instant::now();
+        let cert = p.generate_certificate().unwrap();
+        let mut c =
+            with_key_slot(&cs, || p.new_dtls(&cert, now, DtlsVersion::Dtls12, None)).unwrap();
+        let mut s =
+            with_key_slot(&ss, || p.new_dtls(&cert, now, DtlsVersion::Dtls12, None)).unwrap();
+        // A later instance made without a slot takes none.
+        assert!(NEXT_SLOT.with(|s| s.borrow().is_none()));
+        c.set_active(true);
+        s.set_active(false);
+        c.handle_timeout(now).unwrap();
+        let mut buf = vec![0u8; 4096];
+        for _ in 0..50 {
+            if cs.get().is_some() && ss.get().is_some() {
+                break;
+            }
+            for idx in [0usize, 1] {
+                let (from, to) = if idx == 0 {
+                    (&mut c, &mut s)
+                } else {
+                    (&mut s, &mut c)
+                };
+                let mut packets = Vec::new();
+                loop {
+                    match from.poll_output(&mut buf) {
+                        DtlsOutput::Packet(p) => packets.push(p.to_vec()),
+                        DtlsOutput::Timeout(_) => break,
+                        _ => {}
+                    }
+                }
+                for p in packets {
+                    to.handle_packet(&p).unwrap();
+                }
+            }
+        }
+        let (ck, sk) = (cs.get().unwrap(), ss.get().unwrap());
+        assert_eq!(ck.profile, SrtpProfile::AEAD_AES_256_GCM);
+        assert_eq!(
+            ck.material, sk.material,
+            "both ends export the same material"
+        );
+        assert_eq!(ck.material.len(), ck.profile.keying_material_len());
+        assert!(ck.active && !sk.active);
     }
 
     #[test]

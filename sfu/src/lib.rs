@@ -59,9 +59,11 @@ mod metrics;
 mod offer_plan;
 mod relay;
 mod routes;
+mod rtp_out;
 mod sdp;
 mod socket;
 mod speakers;
+pub mod srtp;
 mod tcp;
 mod transport;
 
@@ -135,6 +137,11 @@ pub struct SfuOptions {
     pub send_batch: usize,
     /// Node-to-node media relay (a call spanning nodes); `None` (the default): off, no socket.
     pub relay: Option<RelayOptions>,
+    /// The lean audio path: forwarded audio to a connected subscriber is built, SRTP-protected
+    /// and sent by the engine itself instead of one str0m drive per packet per subscriber
+    /// (docs/ARCHITECTURE.md, "Lean audio path"). Default true. The server sets it from its
+    /// configuration (`rtc.lean_audio`).
+    pub lean_audio: bool,
 }
 
 impl Default for SfuOptions {
@@ -149,6 +156,7 @@ impl Default for SfuOptions {
             ice_tcp_limits: TcpLimits::default(),
             send_batch: io::batch::MAX_BATCH,
             relay: None,
+            lean_audio: true,
         }
     }
 }
@@ -787,6 +795,9 @@ impl Sfu {
     ///   `greenroom_dtls_released_total`: released after their handshake
     ///   ([`DTLS_RELEASE_GRACE`]); `greenroom_dtls_late_records_total`: DTLS records ignored
     ///   after their session's release.
+    /// * `greenroom_lean_packets_total`: audio packets sent on the lean path (built and
+    ///   SRTP-protected by the engine, no drive; also in `greenroom_packets_forwarded_total`),
+    ///   `greenroom_lean_sender_reports_total`: the sender reports sent for those streams.
     /// * `greenroom_udp_unrouted_total`: datagrams dropped before reaching a peer (no shard or
     ///   peer for their ufrag or ICE-validated source address, a dead shard, or a STUN
     ///   integrity failure); `greenroom_udp_queue_dropped_total`: dropped on a full shard queue.

@@ -164,6 +164,10 @@ pub(crate) struct SfuCounters {
     pub(crate) drives: [AtomicU64; 3],
     /// Fan-outs whose subscriber peers were driven on the worker pool.
     pub(crate) parallel_fanouts: AtomicU64,
+    /// Lean audio path: RTP packets the engine sent itself (no str0m drive), and RTCP sender
+    /// reports for those streams.
+    pub(crate) lean_packets: AtomicU64,
+    pub(crate) lean_reports: AtomicU64,
     /// Datagrams the shard dropped before any peer: no peer for their ufrag or validated
     /// address, or refused by that peer (STUN integrity, unknown candidate pair).
     pub(crate) unrouted: AtomicU64,
@@ -196,6 +200,8 @@ impl Default for SfuCounters {
             peers: AtomicU64::new(0),
             drives: zeros(),
             parallel_fanouts: AtomicU64::new(0),
+            lean_packets: AtomicU64::new(0),
+            lean_reports: AtomicU64::new(0),
             unrouted: AtomicU64::new(0),
             rtt: std::array::from_fn(|_| Histogram::new(RTT_BOUNDS)),
             loss: std::array::from_fn(|_| Histogram::new(LOSS_BOUNDS)),
@@ -404,6 +410,8 @@ impl SfuCounters {
         absorb_all(&self.gate_drops, &o.gate_drops);
         absorb_all(&self.drives, &o.drives);
         add(&self.parallel_fanouts, o.parallel_fanouts.load(Relaxed));
+        add(&self.lean_packets, o.lean_packets.load(Relaxed));
+        add(&self.lean_reports, o.lean_reports.load(Relaxed));
         add(&self.unrouted, o.unrouted.load(Relaxed));
         absorb_all(&self.consumer_drops, &o.consumer_drops);
         add(&self.plis, o.plis.load(Relaxed));
@@ -509,6 +517,20 @@ impl SfuCounters {
             "counter",
             "Fan-outs large enough to drive their subscriber peers on the worker pool (all cores)",
             self.parallel_fanouts.load(Relaxed),
+        );
+        single(
+            &mut o,
+            "greenroom_lean_packets_total",
+            "counter",
+            "Audio RTP packets sent on the lean path (built and SRTP-protected by the engine, no str0m drive); also counted in greenroom_packets_forwarded_total",
+            self.lean_packets.load(Relaxed),
+        );
+        single(
+            &mut o,
+            "greenroom_lean_sender_reports_total",
+            "counter",
+            "RTCP sender reports the engine sent for lean audio streams",
+            self.lean_reports.load(Relaxed),
         );
         by_direction(
             &mut o,

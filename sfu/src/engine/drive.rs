@@ -28,6 +28,7 @@ fn drive_peer(
     #[cfg(feature = "fault-injection")]
     let inject = std::mem::take(&mut peer.panic_next);
     let rtc = &mut peer.rtc;
+    let lean = &mut peer.lean;
     let res = catch_unwind(AssertUnwindSafe(|| -> Result<Instant, str0m::RtcError> {
         #[cfg(feature = "fault-injection")]
         if inject {
@@ -38,6 +39,8 @@ fn drive_peer(
             match rtc.poll_output()? {
                 Output::Timeout(t) => return Ok(t),
                 Output::Transmit(t) => {
+                    // The lean audio path follows str0m's nominated pair (see `lean`).
+                    lean.on_transmit(t.proto, t.destination, &t.contents);
                     // UDP transmits are handed over whole: the queue keeps str0m's buffer
                     // instead of copying it.
                     let sent = match t.proto {
@@ -52,6 +55,8 @@ fn drive_peer(
             }
         }
     }));
+    // A nomination counts only when answered within its own drive.
+    peer.lean.nominating = None;
     match res {
         Ok(Ok(t)) => Ok(t),
         Ok(Err(e)) => Err(format!("rtc error: {e}")),
@@ -155,6 +160,12 @@ impl Engine {
         }
         if matches!(route, Route::Stun(_)) {
             self.routes.validated(src, key);
+            // A nomination (USE-CANDIDATE) moves the lean audio path if str0m answers it.
+            if let Some(tid) = lean::nomination(data) {
+                if let Some(p) = self.peers.get_mut(key) {
+                    p.lean.nominating = Some((tid, src));
+                }
+            }
         }
         add(&self.counters.drives[DRIVE_INPUT], 1);
         self.drive(key, Some(input), now);

@@ -1,6 +1,9 @@
 //! The hot path: one incoming RTP packet of a producer to every consumer: gate, layer, pause,
-//! sequence/timestamp rewrite, payload type map, `write_rtp` into the subscriber's send stream.
+//! sequence/timestamp rewrite, payload type map, `write_rtp` into the subscriber's send stream,
+//! or for audio to a connected subscriber the lean path ([`super::lean`]): built, protected
+//! and queued on the socket here, no drive.
 
+use super::lean::{self, LeanPacket, LeanState};
 use super::*;
 use crate::forward::{PtLookup, Step};
 use crate::media::is_keyframe;
@@ -157,11 +160,14 @@ impl Engine {
         let in_ts = pkt.ts;
         let marker = pkt.marker;
         let epoch = prod.epoch;
+        let level = pkt.audio_level.zip(pkt.voice_activity);
         let Engine {
             peers,
             dirty,
             producers,
             counters,
+            socket,
+            lean_bufs,
             ..
         } = self;
         let Some(prod) = producers.get_mut(pk) else {
@@ -169,6 +175,7 @@ impl Engine {
         };
         // Per-packet tallies kept in registers, published once after the fan-out.
         let mut forwarded = 0u64;
+        let mut lean_sent = 0u64;
         let mut drops = [0u64; 3];
         for c in &mut prod.consumers {
             if simulcast && layer != c.cur {
@@ -220,6 +227,38 @@ impl Engine {
                     }
                 }
             };
+            if let Some(tx) = c.lean.as_mut() {
+                match sub.lean.state(sub.connected) {
+                    LeanState::Ready(srtp, path) => {
+                        let p = LeanPacket {
+                            pt: out_pt,
+                            marker,
+                            seq,
+                            ts,
+                            level,
+                            payload: &pkt.payload,
+                            at: pkt.at,
+                            clock_rate,
+                        };
+                        match lean::send(tx, c.ssrc, srtp, path, &p, lean_bufs, &mut **socket) {
+                            Ok(()) => {
+                                forwarded += 1;
+                                lean_sent += 1;
+                            }
+                            Err(_) => drops[ConsumerDrop::Other as usize] += 1,
+                        }
+                        continue;
+                    }
+                    // Not connected yet: str0m could not send it either.
+                    LeanState::Waiting => {
+                        drops[ConsumerDrop::Other as usize] += 1;
+                        continue;
+                    }
+                    // No keys our SRTP takes: this stream goes through str0m after all (its
+                    // send stream is declared again just below).
+                    LeanState::Unavailable => c.lean = None,
+                }
+            }
             // A silent video stream was parked (no padding): declare it again first.
             super::quiet::unpark(&mut sub.rtc, c);
             let mut api = sub.rtc.direct_api();
@@ -249,6 +288,9 @@ impl Engine {
         if forwarded > 0 {
             add(&counters.fwd_packets[kind], forwarded);
             add(&counters.fwd_bytes[kind], forwarded * len);
+        }
+        if lean_sent > 0 {
+            add(&counters.lean_packets, lean_sent);
         }
         if drops != [0; 3] {
             for (cell, n) in counters.consumer_drops.iter().zip(drops) {

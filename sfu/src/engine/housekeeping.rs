@@ -1,4 +1,5 @@
-//! The periodic tick: connect deadlines, simulcast layer rates and choice, active speakers.
+//! The periodic tick: connect deadlines, simulcast layer rates and choice, active speakers,
+//! sender reports of lean audio streams.
 
 use super::*;
 
@@ -41,6 +42,7 @@ impl Engine {
         }
         self.relay_tick(now);
         self.park_silent_streams();
+        self.lean_reports();
         let peers = &self.peers;
         self.routes.retain(|k| peers.get(k).is_some());
         self.publish_gauges();

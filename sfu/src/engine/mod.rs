@@ -17,6 +17,7 @@
 //! * [`housekeeping`]: the periodic tick (deadlines, layer rates, active speakers).
 //! * [`relay`]: the node-to-node relay's shard side (remote tracks, relaying local ones).
 //! * [`quiet`]: silent video send streams parked (no padding on a silent track).
+//! * [`lean`]: the lean audio path (forwarded audio sent without a str0m drive).
 
 mod commands;
 mod drive;
@@ -24,6 +25,7 @@ mod events;
 mod fanout;
 mod housekeeping;
 mod keyframes;
+mod lean;
 mod negotiation;
 mod peers;
 mod quiet;
@@ -223,6 +225,8 @@ struct Peer {
     ufrag: String,
     /// Local ufrag registered in the untagged map (after a client's ICE restart).
     untagged_ufrag: Option<String>,
+    /// Subscriber: SRTP keys and path of the lean audio path.
+    lean: lean::LeanPeer,
     /// Test hook: panic inside the next drive of this peer.
     #[cfg(feature = "fault-injection")]
     panic_next: bool,
@@ -269,6 +273,8 @@ struct Consumer {
     /// Simulcast: the layer being forwarded and the one wanted.
     cur: u8,
     target: u8,
+    /// Audio on the lean path (its str0m send stream parked).
+    lean: Option<lean::LeanTx>,
 }
 
 struct Producer {
@@ -333,6 +339,8 @@ pub(crate) struct Engine {
     counters: Arc<SfuCounters>,
     /// The node-to-node relay's state (idle when the relay is off).
     relay: relay::RelayShard,
+    /// Scratch buffers of the lean audio path.
+    lean_bufs: lean::LeanBufs,
 }
 
 impl Engine {
@@ -372,6 +380,7 @@ impl Engine {
             busy: run::Busy::new(Instant::now(), opts_busy),
             counters,
             relay: relay::RelayShard::default(),
+            lean_bufs: lean::LeanBufs::default(),
         }
     }
 

@@ -86,7 +86,15 @@ impl Engine {
         };
         let creds = shard_ufrag(self.shard);
         let ufrag = creds.ufrag.clone();
-        let mut rtc = cfg.set_local_ice_credentials(creds).build(now);
+        // The DTLS instance `build` creates (synchronously, on this thread) stores its SRTP keys
+        // in the peer's slot, for the lean audio path (subscribers only).
+        let lean = lean::LeanPeer::default();
+        let cfg = cfg.set_local_ice_credentials(creds);
+        let mut rtc = if role == Role::Subscriber && self.opts.lean_audio {
+            crate::dtls::with_key_slot(&lean.keys, || cfg.build(now))
+        } else {
+            cfg.build(now)
+        };
         match Candidate::host(self.local, "udp") {
             Ok(c) => {
                 rtc.add_local_candidate(c);
@@ -116,6 +124,7 @@ impl Engine {
             bwe: None,
             nacks_seen: Vec::new(),
             untagged_ufrag: None,
+            lean,
             #[cfg(feature = "fault-injection")]
             panic_next: false,
         });

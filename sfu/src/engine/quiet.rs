@@ -18,6 +18,9 @@
 //!
 //! Parking also frees the stream's RTX cache; NACKs for packets sent before the silence get
 //! no resend (the subscriber has moved on by then).
+//!
+//! Audio consumers on the lean path ([`super::lean`]) are parked the same way, for good: their
+//! packets do not go through str0m at all.
 
 use super::*;
 use crate::engine::peers::configure_send_stream;
@@ -61,6 +64,11 @@ impl ParkState {
             return true;
         }
         false
+    }
+
+    /// The stream was removed from the `Rtc` (a lean audio stream, see [`super::lean`]).
+    pub(super) fn set_parked(&mut self) {
+        self.parked = true;
     }
 
     /// The stream was declared again.
@@ -112,12 +120,15 @@ impl Engine {
 /// Declares a parked consumer's send stream again, with its SSRC and RTX SSRC; no-op if it is
 /// not parked or its m-line is gone (the stream is then never written again).
 pub(super) fn unpark(rtc: &mut Rtc, c: &mut Consumer) {
-    if !c.park.parked() || rtc.media(c.mid).is_none() {
+    if !c.park.parked() {
         return;
     }
+    let Some(kind) = rtc.media(c.mid).map(|m| m.kind()) else {
+        return;
+    };
     let mut api = rtc.direct_api();
     let tx = api.declare_stream_tx(c.ssrc, c.rtx, c.mid, None);
-    configure_send_stream(tx, MediaKind::Video);
+    configure_send_stream(tx, kind);
     c.park.unparked();
 }
 

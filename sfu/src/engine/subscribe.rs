@@ -4,7 +4,7 @@
 use super::*;
 use greenroom_proto::{SubscribedTrack, TrackInfo};
 use str0m::change::SdpAnswer;
-use str0m::media::{Direction, KeyframeRequestKind};
+use str0m::media::{Direction, KeyframeRequestKind, MediaKind};
 use tracing::warn;
 
 use super::peers::configure_send_stream;
@@ -28,7 +28,18 @@ impl Engine {
 
     /// Brings `pid`'s subscriber peer in line with the producers it may receive: adds media
     /// for new producers, stops media of gone ones, offers (or queues if an offer is pending).
+    /// Lean audio streams, declared again for the offer's `a=ssrc` lines, are removed again
+    /// before anything drives the peer (see `lean`).
     pub(super) fn renegotiate(&mut self, pid: &str, now: Instant) {
+        let Some(sub_key) = self.parts.get(pid).map(|p| p.subscriber) else {
+            return;
+        };
+        self.offer(pid, now);
+        self.repark_lean(sub_key);
+    }
+
+    /// [`Engine::renegotiate`] up to the offer.
+    fn offer(&mut self, pid: &str, now: Instant) {
         let Some(part) = self.parts.get(pid) else {
             return;
         };
@@ -178,6 +189,8 @@ impl Engine {
         let quality = part.quality.clone();
         // An answer to an ICE-restart offer switched the peer to new local credentials.
         self.route_new_local_ufrag(sub_key);
+        // The answer made str0m declare send streams for the lean streams' m-lines.
+        self.repark_lean(sub_key);
         for (mid, pk) in opened {
             let Some(peer) = self.peers.get_mut(sub_key) else {
                 break;
@@ -194,6 +207,14 @@ impl Engine {
                 continue;
             };
             peer.sub_mids.insert(mid, pk);
+            // Audio goes lean from the start: str0m's stream is removed before anything drives
+            // the peer, so str0m never sends on its SSRC, not even a first sender report.
+            let mut park = super::quiet::ParkState::default();
+            let lean = (self.opts.lean_audio && kind == MediaKind::Audio).then(|| {
+                peer.rtc.direct_api().remove_stream_tx(ssrc);
+                park.set_parked();
+                super::lean::LeanTx::new(super::lean::audio_exts(&peer.rtc, mid))
+            });
             let Some(prod) = self.producers.get_mut(pk) else {
                 continue;
             };
@@ -203,12 +224,13 @@ impl Engine {
                 ssrc,
                 rtx,
                 mid,
-                park: Default::default(),
+                park,
                 gate: gate.clone(),
                 st: ConsumerState::new(unsubscribed.contains(&track_id)),
                 quality: quality.get(&track_id).copied().unwrap_or(Quality::High),
                 cur: NO_LAYER,
                 target: NO_LAYER,
+                lean,
             });
             self.choose_layers(pk, now);
             // A new subscriber needs a keyframe at once.

@@ -32,6 +32,11 @@ pub struct Rx {
     pub pts: Vec<u8>,
     /// VP8 keyframe packets (as [`send_media`] frames them) seen.
     pub keyframes: u64,
+    /// Packets whose payload differs from what [`send_media`] sends on audio (80 x 0xfc),
+    /// counted on every mid (video mids count all their packets here).
+    pub not_audio_payload: u64,
+    /// Sender reports received: (SSRC, packet count).
+    pub srs: Vec<(u32, u32)>,
 }
 
 pub type Job = Box<dyn FnOnce(&mut ClientState) + Send>;
@@ -308,6 +313,15 @@ pub fn pump(
                     if !e.pts.contains(&*p.header.payload_type) {
                         e.pts.push(*p.header.payload_type);
                     }
+                    if *p.payload != [0xfc; 80] {
+                        e.not_audio_payload += 1;
+                    }
+                }
+                Output::Event(Event::SenderFeedback(f)) => {
+                    let si = f.sender_info;
+                    let mut m = rx.lock().unwrap();
+                    let e = m.entry(f.mid.to_string()).or_default();
+                    e.srs.push((*si.ssrc, si.sender_packet_count));
                 }
                 Output::Event(Event::RawPacket(raw)) => {
                     if let RawPacket::RtpRx(header, payload) = *raw {

@@ -1,0 +1,494 @@
+//! The lean audio path: forwarded audio to a connected subscriber is built, SRTP-protected and
+//! queued on the shard's socket by the engine itself, in the fan-out loop, instead of a str0m
+//! `write_rtp` and one full drive cycle per packet per subscriber.
+//!
+//! str0m keeps everything else of the peer (ICE, DTLS, SDP, incoming RTCP, video). What the
+//! engine needs, and where it comes from:
+//!
+//! * **Keys**: the SRTP keying material passes through our DTLS adapter
+//!   ([`crate::dtls`]), which copies it into the peer's [`KeySlot`] (handed over at
+//!   [`Engine::new_peer`]). Our [`SrtpSession`] derives the same contexts str0m does.
+//! * **Path**: str0m sends every DTLS datagram to the nominated candidate pair, so each
+//!   non-STUN transmit of a drive records (protocol, destination). A later nomination (ICE
+//!   restart, a new pair) moves the path only when an authenticated one happened: a binding
+//!   request with USE-CANDIDATE from X reached the peer and str0m answered it with a success
+//!   response to X (str0m checked its MESSAGE-INTEGRITY). No unauthenticated datagram moves it.
+//! * **No shared nonce**: an audio consumer is lean from its creation (the answer that opens
+//!   its m-line): its str0m send stream is removed from the `Rtc` right there, so str0m never
+//!   sends RTP or SRTCP on its SSRC with the same keys; it is declared again only while an
+//!   offer is created (its `a=ssrc` lines) and removed again at once, before any str0m timer
+//!   could write a sender report for it ([`Engine::repark_lean`]). Each lean stream
+//!   never protects the same extended sequence number twice ([`SeqWindow`]), and our SRTCP
+//!   index starts far above str0m's own counter ([`RTCP_INDEX_BASE`]).
+//! * **Sender reports**: the engine sends one per lean stream every [`SR_TICKS`] housekeeping
+//!   ticks (packets, octets, RTP time extrapolated from the last packet).
+
+use super::*;
+use crate::dtls::KeySlot;
+use crate::metrics::add;
+use crate::rtp_out::{self, AudioExts, RtpFields};
+use crate::srtp::{DtlsRole, SrtpSession};
+use str0m::net::Protocol;
+use str0m::rtp::Extension;
+use str0m_proto::crypto::dtls::SrtpProfile;
+use tracing::debug;
+
+/// Our SRTCP index starts here: str0m's own counter for the same session starts at 0 and
+/// sends a few RTCP packets per second, so the two never meet (a peer lives far less than the
+/// 2^30 / 10 s ≈ 3 years it would take).
+pub(super) const RTCP_INDEX_BASE: u32 = 1 << 30;
+
+/// Housekeeping ticks ([`TICK`]) between two sender reports of a lean stream (1 s).
+pub(super) const SR_TICKS: u64 = 4;
+
+/// Where a subscriber's media goes: its nominated candidate pair, seen from our side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Path {
+    /// UDP, or an ICE-TCP connection.
+    pub(super) proto: Protocol,
+    /// The client's address.
+    pub(super) dest: SocketAddr,
+}
+
+/// A subscriber peer's lean state: its keys, SRTP session and path.
+#[derive(Default)]
+pub(super) struct LeanPeer {
+    /// Filled by the DTLS instance when the handshake exports its keys.
+    pub(super) keys: KeySlot,
+    /// Made from `keys` on first use (`None` while there are none, or for a profile our SRTP
+    /// does not do: the peer then stays on str0m).
+    srtp: Option<SrtpSession>,
+    /// The keys were tried (successfully or not).
+    tried: bool,
+    /// The nominated pair, from str0m's DTLS transmits and authenticated nominations.
+    pub(super) path: Option<Path>,
+    /// A binding request with USE-CANDIDATE being handled in this drive: its transaction id
+    /// and source.
+    pub(super) nominating: Option<([u8; 12], SocketAddr)>,
+}
+
+impl LeanPeer {
+    /// One datagram str0m sends (a drive's transmit): DTLS records the path; a success
+    /// response to the nomination being handled moves it.
+    pub(super) fn on_transmit(&mut self, proto: Protocol, dest: SocketAddr, data: &[u8]) {
+        match data.first() {
+            // RFC 7983: 20..=63 is DTLS.
+            Some(20..=63) => self.path = Some(Path { proto, dest }),
+            Some(0..=3) => {
+                if let Some((tid, from)) = self.nominating {
+                    if from == dest && stun_success_for(data, &tid) {
+                        self.path = Some(Path { proto, dest });
+                        self.nominating = None;
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Whether the peer can take lean packets now: connected, with keys of a profile our SRTP
+    /// does, and a path.
+    pub(super) fn state(&mut self, connected: bool) -> LeanState<'_> {
+        if !connected {
+            return LeanState::Waiting;
+        }
+        if !self.tried {
+            // str0m reports the peer connected after the DTLS handshake exported the keys.
+            let Some(keys) = self.keys.get() else {
+                return LeanState::Unavailable;
+            };
+            self.tried = true;
+            if lean_profile(keys.profile) {
+                let role = if keys.active {
+                    DtlsRole::Client
+                } else {
+                    DtlsRole::Server
+                };
+                let made =
+                    SrtpSession::new(keys.profile, &keys.material, role).and_then(|mut s| {
+                        s.set_rtcp_index_base(RTCP_INDEX_BASE)?;
+                        Ok(s)
+                    });
+                self.srtp = made.map_err(|e| debug!("no lean SRTP session: {e}")).ok();
+            }
+        }
+        match (self.srtp.as_mut(), self.path) {
+            (Some(srtp), Some(path)) => LeanState::Ready(srtp, path),
+            // str0m sends DTLS (hence a path) before it connects: never without one.
+            _ => LeanState::Unavailable,
+        }
+    }
+}
+
+/// What a subscriber peer can do with lean packets.
+pub(super) enum LeanState<'a> {
+    /// Send them: the peer's SRTP session and path.
+    Ready(&'a mut SrtpSession, Path),
+    /// Not yet: DTLS is not connected (str0m could not send either).
+    Waiting,
+    /// Never: no keys, a profile our SRTP does not do, or no path. Its streams go through
+    /// str0m.
+    Unavailable,
+}
+
+/// The SRTP profiles the lean path sends with (others stay on str0m).
+fn lean_profile(p: SrtpProfile) -> bool {
+    matches!(
+        p,
+        SrtpProfile::AEAD_AES_128_GCM
+            | SrtpProfile::AEAD_AES_256_GCM
+            | SrtpProfile::AES128_CM_SHA1_80
+    )
+}
+
+/// Whether `data` is a STUN binding request with USE-CANDIDATE (RFC 8445 §7.1.2): its
+/// transaction id. Only the framing is read; str0m checks the rest.
+pub(super) fn nomination(data: &[u8]) -> Option<[u8; 12]> {
+    const USE_CANDIDATE: u16 = 0x0025;
+    if data.len() < 20 || data[0..2] != [0x00, 0x01] || data[4..8] != MAGIC {
+        return None;
+    }
+    let len = usize::from(u16::from_be_bytes([data[2], data[3]]));
+    let body = data.get(20..20 + len)?;
+    let mut at = 0;
+    while at + 4 <= body.len() {
+        let kind = u16::from_be_bytes([body[at], body[at + 1]]);
+        let alen = usize::from(u16::from_be_bytes([body[at + 2], body[at + 3]]));
+        if kind == USE_CANDIDATE {
+            return data[8..20].try_into().ok();
+        }
+        at += 4 + alen.div_ceil(4) * 4;
+    }
+    None
+}
+
+/// STUN magic cookie.
+const MAGIC: [u8; 4] = [0x21, 0x12, 0xa4, 0x42];
+
+/// Whether `data` is a STUN binding success response to transaction `tid`.
+fn stun_success_for(data: &[u8], tid: &[u8; 12]) -> bool {
+    data.len() >= 20 && data[0..2] == [0x01, 0x01] && data[4..8] == MAGIC && &data[8..20] == tid
+}
+
+/// The extended sequence numbers a lean stream has protected: the highest, and which of the
+/// 64 below it. A packet whose number was protected (a duplicate from the publisher) or is
+/// older than the window is not sent: one (SSRC, index) never gets two different plaintexts
+/// under one key (AES-GCM's nonce).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) struct SeqWindow {
+    max: Option<u64>,
+    /// Bit i: `max - i` was sent.
+    sent: u64,
+}
+
+impl SeqWindow {
+    /// Whether `seq` may be sent now (and records it); true only once per number.
+    pub(super) fn admit(&mut self, seq: u64) -> bool {
+        let Some(max) = self.max else {
+            self.max = Some(seq);
+            self.sent = 1;
+            return true;
+        };
+        if seq > max {
+            let shift = seq - max;
+            self.sent = if shift >= 64 { 0 } else { self.sent << shift } | 1;
+            self.max = Some(seq);
+            return true;
+        }
+        let back = max - seq;
+        if back >= 64 || self.sent & (1 << back) != 0 {
+            return false;
+        }
+        self.sent |= 1 << back;
+        true
+    }
+
+    /// The highest number sent.
+    pub(super) fn max(&self) -> Option<u64> {
+        self.max
+    }
+}
+
+/// One lean audio stream (a consumer on the lean path).
+#[derive(Debug, Clone)]
+pub(super) struct LeanTx {
+    exts: AudioExts,
+    window: SeqWindow,
+    /// Packets and payload octets sent (for sender reports).
+    packets: u32,
+    octets: u32,
+    /// The RTP timestamp of the highest packet, when it arrived, and the clock rate.
+    last: Option<(u32, Instant, u32)>,
+}
+
+impl LeanTx {
+    /// A lean stream writing the header extensions `exts`.
+    pub(super) fn new(exts: AudioExts) -> LeanTx {
+        LeanTx {
+            exts,
+            window: SeqWindow::default(),
+            packets: 0,
+            octets: 0,
+            last: None,
+        }
+    }
+}
+
+/// The header extensions str0m would write on `mid` of `rtc` for forwarded audio: the mid
+/// (str0m writes it until the receiver's first report on the SSRC; here always, a few bytes)
+/// and the audio level. Not written: abs-send-time (a receive-side video estimate input) and
+/// transport-wide-cc (bandwidth estimation, off for audio-only listeners; with it on, audio
+/// still goes lean and simply carries no TWCC sequence).
+pub(super) fn audio_exts(rtc: &Rtc, mid: Mid) -> AudioExts {
+    let Some(media) = rtc.media(mid) else {
+        return AudioExts::default();
+    };
+    let map = media.remote_extmap();
+    AudioExts::new(
+        map.id_of(Extension::RtpMid).map(|id| (id, &*mid)),
+        map.id_of(Extension::AudioLevel),
+    )
+}
+
+/// One forwarded packet as the lean path sends it.
+pub(super) struct LeanPacket<'a> {
+    pub(super) pt: u8,
+    pub(super) marker: bool,
+    pub(super) seq: u64,
+    pub(super) ts: u32,
+    pub(super) level: Option<(i8, bool)>,
+    pub(super) payload: &'a [u8],
+    pub(super) at: Instant,
+    pub(super) clock_rate: u32,
+}
+
+/// The engine's scratch buffers for lean packets (reused: no allocation per packet).
+#[derive(Default)]
+pub(super) struct LeanBufs {
+    header: Vec<u8>,
+    out: Vec<u8>,
+}
+
+/// Why a lean packet was not sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum LeanDrop {
+    /// Its sequence number was sent already (a duplicate) or is too old.
+    Replay,
+    /// SRTP refused it, or the socket did.
+    Failed,
+}
+
+/// Builds, protects and queues one packet of lean stream `tx` with SSRC `ssrc` on `socket`.
+pub(super) fn send(
+    tx: &mut LeanTx,
+    ssrc: Ssrc,
+    srtp: &mut SrtpSession,
+    path: Path,
+    p: &LeanPacket<'_>,
+    bufs: &mut LeanBufs,
+    socket: &mut dyn Transport,
+) -> Result<(), LeanDrop> {
+    if !tx.window.admit(p.seq) {
+        return Err(LeanDrop::Replay);
+    }
+    rtp_out::write_rtp_header(
+        &mut bufs.header,
+        &RtpFields {
+            pt: p.pt,
+            marker: p.marker,
+            seq: p.seq as u16,
+            ts: p.ts,
+            ssrc: *ssrc,
+            level: p.level,
+        },
+        &tx.exts,
+    );
+    srtp.protect_rtp(&bufs.header, p.payload, p.seq, &mut bufs.out)
+        .map_err(|_| LeanDrop::Failed)?;
+    transmit(socket, path, &bufs.out).map_err(|_| LeanDrop::Failed)?;
+    tx.packets = tx.packets.wrapping_add(1);
+    tx.octets = tx.octets.wrapping_add(p.payload.len() as u32);
+    if tx.window.max() == Some(p.seq) {
+        tx.last = Some((p.ts, p.at, p.clock_rate));
+    }
+    Ok(())
+}
+
+/// Queues one protected datagram on `path`.
+fn transmit(socket: &mut dyn Transport, path: Path, data: &[u8]) -> io::Result<()> {
+    match path.proto {
+        Protocol::Tcp => socket.send_tcp(data, path.dest),
+        _ => socket.send_to(data, path.dest),
+    }
+}
+
+/// Sends one sender report for lean stream `tx` (nothing before its first packet).
+fn report(
+    tx: &LeanTx,
+    ssrc: Ssrc,
+    srtp: &mut SrtpSession,
+    path: Path,
+    bufs: &mut LeanBufs,
+    socket: &mut dyn Transport,
+) -> bool {
+    let Some((ts, at, clock_rate)) = tx.last else {
+        return false;
+    };
+    // One reading of both clocks: the RTP time is extrapolated to the report's wall time.
+    let (now, wall) = (Instant::now(), std::time::SystemTime::now());
+    let sr = rtp_out::SenderInfo {
+        ssrc: *ssrc,
+        wall,
+        rtp_ts: rtp_out::extrapolate_ts(ts, now.saturating_duration_since(at), clock_rate),
+        packets: tx.packets,
+        octets: tx.octets,
+    };
+    rtp_out::write_sender_report(&mut bufs.header, &sr);
+    if srtp.protect_rtcp(&bufs.header, &mut bufs.out).is_err() {
+        return false;
+    }
+    transmit(socket, path, &bufs.out).is_ok()
+}
+
+impl Engine {
+    /// Sender reports of every lean stream (every [`SR_TICKS`] housekeeping ticks).
+    pub(super) fn lean_reports(&mut self) {
+        if !self.ticks.is_multiple_of(SR_TICKS) {
+            return;
+        }
+        let Engine {
+            peers,
+            producers,
+            socket,
+            lean_bufs,
+            counters,
+            ..
+        } = self;
+        let mut sent = 0;
+        for (_, prod) in producers.iter() {
+            for c in &prod.consumers {
+                let Some(tx) = &c.lean else {
+                    continue;
+                };
+                let Some(peer) = peers.get_mut(c.peer) else {
+                    continue;
+                };
+                let LeanState::Ready(srtp, path) = peer.lean.state(peer.connected) else {
+                    continue;
+                };
+                if report(tx, c.ssrc, srtp, path, lean_bufs, &mut **socket) {
+                    sent += 1;
+                }
+            }
+        }
+        add(&counters.lean_reports, sent);
+    }
+
+    /// Removes again the str0m send streams of subscriber `sub`'s lean consumers: after an
+    /// offer was created from them (`unpark_all`), or after an answer made str0m declare new
+    /// ones for their m-lines (it declares a stream for every sending m-line without one).
+    /// Called before any drive of the peer, so str0m never writes a sender report for them.
+    pub(super) fn repark_lean(&mut self, sub: Key) {
+        let Engine {
+            peers, producers, ..
+        } = self;
+        let Some(peer) = peers.get_mut(sub) else {
+            return;
+        };
+        for (_, prod) in producers.iter_mut() {
+            for c in prod.consumers.iter_mut() {
+                if c.peer != sub || c.lean.is_none() {
+                    continue;
+                }
+                let mut api = peer.rtc.direct_api();
+                if let Some(ssrc) = api.stream_tx_by_mid(c.mid, None).map(|s| s.ssrc()) {
+                    api.remove_stream_tx(ssrc);
+                }
+                c.park.set_parked();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_sequence_number_is_sent_once() {
+        let mut w = SeqWindow::default();
+        assert!(w.admit(100));
+        assert!(!w.admit(100), "a duplicate");
+        assert!(w.admit(102));
+        assert!(w.admit(101), "reordered, not sent yet");
+        assert!(!w.admit(101));
+        assert!(w.admit(200));
+        assert!(!w.admit(136), "older than the window");
+        assert!(w.admit(137), "inside the window, never sent");
+        assert!(!w.admit(137));
+        assert_eq!(w.max(), Some(200));
+    }
+
+    fn binding(use_candidate: bool) -> Vec<u8> {
+        let mut attrs = Vec::new();
+        // USERNAME "ab:cd" (5 bytes, padded to 8).
+        attrs.extend_from_slice(&[
+            0x00, 0x06, 0x00, 0x05, b'a', b'b', b':', b'c', b'd', 0, 0, 0,
+        ]);
+        if use_candidate {
+            attrs.extend_from_slice(&[0x00, 0x25, 0x00, 0x00]);
+        }
+        // PRIORITY.
+        attrs.extend_from_slice(&[0x00, 0x24, 0x00, 0x04, 1, 2, 3, 4]);
+        let mut m = vec![0x00, 0x01];
+        m.extend_from_slice(&(attrs.len() as u16).to_be_bytes());
+        m.extend_from_slice(&MAGIC);
+        m.extend_from_slice(&[7; 12]);
+        m.extend_from_slice(&attrs);
+        m
+    }
+
+    #[test]
+    fn nominations_are_binding_requests_with_use_candidate() {
+        assert_eq!(nomination(&binding(true)), Some([7; 12]));
+        assert_eq!(nomination(&binding(false)), None);
+        let mut truncated = binding(true);
+        truncated.truncate(30);
+        assert_eq!(nomination(&truncated), None);
+        let mut response = binding(true);
+        response[..2].copy_from_slice(&[0x01, 0x01]);
+        assert_eq!(nomination(&response), None);
+    }
+
+    #[test]
+    fn the_path_moves_only_on_an_answered_nomination() {
+        let a: SocketAddr = "10.0.0.1:5000".parse().unwrap();
+        let b: SocketAddr = "10.0.0.2:6000".parse().unwrap();
+        let mut lp = LeanPeer::default();
+        lp.on_transmit(Protocol::Udp, a, &[22, 254, 253]);
+        assert_eq!(
+            lp.path.map(|p| p.dest),
+            Some(a),
+            "DTLS to the nominated pair"
+        );
+        let mut ok = vec![0x01, 0x01, 0, 0];
+        ok.extend_from_slice(&MAGIC);
+        ok.extend_from_slice(&[7; 12]);
+        // A success response without a nomination being handled: no move.
+        lp.on_transmit(Protocol::Udp, b, &ok);
+        assert_eq!(lp.path.map(|p| p.dest), Some(a));
+        // A nomination from b answered to b: the path moves.
+        lp.nominating = Some(([7; 12], b));
+        let mut other = ok.clone();
+        other[8] = 9;
+        lp.on_transmit(Protocol::Udp, b, &other);
+        assert_eq!(lp.path.map(|p| p.dest), Some(a), "another transaction");
+        lp.on_transmit(Protocol::Udp, a, &ok);
+        assert_eq!(lp.path.map(|p| p.dest), Some(a), "answered elsewhere");
+        lp.on_transmit(Protocol::Udp, b, &ok);
+        assert_eq!(lp.path.map(|p| p.dest), Some(b));
+        // RTP (first byte 128..) never moves it.
+        lp.on_transmit(Protocol::Udp, a, &[0x80, 111, 0, 1]);
+        assert_eq!(lp.path.map(|p| p.dest), Some(b));
+    }
+}
