@@ -38,7 +38,6 @@
 //! 64 KiB per shard.
 
 use std::collections::HashMap;
-use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -46,13 +45,12 @@ use std::sync::mpsc::{SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::errno::Errno;
-use nix::sys::socket::{recvmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
 use parking_lot::RwLock;
 use str0m::IceCreds;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::engine::ShardMsg;
+use crate::io::recv::BatchReceiver;
 use crate::io::rx::{RxBatch, RxPool, RX_BATCH};
 use crate::metrics::add;
 
@@ -217,36 +215,11 @@ fn run(
     let pool = RxPool::new(SPARE_BUFFERS);
     let mut split = Split::new(shards.len());
     let mut recv = pool.take();
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RX_BATCH, None);
+    let mut receiver = BatchReceiver::new(RX_BATCH, "UDP");
     let mut got: Vec<(usize, Option<SocketAddr>)> = Vec::with_capacity(RX_BATCH);
     while !stop.load(Relaxed) {
         got.clear();
-        {
-            let mut slices: Vec<[IoSliceMut<'_>; 1]> =
-                recv.slots_mut().map(|b| [IoSliceMut::new(b)]).collect();
-            // Blocks for the first datagram (up to the socket's read timeout), then takes what
-            // else is already queued, up to RX_BATCH, in the same system call.
-            match recvmmsg(
-                fd,
-                &mut headers,
-                slices.iter_mut(),
-                MsgFlags::MSG_WAITFORONE,
-                None,
-            ) {
-                Ok(msgs) => got.extend(msgs.map(|m| (m.bytes, m.address.and_then(socket_addr)))),
-                Err(
-                    Errno::EAGAIN
-                    | Errno::EINTR
-                    | Errno::ETIMEDOUT
-                    | Errno::ECONNRESET
-                    | Errno::ECONNREFUSED,
-                ) => {}
-                Err(e) => {
-                    warn!("UDP receive failed: {e}");
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-            }
-        }
+        got.extend_from_slice(receiver.recv(fd, recv.slots_mut()));
         if got.is_empty() {
             continue;
         }
@@ -347,13 +320,6 @@ impl Split {
 }
 
 /// A std address from the kernel's (IPv4 or IPv6; anything else is not ours).
-fn socket_addr(a: SockaddrStorage) -> Option<SocketAddr> {
-    if let Some(v4) = a.as_sockaddr_in() {
-        return Some(SocketAddr::V4((*v4).into()));
-    }
-    a.as_sockaddr_in6().map(|v6| SocketAddr::V6((*v6).into()))
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;

@@ -17,7 +17,6 @@
 pub(crate) mod wire;
 
 use std::collections::HashMap;
-use std::io::IoSliceMut;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -27,14 +26,13 @@ use std::time::Duration;
 
 use aws_lc_rs::hmac;
 use greenroom_proto::{MediaGate, TrackSource};
-use nix::errno::Errno;
-use nix::sys::socket::{recvmmsg, sendto, MsgFlags, MultiHeaders, SockaddrStorage};
+use nix::sys::socket::{sendto, MsgFlags, SockaddrStorage};
 use parking_lot::RwLock;
 use str0m::media::Rid;
-use tracing::warn;
 
 use crate::engine::ShardMsg;
 use crate::io::batch::{send_batch, GsoState, SendOutcome, SendQueue, MAX_BATCH};
+use crate::io::recv::BatchReceiver;
 use wire::{Body, TrackDesc, WireError};
 
 /// Node-to-node relay options (`None` in [`crate::SfuOptions::relay`]: relay off, no socket).
@@ -521,44 +519,22 @@ fn receive(
     let fd = socket.as_raw_fd();
     // One byte more than the largest datagram: a longer one shows as too long, and is dropped.
     let mut bufs = vec![vec![0u8; wire::MAX_DATAGRAM + 1]; RX_BATCH];
-    let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(RX_BATCH, None);
+    let mut receiver = BatchReceiver::new(RX_BATCH, "relay socket");
+    let mut got = Vec::with_capacity(RX_BATCH);
     while !stop.load(Relaxed) {
-        let mut slices: Vec<[IoSliceMut<'_>; 1]> =
-            bufs.iter_mut().map(|b| [IoSliceMut::new(b)]).collect();
-        match recvmmsg(
-            fd,
-            &mut headers,
-            slices.iter_mut(),
-            MsgFlags::MSG_WAITFORONE,
-            None,
-        ) {
-            Ok(msgs) => {
-                let mut read = ShardBatches::default();
-                for m in msgs {
-                    // An empty datagram comes without a slice: it is garbage like the rest.
-                    let data = m.iovs().next().unwrap_or_default();
-                    // A longer datagram fills the buffer (one byte over the limit): the wire
-                    // refuses it.
-                    let data = &data[..m.bytes.min(data.len())];
-                    match route(routes, data) {
-                        Ok((shard, kind, msg)) => read.push(shard, msg, (kind, data.len())),
-                        Err(why) => counters.dropped(why),
-                    }
-                }
-                read.deliver(shards, counters);
-            }
-            Err(
-                Errno::EAGAIN
-                | Errno::EINTR
-                | Errno::ETIMEDOUT
-                | Errno::ECONNRESET
-                | Errno::ECONNREFUSED,
-            ) => {}
-            Err(e) => {
-                warn!("relay socket: {e}");
-                std::thread::sleep(Duration::from_millis(1));
+        got.clear();
+        got.extend_from_slice(receiver.recv(fd, bufs.iter_mut().map(|b| b.as_mut_slice())));
+        let mut read = ShardBatches::default();
+        for (buf, (len, _)) in bufs.iter().zip(&got) {
+            // An empty datagram is garbage like the rest; a longer one fills the buffer (one
+            // byte over the limit): the wire refuses it.
+            let data = &buf[..*len];
+            match route(routes, data) {
+                Ok((shard, kind, msg)) => read.push(shard, msg, (kind, data.len())),
+                Err(why) => counters.dropped(why),
             }
         }
+        read.deliver(shards, counters);
     }
 }
 
