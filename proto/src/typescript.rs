@@ -18,6 +18,21 @@ fn push<T: TS + ?Sized>(out: &mut String, cfg: &Config) {
     out.push_str("\n\n");
 }
 
+/// [`push`] for a type whose declaration would repeat another declared type `U` inline (a
+/// `#[serde(flatten)]`ed enum, a set that serializes as a list of it): `U`'s inlined body is
+/// replaced by its name, so the file spells each union out once.
+fn push_naming<T: TS + ?Sized, U: TS + ?Sized>(out: &mut String, cfg: &Config) {
+    let mut one = String::new();
+    push::<T>(&mut one, cfg);
+    let inlined = U::inline(cfg);
+    let named = if one.contains(&format!("({inlined})")) {
+        one.replace(&format!("({inlined})"), &U::name(cfg))
+    } else {
+        one.replace(&inlined, &U::name(cfg))
+    };
+    out.push_str(&named);
+}
+
 /// The whole declaration file: every message, event, error code and the types they use.
 pub fn typescript_declarations() -> String {
     // JSON numbers: 64-bit integers (milliseconds) are plain `number` on the wire.
@@ -29,7 +44,7 @@ pub fn typescript_declarations() -> String {
     let out = &mut out;
     push::<serde_json::Value>(out, &cfg);
     push::<Capability>(out, &cfg);
-    push::<CapabilitySet>(out, &cfg);
+    push_naming::<CapabilitySet, Capability>(out, &cfg);
     push::<TrackSource>(out, &cfg);
     push::<Role>(out, &cfg);
     push::<CallType>(out, &cfg);
@@ -49,7 +64,7 @@ pub fn typescript_declarations() -> String {
     push::<SubscribedTrack>(out, &cfg);
     push::<Quality>(out, &cfg);
     push::<ClientMessage>(out, &cfg);
-    push::<ClientEnvelope>(out, &cfg);
+    push_naming::<ClientEnvelope, ClientMessage>(out, &cfg);
     push::<SignalMessage>(out, &cfg);
     push::<Reply<ts_rs::Dummy>>(out, &cfg);
     push::<Speaker>(out, &cfg);
@@ -106,6 +121,16 @@ mod tests {
             Capability::ALL.len() * 2,
             "{decl}"
         );
+    }
+
+    #[test]
+    fn each_union_is_spelled_out_once() {
+        let d = typescript_declarations();
+        let cfg = Config::new().with_large_int("number");
+        assert_eq!(d.matches(&ClientMessage::inline(&cfg)).count(), 1, "{d}");
+        assert_eq!(d.matches(&Capability::inline(&cfg)).count(), 1, "{d}");
+        assert!(d.contains("} & ClientMessage;"), "{d}");
+        assert!(d.contains("CapabilitySet = Array<Capability>;"), "{d}");
     }
 
     #[test]

@@ -11,7 +11,7 @@ export type Capability = "join-call" | "read-call" | "join-backstage" | "join-en
 /**
  * A set of capabilities as a bit mask: the media plane's gate tests one bit per packet.
  */
-export type CapabilitySet = Array<"join-call" | "read-call" | "join-backstage" | "join-ended-call" | "send-audio" | "send-video" | "screenshare" | "create-call" | "update-call" | "update-call-settings" | "update-call-permissions" | "mute-users" | "kick-user" | "block-users" | "end-call" | "create-reaction">;
+export type CapabilitySet = Array<Capability>;
 
 /**
  * Where a published track comes from; decides which capability gates it.
@@ -407,83 +407,7 @@ export type ClientEnvelope = {
 /**
  * The client's id for this request: 1 to 64 characters of `A-Z a-z 0-9 _ - . :`.
  */
-request_id?: string, } & ({ "type": "join", 
-/**
- * The call to join.
- */
-call_cid: CallCid, 
-/**
- * Create the call if it does not exist.
- */
-create?: boolean, 
-/**
- * Join settings.
- */
-settings?: JoinSettings, } | { "type": "leave" } | { "type": "request_permission", 
-/**
- * What to ask for.
- */
-permissions: Array<Capability>, } | { "type": "set_muted", 
-/**
- * The source.
- */
-source: TrackSource, 
-/**
- * Muted or not.
- */
-muted: boolean, } | { "type": "ping" } | { "type": "publish", 
-/**
- * SDP offer of the client's publisher PeerConnection.
- */
-sdp: string, 
-/**
- * Every sending transceiver's mid and source.
- */
-tracks: Array<PublishTrack>, } | { "type": "unpublish", 
-/**
- * The source to stop.
- */
-source: TrackSource, } | { "type": "subscriber_answer", 
-/**
- * SDP answer of the client's subscriber PeerConnection.
- */
-sdp: string, } | { "type": "ice_candidate", 
-/**
- * Which connection.
- */
-target: PeerTarget, 
-/**
- * The `candidate:` attribute value.
- */
-candidate: string, } | { "type": "subscribe", 
-/**
- * The track.
- */
-track_id: string, } | { "type": "unsubscribe", 
-/**
- * The track.
- */
-track_id: string, } | { "type": "set_quality", 
-/**
- * The track.
- */
-track_id: string, 
-/**
- * The quality.
- */
-quality: Quality, } | { "type": "send_reaction", 
-/**
- * The reaction.
- */
-reaction: Reaction, } | { "type": "send_event", 
-/**
- * The payload: a JSON object of at most [`MAX_EVENT_BYTES`] bytes.
- */
-custom: JsonValue, } | { "type": "resume", 
-/**
- * The `resume_token` of the last `joined` or `resumed`.
- */
-resume_token: string, } | { "type": "restart_ice" });
+request_id?: string, } & ClientMessage;
 
 /**
  * A signaling reply or media instruction from the server.
