@@ -584,9 +584,7 @@ impl Ringer {
             });
         }
         let mut step = Step::default();
-        let Some(call) = self.calls.get_mut(call_cid) else {
-            return Err(RingError::UnknownCall(call_cid.clone()));
-        };
+        let call = self.known_mut(call_cid)?;
         call.set_state(user_id, CalleeState::Accepted);
         if call.answered_at_ms.is_none() {
             call.answered_at_ms = Some(now_ms);
@@ -642,9 +640,7 @@ impl Ringer {
         }
         self.ringing_callee(call_cid, user_id, now_ms)?;
         let mut step = Step::default();
-        let Some(call) = self.calls.get_mut(call_cid) else {
-            return Err(RingError::UnknownCall(call_cid.clone()));
-        };
+        let call = self.known_mut(call_cid)?;
         call.set_state(user_id, CalleeState::Rejected(reason));
         for p in &call.present {
             step.send_user(
@@ -692,10 +688,7 @@ impl Ringer {
         user_id: &str,
         now_ms: u64,
     ) -> Result<Step, RingError> {
-        let call = self
-            .calls
-            .get(call_cid)
-            .ok_or_else(|| RingError::UnknownCall(call_cid.clone()))?;
+        let call = self.known(call_cid)?;
         if call.caller != user_id {
             return Err(RingError::NotCaller);
         }
@@ -735,19 +728,10 @@ impl Ringer {
         user_id: &str,
         now_ms: u64,
     ) -> Result<Step, RingError> {
-        let call = self
-            .calls
-            .get(call_cid)
-            .ok_or_else(|| RingError::UnknownCall(call_cid.clone()))?;
-        if !call.active() {
-            return if call.caller == user_id {
-                self.cancel(call_cid, user_id, now_ms)
-            } else {
-                self.reject(call_cid, user_id, None, RejectReason::Rejected, now_ms)
-            };
-        }
-        if !call.is_present(user_id) {
-            return Err(RingError::NotParticipant(user_id.to_owned()));
+        let as_callee =
+            |ring: &mut Self| ring.reject(call_cid, user_id, None, RejectReason::Rejected, now_ms);
+        if let Some(done) = self.depart_ringing(call_cid, user_id, now_ms, as_callee) {
+            return done;
         }
         Ok(self.end_active(call_cid, user_id, now_ms))
     }
@@ -761,20 +745,11 @@ impl Ringer {
         user_id: &str,
         now_ms: u64,
     ) -> Result<Step, RingError> {
-        let call = self
-            .calls
-            .get(call_cid)
-            .ok_or_else(|| RingError::UnknownCall(call_cid.clone()))?;
-        if !call.active() {
-            return if call.caller == user_id {
-                self.cancel(call_cid, user_id, now_ms)
-            } else {
-                Err(RingError::NotParticipant(user_id.to_owned()))
-            };
+        let as_callee = |_: &mut Self| Err(RingError::NotParticipant(user_id.to_owned()));
+        if let Some(done) = self.depart_ringing(call_cid, user_id, now_ms, as_callee) {
+            return done;
         }
-        if !call.is_present(user_id) {
-            return Err(RingError::NotParticipant(user_id.to_owned()));
-        }
+        let call = self.known(call_cid)?;
         if !call.is_group() || call.present.len() == 1 {
             return Ok(self.end_active(call_cid, user_id, now_ms));
         }
@@ -920,6 +895,47 @@ impl Ringer {
         step
     }
 
+    /// The call `call_cid`, or `UnknownCall`.
+    fn known(&self, call_cid: &CallCid) -> Result<&RingCall, RingError> {
+        self.calls
+            .get(call_cid)
+            .ok_or_else(|| RingError::UnknownCall(call_cid.clone()))
+    }
+
+    /// [`Self::known`], mutable.
+    fn known_mut(&mut self, call_cid: &CallCid) -> Result<&mut RingCall, RingError> {
+        self.calls
+            .get_mut(call_cid)
+            .ok_or_else(|| RingError::UnknownCall(call_cid.clone()))
+    }
+
+    /// What ending and leaving share, before the call is active: the caller cancels it, a
+    /// callee gets `as_callee`'s answer. On an active call, a user who is not in it gets
+    /// `NotParticipant`. `None`: the call is active and `user_id` is in it.
+    fn depart_ringing(
+        &mut self,
+        call_cid: &CallCid,
+        user_id: &str,
+        now_ms: u64,
+        as_callee: impl FnOnce(&mut Self) -> Result<Step, RingError>,
+    ) -> Option<Result<Step, RingError>> {
+        let call = match self.known(call_cid) {
+            Ok(call) => call,
+            Err(e) => return Some(Err(e)),
+        };
+        if !call.active() {
+            return Some(if call.caller == user_id {
+                self.cancel(call_cid, user_id, now_ms)
+            } else {
+                as_callee(self)
+            });
+        }
+        if !call.is_present(user_id) {
+            return Some(Err(RingError::NotParticipant(user_id.to_owned())));
+        }
+        None
+    }
+
     /// Checks that `user_id` is a callee of `call_cid` still ringing before its deadline.
     fn ringing_callee(
         &self,
@@ -927,10 +943,7 @@ impl Ringer {
         user_id: &str,
         now_ms: u64,
     ) -> Result<&RingCall, RingError> {
-        let call = self
-            .calls
-            .get(call_cid)
-            .ok_or_else(|| RingError::UnknownCall(call_cid.clone()))?;
+        let call = self.known(call_cid)?;
         match call.state_of(user_id) {
             None => Err(RingError::NotCallee(user_id.to_owned())),
             Some(CalleeState::Ringing) if now_ms >= call.deadline_ms => Err(RingError::Expired),
@@ -945,10 +958,7 @@ impl Ringer {
         call_cid: &CallCid,
         user_id: &str,
     ) -> Result<&mut RingCall, RingError> {
-        let call = self
-            .calls
-            .get_mut(call_cid)
-            .ok_or_else(|| RingError::UnknownCall(call_cid.clone()))?;
+        let call = self.known_mut(call_cid)?;
         if !call.active() {
             return Err(RingError::NotActive);
         }
@@ -1092,16 +1102,20 @@ impl Groups {
         self.groups.get(group_id)
     }
 
+    /// Group `group_id`, or `NotFound`.
+    fn known_mut(&mut self, group_id: &str) -> Result<&mut Group, GroupError> {
+        self.groups
+            .get_mut(group_id)
+            .ok_or_else(|| GroupError::NotFound(group_id.to_owned()))
+    }
+
     /// Adds members (existing ones are kept once).
     pub fn add_members(
         &mut self,
         group_id: &str,
         members: &[String],
     ) -> Result<&Group, GroupError> {
-        let group = self
-            .groups
-            .get_mut(group_id)
-            .ok_or_else(|| GroupError::NotFound(group_id.to_owned()))?;
+        let group = self.known_mut(group_id)?;
         let mut set = group.members.clone();
         add_checked(&mut set, members)?;
         group.members = set;
@@ -1114,10 +1128,7 @@ impl Groups {
         group_id: &str,
         members: &[String],
     ) -> Result<&Group, GroupError> {
-        let group = self
-            .groups
-            .get_mut(group_id)
-            .ok_or_else(|| GroupError::NotFound(group_id.to_owned()))?;
+        let group = self.known_mut(group_id)?;
         for m in members {
             group.members.remove(m);
         }

@@ -9,23 +9,16 @@ mod cluster_support;
 use std::time::Duration;
 
 use cluster_support::{
-    admin, connect, node, packets, prefix, received_more, send, split_by_home, three_nodes,
-    wait_for, Redis, WAIT,
+    admin, connect, create_call, created_once_redis_is_back, list_nodes, node, packets, prefix,
+    received_more, refused_while_redis_is_down, send, split_by_home, three_nodes, token, wait_for,
+    Redis, WAIT,
 };
 use greenroom_control::cluster::{Cluster, Route};
 use greenroom_proto::{CallCid, CallType, Role};
 use serde_json::{json, Value};
 
 async fn nodes(n: &cluster_support::Node) -> Value {
-    reqwest::Client::new()
-        .get(format!("{}/v1/nodes", n.http()))
-        .bearer_auth(admin(n))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    list_nodes(n, &admin(n)).await.json().await.unwrap()
 }
 
 fn caps(v: &Value) -> Vec<String> {
@@ -98,13 +91,7 @@ async fn registry_lists_nodes_drains_and_forgets_a_silent_node() {
         .starts_with("http://127.0.0.1:"));
     // Admin only.
     let user = a.state.auth.mint("u", None, None, false, 600).unwrap();
-    let r = reqwest::Client::new()
-        .get(format!("{}/v1/nodes", a.http()))
-        .bearer_auth(user)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 403);
+    assert_eq!(list_nodes(&a, &user).await.status(), 403);
 
     // A node that registered once and stopped refreshing: it owns a call, disappears after its
     // TTL (2 s), and the call is re-placed at the next request.
@@ -171,26 +158,15 @@ async fn redis_down_keeps_calls_refuses_new_ones_then_recovers() {
     };
     let p = prefix("down");
     let a = node(&redis, "down-a", &p).await;
-    let http = reqwest::Client::new();
-    let host = a
-        .state
-        .auth
-        .mint("host", None, Some(Role::Host), false, 600)
-        .unwrap();
-    let create = |id: &str| {
-        http.post(format!("{}/v1/calls/default/{id}", a.http()))
-            .bearer_auth(&host)
-            .json(&json!({}))
-            .send()
-    };
-    assert_eq!(create("up").await.unwrap().status(), 200);
+    let host = token(&a, "host", Role::Host);
+    assert_eq!(create_call(&a, &host, "up").await.status(), 200);
     let mut ws = connect(&a, "host", Role::Host).await;
     send(&mut ws, json!({"type": "join", "call_cid": "default:up"})).await;
     wait_for(&mut ws, "joined").await;
 
     redis.stop();
     // The established call keeps working: HTTP on it and signaling in it.
-    let r = http
+    let r = reqwest::Client::new()
         .get(format!("{}/v1/calls/default/up", a.http()))
         .bearer_auth(&host)
         .send()
@@ -200,10 +176,7 @@ async fn redis_down_keeps_calls_refuses_new_ones_then_recovers() {
     send(&mut ws, json!({"type": "ping"})).await;
     wait_for(&mut ws, "pong").await;
     // A new call cannot be placed: 503 cluster_unavailable, over HTTP and on a join.
-    let r = create("new-while-down").await.unwrap();
-    assert_eq!(r.status(), 503);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["code"], "cluster_unavailable", "{body}");
+    refused_while_redis_is_down(&a, &host, "new-while-down").await;
     let mut other = connect(&a, "guest", Role::User).await;
     send(
         &mut other,
@@ -215,16 +188,7 @@ async fn redis_down_keeps_calls_refuses_new_ones_then_recovers() {
 
     // Redis comes back (empty): the node re-registers, new calls work again.
     redis.restart().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let r = create("after").await.unwrap();
-        if r.status() == 200 {
-            break;
-        }
-        assert_eq!(r.status(), 503);
-        assert!(tokio::time::Instant::now() < deadline, "no recovery");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    created_once_redis_is_back(&a, &host, "after").await;
     send(&mut ws, json!({"type": "ping"})).await;
     wait_for(&mut ws, "pong").await;
 }

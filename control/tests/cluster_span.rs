@@ -12,8 +12,9 @@ mod ops_support;
 use std::time::{Duration, Instant};
 
 use cluster_support::{
-    admin, cluster_env, connect, node_with, packets, prefix, received_more, send, split_by_home,
-    three_nodes, wait_for, Node, Redis, WAIT,
+    admin, cluster_env, connect, created_once_redis_is_back, list_nodes, node_with, packets,
+    prefix, received_more, refused_while_redis_is_down, send, split_by_home, three_nodes, token,
+    user_permissions, wait_for, Node, Redis, WAIT,
 };
 use greenroom_loadtest::{Bot, BotConfig, StopMode};
 use greenroom_proto::{CallCid, Role, TrackSource};
@@ -26,26 +27,11 @@ async fn bot_at(url: String, token: String, mode: StopMode) -> Bot {
 }
 
 async fn bot(n: &Node, user: &str, mode: StopMode) -> Bot {
-    let token = n
-        .state
-        .auth
-        .mint(user, None, Some(Role::User), false, 600)
-        .unwrap();
-    bot_at(n.http(), token, mode).await
+    bot_at(n.http(), token(n, user, Role::User), mode).await
 }
 
 async fn permissions(n: &Node, call_id: &str, body: Value) {
-    let r = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/calls/default/{call_id}/user_permissions",
-            n.http()
-        ))
-        .bearer_auth(admin(n))
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(user_permissions(n, call_id, &body).await.status(), 200);
 }
 
 /// Waits until `f` holds (bounded by WAIT).
@@ -69,15 +55,7 @@ async fn a_call_spans_three_nodes_the_gate_holds_everywhere_and_media_outlives_r
     // A is the call's home; B and C are the others.
     let (a, others) = split_by_home(&nodes3.each_ref(), &cid).await;
     let (b, c) = (others[0], others[1]);
-    let listed: Value = reqwest::Client::new()
-        .get(format!("{}/v1/nodes", b.http()))
-        .bearer_auth(admin(b))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed: Value = list_nodes(b, &admin(b)).await.json().await.unwrap();
     let listed = listed["nodes"].as_array().unwrap().clone();
     assert_eq!(listed.len(), 3, "{listed:?}");
     assert!(
@@ -199,36 +177,13 @@ async fn a_call_spans_three_nodes_the_gate_holds_everywhere_and_media_outlives_r
     redis.stop();
     let n = packets(&l_c, &mic);
     received_more(&l_c, &mic, n + 50).await;
-    let http = reqwest::Client::new();
-    let host = b
-        .state
-        .auth
-        .mint("host", None, Some(Role::Host), false, 600)
-        .unwrap();
-    let create = |id: &str| {
-        http.post(format!("{}/v1/calls/default/{id}", b.http()))
-            .bearer_auth(&host)
-            .json(&json!({}))
-            .send()
-    };
-    let r = create("new-while-down").await.unwrap();
-    assert_eq!(r.status(), 503);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["code"], "cluster_unavailable", "{body}");
+    let host = token(b, "host", Role::Host);
+    refused_while_redis_is_down(b, &host, "new-while-down").await;
     let n = packets(&l_b, &mic);
     received_more(&l_b, &mic, n + 25).await;
     // Redis back: new calls work.
     redis.restart().await;
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let r = create("after").await.unwrap();
-        if r.status() == 200 {
-            break;
-        }
-        assert_eq!(r.status(), 503);
-        assert!(tokio::time::Instant::now() < deadline, "no recovery");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    created_once_redis_is_back(b, &host, "after").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -264,12 +219,8 @@ async fn a_killed_node_loses_its_listeners_and_the_others_keep_the_call() {
     .await;
 
     let speaker = bot(home, "speaker", StopMode::Obedient).await;
-    let token = home
-        .state
-        .auth
-        .mint("listener-b", None, Some(Role::User), false, 600)
-        .unwrap();
-    let l_b = bot_at(format!("http://{http}"), token, StopMode::Obedient).await;
+    let l_b_token = token(home, "listener-b", Role::User);
+    let l_b = bot_at(format!("http://{http}"), l_b_token, StopMode::Obedient).await;
     let l_c = bot(other, "listener-c", StopMode::Obedient).await;
     let s = speaker.join(&cid, true).await.unwrap();
     let jb = l_b.join(&cid, false).await.unwrap();

@@ -6,111 +6,38 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod ws_support;
+
 use std::collections::BTreeSet;
-use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
-use futures_util::{SinkExt, StreamExt};
+use axum::http::{Method, StatusCode};
 use greenroom_control::auth::unix_now_ms;
 use greenroom_control::config::Config;
-use greenroom_control::{app, start_state, AppState};
 use greenroom_proto::{CallCid, Role, ServerMessage, SignalMessage};
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::time::{timeout, Instant};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
-use tower::ServiceExt;
+use tokio_tungstenite::connect_async;
 
-const WAIT: Duration = Duration::from_secs(10);
-
-struct Server {
-    state: Arc<AppState>,
-    addr: SocketAddr,
-}
+use ws_support::{Client, Server, WAIT};
 
 impl Server {
-    async fn start() -> Server {
-        Server::with(|_| {}).await
-    }
-
     async fn with(f: impl FnOnce(&mut Config)) -> Server {
         let mut config = Config::default();
         f(&mut config);
-        let state = start_state(config, false).await.unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = app(state.clone());
-        tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
-        });
-        Server { state, addr }
-    }
-
-    fn token(&self, user: &str, role: Role) -> String {
-        self.state
-            .auth
-            .mint(user, None, Some(role), false, 3600)
-            .unwrap()
-    }
-
-    fn url(&self, user: &str, role: Role) -> String {
-        format!(
-            "ws://{}/v1/signal?token={}",
-            self.addr,
-            self.token(user, role)
-        )
-    }
-
-    async fn connect(&self, user: &str, role: Role) -> Client {
-        let (ws, _) = timeout(WAIT, connect_async(self.url(user, role)))
-            .await
-            .expect("connect timed out")
-            .expect("connect failed");
-        Client {
-            ws,
-            name: user.to_owned(),
-        }
-    }
-
-    async fn http(
-        &self,
-        method: Method,
-        user: &str,
-        path: &str,
-        body: Value,
-    ) -> (StatusCode, Value) {
-        let req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", self.token(user, Role::Host)),
-            )
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        let resp = app(self.state.clone()).oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        Server::start_with(config).await
     }
 
     async fn post_ok(&self, user: &str, path: &str, body: Value) -> Value {
-        let (s, v) = self.http(Method::POST, user, path, body).await;
+        let token = self.token(user, Role::Host);
+        let (s, v) = self.http(Method::POST, &token, path, body).await;
         assert_eq!(s, StatusCode::OK, "POST {path}: {v}");
         v
     }
 
     async fn get_status(&self, path: &str) -> StatusCode {
-        self.http(Method::GET, "host", path, Value::Null).await.0
+        let token = self.token("host", Role::Host);
+        self.http(Method::GET, &token, path, Value::Null).await.0
     }
 
     /// Participant ids of a call as the server holds them (empty if the call is gone).
@@ -128,62 +55,7 @@ impl Server {
     }
 }
 
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    name: String,
-}
-
 impl Client {
-    async fn send(&mut self, v: Value) {
-        timeout(WAIT, self.ws.send(Message::text(v.to_string())))
-            .await
-            .expect("send timed out")
-            .expect("send failed");
-    }
-
-    /// The next JSON message within `within`, `None` on timeout; panics on close.
-    async fn try_next(&mut self, within: Duration) -> Option<Value> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let msg = timeout(left, self.ws.next()).await.ok()?;
-            let msg = msg
-                .unwrap_or_else(|| panic!("{}: socket ended", self.name))
-                .unwrap_or_else(|e| panic!("{}: socket error {e}", self.name));
-            match msg {
-                Message::Text(t) => return Some(serde_json::from_str(&t).unwrap()),
-                Message::Close(f) => panic!("{}: closed {f:?}", self.name),
-                _ => continue,
-            }
-        }
-    }
-
-    async fn next(&mut self) -> Value {
-        match self.try_next(WAIT).await {
-            Some(v) => v,
-            None => panic!("{}: no message within {WAIT:?}", self.name),
-        }
-    }
-
-    async fn wait_until(&mut self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let Some(msg) = self.try_next(left).await else {
-                panic!("{}: no {kind} within {WAIT:?}; saw {seen:?}", self.name)
-            };
-            if msg["type"] == kind && pred(&msg) {
-                return msg;
-            }
-            seen.push(msg["type"].as_str().unwrap_or("?").to_owned());
-        }
-    }
-
-    async fn wait_for(&mut self, kind: &str) -> Value {
-        self.wait_until(kind, |_| true).await
-    }
-
     async fn join(&mut self, cid: &str, create: bool) -> String {
         self.send(json!({"type": "join", "call_cid": cid, "create": create}))
             .await;
@@ -197,22 +69,6 @@ impl Client {
     async fn ping(&mut self) {
         self.send(json!({"type": "ping"})).await;
         self.wait_for("pong").await;
-    }
-
-    /// Reads (skipping messages) until the server's close frame; returns its code.
-    async fn close_code(&mut self, within: Duration) -> u16 {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match timeout(left, self.ws.next()).await {
-                Err(_) => panic!("{}: no close frame within {within:?}", self.name),
-                Ok(None) => panic!("{}: stream ended without a close frame", self.name),
-                Ok(Some(Err(e))) => panic!("{}: error before close frame: {e}", self.name),
-                Ok(Some(Ok(Message::Close(Some(f))))) => return u16::from(f.code),
-                Ok(Some(Ok(Message::Close(None)))) => panic!("{}: close without code", self.name),
-                Ok(Some(Ok(_))) => continue,
-            }
-        }
     }
 }
 

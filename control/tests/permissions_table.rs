@@ -43,34 +43,21 @@ const fn nr(c: Capability) -> Expect {
     Expect::NotRequestable(c)
 }
 
-/// Every action the table covers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Action {
-    JoinBeforeLive,
-    JoinAfterLive,
-    JoinEndedCall,
-    JoinWhileBlocked,
-    PublishMicrophone,
-    PublishCamera,
-    PublishScreenShare,
-    PublishScreenShareAudio,
-    RequestSendAudio,
-    RequestSendVideo,
-    Grant,
-    Revoke,
-    GoLive,
-    StopLive,
-    MuteOne,
-    MuteAll,
-    Kick,
-    Block,
-    Unblock,
-    End,
+/// Declares [`Action`] and [`ACTIONS`] (every variant, in order) from one list.
+macro_rules! actions {
+    ($($name:ident),* $(,)?) => {
+        /// Every action the table covers.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum Action {
+            $($name),*
+        }
+
+        /// Every [`Action`], in declaration order.
+        const ACTIONS: &[Action] = &[$(Action::$name),*];
+    };
 }
 
-use Action::*;
-
-const ACTIONS: [Action; 20] = [
+actions!(
     JoinBeforeLive,
     JoinAfterLive,
     JoinEndedCall,
@@ -91,7 +78,9 @@ const ACTIONS: [Action; 20] = [
     Block,
     Unblock,
     End,
-];
+);
+
+use Action::*;
 
 /// Column order of every row.
 const ROLES: [Role; 5] = [
@@ -441,7 +430,7 @@ fn check_table(mode: Mode) {
 #[test]
 fn table_is_complete() {
     for t in CallType::ALL {
-        for a in ACTIONS {
+        for &a in ACTIONS {
             let n = TABLE
                 .iter()
                 .filter(|(tt, aa, _)| *tt == t && *aa == a)

@@ -1,32 +1,26 @@
 //! Ringing scenarios over the user-level `/v1/signal` socket against a real server on
 //! 127.0.0.1:0 (no media plane): accept on one of two devices, reject, busy, cancel, missed (a
 //! short ring timeout from the call type's configuration), group calls, end, the switch to video,
-//! and direct-call tokens. Every wait is bounded (5 s); nothing sleeps.
+//! and direct-call tokens. Every wait is bounded (`ws_support::WAIT`); nothing sleeps.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod ws_support;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
-use futures_util::{SinkExt, StreamExt};
+use axum::http::{Method, StatusCode};
 use greenroom_control::config::Config;
 use greenroom_control::policy::CallTypeOverride;
 use greenroom_control::{app, start_state, AppState};
 use greenroom_proto::CallType;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{timeout, Instant};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
-use tower::ServiceExt;
+use tokio::net::TcpListener;
 
-const WAIT: Duration = Duration::from_secs(5);
+use ws_support::{http, Client};
 
 /// A data directory removed on drop.
 struct TempDir(PathBuf);
@@ -110,114 +104,33 @@ impl Server {
             "ws://{}/v1/signal?token={token}&device_id={device}",
             self.addr
         );
-        let (ws, _) = timeout(WAIT, connect_async(url))
-            .await
-            .expect("connect timed out")
-            .expect("connect failed");
-        let mut c = Client {
-            ws,
-            name: format!("{user}/{device}"),
-            pending: VecDeque::new(),
-        };
+        let mut c = Client::connect(&url, &format!("{user}/{device}")).await;
         // The device is registered once the socket answers; keep what came before the pong.
         let early = c.drain().await;
         c.pending.extend(early);
         c
     }
 
-    async fn http(
-        &self,
-        method: Method,
-        token: &str,
-        path: &str,
-        body: Value,
-    ) -> (StatusCode, Value) {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {token}"));
-        let body = if body.is_null() {
-            Body::empty()
-        } else {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-            Body::from(body.to_string())
-        };
-        let resp = app(self.state.clone())
-            .oneshot(req.body(body).unwrap())
-            .await
-            .unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+    /// `GET path` with `token` through the server's router.
+    async fn get(&self, token: &str, path: &str) -> (StatusCode, Value) {
+        http(&self.state, Method::GET, token, path, Value::Null).await
+    }
+
+    /// `POST path` with `token` and the JSON `body` through the server's router.
+    async fn post(&self, token: &str, path: &str, body: Value) -> (StatusCode, Value) {
+        http(&self.state, Method::POST, token, path, body).await
     }
 
     async fn history(&self, user: &str) -> Vec<Value> {
         let (s, v) = self
-            .http(
-                Method::GET,
-                &self.token(user),
-                &format!("/v1/users/{user}/calls"),
-                Value::Null,
-            )
+            .get(&self.token(user), &format!("/v1/users/{user}/calls"))
             .await;
         assert_eq!(s, StatusCode::OK, "{v}");
         v["calls"].as_array().unwrap().clone()
     }
 }
 
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    name: String,
-    /// Messages read ahead by [`Client::drain`] at connect time, not consumed yet.
-    pending: VecDeque<Value>,
-}
-
 impl Client {
-    async fn send(&mut self, v: Value) {
-        timeout(WAIT, self.ws.send(Message::text(v.to_string())))
-            .await
-            .expect("send timed out")
-            .expect("send failed");
-    }
-
-    async fn next(&mut self) -> Value {
-        if let Some(m) = self.pending.pop_front() {
-            return m;
-        }
-        loop {
-            let msg = timeout(WAIT, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("{}: no message within {WAIT:?}", self.name))
-                .unwrap_or_else(|| panic!("{}: socket ended", self.name))
-                .unwrap_or_else(|e| panic!("{}: socket error {e}", self.name));
-            match msg {
-                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-                Message::Close(f) => panic!("{}: closed {f:?}", self.name),
-                _ => continue,
-            }
-        }
-    }
-
-    /// Reads until a message of `kind` arrives; other messages are skipped.
-    async fn wait_for(&mut self, kind: &str) -> Value {
-        let deadline = Instant::now() + WAIT;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let msg = match timeout(left, self.next()).await {
-                Ok(m) => m,
-                Err(_) => panic!("{}: no {kind}; saw {}", self.name, seen.join(", ")),
-            };
-            if msg["type"] == kind {
-                return msg;
-            }
-            seen.push(msg["type"].as_str().unwrap_or("?").to_owned());
-        }
-    }
-
     /// Pings and returns every message received before the pong: everything the server queued
     /// for this socket before it read the ping.
     async fn drain(&mut self) -> Vec<Value> {
@@ -293,6 +206,11 @@ impl Client {
     }
 }
 
+/// A ring request about one call: `{"type": kind, "call_cid": cid}`.
+fn on_call(kind: &str, cid: &str) -> Value {
+    json!({"type": kind, "call_cid": cid})
+}
+
 fn initiate(cid: &str, users: &[&str], kind: &str) -> Value {
     json!({"type": "ring_initiate", "call_cid": cid, "user_ids": users, "kind": kind})
 }
@@ -327,9 +245,7 @@ async fn accept_on_one_device_stops_the_others_then_end() {
     let ring = watch.wait_for("call.ring").await;
     assert!(ring["ring_timeout_ms"].as_u64().unwrap() <= 15_000);
 
-    let ok = phone
-        .ring(json!({"type": "ring_accept", "call_cid": "default:c1"}))
-        .await;
+    let ok = phone.ring(on_call("ring_accept", "default:c1")).await;
     assert_eq!(ok["call"]["phase"], "active");
     let acc = alice.wait_for("call.accepted").await;
     assert_eq!(acc["user_id"], "bob");
@@ -342,7 +258,7 @@ async fn accept_on_one_device_stops_the_others_then_end() {
         .contains(&"call.stop_ringing".to_owned()));
     // The second device is too late.
     let err = laptop
-        .ring_refused(json!({"type": "ring_accept", "call_cid": "default:c1"}))
+        .ring_refused(on_call("ring_accept", "default:c1"))
         .await;
     assert!(err["message"]
         .as_str()
@@ -352,9 +268,7 @@ async fn accept_on_one_device_stops_the_others_then_end() {
     // Both join the media session the ring created.
     alice.join("default:c1").await;
     phone.join("default:c1").await;
-    phone
-        .ring(json!({"type": "ring_end", "call_cid": "default:c1"}))
-        .await;
+    phone.ring(on_call("ring_end", "default:c1")).await;
     let ended = alice.wait_for("call.ended").await;
     assert_eq!(ended["ended_by"], "bob");
     // The media session is torn down: both sessions leave, the call has ended.
@@ -403,7 +317,7 @@ async fn reject_tells_the_caller_and_records_it() {
     assert_eq!(hist[0]["callee_user_ids"], json!(["bob"]));
     // A plain reject after the call is over is refused.
     let err = phone
-        .ring_refused(json!({"type": "ring_reject", "call_cid": "default:r1"}))
+        .ring_refused(on_call("ring_reject", "default:r1"))
         .await;
     assert_eq!(err["code"], "not_found");
 }
@@ -416,13 +330,11 @@ async fn a_callee_in_a_call_is_busy() {
     let mut carol = s.device("carol", "phone").await;
     alice.ring(initiate("default:b1", &["bob"], "audio")).await;
     bob.wait_for("call.ring").await;
-    bob.ring(json!({"type": "ring_accept", "call_cid": "default:b1"}))
-        .await;
+    bob.ring(on_call("ring_accept", "default:b1")).await;
 
     // carol rings bob over HTTP: bob is busy, the call is over at once.
     let (st, info) = s
-        .http(
-            Method::POST,
+        .post(
             &s.token("carol"),
             "/v1/calls/default/b2/ring",
             json!({"user_ids": ["bob"], "kind": "video"}),
@@ -449,13 +361,9 @@ async fn cancel_stops_the_callee_and_ends_the_media_session() {
     alice.join("default:x1").await;
     bob.wait_for("call.ring").await;
     // Only the caller may cancel.
-    let err = bob
-        .ring_refused(json!({"type": "ring_cancel", "call_cid": "default:x1"}))
-        .await;
+    let err = bob.ring_refused(on_call("ring_cancel", "default:x1")).await;
     assert_eq!(err["code"], "unauthorized");
-    alice
-        .ring(json!({"type": "ring_cancel", "call_cid": "default:x1"}))
-        .await;
+    alice.ring(on_call("ring_cancel", "default:x1")).await;
     let c = bob.wait_for("call.cancelled").await;
     assert_eq!(c["by"], "alice");
     alice.wait_for("left").await;
@@ -479,7 +387,7 @@ async fn unanswered_calls_are_missed_after_the_call_types_timeout() {
     assert_eq!(s.history("alice").await[0]["outcome"], "missed");
     // Too late to accept.
     let err = phone
-        .ring_refused(json!({"type": "ring_accept", "call_cid": "default:m1"}))
+        .ring_refused(on_call("ring_accept", "default:m1"))
         .await;
     assert_eq!(err["code"], "not_found");
 }
@@ -488,8 +396,7 @@ async fn unanswered_calls_are_missed_after_the_call_types_timeout() {
 async fn group_call_rings_everyone_proceeds_and_ends_with_the_last() {
     let s = Server::start().await;
     let (st, g) = s
-        .http(
-            Method::POST,
+        .post(
             &s.token("alice"),
             "/v1/groups",
             json!({"id": "team", "members": ["bob", "carol"]}),
@@ -497,32 +404,17 @@ async fn group_call_rings_everyone_proceeds_and_ends_with_the_last() {
         .await;
     assert_eq!(st, StatusCode::OK, "{g}");
     assert_eq!(g["members"], json!(["alice", "bob", "carol"]));
-    let (st, _) = s
-        .http(
-            Method::GET,
-            &s.token("dave"),
-            "/v1/groups/team",
-            Value::Null,
-        )
-        .await;
+    let (st, _) = s.get(&s.token("dave"), "/v1/groups/team").await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, g) = s
-        .http(
-            Method::POST,
+        .post(
             &s.token("bob"),
             "/v1/groups/team/members",
             json!({"add": ["dave"]}),
         )
         .await;
     assert_eq!(st, StatusCode::OK, "{g}");
-    let (st, g) = s
-        .http(
-            Method::GET,
-            &s.token("dave"),
-            "/v1/groups/team",
-            Value::Null,
-        )
-        .await;
+    let (st, g) = s.get(&s.token("dave"), "/v1/groups/team").await;
     assert_eq!(st, StatusCode::OK);
     assert_eq!(g["members"], json!(["alice", "bob", "carol", "dave"]));
 
@@ -539,16 +431,12 @@ async fn group_call_rings_everyone_proceeds_and_ends_with_the_last() {
         assert_eq!(ring["group_id"], "team");
         assert_eq!(ring["members"], json!(["bob", "carol", "dave"]));
     }
-    bob.ring(json!({"type": "ring_accept", "call_cid": "default:g1"}))
-        .await;
+    bob.ring(on_call("ring_accept", "default:g1")).await;
     assert_eq!(alice.wait_for("call.accepted").await["user_id"], "bob");
-    carol
-        .ring(json!({"type": "ring_accept", "call_cid": "default:g1"}))
-        .await;
+    carol.ring(on_call("ring_accept", "default:g1")).await;
     assert_eq!(alice.wait_for("call.accepted").await["user_id"], "carol");
     assert_eq!(bob.wait_for("call.accepted").await["user_id"], "carol");
-    dave.ring(json!({"type": "ring_reject", "call_cid": "default:g1"}))
-        .await;
+    dave.ring(on_call("ring_reject", "default:g1")).await;
     for c in [&mut alice, &mut bob, &mut carol] {
         assert_eq!(c.wait_for("call.rejected").await["user_id"], "dave");
     }
@@ -582,21 +470,19 @@ async fn switch_to_video_then_a_dropped_socket_ends_the_call() {
     let mut bob = s.device("bob", "phone").await;
     alice.ring(initiate("default:e1", &["bob"], "audio")).await;
     bob.wait_for("call.ring").await;
-    bob.ring(json!({"type": "ring_accept", "call_cid": "default:e1"}))
-        .await;
+    bob.ring(on_call("ring_accept", "default:e1")).await;
     alice.join("default:e1").await;
     let joined = bob.join("default:e1").await;
     assert_eq!(joined["call"]["participants"].as_array().unwrap().len(), 2);
 
     alice
-        .ring(json!({"type": "ring_request_video", "call_cid": "default:e1"}))
+        .ring(on_call("ring_request_video", "default:e1"))
         .await;
     assert_eq!(
         bob.wait_for("call.video_requested").await["requested_by"],
         "alice"
     );
-    bob.ring(json!({"type": "ring_accept_video", "call_cid": "default:e1"}))
-        .await;
+    bob.ring(on_call("ring_accept_video", "default:e1")).await;
     for c in [&mut alice, &mut bob] {
         let sw = c.wait_for("call.switched_to_video").await;
         assert_eq!(sw["requested_by"], "alice");
@@ -618,8 +504,7 @@ async fn switch_to_video_then_a_dropped_socket_ends_the_call() {
 async fn direct_call_tokens_are_minted_by_admins_only() {
     let s = Server::start().await;
     let (st, _) = s
-        .http(
-            Method::POST,
+        .post(
             &s.token("alice"),
             "/v1/tokens",
             json!({"user_id": "bob", "call_cid": "default:d1"}),
@@ -627,8 +512,7 @@ async fn direct_call_tokens_are_minted_by_admins_only() {
         .await;
     assert_eq!(st, StatusCode::FORBIDDEN);
     let (st, t) = s
-        .http(
-            Method::POST,
+        .post(
             &s.admin_token(),
             "/v1/tokens",
             json!({"user_id": "bob", "call_cid": "default:d1", "ttl": 600}),
@@ -648,16 +532,13 @@ async fn direct_call_tokens_are_minted_by_admins_only() {
         .await;
     assert!(!bob.drained_types().await.contains(&"call.ring".to_owned()));
     let err = bob
-        .ring_refused(json!({"type": "ring_accept", "call_cid": "default:other"}))
+        .ring_refused(on_call("ring_accept", "default:other"))
         .await;
     assert_eq!(err["code"], "wrong_call");
-    alice
-        .ring(json!({"type": "ring_cancel", "call_cid": "default:other"}))
-        .await;
+    alice.ring(on_call("ring_cancel", "default:other")).await;
     alice.ring(initiate("default:d1", &["bob"], "audio")).await;
     assert_eq!(bob.wait_for("call.ring").await["call_cid"], "default:d1");
-    bob.ring(json!({"type": "ring_accept", "call_cid": "default:d1"}))
-        .await;
+    bob.ring(on_call("ring_accept", "default:d1")).await;
     assert_eq!(alice.wait_for("call.accepted").await["device_id"], "kiosk");
     // The direct call's media session, joined with call settings.
     bob.send(json!({"type": "join", "call_cid": "default:d1",
@@ -666,22 +547,8 @@ async fn direct_call_tokens_are_minted_by_admins_only() {
     let joined = bob.wait_for("joined").await;
     assert_eq!(joined["call"]["cid"], "default:d1");
     // A user may not read another user's history; an admin token may.
-    let (st, _) = s
-        .http(
-            Method::GET,
-            &s.token("bob"),
-            "/v1/users/alice/calls",
-            Value::Null,
-        )
-        .await;
+    let (st, _) = s.get(&s.token("bob"), "/v1/users/alice/calls").await;
     assert_eq!(st, StatusCode::FORBIDDEN);
-    let (st, _) = s
-        .http(
-            Method::GET,
-            &s.admin_token(),
-            "/v1/users/alice/calls",
-            Value::Null,
-        )
-        .await;
+    let (st, _) = s.get(&s.admin_token(), "/v1/users/alice/calls").await;
     assert_eq!(st, StatusCode::OK);
 }

@@ -1,79 +1,27 @@
 //! WebSocket signaling scenarios against a real server on 127.0.0.1:0 (no media plane), driven
 //! by tokio-tungstenite clients. HTTP actions (go live, grant, kick, ...) go through the same
-//! state's router. Every wait is bounded by a timeout; nothing sleeps.
+//! state's router. Every wait is bounded by a timeout; nothing sleeps. The server and client
+//! helpers are `ws_support`'s.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+mod ws_support;
 
-use axum::body::Body;
-use axum::http::{header, Method, Request, StatusCode};
-use futures_util::{SinkExt, StreamExt};
+use axum::http::{Method, StatusCode};
 use greenroom_control::auth::{unix_now, Auth, Claims};
 use greenroom_control::config::Config;
-use greenroom_control::{app, start_state, AppState};
 use greenroom_proto::Role;
-use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::time::{timeout, Instant};
+use tokio::time::timeout;
+use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{connect_async, MaybeTlsStream, WebSocketStream};
-use tower::ServiceExt;
 
-const WAIT: Duration = Duration::from_secs(5);
-
-struct Server {
-    state: Arc<AppState>,
-    addr: SocketAddr,
-}
+use ws_support::{Client, Server, WAIT};
 
 impl Server {
-    async fn start() -> Server {
-        Server::start_with(Config::default()).await
-    }
-
-    async fn start_with(config: Config) -> Server {
-        let state = start_state(config, false).await.unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let router = app(state.clone());
-        tokio::spawn(async move {
-            axum::serve(listener, router).await.unwrap();
-        });
-        Server { state, addr }
-    }
-
-    fn token(&self, user: &str, role: Role) -> String {
-        self.state
-            .auth
-            .mint(user, None, Some(role), false, 3600)
-            .unwrap()
-    }
-
-    async fn connect(&self, user: &str, role: Role) -> Client {
-        let token = self.token(user, role);
-        self.connect_token(user, &token).await
-    }
-
-    async fn connect_token(&self, name: &str, token: &str) -> Client {
-        let url = format!("ws://{}/v1/signal?token={token}", self.addr);
-        let (ws, _) = timeout(WAIT, connect_async(url))
-            .await
-            .expect("connect timed out")
-            .expect("connect failed");
-        Client {
-            ws,
-            name: name.to_owned(),
-        }
-    }
-
     /// The HTTP status of a refused upgrade.
     async fn refused_upgrade(&self, token: &str) -> u16 {
-        let url = format!("ws://{}/v1/signal?token={token}", self.addr);
+        let url = self.url_with(token);
         match timeout(WAIT, connect_async(url)).await.expect("timed out") {
             Ok(_) => panic!("upgrade accepted"),
             Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
@@ -81,25 +29,10 @@ impl Server {
         }
     }
 
-    /// An HTTP POST through the same state's router.
+    /// An HTTP POST as `user` with the global `role`, through the same state's router.
     async fn post(&self, user: &str, role: Role, path: &str, body: Value) -> (StatusCode, Value) {
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(path)
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", self.token(user, role)),
-            )
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(Body::from(body.to_string()))
-            .unwrap();
-        let resp = app(self.state.clone()).oneshot(req).await.unwrap();
-        let status = resp.status();
-        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
+        let token = self.token(user, role);
+        self.http(Method::POST, &token, path, body).await
     }
 
     async fn post_ok(&self, user: &str, role: Role, path: &str, body: Value) -> Value {
@@ -109,65 +42,7 @@ impl Server {
     }
 }
 
-struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
-    name: String,
-}
-
 impl Client {
-    async fn send(&mut self, v: Value) {
-        self.send_text(v.to_string()).await;
-    }
-
-    async fn send_text(&mut self, s: String) {
-        timeout(WAIT, self.ws.send(Message::text(s)))
-            .await
-            .expect("send timed out")
-            .expect("send failed");
-    }
-
-    /// The next JSON message (control frames skipped); panics on close or timeout.
-    async fn next(&mut self) -> Value {
-        loop {
-            let msg = timeout(WAIT, self.ws.next())
-                .await
-                .unwrap_or_else(|_| panic!("{}: no message within {WAIT:?}", self.name))
-                .unwrap_or_else(|| panic!("{}: socket ended", self.name))
-                .unwrap_or_else(|e| panic!("{}: socket error {e}", self.name));
-            match msg {
-                Message::Text(t) => return serde_json::from_str(&t).unwrap(),
-                Message::Close(f) => panic!("{}: closed {f:?}", self.name),
-                _ => continue,
-            }
-        }
-    }
-
-    /// Reads until a message of `kind` arrives (within one deadline); other messages are skipped.
-    async fn wait_for(&mut self, kind: &str) -> Value {
-        self.wait_until(kind, |_| true).await
-    }
-
-    /// Reads until a message of `kind` that satisfies `pred` arrives.
-    async fn wait_until(&mut self, kind: &str, pred: impl Fn(&Value) -> bool) -> Value {
-        let deadline = Instant::now() + WAIT;
-        let mut seen = Vec::new();
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let msg = match timeout(left, self.next()).await {
-                Ok(m) => m,
-                Err(_) => panic!(
-                    "{}: no {kind} within {WAIT:?}; saw {}",
-                    self.name,
-                    seen.join(", ")
-                ),
-            };
-            if msg["type"] == kind && pred(&msg) {
-                return msg;
-            }
-            seen.push(msg["type"].as_str().unwrap_or("?").to_owned());
-        }
-    }
-
     async fn join(&mut self, cid: &str, create: bool) -> Value {
         self.send(json!({"type": "join", "call_cid": cid, "create": create}))
             .await;
@@ -190,22 +65,6 @@ impl Client {
     async fn ping(&mut self) {
         self.send(json!({"type": "ping"})).await;
         self.wait_for("pong").await;
-    }
-
-    /// Reads until the server's close frame; returns its code.
-    async fn close_code(&mut self) -> u16 {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match timeout(left, self.ws.next()).await {
-                Err(_) => panic!("{}: no close frame within {WAIT:?}", self.name),
-                Ok(None) => panic!("{}: stream ended without a close frame", self.name),
-                Ok(Some(Err(e))) => panic!("{}: error before close frame: {e}", self.name),
-                Ok(Some(Ok(Message::Close(Some(f))))) => return u16::from(f.code),
-                Ok(Some(Ok(Message::Close(None)))) => panic!("{}: close without code", self.name),
-                Ok(Some(Ok(_))) => continue,
-            }
-        }
     }
 }
 
@@ -357,7 +216,7 @@ async fn oversized_message_closes_with_1009() {
     other.join("default:big", false).await;
     let pad = "x".repeat(limit + 1);
     c.send(json!({"type": "ping", "pad": pad})).await;
-    assert_eq!(c.close_code().await, u16::from(CloseCode::Size));
+    assert_eq!(c.close_code(WAIT).await, u16::from(CloseCode::Size));
     // The closed session left the call.
     let left = other.wait_for("call.session_participant_left").await;
     assert_eq!(left["participant"]["user_id"], "u");
@@ -371,7 +230,7 @@ async fn very_large_message_closes_with_1009() {
     c.ping().await;
     // Far above any internal cap.
     c.send_text("y".repeat(limit * 16)).await;
-    assert_eq!(c.close_code().await, 1009);
+    assert_eq!(c.close_code(WAIT).await, 1009);
 }
 
 #[tokio::test]

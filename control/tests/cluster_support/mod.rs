@@ -246,6 +246,73 @@ pub fn admin(n: &Node) -> String {
     n.state.auth.mint("backend", None, None, true, 600).unwrap()
 }
 
+/// A token of `user` with the global `role`, minted by node `n`.
+pub fn token(n: &Node, user: &str, role: Role) -> String {
+    n.state
+        .auth
+        .mint(user, None, Some(role), false, 600)
+        .unwrap()
+}
+
+/// `POST /v1/calls/default/{id}` at node `n` with `token`: creates the call (or gets it).
+pub async fn create_call(n: &Node, token: &str, id: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/v1/calls/default/{id}", n.http()))
+        .bearer_auth(token)
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Creating call `default:{id}` at node `n` is refused while Redis is down: 503
+/// `cluster_unavailable`.
+pub async fn refused_while_redis_is_down(n: &Node, token: &str, id: &str) {
+    let r = create_call(n, token, id).await;
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "cluster_unavailable", "{body}");
+}
+
+/// Creates call `default:{id}` at node `n` once Redis is back (503 until then, within
+/// [`WAIT`]).
+pub async fn created_once_redis_is_back(n: &Node, token: &str, id: &str) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let r = create_call(n, token, id).await;
+        if r.status() == 200 {
+            return;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(tokio::time::Instant::now() < deadline, "no recovery");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `GET /v1/nodes` at node `n` with `token`.
+pub async fn list_nodes(n: &Node, token: &str) -> reqwest::Response {
+    reqwest::Client::new()
+        .get(format!("{}/v1/nodes", n.http()))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Grants and revokes (`body`) in call `default:{call_id}` through node `n`'s API, as admin.
+pub async fn user_permissions(n: &Node, call_id: &str, body: &Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!(
+            "{}/v1/calls/default/{call_id}/user_permissions",
+            n.http()
+        ))
+        .bearer_auth(admin(n))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 /// A signaling client's socket.
 pub type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
