@@ -388,6 +388,77 @@ fn jsep_sdp(v: &Value, kind: &str) -> Result<String> {
         .ok_or_else(|| JanusError::Protocol("jsep without sdp".into()))
 }
 
+/// Attaches a handle and joins `room` on it as a publisher named `display`: the handle and the
+/// feed id Janus gave it.
+async fn join_as_publisher(
+    session: &Arc<JanusSession>,
+    room: u64,
+    display: &str,
+) -> Result<(JanusHandle, u64)> {
+    let handle = session.attach().await?;
+    let joined = handle
+        .request(
+            json!({"request": "join", "ptype": "publisher", "room": room, "display": display}),
+            None,
+        )
+        .await?;
+    let data = &joined["plugindata"]["data"];
+    if data["videoroom"] != "joined" {
+        return Err(JanusError::Protocol(format!("publisher join: {joined}")));
+    }
+    let feed = data["id"]
+        .as_u64()
+        .ok_or_else(|| JanusError::Protocol("joined without id".into()))?;
+    Ok((handle, feed))
+}
+
+/// Sends `publish` with the publisher's `offer` of `sources` on `handle`: Janus's answer.
+async fn publish_offer(
+    handle: &JanusHandle,
+    sources: &[TrackSource],
+    offer: &str,
+) -> Result<String> {
+    let has = |audio: bool| sources.iter().any(|s| s.is_audio() == audio);
+    let reply = handle
+        .request(
+            json!({"request": "publish", "audio": has(true), "video": has(false)}),
+            Some(json!({"type": "offer", "sdp": offer})),
+        )
+        .await?;
+    jsep_sdp(&reply, "answer")
+}
+
+/// Attaches a handle and joins `room` on it as a subscriber to every stream of `feeds`: the
+/// handle, Janus's offer and the subscribed tracks it lists.
+async fn join_as_subscriber(
+    session: &Arc<JanusSession>,
+    room: u64,
+    feeds: &[u64],
+) -> Result<(JanusHandle, String, Vec<SubscribedTrack>)> {
+    let handle = session.attach().await?;
+    let streams: Vec<Value> = feeds.iter().map(|f| json!({"feed": f})).collect();
+    let attached = handle
+        .request(
+            json!({"request": "join", "ptype": "subscriber", "room": room, "streams": streams}),
+            None,
+        )
+        .await?;
+    let offer = jsep_sdp(&attached, "offer")?;
+    let tracks = subscribed_tracks(&attached["plugindata"]["data"]["streams"]);
+    Ok((handle, offer, tracks))
+}
+
+/// Sends `start` with the subscriber's `answer` on `handle`, then the end of candidates.
+async fn start_subscription(handle: &JanusHandle, answer: &str) -> Result<()> {
+    handle
+        .request(
+            json!({"request": "start"}),
+            Some(json!({"type": "answer", "sdp": answer})),
+        )
+        .await?;
+    handle.trickle_completed().await
+}
+
 /// A publisher in a Janus videoroom: a handle plus the bots' [`Publisher`].
 pub struct JanusPublisher {
     handle: JanusHandle,
@@ -407,30 +478,10 @@ impl JanusPublisher {
         config: PublisherConfig,
         timeout: Duration,
     ) -> Result<JanusPublisher> {
-        let handle = session.attach().await?;
-        let joined = handle
-            .request(
-                json!({"request": "join", "ptype": "publisher", "room": room, "display": display}),
-                None,
-            )
-            .await?;
-        let data = &joined["plugindata"]["data"];
-        if data["videoroom"] != "joined" {
-            return Err(JanusError::Protocol(format!("publisher join: {joined}")));
-        }
-        let feed = data["id"]
-            .as_u64()
-            .ok_or_else(|| JanusError::Protocol("joined without id".into()))?;
+        let (handle, feed) = join_as_publisher(session, room, display).await?;
         let publisher = Arc::new(Publisher::new(sources, config).await?);
         let (offer, _) = publisher.create_offer().await?;
-        let has = |audio: bool| sources.iter().any(|s| s.is_audio() == audio);
-        let reply = handle
-            .request(
-                json!({"request": "publish", "audio": has(true), "video": has(false)}),
-                Some(json!({"type": "offer", "sdp": offer})),
-            )
-            .await?;
-        let answer = jsep_sdp(&reply, "answer")?;
+        let answer = publish_offer(&handle, sources, &offer).await?;
         tracing::debug!(%offer, %answer, "janus publisher negotiation");
         publisher.apply_answer(&answer).await?;
         handle.trickle_completed().await?;
@@ -468,25 +519,10 @@ impl JanusSubscriber {
         config: SubscriberConfig,
         timeout: Duration,
     ) -> Result<JanusSubscriber> {
-        let handle = session.attach().await?;
-        let streams: Vec<Value> = feeds.iter().map(|f| json!({"feed": f})).collect();
-        let attached = handle
-            .request(
-                json!({"request": "join", "ptype": "subscriber", "room": room, "streams": streams}),
-                None,
-            )
-            .await?;
-        let offer = jsep_sdp(&attached, "offer")?;
-        let tracks = subscribed_tracks(&attached["plugindata"]["data"]["streams"]);
+        let (handle, offer, tracks) = join_as_subscriber(session, room, feeds).await?;
         let subscriber = Arc::new(Subscriber::new(config).await?);
         let answer = subscriber.apply_offer(&offer, tracks).await?;
-        handle
-            .request(
-                json!({"request": "start"}),
-                Some(json!({"type": "answer", "sdp": answer})),
-            )
-            .await?;
-        handle.trickle_completed().await?;
+        start_subscription(&handle, &answer).await?;
         subscriber.wait_connected(timeout).await?;
         Ok(JanusSubscriber { handle, subscriber })
     }
@@ -518,20 +554,7 @@ impl JanusLightPublisher {
         media: (std::net::IpAddr, AudioParams, VideoParams),
         timeout: Duration,
     ) -> Result<JanusLightPublisher> {
-        let handle = session.attach().await?;
-        let joined = handle
-            .request(
-                json!({"request": "join", "ptype": "publisher", "room": room, "display": display}),
-                None,
-            )
-            .await?;
-        let data = &joined["plugindata"]["data"];
-        if data["videoroom"] != "joined" {
-            return Err(JanusError::Protocol(format!("publisher join: {joined}")));
-        }
-        let feed = data["id"]
-            .as_u64()
-            .ok_or_else(|| JanusError::Protocol("joined without id".into()))?;
+        let (handle, feed) = join_as_publisher(session, room, display).await?;
         let (bind_ip, audio, video) = media;
         let publisher = Arc::new(
             LightPeer::with_role(
@@ -544,14 +567,7 @@ impl JanusLightPublisher {
             .await?,
         );
         let (offer, _) = publisher.publish_offer(sources, false).await?;
-        let has = |a: bool| sources.iter().any(|s| s.is_audio() == a);
-        let reply = handle
-            .request(
-                json!({"request": "publish", "audio": has(true), "video": has(false)}),
-                Some(json!({"type": "offer", "sdp": offer})),
-            )
-            .await?;
-        let answer = jsep_sdp(&reply, "answer")?;
+        let answer = publish_offer(&handle, sources, &offer).await?;
         tracing::debug!(%offer, %answer, "janus light publisher negotiation");
         publisher.accept_answer(&answer).await?;
         handle.trickle_completed().await?;
@@ -588,27 +604,12 @@ impl JanusLightSubscriber {
         bind_ip: std::net::IpAddr,
         timeout: Duration,
     ) -> Result<JanusLightSubscriber> {
-        let handle = session.attach().await?;
-        let streams: Vec<Value> = feeds.iter().map(|f| json!({"feed": f})).collect();
-        let attached = handle
-            .request(
-                json!({"request": "join", "ptype": "subscriber", "room": room, "streams": streams}),
-                None,
-            )
-            .await?;
-        let offer = jsep_sdp(&attached, "offer")?;
-        let tracks = subscribed_tracks(&attached["plugindata"]["data"]["streams"]);
+        let (handle, offer, tracks) = join_as_subscriber(session, room, feeds).await?;
         let subscriber = Arc::new(
             LightPeer::new(bind_ip, AudioParams::default(), VideoParams::default()).await?,
         );
         let answer = subscriber.accept_offer(&offer, tracks).await?;
-        handle
-            .request(
-                json!({"request": "start"}),
-                Some(json!({"type": "answer", "sdp": answer})),
-            )
-            .await?;
-        handle.trickle_completed().await?;
+        start_subscription(&handle, &answer).await?;
         subscriber.wait_connected(timeout).await?;
         Ok(JanusLightSubscriber { handle, subscriber })
     }

@@ -269,44 +269,65 @@ pub fn revoke_lines(r: &RevokeSummary) -> String {
     out
 }
 
-/// The header of [`markdown`]'s revoke table.
-const REVOKE_HEADER: &str = "| scenario | revoked at / re-granted at (s) | video pkt/s before (all receivers) \
-    | revoked window (s) | media pkts of the revoked track in it | publisher's video pkts sent in it \
-    | all media pkt/s in it | server datagrams out/s in it | RTP without media / padded / RTCP / STUN per s \
-    | video pkt/s after re-grant (all receivers) |\n|---|---|---|---|---|---|---|---|---|---|\n";
+/// One markdown table: a header row of `columns`, its separator, then one line per row of
+/// `rows` (its cells in the order of `columns`).
+fn markdown_table(columns: &[&str], rows: impl IntoIterator<Item = Vec<String>>) -> String {
+    let line = |cells: &[String]| format!("| {} |\n", cells.join(" | "));
+    let header: Vec<String> = columns.iter().map(|c| (*c).to_owned()).collect();
+    let mut out = line(&header);
+    out.push_str(&format!("|{}\n", "---|".repeat(columns.len())));
+    for row in rows {
+        out.push_str(&line(&row));
+    }
+    out
+}
+
+/// The columns of [`markdown`]'s revoke table.
+const REVOKE_COLUMNS: [&str; 10] = [
+    "scenario",
+    "revoked at / re-granted at (s)",
+    "video pkt/s before (all receivers)",
+    "revoked window (s)",
+    "media pkts of the revoked track in it",
+    "publisher's video pkts sent in it",
+    "all media pkt/s in it",
+    "server datagrams out/s in it",
+    "RTP without media / padded / RTCP / STUN per s",
+    "video pkt/s after re-grant (all receivers)",
+];
 
 /// The revoke rows of [`markdown`], if any run had one.
 fn revoke_markdown(summaries: &[&Summary]) -> String {
-    let runs: Vec<(&Summary, &RevokeSummary)> = summaries
+    let rows: Vec<Vec<String>> = summaries
         .iter()
         .filter_map(|s| s.revoke.as_ref().map(|r| (*s, r)))
+        .map(|(s, r): (&Summary, &RevokeSummary)| {
+            vec![
+                s.scenario.clone(),
+                slash([
+                    format!("{:.1}", r.revoke_after_s),
+                    opt(r.regrant_after_s, 1),
+                ]),
+                format!("{:.1}", r.video_pps_before),
+                format!("{:.1}", r.revoked_secs),
+                r.revoked_video_media_packets.to_string(),
+                r.publisher_video_sent.to_string(),
+                format!("{:.1}", r.media_pps),
+                opt(r.datagrams_out_per_s, 1),
+                slash([
+                    opt(r.non_media_rtp_per_s, 1),
+                    opt(r.padded_rtp_per_s, 1),
+                    opt(r.rtcp_per_s, 1),
+                    opt(r.stun_per_s, 1),
+                ]),
+                opt(r.video_pps_after_regrant, 1),
+            ]
+        })
         .collect();
-    if runs.is_empty() {
+    if rows.is_empty() {
         return String::new();
     }
-    let mut out = String::from("\n");
-    out.push_str(REVOKE_HEADER);
-    for (s, r) in runs {
-        let _ = writeln!(
-            out,
-            "| {} | {:.1} / {} | {:.1} | {:.1} | {} | {} | {:.1} | {} | {} / {} / {} / {} | {} |",
-            s.scenario,
-            r.revoke_after_s,
-            opt(r.regrant_after_s, 1),
-            r.video_pps_before,
-            r.revoked_secs,
-            r.revoked_video_media_packets,
-            r.publisher_video_sent,
-            r.media_pps,
-            opt(r.datagrams_out_per_s, 1),
-            opt(r.non_media_rtp_per_s, 1),
-            opt(r.padded_rtp_per_s, 1),
-            opt(r.rtcp_per_s, 1),
-            opt(r.stun_per_s, 1),
-            opt(r.video_pps_after_regrant, 1),
-        );
-    }
-    out
+    format!("\n{}", markdown_table(&REVOKE_COLUMNS, rows))
 }
 
 /// The memory per listener with its basis: `265` (per listener), or `310 / participant` for a
@@ -320,19 +341,30 @@ fn kib_per_listener(s: &Summary) -> String {
     }
 }
 
-/// The header of [`markdown`]'s table.
-const MARKDOWN_HEADER: &str = "| scenario | server | joined / failed | fwd pkt/s (expected) | loss % \
-    | latency p50 / p99 (ms) | server CPU (% core) | server µs CPU / fwd pkt | floor ns/pkt \
-    | CPU / floor | Janus ÷ Greenroom CPU/pkt | server KiB per listener | datagrams out / media pkt \
-    | tester CPU (% core) | publishers' rate (% of nominal) |\n\
-    |---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n";
+/// The columns of [`markdown`]'s table.
+const MARKDOWN_COLUMNS: [&str; 15] = [
+    "scenario",
+    "server",
+    "joined / failed",
+    "fwd pkt/s (expected)",
+    "loss %",
+    "latency p50 / p99 (ms)",
+    "server CPU (% core)",
+    "server µs CPU / fwd pkt",
+    "floor ns/pkt",
+    "CPU / floor",
+    "Janus ÷ Greenroom CPU/pkt",
+    "server KiB per listener",
+    "datagrams out / media pkt",
+    "tester CPU (% core)",
+    "publishers' rate (% of nominal)",
+];
 
 /// Runs as one markdown table, one row per run, in the given order (Greenroom then Janus for
 /// each scenario). The Janus ÷ Greenroom column divides a Janus run's server CPU per forwarded
 /// packet by that of the Greenroom run of the same scenario name; `-` elsewhere.
 pub fn markdown(summaries: &[&Summary]) -> String {
-    let mut out = String::from(MARKDOWN_HEADER);
-    for s in summaries {
+    let rows = summaries.iter().map(|s| {
         let ratio = (s.target == "janus")
             .then(|| {
                 summaries
@@ -344,29 +376,29 @@ pub fn markdown(summaries: &[&Summary]) -> String {
                     .map(|(g, j)| j / g)
             })
             .flatten();
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} / {} | {:.0} ({:.0}) | {:.2} | {} / {} | {} | {} | {} | {} | {} | {} | {} | {:.0} | {} |",
-            s.scenario,
-            s.target,
-            s.joined,
-            s.join_failures,
-            s.forwarded_pps,
-            s.expected_pps,
-            s.loss_pct,
-            opt(s.latency_p50_ms, 2),
-            opt(s.latency_p99_ms, 2),
+        vec![
+            s.scenario.clone(),
+            s.target.clone(),
+            slash([s.joined.to_string(), s.join_failures.to_string()]),
+            paren(
+                format!("{:.0}", s.forwarded_pps),
+                format!("{:.0}", s.expected_pps),
+            ),
+            format!("{:.2}", s.loss_pct),
+            slash([opt(s.latency_p50_ms, 2), opt(s.latency_p99_ms, 2)]),
             opt(s.server_cpu_pct, 1),
             opt(s.server_cpu_s_per_mpkt, 2),
             opt(s.floor_ns_per_packet, 0),
-            s.server_cpu_x_floor.map_or("-".into(), |x| format!("{x:.1}x")),
+            s.server_cpu_x_floor
+                .map_or("-".into(), |x| format!("{x:.1}x")),
             ratio.map_or("-".into(), |r| format!("{r:.2}x")),
             kib_per_listener(s),
             opt(s.datagrams_per_media_packet, 3),
-            s.bot_cpu_pct,
+            format!("{:.0}", s.bot_cpu_pct),
             publisher_rate(s),
-        );
-    }
+        ]
+    });
+    let mut out = markdown_table(&MARKDOWN_COLUMNS, rows);
     out.push_str(&revoke_markdown(summaries));
     let warnings: Vec<String> = summaries
         .iter()
@@ -648,6 +680,24 @@ mod tests {
         assert!(
             lines[4].contains("| - |") && lines[4].contains("300 / participant"),
             "{t}"
+        );
+    }
+
+    #[test]
+    fn markdown_tables_have_a_header_a_separator_and_a_row_per_run() {
+        let t = markdown_table(&["a", "b c"], [vec!["1".into(), "2 / 3".into()]]);
+        assert_eq!(t, "| a | b c |\n|---|---|\n| 1 | 2 / 3 |\n");
+        let md = markdown(&[&Summary::default()]);
+        assert!(
+            md.starts_with(
+                "| scenario | server | joined / failed | fwd pkt/s (expected) | loss % | \
+                 latency p50 / p99 (ms) |"
+            ),
+            "{md}"
+        );
+        assert_eq!(
+            md.lines().nth(1),
+            Some("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         );
     }
 

@@ -7,6 +7,8 @@
 // The handshake callback signature is tungstenite's, with its large error type.
 #![allow(clippy::result_large_err)]
 
+mod common;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -21,18 +23,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
+use common::init_logs;
+
 const WAIT: Duration = Duration::from_secs(5);
 
 type ServerWs = WebSocketStream<TcpStream>;
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
 
 /// A bot connected to a WebSocket accepted by the test.
 async fn connect(mode: StopMode) -> (Bot, ServerWs) {

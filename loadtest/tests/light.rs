@@ -4,38 +4,20 @@
 //! `set_quality`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
-use greenroom_control::config::Config;
 use greenroom_loadtest::runner::{self, RunConfig};
 use greenroom_loadtest::scenario::{BotKind, Scenario, Target};
 use greenroom_loadtest::stats::TrackStats;
 use greenroom_loadtest::{token, LightBot, LightConfig};
 use greenroom_proto::{Quality, TrackSource};
 
+use common::{init_logs, server};
+
 const WAIT: Duration = Duration::from_secs(5);
-
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
-/// Starts the whole server on ephemeral ports; returns its base URL.
-async fn server() -> String {
-    let mut config = Config::default();
-    config.rtc.udp_addr = "127.0.0.1:0".parse().unwrap();
-    let state = greenroom_control::start_state(config, true).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = greenroom_control::app(state);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
-}
 
 fn cid() -> String {
     format!("default:light{:x}", rand::random::<u32>())

@@ -3,6 +3,8 @@
 //! two webrtc-rs connections.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -10,16 +12,9 @@ use greenroom_loadtest::media::{OPUS_PT, VP8_PT};
 use greenroom_loadtest::{Publisher, PublisherConfig, Subscriber, SubscriberConfig, TrackStats};
 use greenroom_proto::{PublishTrack, SubscribedTrack, TrackInfo, TrackSource};
 
-const WAIT: Duration = Duration::from_secs(5);
+use common::init_logs;
 
-fn init_logs() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+const WAIT: Duration = Duration::from_secs(5);
 
 /// The subscriber-side description of the publisher's tracks, as a server would send it.
 fn subscribed(tracks: &[PublishTrack]) -> Vec<SubscribedTrack> {

@@ -5,25 +5,16 @@
 //! binary: the datagram counters are per process.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Duration;
 
-use greenroom_control::config::Config;
 use greenroom_loadtest::report;
 use greenroom_loadtest::revoke::RevokePlan;
 use greenroom_loadtest::runner::{self, RunConfig};
 use greenroom_loadtest::scenario::{BotKind, Scenario, Target, VideoPreset};
 
-/// Starts the whole server on ephemeral ports; returns its base URL.
-async fn server() -> String {
-    let mut config = Config::default();
-    config.rtc.udp_addr = "127.0.0.1:0".parse().unwrap();
-    let state = greenroom_control::start_state(config, true).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = greenroom_control::app(state);
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
-}
+use common::server;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_publisher_reaches_no_subscriber_until_granted_again() {

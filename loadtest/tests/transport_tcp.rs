@@ -4,12 +4,15 @@
 //! server saw TCP connections (its counters), not UDP peers.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use std::time::Duration;
 
-use greenroom_control::config::Config;
 use greenroom_loadtest::light::PeerTransport;
 use greenroom_loadtest::runner::{self, RunConfig};
 use greenroom_loadtest::scenario::{BotKind, Scenario, Target, VideoPreset};
+
+use common::{init_logs, local_config, server_with};
 
 /// Starts the whole server with ICE-TCP on a free port; returns its base URL and the state.
 async fn server() -> (String, std::sync::Arc<greenroom_control::AppState>) {
@@ -19,25 +22,14 @@ async fn server() -> (String, std::sync::Arc<greenroom_control::AppState>) {
         .local_addr()
         .unwrap()
         .port();
-    let mut config = Config::default();
-    config.rtc.udp_addr = "127.0.0.1:0".parse().unwrap();
+    let mut config = local_config();
     config.rtc.ice_tcp_port = Some(tcp_port);
-    let state = greenroom_control::start_state(config, true).await.unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = greenroom_control::app(state.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}"), state)
+    server_with(config).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runner_over_ice_tcp_forwards_media_without_loss() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
+    init_logs();
     let (url, state) = server().await;
     let sfu = state.sfu.as_ref().expect("media plane on");
     let counters = sfu.ice_tcp_counters().expect("ICE-TCP on");
