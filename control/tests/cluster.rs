@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use cluster_support::{
     admin, connect, create_call, created_once_redis_is_back, list_nodes, node, packets, prefix,
-    received_more, refused_while_redis_is_down, send, split_by_home, three_nodes, token, wait_for,
-    Redis, WAIT,
+    received_more, refused_while_redis_is_down, send, split_by_home, three_nodes, token,
+    user_permissions, wait_for, Redis, WAIT,
 };
 use greenroom_control::cluster::{Cluster, Route};
 use greenroom_proto::{CallCid, CallType, Role};
@@ -327,17 +327,21 @@ async fn media_flows_for_clients_of_non_home_nodes_and_a_revoke_there_stops_it()
     // A revoke sent to the entry node's API: the publisher is told to stop, video stops for
     // every subscriber while audio flows on.
     let from = alice.cursor();
-    let r = reqwest::Client::new()
-        .post(format!(
-            "{}/v1/calls/default/spanning-media/user_permissions",
-            entry.http()
-        ))
-        .bearer_auth(admin(entry))
-        .json(&json!({"user_id": "alice", "revoke_permissions": ["send-video"]}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let revoke = json!({"user_id": "alice", "revoke_permissions": ["send-video"]});
+    let r = user_permissions(entry, "spanning-media", &revoke).await;
+    if r.status() != 200 {
+        // A 404 here means the node that served the revoke does not hold the call: its
+        // placement moved away from the home (the home's registration or claim lapsed).
+        let status = r.status();
+        let body = r.text().await.unwrap_or_default();
+        panic!(
+            "revoke via {}: {status} {body}; home {} holds the call: {}; registry: {}",
+            entry.cluster.node_id(),
+            home.cluster.node_id(),
+            home.state.read_call(&cid.parse().unwrap(), |_| ()).is_ok(),
+            nodes(home).await
+        );
+    }
     let (sources, _) = alice.wait_for_stop_publishing(from, WAIT).await.unwrap();
     assert_eq!(sources, vec![TrackSource::Camera]);
     bob.wait_for_event(0, "call.user_muted", WAIT)
