@@ -1209,6 +1209,11 @@ mod tests {
             .collect()
     }
 
+    /// `user` rejects `c` (every device) for `reason` at `at`, which must succeed.
+    fn rejected(r: &mut Ringer, c: &CallCid, user: &str, reason: RejectReason, at: u64) -> Step {
+        r.reject(c, user, None, reason, at).unwrap()
+    }
+
     fn last_record(step: &Step) -> &CallRecord {
         step.records.last().expect("a record")
     }
@@ -1411,9 +1416,7 @@ mod tests {
     #[test]
     fn reject_without_device_stops_every_device() {
         let (mut r, c) = one_to_one();
-        let step = r
-            .reject(&c, "bob", None, RejectReason::Rejected, T0 + 1)
-            .unwrap();
+        let step = rejected(&mut r, &c, "bob", RejectReason::Rejected, T0 + 1);
         assert_eq!(
             step.events_for_device("bob", "any"),
             vec![&RingEvent::StopRinging { call_cid: c }]
@@ -1610,9 +1613,7 @@ mod tests {
     #[test]
     fn race_reject_before_timeout_reject_wins() {
         let (mut r, c) = one_to_one();
-        let step = r
-            .reject(&c, "bob", None, RejectReason::Rejected, T0 + TIMEOUT - 1)
-            .unwrap();
+        let step = rejected(&mut r, &c, "bob", RejectReason::Rejected, T0 + TIMEOUT - 1);
         assert_eq!(last_record(&step).outcome, RingOutcome::Rejected);
         assert!(r.poll_timeout(T0 + TIMEOUT).is_empty());
     }
@@ -1804,15 +1805,10 @@ mod tests {
     fn group_rejected_by_everyone_is_over() {
         let mut r = Ringer::new();
         let c = group_call(&mut r);
-        r.reject(&c, "bob", None, RejectReason::Declined, T0 + 1)
-            .unwrap();
-        let step = r
-            .reject(&c, "carol", None, RejectReason::Declined, T0 + 2)
-            .unwrap();
+        rejected(&mut r, &c, "bob", RejectReason::Declined, T0 + 1);
+        let step = rejected(&mut r, &c, "carol", RejectReason::Declined, T0 + 2);
         assert!(step.records.is_empty(), "dave still rings");
-        let step = r
-            .reject(&c, "dave", None, RejectReason::Rejected, T0 + 3)
-            .unwrap();
+        let step = rejected(&mut r, &c, "dave", RejectReason::Rejected, T0 + 3);
         assert_eq!(last_record(&step).outcome, RingOutcome::Rejected);
         assert_idle(&r);
     }
@@ -1821,8 +1817,7 @@ mod tests {
     fn group_partly_rejected_then_timed_out_is_missed() {
         let mut r = Ringer::new();
         let c = group_call(&mut r);
-        r.reject(&c, "bob", None, RejectReason::Rejected, T0 + 1)
-            .unwrap();
+        rejected(&mut r, &c, "bob", RejectReason::Rejected, T0 + 1);
         let step = r.poll_timeout(T0 + TIMEOUT);
         assert_eq!(last_record(&step).outcome, RingOutcome::Missed);
         assert!(to_user(&step, "bob").is_empty());
@@ -1836,11 +1831,8 @@ mod tests {
         let mut r = Ringer::new();
         let c = group_call(&mut r);
         r.accept(&c, "bob", "phone", T0 + 1).unwrap();
-        r.reject(&c, "carol", None, RejectReason::Rejected, T0 + 2)
-            .unwrap();
-        let step = r
-            .reject(&c, "dave", None, RejectReason::Rejected, T0 + 3)
-            .unwrap();
+        rejected(&mut r, &c, "carol", RejectReason::Rejected, T0 + 2);
+        let step = rejected(&mut r, &c, "dave", RejectReason::Rejected, T0 + 3);
         assert_eq!(to_user(&step, "alice").len(), 1);
         assert_eq!(to_user(&step, "bob").len(), 1);
         assert!(step.end_sessions.is_empty());
