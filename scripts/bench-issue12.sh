@@ -34,7 +34,9 @@
 #
 # Options: --duration D (default 15s; whole seconds with --revoke), --only a,b (scenario names),
 # --floor-time D, --smoke, --revoke (add the revoke row, off by default),
-# --no-janus (Greenroom only), --nice N (run both servers and the load tester at this nice
+# --no-janus (Greenroom only), --settle D (audio rows: keep the room running D more after the
+# window and report the server's memory per listener then too, e.g. 35s: past the server's 30 s
+# DTLS release, what a long-lived room holds), --nice N (run both servers and the load tester at this nice
 # level, e.g. -5 on a machine busy with builds: the same for every process measured; recorded in
 # the output). LOADTEST_PROFILE=debug|release (default release; debug with
 # --smoke). Exit status 77 when Janus is not installed and cannot be (the smoke test skips).
@@ -51,6 +53,7 @@ SMOKE=0
 JANUS=1
 NICE=""
 REVOKE=0
+SETTLE=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION="$2"; shift 2 ;;
@@ -59,6 +62,7 @@ while [ $# -gt 0 ]; do
     --smoke) SMOKE=1; shift ;;
     --no-janus) JANUS=0; shift ;;
     --revoke) REVOKE=1; shift ;;
+    --settle) SETTLE="$2"; shift 2 ;;
     --nice) NICE="$2"; shift 2 ;;
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
@@ -142,6 +146,7 @@ for entry in "${SCENARIOS[@]}"; do
     --floor-time "$FLOOR_TIME" --timeout 30s --no-progress "${opts[@]}")
   # The smoke fails when no media reached the listeners (an interop break with either server).
   [ "$SMOKE" = 1 ] && common+=(--require-media)
+  [ -n "$SETTLE" ] && [[ "$name" == audio-* ]] && common+=(--settle "$SETTLE")
 
   gr_start "$OUT/$name-greenroom-server.log"
   echo "== $name on greenroom (pid $GR_PID, $GR_URL; load average $(loadavg))" >&2
@@ -179,7 +184,7 @@ done
   echo "(Linux $(uname -r); $( (janus --version 2>/dev/null || echo 'janus: none') | sed -n 1p)); every server socket on 127.0.0.1."
   echo
   echo '```sh'
-  echo "scripts/bench-issue12.sh --duration $DURATION${ONLY:+ --only $ONLY}${NICE:+ --nice $NICE}$([ "$SMOKE" = 1 ] && echo ' --smoke')$([ "$REVOKE" = 1 ] && echo ' --revoke')"
+  echo "scripts/bench-issue12.sh --duration $DURATION${ONLY:+ --only $ONLY}${NICE:+ --nice $NICE}$([ "$SMOKE" = 1 ] && echo ' --smoke')$([ "$REVOKE" = 1 ] && echo ' --revoke')${SETTLE:+ --settle $SETTLE}"
   echo '```'
   echo
   if [ "${#FILES[@]}" -gt 0 ]; then

@@ -9,6 +9,13 @@ use clap::{Args, Parser, Subcommand};
 use greenroom_control::config::{Config, Overrides, DEV_API_KEY, DEV_API_SECRET};
 use greenroom_proto::{CallCid, Role};
 
+/// jemalloc with background purge threads: with glibc's malloc the server's RSS stayed at its
+/// peak after the DTLS release (freed memory kept in per-thread arenas); jemalloc returns it
+/// (docs/BENCHMARKS.md, *The allocator*: 197 vs 121 KiB of RSS per audio listener).
+#[cfg(unix)]
+#[global_allocator]
+static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[derive(Parser, Debug)]
 #[command(
     name = "greenroom",

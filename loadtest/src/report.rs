@@ -331,13 +331,21 @@ fn revoke_markdown(summaries: &[&Summary]) -> String {
 }
 
 /// The memory per listener with its basis: `265` (per listener), or `310 / participant` for a
-/// scenario without listeners.
+/// scenario without listeners; with `--settle`, the figure after it follows: `265, 35 s
+/// later 120`.
 fn kib_per_listener(s: &Summary) -> String {
     let v = opt(s.server_kib_per_listener, 0);
-    if s.memory_per == "participant" && s.server_kib_per_listener.is_some() {
+    let v = if s.memory_per == "participant" && s.server_kib_per_listener.is_some() {
         format!("{v} / participant")
     } else {
         v
+    };
+    match s.settle_secs {
+        Some(secs) => format!(
+            "{v}, {secs:.0} s later {}",
+            opt(s.server_kib_per_listener_settled, 0)
+        ),
+        None => v,
     }
 }
 
@@ -768,5 +776,21 @@ mod tests {
             "{md}"
         );
         assert_eq!(md.matches("**WARNING").count(), 1, "{md}");
+    }
+
+    #[test]
+    fn the_settled_memory_follows_the_end_of_window_figure() {
+        let s = Summary {
+            server_kib_per_listener: Some(173.2),
+            memory_per: "listener".into(),
+            ..Summary::default()
+        };
+        assert_eq!(kib_per_listener(&s), "173");
+        let settled = Summary {
+            settle_secs: Some(35.0),
+            server_kib_per_listener_settled: Some(120.4),
+            ..s
+        };
+        assert_eq!(kib_per_listener(&settled), "173, 35 s later 120");
     }
 }

@@ -97,6 +97,10 @@ pub struct RunConfig {
     /// Revoke the first video publisher's `send-video` mid-run (Greenroom only; publishers
     /// then ignore `stop_publishing`): see [`crate::revoke`].
     pub revoke: Option<RevokePlan>,
+    /// Keep every bot connected and its media flowing this long after the measurement window,
+    /// then read the server's RSS again (`--settle`): the memory per listener of a long-lived
+    /// room, past the server's 30 s DTLS release. `None`: only the end-of-window figure.
+    pub settle: Option<Duration>,
 }
 
 impl RunConfig {
@@ -136,6 +140,7 @@ impl RunConfig {
             transport: crate::light::PeerTransport::Udp,
             floor: None,
             revoke: None,
+            settle: None,
         }
     }
 }
@@ -282,6 +287,14 @@ pub struct Summary {
     /// What [`Summary::server_kib_per_listener`] is per: `listener` or `participant`.
     #[serde(default)]
     pub memory_per: String,
+    /// Seconds the run went on after the window, every bot connected and media flowing
+    /// ([`RunConfig::settle`]); `None` without `--settle`.
+    #[serde(default)]
+    pub settle_secs: Option<f64>,
+    /// [`Summary::server_kib_per_listener`] read again after the settle: same listeners, same
+    /// basis, RSS at the end of the settle.
+    #[serde(default)]
+    pub server_kib_per_listener_settled: Option<f64>,
     /// Load tester CPU in the window, s.
     pub bot_cpu_seconds: f64,
     /// Load tester CPU, percent of one core.
@@ -566,6 +579,15 @@ struct Delta {
     revoked_rx_packets: u64,
     revoked_rx_probes: u64,
     revoked_tx_packets: u64,
+}
+
+/// Memory per member, KiB: (RSS `after` - RSS `base`) / `count`; `None` without both samples
+/// or members.
+fn kib_per(base: Option<u64>, after: Option<u64>, count: usize) -> Option<f64> {
+    match (base, after) {
+        (Some(b), Some(a)) if count > 0 => Some((a as f64 - b as f64) / 1024.0 / count as f64),
+        _ => None,
+    }
 }
 
 fn ms(us: Option<u64>) -> Option<f64> {
@@ -1311,12 +1333,7 @@ impl Run {
         } else {
             ("participant", before, self.joined())
         };
-        let per_listener = match (base, rss_after) {
-            (Some(b), Some(a)) if count > 0 => {
-                Some((a as f64 - b.rss_bytes as f64) / 1024.0 / count as f64)
-            }
-            _ => None,
-        };
+        let per_listener = kib_per(base.map(|b| b.rss_bytes), rss_after, count);
         let mean_payload = (d.rx > 0).then(|| d.rx_bytes as f64 / d.rx as f64);
         let floor_ns = self
             .config
@@ -1375,12 +1392,31 @@ impl Run {
             server_rss_before_listeners_mib: listeners.rss_before.map(|b| mib(b.rss_bytes)),
             server_kib_per_listener: per_listener,
             memory_per: memory_per.into(),
+            settle_secs: None,
+            server_kib_per_listener_settled: None,
             bot_cpu_seconds: d.bot_cpu,
             bot_cpu_pct: d.bot_cpu * 100.0 / d.secs,
             bot_cpu_us_per_packet: (d.rx > 0).then(|| d.bot_cpu * 1e6 / d.rx as f64),
             bots_heavier_than_server: d.server_cpu.map(|c| d.bot_cpu > c),
             errors: self.errors.lock().clone(),
         }
+    }
+
+    /// Keeps everyone connected, media flowing, for `settle` after the window, then reads the
+    /// server's RSS again into [`Summary::server_kib_per_listener_settled`], over the same
+    /// basis (`base`, RSS bytes) and members (`count`) as the end-of-window figure.
+    async fn settle(
+        &self,
+        summary: &mut Summary,
+        settle: Duration,
+        base: Option<u64>,
+        count: usize,
+    ) {
+        self.bar.set_prefix("settling");
+        tokio::time::sleep(settle).await;
+        let after = self.config.server.read().await.ok().flatten();
+        summary.settle_secs = Some(settle.as_secs_f64());
+        summary.server_kib_per_listener_settled = kib_per(base, after.map(|a| a.rss_bytes), count);
     }
 
     /// Measures `duration` after `warmup`, moving the bar, and runs the revoke scenario's
@@ -1445,6 +1481,16 @@ pub async fn run(scenario: &Scenario, config: &RunConfig) -> Result<RunResult, L
                 );
                 summary.expected_pps = scenario.expected_forward_rate();
                 summary.revoke = revoked;
+                if let Some(settle) = config.settle {
+                    // The end-of-window figure's basis and members (`summarize`).
+                    let (base, count) = if scenario.subscribers > 0 {
+                        (listeners.rss_before, listeners.joined)
+                    } else {
+                        (before, run.joined())
+                    };
+                    let base = base.map(|b| b.rss_bytes);
+                    run.settle(&mut summary, settle, base, count).await;
+                }
                 Ok(summary)
             }
             Err(e) => Err(e),
@@ -1575,6 +1621,17 @@ pub async fn find_max(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn memory_per_member_needs_both_samples_and_members() {
+        // 200 listeners that added 20 MiB: 102.4 KiB each; RSS that fell gives a negative figure.
+        let mib = 1 << 20;
+        assert_eq!(kib_per(Some(10 * mib), Some(30 * mib), 200), Some(102.4));
+        assert_eq!(kib_per(Some(30 * mib), Some(10 * mib), 200), Some(-102.4));
+        assert_eq!(kib_per(None, Some(mib), 200), None);
+        assert_eq!(kib_per(Some(mib), None, 200), None);
+        assert_eq!(kib_per(Some(mib), Some(2 * mib), 0), None);
+    }
 
     #[test]
     fn bots_are_spread_over_the_urls_round_robin() {

@@ -193,6 +193,11 @@ struct Args {
     /// Grant send-video again this long into the window (needs --revoke-after).
     #[arg(long, value_parser = parse_duration, requires = "revoke_after")]
     regrant_after: Option<Duration>,
+    /// After the window, keep every bot connected and its media flowing this long, then read
+    /// the server's RSS again and report the memory per listener then too (e.g. `35s`: past
+    /// the server's 30 s DTLS release, what a long-lived room holds).
+    #[arg(long, value_parser = parse_duration)]
+    settle: Option<Duration>,
     /// Exit with an error if no media was forwarded (smoke tests).
     #[arg(long)]
     require_media: bool,
@@ -392,6 +397,7 @@ async fn main() -> anyhow::Result<()> {
         });
     }
     config.timeout = args.timeout;
+    config.settle = args.settle;
     config.progress = !args.no_progress;
     if let Some(after) = args.revoke_after {
         if args.find_max || args.suite {
