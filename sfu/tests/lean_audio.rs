@@ -19,14 +19,6 @@ use str0m::format::Codec;
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Candidate, Input, Rtc, RtcConfig};
 
-/// The value of an unlabelled metric line, or of one labelled `label`.
-fn metric(sfu: &Sfu, name: &str) -> f64 {
-    sfu.metrics_text()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn options(lean: bool) -> SfuOptions {
     SfuOptions {
         shards: 1,
@@ -69,11 +61,6 @@ async fn audio_pair(
     let mid = audio.clone();
     wait_for("audio flows", || sub_client.count(&mid) >= warmup).await;
     (p, sub_client, audio)
-}
-
-/// Sequence numbers without a gap or a repeat (the forwarder never reorders on loopback).
-fn contiguous(seqs: &[u64]) -> bool {
-    seqs.windows(2).all(|w| w[1] == w[0] + 1)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
