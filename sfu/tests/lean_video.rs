@@ -13,10 +13,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-use greenroom_proto::{CallCid, MediaGate, SourceSet, TrackSource};
+use greenroom_proto::{CallCid, MediaGate, PublishTrack, SourceSet, TrackSource};
 use greenroom_sfu::{Sfu, SfuOptions};
 use str0m::format::Codec;
+use str0m::media::{Direction, MediaKind, Mid, Rid, Simulcast, SimulcastLayer};
 use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::{RtpWrite, SeqNo};
 use str0m::{Candidate, Input, Rtc, RtcConfig};
 
 fn options(lean_video: bool) -> SfuOptions {
@@ -252,5 +254,93 @@ async fn with_lean_video_off_video_goes_through_str0m() {
     assert!(contiguous(&rx.seqs));
     assert_eq!(metric(&sfu, "greenroom_lean_video_packets_total"), 0.0);
     assert!(metric(&sfu, "greenroom_engine_drives_total{cause=\"output\"}") >= 30.0);
+    events.assert_no_peer_failed();
+}
+
+/// Publishes a simulcast camera (rids "h" and "l") from a new client as `pid`; returns it and
+/// the camera's mid. Nothing is sent yet.
+async fn simulcast_publisher(sfu: &Sfu, pid: &str) -> (Client, Mid) {
+    let client = Client::new();
+    let (offer, tracks, pending, mid) = client.call(|st| {
+        let mut sim = Simulcast::new();
+        sim.add_send_layer(SimulcastLayer::new("h"));
+        sim.add_send_layer(SimulcastLayer::new("l"));
+        let mut api = st.rtc.sdp_api();
+        let v = api.add_media(MediaKind::Video, Direction::SendOnly, None, None, Some(sim));
+        let (offer, pending) = api.apply().unwrap();
+        let tracks = vec![PublishTrack {
+            mid: v.to_string(),
+            source: TrackSource::Camera,
+        }];
+        (offer.to_sdp_string(), tracks, pending, v)
+    });
+    let answer = sfu.publish(pid, offer, tracks).await.unwrap();
+    client.accept_answer(pending, answer);
+    (client, mid)
+}
+
+/// One synthetic VP8 frame on both simulcast layers (a keyframe every 10th).
+fn send_simulcast_frame(st: &mut ClientState, mid: Mid) {
+    st.frame += 1;
+    let key = st.frame % 10 == 1;
+    let mut payload = vec![0x10, if key { 0x00 } else { 0x01 }, 0x9d, 0x01, 0x2a];
+    payload.resize(600, 0x55);
+    let pt = pt_for(&st.rtc, Codec::Vp8);
+    let now = Instant::now();
+    for rid in ["h", "l"] {
+        let mut api = st.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, Some(Rid::from(rid))) else {
+            continue;
+        };
+        tx.write_rtp(
+            RtpWrite::new(
+                pt,
+                SeqNo::from(u64::from(st.frame)),
+                st.frame * 3000,
+                now,
+                payload.clone(),
+            )
+            .marker(true)
+            .nackable(true),
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulcast_consumers_stay_on_str0m() {
+    let (sfu, mut events) = start(options(true)).await;
+    let call: CallCid = "default:lean-simulcast".parse().unwrap();
+    for pid in ["alice", "bob"] {
+        sfu.join(&call, pid, &format!("u-{pid}"), ALL);
+    }
+    let (alice, cam) = simulcast_publisher(&sfu, "alice").await;
+    let bob = Client::new();
+    let (_, tracks) = answer_offer(&sfu, &mut events, "bob", &bob).await;
+    let video = mid_of(&tracks, TrackSource::Camera);
+    wait_for("pair connected", || {
+        alice.is_connected() && bob.is_connected()
+    })
+    .await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let (jobs, stop) = (alice.jobs.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let job: Job = Box::new(move |st| send_simulcast_frame(st, cam));
+                if jobs.send(job).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(33));
+            }
+        })
+    };
+    let mid = video.clone();
+    wait_for("simulcast video flows", || bob.count(&mid) >= 30).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    sender.join().unwrap();
+    let rx = bob.received(&video);
+    assert_eq!(rx.vp8_payloads, rx.count);
+    // Every packet bob got went through str0m: the lean path sent none.
+    assert_eq!(metric(&sfu, "greenroom_lean_video_packets_total"), 0.0);
     events.assert_no_peer_failed();
 }

@@ -251,6 +251,7 @@ impl Engine {
                             seq,
                             ts,
                             level,
+                            orientation: pkt.video_orientation.map(|o| o as u8),
                             payload: &pkt.payload,
                             at: pkt.at,
                             clock_rate,

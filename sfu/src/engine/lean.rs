@@ -290,15 +290,17 @@ pub(super) fn audio_exts(rtc: &Rtc, mid: Mid) -> AudioExts {
     )
 }
 
-/// The header extensions str0m would write on forwarded video of `mid`: the mid only. Not
-/// written: transport-wide-cc (the subscriber then sends no TWCC feedback for the stream, so
-/// str0m's estimator and pacer never see, pad or probe it), abs-send-time, and the video
-/// orientation (the clients publish none).
+/// The header extensions str0m would write on forwarded video of `mid`: the mid and the
+/// video orientation (a rotated mobile camera). Not written: transport-wide-cc (the subscriber
+/// then sends no TWCC feedback for the stream, so str0m's estimator and pacer never see, pad
+/// or probe it) and abs-send-time.
 pub(super) fn video_exts(rtc: &Rtc, mid: Mid) -> AudioExts {
-    let id = rtc
-        .media(mid)
-        .and_then(|m| m.remote_extmap().id_of(Extension::RtpMid));
-    AudioExts::new(id.map(|id| (id, &*mid)), None)
+    let Some(media) = rtc.media(mid) else {
+        return AudioExts::default();
+    };
+    let map = media.remote_extmap();
+    AudioExts::new(map.id_of(Extension::RtpMid).map(|id| (id, &*mid)), None)
+        .with_video_orientation(map.id_of(Extension::VideoOrientation))
 }
 
 /// One forwarded packet as the lean path sends it.
@@ -308,6 +310,7 @@ pub(super) struct LeanPacket<'a> {
     pub(super) seq: u64,
     pub(super) ts: u32,
     pub(super) level: Option<(i8, bool)>,
+    pub(super) orientation: Option<u8>,
     pub(super) payload: &'a [u8],
     pub(super) at: Instant,
     pub(super) clock_rate: u32,
@@ -356,6 +359,7 @@ pub(super) fn send(
             ts: p.ts,
             ssrc: *ssrc,
             level: p.level,
+            orientation: p.orientation,
         },
         &tx.exts,
     );

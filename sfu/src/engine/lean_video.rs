@@ -148,6 +148,7 @@ impl Engine {
                     ts: p.ts.wrapping_add(r.ts_off),
                     ssrc: *rtx_ssrc,
                     level: None,
+                    orientation: None,
                 },
                 &tx.exts,
             );
