@@ -29,11 +29,6 @@ fn options(lean_video: bool) -> SfuOptions {
     }
 }
 
-/// Only the camera: every forwarded packet is video.
-fn video_only(c: &Client) {
-    c.call(|st| st.send.retain(|(_, codec)| *codec != Codec::Opus));
-}
-
 /// Joins `alice` (camera only, sending) and `bob` (bandwidth estimation on, as meetings join)
 /// to `call`; returns both, connected, and bob's video mid once `warmup` packets arrived.
 async fn video_pair(
@@ -43,24 +38,8 @@ async fn video_pair(
     bob: Client,
     warmup: u64,
 ) -> (Client, Client, String) {
-    let options = greenroom_sfu::JoinOptions {
-        bandwidth_estimation: true,
-    };
-    for pid in ["alice", "bob"] {
-        sfu.join_with(call, pid, &format!("u-{pid}"), ALL, options);
-    }
-    let alice = common::publisher(sfu, "alice").await;
-    video_only(&alice);
-    let (_, tracks) = answer_offer(sfu, events, "bob", &bob).await;
-    let video = mid_of(&tracks, TrackSource::Camera);
-    wait_for("pair connected", || {
-        alice.is_connected() && bob.is_connected()
-    })
-    .await;
-    alice.set_sending(true);
-    let mid = video.clone();
-    wait_for("video flows", || bob.count(&mid) >= warmup).await;
-    (alice, bob, video)
+    let source = (TrackSource::Camera, true);
+    one_source_pair(sfu, events, call, ("alice", "bob"), bob, source, warmup).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -581,6 +581,44 @@ pub async fn publish_and_subscribe(
     (p, s, mids)
 }
 
+/// Joins `publisher` and `subscriber` to `call` (`bwe`: bandwidth estimation on the
+/// subscriber's peer), publishes audio + video from the first but sends only `source`'s track
+/// (the microphone: Opus; the camera: video), answers the subscriber's offer from `sub_client`;
+/// returns both clients, connected, and the subscriber's mid of `source`, once `warmup`
+/// packets of it arrived.
+pub async fn one_source_pair(
+    sfu: &Sfu,
+    events: &mut Events,
+    call: &CallCid,
+    (publisher, subscriber): (&str, &str),
+    sub_client: Client,
+    (source, bwe): (TrackSource, bool),
+    warmup: u64,
+) -> (Client, Client, String) {
+    let options = greenroom_sfu::JoinOptions {
+        bandwidth_estimation: bwe,
+    };
+    for pid in [publisher, subscriber] {
+        sfu.join_with(call, pid, &format!("u-{pid}"), ALL, options);
+    }
+    let p = self::publisher(sfu, publisher).await;
+    let audio = source == TrackSource::Microphone;
+    p.call(move |st| {
+        st.send
+            .retain(|(_, codec)| (*codec == Codec::Opus) == audio)
+    });
+    let (_, tracks) = answer_offer(sfu, events, subscriber, &sub_client).await;
+    let mid = mid_of(&tracks, source);
+    wait_for("pair connected", || {
+        p.is_connected() && sub_client.is_connected()
+    })
+    .await;
+    p.set_sending(true);
+    let m = mid.clone();
+    wait_for("media flows", || sub_client.count(&m) >= warmup).await;
+    (p, sub_client, mid)
+}
+
 /// Publishes audio + video from `client` as participant `pid` (joined already) and accepts the
 /// answer; returns the answer's SDP. The client connects but does not send yet.
 pub async fn publish_from(sfu: &Sfu, pid: &str, client: &Client) -> String {
