@@ -176,7 +176,8 @@ impl Engine {
         let Some(prod) = producers.get_mut(pk) else {
             return;
         };
-        if let Some(cache) = prod.cache.as_mut() {
+        // One layer only: the cache is keyed by the source's sequence number.
+        if let Some(cache) = prod.cache.as_mut().filter(|_| !simulcast) {
             cache.insert(CachedPacket {
                 epoch,
                 seq: in_seq,
