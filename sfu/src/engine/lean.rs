@@ -1,9 +1,10 @@
-//! The lean audio path: forwarded audio to a connected subscriber is built, SRTP-protected and
-//! queued on the shard's socket by the engine itself, in the fan-out loop, instead of a str0m
-//! `write_rtp` and one full drive cycle per packet per subscriber.
+//! The lean path: forwarded audio (and video of single-layer sources, [`super::lean_video`]) to
+//! a connected subscriber is built, SRTP-protected and queued on the shard's socket by the
+//! engine itself, in the fan-out loop, instead of a str0m `write_rtp` and one full drive cycle
+//! per packet per subscriber.
 //!
-//! str0m keeps everything else of the peer (ICE, DTLS, SDP, incoming RTCP, video). What the
-//! engine needs, and where it comes from:
+//! str0m keeps everything else of the peer (ICE, DTLS, SDP, incoming RTCP, simulcast video).
+//! What the engine needs, and where it comes from:
 //!
 //! * **Keys**: the SRTP keying material passes through our DTLS adapter
 //!   ([`crate::dtls`]), which copies it into the peer's [`KeySlot`] (handed over at
