@@ -15,7 +15,7 @@ import { existsSync, mkdtempSync, writeFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import puppeteer from 'puppeteer-core';
-import { ROOT, startServer, freePort, mintToken } from './lib.mjs';
+import { ROOT, startServer, freePort, mintToken, metricValue } from './lib.mjs';
 import { SHOTS, ensureShots, waitUntil, waitGrowing, waitStalled } from './app-helpers.mjs';
 
 const FIREFOX = process.env.FIREFOX_PATH || '/usr/bin/firefox-esr';
@@ -153,6 +153,9 @@ test('Firefox: two pages join one call and get video and audio both ways', { tim
   assert.ok(s.events.some((e) => e.type === 'joined'), JSON.stringify(s.events));
   assert.ok(!s.events.some((e) => e.type === 'error'), JSON.stringify(s.events));
   await pages.alice.page.screenshot({ path: join(SHOTS, 'firefox-alice.png') }).catch(() => {});
+  // Firefox publishes one layer: its video went the lean path (rtc.lean_video on).
+  const lean = await metricValue(baseUrl, 'greenroom_lean_video_packets_total');
+  assert.ok(lean > 0, `lean video packets: ${lean}`);
   joinedBothWays = true;
 });
 

@@ -215,6 +215,15 @@ export async function startServer({ httpUrl = 'http://127.0.0.1:7880', healthTim
 }
 
 /**
+ * The value of an unlabelled counter in the server's /metrics at `url` (0 when absent).
+ */
+export async function metricValue(url, name) {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.slice(name.length + 1)) : 0;
+}
+
+/**
  * Starts `greenroom serve` on free ports of `host` (HTTP and media UDP), with `args` appended;
  * returns what {@link startServer} returns.
  */

@@ -10,7 +10,7 @@ import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { launchBrowser, startServer, mintToken, ensureArtifacts, captureConsole, sleep } from './lib.mjs';
+import { launchBrowser, startServer, mintToken, ensureArtifacts, captureConsole, sleep, metricValue } from './lib.mjs';
 
 const SERVER_URL = process.env.GREENROOM_URL || 'http://127.0.0.1:7880';
 const MEDIA_TIMEOUT_MS = 30_000;
@@ -136,6 +136,9 @@ test('alice and bob receive each other\'s audio and video through greenroom', { 
       );
       assert.ok(['published'].includes(later[i].state), `${user} state ${later[i].state}`);
     }
+    // The browsers publish one layer: their video went the lean path (rtc.lean_video on).
+    const lean = await metricValue(SERVER_URL, 'greenroom_lean_video_packets_total');
+    assert.ok(lean > 0, `lean video packets: ${lean}`);
   } finally {
     const dir = ensureArtifacts();
     for (const [i, page] of pages.entries()) {

@@ -221,6 +221,11 @@ pub struct RtcConfig {
     /// builds, SRTP-protects and sends it itself (docs/ARCHITECTURE.md, "Lean audio path").
     /// Default true; false: every packet through str0m. Env: `GREENROOM_RTC__LEAN_AUDIO`.
     pub lean_audio: bool,
+    /// Forwarded video of single-layer (non-simulcast) sources skips str0m's per-packet drive
+    /// too: the engine sends it, reads the subscriber's PLI/FIR/NACK and resends on RTX
+    /// (docs/ARCHITECTURE.md, "Lean video path"). Default true; false: through str0m.
+    /// Env: `GREENROOM_RTC__LEAN_VIDEO`.
+    pub lean_video: bool,
     /// Receive and send buffer size requested for the media UDP socket, in bytes (the kernel
     /// caps it at `net.core.rmem_max` / `wmem_max`; the effective size is exported).
     pub socket_buffer_bytes: usize,
@@ -399,6 +404,7 @@ impl Default for RtcConfig {
             parallel_fanout_min: 64,
             parallel_busy: 0.5,
             lean_audio: true,
+            lean_video: true,
             socket_buffer_bytes: 4 << 20,
             ice_tcp_port: None,
             send_batch: None,

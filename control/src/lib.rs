@@ -77,6 +77,7 @@ pub async fn start_state(
         parallel_fanout_min: config.rtc.parallel_fanout_min,
         parallel_busy: config.rtc.parallel_busy,
         lean_audio: config.rtc.lean_audio,
+        lean_video: config.rtc.lean_video,
         socket_buffer_bytes: config.rtc.socket_buffer_bytes,
         ice_tcp_port: Some(
             config

@@ -58,6 +58,7 @@ mod media;
 mod metrics;
 mod offer_plan;
 mod relay;
+mod retransmit;
 mod routes;
 mod rtp_out;
 mod sdp;
@@ -142,6 +143,11 @@ pub struct SfuOptions {
     /// (docs/ARCHITECTURE.md, "Lean audio path"). Default true. The server sets it from its
     /// configuration (`rtc.lean_audio`).
     pub lean_audio: bool,
+    /// The lean video path: forwarded video of a single-layer source (no simulcast) is sent
+    /// like lean audio, with keyframe requests and RTX retransmits driven by the engine from
+    /// the subscriber's RTCP (docs/ARCHITECTURE.md, "Lean video path"). Default true. The
+    /// server sets it from its configuration (`rtc.lean_video`).
+    pub lean_video: bool,
 }
 
 impl Default for SfuOptions {
@@ -157,6 +163,7 @@ impl Default for SfuOptions {
             send_batch: io::batch::MAX_BATCH,
             relay: None,
             lean_audio: true,
+            lean_video: true,
         }
     }
 }
@@ -797,7 +804,11 @@ impl Sfu {
     ///   after their session's release.
     /// * `greenroom_lean_packets_total`: audio packets sent on the lean path (built and
     ///   SRTP-protected by the engine, no drive; also in `greenroom_packets_forwarded_total`),
-    ///   `greenroom_lean_sender_reports_total`: the sender reports sent for those streams.
+    ///   `greenroom_lean_sender_reports_total`: the sender reports sent for lean streams.
+    /// * `greenroom_lean_video_packets_total`: video packets sent on the lean path;
+    ///   `greenroom_lean_retransmits_total`: resent on RTX after a NACK;
+    ///   `greenroom_lean_nacks_ignored_total`: NACKed and not resent (no RTX, not cached, over
+    ///   budget); `greenroom_lean_keyframe_requests_total`: PLI/FIR read by the engine.
     /// * `greenroom_udp_unrouted_total`: datagrams dropped before reaching a peer (no shard or
     ///   peer for their ufrag or ICE-validated source address, a dead shard, or a STUN
     ///   integrity failure); `greenroom_udp_queue_dropped_total`: dropped on a full shard queue.

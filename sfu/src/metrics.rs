@@ -168,6 +168,12 @@ pub(crate) struct SfuCounters {
     /// reports for those streams.
     pub(crate) lean_packets: AtomicU64,
     pub(crate) lean_reports: AtomicU64,
+    /// Lean video path: RTP packets sent, retransmits sent on RTX, NACKed packets not resent
+    /// (no RTX, not cached, over budget), keyframe requests (PLI/FIR) read by the engine.
+    pub(crate) lean_video_packets: AtomicU64,
+    pub(crate) lean_retransmits: AtomicU64,
+    pub(crate) lean_nacks_ignored: AtomicU64,
+    pub(crate) lean_plis: AtomicU64,
     /// Datagrams the shard dropped before any peer: no peer for their ufrag or validated
     /// address, or refused by that peer (STUN integrity, unknown candidate pair).
     pub(crate) unrouted: AtomicU64,
@@ -202,6 +208,10 @@ impl Default for SfuCounters {
             parallel_fanouts: AtomicU64::new(0),
             lean_packets: AtomicU64::new(0),
             lean_reports: AtomicU64::new(0),
+            lean_video_packets: AtomicU64::new(0),
+            lean_retransmits: AtomicU64::new(0),
+            lean_nacks_ignored: AtomicU64::new(0),
+            lean_plis: AtomicU64::new(0),
             unrouted: AtomicU64::new(0),
             rtt: std::array::from_fn(|_| Histogram::new(RTT_BOUNDS)),
             loss: std::array::from_fn(|_| Histogram::new(LOSS_BOUNDS)),
@@ -412,6 +422,10 @@ impl SfuCounters {
         add(&self.parallel_fanouts, o.parallel_fanouts.load(Relaxed));
         add(&self.lean_packets, o.lean_packets.load(Relaxed));
         add(&self.lean_reports, o.lean_reports.load(Relaxed));
+        add(&self.lean_video_packets, o.lean_video_packets.load(Relaxed));
+        add(&self.lean_retransmits, o.lean_retransmits.load(Relaxed));
+        add(&self.lean_nacks_ignored, o.lean_nacks_ignored.load(Relaxed));
+        add(&self.lean_plis, o.lean_plis.load(Relaxed));
         add(&self.unrouted, o.unrouted.load(Relaxed));
         absorb_all(&self.consumer_drops, &o.consumer_drops);
         add(&self.plis, o.plis.load(Relaxed));
@@ -529,8 +543,36 @@ impl SfuCounters {
             &mut o,
             "greenroom_lean_sender_reports_total",
             "counter",
-            "RTCP sender reports the engine sent for lean audio streams",
+            "RTCP sender reports the engine sent for lean audio and video streams",
             self.lean_reports.load(Relaxed),
+        );
+        single(
+            &mut o,
+            "greenroom_lean_video_packets_total",
+            "counter",
+            "Video RTP packets sent on the lean path (single-layer sources; no str0m drive); also counted in greenroom_packets_forwarded_total",
+            self.lean_video_packets.load(Relaxed),
+        );
+        single(
+            &mut o,
+            "greenroom_lean_retransmits_total",
+            "counter",
+            "Lean video packets resent on the subscriber's RTX stream after a NACK",
+            self.lean_retransmits.load(Relaxed),
+        );
+        single(
+            &mut o,
+            "greenroom_lean_nacks_ignored_total",
+            "counter",
+            "Packets NACKed on lean video streams and not resent (no RTX negotiated, no longer cached, or over the retransmit budget)",
+            self.lean_nacks_ignored.load(Relaxed),
+        );
+        single(
+            &mut o,
+            "greenroom_lean_keyframe_requests_total",
+            "counter",
+            "PLI and FIR on lean video streams read by the engine from the subscriber's RTCP",
+            self.lean_plis.load(Relaxed),
         );
         by_direction(
             &mut o,

@@ -1,5 +1,6 @@
-//! RTP headers and RTCP sender reports built by the engine itself, for the lean audio path
-//! (docs/ARCHITECTURE.md, "Lean audio path"): plain bytes, before SRTP protection.
+//! RTP headers and RTCP sender reports built by the engine itself, for the lean path
+//! (docs/ARCHITECTURE.md, "Lean audio path", "Lean video path"): plain bytes, before SRTP
+//! protection.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -10,14 +11,16 @@ const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 /// Longest mid str0m writes and parses (RFC 8285 one-byte elements carry 1..=16 bytes).
 const MAX_MID: usize = 16;
 
-/// The header extensions of one outgoing audio stream, as the subscriber negotiated them
-/// (RFC 8285 one-byte form, ids 1..=14).
+/// The header extensions of one outgoing stream (audio, or video: no audio level), as the
+/// subscriber negotiated them (RFC 8285 one-byte form, ids 1..=14).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct AudioExts {
     /// `urn:ietf:params:rtp-hdrext:sdes:mid` id, and the m-line's mid.
     pub(crate) mid: Option<(u8, Vec<u8>)>,
     /// `urn:ietf:params:rtp-hdrext:ssrc-audio-level` id (RFC 6464).
     pub(crate) audio_level: Option<u8>,
+    /// `urn:3gpp:video-orientation` id (coordination of video orientation, 3GPP TS 26.114).
+    pub(crate) video_orientation: Option<u8>,
 }
 
 impl AudioExts {
@@ -30,6 +33,15 @@ impl AudioExts {
                 .filter(|(id, m)| one_byte(*id) && !m.is_empty() && m.len() <= MAX_MID)
                 .map(|(id, m)| (id, m.as_bytes().to_vec())),
             audio_level: audio_level.filter(|id| one_byte(*id)),
+            video_orientation: None,
+        }
+    }
+
+    /// These extensions and the video orientation with id `id` (if in the one-byte range).
+    pub(crate) fn with_video_orientation(self, id: Option<u8>) -> AudioExts {
+        AudioExts {
+            video_orientation: id.filter(|id| (1..=14).contains(id)),
+            ..self
         }
     }
 }
@@ -49,6 +61,8 @@ pub(crate) struct RtpFields {
     pub(crate) ssrc: u32,
     /// Audio level (-127..=0 dBov) and voice activity; written only with both, as str0m does.
     pub(crate) level: Option<(i8, bool)>,
+    /// Video orientation (the rotation bits str0m reads: 0..=3).
+    pub(crate) orientation: Option<u8>,
 }
 
 /// Writes an RTP header (V=2, no padding, no CSRC, one-byte header extensions: the mid and the
@@ -60,7 +74,8 @@ pub(crate) fn write_rtp_header(buf: &mut Vec<u8>, f: &RtpFields, exts: &AudioExt
     buf.extend_from_slice(&f.ts.to_be_bytes());
     buf.extend_from_slice(&f.ssrc.to_be_bytes());
     let level = exts.audio_level.zip(f.level);
-    if exts.mid.is_none() && level.is_none() {
+    let orientation = exts.video_orientation.zip(f.orientation);
+    if exts.mid.is_none() && level.is_none() && orientation.is_none() {
         return;
     }
     buf[0] |= 0x10;
@@ -74,6 +89,10 @@ pub(crate) fn write_rtp_header(buf: &mut Vec<u8>, f: &RtpFields, exts: &AudioExt
     if let Some((id, (level, voice))) = level {
         buf.push(id << 4);
         buf.push(if voice { 0x80 } else { 0 } | (level.unsigned_abs() & 0x7f));
+    }
+    if let Some((id, rotation)) = orientation {
+        buf.push(id << 4);
+        buf.push(rotation & 3);
     }
     while !(buf.len() - start).is_multiple_of(4) {
         buf.push(0);
@@ -139,7 +158,24 @@ mod tests {
             ts: 0x0102_0304,
             ssrc: 0xdead_beef,
             level: Some((-37, true)),
+            orientation: None,
         }
+    }
+
+    #[test]
+    fn video_carries_the_mid_and_its_orientation() {
+        let exts = AudioExts::new(Some((4, "1")), None).with_video_orientation(Some(3));
+        let mut buf = Vec::new();
+        let f = RtpFields {
+            level: None,
+            orientation: Some(1),
+            ..fields()
+        };
+        write_rtp_header(&mut buf, &f, &exts);
+        assert_eq!(&buf[12..], &[0xbe, 0xde, 0, 1, 0x40, b'1', 0x30, 1]);
+        let exts = AudioExts::new(None, None).with_video_orientation(Some(15));
+        write_rtp_header(&mut buf, &f, &exts);
+        assert_eq!(buf.len(), 12, "id 15 is not a one-byte id");
     }
 
     #[test]

@@ -19,14 +19,6 @@ use str0m::format::Codec;
 use str0m::net::{Protocol, Receive, Transmit};
 use str0m::{Candidate, Input, Rtc, RtcConfig};
 
-/// The value of an unlabelled metric line, or of one labelled `label`.
-fn metric(sfu: &Sfu, name: &str) -> f64 {
-    sfu.metrics_text()
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-        .unwrap_or(0.0)
-}
-
 fn options(lean: bool) -> SfuOptions {
     SfuOptions {
         shards: 1,
@@ -47,33 +39,12 @@ async fn audio_pair(
     sfu: &Sfu,
     events: &mut Events,
     call: &CallCid,
-    (publisher, subscriber): (&str, &str),
+    pids: (&str, &str),
     sub_client: Client,
     warmup: u64,
 ) -> (Client, Client, String) {
-    let options = greenroom_sfu::JoinOptions {
-        bandwidth_estimation: false,
-    };
-    for pid in [publisher, subscriber] {
-        sfu.join_with(call, pid, &format!("u-{pid}"), ALL, options);
-    }
-    let p = common::publisher(sfu, publisher).await;
-    audio_only(&p);
-    let (_, tracks) = answer_offer(sfu, events, subscriber, &sub_client).await;
-    let audio = mid_of(&tracks, TrackSource::Microphone);
-    wait_for("pair connected", || {
-        p.is_connected() && sub_client.is_connected()
-    })
-    .await;
-    p.set_sending(true);
-    let mid = audio.clone();
-    wait_for("audio flows", || sub_client.count(&mid) >= warmup).await;
-    (p, sub_client, audio)
-}
-
-/// Sequence numbers without a gap or a repeat (the forwarder never reorders on loopback).
-fn contiguous(seqs: &[u64]) -> bool {
-    seqs.windows(2).all(|w| w[1] == w[0] + 1)
+    let source = (TrackSource::Microphone, false);
+    one_source_pair(sfu, events, call, pids, sub_client, source, warmup).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -347,6 +347,9 @@ async fn a_large_fan_out_is_driven_on_the_worker_pool_and_reaches_everyone() {
         parallel_fanout_min: 32,
         // The pool even on an idle shard (by default it waits for a loaded one).
         parallel_busy: 0.0,
+        // The pool drives str0m's sends: the speaker's video stays on str0m (audio and
+        // single-layer video are sent lean, without a drive).
+        lean_video: false,
         ..Default::default()
     })
     .await;

@@ -263,6 +263,7 @@ impl Engine {
                         params: Vec::new(),
                         consumers: Vec::new(),
                         level: LevelMeter::default(),
+                        cache: None,
                     });
                     if let Some(p) = self.parts.get_mut(pid) {
                         p.producers.push(pk);

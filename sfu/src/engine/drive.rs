@@ -167,6 +167,10 @@ impl Engine {
                 }
             }
         }
+        // Feedback about lean video streams: str0m does not know their SSRCs (see `lean_rtcp`).
+        if lean_rtcp::is_rtcp(data) {
+            self.lean_feedback(key, data, now);
+        }
         add(&self.counters.drives[DRIVE_INPUT], 1);
         self.drive(key, Some(input), now);
     }

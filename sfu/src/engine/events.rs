@@ -17,8 +17,7 @@ impl Engine {
                     .get(key)
                     .and_then(|p| p.sub_mids.get(&req.mid).copied());
                 if let Some(pk) = prod {
-                    let layer = self.consumer_layer(pk, key);
-                    self.request_keyframe(pk, layer, req.kind, now, false);
+                    self.keyframe_request_from(key, pk, req.kind, now);
                 }
             }
             Event::Connected => {

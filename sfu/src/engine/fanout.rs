@@ -1,13 +1,16 @@
 //! The hot path: one incoming RTP packet of a producer to every consumer: gate, layer, pause,
 //! sequence/timestamp rewrite, payload type map, `write_rtp` into the subscriber's send stream,
-//! or for audio to a connected subscriber the lean path ([`super::lean`]): built, protected
-//! and queued on the socket here, no drive.
+//! or for audio and single-layer video to a connected subscriber the lean path
+//! ([`super::lean`], [`super::lean_video`]): built, protected and queued on the socket here,
+//! no drive; a video source with lean consumers also keeps its recent packets for their
+//! retransmits.
 
 use super::lean::{self, LeanPacket, LeanState};
 use super::*;
 use crate::forward::{PtLookup, Step};
 use crate::media::is_keyframe;
 use crate::metrics::{add, cap_idx, kind_idx, ConsumerDrop};
+use crate::retransmit::CachedPacket;
 use str0m::media::KeyframeRequestKind;
 use str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite, SeqNo, VideoOrientation};
 
@@ -173,9 +176,22 @@ impl Engine {
         let Some(prod) = producers.get_mut(pk) else {
             return;
         };
+        // One layer only: the cache is keyed by the source's sequence number.
+        if let Some(cache) = prod.cache.as_mut().filter(|_| !simulcast) {
+            cache.insert(CachedPacket {
+                epoch,
+                seq: in_seq,
+                ts: in_ts,
+                pt: *pt,
+                marker,
+                at: pkt.at,
+                payload: pkt.payload.clone(),
+            });
+        }
         // Per-packet tallies kept in registers, published once after the fan-out.
         let mut forwarded = 0u64;
         let mut lean_sent = 0u64;
+        let mut lean_video = 0u64;
         let mut drops = [0u64; 3];
         for c in &mut prod.consumers {
             if simulcast && layer != c.cur {
@@ -236,6 +252,7 @@ impl Engine {
                             seq,
                             ts,
                             level,
+                            orientation: pkt.video_orientation.map(|o| o as u8),
                             payload: &pkt.payload,
                             at: pkt.at,
                             clock_rate,
@@ -243,10 +260,18 @@ impl Engine {
                         match lean::send(tx, c.ssrc, srtp, path, &p, lean_bufs, &mut **socket) {
                             Ok(()) => {
                                 forwarded += 1;
-                                lean_sent += 1;
+                                match tx.video.as_mut() {
+                                    Some(v) => {
+                                        v.map.record(seq, ts, in_seq, in_ts, epoch);
+                                        v.budget.credit();
+                                        lean_video += 1;
+                                    }
+                                    None => lean_sent += 1,
+                                }
                             }
                             Err(_) => drops[ConsumerDrop::Other as usize] += 1,
                         }
+                        want_keyframe |= resumed && video;
                         continue;
                     }
                     // Not connected yet: str0m could not send it either.
@@ -291,6 +316,9 @@ impl Engine {
         }
         if lean_sent > 0 {
             add(&counters.lean_packets, lean_sent);
+        }
+        if lean_video > 0 {
+            add(&counters.lean_video_packets, lean_video);
         }
         if drops != [0; 3] {
             for (cell, n) in counters.consumer_drops.iter().zip(drops) {

@@ -1,9 +1,10 @@
-//! The lean audio path: forwarded audio to a connected subscriber is built, SRTP-protected and
-//! queued on the shard's socket by the engine itself, in the fan-out loop, instead of a str0m
-//! `write_rtp` and one full drive cycle per packet per subscriber.
+//! The lean path: forwarded audio (and video of single-layer sources, [`super::lean_video`]) to
+//! a connected subscriber is built, SRTP-protected and queued on the shard's socket by the
+//! engine itself, in the fan-out loop, instead of a str0m `write_rtp` and one full drive cycle
+//! per packet per subscriber.
 //!
-//! str0m keeps everything else of the peer (ICE, DTLS, SDP, incoming RTCP, video). What the
-//! engine needs, and where it comes from:
+//! str0m keeps everything else of the peer (ICE, DTLS, SDP, incoming RTCP, simulcast video).
+//! What the engine needs, and where it comes from:
 //!
 //! * **Keys**: the SRTP keying material passes through our DTLS adapter
 //!   ([`crate::dtls`]), which copies it into the peer's [`KeySlot`] (handed over at
@@ -27,7 +28,7 @@ use super::*;
 use crate::dtls::KeySlot;
 use crate::metrics::add;
 use crate::rtp_out::{self, AudioExts, RtpFields};
-use crate::srtp::{DtlsRole, SrtpSession};
+use crate::srtp::{DtlsRole, SrtpReceiver, SrtpSession};
 use str0m::net::Protocol;
 use str0m::rtp::Extension;
 use str0m_proto::crypto::dtls::SrtpProfile;
@@ -58,6 +59,9 @@ pub(super) struct LeanPeer {
     /// Made from `keys` on first use (`None` while there are none, or for a profile our SRTP
     /// does not do: the peer then stays on str0m).
     srtp: Option<SrtpSession>,
+    /// The subscriber's side of the same keys (its SRTCP feedback about lean video streams,
+    /// [`super::lean_rtcp`]); made with `srtp`.
+    rx: Option<SrtpReceiver>,
     /// The keys were tried (successfully or not).
     tried: bool,
     /// The nominated pair, from str0m's DTLS transmits and authenticated nominations.
@@ -65,6 +69,9 @@ pub(super) struct LeanPeer {
     /// A binding request with USE-CANDIDATE being handled in this drive: its transaction id
     /// and source.
     pub(super) nominating: Option<([u8; 12], SocketAddr)>,
+    /// Lean video streams of this subscriber: (SSRC, producer). Their feedback is read by the
+    /// engine (str0m does not know them); entries of gone consumers find no consumer.
+    pub(super) video: Vec<(Ssrc, Key)>,
 }
 
 impl LeanPeer {
@@ -92,10 +99,29 @@ impl LeanPeer {
         if !connected {
             return LeanState::Waiting;
         }
+        self.make_sessions();
+        match (self.srtp.as_mut(), self.path) {
+            (Some(srtp), Some(path)) => LeanState::Ready(srtp, path),
+            // str0m sends DTLS (hence a path) before it connects: never without one.
+            _ => LeanState::Unavailable,
+        }
+    }
+
+    /// The receiver of the subscriber's SRTCP, once connected with keys our SRTP takes.
+    pub(super) fn receiver(&mut self, connected: bool) -> Option<&mut SrtpReceiver> {
+        if !connected {
+            return None;
+        }
+        self.make_sessions();
+        self.rx.as_mut()
+    }
+
+    /// Makes the SRTP session and receiver from the exported keys, once.
+    fn make_sessions(&mut self) {
         if !self.tried {
             // str0m reports the peer connected after the DTLS handshake exported the keys.
             let Some(keys) = self.keys.get() else {
-                return LeanState::Unavailable;
+                return;
             };
             self.tried = true;
             if lean_profile(keys.profile) {
@@ -110,12 +136,10 @@ impl LeanPeer {
                         Ok(s)
                     });
                 self.srtp = made.map_err(|e| debug!("no lean SRTP session: {e}")).ok();
+                self.rx = SrtpReceiver::new(keys.profile, &keys.material, role)
+                    .map_err(|e| debug!("no lean SRTP receiver: {e}"))
+                    .ok();
             }
-        }
-        match (self.srtp.as_mut(), self.path) {
-            (Some(srtp), Some(path)) => LeanState::Ready(srtp, path),
-            // str0m sends DTLS (hence a path) before it connects: never without one.
-            _ => LeanState::Unavailable,
         }
     }
 }
@@ -209,16 +233,19 @@ impl SeqWindow {
     }
 }
 
-/// One lean audio stream (a consumer on the lean path).
+/// One lean stream (an audio or single-layer video consumer on the lean path).
 #[derive(Debug, Clone)]
 pub(super) struct LeanTx {
-    exts: AudioExts,
+    /// The header extensions written (video: the mid only).
+    pub(super) exts: AudioExts,
     window: SeqWindow,
     /// Packets and payload octets sent (for sender reports).
     packets: u32,
     octets: u32,
     /// The RTP timestamp of the highest packet, when it arrived, and the clock rate.
     last: Option<(u32, Instant, u32)>,
+    /// Video: the sequence map, retransmit budget and RTX counter.
+    pub(super) video: Option<super::lean_video::VideoTx>,
 }
 
 impl LeanTx {
@@ -230,7 +257,21 @@ impl LeanTx {
             packets: 0,
             octets: 0,
             last: None,
+            video: None,
         }
+    }
+
+    /// A lean video stream writing `exts`.
+    pub(super) fn video(exts: AudioExts) -> LeanTx {
+        LeanTx {
+            video: Some(super::lean_video::VideoTx::default()),
+            ..LeanTx::new(exts)
+        }
+    }
+
+    /// The highest sequence number sent.
+    pub(super) fn max_seq(&self) -> Option<u64> {
+        self.window.max()
     }
 }
 
@@ -250,6 +291,19 @@ pub(super) fn audio_exts(rtc: &Rtc, mid: Mid) -> AudioExts {
     )
 }
 
+/// The header extensions str0m would write on forwarded video of `mid`: the mid and the
+/// video orientation (a rotated mobile camera). Not written: transport-wide-cc (the subscriber
+/// then sends no TWCC feedback for the stream, so str0m's estimator and pacer never see, pad
+/// or probe it) and abs-send-time.
+pub(super) fn video_exts(rtc: &Rtc, mid: Mid) -> AudioExts {
+    let Some(media) = rtc.media(mid) else {
+        return AudioExts::default();
+    };
+    let map = media.remote_extmap();
+    AudioExts::new(map.id_of(Extension::RtpMid).map(|id| (id, &*mid)), None)
+        .with_video_orientation(map.id_of(Extension::VideoOrientation))
+}
+
 /// One forwarded packet as the lean path sends it.
 pub(super) struct LeanPacket<'a> {
     pub(super) pt: u8,
@@ -257,6 +311,7 @@ pub(super) struct LeanPacket<'a> {
     pub(super) seq: u64,
     pub(super) ts: u32,
     pub(super) level: Option<(i8, bool)>,
+    pub(super) orientation: Option<u8>,
     pub(super) payload: &'a [u8],
     pub(super) at: Instant,
     pub(super) clock_rate: u32,
@@ -265,8 +320,13 @@ pub(super) struct LeanPacket<'a> {
 /// The engine's scratch buffers for lean packets (reused: no allocation per packet).
 #[derive(Default)]
 pub(super) struct LeanBufs {
-    header: Vec<u8>,
-    out: Vec<u8>,
+    pub(super) header: Vec<u8>,
+    pub(super) out: Vec<u8>,
+    /// An RTX payload (original sequence number, then the payload).
+    pub(super) rtx: Vec<u8>,
+    /// An unprotected SRTCP packet, and the feedback read from it.
+    pub(super) rtcp: Vec<u8>,
+    pub(super) feedback: Vec<super::lean_rtcp::Feedback>,
 }
 
 /// Why a lean packet was not sent.
@@ -300,6 +360,7 @@ pub(super) fn send(
             ts: p.ts,
             ssrc: *ssrc,
             level: p.level,
+            orientation: p.orientation,
         },
         &tx.exts,
     );
@@ -315,7 +376,7 @@ pub(super) fn send(
 }
 
 /// Queues one protected datagram on `path`.
-fn transmit(socket: &mut dyn Transport, path: Path, data: &[u8]) -> io::Result<()> {
+pub(super) fn transmit(socket: &mut dyn Transport, path: Path, data: &[u8]) -> io::Result<()> {
     match path.proto {
         Protocol::Tcp => socket.send_tcp(data, path.dest),
         _ => socket.send_to(data, path.dest),

@@ -17,7 +17,9 @@
 //! * [`housekeeping`]: the periodic tick (deadlines, layer rates, active speakers).
 //! * [`relay`]: the node-to-node relay's shard side (remote tracks, relaying local ones).
 //! * [`quiet`]: silent video send streams parked (no padding on a silent track).
-//! * [`lean`]: the lean audio path (forwarded audio sent without a str0m drive).
+//! * [`lean`]: the lean path (forwarded audio, and video of single-layer sources, sent
+//!   without a str0m drive); [`lean_video`] and [`lean_rtcp`]: what video needs beyond audio
+//!   (retransmits, the subscriber's feedback).
 
 mod commands;
 mod drive;
@@ -26,6 +28,8 @@ mod fanout;
 mod housekeeping;
 mod keyframes;
 mod lean;
+mod lean_rtcp;
+mod lean_video;
 mod negotiation;
 mod peers;
 mod quiet;
@@ -225,7 +229,7 @@ struct Peer {
     ufrag: String,
     /// Local ufrag registered in the untagged map (after a client's ICE restart).
     untagged_ufrag: Option<String>,
-    /// Subscriber: SRTP keys and path of the lean audio path.
+    /// Subscriber: SRTP keys, path and lean video streams of the lean path.
     lean: lean::LeanPeer,
     /// Test hook: panic inside the next drive of this peer.
     #[cfg(feature = "fault-injection")]
@@ -273,7 +277,8 @@ struct Consumer {
     /// Simulcast: the layer being forwarded and the one wanted.
     cur: u8,
     target: u8,
-    /// Audio on the lean path (its str0m send stream parked).
+    /// Audio, or video of a single-layer source, on the lean path (its str0m send stream
+    /// parked).
     lean: Option<lean::LeanTx>,
 }
 
@@ -294,6 +299,9 @@ struct Producer {
     params: Vec<(Pt, PayloadParams)>,
     consumers: Vec<Consumer>,
     level: LevelMeter,
+    /// Recent packets for retransmits to lean video consumers (made with the first one that
+    /// has RTX; see [`lean_video`]).
+    cache: Option<Box<crate::retransmit::RetransmitCache>>,
 }
 
 impl Producer {
@@ -339,7 +347,7 @@ pub(crate) struct Engine {
     counters: Arc<SfuCounters>,
     /// The node-to-node relay's state (idle when the relay is off).
     relay: relay::RelayShard,
-    /// Scratch buffers of the lean audio path.
+    /// Scratch buffers of the lean path.
     lean_bufs: lean::LeanBufs,
 }
 

@@ -90,7 +90,8 @@ impl Engine {
         // in the peer's slot, for the lean audio path (subscribers only).
         let lean = lean::LeanPeer::default();
         let cfg = cfg.set_local_ice_credentials(creds);
-        let mut rtc = if role == Role::Subscriber && self.opts.lean_audio {
+        let mut rtc = if role == Role::Subscriber && (self.opts.lean_audio || self.opts.lean_video)
+        {
             crate::dtls::with_key_slot(&lean.keys, || cfg.build(now))
         } else {
             cfg.build(now)

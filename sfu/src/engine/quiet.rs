@@ -19,8 +19,8 @@
 //! Parking also frees the stream's RTX cache; NACKs for packets sent before the silence get
 //! no resend (the subscriber has moved on by then).
 //!
-//! Audio consumers on the lean path ([`super::lean`]) are parked the same way, for good: their
-//! packets do not go through str0m at all.
+//! Consumers on the lean path ([`super::lean`]: audio, and video of single-layer sources) are
+//! parked the same way, for good: their packets do not go through str0m at all.
 
 use super::*;
 use crate::engine::peers::configure_send_stream;

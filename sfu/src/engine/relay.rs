@@ -586,6 +586,7 @@ impl Engine {
                 params,
                 consumers: Vec::new(),
                 level: LevelMeter::default(),
+                cache: None,
             });
             if let Some(p) = self.parts.get_mut(pid) {
                 p.producers.push(pk);

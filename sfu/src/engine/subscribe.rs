@@ -192,11 +192,13 @@ impl Engine {
         // The answer made str0m declare send streams for the lean streams' m-lines.
         self.repark_lean(sub_key);
         for (mid, pk) in opened {
-            let Some(peer) = self.peers.get_mut(sub_key) else {
-                break;
-            };
             let Some(kind) = self.producers.get(pk).map(|p| p.kind) else {
                 continue;
+            };
+            let lean_video =
+                self.opts.lean_video && kind == MediaKind::Video && self.single_layer(pk);
+            let Some(peer) = self.peers.get_mut(sub_key) else {
+                break;
             };
             let stream = peer.rtc.direct_api().stream_tx_by_mid(mid, None).map(|s| {
                 configure_send_stream(s, kind);
@@ -207,17 +209,33 @@ impl Engine {
                 continue;
             };
             peer.sub_mids.insert(mid, pk);
-            // Audio goes lean from the start: str0m's stream is removed before anything drives
-            // the peer, so str0m never sends on its SSRC, not even a first sender report.
+            // Audio (and video of a single-layer source) goes lean from the start: str0m's
+            // stream, with its RTX stream, is removed before anything drives the peer, so str0m
+            // never sends on their SSRCs, not even a first sender report.
             let mut park = super::quiet::ParkState::default();
-            let lean = (self.opts.lean_audio && kind == MediaKind::Audio).then(|| {
+            let lean = if self.opts.lean_audio && kind == MediaKind::Audio {
+                Some(super::lean::LeanTx::new(super::lean::audio_exts(
+                    &peer.rtc, mid,
+                )))
+            } else if lean_video {
+                peer.lean.video.push((ssrc, pk));
+                Some(super::lean::LeanTx::video(super::lean::video_exts(
+                    &peer.rtc, mid,
+                )))
+            } else {
+                None
+            };
+            if lean.is_some() {
                 peer.rtc.direct_api().remove_stream_tx(ssrc);
                 park.set_parked();
-                super::lean::LeanTx::new(super::lean::audio_exts(&peer.rtc, mid))
-            });
+            }
             let Some(prod) = self.producers.get_mut(pk) else {
                 continue;
             };
+            // Retransmits to lean video consumers come from one cache per source.
+            if lean_video && rtx.is_some() && prod.cache.is_none() {
+                prod.cache = Some(Box::default());
+            }
             let track_id = prod.track_id();
             prod.consumers.push(Consumer {
                 peer: sub_key,

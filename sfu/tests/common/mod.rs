@@ -37,6 +37,36 @@ pub struct Rx {
     pub not_audio_payload: u64,
     /// Sender reports received: (SSRC, packet count).
     pub srs: Vec<(u32, u32)>,
+    /// Packets whose payload is a [`send_media`] VP8 packet, byte for byte.
+    pub vp8_payloads: u64,
+    /// Under [`REPAIRS`] only: RTX packets received (with `enable_raw_packets`): their
+    /// original sequence number and whether the rest is a [`send_media`] VP8 payload.
+    pub repairs: Vec<(u16, bool)>,
+}
+
+/// The key of [`Rx::repairs`] in a client's received map.
+pub const REPAIRS: &str = "(rtx)";
+
+/// Whether `p` is a VP8 packet exactly as [`send_media`] sends it.
+pub fn is_synthetic_vp8(p: &[u8]) -> bool {
+    p.len() == 600
+        && p[0] == 0x10
+        && p[1] <= 1
+        && p[2..5] == [0x9d, 0x01, 0x2a]
+        && p[5..].iter().all(|b| *b == 0x55)
+}
+
+/// The value of an unlabelled metric line, or of one labelled `label`.
+pub fn metric(sfu: &Sfu, name: &str) -> f64 {
+    sfu.metrics_text()
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Sequence numbers without a gap or a repeat (the forwarder never reorders on loopback).
+pub fn contiguous(seqs: &[u64]) -> bool {
+    seqs.windows(2).all(|w| w[1] == w[0] + 1)
 }
 
 pub type Job = Box<dyn FnOnce(&mut ClientState) + Send>;
@@ -316,6 +346,9 @@ pub fn pump(
                     if *p.payload != [0xfc; 80] {
                         e.not_audio_payload += 1;
                     }
+                    if is_synthetic_vp8(&p.payload) {
+                        e.vp8_payloads += 1;
+                    }
                 }
                 Output::Event(Event::SenderFeedback(f)) => {
                     let si = f.sender_info;
@@ -333,6 +366,12 @@ pub fn pump(
                             .any(|p| p.resend() == Some(header.payload_type));
                         if payload.is_empty() || repair {
                             padding.fetch_add(1, Ordering::SeqCst);
+                        }
+                        if repair && payload.len() > 2 {
+                            let osn = u16::from_be_bytes([payload[0], payload[1]]);
+                            let mut m = rx.lock().unwrap();
+                            let e = m.entry(REPAIRS.to_owned()).or_default();
+                            e.repairs.push((osn, is_synthetic_vp8(&payload[2..])));
                         }
                     }
                 }
@@ -540,6 +579,44 @@ pub async fn publish_and_subscribe(
     wait_for("pair connected", || p.is_connected() && s.is_connected()).await;
     p.set_sending(true);
     (p, s, mids)
+}
+
+/// Joins `publisher` and `subscriber` to `call` (`bwe`: bandwidth estimation on the
+/// subscriber's peer), publishes audio + video from the first but sends only `source`'s track
+/// (the microphone: Opus; the camera: video), answers the subscriber's offer from `sub_client`;
+/// returns both clients, connected, and the subscriber's mid of `source`, once `warmup`
+/// packets of it arrived.
+pub async fn one_source_pair(
+    sfu: &Sfu,
+    events: &mut Events,
+    call: &CallCid,
+    (publisher, subscriber): (&str, &str),
+    sub_client: Client,
+    (source, bwe): (TrackSource, bool),
+    warmup: u64,
+) -> (Client, Client, String) {
+    let options = greenroom_sfu::JoinOptions {
+        bandwidth_estimation: bwe,
+    };
+    for pid in [publisher, subscriber] {
+        sfu.join_with(call, pid, &format!("u-{pid}"), ALL, options);
+    }
+    let p = self::publisher(sfu, publisher).await;
+    let audio = source == TrackSource::Microphone;
+    p.call(move |st| {
+        st.send
+            .retain(|(_, codec)| (*codec == Codec::Opus) == audio)
+    });
+    let (_, tracks) = answer_offer(sfu, events, subscriber, &sub_client).await;
+    let mid = mid_of(&tracks, source);
+    wait_for("pair connected", || {
+        p.is_connected() && sub_client.is_connected()
+    })
+    .await;
+    p.set_sending(true);
+    let m = mid.clone();
+    wait_for("media flows", || sub_client.count(&m) >= warmup).await;
+    (p, sub_client, mid)
 }
 
 /// Publishes audio + video from `client` as participant `pid` (joined already) and accepts the

@@ -1,0 +1,270 @@
+//! Feedback from a subscriber about its lean video streams (docs/ARCHITECTURE.md, "Lean video
+//! path"). str0m does not know their SSRCs (their send streams are removed), so it reports no
+//! PLI, FIR or NACK for them: the engine reads the subscriber's SRTCP itself, with its own
+//! [`crate::srtp::SrtpReceiver`] on the same keys, before the datagram goes on to str0m
+//! unchanged (str0m still needs the reports about its own streams).
+//!
+//! [`parse_feedback`] is pure and takes any bytes: a malformed compound packet ends the parse,
+//! never the server.
+
+use super::*;
+use crate::metrics::add;
+use str0m::media::KeyframeRequestKind;
+
+/// RTCP packet types (RFC 4585 §6.1): transport-layer and payload-specific feedback.
+const RTPFB: u8 = 205;
+const PSFB: u8 = 206;
+/// Feedback message types: generic NACK (RTPFB), PLI and FIR (PSFB, RFC 5104 §4.3.1).
+const FMT_NACK: u8 = 1;
+const FMT_PLI: u8 = 1;
+const FMT_FIR: u8 = 4;
+
+/// Most feedback items taken from one compound packet (a flood costs bounded work).
+pub(super) const MAX_ITEMS: usize = 64;
+
+/// One feedback item about a media stream the subscriber receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Feedback {
+    /// Picture loss indication for `media`.
+    Pli { media: u32 },
+    /// Full intra request for `media`.
+    Fir { media: u32 },
+    /// Generic NACK: packet `pid` and those of the bitmask `blp` after it (RFC 4585 §6.2.1).
+    Nack { media: u32, pid: u16, blp: u16 },
+}
+
+/// Whether a datagram is RTCP by RFC 7983 (first byte 128..=191) and RFC 5761 (packet type
+/// 192..=223).
+pub(super) fn is_rtcp(data: &[u8]) -> bool {
+    matches!(data, [128..=191, 192..=223, ..])
+}
+
+/// Reads the feedback items of a plain compound RTCP packet into `out` (cleared first), at most
+/// [`MAX_ITEMS`]. Stops at the first malformed packet (wrong version, length past the end).
+pub(super) fn parse_feedback(buf: &[u8], out: &mut Vec<Feedback>) {
+    out.clear();
+    let mut at = 0;
+    while at + 4 <= buf.len() && out.len() < MAX_ITEMS {
+        let (b0, pt) = (buf[at], buf[at + 1]);
+        if b0 >> 6 != 2 {
+            return;
+        }
+        let words = usize::from(u16::from_be_bytes([buf[at + 2], buf[at + 3]]));
+        let end = at + 4 + words * 4;
+        let Some(body) = buf.get(at + 4..end) else {
+            return;
+        };
+        at = end;
+        // Feedback: sender SSRC, media SSRC, then the FCI.
+        if body.len() < 8 {
+            continue;
+        }
+        let media = be32(&body[4..8]);
+        let fci = &body[8..];
+        let room = MAX_ITEMS - out.len();
+        match (pt, b0 & 0x1f) {
+            (RTPFB, FMT_NACK) => {
+                out.extend(fci.chunks_exact(4).take(room).map(|c| Feedback::Nack {
+                    media,
+                    pid: u16::from_be_bytes([c[0], c[1]]),
+                    blp: u16::from_be_bytes([c[2], c[3]]),
+                }))
+            }
+            (PSFB, FMT_PLI) => out.push(Feedback::Pli { media }),
+            // FIR names its streams in the FCI (SSRC, sequence number, reserved).
+            (PSFB, FMT_FIR) => out.extend(
+                fci.chunks_exact(8)
+                    .take(room)
+                    .map(|c| Feedback::Fir { media: be32(c) }),
+            ),
+            _ => {}
+        }
+    }
+}
+
+fn be32(b: &[u8]) -> u32 {
+    u32::from_be_bytes([b[0], b[1], b[2], b[3]])
+}
+
+/// The sequence numbers one NACK item names: `pid`, then `pid + i + 1` for each bit i of `blp`.
+pub(super) fn nacked(pid: u16, blp: u16) -> impl Iterator<Item = u16> {
+    std::iter::once(pid).chain(
+        (0..16u16)
+            .filter(move |i| blp & (1 << i) != 0)
+            .map(move |i| pid.wrapping_add(i + 1)),
+    )
+}
+
+impl Engine {
+    /// An SRTCP datagram from subscriber peer `key` (already accepted by its `Rtc`): if the
+    /// peer has lean video streams, unprotect it with the engine's receiver and act on feedback
+    /// about them (keyframe requests, retransmits). The datagram itself is left to str0m.
+    pub(super) fn lean_feedback(&mut self, key: Key, data: &[u8], now: Instant) {
+        let Engine {
+            peers, lean_bufs, ..
+        } = self;
+        let Some(peer) = peers.get_mut(key) else {
+            return;
+        };
+        if peer.lean.video.is_empty() {
+            return;
+        }
+        let Some(rx) = peer.lean.receiver(peer.connected) else {
+            return;
+        };
+        if rx.unprotect_rtcp(data, &mut lean_bufs.rtcp).is_err() {
+            return;
+        }
+        let mut items = std::mem::take(&mut lean_bufs.feedback);
+        parse_feedback(&lean_bufs.rtcp, &mut items);
+        for f in &items {
+            let media = match *f {
+                Feedback::Pli { media }
+                | Feedback::Fir { media }
+                | Feedback::Nack { media, .. } => media,
+            };
+            let Some(pk) = self
+                .peers
+                .get(key)
+                .and_then(|p| p.lean.video.iter().find(|(s, _)| **s == media))
+                .map(|(_, pk)| *pk)
+            else {
+                continue;
+            };
+            match *f {
+                Feedback::Pli { .. } | Feedback::Fir { .. } => {
+                    let kind = if matches!(f, Feedback::Fir { .. }) {
+                        KeyframeRequestKind::Fir
+                    } else {
+                        KeyframeRequestKind::Pli
+                    };
+                    add(&self.counters.lean_plis, 1);
+                    self.keyframe_request_from(key, pk, kind, now);
+                }
+                Feedback::Nack { pid, blp, .. } => {
+                    self.lean_retransmit(key, pk, Ssrc::from(media), nacked(pid, blp), now);
+                }
+            }
+        }
+        self.lean_bufs.feedback = items;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fb(pt: u8, fmt: u8, media: u32, fci: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80 | fmt, pt, 0, 0];
+        p.extend_from_slice(&1u32.to_be_bytes());
+        p.extend_from_slice(&media.to_be_bytes());
+        p.extend_from_slice(fci);
+        let words = (p.len() / 4 - 1) as u16;
+        p[2..4].copy_from_slice(&words.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn a_compound_packet_yields_its_pli_fir_and_nacks() {
+        // A receiver report first (skipped), then PLI, NACK with two items, FIR for two SSRCs.
+        let mut c = vec![0x80, 201, 0, 1, 0, 0, 0, 1];
+        c.extend(fb(PSFB, FMT_PLI, 7, &[]));
+        c.extend(fb(RTPFB, FMT_NACK, 8, &[0, 10, 0, 0b101, 0xff, 0xff, 0, 0]));
+        let mut fir = Vec::new();
+        fir.extend_from_slice(&9u32.to_be_bytes());
+        fir.extend_from_slice(&[3, 0, 0, 0]);
+        fir.extend_from_slice(&10u32.to_be_bytes());
+        fir.extend_from_slice(&[4, 0, 0, 0]);
+        c.extend(fb(PSFB, FMT_FIR, 0, &fir));
+        let mut out = Vec::new();
+        parse_feedback(&c, &mut out);
+        assert_eq!(
+            out,
+            [
+                Feedback::Pli { media: 7 },
+                Feedback::Nack {
+                    media: 8,
+                    pid: 10,
+                    blp: 0b101
+                },
+                Feedback::Nack {
+                    media: 8,
+                    pid: 0xffff,
+                    blp: 0
+                },
+                Feedback::Fir { media: 9 },
+                Feedback::Fir { media: 10 },
+            ]
+        );
+    }
+
+    #[test]
+    fn nack_items_name_the_pid_and_the_bitmask() {
+        assert_eq!(nacked(10, 0b101).collect::<Vec<_>>(), [10, 11, 13]);
+        assert_eq!(nacked(0xffff, 1 << 15).collect::<Vec<_>>(), [0xffff, 15]);
+        assert_eq!(nacked(5, 0xffff).count(), 17);
+    }
+
+    #[test]
+    fn malformed_packets_end_the_parse() {
+        let mut out = vec![Feedback::Pli { media: 1 }];
+        parse_feedback(&[], &mut out);
+        assert!(out.is_empty());
+        // Wrong version.
+        let mut bad = fb(PSFB, FMT_PLI, 7, &[]);
+        bad[0] = 0x40 | FMT_PLI;
+        parse_feedback(&bad, &mut out);
+        assert!(out.is_empty());
+        // A length past the end: the packet before it still counts.
+        let mut c = fb(PSFB, FMT_PLI, 7, &[]);
+        c.extend_from_slice(&[0x81, PSFB, 0x10, 0, 0, 0]);
+        parse_feedback(&c, &mut out);
+        assert_eq!(out, [Feedback::Pli { media: 7 }]);
+        // A feedback packet too short for its SSRCs is skipped.
+        parse_feedback(&[0x81, PSFB, 0, 1, 0, 0, 0, 1], &mut out);
+        assert!(out.is_empty());
+    }
+
+    #[test]
+    fn a_flood_of_items_is_capped() {
+        let fci: Vec<u8> = (0..200u16).flat_map(|i| [0, i as u8, 0, 0]).collect();
+        let mut out = Vec::new();
+        parse_feedback(&fb(RTPFB, FMT_NACK, 1, &fci), &mut out);
+        assert_eq!(out.len(), MAX_ITEMS);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        // A deterministic sweep of short byte strings with RTCP-looking starts.
+        let mut out = Vec::new();
+        let mut x = 0x1234_5678u32;
+        for len in 0..64 {
+            for _ in 0..200 {
+                let bytes: Vec<u8> = (0..len)
+                    .map(|i| {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        match i {
+                            0 => 0x80 | (x as u8 & 0x1f),
+                            1 => [PSFB, RTPFB, 200][x as usize % 3],
+                            _ => x as u8,
+                        }
+                    })
+                    .collect();
+                parse_feedback(&bytes, &mut out);
+                assert!(out.len() <= MAX_ITEMS);
+            }
+        }
+    }
+
+    #[test]
+    fn rtcp_is_told_from_rtp_by_its_second_byte() {
+        assert!(is_rtcp(&[0x81, 206, 0, 2]));
+        assert!(is_rtcp(&[0x80, 200]));
+        assert!(!is_rtcp(&[0x80, 96, 0, 1]), "RTP");
+        assert!(!is_rtcp(&[0x80, 0x80 | 96]), "RTP with the marker");
+        assert!(!is_rtcp(&[22, 254]), "DTLS");
+        assert!(!is_rtcp(&[0x80]));
+    }
+}
