@@ -39,7 +39,13 @@
 # DTLS release, what a long-lived room holds), --nice N (run both servers and the load tester at this nice
 # level, e.g. -5 on a machine busy with builds: the same for every process measured; recorded in
 # the output). LOADTEST_PROFILE=debug|release (default release; debug with
-# --smoke). Exit status 77 when Janus is not installed and cannot be (the smoke test skips).
+# --smoke). --perf: record the Greenroom server of every run with `perf record` (PERF_CALLGRAPH,
+# default dwarf,16384; PERF_FREQ, default 499 Hz) into <out>/<name>-greenroom.perf.data, from the
+# end of the join phase (PERF_DELAY, default 8s after the load tester starts) to the end of the run,
+# print the top of `perf report --no-children` into <name>-greenroom.perf.txt, and scrape the
+# server's /metrics when recording starts and ends (<name>-greenroom.metrics-{start,end}.txt: the
+# difference gives drives per second by cause, datagrams out, syscalls).
+# Exit status 77 when Janus is not installed and cannot be (the smoke test skips).
 # Output: target/loadtest/issue12-<stamp>/ (JSON + HTML per run, servers' logs, table.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -54,6 +60,7 @@ JANUS=1
 NICE=""
 REVOKE=0
 SETTLE=""
+PERF=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION="$2"; shift 2 ;;
@@ -64,6 +71,7 @@ while [ $# -gt 0 ]; do
     --revoke) REVOKE=1; shift ;;
     --settle) SETTLE="$2"; shift 2 ;;
     --nice) NICE="$2"; shift 2 ;;
+    --perf) PERF=1; shift ;;
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -128,6 +136,7 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 cleanup() {
   gr_stop
   [ -n "${SAMPLER:-}" ] && kill "$SAMPLER" 2>/dev/null || true
+  [ -n "${PERF_PID:-}" ] && kill -INT "$PERF_PID" 2>/dev/null || true
   [ "$JANUS" = 1 ] && "$ROOT/scripts/janus/stop.sh" || true
 }
 trap cleanup EXIT
@@ -152,11 +161,31 @@ for entry in "${SCENARIOS[@]}"; do
   echo "== $name on greenroom (pid $GR_PID, $GR_URL; load average $(loadavg))" >&2
   LOADS+=("$name greenroom: $(loadavg)")
   sockets_start "$GR_PID" "$OUT/$name-greenroom-udp-sockets.txt"
+  PERF_PID=""
+  if [ "$PERF" = 1 ]; then
+    # Starts recording once the listeners have joined: the steady state is what is profiled.
+    (sleep "${PERF_DELAY:-8s}" && curl -fsS "$GR_URL/metrics" >"$OUT/$name-greenroom.metrics-start.txt" 2>/dev/null;
+      exec perf record -q -F "${PERF_FREQ:-499}" \
+      --call-graph "${PERF_CALLGRAPH:-dwarf,16384}" -p "$GR_PID" \
+      -o "$OUT/$name-greenroom.perf.data" 2>"$OUT/$name-greenroom.perf.log") &
+    PERF_PID=$!
+  fi
   if "$BIN_DIR/greenroom-loadtest" --target greenroom --url "$GR_URL" --server-pid "$GR_PID" \
     "${common[@]}" >"$OUT/$name-greenroom.txt"; then
     FILES+=("$OUT/$name-greenroom.json")
   else
     FAILED+=("$name greenroom")
+  fi
+  if [ -n "$PERF_PID" ]; then
+    # perf writes its file on SIGINT; the subshell execs perf, so its PID is perf's.
+    curl -fsS "$GR_URL/metrics" >"$OUT/$name-greenroom.metrics-end.txt" 2>/dev/null || true
+    kill -INT "$PERF_PID" 2>/dev/null || true
+    wait "$PERF_PID" 2>/dev/null || true
+    if [ -s "$OUT/$name-greenroom.perf.data" ]; then
+      perf report -q -i "$OUT/$name-greenroom.perf.data" --no-children --sort comm,dso,symbol \
+        --percent-limit 0.5 -g none >"$OUT/$name-greenroom.perf.txt" 2>/dev/null || true
+      echo "== perf profile: $OUT/$name-greenroom.perf.data (top: $name-greenroom.perf.txt)" >&2
+    fi
   fi
   sockets_check "$OUT/$name-greenroom-udp-sockets.txt" greenroom
   gr_stop

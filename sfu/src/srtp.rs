@@ -499,10 +499,47 @@ impl SrtpSession {
         out: &mut Vec<u8>,
     ) -> Result<(), SrtpError> {
         out.clear();
-        if rtp_header_len(header) != Some(header.len()) {
+        let len = header.len() + payload.len();
+        out.reserve(len + self.rtp_overhead());
+        out.extend_from_slice(header);
+        out.extend_from_slice(payload);
+        out.resize(len + self.rtp_overhead(), 0);
+        match self.protect_rtp_in_place(out, header.len(), len, ext_seq) {
+            Ok(n) => {
+                out.truncate(n);
+                Ok(())
+            }
+            Err(e) => {
+                out.clear();
+                Err(e)
+            }
+        }
+    }
+
+    /// [`SrtpSession::protect_rtp`] in place: `buf[..len]` holds one RTP packet (a header of
+    /// `header_len` bytes, then the payload), and `buf` has room for
+    /// [`SrtpSession::rtp_overhead`] more bytes after it. Encrypts the payload where it is,
+    /// writes the tag after it and returns the protected length. No copy, no allocation: the
+    /// caller builds the packet straight into the datagram it sends.
+    ///
+    /// Fails (leaving `buf` in an unspecified state) for the same reasons as
+    /// [`SrtpSession::protect_rtp`], or when `buf` is shorter than `len` plus the overhead.
+    pub fn protect_rtp_in_place(
+        &mut self,
+        buf: &mut [u8],
+        header_len: usize,
+        len: usize,
+        ext_seq: u64,
+    ) -> Result<usize, SrtpError> {
+        let total = len + self.rtp_overhead();
+        if buf.len() < total || header_len > len {
+            return Err(SrtpError::TooShort);
+        }
+        let packet = &mut buf[..total];
+        if rtp_header_len(&packet[..header_len]) != Some(header_len) {
             return Err(SrtpError::RtpHeader);
         }
-        let seq = u16::from_be_bytes([header[2], header[3]]);
+        let seq = u16::from_be_bytes([packet[2], packet[3]]);
         if u64::from(seq) != ext_seq & 0xffff {
             return Err(SrtpError::SequenceMismatch {
                 header: seq,
@@ -512,25 +549,27 @@ impl SrtpSession {
         if ext_seq > MAX_RTP_INDEX {
             return Err(SrtpError::IndexExhausted(ext_seq));
         }
-        let ssrc = be32(header, 8);
+        let ssrc = be32(packet, 8);
         // The ROC is the top 32 of the 48 bits: the cast keeps all of them.
         let roc = (ext_seq >> 16) as u32;
-        out.extend_from_slice(header);
-        out.extend_from_slice(payload);
-        let sealed = match &self.ctx.rtp {
+        let (head, rest) = packet.split_at_mut(header_len);
+        let (body, trailer) = rest.split_at_mut(len - header_len);
+        match &self.ctx.rtp {
             Cipher::Gcm(c) => {
-                let (head, body) = out.split_at_mut(header.len());
-                c.key
-                    .seal_in_place_separate_tag(c.nonce(ssrc, roc, seq), Aad::from(&*head), body)
-                    .map(|tag| out.extend_from_slice(tag.as_ref()))
-                    .map_err(SrtpError::from)
+                let tag = c.key.seal_in_place_separate_tag(
+                    c.nonce(ssrc, roc, seq),
+                    Aad::from(&*head),
+                    body,
+                )?;
+                trailer.copy_from_slice(tag.as_ref());
             }
-            Cipher::Cm(c) => c.apply(ssrc, ext_seq, &mut out[header.len()..]).map(|()| {
-                let tag = c.tag(&[&out[..], &roc.to_be_bytes()]);
-                out.extend_from_slice(&tag);
-            }),
-        };
-        sealed.inspect_err(|_| out.clear())
+            Cipher::Cm(c) => {
+                c.apply(ssrc, ext_seq, body)?;
+                let tag = c.tag(&[head, body, &roc.to_be_bytes()]);
+                trailer.copy_from_slice(&tag);
+            }
+        }
+        Ok(total)
     }
 
     /// Sets the SRTCP index the next [`SrtpSession::protect_rtcp`] uses (then it counts up).
@@ -1477,6 +1516,34 @@ mod tests {
             }
             assert_eq!(out.as_ptr(), ptr);
             assert_eq!(out.capacity(), 1500);
+        }
+    }
+
+    /// The in-place seal writes exactly what the copying one does, for every profile.
+    #[test]
+    fn in_place_protection_matches_the_copying_one() {
+        for profile in PROFILES {
+            let km = keying_material(profile);
+            let mut a = SrtpSession::new(profile, &km, DtlsRole::Server).unwrap();
+            let mut b = SrtpSession::new(profile, &km, DtlsRole::Server).unwrap();
+            let mut out = Vec::new();
+            for (seq, size) in [(1u64, 0usize), (2, 100), (0x1_0003, 1200)] {
+                let header = rtp_header(seq as u16, 3, 0, 1);
+                let body = payload(size, seq);
+                a.protect_rtp(&header, &body, seq, &mut out).unwrap();
+                let mut buf = vec![0xaa; header.len() + size + b.rtp_overhead() + 7];
+                buf[..header.len()].copy_from_slice(&header);
+                buf[header.len()..header.len() + size].copy_from_slice(&body);
+                let n = b
+                    .protect_rtp_in_place(&mut buf, header.len(), header.len() + size, seq)
+                    .unwrap();
+                assert_eq!(&buf[..n], &out[..], "{profile:?} seq {seq}");
+                // Too little room for the tag: refused.
+                let mut short = buf[..header.len() + size].to_vec();
+                assert!(b
+                    .protect_rtp_in_place(&mut short, header.len(), header.len() + size, seq)
+                    .is_err());
+            }
         }
     }
 }

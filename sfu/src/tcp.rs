@@ -162,6 +162,15 @@ impl Transport for MediaTransport {
         self.udp.send_owned(data, dest)
     }
 
+    fn send_with(
+        &mut self,
+        max_len: usize,
+        dest: SocketAddr,
+        fill: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        self.udp.send_with(max_len, dest, fill)
+    }
+
     fn flush(&mut self) {
         self.udp.flush();
     }

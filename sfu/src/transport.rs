@@ -32,6 +32,22 @@ pub(crate) trait Transport: Send {
         self.send_to(&data, dest)
     }
 
+    /// Queues one datagram for `dest` that `fill` writes in place into a zeroed slot of
+    /// `max_len` bytes of the queue, returning the length it used (the lean audio path builds
+    /// and seals its packets there: no copy). On `fill`'s error nothing is queued. The default
+    /// fills a buffer of its own and hands it to [`Self::send_owned`].
+    fn send_with(
+        &mut self,
+        max_len: usize,
+        dest: SocketAddr,
+        fill: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        let mut buf = vec![0; max_len];
+        let len = fill(&mut buf)?;
+        buf.truncate(len);
+        self.send_owned(buf, dest)
+    }
+
     /// Sends one packet over the ICE-TCP connection from `dest` (see `tcp`); without ICE-TCP
     /// there is none.
     fn send_tcp(&mut self, data: &[u8], dest: SocketAddr) -> io::Result<()> {
@@ -149,6 +165,18 @@ impl Transport for BatchTransport {
         Ok(())
     }
 
+    fn send_with(
+        &mut self,
+        max_len: usize,
+        dest: SocketAddr,
+        fill: &mut dyn FnMut(&mut [u8]) -> io::Result<usize>,
+    ) -> io::Result<()> {
+        if self.queue.try_push_with(max_len, dest, fill)? {
+            self.send();
+        }
+        Ok(())
+    }
+
     fn flush(&mut self) {
         if !self.queue.is_empty() {
             self.send();
@@ -193,6 +221,41 @@ mod tests {
             counters.would_block.load(Relaxed) + counters.failed.load(Relaxed),
             0
         );
+    }
+
+    #[test]
+    fn datagrams_written_in_place_leave_with_the_others_and_a_failed_fill_queues_nothing() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let dest = rx.local_addr().unwrap();
+        let counters = Arc::new(SendCounters::default());
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut t = BatchTransport::new(sock, MAX_BATCH, counters.clone());
+        t.send_to(&[1; 10], dest).unwrap();
+        let failed = t.send_with(100, dest, &mut |slot| {
+            slot[..5].copy_from_slice(&[9; 5]);
+            Err(io::ErrorKind::InvalidInput.into())
+        });
+        assert!(failed.is_err());
+        t.send_with(100, dest, &mut |slot| {
+            assert!(slot.iter().all(|b| *b == 0), "a zeroed slot");
+            slot[..30].copy_from_slice(&[2; 30]);
+            Ok(30)
+        })
+        .unwrap();
+        t.send_to(&[3; 20], dest).unwrap();
+        t.flush();
+        assert_eq!(
+            counters.sent.load(Relaxed),
+            3,
+            "the failed fill queued nothing"
+        );
+        let mut buf = [0u8; 200];
+        for (len, byte) in [(10, 1), (30, 2), (20, 3)] {
+            let n = rx.recv(&mut buf).unwrap();
+            assert_eq!(n, len);
+            assert!(buf[..n].iter().all(|b| *b == byte));
+        }
     }
 
     #[test]

@@ -198,6 +198,10 @@ impl Engine {
         add(&self.counters.drives[DRIVE_OUTPUT], self.dirty.len() as u64);
         add(&self.counters.parallel_fanouts, 1);
         self.dirty.clear();
+        // What the shard already queued leaves first: the workers send their own queues as
+        // soon as they finish, so a packet queued earlier on the shard's socket (a timer or
+        // input drive in this pass) would otherwise reach its subscriber after later ones.
+        self.socket.flush();
         let Engine {
             peers,
             socket,

@@ -364,9 +364,25 @@ pub(super) fn send(
         },
         &tx.exts,
     );
-    srtp.protect_rtp(&bufs.header, p.payload, p.seq, &mut bufs.out)
-        .map_err(|_| LeanDrop::Failed)?;
-    transmit(socket, path, &bufs.out).map_err(|_| LeanDrop::Failed)?;
+    match path.proto {
+        Protocol::Tcp => {
+            srtp.protect_rtp(&bufs.header, p.payload, p.seq, &mut bufs.out)
+                .map_err(|_| LeanDrop::Failed)?;
+            socket.send_tcp(&bufs.out, path.dest)
+        }
+        // UDP: built and sealed in place, in the socket's send queue (no copy).
+        _ => {
+            let (header, payload) = (&bufs.header[..], p.payload);
+            let (h, len) = (header.len(), header.len() + payload.len());
+            socket.send_with(len + srtp.rtp_overhead(), path.dest, &mut |slot| {
+                slot[..h].copy_from_slice(header);
+                slot[h..len].copy_from_slice(payload);
+                srtp.protect_rtp_in_place(slot, h, len, p.seq)
+                    .map_err(|_| io::ErrorKind::InvalidInput.into())
+            })
+        }
+    }
+    .map_err(|_| LeanDrop::Failed)?;
     tx.packets = tx.packets.wrapping_add(1);
     tx.octets = tx.octets.wrapping_add(p.payload.len() as u32);
     if tx.window.max() == Some(p.seq) {

@@ -106,9 +106,29 @@ impl SendQueue {
         dest: SocketAddr,
         fill: impl FnOnce(&mut [u8]) -> usize,
     ) -> bool {
+        let full: Result<bool, std::convert::Infallible> =
+            self.try_push_with(max_len, dest, |slot| Ok(fill(slot)));
+        full.unwrap_or_else(|never| match never {})
+    }
+
+    /// [`SendQueue::push_with`] for a `fill` that may fail: on its error nothing is queued
+    /// (the slot is given back) and the error is returned. Otherwise whether the queue is now
+    /// full.
+    pub fn try_push_with<E>(
+        &mut self,
+        max_len: usize,
+        dest: SocketAddr,
+        fill: impl FnOnce(&mut [u8]) -> Result<usize, E>,
+    ) -> Result<bool, E> {
         let start = self.buf.len();
         self.buf.resize(start + max_len, 0);
-        let len = fill(&mut self.buf[start..]).min(max_len);
+        let len = match fill(&mut self.buf[start..]) {
+            Ok(len) => len.min(max_len),
+            Err(e) => {
+                self.buf.truncate(start);
+                return Err(e);
+            }
+        };
         self.buf.truncate(start + len);
         self.items.push(Item {
             start,
@@ -116,7 +136,7 @@ impl SendQueue {
             owned: false,
             dest,
         });
-        self.is_full()
+        Ok(self.is_full())
     }
 
     /// Datagrams queued.
