@@ -11,7 +11,8 @@ use greenroom_proto::{CallCid, Role};
 
 /// jemalloc with background purge threads: with glibc's malloc the server's RSS stayed at its
 /// peak after the DTLS release (freed memory kept in per-thread arenas); jemalloc returns it
-/// (docs/BENCHMARKS.md, *The allocator*: 197 vs 121 KiB of RSS per audio listener).
+/// to the system (docs/BENCHMARKS.md, *The allocator*: one loaded run showed 197 vs 121 KiB of
+/// RSS per audio listener; a like-for-like run did not reproduce it).
 #[cfg(unix)]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;

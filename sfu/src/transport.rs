@@ -193,14 +193,21 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    #[test]
-    fn queued_datagrams_leave_at_flush_or_when_the_batch_is_full() {
+    /// A receiving socket with a read timeout, its address, and a batch transport towards it
+    /// with its counters.
+    fn loopback_batch() -> (UdpSocket, SocketAddr, Arc<SendCounters>, BatchTransport) {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let dest = rx.local_addr().unwrap();
         let counters = Arc::new(SendCounters::default());
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut t = BatchTransport::new(sock, MAX_BATCH, counters.clone());
+        let t = BatchTransport::new(sock, MAX_BATCH, counters.clone());
+        (rx, dest, counters, t)
+    }
+
+    #[test]
+    fn queued_datagrams_leave_at_flush_or_when_the_batch_is_full() {
+        let (rx, dest, counters, mut t) = loopback_batch();
         t.send_to(&[1; 50], dest).unwrap();
         assert_eq!(counters.sent.load(Relaxed), 0, "queued, not sent");
         t.flush();
@@ -225,12 +232,7 @@ mod tests {
 
     #[test]
     fn datagrams_written_in_place_leave_with_the_others_and_a_failed_fill_queues_nothing() {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let dest = rx.local_addr().unwrap();
-        let counters = Arc::new(SendCounters::default());
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut t = BatchTransport::new(sock, MAX_BATCH, counters.clone());
+        let (rx, dest, counters, mut t) = loopback_batch();
         t.send_to(&[1; 10], dest).unwrap();
         let failed = t.send_with(100, dest, &mut |slot| {
             slot[..5].copy_from_slice(&[9; 5]);
@@ -260,12 +262,7 @@ mod tests {
 
     #[test]
     fn forks_keep_their_own_queue_and_share_the_counters() {
-        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-        rx.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        let dest = rx.local_addr().unwrap();
-        let counters = Arc::new(SendCounters::default());
-        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-        let mut main = BatchTransport::new(sock, MAX_BATCH, counters.clone());
+        let (rx, dest, counters, mut main) = loopback_batch();
         let mut a = main.fork();
         let mut b = main.fork();
         // Two workers queue at once, each on its own thread; nothing leaves before a flush.
