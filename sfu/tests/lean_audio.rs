@@ -47,19 +47,14 @@ async fn audio_pair(
     one_source_pair(sfu, events, call, pids, sub_client, source, warmup).await
 }
 
-/// A started SFU with alice publishing audio to bob, on call `default:<name>`.
-struct Room {
-    sfu: Sfu,
-    events: Events,
-    call: CallCid,
-    alice: Client,
-    bob: Client,
-    audio: String,
-}
-
 /// Starts an SFU (lean audio on or off) and joins alice (publisher) and bob (a new client)
-/// to call `default:<name>`, after `warmup` packets.
-async fn room(lean: bool, name: &str, warmup: u64) -> Room {
+/// to call `default:<name>`, after `warmup` packets: the SFU, its events, the call, alice, bob
+/// and bob's audio mid.
+async fn room(
+    lean: bool,
+    name: &str,
+    warmup: u64,
+) -> (Sfu, Events, CallCid, Client, Client, String) {
     let (sfu, mut events) = start(options(lean)).await;
     let call: CallCid = format!("default:{name}").parse().unwrap();
     let (alice, bob, audio) = audio_pair(
@@ -71,26 +66,12 @@ async fn room(lean: bool, name: &str, warmup: u64) -> Room {
         warmup,
     )
     .await;
-    Room {
-        sfu,
-        events,
-        call,
-        alice,
-        bob,
-        audio,
-    }
+    (sfu, events, call, alice, bob, audio)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lean_audio_decrypts_in_order_without_a_drive_per_packet() {
-    let Room {
-        sfu,
-        mut events,
-        call: _,
-        alice: _alice,
-        bob,
-        audio,
-    } = room(true, "lean", 25).await;
+    let (sfu, mut events, _, _alice, bob, audio) = room(true, "lean", 25).await;
 
     let drives0 = metric(&sfu, "greenroom_engine_drives_total{cause=\"output\"}");
     let lean0 = metric(&sfu, "greenroom_lean_packets_total");
@@ -116,14 +97,7 @@ async fn lean_audio_decrypts_in_order_without_a_drive_per_packet() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_publisher_sends_nothing_lean_and_a_regrant_resumes() {
-    let Room {
-        sfu,
-        mut events,
-        call: _,
-        alice: _alice,
-        bob,
-        audio,
-    } = room(true, "lean-gate", 25).await;
+    let (sfu, mut events, _, _alice, bob, audio) = room(true, "lean-gate", 25).await;
     assert!(metric(&sfu, "greenroom_lean_packets_total") > 0.0);
 
     sfu.set_gate(
@@ -154,14 +128,7 @@ async fn a_revoked_publisher_sends_nothing_lean_and_a_regrant_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lean_streams_get_sender_reports_from_the_engine_only() {
-    let Room {
-        sfu,
-        mut events,
-        call: _,
-        alice: _alice,
-        bob,
-        audio,
-    } = room(true, "lean-sr", 10).await;
+    let (sfu, mut events, _, _alice, bob, audio) = room(true, "lean-sr", 10).await;
     let mid = audio.clone();
     // One report a second.
     wait_for("two sender reports", || bob.received(&mid).srs.len() >= 2).await;
@@ -183,14 +150,7 @@ async fn lean_streams_get_sender_reports_from_the_engine_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renegotiation_keeps_lean_audio_decrypting() {
-    let Room {
-        sfu,
-        mut events,
-        call,
-        alice: _alice,
-        bob,
-        audio: a_audio,
-    } = room(true, "lean-reneg", 25).await;
+    let (sfu, mut events, call, _alice, bob, a_audio) = room(true, "lean-reneg", 25).await;
 
     // Carol joins and publishes: bob gets an offer (alice's stream declared again for its
     // a=ssrc lines) and answers.
@@ -337,14 +297,7 @@ async fn lean_audio_follows_an_ice_restart_to_a_new_address() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_lean_audio_off_every_packet_goes_through_str0m() {
-    let Room {
-        sfu,
-        mut events,
-        call: _,
-        alice: _alice,
-        bob,
-        audio,
-    } = room(false, "no-lean", 50).await;
+    let (sfu, mut events, _, _alice, bob, audio) = room(false, "no-lean", 50).await;
     let rx = bob.received(&audio);
     assert_eq!(rx.not_audio_payload, 0);
     assert!(contiguous(&rx.seqs));
