@@ -477,11 +477,16 @@ impl Engine {
                 if c.peer != sub || c.lean.is_none() {
                     continue;
                 }
-                let mut api = peer.rtc.direct_api();
-                if let Some(ssrc) = api.stream_tx_by_mid(c.mid, None).map(|s| s.ssrc()) {
-                    api.remove_stream_tx(ssrc);
+                // str0m may have declared a fresh stream (another SSRC) for the m-line.
+                let ssrc = peer
+                    .rtc
+                    .direct_api()
+                    .stream_tx_by_mid(c.mid, None)
+                    .map(|s| s.ssrc());
+                match ssrc {
+                    Some(ssrc) => super::quiet::park(&mut peer.rtc, ssrc, &mut c.park),
+                    None => c.park.set_parked(),
                 }
-                c.park.set_parked();
             }
         }
     }

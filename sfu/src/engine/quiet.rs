@@ -117,6 +117,13 @@ impl Engine {
     }
 }
 
+/// Removes the str0m send stream `ssrc` (with its RTX stream) from `rtc` and marks it parked:
+/// str0m then never sends on it (no RTP, no padding, no sender report).
+pub(super) fn park(rtc: &mut Rtc, ssrc: Ssrc, state: &mut ParkState) {
+    rtc.direct_api().remove_stream_tx(ssrc);
+    state.set_parked();
+}
+
 /// Declares a parked consumer's send stream again, with its SSRC and RTX SSRC; no-op if it is
 /// not parked or its m-line is gone (the stream is then never written again).
 pub(super) fn unpark(rtc: &mut Rtc, c: &mut Consumer) {

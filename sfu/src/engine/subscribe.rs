@@ -226,8 +226,7 @@ impl Engine {
                 None
             };
             if lean.is_some() {
-                peer.rtc.direct_api().remove_stream_tx(ssrc);
-                park.set_parked();
+                super::quiet::park(&mut peer.rtc, ssrc, &mut park);
             }
             let Some(prod) = self.producers.get_mut(pk) else {
                 continue;
