@@ -47,7 +47,7 @@ impl ParkState {
 
     /// One housekeeping tick: `can_forward` is false while the consumer cannot forward
     /// (gate closed, receive off, paused), `last_seq` the forwarder's last outgoing sequence
-    /// number. Returns true when the stream must be parked now.
+    /// number. Returns true when the stream must be parked now (by [`park`], which marks it).
     pub(super) fn tick(&mut self, can_forward: bool, last_seq: Option<u64>) -> bool {
         let moved = last_seq != self.last_seq;
         self.last_seq = last_seq;
@@ -59,14 +59,11 @@ impl ParkState {
         if self.parked {
             return false;
         }
-        if !can_forward || self.idle >= IDLE_TICKS {
-            self.parked = true;
-            return true;
-        }
-        false
+        !can_forward || self.idle >= IDLE_TICKS
     }
 
-    /// The stream was removed from the `Rtc` (a lean audio stream, see [`super::lean`]).
+    /// The stream was removed from the `Rtc` ([`park`]; or a lean stream whose m-line has no
+    /// str0m stream left, see [`super::lean`]).
     pub(super) fn set_parked(&mut self) {
         self.parked = true;
     }
@@ -94,8 +91,10 @@ impl Engine {
                 if !c.park.tick(can_forward, c.st.fwd.last_seq()) {
                     continue;
                 }
-                if let Some(peer) = peers.get_mut(c.peer) {
-                    peer.rtc.direct_api().remove_stream_tx(c.ssrc);
+                match peers.get_mut(c.peer) {
+                    Some(peer) => park(&mut peer.rtc, c.ssrc, &mut c.park),
+                    // No subscriber peer, no stream to remove: the consumer goes with it.
+                    None => c.park.set_parked(),
                 }
             }
         }
@@ -148,6 +147,11 @@ mod tests {
         let mut p = ParkState::default();
         assert!(!p.tick(true, Some(10)));
         assert!(p.tick(false, Some(10)), "gate closed: park now");
+        assert!(
+            !p.parked(),
+            "marked by park() only, with the stream removed"
+        );
+        p.set_parked();
         assert!(p.parked());
         assert!(!p.tick(false, Some(10)), "already parked");
         p.unparked();
@@ -163,6 +167,8 @@ mod tests {
             assert!(!p.tick(true, Some(5)));
         }
         assert!(p.tick(true, Some(5)), "idle for IDLE_TICKS ticks");
+        p.set_parked();
+        assert!(!p.tick(true, Some(5)), "parked once");
     }
 
     #[test]
@@ -177,7 +183,15 @@ mod tests {
     #[test]
     fn a_consumer_that_never_forwarded_is_parked_once_idle() {
         let mut p = ParkState::default();
-        let parked: Vec<bool> = (0..IDLE_TICKS + 2).map(|_| p.tick(true, None)).collect();
+        let parked: Vec<bool> = (0..IDLE_TICKS + 2)
+            .map(|_| {
+                let now = p.tick(true, None);
+                if now {
+                    p.set_parked();
+                }
+                now
+            })
+            .collect();
         assert_eq!(parked.iter().filter(|x| **x).count(), 1);
         assert!(p.parked());
     }
