@@ -174,6 +174,10 @@ pub(crate) struct SfuCounters {
     pub(crate) lean_retransmits: AtomicU64,
     pub(crate) lean_nacks_ignored: AtomicU64,
     pub(crate) lean_plis: AtomicU64,
+    /// Lean streams (audio and video): report blocks read from the subscribers' receiver
+    /// reports, and the packets they report lost (increases of the cumulative count).
+    pub(crate) lean_receiver_reports: AtomicU64,
+    pub(crate) lean_packets_lost: AtomicU64,
     /// Datagrams the shard dropped before any peer: no peer for their ufrag or validated
     /// address, or refused by that peer (STUN integrity, unknown candidate pair).
     pub(crate) unrouted: AtomicU64,
@@ -212,6 +216,8 @@ impl Default for SfuCounters {
             lean_retransmits: AtomicU64::new(0),
             lean_nacks_ignored: AtomicU64::new(0),
             lean_plis: AtomicU64::new(0),
+            lean_receiver_reports: AtomicU64::new(0),
+            lean_packets_lost: AtomicU64::new(0),
             unrouted: AtomicU64::new(0),
             rtt: std::array::from_fn(|_| Histogram::new(RTT_BOUNDS)),
             loss: std::array::from_fn(|_| Histogram::new(LOSS_BOUNDS)),
@@ -426,6 +432,11 @@ impl SfuCounters {
         add(&self.lean_retransmits, o.lean_retransmits.load(Relaxed));
         add(&self.lean_nacks_ignored, o.lean_nacks_ignored.load(Relaxed));
         add(&self.lean_plis, o.lean_plis.load(Relaxed));
+        add(
+            &self.lean_receiver_reports,
+            o.lean_receiver_reports.load(Relaxed),
+        );
+        add(&self.lean_packets_lost, o.lean_packets_lost.load(Relaxed));
         add(&self.unrouted, o.unrouted.load(Relaxed));
         absorb_all(&self.consumer_drops, &o.consumer_drops);
         add(&self.plis, o.plis.load(Relaxed));
@@ -573,6 +584,20 @@ impl SfuCounters {
             "counter",
             "PLI and FIR on lean video streams read by the engine from the subscriber's RTCP",
             self.lean_plis.load(Relaxed),
+        );
+        single(
+            &mut o,
+            "greenroom_lean_receiver_reports_total",
+            "counter",
+            "Report blocks about lean audio and video streams read by the engine from the subscribers' RTCP (their round trip, loss and jitter feed the egress histograms)",
+            self.lean_receiver_reports.load(Relaxed),
+        );
+        single(
+            &mut o,
+            "greenroom_lean_packets_lost_total",
+            "counter",
+            "Packets of lean audio and video streams that subscribers report lost (increases of their cumulative loss)",
+            self.lean_packets_lost.load(Relaxed),
         );
         by_direction(
             &mut o,

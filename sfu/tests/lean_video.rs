@@ -105,17 +105,23 @@ async fn a_pli_on_a_lean_stream_reaches_the_publisher() {
 
 /// A client socket that loses the first copy of every 20th large RTP packet (a video packet)
 /// of the first SSRC it sees lose one: the client's str0m NACKs them. The losses are recorded.
+/// Its own RTCP leaves `rtcp_delay` late (a longer round trip than loopback's).
 struct Lossy {
     socket: UdpSocket,
     addr: SocketAddr,
     buf: Vec<u8>,
     ssrc: Option<u32>,
     lost: Arc<Mutex<HashSet<u16>>>,
+    rtcp_delay: Duration,
 }
 
 impl common::Transport for Lossy {
     fn transmit(&mut self, t: &Transmit) -> bool {
-        let _ = self.socket.send_to(&t.contents, t.destination);
+        let d = &t.contents;
+        if d.len() > 1 && (128..=191).contains(&d[0]) && (192..=223).contains(&d[1]) {
+            std::thread::sleep(self.rtcp_delay);
+        }
+        let _ = self.socket.send_to(d, t.destination);
         true
     }
 
@@ -142,10 +148,9 @@ impl common::Transport for Lossy {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nack_is_answered_on_rtx_with_the_original_packet() {
-    let (sfu, mut events) = start(options(true)).await;
-    let call: CallCid = "default:lean-nack".parse().unwrap();
+/// A subscriber client on a [`Lossy`] socket (raw packets on: it sees RTX and every SR), and
+/// the sequence numbers it lost.
+fn lossy_client(rtcp_delay: Duration) -> (Client, Arc<Mutex<HashSet<u16>>>) {
     let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
     let addr = socket.local_addr().unwrap();
     let mut rtc = RtcConfig::new()
@@ -154,7 +159,7 @@ async fn a_nack_is_answered_on_rtx_with_the_original_packet() {
         .build(Instant::now());
     rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
     let lost: Arc<Mutex<HashSet<u16>>> = Default::default();
-    let bob = Client::spawn(
+    let client = Client::spawn(
         rtc,
         Lossy {
             socket,
@@ -162,8 +167,17 @@ async fn a_nack_is_answered_on_rtx_with_the_original_packet() {
             buf: vec![0; 2048],
             ssrc: None,
             lost: lost.clone(),
+            rtcp_delay,
         },
     );
+    (client, lost)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_is_answered_on_rtx_with_the_original_packet() {
+    let (sfu, mut events) = start(options(true)).await;
+    let call: CallCid = "default:lean-nack".parse().unwrap();
+    let (bob, lost) = lossy_client(Duration::ZERO);
     let (_alice, bob, video) = video_pair(&sfu, &mut events, &call, bob, 10).await;
     wait_for("three retransmits", || {
         bob.received(REPAIRS).repairs.len() >= 3
@@ -321,5 +335,66 @@ async fn simulcast_consumers_stay_on_str0m() {
     assert_eq!(rx.vp8_payloads, rx.count);
     // Every packet bob got went through str0m: the lean path sent none.
     assert_eq!(metric(&sfu, "greenroom_lean_video_packets_total"), 0.0);
+    events.assert_no_peer_failed();
+}
+
+/// The RTX stream gets sender reports of its own once it resent something, and the server
+/// reads the subscriber's receiver reports about its lean stream: a round trip (the client's
+/// RTCP leaves 20 ms late, so at least that), loss and report blocks counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rtx_stream_is_reported_and_receiver_reports_give_a_round_trip() {
+    let (sfu, mut events) = start(options(true)).await;
+    let call: CallCid = "default:lean-rr".parse().unwrap();
+    let delay = Duration::from_millis(20);
+    let (bob, _lost) = lossy_client(delay);
+    let (_alice, bob, video) = video_pair(&sfu, &mut events, &call, bob, 10).await;
+    wait_for("a repair, then a sender report on its SSRC", || {
+        let repairs = bob.received(REPAIRS);
+        let Some(rtx) = repairs.ssrcs.first().copied() else {
+            return false;
+        };
+        bob.received(RAW_SRS)
+            .raw_srs
+            .iter()
+            .any(|(s, n, _)| *s == rtx && *n > 0)
+    })
+    .await;
+    let repairs = bob.received(REPAIRS);
+    let media = bob.received(&video).ssrcs;
+    assert_eq!(repairs.ssrcs.len(), 1, "one RTX SSRC: {:?}", repairs.ssrcs);
+    let rtx = repairs.ssrcs[0];
+    assert_eq!(media.len(), 1);
+    assert_ne!(rtx, media[0], "repairs never on the media SSRC");
+    let srs = bob.received(RAW_SRS).raw_srs;
+    for (_, packets, octets) in srs.iter().filter(|(s, _, _)| *s == rtx) {
+        assert!(
+            *packets as usize <= repairs.repairs.len(),
+            "{packets} reported, {} repairs received",
+            repairs.repairs.len()
+        );
+        // Every repair is a 600-byte VP8 payload after its 2-byte original sequence number.
+        assert_eq!(*octets, packets * 602, "{srs:?}");
+    }
+    assert!(
+        srs.iter().any(|(s, n, _)| *s == media[0] && *n > 0),
+        "the media stream's own reports go on: {srs:?}"
+    );
+
+    // The client's receiver reports echo the engine's SRs: a round trip is recorded.
+    let egress = |what: &str| metric(&sfu, &format!("greenroom_rtt_seconds_{what}"));
+    wait_for("a round trip from the client's receiver reports", || {
+        egress("count{direction=\"egress\"}") >= 1.0
+    })
+    .await;
+    assert!(metric(&sfu, "greenroom_lean_receiver_reports_total") >= 1.0);
+    // Only lean streams flow here (str0m samples none): each round trip includes the delay.
+    assert!(egress("sum{direction=\"egress\"}") > 0.0);
+    assert_eq!(
+        egress("bucket{direction=\"egress\",le=\"0.01\"}"),
+        0.0,
+        "every round trip is at least the client's {delay:?}"
+    );
+    // The client lost every 20th packet first time: loss is reported and sampled too.
+    assert!(metric(&sfu, "greenroom_loss_ratio_count{direction=\"egress\"}") >= 1.0);
     events.assert_no_peer_failed();
 }

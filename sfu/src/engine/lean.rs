@@ -246,6 +246,8 @@ pub(super) struct LeanTx {
     last: Option<(u32, Instant, u32)>,
     /// Video: the sequence map, retransmit budget and RTX counter.
     pub(super) video: Option<super::lean_video::VideoTx>,
+    /// Sender reports sent, and the subscriber's receiver reports ([`super::lean_stats`]).
+    pub(super) reports: super::lean_stats::StreamReports,
 }
 
 impl LeanTx {
@@ -258,6 +260,7 @@ impl LeanTx {
             octets: 0,
             last: None,
             video: None,
+            reports: Default::default(),
         }
     }
 
@@ -399,10 +402,12 @@ pub(super) fn transmit(socket: &mut dyn Transport, path: Path, data: &[u8]) -> i
     }
 }
 
-/// Sends one sender report for lean stream `tx` (nothing before its first packet).
+/// Sends one sender report for lean stream `tx` (nothing before its first packet), with its
+/// RTX stream's `rtx` in the same compound packet once that sent.
 fn report(
-    tx: &LeanTx,
+    tx: &mut LeanTx,
     ssrc: Ssrc,
+    rtx: Option<Ssrc>,
     srtp: &mut SrtpSession,
     path: Path,
     bufs: &mut LeanBufs,
@@ -421,10 +426,18 @@ fn report(
         octets: tx.octets,
     };
     rtp_out::write_sender_report(&mut bufs.header, &sr);
+    let ntp = super::lean_stats::ntp_middle(&bufs.header);
+    if let Some(v) = &tx.video {
+        v.append_rtx_report(rtx, &sr, &mut bufs.header, &mut bufs.rtx);
+    }
     if srtp.protect_rtcp(&bufs.header, &mut bufs.out).is_err() {
         return false;
     }
-    transmit(socket, path, &bufs.out).is_ok()
+    let sent = transmit(socket, path, &bufs.out).is_ok();
+    if let (true, Some(ntp)) = (sent, ntp) {
+        tx.reports.sent(ntp, now);
+    }
+    sent
 }
 
 impl Engine {
@@ -442,9 +455,9 @@ impl Engine {
             ..
         } = self;
         let mut sent = 0;
-        for (_, prod) in producers.iter() {
-            for c in &prod.consumers {
-                let Some(tx) = &c.lean else {
+        for (_, prod) in producers.iter_mut() {
+            for c in &mut prod.consumers {
+                let Some(tx) = c.lean.as_mut() else {
                     continue;
                 };
                 let Some(peer) = peers.get_mut(c.peer) else {
@@ -453,7 +466,7 @@ impl Engine {
                 let LeanState::Ready(srtp, path) = peer.lean.state(peer.connected) else {
                     continue;
                 };
-                if report(tx, c.ssrc, srtp, path, lean_bufs, &mut **socket) {
+                if report(tx, c.ssrc, c.rtx, srtp, path, lean_bufs, &mut **socket) {
                     sent += 1;
                 }
             }

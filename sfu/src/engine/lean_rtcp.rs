@@ -1,16 +1,21 @@
-//! Feedback from a subscriber about its lean video streams (docs/ARCHITECTURE.md, "Lean video
+//! Feedback from a subscriber about its lean streams (docs/ARCHITECTURE.md, "Lean video
 //! path"). str0m does not know their SSRCs (their send streams are removed), so it reports no
-//! PLI, FIR or NACK for them: the engine reads the subscriber's SRTCP itself, with its own
-//! [`crate::srtp::SrtpReceiver`] on the same keys, before the datagram goes on to str0m
-//! unchanged (str0m still needs the reports about its own streams).
+//! PLI, FIR or NACK and no round trip or loss for them: the engine reads the subscriber's SRTCP
+//! itself, with its own [`crate::srtp::SrtpReceiver`] on the same keys, before the datagram
+//! goes on to str0m unchanged (str0m still needs the reports about its own streams). Receiver
+//! report blocks about lean audio and video streams go to [`super::lean_stats`].
 //!
 //! [`parse_feedback`] is pure and takes any bytes: a malformed compound packet ends the parse,
 //! never the server.
 
+use super::lean_stats::ReportBlock;
 use super::*;
-use crate::metrics::add;
+use crate::metrics::{add, EGRESS, STATS_INTERVAL};
 use str0m::media::KeyframeRequestKind;
 
+/// RTCP packet types (RFC 3550 §6.4): sender and receiver report (both carry report blocks).
+const SR: u8 = 200;
+const RR: u8 = 201;
 /// RTCP packet types (RFC 4585 §6.1): transport-layer and payload-specific feedback.
 const RTPFB: u8 = 205;
 const PSFB: u8 = 206;
@@ -31,6 +36,20 @@ pub(super) enum Feedback {
     Fir { media: u32 },
     /// Generic NACK: packet `pid` and those of the bitmask `blp` after it (RFC 4585 §6.2.1).
     Nack { media: u32, pid: u16, blp: u16 },
+    /// A report block of a receiver (or sender) report about stream `ssrc`.
+    Report(ReportBlock),
+}
+
+impl Feedback {
+    /// The SSRC of the (our) stream the item is about.
+    pub(super) fn media(&self) -> u32 {
+        match *self {
+            Feedback::Pli { media } | Feedback::Fir { media } | Feedback::Nack { media, .. } => {
+                media
+            }
+            Feedback::Report(b) => b.ssrc,
+        }
+    }
 }
 
 /// Whether a datagram is RTCP by RFC 7983 (first byte 128..=191) and RFC 5761 (packet type
@@ -55,13 +74,31 @@ pub(super) fn parse_feedback(buf: &[u8], out: &mut Vec<Feedback>) {
             return;
         };
         at = end;
+        let room = MAX_ITEMS - out.len();
+        // Reports: sender SSRC (and a sender's info), then report blocks (RC of them).
+        let blocks_at = match pt {
+            SR => Some(24),
+            RR => Some(4),
+            _ => None,
+        };
+        if let Some(from) = blocks_at {
+            let count = usize::from(b0 & 0x1f);
+            let blocks = body.get(from..).unwrap_or_default();
+            out.extend(
+                blocks
+                    .chunks_exact(24)
+                    .take(count.min(room))
+                    .filter_map(|c| c.try_into().ok())
+                    .map(|c| Feedback::Report(ReportBlock::read(c))),
+            );
+            continue;
+        }
         // Feedback: sender SSRC, media SSRC, then the FCI.
         if body.len() < 8 {
             continue;
         }
         let media = be32(&body[4..8]);
         let fci = &body[8..];
-        let room = MAX_ITEMS - out.len();
         match (pt, b0 & 0x1f) {
             (RTPFB, FMT_NACK) => {
                 out.extend(fci.chunks_exact(4).take(room).map(|c| Feedback::Nack {
@@ -97,8 +134,11 @@ pub(super) fn nacked(pid: u16, blp: u16) -> impl Iterator<Item = u16> {
 
 impl Engine {
     /// An SRTCP datagram from subscriber peer `key` (already accepted by its `Rtc`): if the
-    /// peer has lean video streams, unprotect it with the engine's receiver and act on feedback
-    /// about them (keyframe requests, retransmits). The datagram itself is left to str0m.
+    /// peer is on the lean path (it has the keys; publishers never do), unprotect it with the
+    /// engine's receiver and act on what concerns its lean streams: keyframe requests and
+    /// retransmits (video), report blocks (audio and video, [`Engine::lean_report`]). The
+    /// datagram itself is left to str0m. A subscriber sends a few RTCP packets a second, so
+    /// this costs about one more SRTCP decryption per report, off the forwarding path.
     pub(super) fn lean_feedback(&mut self, key: Key, data: &[u8], now: Instant) {
         let Engine {
             peers, lean_bufs, ..
@@ -106,9 +146,6 @@ impl Engine {
         let Some(peer) = peers.get_mut(key) else {
             return;
         };
-        if peer.lean.video.is_empty() {
-            return;
-        }
         let Some(rx) = peer.lean.receiver(peer.connected) else {
             return;
         };
@@ -118,11 +155,11 @@ impl Engine {
         let mut items = std::mem::take(&mut lean_bufs.feedback);
         parse_feedback(&lean_bufs.rtcp, &mut items);
         for f in &items {
-            let media = match *f {
-                Feedback::Pli { media }
-                | Feedback::Fir { media }
-                | Feedback::Nack { media, .. } => media,
-            };
+            if let Feedback::Report(b) = f {
+                self.lean_report(key, b, now);
+                continue;
+            }
+            let media = f.media();
             let Some(pk) = self
                 .peers
                 .get(key)
@@ -144,9 +181,56 @@ impl Engine {
                 Feedback::Nack { pid, blp, .. } => {
                     self.lean_retransmit(key, pk, Ssrc::from(media), nacked(pid, blp), now);
                 }
+                Feedback::Report(_) => {}
             }
         }
         self.lean_bufs.feedback = items;
+    }
+
+    /// A report block from subscriber `sub`: if it is about one of its lean streams (audio or
+    /// video), the stream's round trip, loss and jitter are updated
+    /// ([`super::lean_stats::StreamReports`]) and, at most once per [`STATS_INTERVAL`] per
+    /// stream, sampled into the egress RTT, loss and jitter histograms str0m's
+    /// `MediaEgressStats` feed for its own streams. Blocks about str0m's streams are str0m's.
+    pub(super) fn lean_report(&mut self, sub: Key, b: &ReportBlock, now: Instant) {
+        let Some(peer) = self.peers.get(sub) else {
+            return;
+        };
+        let ssrc = Ssrc::from(b.ssrc);
+        // The subscriber's tracks are few; each has one consumer of this peer.
+        let found = peer.sub_mids.iter().find_map(|(mid, pk)| {
+            let i = self
+                .producers
+                .get(*pk)?
+                .consumers
+                .iter()
+                .position(|c| c.peer == sub && c.ssrc == ssrc && c.lean.is_some())?;
+            Some((*mid, *pk, i))
+        });
+        let Some((mid, pk, i)) = found else {
+            return;
+        };
+        let clock = self.clock_rate_of(sub, mid);
+        let Some(tx) = self
+            .producers
+            .get_mut(pk)
+            .and_then(|p| p.consumers.get_mut(i))
+            .and_then(|c| c.lean.as_mut())
+        else {
+            return;
+        };
+        let lost = tx.reports.received(b, now);
+        let sample = tx.reports.sample(now, STATS_INTERVAL);
+        let c = &self.counters;
+        add(&c.lean_receiver_reports, 1);
+        add(&c.lean_packets_lost, lost);
+        if let Some(s) = sample {
+            if let Some(rtt) = s.rtt {
+                c.rtt[EGRESS].observe(rtt.as_secs_f64());
+            }
+            c.loss[EGRESS].observe(f64::from(s.loss));
+            c.jitter[EGRESS].observe(f64::from(s.jitter) / clock);
+        }
     }
 }
 
@@ -198,6 +282,94 @@ mod tests {
         );
     }
 
+    /// A report block about `ssrc` (24 bytes).
+    fn block(ssrc: u32, fraction: u8, lsr: u32) -> Vec<u8> {
+        let mut b = ssrc.to_be_bytes().to_vec();
+        b.extend_from_slice(&[fraction, 0xff, 0xff, 0xfe]); // cumulative lost -2
+        b.extend_from_slice(&500u32.to_be_bytes());
+        b.extend_from_slice(&33u32.to_be_bytes());
+        b.extend_from_slice(&lsr.to_be_bytes());
+        b.extend_from_slice(&0x8000u32.to_be_bytes());
+        b
+    }
+
+    /// A report of type `pt` (SR or RR) with `rc` in its count field and `body` after the
+    /// header (sender SSRC, sender info, blocks).
+    fn report(pt: u8, rc: u8, body: &[u8]) -> Vec<u8> {
+        let mut p = vec![0x80 | rc, pt, 0, 0];
+        p.extend_from_slice(body);
+        let words = (p.len() / 4 - 1) as u16;
+        p[2..4].copy_from_slice(&words.to_be_bytes());
+        p
+    }
+
+    #[test]
+    fn receiver_and_sender_reports_yield_their_blocks() {
+        let mut rr = 1u32.to_be_bytes().to_vec();
+        rr.extend(block(7, 10, 0x1111_2222));
+        rr.extend(block(8, 20, 0));
+        let mut sr = 1u32.to_be_bytes().to_vec();
+        sr.extend_from_slice(&[0; 20]); // sender info
+        sr.extend(block(9, 30, 5));
+        let mut c = report(RR, 2, &rr);
+        c.extend(report(SR, 1, &sr));
+        c.extend(fb(PSFB, FMT_PLI, 7, &[]));
+        let mut out = Vec::new();
+        parse_feedback(&c, &mut out);
+        let blocks: Vec<ReportBlock> = out
+            .iter()
+            .filter_map(|f| match f {
+                Feedback::Report(b) => Some(*b),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(blocks.len(), 3, "{out:?}");
+        assert_eq!(
+            blocks[0],
+            ReportBlock {
+                ssrc: 7,
+                fraction_lost: 10,
+                cumulative_lost: -2,
+                jitter: 33,
+                lsr: 0x1111_2222,
+                dlsr: 0x8000,
+            }
+        );
+        assert_eq!((blocks[1].ssrc, blocks[1].fraction_lost), (8, 20));
+        assert_eq!((blocks[2].ssrc, blocks[2].lsr), (9, 5));
+        assert_eq!(out.last(), Some(&Feedback::Pli { media: 7 }));
+        assert_eq!(
+            out.iter().map(Feedback::media).collect::<Vec<_>>(),
+            [7, 8, 9, 7]
+        );
+    }
+
+    #[test]
+    fn malformed_reports_yield_only_whole_blocks() {
+        let mut out = Vec::new();
+        // An empty receiver report (RC 0), and one whose RC claims more blocks than it has.
+        let mut rr = 1u32.to_be_bytes().to_vec();
+        rr.extend(block(7, 0, 0));
+        let mut c = report(RR, 0, &1u32.to_be_bytes());
+        c.extend(report(RR, 5, &rr));
+        parse_feedback(&c, &mut out);
+        assert_eq!(out.len(), 1, "{out:?}");
+        // Fewer blocks than RC says are read (the extra bytes are not a block).
+        let mut rr = 1u32.to_be_bytes().to_vec();
+        rr.extend(block(7, 0, 0));
+        rr.extend(block(8, 0, 0));
+        parse_feedback(&report(RR, 1, &rr), &mut out);
+        assert_eq!(out.len(), 1);
+        // A sender report too short for its sender info; a block cut short by the length.
+        parse_feedback(&report(SR, 1, &[0; 12]), &mut out);
+        assert!(out.is_empty());
+        let mut cut = report(RR, 1, &rr);
+        cut.truncate(20);
+        cut[2..4].copy_from_slice(&4u16.to_be_bytes());
+        parse_feedback(&cut, &mut out);
+        assert!(out.is_empty());
+    }
+
     #[test]
     fn nack_items_name_the_pid_and_the_bitmask() {
         assert_eq!(nacked(10, 0b101).collect::<Vec<_>>(), [10, 11, 13]);
@@ -247,7 +419,7 @@ mod tests {
                         x ^= x << 5;
                         match i {
                             0 => 0x80 | (x as u8 & 0x1f),
-                            1 => [PSFB, RTPFB, 200][x as usize % 3],
+                            1 => [PSFB, RTPFB, SR, RR][x as usize % 4],
                             _ => x as u8,
                         }
                     })

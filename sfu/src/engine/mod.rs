@@ -19,7 +19,8 @@
 //! * [`quiet`]: silent video send streams parked (no padding on a silent track).
 //! * [`lean`]: the lean path (forwarded audio, and video of single-layer sources, sent
 //!   without a str0m drive); [`lean_video`] and [`lean_rtcp`]: what video needs beyond audio
-//!   (retransmits, the subscriber's feedback).
+//!   (retransmits, the subscriber's feedback); [`lean_stats`]: round trip and loss of lean
+//!   streams from the subscriber's receiver reports.
 
 mod commands;
 mod drive;
@@ -29,6 +30,7 @@ mod housekeeping;
 mod keyframes;
 mod lean;
 mod lean_rtcp;
+mod lean_stats;
 mod lean_video;
 mod negotiation;
 mod peers;

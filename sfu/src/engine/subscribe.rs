@@ -254,6 +254,8 @@ impl Engine {
             let layer = self.consumer_layer(pk, sub_key);
             self.request_keyframe(pk, layer, KeyframeRequestKind::Pli, now, true);
         }
+        // Lean video retransmits use the RTX payload types of this answer.
+        self.refresh_rtx_pts(sub_key);
         self.mark_dirty(sub_key);
         if again {
             self.renegotiate(pid, now);

@@ -17,6 +17,7 @@ use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
 use str0m::media::{Direction, KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::net::{Protocol, Receive, Transmit};
+use str0m::rtp::rtcp::Rtcp;
 use str0m::rtp::RawPacket;
 use str0m::rtp::{ExtensionValues, RtpWrite, SeqNo};
 use str0m::{Candidate, Event, Input, Output, Rtc, RtcConfig};
@@ -40,12 +41,19 @@ pub struct Rx {
     /// Packets whose payload is a [`send_media`] VP8 packet, byte for byte.
     pub vp8_payloads: u64,
     /// Under [`REPAIRS`] only: RTX packets received (with `enable_raw_packets`): their
-    /// original sequence number and whether the rest is a [`send_media`] VP8 payload.
+    /// original sequence number and whether the rest is a [`send_media`] VP8 payload (their
+    /// SSRCs are in `ssrcs`).
     pub repairs: Vec<(u16, bool)>,
+    /// Under [`RAW_SRS`] only: every sender report received, whatever its SSRC (with
+    /// `enable_raw_packets`): (SSRC, packet count, octet count).
+    pub raw_srs: Vec<(u32, u32, u32)>,
 }
 
 /// The key of [`Rx::repairs`] in a client's received map.
 pub const REPAIRS: &str = "(rtx)";
+
+/// The key of [`Rx::raw_srs`] in a client's received map.
+pub const RAW_SRS: &str = "(sr)";
 
 /// Whether `p` is a VP8 packet exactly as [`send_media`] sends it.
 pub fn is_synthetic_vp8(p: &[u8]) -> bool {
@@ -356,8 +364,8 @@ pub fn pump(
                     let e = m.entry(f.mid.to_string()).or_default();
                     e.srs.push((*si.ssrc, si.sender_packet_count));
                 }
-                Output::Event(Event::RawPacket(raw)) => {
-                    if let RawPacket::RtpRx(header, payload) = *raw {
+                Output::Event(Event::RawPacket(raw)) => match *raw {
+                    RawPacket::RtpRx(header, payload) => {
                         let repair = st
                             .rtc
                             .codec_config()
@@ -372,9 +380,20 @@ pub fn pump(
                             let mut m = rx.lock().unwrap();
                             let e = m.entry(REPAIRS.to_owned()).or_default();
                             e.repairs.push((osn, is_synthetic_vp8(&payload[2..])));
+                            if !e.ssrcs.contains(&*header.ssrc) {
+                                e.ssrcs.push(*header.ssrc);
+                            }
                         }
                     }
-                }
+                    RawPacket::RtcpRx(Rtcp::SenderReport(sr)) => {
+                        let si = sr.sender_info;
+                        let mut m = rx.lock().unwrap();
+                        let e = m.entry(RAW_SRS.to_owned()).or_default();
+                        e.raw_srs
+                            .push((*si.ssrc, si.sender_packet_count, si.sender_octet_count));
+                    }
+                    _ => {}
+                },
                 Output::Event(_) => {}
             }
         };
