@@ -398,3 +398,31 @@ async fn the_rtx_stream_is_reported_and_receiver_reports_give_a_round_trip() {
     assert!(metric(&sfu, "greenroom_loss_ratio_count{direction=\"egress\"}") >= 1.0);
     events.assert_no_peer_failed();
 }
+
+/// Lean audio's receiver reports are read too (the engine reads every lean subscriber's
+/// SRTCP, not only one with lean video: here video is off the lean path): a round trip of at
+/// least the client's delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lean_audio_receiver_reports_give_a_round_trip_too() {
+    let (sfu, mut events) = start(options(false)).await;
+    let call: CallCid = "default:lean-audio-rr".parse().unwrap();
+    let (bob, _lost) = lossy_client(Duration::from_millis(20));
+    let source = (TrackSource::Microphone, true);
+    let (_alice, bob, audio) =
+        one_source_pair(&sfu, &mut events, &call, ("alice", "bob"), bob, source, 10).await;
+    wait_for("a round trip from the client's receiver reports", || {
+        metric(&sfu, "greenroom_rtt_seconds_count{direction=\"egress\"}") >= 1.0
+    })
+    .await;
+    assert!(metric(&sfu, "greenroom_lean_receiver_reports_total") >= 1.0);
+    assert_eq!(
+        metric(
+            &sfu,
+            "greenroom_rtt_seconds_bucket{direction=\"egress\",le=\"0.01\"}"
+        ),
+        0.0
+    );
+    // The audio was lean.
+    assert!(metric(&sfu, "greenroom_lean_packets_total") >= bob.count(&audio) as f64);
+    events.assert_no_peer_failed();
+}

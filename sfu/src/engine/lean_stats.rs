@@ -99,8 +99,8 @@ pub(super) struct StreamReports {
     pub(super) jitter: u32,
     /// Report blocks read.
     pub(super) blocks: u64,
-    /// When the metrics last took a sample.
-    sampled: Option<Instant>,
+    /// When the metrics last took a sample, and whether it had a round trip.
+    sampled: Option<(Instant, bool)>,
 }
 
 impl StreamReports {
@@ -137,18 +137,20 @@ impl StreamReports {
     }
 
     /// A sample for the metrics at `now`: at most one per `every` (str0m's stats interval,
-    /// so both paths weigh a stream alike), and only after a report block.
+    /// so both paths weigh a stream alike), and only after a report block; except that the
+    /// first round trip is sampled at once (a stream's first report blocks may come before
+    /// they can echo a sender report).
     pub(super) fn sample(&mut self, now: Instant, every: Duration) -> Option<Sample> {
         if self.blocks == 0 {
             return None;
         }
-        if self
-            .sampled
-            .is_some_and(|t| now.saturating_duration_since(t) < every)
-        {
-            return None;
+        if let Some((t, had_rtt)) = self.sampled {
+            let first_rtt = !had_rtt && self.rtt.is_some();
+            if now.saturating_duration_since(t) < every && !first_rtt {
+                return None;
+            }
         }
-        self.sampled = Some(now);
+        self.sampled = Some((now, self.rtt.is_some()));
         Some(Sample {
             rtt: self.rtt,
             loss: f32::from(self.fraction_lost) / 256.0,
@@ -274,5 +276,15 @@ mod tests {
         assert_eq!(first.rtt, None);
         assert_eq!(s.sample(t0 + Duration::from_secs(4), every), None);
         assert!(s.sample(t0 + every, every).is_some());
+        // The first round trip is sampled at once, later ones at the interval again.
+        s.sent(77, t0);
+        s.received(
+            &ReportBlock::read(&block(7, 0, 9, 77, 0)),
+            t0 + every + Duration::from_millis(30),
+        );
+        let now = t0 + every + Duration::from_secs(1);
+        let r = s.sample(now, every).expect("first round trip");
+        assert!(r.rtt.is_some());
+        assert_eq!(s.sample(now + Duration::from_secs(1), every), None);
     }
 }
