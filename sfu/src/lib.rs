@@ -809,6 +809,10 @@ impl Sfu {
     ///   `greenroom_lean_retransmits_total`: resent on RTX after a NACK;
     ///   `greenroom_lean_nacks_ignored_total`: NACKed and not resent (no RTX, not cached, over
     ///   budget); `greenroom_lean_keyframe_requests_total`: PLI/FIR read by the engine.
+    /// * `greenroom_lean_receiver_reports_total`: report blocks about lean audio and video
+    ///   streams read from the subscribers' RTCP (their round trip, loss and jitter feed the
+    ///   `egress` histograms below); `greenroom_lean_packets_lost_total`: packets of lean
+    ///   streams the subscribers report lost.
     /// * `greenroom_udp_unrouted_total`: datagrams dropped before reaching a peer (no shard or
     ///   peer for their ufrag or ICE-validated source address, a dead shard, or a STUN
     ///   integrity failure); `greenroom_udp_queue_dropped_total`: dropped on a full shard queue.
