@@ -73,6 +73,28 @@ pub(crate) const DRIVE_OUTPUT: usize = 1;
 pub(crate) const DRIVE_TIMER: usize = 2;
 const DRIVE_CAUSES: [&str; 3] = ["input", "output", "timer"];
 
+/// The timer drives ([`DRIVE_TIMER`]) by the str0m timeout reason that armed them, grouped
+/// (index into [`SfuCounters::timer_reasons`]; the engine maps `str0m::Reason` onto these).
+pub(crate) const TIMER_REASONS: [&str; 10] = [
+    "pacer_media",
+    "pacer_handle",
+    "pacer_padding",
+    "bwe",
+    "twcc",
+    "nack",
+    "feedback",
+    "stats",
+    "ice",
+    "other",
+];
+
+/// Index in [`SfuCounters::wakeups`]: the shard thread woke up for its queue (datagrams,
+/// commands).
+pub(crate) const WAKE_QUEUE: usize = 0;
+/// See [`WAKE_QUEUE`]: it woke up for a timer (a peer's timeout or the housekeeping tick).
+pub(crate) const WAKE_TIMER: usize = 1;
+const WAKE_CAUSES: [&str; 2] = ["queue", "timer"];
+
 /// Index in the ingress/egress arrays of the histograms.
 pub(crate) const INGRESS: usize = 0;
 /// See [`INGRESS`].
@@ -162,6 +184,10 @@ pub(crate) struct SfuCounters {
     pub(crate) peers: AtomicU64,
     /// str0m drive cycles (`handle_input` + `poll_output`), by [`DRIVE_INPUT`] etc.
     pub(crate) drives: [AtomicU64; 3],
+    /// Timer drives by the reason of the timeout, by [`TIMER_REASONS`].
+    pub(crate) timer_reasons: [AtomicU64; 10],
+    /// Wake-ups of the shard thread, by [`WAKE_QUEUE`] / [`WAKE_TIMER`].
+    pub(crate) wakeups: [AtomicU64; 2],
     /// Fan-outs whose subscriber peers were driven on the worker pool.
     pub(crate) parallel_fanouts: AtomicU64,
     /// Lean audio path: RTP packets the engine sent itself (no str0m drive), and RTCP sender
@@ -209,6 +235,8 @@ impl Default for SfuCounters {
             consumers: zeros(),
             peers: AtomicU64::new(0),
             drives: zeros(),
+            timer_reasons: zeros(),
+            wakeups: zeros(),
             parallel_fanouts: AtomicU64::new(0),
             lean_packets: AtomicU64::new(0),
             lean_reports: AtomicU64::new(0),
@@ -425,6 +453,8 @@ impl SfuCounters {
         }
         absorb_all(&self.gate_drops, &o.gate_drops);
         absorb_all(&self.drives, &o.drives);
+        absorb_all(&self.timer_reasons, &o.timer_reasons);
+        absorb_all(&self.wakeups, &o.wakeups);
         add(&self.parallel_fanouts, o.parallel_fanouts.load(Relaxed));
         add(&self.lean_packets, o.lean_packets.load(Relaxed));
         add(&self.lean_reports, o.lean_reports.load(Relaxed));
@@ -535,6 +565,24 @@ impl SfuCounters {
             "cause",
             &DRIVE_CAUSES,
             &self.drives,
+        );
+        by_label(
+            &mut o,
+            "greenroom_engine_timer_drives_total",
+            "counter",
+            "Timer drives (greenroom_engine_drives_total{cause=\"timer\"}) by the str0m timeout that armed them: pacer releasing media, pacer budget refresh, pacer padding, bandwidth estimator, TWCC feedback, NACK, RTCP reports, stats, ICE, other",
+            "reason",
+            &TIMER_REASONS,
+            &self.timer_reasons,
+        );
+        by_label(
+            &mut o,
+            "greenroom_engine_wakeups_total",
+            "counter",
+            "Wake-ups of the shard threads: for their queue (datagrams, commands) or for a timer",
+            "cause",
+            &WAKE_CAUSES,
+            &self.wakeups,
         );
         single(
             &mut o,
@@ -653,6 +701,10 @@ mod tests {
         add(&other.peers, 5);
         add(&other.drives[DRIVE_TIMER], 2);
         add(&c.drives[DRIVE_TIMER], 1);
+        add(&other.timer_reasons[5], 2);
+        add(&c.timer_reasons[5], 1);
+        add(&other.wakeups[WAKE_QUEUE], 6);
+        add(&c.wakeups[WAKE_TIMER], 4);
         other.rtt[EGRESS].observe(0.02);
         add(&other.unrouted, 2);
         let udp = UdpFigures {
@@ -691,6 +743,10 @@ mod tests {
         assert!(t.contains("greenroom_udp_send_dropped_total{reason=\"would_block\"} 3\n"));
         assert!(t.contains("greenroom_udp_send_dropped_total{reason=\"error\"} 1\n"));
         assert!(t.contains("greenroom_engine_drives_total{cause=\"timer\"} 3\n"));
+        assert!(t.contains("greenroom_engine_timer_drives_total{reason=\"nack\"} 3\n"));
+        assert!(t.contains("greenroom_engine_timer_drives_total{reason=\"twcc\"} 0\n"));
+        assert!(t.contains("greenroom_engine_wakeups_total{cause=\"queue\"} 6\n"));
+        assert!(t.contains("greenroom_engine_wakeups_total{cause=\"timer\"} 4\n"));
         for line in t.lines() {
             assert!(
                 line.starts_with("# ") || line.split(' ').count() == 2,

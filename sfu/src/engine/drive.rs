@@ -64,20 +64,26 @@ fn drive_peer(
     }
 }
 
-/// The grid that str0m's timers are rounded up to when they need no precision (reports, stats,
-/// ICE, NACK and TWCC feedback): the timers of many peers then fall due in one wake-up, and a
-/// listener that gets no media is driven at most every few milliseconds.
+/// The fine grid: str0m's pacer padding (a filler towards a target rate, which a coarse grid
+/// would make bursty) and NACK checks (a coarse grid would delay loss recovery) are rounded up
+/// to it, so that a shard's peers share wake-ups.
 pub(super) const TIMER_GRAIN: Duration = Duration::from_millis(5);
 
+/// The coarse grid for str0m's periodic bookkeeping timers (reports, stats, ICE, pause checks,
+/// TWCC feedback, the pacer's budget refresh, the estimator's delay control): their periods
+/// are 25 ms to seconds, and a peer that receives media (a publisher, about every
+/// 10 ms) runs them in the drive of its next datagram anyway (every `handle_input` also
+/// handles str0m's due timeouts), so on this grid most of them never need a drive of their
+/// own; the rest of a shard's peers share one wake-up per grain.
+pub(super) const LAX_GRAIN: Duration = Duration::from_millis(20);
+
 /// When to drive a peer whose str0m asked for a timeout at `t` (with `reason`): pacer timeouts
-/// that release media, probing, send-stream and DTLS timers and anything already due
-/// keep their time; the others (reports, stats, ICE, NACK, TWCC feedback, the pacer's periodic
-/// budget refresh and padding, the delay-based estimator's update) are rounded up to the next multiple of
-/// [`TIMER_GRAIN`] since `epoch`. Never earlier than `t`.
+/// that release media, probing, send-stream and DTLS timers and anything already due keep
+/// their time; padding and NACK checks are rounded up to the next multiple of [`TIMER_GRAIN`]
+/// since `epoch`, every other timer (reports, stats, ICE, TWCC feedback, the pacer's budget
+/// refresh, the estimator's delay control) to the next multiple of [`LAX_GRAIN`]. Never
+/// earlier than `t`.
 pub(super) fn coalesce(t: Instant, now: Instant, epoch: Instant, reason: Reason) -> Instant {
-    // Pacer timeouts that release media keep their time; its periodic budget refresh
-    // (`Handle`, every 40 ms), its padding (a filler) and the delay-based estimator's periodic update do not need
-    // sub-grain precision, and on the grid a shard's subscribers share their wake-ups.
     let precise = matches!(
         reason,
         Reason::Pacer(
@@ -95,7 +101,11 @@ pub(super) fn coalesce(t: Instant, now: Instant, epoch: Instant, reason: Reason)
     if precise || t <= now || t < epoch {
         return t;
     }
-    let grain = TIMER_GRAIN.as_nanos();
+    let grain = match reason {
+        Reason::Pacer(PacerReason::Padding) | Reason::Nack => TIMER_GRAIN,
+        _ => LAX_GRAIN,
+    }
+    .as_nanos();
     let since = t.duration_since(epoch).as_nanos();
     let up = since.div_ceil(grain) * grain;
     // Rounding up by less than one grain cannot overflow a u64 of nanoseconds in practice;
@@ -104,6 +114,22 @@ pub(super) fn coalesce(t: Instant, now: Instant, epoch: Instant, reason: Reason)
         .ok()
         .and_then(|n| epoch.checked_add(Duration::from_nanos(n)))
         .unwrap_or(t)
+}
+
+/// The group of [`crate::metrics::TIMER_REASONS`] a str0m timeout reason counts under.
+pub(super) fn timer_reason_idx(reason: Reason) -> usize {
+    match reason {
+        Reason::Pacer(PacerReason::Handle) => 1,
+        Reason::Pacer(PacerReason::Padding) => 2,
+        Reason::Pacer(_) => 0,
+        Reason::BweDelayControl | Reason::BweProbeControl | Reason::BweProbeEstimator => 3,
+        Reason::Twcc => 4,
+        Reason::Nack => 5,
+        Reason::Feedback => 6,
+        Reason::Stats => 7,
+        Reason::Ice => 8,
+        _ => 9,
+    }
 }
 
 impl Engine {
@@ -274,42 +300,67 @@ mod tests {
     use str0m::PacerReason;
 
     #[test]
-    fn lax_timers_round_up_to_the_grain_and_precise_ones_keep_their_time() {
+    fn lax_timers_round_up_to_their_grain_and_precise_ones_keep_their_time() {
         let epoch = Instant::now();
         let now = epoch + Duration::from_millis(100);
         let ms = |n: u64| epoch + Duration::from_millis(n) + Duration::from_micros(300);
-        // A report timer at 101.3 ms fires at 105 ms; one exactly on the grid stays.
-        assert_eq!(
-            coalesce(ms(101), now, epoch, Reason::Feedback),
-            epoch + Duration::from_millis(105)
-        );
-        let on_grid = epoch + Duration::from_millis(110);
-        assert_eq!(coalesce(on_grid, now, epoch, Reason::Stats), on_grid);
-        // Many peers' timers within one grain share one wake-up.
-        let a = coalesce(ms(106), now, epoch, Reason::Nack);
-        let b = coalesce(ms(109), now, epoch, Reason::Ice);
+        let at = |n: u64| epoch + Duration::from_millis(n);
+        // A report timer at 101.3 ms fires at 120 ms (the lax grid); one on the grid stays.
+        assert_eq!(coalesce(ms(101), now, epoch, Reason::Feedback), at(120));
+        assert_eq!(coalesce(at(140), now, epoch, Reason::Stats), at(140));
+        // Many peers' timers within one lax grain share one wake-up.
+        let a = coalesce(ms(101), now, epoch, Reason::Twcc);
+        let b = coalesce(ms(119), now, epoch, Reason::Ice);
         assert_eq!(a, b);
+        // Padding and NACK checks keep the fine grid.
+        for r in [Reason::Pacer(PacerReason::Padding), Reason::Nack] {
+            assert_eq!(coalesce(ms(101), now, epoch, r), at(105));
+        }
         // Pacing that releases media and anything already due are not moved.
         for r in [
             Reason::Pacer(PacerReason::Paced),
             Reason::Pacer(PacerReason::Immediate),
             Reason::BweProbeControl,
             Reason::SendStream,
+            Reason::DTLS,
         ] {
             assert_eq!(coalesce(ms(101), now, epoch, r), ms(101));
         }
-        // The pacer's periodic refresh and the estimator's update join the grid.
-        for r in [Reason::Pacer(PacerReason::Handle), Reason::BweDelayControl] {
-            assert_eq!(
-                coalesce(ms(101), now, epoch, r),
-                epoch + Duration::from_millis(105)
-            );
+        // The pacer's periodic refresh, the estimator's update, TWCC and pause checks join the
+        // lax grid.
+        for r in [
+            Reason::Pacer(PacerReason::Handle),
+            Reason::BweDelayControl,
+            Reason::Twcc,
+            Reason::PauseCheck,
+        ] {
+            assert_eq!(coalesce(ms(101), now, epoch, r), at(120));
         }
         assert_eq!(coalesce(ms(50), now, epoch, Reason::Feedback), ms(50));
-        // Never earlier than asked.
-        for n in 100..130 {
+        // Never earlier than asked, never later than one grain.
+        for n in 100..160 {
             let t = coalesce(ms(n), now, epoch, Reason::Twcc);
-            assert!(t >= ms(n) && t < ms(n) + TIMER_GRAIN);
+            assert!(t >= ms(n) && t < ms(n) + LAX_GRAIN);
+            let p = coalesce(ms(n), now, epoch, Reason::Pacer(PacerReason::Padding));
+            assert!(p >= ms(n) && p < ms(n) + TIMER_GRAIN);
         }
+    }
+
+    #[test]
+    fn timer_reasons_map_onto_their_metric_groups() {
+        use crate::metrics::TIMER_REASONS;
+        let name = |r| TIMER_REASONS[timer_reason_idx(r)];
+        assert_eq!(name(Reason::Pacer(PacerReason::Immediate)), "pacer_media");
+        assert_eq!(name(Reason::Pacer(PacerReason::Paced)), "pacer_media");
+        assert_eq!(name(Reason::Pacer(PacerReason::Handle)), "pacer_handle");
+        assert_eq!(name(Reason::Pacer(PacerReason::Padding)), "pacer_padding");
+        assert_eq!(name(Reason::BweDelayControl), "bwe");
+        assert_eq!(name(Reason::Twcc), "twcc");
+        assert_eq!(name(Reason::Nack), "nack");
+        assert_eq!(name(Reason::Feedback), "feedback");
+        assert_eq!(name(Reason::Stats), "stats");
+        assert_eq!(name(Reason::Ice), "ice");
+        assert_eq!(name(Reason::DTLS), "other");
+        assert_eq!(name(Reason::PauseCheck), "other");
     }
 }

@@ -3,7 +3,7 @@
 //! worker pool).
 
 use super::*;
-use crate::metrics::{add, DRIVE_OUTPUT, DRIVE_TIMER};
+use crate::metrics::{add, DRIVE_OUTPUT, DRIVE_TIMER, WAKE_QUEUE, WAKE_TIMER};
 use std::sync::mpsc::RecvTimeoutError;
 use str0m::net::Protocol;
 use str0m::Reason;
@@ -136,6 +136,11 @@ impl Engine {
             self.busy.sleep(Instant::now());
             let received = self.input.recv_timeout(wait);
             self.busy.wake(Instant::now());
+            let cause = match received {
+                Ok(_) => WAKE_QUEUE,
+                Err(_) => WAKE_TIMER,
+            };
+            add(&self.counters.wakeups[cause], 1);
             let first = match received {
                 Ok(msg) => msg,
                 Err(RecvTimeoutError::Timeout) => continue,
@@ -233,7 +238,9 @@ impl Engine {
                 if p.timeout == Some(t) {
                     // Re-armed by `drive` whatever timeout str0m asks for next.
                     p.timeout = None;
+                    let why = drive::timer_reason_idx(p.rtc.last_timeout_reason());
                     add(&self.counters.drives[DRIVE_TIMER], 1);
+                    add(&self.counters.timer_reasons[why], 1);
                     self.drive(key, None, now);
                     self.pace_out(key, now);
                 }
@@ -271,7 +278,9 @@ impl Engine {
             // clock moves by str0m's microsecond per packet: the batch's time, as for every
             // drive of the batch (the fuzz harness owns its clock).
             p.timeout = None;
+            let why = drive::timer_reason_idx(p.rtc.last_timeout_reason());
             add(&self.counters.drives[DRIVE_TIMER], 1);
+            add(&self.counters.timer_reasons[why], 1);
             self.drive(key, None, t.max(now));
         }
     }
