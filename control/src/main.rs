@@ -13,9 +13,46 @@ use greenroom_proto::{CallCid, Role};
 /// peak after the DTLS release (freed memory kept in per-thread arenas); jemalloc returns it
 /// to the system (docs/BENCHMARKS.md, *The allocator*: one loaded run showed 197 vs 121 KiB of
 /// RSS per audio listener; a like-for-like run did not reproduce it).
-#[cfg(unix)]
+#[cfg(all(unix, feature = "jemalloc"))]
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// How often the server checks whether glibc's malloc holds memory it could give back.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_TRIM_EVERY: Duration = Duration::from_secs(5);
+/// Free bytes in glibc's arenas above which the server returns them to the kernel.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+const MALLOC_TRIM_MIN_FREE: usize = 4 << 20;
+
+/// Returns the memory glibc's malloc keeps free to the kernel, every [`MALLOC_TRIM_EVERY`]
+/// when its arenas hold at least [`MALLOC_TRIM_MIN_FREE`] free bytes. The Rust heap is
+/// jemalloc's, but OpenSSL (each peer's DTLS session, about 76 KiB while the handshake's
+/// buffers live, dropped 30 s after connecting) and aws-lc allocate with glibc's malloc, which
+/// kept that memory after the DTLS release: the RSS stayed at the join burst's peak
+/// (docs/BENCHMARKS.md, *Where the RSS per listener goes*).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn spawn_malloc_trim() {
+    let trim = move || loop {
+        std::thread::sleep(MALLOC_TRIM_EVERY);
+        // SAFETY: `mallinfo2` takes no arguments and only reads glibc's allocator state under
+        // its arena locks.
+        #[allow(unsafe_code)]
+        let free = unsafe { nix::libc::mallinfo2() }.fordblks;
+        if free >= MALLOC_TRIM_MIN_FREE {
+            // SAFETY: `malloc_trim` takes a plain size and releases only free pages, under
+            // glibc's arena locks; no pointer of ours is involved.
+            #[allow(unsafe_code)]
+            let released = unsafe { nix::libc::malloc_trim(0) };
+            tracing::debug!(free, released, "malloc_trim");
+        }
+    };
+    if let Err(e) = std::thread::Builder::new()
+        .name("malloc-trim".into())
+        .spawn(trim)
+    {
+        tracing::warn!(error = %e, "could not start the malloc_trim thread");
+    }
+}
 
 #[derive(Parser, Debug)]
 #[command(
@@ -204,6 +241,8 @@ fn main() -> Result<()> {
         }
         Command::Serve(args) => {
             init_tracing();
+            #[cfg(all(target_os = "linux", target_env = "gnu"))]
+            spawn_malloc_trim();
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

@@ -312,7 +312,7 @@ impl Conn {
     async fn read_loop(
         &mut self,
         mut stream: SplitStream<WebSocket>,
-        notices: &mut mpsc::UnboundedReceiver<Notice>,
+        notices: &mut mpsc::UnboundedReceiver<Box<Notice>>,
         mut close: watch::Receiver<Option<CloseReason>>,
     ) -> LeaveReason {
         let limit = self.state.config.limits.max_message_bytes;
@@ -326,7 +326,7 @@ impl Conn {
                 n = notices.recv() => {
                     // The outbox in `self` keeps the channel open.
                     let Some(n) = n else { return "disconnected" };
-                    self.on_notice(n);
+                    self.on_notice(*n);
                 }
                 _ = sleep_until(offer_at) => self.resend_offer(),
                 _ = sleep_until(self.idle_at) => {
@@ -494,7 +494,7 @@ impl Conn {
     fn park(
         &mut self,
         reason: &'static str,
-        notices: &mut mpsc::UnboundedReceiver<Notice>,
+        notices: &mut mpsc::UnboundedReceiver<Box<Notice>>,
     ) -> bool {
         let Some((cid, pid)) = &self.joined else {
             return false;

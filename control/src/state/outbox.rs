@@ -59,7 +59,9 @@ pub struct Outbox {
 struct Inner {
     tx: mpsc::Sender<Outbound>,
     close: watch::Sender<Option<CloseReason>>,
-    notices: mpsc::UnboundedSender<Notice>,
+    /// Boxed: the channel preallocates a block of 32 slots per socket (2.8 KiB of `Notice`s,
+    /// 0.3 KiB of boxes; docs/BENCHMARKS.md, *Where the RSS per listener goes*).
+    notices: mpsc::UnboundedSender<Box<Notice>>,
     closing: AtomicBool,
 }
 
@@ -71,7 +73,7 @@ pub struct Inbox {
     /// The close signal (for the writer; clone for the reader).
     pub close: watch::Receiver<Option<CloseReason>>,
     /// Removal notices and subscriber offers for the reader.
-    pub notices: mpsc::UnboundedReceiver<Notice>,
+    pub notices: mpsc::UnboundedReceiver<Box<Notice>>,
 }
 
 impl Outbox {
@@ -136,7 +138,7 @@ impl Outbox {
 
     /// Tells the socket's reader something (a removal, a subscriber offer).
     pub fn notify(&self, notice: Notice) {
-        let _ = self.inner.notices.send(notice);
+        let _ = self.inner.notices.send(Box::new(notice));
     }
 
     /// Whether two outboxes are the same socket's.

@@ -60,7 +60,7 @@ pub struct Parked {
     /// The latest subscriber offer not yet answered, sent again on resume.
     pub offer: Option<Utf8Bytes>,
     /// Notices sent to the session while parked (subscriber offers).
-    notices: mpsc::UnboundedReceiver<Notice>,
+    notices: mpsc::UnboundedReceiver<Box<Notice>>,
 }
 
 impl Parked {
@@ -74,13 +74,13 @@ impl Parked {
 /// Drains `notices` for `participant_id`: the latest offer lands in `offer`; false when one
 /// says the session was removed.
 fn drain_into(
-    notices: &mut mpsc::UnboundedReceiver<Notice>,
+    notices: &mut mpsc::UnboundedReceiver<Box<Notice>>,
     participant_id: &str,
     offer: &mut Option<Utf8Bytes>,
 ) -> bool {
     let mut alive = true;
     while let Ok(n) = notices.try_recv() {
-        match n {
+        match *n {
             Notice::Offer {
                 participant_id: p,
                 text,
@@ -111,7 +111,7 @@ pub struct Dropped<'a> {
     /// The dropping socket's outbox (the session's current one).
     pub outbox: &'a Outbox,
     /// The dropping socket's notice receiver: notices that raced the drop are kept.
-    pub notices: &'a mut mpsc::UnboundedReceiver<Notice>,
+    pub notices: &'a mut mpsc::UnboundedReceiver<Box<Notice>>,
     /// Sources the session publishes.
     pub published: SourceSet,
     /// The pending subscriber offer, if any.
