@@ -2,9 +2,12 @@
 //!
 //! Everything here is pure (no sockets, no str0m state), so it is unit-tested beside the code
 //! and measured by `benches/forward.rs`. The engine calls [`ConsumerState::step`] once per
-//! packet per consumer, after one [`GateCell::sends`] test per packet for the producer.
+//! packet per consumer, after one [`GateCell::sends`] test per packet for the producer; each
+//! consumer reads its subscriber's `receive` flag through a [`GateCopy`], which re-reads the
+//! shared cell only after some gate changed ([`changes`]).
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use greenroom_proto::{MediaGate, Quality, SourceSet, TrackSource};
@@ -30,9 +33,11 @@ impl GateCell {
         gate.send.bits() | if gate.receive { RECEIVE_BIT } else { 0 }
     }
 
-    /// Replaces the gate.
+    /// Replaces the gate, then bumps the change counter ([`changes`]): every [`GateCopy`]
+    /// re-reads its cell at its next packet.
     pub fn store(&self, gate: MediaGate) {
         self.0.store(Self::pack(gate), Ordering::Release);
+        note_change();
     }
 
     /// The current gate.
@@ -57,6 +62,68 @@ impl GateCell {
     #[inline]
     pub fn receives(&self) -> bool {
         self.0.load(Ordering::Relaxed) & RECEIVE_BIT != 0
+    }
+}
+
+/// The process-wide change counter behind [`GateCopy`] (and the engine's cached lean routes):
+/// bumped after every [`GateCell::store`] and every other change a cached copy depends on.
+static CHANGES: AtomicU64 = AtomicU64::new(0);
+
+/// The change counter's current value: read once per packet by the fan-out. A copy made at an
+/// older value may be stale and is refreshed; one made at this value is current. The counter is
+/// shared by every shard (and every `Sfu` of a process): a change anywhere only makes the others
+/// refresh once, which is cheap, and a change is never missed.
+#[inline]
+pub fn changes() -> u64 {
+    // Acquire: pairs with `note_change`, so a reader that sees the new count also sees the
+    // store made before it (the gate byte, a new path).
+    CHANGES.load(Ordering::Acquire)
+}
+
+/// Bumps the change counter (after the change itself is stored).
+pub fn note_change() {
+    CHANGES.fetch_add(1, Ordering::AcqRel);
+}
+
+/// A consumer's copy of its subscriber's `receive` flag, kept next to the consumer's own state
+/// so the fan-out reads no shared cell per consumer per packet (a cache miss each).
+///
+/// Exactly as immediate as reading the cell: [`GateCell::store`] bumps [`changes`] after
+/// storing, and [`GateCopy::receives`] re-reads the cell whenever the count it was made at is
+/// not the one the packet was handled at, so a `set_gate` that returned before a packet's
+/// [`changes`] read applies to that packet.
+#[derive(Debug)]
+pub struct GateCopy {
+    cell: Arc<GateCell>,
+    /// The change count the copy was read at (`u64::MAX`: never read).
+    at: u64,
+    receives: bool,
+}
+
+impl GateCopy {
+    /// A copy of `cell`, read at its first use.
+    pub fn new(cell: Arc<GateCell>) -> GateCopy {
+        GateCopy {
+            cell,
+            at: u64::MAX,
+            receives: false,
+        }
+    }
+
+    /// Whether the participant may receive media, for a packet handled at change count `now`
+    /// ([`changes`], read once per packet).
+    #[inline]
+    pub fn receives_at(&mut self, now: u64) -> bool {
+        if self.at != now {
+            self.receives = self.cell.receives();
+            self.at = now;
+        }
+        self.receives
+    }
+
+    /// Whether the participant may receive media now (reads the shared cell).
+    pub fn receives(&self) -> bool {
+        self.cell.receives()
     }
 }
 
@@ -484,6 +551,127 @@ mod tests {
             }
             Step::Drop => panic!("reopened gate dropped"),
         }
+    }
+
+    #[test]
+    fn a_gate_copy_follows_every_store() {
+        let open = MediaGate {
+            send: SourceSet::ALL,
+            receive: true,
+        };
+        let closed = MediaGate {
+            receive: false,
+            ..open
+        };
+        let cell = Arc::new(GateCell::new(open));
+        let mut copy = GateCopy::new(cell.clone());
+        assert!(copy.receives_at(changes()));
+        cell.store(closed);
+        assert!(
+            !copy.receives_at(changes()),
+            "the next packet sees the revoke"
+        );
+        assert!(!copy.receives(), "the cell itself");
+        cell.store(open);
+        assert!(copy.receives_at(changes()));
+    }
+
+    /// A control thread revokes and grants the receive gate of several consumers' subscriber
+    /// while the shard thread handles packets through their gate copies, for hundreds of
+    /// rounds: a packet handled after a revoke's `store` returned is never forwarded, and one
+    /// handled after a grant's always is.
+    #[test]
+    fn no_packet_passes_a_gate_copy_after_a_revoke() {
+        use std::sync::atomic::AtomicU32;
+        const ROUNDS: u32 = 400;
+        /// Set in `phase` while the control thread is storing (the packet's outcome may be
+        /// either).
+        const CHANGING: u32 = 1 << 31;
+        let open = MediaGate {
+            send: SourceSet::ALL,
+            receive: true,
+        };
+        let closed = MediaGate {
+            receive: false,
+            ..open
+        };
+        let cell = Arc::new(GateCell::new(open));
+        // Another participant's cell, stored at the same time: its changes must not confuse
+        // the copies of `cell`.
+        let other = Arc::new(GateCell::new(open));
+        // 2 * round + 1: round's revoke stored; 2 * round + 2: its grant stored.
+        let phase = Arc::new(AtomicU32::new(0));
+        // The last phase the shard thread checked a packet in.
+        let seen = Arc::new(AtomicU32::new(0));
+        let control = {
+            let (cell, other, phase, seen) =
+                (cell.clone(), other.clone(), phase.clone(), seen.clone());
+            std::thread::spawn(move || {
+                for round in 0..ROUNDS {
+                    for (gate, p) in [(closed, 2 * round + 1), (open, 2 * round + 2)] {
+                        phase.fetch_or(CHANGING, Ordering::SeqCst);
+                        cell.store(gate);
+                        other.store(if round % 2 == 0 { closed } else { open });
+                        phase.store(p, Ordering::SeqCst);
+                        // Let at least one packet be checked in this phase (generous: a
+                        // loaded machine may not schedule the shard thread for a while).
+                        let deadline = Instant::now() + std::time::Duration::from_secs(20);
+                        while seen.load(Ordering::SeqCst) < p && Instant::now() < deadline {
+                            std::thread::yield_now();
+                        }
+                    }
+                }
+            })
+        };
+        let start = t0();
+        let mut consumers: Vec<(GateCopy, ConsumerState)> = (0..8)
+            .map(|_| (GateCopy::new(cell.clone()), ConsumerState::default()))
+            .collect();
+        let mut bystander = GateCopy::new(other.clone());
+        let (mut forwarded, mut dropped) = (0u64, 0u64);
+        let mut i = 0u64;
+        let deadline = Instant::now() + std::time::Duration::from_secs(25);
+        while seen.load(Ordering::SeqCst) < 2 * ROUNDS && Instant::now() < deadline {
+            i += 1;
+            let before = phase.load(Ordering::SeqCst);
+            let now = changes();
+            let _ = bystander.receives_at(now);
+            let steps: Vec<Step> = consumers
+                .iter_mut()
+                .map(|(copy, st)| {
+                    let ts = (i as u32).wrapping_mul(960);
+                    st.step(copy.receives_at(now), 0, i, ts, start, 48_000)
+                })
+                .collect();
+            // Checked only when no store overlapped the packet.
+            if before != phase.load(Ordering::SeqCst) || before & CHANGING != 0 || before == 0 {
+                continue;
+            }
+            for step in steps {
+                if before % 2 == 1 {
+                    assert_eq!(
+                        step,
+                        Step::Drop,
+                        "packet {i} forwarded after revoke {before}"
+                    );
+                    dropped += 1;
+                } else {
+                    assert!(
+                        matches!(step, Step::Forward { .. }),
+                        "packet {i} dropped after grant {before}"
+                    );
+                    forwarded += 1;
+                }
+            }
+            seen.store(before, Ordering::SeqCst);
+        }
+        control.join().unwrap();
+        assert_eq!(
+            seen.load(Ordering::SeqCst),
+            2 * ROUNDS,
+            "every round was checked"
+        );
+        assert!(forwarded >= u64::from(ROUNDS) * 8 && dropped >= u64::from(ROUNDS) * 8);
     }
 
     #[test]

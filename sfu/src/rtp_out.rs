@@ -11,16 +11,49 @@ const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 /// Longest mid str0m writes and parses (RFC 8285 one-byte elements carry 1..=16 bytes).
 const MAX_MID: usize = 16;
 
+/// The longest header [`write_rtp_header_to`] writes: 12 fixed bytes, the extension block's
+/// 4, the mid element (1 + 16), the audio level and the orientation (2 each), 3 of padding.
+pub(crate) const MAX_HEADER: usize = 12 + 4 + (1 + MAX_MID) + 2 + 2 + 3;
+
 /// The header extensions of one outgoing stream (audio, or video: no audio level), as the
-/// subscriber negotiated them (RFC 8285 one-byte form, ids 1..=14).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// subscriber negotiated them (RFC 8285 one-byte form, ids 1..=14). Inline (the mid too), so
+/// writing a header reads nothing outside the stream's own state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct AudioExts {
     /// `urn:ietf:params:rtp-hdrext:sdes:mid` id, and the m-line's mid.
-    pub(crate) mid: Option<(u8, Vec<u8>)>,
+    pub(crate) mid: Option<(u8, MidBytes)>,
     /// `urn:ietf:params:rtp-hdrext:ssrc-audio-level` id (RFC 6464).
     pub(crate) audio_level: Option<u8>,
     /// `urn:3gpp:video-orientation` id (coordination of video orientation, 3GPP TS 26.114).
     pub(crate) video_orientation: Option<u8>,
+}
+
+/// A mid of 1..=16 bytes, inline.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct MidBytes {
+    len: u8,
+    bytes: [u8; MAX_MID],
+}
+
+impl MidBytes {
+    /// `mid`, if it has 1..=16 bytes.
+    fn new(mid: &str) -> Option<MidBytes> {
+        let m = mid.as_bytes();
+        if m.is_empty() || m.len() > MAX_MID {
+            return None;
+        }
+        let mut bytes = [0; MAX_MID];
+        bytes[..m.len()].copy_from_slice(m);
+        Some(MidBytes {
+            len: m.len() as u8,
+            bytes,
+        })
+    }
+
+    /// The mid's bytes.
+    pub(crate) fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 impl AudioExts {
@@ -30,8 +63,8 @@ impl AudioExts {
         let one_byte = |id: u8| (1..=14).contains(&id);
         AudioExts {
             mid: mid
-                .filter(|(id, m)| one_byte(*id) && !m.is_empty() && m.len() <= MAX_MID)
-                .map(|(id, m)| (id, m.as_bytes().to_vec())),
+                .filter(|(id, _)| one_byte(*id))
+                .and_then(|(id, m)| Some((id, MidBytes::new(m)?))),
             audio_level: audio_level.filter(|id| one_byte(*id)),
             video_orientation: None,
         }
@@ -68,37 +101,58 @@ pub(crate) struct RtpFields {
 /// Writes an RTP header (V=2, no padding, no CSRC, one-byte header extensions: the mid and the
 /// audio level when negotiated) into `buf`, replacing its contents.
 pub(crate) fn write_rtp_header(buf: &mut Vec<u8>, f: &RtpFields, exts: &AudioExts) {
+    let mut h = [0; MAX_HEADER];
+    let n = write_rtp_header_to(&mut h, f, exts);
     buf.clear();
-    buf.extend_from_slice(&[0x80, (f.pt & 0x7f) | if f.marker { 0x80 } else { 0 }]);
-    buf.extend_from_slice(&f.seq.to_be_bytes());
-    buf.extend_from_slice(&f.ts.to_be_bytes());
-    buf.extend_from_slice(&f.ssrc.to_be_bytes());
+    buf.extend_from_slice(&h[..n]);
+}
+
+/// [`write_rtp_header`] straight into `out` (the datagram being built: one copy of the
+/// header), returning its length, at most [`MAX_HEADER`].
+///
+/// # Panics
+///
+/// When `out` is shorter than [`MAX_HEADER`] (callers size it so).
+#[inline]
+pub(crate) fn write_rtp_header_to(out: &mut [u8], f: &RtpFields, exts: &AudioExts) -> usize {
+    let out = &mut out[..MAX_HEADER];
+    out[0] = 0x80;
+    out[1] = (f.pt & 0x7f) | if f.marker { 0x80 } else { 0 };
+    out[2..4].copy_from_slice(&f.seq.to_be_bytes());
+    out[4..8].copy_from_slice(&f.ts.to_be_bytes());
+    out[8..12].copy_from_slice(&f.ssrc.to_be_bytes());
     let level = exts.audio_level.zip(f.level);
     let orientation = exts.video_orientation.zip(f.orientation);
     if exts.mid.is_none() && level.is_none() && orientation.is_none() {
-        return;
+        return 12;
     }
-    buf[0] |= 0x10;
-    let start = buf.len();
-    buf.extend_from_slice(&[0xbe, 0xde, 0, 0]);
+    out[0] |= 0x10;
+    out[12..14].copy_from_slice(&[0xbe, 0xde]);
+    let mut at = 16;
     if let Some((id, mid)) = &exts.mid {
-        // `AudioExts::new` keeps 1..=16 bytes: the length field is len - 1.
-        buf.push((id << 4) | (mid.len() as u8 - 1));
-        buf.extend_from_slice(mid);
+        let mid = mid.as_bytes();
+        // `MidBytes` holds 1..=16 bytes: the length field is len - 1.
+        out[at] = (id << 4) | (mid.len() as u8 - 1);
+        out[at + 1..at + 1 + mid.len()].copy_from_slice(mid);
+        at += 1 + mid.len();
     }
     if let Some((id, (level, voice))) = level {
-        buf.push(id << 4);
-        buf.push(if voice { 0x80 } else { 0 } | (level.unsigned_abs() & 0x7f));
+        out[at] = id << 4;
+        out[at + 1] = if voice { 0x80 } else { 0 } | (level.unsigned_abs() & 0x7f);
+        at += 2;
     }
     if let Some((id, rotation)) = orientation {
-        buf.push(id << 4);
-        buf.push(rotation & 3);
+        out[at] = id << 4;
+        out[at + 1] = rotation & 3;
+        at += 2;
     }
-    while !(buf.len() - start).is_multiple_of(4) {
-        buf.push(0);
+    while !(at - 16).is_multiple_of(4) {
+        out[at] = 0;
+        at += 1;
     }
-    let words = ((buf.len() - start - 4) / 4) as u16;
-    buf[start + 2..start + 4].copy_from_slice(&words.to_be_bytes());
+    let words = ((at - 16) / 4) as u16;
+    out[14..16].copy_from_slice(&words.to_be_bytes());
+    at
 }
 
 /// What one sender report says about a stream.
@@ -227,6 +281,27 @@ mod tests {
         };
         write_rtp_header(&mut buf, &no_level, &AudioExts::new(None, Some(2)));
         assert_eq!(buf.len(), 12, "no level value: no extension block");
+    }
+
+    #[test]
+    fn the_longest_header_fits_and_matches_the_vec_form() {
+        let exts =
+            AudioExts::new(Some((4, "0123456789abcdef")), Some(1)).with_video_orientation(Some(3));
+        let f = RtpFields {
+            orientation: Some(2),
+            ..fields()
+        };
+        let mut slot = [0xee; MAX_HEADER + 8];
+        let n = write_rtp_header_to(&mut slot, &f, &exts);
+        assert_eq!(
+            n, MAX_HEADER,
+            "12 + 4 + 17 + 2 + 2, then 3 bytes of padding"
+        );
+        assert_eq!(slot[n..], [0xee; 8], "nothing written past the header");
+        let mut buf = vec![1, 2, 3];
+        write_rtp_header(&mut buf, &f, &exts);
+        assert_eq!(buf, slot[..n]);
+        assert_eq!(&buf[16..18], &[0x4f, b'0']);
     }
 
     #[test]

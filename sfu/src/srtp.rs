@@ -22,6 +22,7 @@
 //! SRTCP indices apart on a shared SSRC ([`SrtpSession::set_rtcp_index_base`]).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey};
 use aws_lc_rs::cipher::{self, EncryptingKey, EncryptionContext, UnboundCipherKey};
@@ -329,9 +330,20 @@ enum Cipher {
     Gcm(GcmCipher),
 }
 
+impl Cipher {
+    /// The RTP tag's length.
+    fn overhead(&self) -> usize {
+        match self {
+            Cipher::Cm(_) => HMAC_TAG,
+            Cipher::Gcm(_) => GCM_TAG,
+        }
+    }
+}
+
 /// The RTP and RTCP ciphers of one direction, derived from one master key and salt.
 struct Contexts {
-    rtp: Cipher,
+    /// Shared with the session's [`RtpSealer`]s.
+    rtp: Arc<Cipher>,
     rtcp: Cipher,
 }
 
@@ -377,7 +389,10 @@ impl Contexts {
         key.fill(0);
         salt.fill(0);
         auth.fill(0);
-        Ok(Contexts { rtp, rtcp })
+        Ok(Contexts {
+            rtp: Arc::new(rtp),
+            rtcp,
+        })
     }
 
     /// One direction's master key and salt out of RFC 5764 keying material
@@ -442,6 +457,124 @@ impl std::fmt::Debug for SrtpSession {
     }
 }
 
+/// The RTP cipher of one [`SrtpSession`], shared ([`SrtpSession::rtp_sealer`]): what a sender
+/// keeps next to each stream so protecting a packet reads no other state of the session. The
+/// caller owns the nonce discipline exactly as with the session (one extended sequence number
+/// per SSRC is protected once).
+#[derive(Clone)]
+pub struct RtpSealer(Arc<Cipher>);
+
+impl std::fmt::Debug for RtpSealer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RtpSealer").finish_non_exhaustive()
+    }
+}
+
+impl RtpSealer {
+    /// Bytes a protected packet gains (the tag: 10 for AES-CM, 16 for GCM).
+    pub fn overhead(&self) -> usize {
+        self.0.overhead()
+    }
+
+    /// [`SrtpSession::protect_rtp_in_place`] with this cipher.
+    pub fn protect_in_place(
+        &self,
+        buf: &mut [u8],
+        header_len: usize,
+        len: usize,
+        ext_seq: u64,
+    ) -> Result<usize, SrtpError> {
+        seal_rtp(&self.0, buf, header_len, len, ext_seq)
+    }
+
+    /// [`SrtpSession::protect_rtp`] with this cipher.
+    pub fn protect(
+        &self,
+        header: &[u8],
+        payload: &[u8],
+        ext_seq: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<(), SrtpError> {
+        protect_into(&self.0, header, payload, ext_seq, out)
+    }
+}
+
+/// Appends header ++ payload to `out` (cleared first) and protects it there.
+fn protect_into(
+    cipher: &Cipher,
+    header: &[u8],
+    payload: &[u8],
+    ext_seq: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), SrtpError> {
+    out.clear();
+    let len = header.len() + payload.len();
+    out.reserve(len + cipher.overhead());
+    out.extend_from_slice(header);
+    out.extend_from_slice(payload);
+    out.resize(len + cipher.overhead(), 0);
+    match seal_rtp(cipher, out, header.len(), len, ext_seq) {
+        Ok(n) => {
+            out.truncate(n);
+            Ok(())
+        }
+        Err(e) => {
+            out.clear();
+            Err(e)
+        }
+    }
+}
+
+/// Protects `buf[..len]` (an RTP header of `header_len` bytes, then the payload) in place with
+/// `cipher`; the tag goes after it. Returns the protected length.
+fn seal_rtp(
+    cipher: &Cipher,
+    buf: &mut [u8],
+    header_len: usize,
+    len: usize,
+    ext_seq: u64,
+) -> Result<usize, SrtpError> {
+    let total = len + cipher.overhead();
+    if buf.len() < total || header_len > len {
+        return Err(SrtpError::TooShort);
+    }
+    let packet = &mut buf[..total];
+    if rtp_header_len(&packet[..header_len]) != Some(header_len) {
+        return Err(SrtpError::RtpHeader);
+    }
+    let seq = u16::from_be_bytes([packet[2], packet[3]]);
+    if u64::from(seq) != ext_seq & 0xffff {
+        return Err(SrtpError::SequenceMismatch {
+            header: seq,
+            ext_seq,
+        });
+    }
+    if ext_seq > MAX_RTP_INDEX {
+        return Err(SrtpError::IndexExhausted(ext_seq));
+    }
+    let ssrc = be32(packet, 8);
+    // The ROC is the top 32 of the 48 bits: the cast keeps all of them.
+    let roc = (ext_seq >> 16) as u32;
+    let (head, rest) = packet.split_at_mut(header_len);
+    let (body, trailer) = rest.split_at_mut(len - header_len);
+    match cipher {
+        Cipher::Gcm(c) => {
+            let tag = c.key.seal_in_place_separate_tag(
+                c.nonce(ssrc, roc, seq),
+                Aad::from(&*head),
+                body,
+            )?;
+            trailer.copy_from_slice(tag.as_ref());
+        }
+        Cipher::Cm(c) => {
+            c.apply(ssrc, ext_seq, body)?;
+            let tag = c.tag(&[head, body, &roc.to_be_bytes()]);
+            trailer.copy_from_slice(&tag);
+        }
+    }
+    Ok(total)
+}
+
 impl SrtpSession {
     /// From RFC 5764 keying material (client key | server key | client salt | server salt):
     /// derives the session keys of our side (`role`) and builds every cipher once.
@@ -468,10 +601,7 @@ impl SrtpSession {
     /// Bytes [`SrtpSession::protect_rtp`] adds to header + payload (the tag: 10 for AES-CM, 16
     /// for GCM).
     pub fn rtp_overhead(&self) -> usize {
-        match self.ctx.rtp {
-            Cipher::Cm(_) => HMAC_TAG,
-            Cipher::Gcm(_) => GCM_TAG,
-        }
+        self.ctx.rtp.overhead()
     }
 
     /// Bytes [`SrtpSession::protect_rtcp`] adds to the RTCP packet (the index word and the tag).
@@ -498,22 +628,7 @@ impl SrtpSession {
         ext_seq: u64,
         out: &mut Vec<u8>,
     ) -> Result<(), SrtpError> {
-        out.clear();
-        let len = header.len() + payload.len();
-        out.reserve(len + self.rtp_overhead());
-        out.extend_from_slice(header);
-        out.extend_from_slice(payload);
-        out.resize(len + self.rtp_overhead(), 0);
-        match self.protect_rtp_in_place(out, header.len(), len, ext_seq) {
-            Ok(n) => {
-                out.truncate(n);
-                Ok(())
-            }
-            Err(e) => {
-                out.clear();
-                Err(e)
-            }
-        }
+        protect_into(&self.ctx.rtp, header, payload, ext_seq, out)
     }
 
     /// [`SrtpSession::protect_rtp`] in place: `buf[..len]` holds one RTP packet (a header of
@@ -531,45 +646,13 @@ impl SrtpSession {
         len: usize,
         ext_seq: u64,
     ) -> Result<usize, SrtpError> {
-        let total = len + self.rtp_overhead();
-        if buf.len() < total || header_len > len {
-            return Err(SrtpError::TooShort);
-        }
-        let packet = &mut buf[..total];
-        if rtp_header_len(&packet[..header_len]) != Some(header_len) {
-            return Err(SrtpError::RtpHeader);
-        }
-        let seq = u16::from_be_bytes([packet[2], packet[3]]);
-        if u64::from(seq) != ext_seq & 0xffff {
-            return Err(SrtpError::SequenceMismatch {
-                header: seq,
-                ext_seq,
-            });
-        }
-        if ext_seq > MAX_RTP_INDEX {
-            return Err(SrtpError::IndexExhausted(ext_seq));
-        }
-        let ssrc = be32(packet, 8);
-        // The ROC is the top 32 of the 48 bits: the cast keeps all of them.
-        let roc = (ext_seq >> 16) as u32;
-        let (head, rest) = packet.split_at_mut(header_len);
-        let (body, trailer) = rest.split_at_mut(len - header_len);
-        match &self.ctx.rtp {
-            Cipher::Gcm(c) => {
-                let tag = c.key.seal_in_place_separate_tag(
-                    c.nonce(ssrc, roc, seq),
-                    Aad::from(&*head),
-                    body,
-                )?;
-                trailer.copy_from_slice(tag.as_ref());
-            }
-            Cipher::Cm(c) => {
-                c.apply(ssrc, ext_seq, body)?;
-                let tag = c.tag(&[head, body, &roc.to_be_bytes()]);
-                trailer.copy_from_slice(&tag);
-            }
-        }
-        Ok(total)
+        seal_rtp(&self.ctx.rtp, buf, header_len, len, ext_seq)
+    }
+
+    /// A handle on this session's RTP cipher (shared, not copied): it protects exactly as
+    /// [`SrtpSession::protect_rtp_in_place`] does, without borrowing the session.
+    pub fn rtp_sealer(&self) -> RtpSealer {
+        RtpSealer(self.ctx.rtp.clone())
     }
 
     /// Sets the SRTCP index the next [`SrtpSession::protect_rtcp`] uses (then it counts up).
@@ -782,7 +865,7 @@ impl SrtpReceiver {
     ) -> Result<RtpUnprotected, SrtpError> {
         out.clear();
         let header_len = rtp_header_len(packet).ok_or(SrtpError::RtpHeader)?;
-        let tag_len = match self.ctx.rtp {
+        let tag_len = match *self.ctx.rtp {
             Cipher::Cm(_) => HMAC_TAG,
             Cipher::Gcm(_) => GCM_TAG,
         };
@@ -804,7 +887,7 @@ impl SrtpReceiver {
         }
         let roc = (ext_seq >> 16) as u32;
         let body_end = packet.len() - tag_len;
-        let opened = match &self.ctx.rtp {
+        let opened = match &*self.ctx.rtp {
             Cipher::Gcm(c) => {
                 out.extend_from_slice(&packet[..body_end]);
                 let (head, body) = out.split_at_mut(header_len);
@@ -972,7 +1055,7 @@ mod tests {
     /// below the key derivation).
     fn gcm_pair(key: &str, salt: &str) -> (SrtpSession, SrtpReceiver) {
         let ctx = || Contexts {
-            rtp: Cipher::Gcm(GcmCipher::new(&hex(key), &hex(salt)).unwrap()),
+            rtp: Arc::new(Cipher::Gcm(GcmCipher::new(&hex(key), &hex(salt)).unwrap())),
             rtcp: Cipher::Gcm(GcmCipher::new(&hex(key), &hex(salt)).unwrap()),
         };
         let profile = if hex(key).len() == 16 {

@@ -7,7 +7,7 @@
 
 use super::lean::{self, LeanPacket, LeanState};
 use super::*;
-use crate::forward::{PtLookup, Step};
+use crate::forward::{changes, PtLookup, Step};
 use crate::media::is_keyframe;
 use crate::metrics::{add, cap_idx, kind_idx, ConsumerDrop};
 use crate::retransmit::CachedPacket;
@@ -193,6 +193,9 @@ impl Engine {
         let mut lean_sent = 0u64;
         let mut lean_video = 0u64;
         let mut drops = [0u64; 3];
+        // One read of the change counter per packet: each consumer's gate copy and lean route
+        // are current iff they were made at this count (see `forward::GateCopy`).
+        let now_changes = changes();
         for c in &mut prod.consumers {
             if simulcast && layer != c.cur {
                 if layer == c.target && keyframe {
@@ -202,7 +205,7 @@ impl Engine {
                     continue;
                 }
             }
-            let receives = c.gate.receives();
+            let receives = c.gate.receives_at(now_changes);
             let (seq, ts, resumed) = match c
                 .st
                 .step(receives, epoch, in_seq, in_ts, pkt.at, clock_rate)
@@ -220,10 +223,6 @@ impl Engine {
                 }
                 Step::Forward { seq, ts, resumed } => (seq, ts, resumed),
             };
-            let Some(sub) = peers.get_mut(c.peer) else {
-                drops[ConsumerDrop::Other as usize] += 1;
-                continue;
-            };
             let out_pt = match c.st.pts.get(*pt) {
                 PtLookup::Mapped(v) => v,
                 PtLookup::Unmappable => {
@@ -231,6 +230,10 @@ impl Engine {
                     continue;
                 }
                 PtLookup::Unknown => {
+                    let Some(sub) = peers.get(c.peer) else {
+                        drops[ConsumerDrop::Other as usize] += 1;
+                        continue;
+                    };
                     let m = sub.rtc.codec_config().match_params(params).map(|p| *p.pt());
                     c.st.pts.set(*pt, m);
                     match m {
@@ -244,46 +247,64 @@ impl Engine {
                 }
             };
             if let Some(tx) = c.lean.as_mut() {
-                match sub.lean.state(sub.connected) {
-                    LeanState::Ready(srtp, path) => {
-                        let p = LeanPacket {
-                            pt: out_pt,
-                            marker,
-                            seq,
-                            ts,
-                            level,
-                            orientation: pkt.video_orientation.map(|o| o as u8),
-                            payload: &pkt.payload,
-                            at: pkt.at,
-                            clock_rate,
-                        };
-                        match lean::send(tx, c.ssrc, srtp, path, &p, lean_bufs, &mut **socket) {
-                            Ok(()) => {
-                                forwarded += 1;
-                                match tx.video.as_mut() {
-                                    Some(v) => {
-                                        v.map.record(seq, ts, in_seq, in_ts, epoch);
-                                        v.budget.credit();
-                                        lean_video += 1;
-                                    }
-                                    None => lean_sent += 1,
-                                }
-                            }
-                            Err(_) => drops[ConsumerDrop::Other as usize] += 1,
+                // The route copied from the subscriber peer, or the peer looked up once after
+                // something changed.
+                let routed = tx.route(now_changes).is_some()
+                    || match peers.get_mut(c.peer) {
+                        None => {
+                            drops[ConsumerDrop::Other as usize] += 1;
+                            continue;
                         }
-                        want_keyframe |= resumed && video;
-                        continue;
+                        Some(sub) => match sub.lean.state(sub.connected) {
+                            LeanState::Ready(srtp, path) => {
+                                tx.set_route(now_changes, srtp, path);
+                                true
+                            }
+                            // Not connected yet: str0m could not send it either.
+                            LeanState::Waiting => {
+                                drops[ConsumerDrop::Other as usize] += 1;
+                                continue;
+                            }
+                            // No keys our SRTP takes: this stream goes through str0m after all
+                            // (its send stream is declared again just below).
+                            LeanState::Unavailable => false,
+                        },
+                    };
+                if routed {
+                    let p = LeanPacket {
+                        pt: out_pt,
+                        marker,
+                        seq,
+                        ts,
+                        level,
+                        orientation: pkt.video_orientation.map(|o| o as u8),
+                        payload: &pkt.payload,
+                        at: pkt.at,
+                        clock_rate,
+                    };
+                    match lean::send(tx, c.ssrc, &p, lean_bufs, &mut **socket) {
+                        Ok(()) => {
+                            forwarded += 1;
+                            match tx.video.as_mut() {
+                                Some(v) => {
+                                    v.map.record(seq, ts, in_seq, in_ts, epoch);
+                                    v.budget.credit();
+                                    lean_video += 1;
+                                }
+                                None => lean_sent += 1,
+                            }
+                        }
+                        Err(_) => drops[ConsumerDrop::Other as usize] += 1,
                     }
-                    // Not connected yet: str0m could not send it either.
-                    LeanState::Waiting => {
-                        drops[ConsumerDrop::Other as usize] += 1;
-                        continue;
-                    }
-                    // No keys our SRTP takes: this stream goes through str0m after all (its
-                    // send stream is declared again just below).
-                    LeanState::Unavailable => c.lean = None,
+                    want_keyframe |= resumed && video;
+                    continue;
                 }
+                c.lean = None;
             }
+            let Some(sub) = peers.get_mut(c.peer) else {
+                drops[ConsumerDrop::Other as usize] += 1;
+                continue;
+            };
             // A silent video stream was parked (no padding): declare it again first.
             super::quiet::unpark(&mut sub.rtc, c);
             let mut api = sub.rtc.direct_api();

@@ -26,9 +26,10 @@
 
 use super::*;
 use crate::dtls::KeySlot;
+use crate::forward::note_change;
 use crate::metrics::add;
 use crate::rtp_out::{self, AudioExts, RtpFields};
-use crate::srtp::{DtlsRole, SrtpReceiver, SrtpSession};
+use crate::srtp::{DtlsRole, RtpSealer, SrtpReceiver, SrtpSession};
 use str0m::net::Protocol;
 use str0m::rtp::Extension;
 use str0m_proto::crypto::dtls::SrtpProfile;
@@ -74,22 +75,37 @@ pub(super) struct LeanPeer {
     pub(super) video: Vec<(Ssrc, Key)>,
 }
 
+impl Drop for LeanPeer {
+    /// The peer is gone: every [`Route`] cached from it is stale.
+    fn drop(&mut self) {
+        note_change();
+    }
+}
+
 impl LeanPeer {
     /// One datagram str0m sends (a drive's transmit): DTLS records the path; a success
     /// response to the nomination being handled moves it.
     pub(super) fn on_transmit(&mut self, proto: Protocol, dest: SocketAddr, data: &[u8]) {
         match data.first() {
             // RFC 7983: 20..=63 is DTLS.
-            Some(20..=63) => self.path = Some(Path { proto, dest }),
+            Some(20..=63) => self.set_path(Path { proto, dest }),
             Some(0..=3) => {
                 if let Some((tid, from)) = self.nominating {
                     if from == dest && stun_success_for(data, &tid) {
-                        self.path = Some(Path { proto, dest });
+                        self.set_path(Path { proto, dest });
                         self.nominating = None;
                     }
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Moves the path; a move makes every cached [`Route`] stale.
+    fn set_path(&mut self, path: Path) {
+        if self.path != Some(path) {
+            self.path = Some(path);
+            note_change();
         }
     }
 
@@ -248,6 +264,22 @@ pub(super) struct LeanTx {
     pub(super) video: Option<super::lean_video::VideoTx>,
     /// Sender reports sent, and the subscriber's receiver reports ([`super::lean_stats`]).
     pub(super) reports: super::lean_stats::StreamReports,
+    /// Where its packets go and the cipher that seals them, copied from the subscriber peer
+    /// (so the fan-out does not look the peer up per packet).
+    route: Option<Route>,
+}
+
+/// A lean stream's copy of its subscriber's send state: valid while the change counter
+/// ([`crate::forward::changes`]) is still at the value it was copied at. Everything it copies
+/// bumps the counter when it changes: the path (`LeanPeer::set_path`) and the peer itself
+/// (dropped: `LeanPeer`'s `Drop`); the keys and `connected` never change once a route exists.
+#[derive(Debug, Clone)]
+pub(super) struct Route {
+    at: u64,
+    /// The subscriber's RTP cipher.
+    pub(super) seal: RtpSealer,
+    /// The subscriber's nominated pair.
+    pub(super) path: Path,
 }
 
 impl LeanTx {
@@ -261,6 +293,7 @@ impl LeanTx {
             last: None,
             video: None,
             reports: Default::default(),
+            route: None,
         }
     }
 
@@ -275,6 +308,21 @@ impl LeanTx {
     /// The highest sequence number sent.
     pub(super) fn max_seq(&self) -> Option<u64> {
         self.window.max()
+    }
+
+    /// The cached route, if it is current at change count `now`.
+    #[inline]
+    pub(super) fn route(&self, now: u64) -> Option<&Route> {
+        self.route.as_ref().filter(|r| r.at == now)
+    }
+
+    /// Caches the route read from the subscriber peer at change count `now`.
+    pub(super) fn set_route(&mut self, now: u64, srtp: &SrtpSession, path: Path) -> &Route {
+        self.route.insert(Route {
+            at: now,
+            seal: srtp.rtp_sealer(),
+            path,
+        })
     }
 }
 
@@ -341,46 +389,48 @@ pub(super) enum LeanDrop {
     Failed,
 }
 
-/// Builds, protects and queues one packet of lean stream `tx` with SSRC `ssrc` on `socket`.
+/// Builds, protects and queues one packet of lean stream `tx` with SSRC `ssrc` on `socket`,
+/// on its cached [`Route`] (none: [`LeanDrop::Failed`]).
 pub(super) fn send(
     tx: &mut LeanTx,
     ssrc: Ssrc,
-    srtp: &mut SrtpSession,
-    path: Path,
     p: &LeanPacket<'_>,
     bufs: &mut LeanBufs,
     socket: &mut dyn Transport,
 ) -> Result<(), LeanDrop> {
+    let Some(Route { seal, path, .. }) = &tx.route else {
+        return Err(LeanDrop::Failed);
+    };
+    let path = *path;
     if !tx.window.admit(p.seq) {
         return Err(LeanDrop::Replay);
     }
-    rtp_out::write_rtp_header(
-        &mut bufs.header,
-        &RtpFields {
-            pt: p.pt,
-            marker: p.marker,
-            seq: p.seq as u16,
-            ts: p.ts,
-            ssrc: *ssrc,
-            level: p.level,
-            orientation: p.orientation,
-        },
-        &tx.exts,
-    );
+    let fields = RtpFields {
+        pt: p.pt,
+        marker: p.marker,
+        seq: p.seq as u16,
+        ts: p.ts,
+        ssrc: *ssrc,
+        level: p.level,
+        orientation: p.orientation,
+    };
     match path.proto {
         Protocol::Tcp => {
-            srtp.protect_rtp(&bufs.header, p.payload, p.seq, &mut bufs.out)
+            rtp_out::write_rtp_header(&mut bufs.header, &fields, &tx.exts);
+            seal.protect(&bufs.header, p.payload, p.seq, &mut bufs.out)
                 .map_err(|_| LeanDrop::Failed)?;
             socket.send_tcp(&bufs.out, path.dest)
         }
-        // UDP: built and sealed in place, in the socket's send queue (no copy).
+        // UDP: the header is written, the payload copied and both sealed in place, in the
+        // socket's send queue (one copy of each).
         _ => {
-            let (header, payload) = (&bufs.header[..], p.payload);
-            let (h, len) = (header.len(), header.len() + payload.len());
-            socket.send_with(len + srtp.rtp_overhead(), path.dest, &mut |slot| {
-                slot[..h].copy_from_slice(header);
+            let (exts, payload) = (&tx.exts, p.payload);
+            let max = rtp_out::MAX_HEADER + payload.len() + seal.overhead();
+            socket.send_with(max, path.dest, &mut |slot| {
+                let h = rtp_out::write_rtp_header_to(slot, &fields, exts);
+                let len = h + payload.len();
                 slot[h..len].copy_from_slice(payload);
-                srtp.protect_rtp_in_place(slot, h, len, p.seq)
+                seal.protect_in_place(slot, h, len, p.seq)
                     .map_err(|_| io::ErrorKind::InvalidInput.into())
             })
         }

@@ -61,7 +61,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::error;
 
 use crate::demux::UfragMap;
-use crate::forward::{ConsumerState, GateCell};
+use crate::forward::{ConsumerState, GateCell, GateCopy};
 use crate::metrics::SfuCounters;
 use crate::routes::PeerRoutes;
 use crate::speakers::{LevelMeter, SpeakerRanking};
@@ -273,7 +273,9 @@ struct Consumer {
     mid: Mid,
     /// Silent video: the send stream is parked ([`quiet`]).
     park: quiet::ParkState,
-    gate: Arc<GateCell>,
+    /// The subscriber's `receive` flag, copied (refreshed when [`crate::forward::changes`]
+    /// moved).
+    gate: GateCopy,
     st: ConsumerState,
     quality: Quality,
     /// Simulcast: the layer being forwarded and the one wanted.

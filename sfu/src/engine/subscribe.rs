@@ -242,7 +242,7 @@ impl Engine {
                 rtx,
                 mid,
                 park,
-                gate: gate.clone(),
+                gate: GateCopy::new(gate.clone()),
                 st: ConsumerState::new(unsubscribed.contains(&track_id)),
                 quality: quality.get(&track_id).copied().unwrap_or(Quality::High),
                 cur: NO_LAYER,
