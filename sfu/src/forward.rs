@@ -553,16 +553,24 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_gate_copy_follows_every_store() {
+    /// A gate that may send everything and receive, and the same gate with receiving revoked.
+    fn receive_gates() -> (MediaGate, MediaGate) {
         let open = MediaGate {
             send: SourceSet::ALL,
             receive: true,
         };
-        let closed = MediaGate {
-            receive: false,
-            ..open
-        };
+        (
+            open,
+            MediaGate {
+                receive: false,
+                ..open
+            },
+        )
+    }
+
+    #[test]
+    fn a_gate_copy_follows_every_store() {
+        let (open, closed) = receive_gates();
         let cell = Arc::new(GateCell::new(open));
         let mut copy = GateCopy::new(cell.clone());
         assert!(copy.receives_at(changes()));
@@ -587,14 +595,7 @@ mod tests {
         /// Set in `phase` while the control thread is storing (the packet's outcome may be
         /// either).
         const CHANGING: u32 = 1 << 31;
-        let open = MediaGate {
-            send: SourceSet::ALL,
-            receive: true,
-        };
-        let closed = MediaGate {
-            receive: false,
-            ..open
-        };
+        let (open, closed) = receive_gates();
         let cell = Arc::new(GateCell::new(open));
         // Another participant's cell, stored at the same time: its changes must not confuse
         // the copies of `cell`.
