@@ -60,8 +60,8 @@ pub(super) struct LeanPeer {
     /// Made from `keys` on first use (`None` while there are none, or for a profile our SRTP
     /// does not do: the peer then stays on str0m).
     srtp: Option<SrtpSession>,
-    /// The subscriber's side of the same keys (its SRTCP feedback about lean video streams,
-    /// [`super::lean_rtcp`]); made with `srtp`.
+    /// The subscriber's side of the same keys (its SRTCP: feedback about lean video streams
+    /// and report blocks about lean audio and video, [`super::lean_rtcp`]); made with `srtp`.
     rx: Option<SrtpReceiver>,
     /// The keys were tried (successfully or not).
     tried: bool,
