@@ -5,7 +5,7 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// RTCP packet type of a sender report (RFC 3550 §6.4.1).
-const RTCP_SR: u8 = 200;
+pub(crate) const RTCP_SR: u8 = 200;
 /// Seconds from the NTP epoch (1900) to the Unix epoch (1970).
 const NTP_UNIX_OFFSET: u64 = 2_208_988_800;
 /// Longest mid str0m writes and parses (RFC 8285 one-byte elements carry 1..=16 bytes).
@@ -186,6 +186,13 @@ pub(crate) fn write_sender_report(buf: &mut Vec<u8>, sr: &SenderInfo) {
     buf.extend_from_slice(&sr.octets.to_be_bytes());
 }
 
+/// The middle 32 bits of the NTP time `t` as [`write_sender_report`] writes it (the low 16 bits
+/// of the seconds, the high 16 of the fraction: what a receiver echoes as LSR, RFC 3550 §6.4.1).
+pub(crate) fn ntp_middle(t: SystemTime) -> u32 {
+    let (secs, frac) = ntp(t);
+    (secs << 16) | (frac >> 16)
+}
+
 /// NTP seconds (wrapping in 2036, as NTP era 0 does) and fraction of `t`.
 fn ntp(t: SystemTime) -> (u32, u32) {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO);
@@ -328,6 +335,8 @@ mod tests {
         assert_eq!(&buf[16..20], &48_000u32.to_be_bytes());
         assert_eq!(&buf[20..24], &50u32.to_be_bytes());
         assert_eq!(&buf[24..28], &4000u32.to_be_bytes());
+        // What a receiver echoes as LSR: the report's middle 32 bits.
+        assert_eq!(&buf[10..14], &ntp_middle(wall).to_be_bytes());
     }
 
     #[test]

@@ -476,7 +476,6 @@ fn report(
         octets: tx.octets,
     };
     rtp_out::write_sender_report(&mut bufs.header, &sr);
-    let ntp = super::lean_stats::ntp_middle(&bufs.header);
     if let Some(v) = &tx.video {
         v.append_rtx_report(rtx, &sr, &mut bufs.header, &mut bufs.rtx);
     }
@@ -484,8 +483,8 @@ fn report(
         return false;
     }
     let sent = transmit(socket, path, &bufs.out).is_ok();
-    if let (true, Some(ntp)) = (sent, ntp) {
-        tx.reports.sent(ntp, now);
+    if sent {
+        tx.reports.sent(rtp_out::ntp_middle(wall), now);
     }
     sent
 }

@@ -13,8 +13,10 @@ use super::*;
 use crate::metrics::{add, EGRESS, STATS_INTERVAL};
 use str0m::media::KeyframeRequestKind;
 
-/// RTCP packet types (RFC 3550 §6.4): sender and receiver report (both carry report blocks).
-const SR: u8 = 200;
+// RTCP packet types (RFC 3550 §6.4): sender (the one our reports are written with) and
+// receiver report, both carrying report blocks.
+use crate::rtp_out::RTCP_SR as SR;
+/// RTCP packet type of a receiver report (RFC 3550 §6.4.2).
 const RR: u8 = 201;
 /// RTCP packet types (RFC 4585 §6.1): transport-layer and payload-specific feedback.
 const RTPFB: u8 = 205;

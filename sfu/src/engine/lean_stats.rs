@@ -49,13 +49,6 @@ impl ReportBlock {
     }
 }
 
-/// The middle 32 bits of an NTP timestamp written in a sender report (bytes 8..16 of the
-/// packet): the low 16 bits of the seconds, the high 16 of the fraction (RFC 3550 §6.4.1).
-pub(super) fn ntp_middle(sr: &[u8]) -> Option<u32> {
-    let b = sr.get(10..14)?;
-    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
-}
-
 /// The round trip by RFC 3550 §6.4.1: arrival `a` minus `lsr` minus `dlsr`, all in the middle
 /// 32 bits of NTP time (1/65536 s), wrapping. `None` without a sender report (`lsr` 0), when
 /// the difference is negative, or implausibly large.
