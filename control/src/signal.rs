@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Utf8Bytes, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -25,6 +25,9 @@ use greenroom_proto::{
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::WebSocketConfig;
+use tungstenite::Message;
 
 use crate::auth::{unix_now_ms, AuthError, Claims};
 use crate::call::CallError;
@@ -35,17 +38,20 @@ use crate::state::{
     SocketSlot, Taken, REPLACED_CLOSE_CODE, SESSION_QUEUE,
 };
 
+mod socket;
+
+use socket::{RawUpgrade, MAX_FRAME};
+
 /// How long a `resume` waits for an old socket that still holds the session to let go.
 const TAKEOVER_WAIT: Duration = Duration::from_secs(3);
 
 /// Bytes the WebSocket may buffer for writing before a write fails (bounds a connection's
-/// memory; a subscriber offer of a large call fits several times).
+/// memory; every frame fits many times).
 const MAX_WRITE_BUFFER: usize = 4 << 20;
 /// The read buffer each socket reserves (tungstenite's default is 128 KiB, which an idle socket
 /// would hold for its whole life); it grows for larger messages, up to the message limit.
-const READ_BUFFER: usize = 4 << 10;
-/// Bytes written to the WebSocket before it is flushed (tungstenite's default is 128 KiB).
-const WRITE_BUFFER: usize = 8 << 10;
+/// Client messages are small: a ping is 16 bytes, an SDP answer about 1-2 KiB.
+const READ_BUFFER: usize = 1 << 10;
 /// How long the writer tries to deliver a close frame to a client that does not read.
 const CLOSE_GRACE: Duration = Duration::from_secs(10);
 /// The close code of an idle socket (4000 + HTTP 408).
@@ -66,6 +72,7 @@ pub async fn signal(
     State(state): State<Arc<AppState>>,
     Query(q): Query<SignalQuery>,
     headers: HeaderMap,
+    raw: RawUpgrade,
     ws: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let header = headers
@@ -95,26 +102,28 @@ pub async fn signal(
         .map(str::to_owned);
     let limit = state.config.limits.max_message_bytes;
     // The hard cap is above our limit so an oversized message is seen and answered with 1009.
-    Ok(ws
-        .max_message_size(limit * 4)
-        .max_frame_size(limit * 4)
+    // Every frame is written at once (write buffer size 0): the buffer holds one frame of at
+    // most `MAX_FRAME` bytes, and `write_loop` flushes after each frame anyway.
+    let config = WebSocketConfig::default()
+        .max_message_size(Some(limit * 4))
+        .max_frame_size(Some(limit * 4))
         .max_write_buffer_size(MAX_WRITE_BUFFER)
         .read_buffer_size(READ_BUFFER)
-        .write_buffer_size(WRITE_BUFFER)
-        .on_upgrade(move |socket| {
-            // One span per connection (a participant session once joined): every log line of
-            // this socket carries the user, and the call and participant after `join`.
-            let span = tracing::info_span!(
-                "session",
-                user = %claims.sub,
-                call = tracing::field::Empty,
-                participant = tracing::field::Empty
-            );
-            tracing::Instrument::instrument(
-                run(state, claims, device_id, slot, socket, relayed, media_node),
-                span,
-            )
-        }))
+        .write_buffer_size(0);
+    Ok(socket::accept(raw, ws, &headers, config, move |socket| {
+        // One span per connection (a participant session once joined): every log line of
+        // this socket carries the user, and the call and participant after `join`.
+        let span = tracing::info_span!(
+            "session",
+            user = %claims.sub,
+            call = tracing::field::Empty,
+            participant = tracing::field::Empty
+        );
+        tracing::Instrument::instrument(
+            run(state, claims, device_id, slot, socket, relayed, media_node),
+            span,
+        )
+    }))
 }
 
 /// A token bucket: `rate` tokens per second up to `burst`.
@@ -194,12 +203,32 @@ const SEND_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 /// Why the reader stopped; the session (if any) leaves with this reason.
 type LeaveReason = &'static str;
 
-async fn run(
+/// What a connection's tasks need of its socket: a WebSocket ([`socket::Socket`] when served; any
+/// tokio-tungstenite stream in tests).
+trait WsIo:
+    futures_util::Stream<Item = Result<Message, tungstenite::Error>>
+    + futures_util::Sink<Message, Error = tungstenite::Error>
+    + Send
+    + Unpin
+    + 'static
+{
+}
+
+impl<T> WsIo for T where
+    T: futures_util::Stream<Item = Result<Message, tungstenite::Error>>
+        + futures_util::Sink<Message, Error = tungstenite::Error>
+        + Send
+        + Unpin
+        + 'static
+{
+}
+
+async fn run<S: WsIo>(
     state: Arc<AppState>,
     claims: Claims,
     device_id: String,
     slot: SocketSlot,
-    socket: WebSocket,
+    socket: S,
     relayed: bool,
     media_node: Option<String>,
 ) {
@@ -262,22 +291,27 @@ async fn run(
 }
 
 /// Sends queued messages until the queue ends or a close is signalled; then sends the close
-/// frame (bounded by [`CLOSE_GRACE`]: a client that does not read is simply dropped).
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
+/// frame (bounded by [`CLOSE_GRACE`]: a client that does not read is simply dropped). A
+/// message longer than [`MAX_FRAME`] goes out in fragments ([`socket::frames`]); a close
+/// signalled between two of them sends the close frame after the ones written (control
+/// frames may come between fragments, RFC 6455 section 5.4).
+async fn write_loop<S: WsIo>(
+    mut sink: SplitSink<S, Message>,
     mut queue: mpsc::Receiver<Outbound>,
     mut close: watch::Receiver<Option<CloseReason>>,
 ) {
-    loop {
+    'messages: loop {
         tokio::select! {
             biased;
             _ = close.changed() => break,
             o = queue.recv() => {
                 let Some(Outbound::Text(text)) = o else { return };
-                tokio::select! {
-                    biased;
-                    _ = close.changed() => break,
-                    r = sink.send(Message::Text(text)) => if r.is_err() { return },
+                for frame in socket::frames(text, MAX_FRAME) {
+                    tokio::select! {
+                        biased;
+                        _ = close.changed() => break 'messages,
+                        r = sink.send(Message::Frame(frame)) => if r.is_err() { return },
+                    }
                 }
             }
         }
@@ -285,8 +319,8 @@ async fn write_loop(
     let frame = close.borrow().clone();
     if let Some((code, reason)) = frame {
         let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from(reason),
+            code: code.into(),
+            reason: reason.into(),
         };
         let _ = tokio::time::timeout(CLOSE_GRACE, sink.send(Message::Close(Some(frame)))).await;
     }
@@ -300,18 +334,10 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// Whether a WebSocket read error is a message over tungstenite's size cap (typed: the
-/// tungstenite error is the source of axum's error).
-fn is_capacity_error(e: &axum::Error) -> bool {
-    std::error::Error::source(e)
-        .and_then(|s| s.downcast_ref::<tungstenite::Error>())
-        .is_some_and(|t| matches!(t, tungstenite::Error::Capacity(_)))
-}
-
 impl Conn {
-    async fn read_loop(
+    async fn read_loop<S: WsIo>(
         &mut self,
-        mut stream: SplitStream<WebSocket>,
+        mut stream: SplitStream<S>,
         notices: &mut mpsc::UnboundedReceiver<Box<Notice>>,
         mut close: watch::Receiver<Option<CloseReason>>,
     ) -> LeaveReason {
@@ -360,12 +386,12 @@ impl Conn {
                         }
                         Ok(Message::Close(_)) => return "disconnected",
                         Ok(_) => {}
-                        Err(e) => {
-                            if is_capacity_error(&e) {
-                                self.close(1009, "message too big");
-                            }
+                        Err(tungstenite::Error::Capacity(_)) => {
+                            // A message or frame over tungstenite's cap.
+                            self.close(1009, "message too big");
                             return "disconnected";
                         }
+                        Err(_) => return "disconnected",
                     }
                 }
             }
@@ -643,11 +669,13 @@ impl Conn {
                 create,
                 settings,
             } => {
-                self.enter(Entry::Join {
+                // Boxed, as below: the connection's future would otherwise hold the largest
+                // branch (the cluster relay's connect) for the socket's whole life.
+                Box::pin(self.enter(Entry::Join {
                     call_cid,
                     create,
                     settings,
-                })
+                }))
                 .await?
             }
             ClientMessage::Leave => {
@@ -695,7 +723,8 @@ impl Conn {
                         .iter()
                         .try_for_each(|t| c.check_publish(&pid, t.source))
                 })??;
-                let answer = self.state.media.publish(&pid, sdp, tracks).await?;
+                // Boxed (rare, and large with a remote media node's RPC).
+                let answer = Box::pin(self.state.media.publish(&pid, sdp, tracks)).await?;
                 self.reply(SignalMessage::PublishAnswer { sdp: answer });
                 self.published = sources;
                 self.state
@@ -713,7 +742,7 @@ impl Conn {
                 let (_, pid) = self.joined()?;
                 // Answered (or failed): the offer is no longer pending either way.
                 self.offer = None;
-                self.state.media.subscriber_answer(&pid, sdp).await?;
+                Box::pin(self.state.media.subscriber_answer(&pid, sdp)).await?;
             }
             ClientMessage::IceCandidate { target, candidate } => {
                 let (_, pid) = self.joined()?;
@@ -778,7 +807,7 @@ impl Conn {
                     .with_call(&cid, |c| Ok(((), c.send_reaction(&actor, &pid, reaction)?)))?;
             }
             ClientMessage::Resume { resume_token } => {
-                self.enter(Entry::Resume { resume_token }).await?
+                Box::pin(self.enter(Entry::Resume { resume_token })).await?
             }
             ClientMessage::RestartIce => {
                 let (_, pid) = self.joined()?;
@@ -1105,5 +1134,27 @@ mod tests {
         assert!(!b.take(t0 + Duration::from_millis(100)));
         let later = t0 + Duration::from_secs(60);
         assert_eq!((0..10).filter(|_| b.take(later)).count(), 5);
+    }
+
+    /// The connection task's future is held for the socket's life: its rarely taken branches
+    /// (`join`, `resume` and their cluster relay) are boxed, so it stays small.
+    #[tokio::test]
+    async fn the_connection_task_is_small() {
+        let state = AppState::new(crate::config::Config::default(), None);
+        let token = state.auth.mint("u", None, None, false, 60).unwrap();
+        let claims = state.auth.verify(&token).unwrap();
+        let slot = state.open_socket("u").unwrap();
+        let (io, _peer) = tokio::io::duplex(64);
+        let socket = tokio_tungstenite_axum::WebSocketStream::from_raw_socket(
+            io,
+            tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let task = run(state, claims, "d".to_owned(), slot, socket, false, None);
+        let size = std::mem::size_of_val(&task);
+        eprintln!("the connection task's future: {size} bytes");
+        // 7.6 KiB before the boxing (debug build), 2.0 KiB after.
+        assert!(size <= 3 << 10, "{size} bytes");
     }
 }

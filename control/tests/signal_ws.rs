@@ -13,8 +13,9 @@ use greenroom_control::config::Config;
 use greenroom_proto::Role;
 use serde_json::{json, Value};
 use tokio::time::timeout;
-use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::{connect_async, connect_async_with_config};
 
 use ws_support::{Client, Server, WAIT};
 
@@ -440,4 +441,62 @@ async fn bad_tokens_are_refused_before_upgrade() {
         .unwrap();
     assert_eq!(s.refused_upgrade(&forged).await, 401);
     assert_eq!(s.refused_upgrade("").await, 401);
+}
+
+/// The largest frame payload the server writes (`MAX_FRAME` in control/src/signal/socket.rs).
+const SERVER_MAX_FRAME: usize = 2 << 10;
+
+#[tokio::test]
+async fn a_large_join_snapshot_arrives_whole_in_bounded_frames() {
+    let s = Server::start().await;
+    // 12 participants with 800 bytes of custom data each (2-byte characters, so fragment cuts
+    // could fall inside one): the snapshot is about 11 KiB.
+    let bio = "é".repeat(400);
+    let mut others = Vec::new();
+    for i in 0..12 {
+        let mut c = s.connect(&format!("u{i}"), Role::User).await;
+        c.send(
+            json!({"type": "join", "call_cid": "default:big", "create": i == 0,
+            "settings": {"custom": {"bio": bio, "i": i}}}),
+        )
+        .await;
+        c.wait_for("joined").await;
+        others.push(c);
+    }
+    // A client whose tungstenite refuses any frame longer than the server's bound (it would
+    // fail with a capacity error) but takes whole messages of any size.
+    let config = WebSocketConfig::default()
+        .max_frame_size(Some(SERVER_MAX_FRAME))
+        .max_message_size(Some(1 << 20));
+    let (ws, _) = timeout(
+        WAIT,
+        connect_async_with_config(s.url("late", Role::User), Some(config), false),
+    )
+    .await
+    .expect("connect timed out")
+    .expect("connect failed");
+    let mut late = Client {
+        ws,
+        name: "late".to_owned(),
+        pending: Default::default(),
+    };
+    let joined = late.join("default:big", false).await;
+    assert!(
+        joined.to_string().len() > 4 * SERVER_MAX_FRAME,
+        "the snapshot spans several frames"
+    );
+    let participants = joined["call"]["participants"].as_array().unwrap();
+    assert_eq!(participants.len(), 13);
+    let mut seen: Vec<i64> = participants
+        .iter()
+        .filter(|p| p["user_id"] != "late")
+        .map(|p| {
+            assert_eq!(p["custom"]["bio"], bio.as_str(), "{p}");
+            p["custom"]["i"].as_i64().unwrap()
+        })
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..12).collect::<Vec<_>>());
+    // The socket is fine afterwards (the next message is whole too).
+    late.ping().await;
 }
