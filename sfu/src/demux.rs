@@ -1,7 +1,9 @@
 //! The UDP demultiplexer in front of the engine shards.
 //!
-//! Every peer of every shard shares ONE UDP port. One receive thread owns the reading side of
-//! the socket and hands each datagram to the shard that owns its peer:
+//! Every peer of every shard shares ONE UDP port. With several shards, one receive thread owns
+//! the reading side of the socket and hands each datagram to the shard that owns its peer; with
+//! one shard, that shard reads the socket itself with the same [`Reader`] (see
+//! [`crate::io::inbox`]: one wake-up per datagram instead of two). Routing:
 //!
 //! * A STUN binding request names the server's ICE ufrag in its USERNAME (`server:client`).
 //!   Every server-side peer gets a ufrag that starts with its shard's tag ([`shard_ufrag`]), so
