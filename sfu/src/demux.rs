@@ -1,7 +1,9 @@
 //! The UDP demultiplexer in front of the engine shards.
 //!
-//! Every peer of every shard shares ONE UDP port. One receive thread owns the reading side of
-//! the socket and hands each datagram to the shard that owns its peer:
+//! Every peer of every shard shares ONE UDP port. With several shards, one receive thread owns
+//! the reading side of the socket and hands each datagram to the shard that owns its peer; with
+//! one shard, that shard reads the socket itself with the same [`Reader`] (see
+//! [`crate::io::inbox`]: one wake-up per datagram instead of two). Routing:
 //!
 //! * A STUN binding request names the server's ICE ufrag in its USERNAME (`server:client`).
 //!   Every server-side peer gets a ufrag that starts with its shard's tag ([`shard_ufrag`]), so
@@ -39,17 +41,19 @@
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::TrySendError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use nix::sys::socket::MsgFlags;
 use parking_lot::RwLock;
 use str0m::IceCreds;
 use tracing::debug;
 
 use crate::engine::ShardMsg;
+use crate::io::inbox::ShardTx;
 use crate::io::recv::BatchReceiver;
 use crate::io::rx::{RxBatch, RxPool, RX_BATCH};
 use crate::metrics::add;
@@ -174,7 +178,7 @@ pub(crate) struct DemuxCounters {
 /// Hands datagrams (one batch, or one ICE-TCP packet) to their shard without blocking; a full
 /// queue or a dead shard drops them (counted per datagram). Never stops the receive thread:
 /// the other shards keep being served.
-pub(crate) fn dispatch(shard: &SyncSender<ShardMsg>, msg: ShardMsg, counters: &DemuxCounters) {
+pub(crate) fn dispatch(shard: &ShardTx, msg: ShardMsg, counters: &DemuxCounters) {
     let datagrams = |m: &ShardMsg| match m {
         ShardMsg::Datagrams(b) => b.len() as u64,
         ShardMsg::TcpPacket { .. } => 1,
@@ -191,53 +195,97 @@ pub(crate) fn dispatch(shard: &SyncSender<ShardMsg>, msg: ShardMsg, counters: &D
 /// Spawns the receive thread. It ends when `stop` is set.
 pub(crate) fn spawn(
     socket: UdpSocket,
-    shards: Vec<SyncSender<ShardMsg>>,
+    shards: Vec<ShardTx>,
     untagged: UfragMap,
     stop: Arc<AtomicBool>,
     counters: Arc<DemuxCounters>,
 ) -> std::io::Result<()> {
     socket.set_read_timeout(Some(POLL))?;
-    let router = Router::new(shards.len(), untagged, Instant::now());
     std::thread::Builder::new()
         .name("greenroom-udp-rx".into())
-        .spawn(move || run(socket, router, shards, stop, counters))?;
+        .spawn(move || {
+            // Made on the thread: `recvmmsg`'s headers are not `Send`.
+            let reader = Reader::new(shards.len(), untagged, counters);
+            run(socket, reader, shards, stop)
+        })?;
     Ok(())
 }
 
-fn run(
-    socket: UdpSocket,
-    mut router: Router,
-    shards: Vec<SyncSender<ShardMsg>>,
-    stop: Arc<AtomicBool>,
-    counters: Arc<DemuxCounters>,
-) {
+fn run(socket: UdpSocket, mut reader: Reader, shards: Vec<ShardTx>, stop: Arc<AtomicBool>) {
     let fd = socket.as_raw_fd();
-    let pool = RxPool::new(SPARE_BUFFERS);
-    let mut split = Split::new(shards.len());
-    let mut recv = pool.take();
-    let mut receiver = BatchReceiver::new(RX_BATCH, "UDP");
-    let mut got: Vec<(usize, Option<SocketAddr>)> = Vec::with_capacity(RX_BATCH);
+    let counters = reader.counters.clone();
     while !stop.load(Relaxed) {
-        got.clear();
-        got.extend_from_slice(receiver.recv(fd, recv.slots_mut()));
-        if got.is_empty() {
-            continue;
+        reader.read(fd, true, |shard, batch| {
+            dispatch(&shards[shard], ShardMsg::Datagrams(batch), &counters)
+        });
+    }
+}
+
+/// One `recvmmsg` of the media socket and the routing of what it read: the receive thread's
+/// work, which a lone shard that reads the socket itself (see [`crate::io::inbox`]) does too.
+pub(crate) struct Reader {
+    router: Router,
+    pool: Arc<RxPool>,
+    split: Split,
+    /// The buffer the next `recvmmsg` fills.
+    recv: RxBatch,
+    receiver: BatchReceiver,
+    got: Vec<(usize, Option<SocketAddr>)>,
+    counters: Arc<DemuxCounters>,
+}
+
+impl Reader {
+    /// A reader routing to `shards` shards, counting its drops in `counters`.
+    pub(crate) fn new(shards: usize, untagged: UfragMap, counters: Arc<DemuxCounters>) -> Reader {
+        let pool = RxPool::new(SPARE_BUFFERS);
+        Reader {
+            router: Router::new(shards, untagged, Instant::now()),
+            split: Split::new(shards.max(1)),
+            recv: pool.take(),
+            pool,
+            receiver: BatchReceiver::new(RX_BATCH, "UDP"),
+            got: Vec::with_capacity(RX_BATCH),
+            counters,
         }
-        for (slot, (len, src)) in got.iter().enumerate() {
+    }
+
+    /// Reads what is queued on `fd` (up to [`RX_BATCH`] datagrams; with `block`, first waits
+    /// for one up to the socket's read timeout, otherwise returns at once) and hands each
+    /// shard its datagrams of this read as one batch (`deliver(shard, batch)`, in order).
+    /// Datagrams no shard owns are dropped and counted. Returns how many datagrams the read
+    /// took (routed or not): [`RX_BATCH`] means more may be queued.
+    pub(crate) fn read(
+        &mut self,
+        fd: RawFd,
+        block: bool,
+        mut deliver: impl FnMut(usize, RxBatch),
+    ) -> usize {
+        self.got.clear();
+        let flags = if block {
+            MsgFlags::MSG_WAITFORONE
+        } else {
+            MsgFlags::MSG_DONTWAIT
+        };
+        let recv = &mut self.recv;
+        self.got
+            .extend_from_slice(self.receiver.recv(fd, recv.slots_mut(), flags));
+        if self.got.is_empty() {
+            return 0;
+        }
+        for (slot, (len, src)) in self.got.iter().enumerate() {
             // A datagram without a usable source keeps its slot but is never routed.
             let src = src.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
             recv.set_slot(slot, *len, src);
         }
         let now = Instant::now();
-        let routes = split.route(&mut router, &recv, &got, now, &counters);
-        match routes {
+        let split = &mut self.split;
+        match split.route(&mut self.router, recv, &self.got, now, &self.counters) {
             Routed::Nothing => {}
             Routed::One(shard) => {
                 // Zero copy: this buffer goes to the shard, the next recvmmsg gets a spare.
                 let keep = &split.dest;
                 recv.retain_index(|i| keep[i].is_some());
-                let batch = std::mem::replace(&mut recv, pool.take());
-                dispatch(&shards[shard], ShardMsg::Datagrams(batch), &counters);
+                deliver(shard, std::mem::replace(recv, self.pool.take()));
             }
             Routed::Several => {
                 for (i, dest) in split.dest.iter().enumerate() {
@@ -245,16 +293,17 @@ fn run(
                         continue;
                     };
                     split.out[shard]
-                        .get_or_insert_with(|| pool.take())
+                        .get_or_insert_with(|| self.pool.take())
                         .push(data, src);
                 }
                 for (shard, batch) in split.out.iter_mut().enumerate() {
                     if let Some(batch) = batch.take() {
-                        dispatch(&shards[shard], ShardMsg::Datagrams(batch), &counters);
+                        deliver(shard, batch);
                     }
                 }
             }
         }
+        self.got.len()
     }
 }
 
@@ -436,6 +485,7 @@ pub(crate) mod tests {
     fn full_and_dead_shard_queues_drop_and_count_without_blocking() {
         let counters = DemuxCounters::default();
         let (tx, rx) = std::sync::mpsc::sync_channel(2);
+        let tx = ShardTx::new(tx, None);
         // Batches of three datagrams: a dropped batch counts each of its datagrams.
         let msg = || {
             let mut b = RxBatch::default();
@@ -497,7 +547,7 @@ pub(crate) mod tests {
         let counters = Arc::new(DemuxCounters::default());
         spawn(
             server,
-            vec![tx0, tx1],
+            vec![ShardTx::new(tx0, None), ShardTx::new(tx1, None)],
             UfragMap::default(),
             stop.clone(),
             counters.clone(),

@@ -152,7 +152,7 @@ impl Shard {
             },
             socket: Box::new(MemTransport(sink.clone())),
             advertised: SERVER,
-            input,
+            input: crate::io::inbox::InboxSetup::queue(input),
             events: events_tx,
             counters: counters.clone(),
             untagged: UfragMap::default(),

@@ -71,7 +71,6 @@ mod transport;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
 use greenroom_proto::{
@@ -279,7 +278,7 @@ pub struct Sfu {
 }
 
 struct Shard {
-    tx: SyncSender<ShardMsg>,
+    tx: io::inbox::ShardTx,
     counters: Arc<SfuCounters>,
     /// What the shard's transport sent and dropped.
     egress: Arc<SendCounters>,
@@ -427,8 +426,28 @@ impl Sfu {
         let n = opts.shard_count();
         let mut shards = Vec::with_capacity(n);
         let untagged = demux::UfragMap::default();
+        let demux = Arc::new(DemuxCounters::default());
+        // One shard reads the socket itself (one wake-up per datagram); several get their
+        // datagrams from the receive thread (`demux`).
+        let lone = n == 1;
         for shard in 0..n {
-            let (tx, input) = std::sync::mpsc::sync_channel(demux::SHARD_QUEUE);
+            let (tx, rx) = std::sync::mpsc::sync_channel(demux::SHARD_QUEUE);
+            let (tx, input) = if lone {
+                let bell = io::inbox::Bell::new().map_err(bind_err)?;
+                let input = io::inbox::InboxSetup::with_socket(
+                    rx,
+                    socket.try_clone().map_err(bind_err)?,
+                    bell.clone(),
+                    untagged.clone(),
+                    demux.clone(),
+                );
+                (io::inbox::ShardTx::new(tx, Some(bell)), input)
+            } else {
+                (
+                    io::inbox::ShardTx::new(tx, None),
+                    io::inbox::InboxSetup::queue(rx),
+                )
+            };
             let counters = Arc::new(SfuCounters::default());
             let egress = Arc::new(SendCounters::default());
             let alive = Arc::new(AtomicBool::new(true));
@@ -467,7 +486,6 @@ impl Sfu {
             });
         }
         let stop = Arc::new(AtomicBool::new(false));
-        let demux = Arc::new(DemuxCounters::default());
         let tcp = tcp.map(|(listener, bound, writers)| {
             tcp::spawn(
                 listener,
@@ -480,14 +498,16 @@ impl Sfu {
             );
             (bound, writers)
         });
-        demux::spawn(
-            socket,
-            shards.iter().map(|s| s.tx.clone()).collect(),
-            untagged,
-            stop.clone(),
-            demux.clone(),
-        )
-        .map_err(bind_err)?;
+        if !lone {
+            demux::spawn(
+                socket,
+                shards.iter().map(|s| s.tx.clone()).collect(),
+                untagged,
+                stop.clone(),
+                demux.clone(),
+            )
+            .map_err(bind_err)?;
+        }
         let relay = match &opts.relay {
             Some(r) => Some(relay_start(r, &shards, &stop)?),
             None => None,

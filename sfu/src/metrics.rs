@@ -93,7 +93,9 @@ pub(crate) const TIMER_REASONS: [&str; 10] = [
 pub(crate) const WAKE_QUEUE: usize = 0;
 /// See [`WAKE_QUEUE`]: it woke up for a timer (a peer's timeout or the housekeeping tick).
 pub(crate) const WAKE_TIMER: usize = 1;
-const WAKE_CAUSES: [&str; 2] = ["queue", "timer"];
+/// See [`WAKE_QUEUE`]: a lone shard woke up for datagrams on the socket it reads itself.
+pub(crate) const WAKE_SOCKET: usize = 2;
+const WAKE_CAUSES: [&str; 3] = ["queue", "timer", "socket"];
 
 /// Index in the ingress/egress arrays of the histograms.
 pub(crate) const INGRESS: usize = 0;
@@ -186,8 +188,8 @@ pub(crate) struct SfuCounters {
     pub(crate) drives: [AtomicU64; 3],
     /// Timer drives by the reason of the timeout, by [`TIMER_REASONS`].
     pub(crate) timer_reasons: [AtomicU64; 10],
-    /// Wake-ups of the shard thread, by [`WAKE_QUEUE`] / [`WAKE_TIMER`].
-    pub(crate) wakeups: [AtomicU64; 2],
+    /// Wake-ups of the shard thread, by [`WAKE_QUEUE`] / [`WAKE_TIMER`] / [`WAKE_SOCKET`].
+    pub(crate) wakeups: [AtomicU64; 3],
     /// Fan-outs whose subscriber peers were driven on the worker pool.
     pub(crate) parallel_fanouts: AtomicU64,
     /// Lean audio path: RTP packets the engine sent itself (no str0m drive), and RTCP sender

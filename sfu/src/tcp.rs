@@ -23,7 +23,6 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,6 +36,7 @@ use tracing::{debug, info};
 
 use crate::demux::{dispatch, shard_of_ufrag, stun_local_ufrag, DemuxCounters, UfragMap};
 use crate::engine::ShardMsg;
+use crate::io::inbox::ShardTx;
 use crate::metrics::add;
 use crate::transport::Transport;
 
@@ -199,7 +199,7 @@ pub(crate) fn candidate(addr: SocketAddr) -> Result<Candidate, str0m::error::Ice
 /// Everything a connection task needs.
 #[derive(Clone)]
 struct Shared {
-    shards: Arc<Vec<SyncSender<ShardMsg>>>,
+    shards: Arc<Vec<ShardTx>>,
     untagged: UfragMap,
     writers: Writers,
     limits: TcpLimits,
@@ -210,7 +210,7 @@ struct Shared {
 /// Starts the accept loop on the current tokio runtime; it ends when `stop` is set.
 pub(crate) fn spawn(
     listener: TcpListener,
-    shards: Vec<SyncSender<ShardMsg>>,
+    shards: Vec<ShardTx>,
     untagged: UfragMap,
     writers: Writers,
     limits: TcpLimits,

@@ -45,7 +45,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -166,8 +165,8 @@ pub(crate) struct ShardSetup {
     pub(crate) socket: Box<dyn Transport>,
     /// The address in host candidates.
     pub(crate) advertised: SocketAddr,
-    /// Datagrams and commands.
-    pub(crate) input: Receiver<ShardMsg>,
+    /// Datagrams and commands (with one shard, the socket too).
+    pub(crate) input: crate::io::inbox::InboxSetup,
     /// Events to the control plane.
     pub(crate) events: mpsc::UnboundedSender<SfuEvent>,
     /// This shard's counters.
@@ -329,7 +328,7 @@ pub(crate) struct Engine {
     workers: Vec<Box<dyn Transport>>,
     local: SocketAddr,
     untagged: UfragMap,
-    input: Receiver<ShardMsg>,
+    input: crate::io::inbox::Inbox,
     events: mpsc::UnboundedSender<SfuEvent>,
     peers: SlotMap<Key, Peer>,
     producers: SlotMap<Key, Producer>,
@@ -376,7 +375,7 @@ impl Engine {
             workers: Vec::new(),
             local: advertised,
             untagged,
-            input,
+            input: input.open(),
             events,
             peers: SlotMap::with_key(),
             producers: SlotMap::with_key(),

@@ -1,10 +1,11 @@
-//! The shard thread's loop: fire due timers, housekeeping, wait for a datagram or a command;
+//! The shard thread's loop: fire due timers, housekeeping, wait for a datagram or a command
+//! (on its queue, or with one shard on the socket itself: [`crate::io::inbox`]);
 //! and how busy the thread is ([`Busy`], which decides whether a large fan-out goes to the
 //! worker pool).
 
 use super::*;
-use crate::metrics::{add, DRIVE_OUTPUT, DRIVE_TIMER, WAKE_QUEUE, WAKE_TIMER};
-use std::sync::mpsc::RecvTimeoutError;
+use crate::io::inbox::Woken;
+use crate::metrics::{add, DRIVE_OUTPUT, DRIVE_TIMER, WAKE_QUEUE, WAKE_SOCKET, WAKE_TIMER};
 use str0m::net::Protocol;
 use str0m::Reason;
 use tracing::info;
@@ -134,21 +135,22 @@ impl Engine {
             self.socket.flush();
             self.relay_flush();
             self.busy.sleep(Instant::now());
-            let received = self.input.recv_timeout(wait);
+            // Its queue, and with one shard the socket too (`io::inbox`).
+            let woken = self.input.wait(wait);
             self.busy.wake(Instant::now());
-            let cause = match received {
-                Ok(_) => WAKE_QUEUE,
-                Err(_) => WAKE_TIMER,
-            };
-            add(&self.counters.wakeups[cause], 1);
-            let first = match received {
-                Ok(msg) => msg,
-                Err(RecvTimeoutError::Timeout) => continue,
-                Err(RecvTimeoutError::Disconnected) => {
+            let (cause, first) = match woken {
+                Woken::Queue(msg) => (WAKE_QUEUE, msg),
+                Woken::Socket(batch) => (WAKE_SOCKET, ShardMsg::Datagrams(batch)),
+                Woken::Timeout => {
+                    add(&self.counters.wakeups[WAKE_TIMER], 1);
+                    continue;
+                }
+                Woken::Closed => {
                     info!(shard = self.shard, "media engine shard stopping");
                     return;
                 }
             };
+            add(&self.counters.wakeups[cause], 1);
             // A batch: this message and whatever else is queued (up to BATCH). Datagrams are
             // received first, then every subscriber they wrote to is driven once.
             let now = Instant::now();
@@ -186,7 +188,7 @@ impl Engine {
                     }
                 }
                 if taken < BATCH {
-                    next_msg = self.input.try_recv().ok();
+                    next_msg = self.input.try_next();
                 }
             }
             self.settle(now);

@@ -1,6 +1,7 @@
 //! The batched UDP read both receive threads share (the media socket's in [`crate::demux`],
-//! the relay socket's in [`crate::relay`]): one `recvmmsg` that sleeps until one datagram
-//! arrives, then takes what else is already queued in the same system call.
+//! the relay socket's in [`crate::relay`]) and a lone shard's ([`crate::io::inbox`]): one
+//! `recvmmsg` that sleeps until one datagram arrives (or, for the shard, which waited in `ppoll`,
+//! does not sleep), then takes what else is already queued in the same system call.
 
 use std::io::IoSliceMut;
 use std::net::SocketAddr;
@@ -30,8 +31,9 @@ impl BatchReceiver {
     }
 
     /// One read from `fd` into `bufs` (one datagram per buffer, at most as many as the
-    /// receiver was made for): blocks for the first datagram (up to the socket's read timeout),
-    /// then takes what else is already queued. Returns each datagram's length (at most its
+    /// receiver was made for): with `MSG_WAITFORONE` in `flags` it blocks for the first
+    /// datagram (up to the socket's read timeout), with `MSG_DONTWAIT` it returns at once; then
+    /// it takes what else is already queued. Returns each datagram's length (at most its
     /// buffer's) and source, in order: datagram `i` is in the first bytes of buffer `i`.
     /// Nothing on a timeout, an interrupt or an ICMP error of an earlier send; any other
     /// error is logged and the thread backs off for a millisecond.
@@ -39,16 +41,11 @@ impl BatchReceiver {
         &mut self,
         fd: RawFd,
         bufs: impl Iterator<Item = &'a mut [u8]>,
+        flags: MsgFlags,
     ) -> &[(usize, Option<SocketAddr>)] {
         self.got.clear();
         let mut slices: Vec<[IoSliceMut<'_>; 1]> = bufs.map(|b| [IoSliceMut::new(b)]).collect();
-        match recvmmsg(
-            fd,
-            &mut self.headers,
-            slices.iter_mut(),
-            MsgFlags::MSG_WAITFORONE,
-            None,
-        ) {
+        match recvmmsg(fd, &mut self.headers, slices.iter_mut(), flags, None) {
             Ok(msgs) => self
                 .got
                 .extend(msgs.map(|m| (m.bytes, m.address.and_then(socket_addr)))),
@@ -96,7 +93,11 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         let mut bufs = vec![vec![0u8; 12]; 8];
         let mut r = BatchReceiver::new(8, "test");
-        let got = r.recv(rx.as_raw_fd(), bufs.iter_mut().map(|b| b.as_mut_slice()));
+        let got = r.recv(
+            rx.as_raw_fd(),
+            bufs.iter_mut().map(|b| b.as_mut_slice()),
+            MsgFlags::MSG_WAITFORONE,
+        );
         let got = got.to_vec();
         assert_eq!(got.len(), 5, "{got:?}");
         for (i, (len, src)) in got.iter().enumerate() {

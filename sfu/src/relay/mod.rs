@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
-use std::sync::mpsc::{SyncSender, TrySendError};
+use std::sync::mpsc::TrySendError;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ use str0m::media::Rid;
 
 use crate::engine::ShardMsg;
 use crate::io::batch::{send_batch, GsoState, SendOutcome, SendQueue, MAX_BATCH};
+use crate::io::inbox::ShardTx;
 use crate::io::recv::BatchReceiver;
 use wire::{Body, TrackDesc, WireError};
 
@@ -496,7 +497,7 @@ const RX_BATCH: usize = 32;
 pub(crate) fn spawn_receiver(
     socket: UdpSocket,
     routes: Arc<Routes>,
-    shards: Vec<SyncSender<ShardMsg>>,
+    shards: Vec<ShardTx>,
     counters: Arc<RelayCounters>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
@@ -512,7 +513,7 @@ pub(crate) fn spawn_receiver(
 fn receive(
     socket: UdpSocket,
     routes: &Routes,
-    shards: &[SyncSender<ShardMsg>],
+    shards: &[ShardTx],
     counters: &RelayCounters,
     stop: &AtomicBool,
 ) {
@@ -523,7 +524,11 @@ fn receive(
     let mut got = Vec::with_capacity(RX_BATCH);
     while !stop.load(Relaxed) {
         got.clear();
-        got.extend_from_slice(receiver.recv(fd, bufs.iter_mut().map(|b| b.as_mut_slice())));
+        got.extend_from_slice(receiver.recv(
+            fd,
+            bufs.iter_mut().map(|b| b.as_mut_slice()),
+            MsgFlags::MSG_WAITFORONE,
+        ));
         let mut read = ShardBatches::default();
         for (buf, (len, _)) in bufs.iter().zip(&got) {
             // An empty datagram is garbage like the rest; a longer one fills the buffer (one
@@ -566,7 +571,7 @@ impl ShardBatches {
 
     /// Hands each shard its datagrams in one queue message, or drops and counts them (per
     /// datagram) when the queue is full or the shard is gone.
-    fn deliver(self, shards: &[SyncSender<ShardMsg>], counters: &RelayCounters) {
+    fn deliver(self, shards: &[ShardTx], counters: &RelayCounters) {
         for (shard, msgs, sizes) in self.by_shard {
             let dropped = |why| {
                 for _ in &sizes {
