@@ -23,7 +23,8 @@
 //! Run: `cargo bench -p greenroom-sfu --bench memory` (optional argument: listeners, default
 //! 200), or in a debug build `cargo test -p greenroom-sfu --bench memory -- 200` (the heap
 //! figures do not depend on the optimization level; without an argument: 10 listeners, a smoke
-//! run). With `--exit-at-dtls` the first stage run exits the process right after its listeners'
+//! run). `--engine-only` runs only the engine's audio listeners (the `ShardBench` row).
+//! With `--exit-at-dtls` the first stage run exits the process right after its listeners'
 //! DTLS connected, nothing freed: under `heaptrack` the "leaked" C allocations are then what
 //! OpenSSL and aws-lc hold for connected peers (`heaptrack --record-only`, `heaptrack_print -l`).
 
@@ -70,14 +71,29 @@ fn heap() -> i64 {
     s.bytes_allocated as i64 - s.bytes_deallocated as i64
 }
 
-/// The server side's live heap: the sum of the heap changes inside [`Meter::run`].
-struct Meter(i64);
+/// Live bytes of glibc's malloc, every arena (`mallinfo2`: in-use chunks plus mmapped ones):
+/// the Rust heap (the counting allocator wraps the system's) and the C heaps (OpenSSL,
+/// aws-lc) together.
+fn malloc_live() -> i64 {
+    // SAFETY: `mallinfo2` takes no argument and only reads glibc's allocator statistics
+    // (under its arena locks); it returns a plain struct by value.
+    #[allow(unsafe_code)]
+    let mi = unsafe { libc::mallinfo2() };
+    (mi.uordblks + mi.hblkhd) as i64
+}
+
+/// The server side's live heap: the sum of the heap changes inside [`Meter::run`]; Rust heap
+/// (`.0`) and C heap (`.1`: glibc's live bytes minus the Rust heap's, so OpenSSL's DTLS and
+/// aws-lc's keys).
+struct Meter(i64, i64);
 
 impl Meter {
     fn run<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        let before = heap();
+        let (before, before_c) = (heap(), malloc_live());
         let r = f();
-        self.0 += heap() - before;
+        let rust = heap() - before;
+        self.0 += rust;
+        self.1 += malloc_live() - before_c - rust;
         r
     }
 }
@@ -184,13 +200,13 @@ fn exchange(m: &mut Meter, pairs: &mut [Pair], now: Instant, pass: fn(&[u8]) -> 
 /// Per-listener server heap (and live OpenSSL instances) at each stage of `n` bare listener
 /// `Rtc`s with `mlines` audio m-lines each.
 fn stages(n: usize, mlines: usize, name: &str, config: fn() -> RtcConfig) {
-    let mut m = Meter(0);
+    let mut m = Meter(0, 0);
     let live0 = greenroom_sfu::dtls_stats().live as i64;
     let mut now = Instant::now();
-    let mut rows: Vec<(&str, i64, i64)> = Vec::new();
+    let mut rows: Vec<(&str, i64, i64, i64)> = Vec::new();
     let mut row = |name, m: &Meter| {
         let live = greenroom_sfu::dtls_stats().live as i64 - live0;
-        rows.push((name, m.0, live));
+        rows.push((name, m.0, m.1, live));
     };
     let servers: Vec<Rtc> = m.run(|| {
         (0..n)
@@ -269,6 +285,14 @@ fn stages(n: usize, mlines: usize, name: &str, config: fn() -> RtcConfig) {
         "pairs connect"
     );
     row("DTLS connected, SRTP keyed", &m);
+    // Guards the DTLS write buffer cut (`dtls::session::MAX_SEND_FRAGMENT`): a connected
+    // session's C heap was 84.6 KiB per listener with OpenSSL's 16 KiB write buffer, 70.6 KiB
+    // with the 2 KiB one (glibc's per-chunk overhead of the Rust allocations included).
+    let c_kib = m.1 as f64 / n as f64 / 1024.0;
+    assert!(
+        c_kib < 78.0,
+        "server C heap per connected listener {c_kib:.1} KiB (OpenSSL's write buffer back to 16 KiB?)"
+    );
     if std::env::args().any(|a| a == "--exit-at-dtls") {
         println!("exit at DTLS connected: {n} listeners");
         std::process::exit(0);
@@ -314,14 +338,15 @@ fn stages(n: usize, mlines: usize, name: &str, config: fn() -> RtcConfig) {
     let nf = n as f64;
     println!(
         "memory stages, {name}, {mlines} audio m-line(s), x{n}: server Rust heap per listener \
-         (cumulative), live OpenSSL instances"
+         (cumulative), server C heap per listener (OpenSSL, aws-lc), live OpenSSL instances"
     );
     let mut prev = 0;
-    for (stage, bytes, live) in rows {
+    for (stage, bytes, c_bytes, live) in rows {
         println!(
-            "  {stage:<45} {:>7.1} KiB (+{:>6.1})  OpenSSL instances {live}",
+            "  {stage:<45} {:>7.1} KiB (+{:>6.1})  C heap {:>6.1} KiB  OpenSSL instances {live}",
             bytes as f64 / nf / 1024.0,
             (bytes - prev) as f64 / nf / 1024.0,
+            c_bytes as f64 / nf / 1024.0,
         );
         prev = bytes;
     }
@@ -419,6 +444,12 @@ fn main() {
         10
     };
     let listeners: usize = args.iter().find_map(|a| a.parse().ok()).unwrap_or(default);
+    if args.iter().any(|a| a == "--engine-only") {
+        // Only the engine's peers, audio listeners (what the peers' `SlotMap` and the engine's
+        // own structs cost on top of str0m's).
+        per_listener("audio listener, no BWE", listeners, false, false, false);
+        return;
+    }
     bare(listeners, false);
     bare(listeners, true);
     let listener = || greenroom_sfu::subscriber_config(false);

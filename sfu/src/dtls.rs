@@ -633,6 +633,40 @@ mod tests {
     }
 
     #[test]
+    fn an_mtu_sized_record_crosses_with_the_small_write_buffer() {
+        // The shared context caps records at `session::MAX_SEND_FRAGMENT` (a 2 KiB write
+        // buffer instead of 16 KiB): the largest write str0m makes, an SCTP packet of one MTU,
+        // still goes through, both ways; one above the cap is refused, not cut.
+        let now = Instant::now();
+        let cert = OpensslDtls.generate_certificate().unwrap();
+        let mut c = instance(&cert, now);
+        let mut s = instance(&cert, now);
+        pump(&mut c, &mut s, now);
+        let mtu: Vec<u8> = (0..str0m_proto::DATAGRAM_MTU_TARGET)
+            .map(|i| i as u8)
+            .collect();
+        let cross = |from: &mut Instance, to: &mut Instance| {
+            from.send_application_data(&mtu).unwrap();
+            flight(from)
+                .0
+                .iter()
+                .for_each(|p| to.handle_packet(p).unwrap());
+            let mut buf = vec![0u8; 4096];
+            loop {
+                match to.poll_output(&mut buf) {
+                    DtlsOutput::ApplicationData(d) => return d.to_vec(),
+                    DtlsOutput::Timeout(_) => return Vec::new(),
+                    _ => {}
+                }
+            }
+        };
+        assert_eq!(cross(&mut c, &mut s), mtu);
+        assert_eq!(cross(&mut s, &mut c), mtu);
+        let too_big = vec![0u8; session::MAX_SEND_FRAGMENT + 1];
+        assert!(c.send_application_data(&too_big).is_err());
+    }
+
+    #[test]
     fn only_dtls_1_2_is_offered() {
         let cert = OpensslDtls.generate_certificate().unwrap();
         assert!(OpensslDtls

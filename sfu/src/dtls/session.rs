@@ -39,6 +39,16 @@ const HANDSHAKE_TICK: Duration = Duration::from_millis(250);
 /// The largest DTLS record payload read at once (SCTP over DTLS sends at most an MTU).
 const READ_BUF: usize = 2048;
 
+/// The largest record payload this side writes ([`set_max_send_fragment`]): OpenSSL sizes the
+/// session's write buffer by it (16 KiB + overhead by default, kept for the session's life:
+/// `SSL_MODE_RELEASE_BUFFERS` does nothing for DTLS). Handshake records are cut to the MTU
+/// (about 1150 bytes) and SCTP sends at most an MTU per record, so 2 KiB never refuses a write.
+pub(super) const MAX_SEND_FRAGMENT: usize = 2048;
+
+/// OpenSSL's `SSL_CTRL_SET_MAX_SEND_FRAGMENT` (`ssl.h`; `SSL_CTX_set_max_send_fragment` is a
+/// macro over `SSL_CTX_ctrl`, which the `openssl` crate does not wrap).
+const SSL_CTRL_SET_MAX_SEND_FRAGMENT: std::os::raw::c_int = 52;
+
 /// The process's one DTLS context. Built at the first call; an error (OpenSSL could not
 /// build it) is kept and reported by every session.
 pub(super) fn context() -> Result<&'static SslContext, ErrorStack> {
@@ -59,9 +69,38 @@ fn build_context() -> Result<SslContext, ErrorStack> {
         |_, _| true,
     );
     ctx.set_options(SslOptions::SINGLE_ECDH_USE | SslOptions::NO_DTLSV1 | SslOptions::NO_QUERY_MTU);
-    // Frees the 16 KiB read and write record buffers whenever no record is in flight.
+    // Frees the 16 KiB read and write record buffers whenever no record is in flight (TLS
+    // only: OpenSSL 1.1 and 3.0 keep a DTLS session's buffers, hence the smaller write buffer
+    // below).
     ctx.set_mode(SslMode::RELEASE_BUFFERS);
+    set_max_send_fragment(&mut ctx, MAX_SEND_FRAGMENT)?;
     Ok(ctx.build())
+}
+
+/// `SSL_CTX_set_max_send_fragment(ctx, len)`: every `SSL` made on `ctx` writes records of at
+/// most `len` payload bytes and allocates its write buffer for that size. Measured: the write
+/// buffer of a DTLS session falls from 16.3 KiB to about 2.4 KiB (docs/BENCHMARKS.md,
+/// *Memory per audio listener, media plane*).
+fn set_max_send_fragment(ctx: &mut SslContextBuilder, len: usize) -> Result<(), ErrorStack> {
+    let len = std::os::raw::c_long::try_from(len).unwrap_or(std::os::raw::c_long::MAX);
+    // SAFETY: `ctx.as_ptr()` is the live `SSL_CTX` the builder owns (borrowed mutably for the
+    // call, so nothing else uses it meanwhile); this control command reads only `larg` (no
+    // pointer argument: `parg` is null) and stores it in the context.
+    #[allow(unsafe_code)]
+    let ok = unsafe {
+        openssl_sys::SSL_CTX_ctrl(
+            ctx.as_ptr(),
+            SSL_CTRL_SET_MAX_SEND_FRAGMENT,
+            len,
+            std::ptr::null_mut(),
+        )
+    };
+    // OpenSSL refuses a length outside 512..=16384 with 0 (and queues no error).
+    if ok == 1 {
+        Ok(())
+    } else {
+        Err(ErrorStack::get())
+    }
 }
 
 /// The session's datagram pipe: what OpenSSL reads (one datagram per read, as from a socket)

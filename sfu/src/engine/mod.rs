@@ -209,7 +209,10 @@ enum Role {
 }
 
 struct Peer {
-    rtc: Rtc,
+    /// Boxed: str0m's `Rtc` is about 10 KiB inline, and the peers' `SlotMap` keeps up to twice
+    /// as many slots as peers (its capacity doubles), so an inline `Rtc` cost every empty slot
+    /// its size. The lean fan-out never reads it per packet (it keeps a route).
+    rtc: Box<Rtc>,
     owner: String,
     role: Role,
     /// Next timeout str0m asked for (`None` while its timer entry is being fired).

@@ -112,7 +112,7 @@ impl Engine {
             }
         }
         let key = self.peers.insert(Peer {
-            rtc,
+            rtc: Box::new(rtc),
             ufrag: ufrag.clone(),
             owner: owner.to_owned(),
             role,
@@ -274,5 +274,25 @@ mod tests {
             map.id_of(Extension::AudioLevel),
             std.id_of(Extension::AudioLevel)
         );
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::{Peer, Rtc};
+    use std::mem::size_of;
+
+    #[test]
+    fn a_peer_slot_does_not_hold_the_rtc_inline() {
+        // The peers' `SlotMap` keeps up to twice as many slots as peers: an empty slot must
+        // cost the small `Peer`, not str0m's ~10 KiB `Rtc` (docs/BENCHMARKS.md, *Memory per
+        // audio listener, media plane*).
+        println!(
+            "size_of: Peer {} B, Rtc {} B",
+            size_of::<Peer>(),
+            size_of::<Rtc>()
+        );
+        assert!(size_of::<Rtc>() > 4096, "str0m's Rtc is large inline");
+        assert!(size_of::<Peer>() <= 1024, "Peer is {} B", size_of::<Peer>());
     }
 }
