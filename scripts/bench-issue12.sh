@@ -45,6 +45,9 @@
 # print the top of `perf report --no-children` into <name>-greenroom.perf.txt, and scrape the
 # server's /metrics when recording starts and ends (<name>-greenroom.metrics-{start,end}.txt: the
 # difference gives drives per second by cause, datagrams out, syscalls).
+# The servers read the environment they are started with: GREENROOM_CONFIG=file.toml runs
+# Greenroom with that configuration (e.g. `[call_types.livestream] bandwidth_estimation = false`,
+# docs/BENCHMARKS.md "Per-subscriber fixed costs").
 # Exit status 77 when Janus is not installed and cannot be (the smoke test skips).
 # Output: target/loadtest/issue12-<stamp>/ (JSON + HTML per run, servers' logs, table.md).
 set -euo pipefail

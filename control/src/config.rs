@@ -604,10 +604,14 @@ mod tests {
     fn call_type_overrides_parse() {
         let c = Config::from_toml(
             Path::new("x.toml"),
-            "[call_types.audio_room]\nrequestable = [\"send-audio\", \"send-video\"]\n",
+            "[call_types.audio_room]\nrequestable = [\"send-audio\", \"send-video\"]\n\
+             [call_types.livestream]\nbandwidth_estimation = false\n",
         )
         .unwrap();
         let o = &c.call_types[&CallType::AudioRoom];
         assert_eq!(o.requestable.unwrap().to_vec().len(), 2);
+        assert_eq!(o.bandwidth_estimation, None);
+        let l = &c.call_types[&CallType::Livestream];
+        assert_eq!(l.bandwidth_estimation, Some(false));
     }
 }

@@ -20,6 +20,12 @@ pub struct CallTypePolicy {
     pub requestable: CapabilitySet,
     /// How long a ringing call rings before it is missed, in milliseconds.
     pub ring_timeout_ms: u64,
+    /// Send-side bandwidth estimation on the subscribers' media peers (TWCC and str0m's
+    /// estimator and pacer; its estimate picks simulcast layers): `None` (the default of every
+    /// call type) turns it on exactly when the call type may carry video
+    /// ([`CallTypePolicy::may_carry_video`]); `Some` forces it on or off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_estimation: Option<bool>,
 }
 
 impl CallTypePolicy {
@@ -35,6 +41,16 @@ impl CallTypePolicy {
             .values()
             .chain([&self.requestable])
             .any(|c| c.contains(Capability::SendVideo) || c.contains(Capability::Screenshare))
+    }
+
+    /// Whether the subscribers of calls of this type run bandwidth estimation: the configured
+    /// [`CallTypePolicy::bandwidth_estimation`], else [`CallTypePolicy::may_carry_video`].
+    /// Without it a subscriber of a simulcast track gets the layer its requested quality picks,
+    /// never stepped down for its link; single-layer video and audio lose nothing (their lean
+    /// packets carry no TWCC sequence, so no estimate covers them anyway).
+    pub fn estimates_bandwidth(&self) -> bool {
+        self.bandwidth_estimation
+            .unwrap_or_else(|| self.may_carry_video())
     }
 }
 
@@ -57,6 +73,8 @@ pub struct CallTypeOverride {
     pub requestable: Option<CapabilitySet>,
     /// Replace the ring timeout.
     pub ring_timeout_ms: Option<u64>,
+    /// Force bandwidth estimation on or off ([`CallTypePolicy::bandwidth_estimation`]).
+    pub bandwidth_estimation: Option<bool>,
 }
 
 const BASE: &[Capability] = &[C::JoinCall, C::ReadCall, C::CreateReaction];
@@ -100,6 +118,7 @@ impl Default for Policy {
                 ]),
                 requestable: set(&[MEDIA]),
                 ring_timeout_ms: 15_000,
+                bandwidth_estimation: None,
             },
         );
 
@@ -119,6 +138,7 @@ impl Default for Policy {
                 ]),
                 requestable: CapabilitySet::of(&[C::SendAudio]),
                 ring_timeout_ms: 15_000,
+                bandwidth_estimation: None,
             },
         );
 
@@ -137,6 +157,7 @@ impl Default for Policy {
                 ]),
                 requestable: CapabilitySet::EMPTY,
                 ring_timeout_ms: 15_000,
+                bandwidth_estimation: None,
             },
         );
 
@@ -151,6 +172,7 @@ impl Default for Policy {
                     .collect(),
                 requestable: CapabilitySet::all(),
                 ring_timeout_ms: 15_000,
+                bandwidth_estimation: None,
             },
         );
         Policy { types }
@@ -176,6 +198,9 @@ impl Policy {
                 }
                 if let Some(ms) = o.ring_timeout_ms {
                     tp.ring_timeout_ms = ms;
+                }
+                if let Some(b) = o.bandwidth_estimation {
+                    tp.bandwidth_estimation = Some(b);
                 }
             }
         }
@@ -217,6 +242,43 @@ mod tests {
         let mut video_by_request = ar.clone();
         video_by_request.requestable = CapabilitySet::of(&[C::SendAudio, C::SendVideo]);
         assert!(video_by_request.may_carry_video());
+        assert!(video_by_request.estimates_bandwidth());
+    }
+
+    #[test]
+    fn bandwidth_estimation_follows_video_unless_configured() {
+        let p = Policy::default();
+        // The defaults: on wherever video may flow, off in audio rooms.
+        for t in [
+            CallType::Default,
+            CallType::Livestream,
+            CallType::Development,
+        ] {
+            assert!(p.of(t).estimates_bandwidth(), "{t:?}");
+        }
+        assert!(!p.of(CallType::AudioRoom).estimates_bandwidth());
+        // Configured off for livestreams, on for audio rooms; the other types keep theirs.
+        let o = BTreeMap::from([
+            (
+                CallType::Livestream,
+                CallTypeOverride {
+                    bandwidth_estimation: Some(false),
+                    ..Default::default()
+                },
+            ),
+            (
+                CallType::AudioRoom,
+                CallTypeOverride {
+                    bandwidth_estimation: Some(true),
+                    ..Default::default()
+                },
+            ),
+        ]);
+        let p = Policy::with_overrides(&o);
+        assert!(!p.of(CallType::Livestream).estimates_bandwidth());
+        assert!(p.of(CallType::Livestream).may_carry_video());
+        assert!(p.of(CallType::AudioRoom).estimates_bandwidth());
+        assert!(p.of(CallType::Default).estimates_bandwidth());
     }
 
     #[test]

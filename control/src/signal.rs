@@ -1054,7 +1054,7 @@ impl Conn {
             state.register_session(&pid, handle);
             state.register_resumable(&cid, &pid, &actor.user_id, &resume_token, outbox.clone());
             let options = greenroom_sfu::JoinOptions {
-                bandwidth_estimation: c.policy().may_carry_video(),
+                bandwidth_estimation: c.policy().estimates_bandwidth(),
             };
             state.media.join(
                 &cid,

@@ -70,9 +70,24 @@ pub(super) struct LeanPeer {
     /// A binding request with USE-CANDIDATE being handled in this drive: its transaction id
     /// and source.
     pub(super) nominating: Option<([u8; 12], SocketAddr)>,
-    /// Lean video streams of this subscriber: (SSRC, producer). Their feedback is read by the
-    /// engine (str0m does not know them); entries of gone consumers find no consumer.
-    pub(super) video: Vec<(Ssrc, Key)>,
+    /// Lean streams of this subscriber, audio and video, one per m-line (the latest opened):
+    /// their feedback and report blocks are read by the engine (str0m does not know them), and
+    /// this index finds a block's consumer without scanning the subscriber's tracks. Entries
+    /// of gone consumers find no consumer.
+    pub(super) streams: Vec<LeanStream>,
+}
+
+/// One lean stream of a subscriber ([`LeanPeer::streams`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct LeanStream {
+    /// Our SSRC of the stream.
+    pub(super) ssrc: Ssrc,
+    /// Its m-line.
+    pub(super) mid: Mid,
+    /// The producer forwarded on it.
+    pub(super) pk: Key,
+    /// Video (keyframe requests and NACKs apply), or audio.
+    pub(super) video: bool,
 }
 
 impl Drop for LeanPeer {
@@ -83,6 +98,18 @@ impl Drop for LeanPeer {
 }
 
 impl LeanPeer {
+    /// Indexes a lean stream opened on `s.mid`, replacing what that m-line carried before (so
+    /// the index holds at most one entry per m-line).
+    pub(super) fn add_stream(&mut self, s: LeanStream) {
+        self.streams.retain(|o| o.mid != s.mid);
+        self.streams.push(s);
+    }
+
+    /// The lean stream with our SSRC `ssrc`, if any.
+    pub(super) fn stream(&self, ssrc: Ssrc) -> Option<&LeanStream> {
+        self.streams.iter().find(|s| s.ssrc == ssrc)
+    }
+
     /// One datagram str0m sends (a drive's transmit): DTLS records the path; a success
     /// response to the nomination being handled moves it.
     pub(super) fn on_transmit(&mut self, proto: Protocol, dest: SocketAddr, data: &[u8]) {
@@ -557,6 +584,32 @@ impl Engine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stream_index_keeps_one_entry_per_mline_and_finds_by_ssrc() {
+        let mut p = LeanPeer::default();
+        let s = |ssrc: u32, mid: &str, video: bool| LeanStream {
+            ssrc: Ssrc::from(ssrc),
+            mid: Mid::from(mid),
+            pk: Key::default(),
+            video,
+        };
+        p.add_stream(s(1, "0", false));
+        p.add_stream(s(2, "1", true));
+        assert_eq!(p.stream(Ssrc::from(1)), Some(&s(1, "0", false)));
+        assert_eq!(p.stream(Ssrc::from(2)).map(|x| x.video), Some(true));
+        assert_eq!(p.stream(Ssrc::from(3)), None);
+        // The m-line "1" reused for another track (another SSRC): the old entry is gone.
+        p.add_stream(s(3, "1", false));
+        assert_eq!(p.stream(Ssrc::from(2)), None);
+        assert_eq!(p.stream(Ssrc::from(3)), Some(&s(3, "1", false)));
+        assert_eq!(p.streams.len(), 2);
+        // Hundreds of re-subscriptions on the same m-lines keep it at two entries.
+        for i in 0..500 {
+            p.add_stream(s(10 + i, if i % 2 == 0 { "0" } else { "1" }, i % 3 == 0));
+        }
+        assert_eq!(p.streams.len(), 2);
+    }
 
     #[test]
     fn every_sequence_number_is_sent_once() {

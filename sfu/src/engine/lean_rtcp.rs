@@ -8,6 +8,7 @@
 //! [`parse_feedback`] is pure and takes any bytes: a malformed compound packet ends the parse,
 //! never the server.
 
+use super::lean::LeanStream;
 use super::lean_stats::ReportBlock;
 use super::*;
 use crate::metrics::{add, EGRESS, STATS_INTERVAL};
@@ -161,12 +162,12 @@ impl Engine {
                 self.lean_report(key, b, now);
                 continue;
             }
-            let media = f.media();
             let Some(pk) = self
                 .peers
                 .get(key)
-                .and_then(|p| p.lean.video.iter().find(|(s, _)| **s == media))
-                .map(|(_, pk)| *pk)
+                .and_then(|p| p.lean.stream(Ssrc::from(f.media())))
+                .filter(|s| s.video)
+                .map(|s| s.pk)
             else {
                 continue;
             };
@@ -180,7 +181,7 @@ impl Engine {
                     add(&self.counters.lean_plis, 1);
                     self.keyframe_request_from(key, pk, kind, now);
                 }
-                Feedback::Nack { pid, blp, .. } => {
+                Feedback::Nack { media, pid, blp } => {
                     self.lean_retransmit(key, pk, Ssrc::from(media), nacked(pid, blp), now);
                 }
                 Feedback::Report(_) => {}
@@ -199,18 +200,16 @@ impl Engine {
             return;
         };
         let ssrc = Ssrc::from(b.ssrc);
-        // Its tracks, and in each the consumer of this peer: a scan per report block, about one
-        // a second per stream (as a NACK's consumer lookup); SRTCP authenticated it first.
-        let found = peer.sub_mids.iter().find_map(|(mid, pk)| {
-            let i = self
-                .producers
-                .get(*pk)?
-                .consumers
+        // The stream by its SSRC (the peer's index of its lean streams), then this peer's
+        // consumer among the producer's (as a NACK's lookup); SRTCP authenticated it first.
+        let Some(&LeanStream { mid, pk, .. }) = peer.lean.stream(ssrc) else {
+            return;
+        };
+        let Some(i) = self.producers.get(pk).and_then(|p| {
+            p.consumers
                 .iter()
-                .position(|c| c.peer == sub && c.ssrc == ssrc && c.lean.is_some())?;
-            Some((*mid, *pk, i))
-        });
-        let Some((mid, pk, i)) = found else {
+                .position(|c| c.peer == sub && c.ssrc == ssrc && c.lean.is_some())
+        }) else {
             return;
         };
         let clock = self.clock_rate_of(sub, mid);

@@ -218,7 +218,6 @@ impl Engine {
                     &peer.rtc, mid,
                 )))
             } else if lean_video {
-                peer.lean.video.push((ssrc, pk));
                 Some(super::lean::LeanTx::video(super::lean::video_exts(
                     &peer.rtc, mid,
                 )))
@@ -226,6 +225,12 @@ impl Engine {
                 None
             };
             if lean.is_some() {
+                peer.lean.add_stream(super::lean::LeanStream {
+                    ssrc,
+                    mid,
+                    pk,
+                    video: lean_video,
+                });
                 super::quiet::park(&mut peer.rtc, ssrc, &mut park);
             }
             let Some(prod) = self.producers.get_mut(pk) else {
