@@ -232,8 +232,6 @@ impl Engine {
                     video: lean_video,
                 });
                 super::quiet::park(&mut peer.rtc, ssrc, &mut park);
-            } else {
-                peer.lean.forget(mid);
             }
             let Some(prod) = self.producers.get_mut(pk) else {
                 continue;
