@@ -105,6 +105,12 @@ impl LeanPeer {
         self.streams.push(s);
     }
 
+    /// Forgets what m-line `mid` carried: it now carries a stream str0m sends (not lean), whose
+    /// feedback str0m reads.
+    pub(super) fn forget_mid(&mut self, mid: Mid) {
+        self.streams.retain(|o| o.mid != mid);
+    }
+
     /// The lean stream with our SSRC `ssrc`, if any.
     pub(super) fn stream(&self, ssrc: Ssrc) -> Option<&LeanStream> {
         self.streams.iter().find(|s| s.ssrc == ssrc)
@@ -609,6 +615,12 @@ mod tests {
             p.add_stream(s(10 + i, if i % 2 == 0 { "0" } else { "1" }, i % 3 == 0));
         }
         assert_eq!(p.streams.len(), 2);
+        // The m-line "0" reused for a stream str0m sends: no lean entry is left for it.
+        let last0 = p.streams.iter().find(|x| x.mid == Mid::from("0")).copied();
+        p.forget_mid(Mid::from("0"));
+        assert_eq!(p.streams.len(), 1);
+        assert!(last0.is_some_and(|x| p.stream(x.ssrc).is_none()));
+        assert!(p.streams.iter().all(|x| x.mid == Mid::from("1")));
     }
 
     #[test]
