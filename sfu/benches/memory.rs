@@ -4,7 +4,7 @@
 //! queues and RTX caches fill, then 150 more packets delivered to the clients (which answer with
 //! receiver reports: every listener's DTLS session is released early, asserted), then the
 //! clients dropped: what stays is the shard's. The same with N = 0 is subtracted, so the figure
-//! is per listener; the shard's C heap (OpenSSL, aws-lc) is asserted under 12 KiB per listener.
+//! is per listener; the shard's C heap (OpenSSL, aws-lc) is asserted under 16 KiB per listener.
 //!
 //! Two figures: the Rust heap (a counting global allocator, `stats_alloc`: live bytes, exact)
 //! and the process RSS from `/proc/self/statm` (includes OpenSSL's C allocations for the DTLS
@@ -436,9 +436,10 @@ fn per_listener(name: &str, listeners: usize, video: bool, bwe: bool, idle: bool
     // Guards the early release and the SRTCP-only receiver: 71-74 KiB of C heap per listener
     // while its DTLS session lived, 8.3 KiB (audio) and 8.7 KiB (video) after the release with
     // both SRTP contexts of the receiver, 7.6 and 8.2 KiB with SRTCP only (debug build, 200
-    // audio / 50 video listeners).
+    // audio / 50 video listeners; 10.1-10.8 KiB with 10 listeners, glibc's fragmentation spread
+    // over few).
     assert!(
-        kib(c - c0) < 12.0,
+        kib(c - c0) < 16.0,
         "server C heap per listener {:.1} KiB (DTLS sessions kept?)",
         kib(c - c0)
     );
