@@ -306,7 +306,7 @@ async fn write_loop<S: WsIo>(
             _ = close.changed() => break,
             o = queue.recv() => {
                 let Some(Outbound::Text(text)) = o else { return };
-                for frame in socket::frames(text, MAX_FRAME) {
+                for frame in socket::frames(*text, MAX_FRAME) {
                     tokio::select! {
                         biased;
                         _ = close.changed() => break 'messages,

@@ -21,13 +21,21 @@
 //! the trait from stored values; later records are ignored and counted ([`stats`]). A session
 //! that carried application data (SCTP, data channels) keeps its instance.
 //!
+//! Early release (subscriber peers): as soon as the engine authenticates an SRTCP packet from
+//! the client under the client's SRTP keys ([`KeyShare::set_peer_keyed`]), the instance is
+//! released at the next timer instead of after the grace. A DTLS-SRTP endpoint exports its keys
+//! only when its handshake completed, and the client's handshake completes when it received our
+//! last flight: it has nothing left to retransmit, so nothing needs the OpenSSL instance any
+//! more. Only subscriber peers share keys with the engine (their offer has no data channel, so
+//! no SCTP); publishers keep the grace. A client that sends no RTCP keeps the grace too.
+//!
 //! Keys for the lean audio path: the SRTP keying material str0m derives its contexts from
 //! passes through [`Instance::poll_output`]; a copy goes into the peer's [`KeySlot`], handed to
 //! the instance at creation through [`with_key_slot`] (str0m creates the instance inside
 //! `RtcConfig::build`, synchronously, on the calling thread).
 
 use std::cell::RefCell;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -76,8 +84,42 @@ impl std::fmt::Debug for SrtpKeys {
     }
 }
 
+/// What one subscriber peer's DTLS instance and the engine share: the SRTP keys (set once by
+/// the instance when the handshake completes) and whether the client proved it holds them.
+#[derive(Debug, Default)]
+pub(crate) struct KeyShare {
+    keys: OnceLock<SrtpKeys>,
+    /// The engine authenticated an SRTCP packet the client protected with its keys
+    /// ([`KeyShare::set_peer_keyed`]).
+    peer_keyed: AtomicBool,
+}
+
+impl KeyShare {
+    /// The exported keys, once the handshake completed.
+    pub(crate) fn get(&self) -> Option<&SrtpKeys> {
+        self.keys.get()
+    }
+
+    /// Stores the exported keys; a second call keeps the first (and returns them back).
+    pub(crate) fn set(&self, keys: SrtpKeys) -> Result<(), SrtpKeys> {
+        self.keys.set(keys)
+    }
+
+    /// The client sent a packet that authenticates under its SRTP keys: it exported them, so it
+    /// completed its handshake, so it received our last flight and will not retransmit its own.
+    /// The DTLS instance is then released without waiting for [`RELEASE_GRACE`] (module docs).
+    pub(crate) fn set_peer_keyed(&self) {
+        self.peer_keyed.store(true, Relaxed);
+    }
+
+    /// Whether [`KeyShare::set_peer_keyed`] was called.
+    pub(crate) fn peer_keyed(&self) -> bool {
+        self.peer_keyed.load(Relaxed)
+    }
+}
+
 /// Where one peer's DTLS instance puts its SRTP keys, once, when the handshake completes.
-pub(crate) type KeySlot = Arc<OnceLock<SrtpKeys>>;
+pub(crate) type KeySlot = Arc<KeyShare>;
 
 thread_local! {
     /// The slot the next `new_dtls` on this thread takes (see [`with_key_slot`]).
@@ -223,6 +265,11 @@ impl Instance {
         }
     }
 
+    /// Whether the client proved it holds its SRTP keys ([`KeyShare::set_peer_keyed`]).
+    fn peer_keyed(&self) -> bool {
+        self.keys.as_ref().is_some_and(|k| k.peer_keyed())
+    }
+
     /// Drops the OpenSSL session (SSL, certificate, key, session state).
     fn release(&mut self) {
         if let Some(inner) = self.inner.take() {
@@ -271,6 +318,10 @@ impl DtlsInstance for Instance {
         match (&out, self.release) {
             (DtlsOutput::Connected, Release::Handshaking) => self.release = Release::Arm,
             (DtlsOutput::ApplicationData(_), _) => self.release = Release::Never,
+            (DtlsOutput::Timeout(t), Release::Arm | Release::At(_)) if self.peer_keyed() => {
+                // The client holds its keys: release at the next timer, due at once.
+                return DtlsOutput::Timeout((*t).min(self.now));
+            }
             (DtlsOutput::Timeout(t), Release::Arm) => {
                 // Due at once: str0m calls `handle_timeout` with its clock, which arms the grace.
                 return DtlsOutput::Timeout((*t).min(self.now));
@@ -295,6 +346,10 @@ impl DtlsInstance for Instance {
     fn handle_timeout(&mut self, now: Instant) -> Result<(), DtlsImplError> {
         self.now = self.now.max(now);
         match self.release {
+            Release::Arm | Release::At(_) if self.peer_keyed() => {
+                self.release();
+                return Ok(());
+            }
             Release::Arm => self.release = Release::At(now + RELEASE_GRACE),
             Release::At(at) if now >= at => {
                 self.release();
@@ -526,6 +581,80 @@ mod tests {
         server.send_application_data(b"sctp").unwrap();
         poll_timer(&mut server);
         server.handle_timeout(t0).unwrap();
+        server.handle_timeout(t0 + RELEASE_GRACE * 4).unwrap();
+        assert!(server.inner.is_some(), "SCTP needs the DTLS session");
+    }
+
+    /// A server instance (with a key slot, as a subscriber peer's) connected at `t0` to a
+    /// client, armed for the grace.
+    fn keyed_server(t0: Instant) -> (Instance, KeySlot) {
+        let cert = OpensslDtls.generate_certificate().unwrap();
+        let slot = KeySlot::default();
+        let mut c = instance(&cert, t0);
+        let mut s = Instance::new(
+            Session::new(&cert, str0m_proto::DATAGRAM_MTU_TARGET).unwrap(),
+            t0,
+            Some(slot.clone()),
+        );
+        pump(&mut c, &mut s, t0);
+        assert!(slot.get().is_some(), "the keys were exported");
+        poll_timer(&mut s);
+        s.handle_timeout(t0).unwrap();
+        (s, slot)
+    }
+
+    #[test]
+    fn a_client_that_proved_its_keys_releases_the_instance_at_the_next_timer() {
+        let t0 = Instant::now();
+        let (mut server, slot) = keyed_server(t0);
+        let (at, _) = poll_timer(&mut server);
+        assert!(at > t0 + Duration::from_secs(1), "the grace runs");
+        let t1 = t0 + Duration::from_millis(300);
+        server.handle_timeout(t1).unwrap();
+        assert!(server.inner.is_some(), "no proof yet: kept");
+        slot.set_peer_keyed();
+        let (due, packets) = poll_timer(&mut server);
+        assert_eq!(packets, 0);
+        assert!(due <= t1, "due at once once the client proved its keys");
+        server.handle_timeout(t1).unwrap();
+        assert!(server.inner.is_none(), "released long before the grace");
+        // The trait keeps answering from stored values, late records are ignored.
+        assert!(!server.is_active());
+        assert!(server.handle_packet(&[22, 254, 253, 0, 0]).is_ok());
+        let (next, packets) = poll_timer(&mut server);
+        assert_eq!(packets, 0);
+        assert!(next > t1 + Duration::from_secs(60));
+    }
+
+    #[test]
+    fn a_proof_during_the_handshake_waits_for_the_connection() {
+        let t0 = Instant::now();
+        let cert = OpensslDtls.generate_certificate().unwrap();
+        let slot = KeySlot::default();
+        slot.set_peer_keyed();
+        let mut s = Instance::new(
+            Session::new(&cert, str0m_proto::DATAGRAM_MTU_TARGET).unwrap(),
+            t0,
+            Some(slot.clone()),
+        );
+        // The handshake still completes (a release while handshaking would break it), then
+        // the session is released at once.
+        let mut c = instance(&cert, t0);
+        pump(&mut c, &mut s, t0);
+        assert!(s.inner.is_some(), "kept through the handshake");
+        let (due, _) = poll_timer(&mut s);
+        assert!(due <= t0 + Duration::from_secs(5));
+        s.handle_timeout(t0 + Duration::from_secs(5)).unwrap();
+        assert!(s.inner.is_none());
+    }
+
+    #[test]
+    fn a_keyed_session_that_carried_application_data_is_kept() {
+        let t0 = Instant::now();
+        let (mut server, slot) = keyed_server(t0);
+        server.send_application_data(b"sctp").unwrap();
+        slot.set_peer_keyed();
+        poll_timer(&mut server);
         server.handle_timeout(t0 + RELEASE_GRACE * 4).unwrap();
         assert!(server.inner.is_some(), "SCTP needs the DTLS session");
     }

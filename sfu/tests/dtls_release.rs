@@ -1,7 +1,8 @@
-//! The DTLS release on the engine's real peers: every connected peer drops its OpenSSL
-//! instance once the handshake is over and `DTLS_RELEASE_GRACE` passed, and media keeps flowing
-//! to the listeners afterwards (their clients receive and decrypt it). The clock is virtual; the
-//! counters are process-wide, so this binary holds this one test.
+//! The DTLS release on the engine's real peers: every listener drops its OpenSSL instance as
+//! soon as its client sent SRTCP under its SRTP keys (the client's handshake is over), the
+//! publisher once the handshake is over and `DTLS_RELEASE_GRACE` passed, and media keeps flowing
+//! to the listeners throughout (their clients receive and decrypt it). The clock is virtual;
+//! the counters are process-wide, so this binary holds this one test.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -19,20 +20,38 @@ fn connected_peers_release_openssl_and_keep_forwarding() {
     // The publisher's peer and one per listener, at least, hold an OpenSSL instance now.
     assert!(created.live >= before.live + 1 + listeners as u64);
     assert_eq!(created.released, before.released, "nothing released yet");
-    for _ in 0..25 {
+    // Six seconds of audio: the listeners' clients receive it and send receiver reports (a
+    // str0m client sends its first one 5 s after its receive stream started).
+    for _ in 0..300 {
         b.prepare(1);
         b.feed_delivered();
         b.pump();
     }
     let received = b.received();
     assert!(
-        received >= 20 * listeners as u64,
+        received >= 290 * listeners as u64,
         "media arrived: {received}"
     );
+    let early = dtls_stats();
     assert_eq!(
-        dtls_stats().released,
-        before.released,
-        "kept during the grace"
+        early.released - before.released,
+        listeners as u64,
+        "every listener's instance released once its client sent SRTCP, long before the grace; \
+         the publisher's kept"
+    );
+    assert_eq!(early.live, created.live - listeners as u64);
+
+    // Media still flows to the listeners, encrypted with the keys the released sessions
+    // exported.
+    for _ in 0..25 {
+        b.prepare(1);
+        b.feed_delivered();
+        b.pump();
+    }
+    let more = b.received() - received;
+    assert!(
+        more >= 20 * listeners as u64,
+        "media arrived after the early release: {more}"
     );
 
     b.idle(greenroom_sfu::DTLS_RELEASE_GRACE + Duration::from_secs(1));
@@ -40,11 +59,12 @@ fn connected_peers_release_openssl_and_keep_forwarding() {
     let released = after.released - before.released;
     assert!(
         released > listeners as u64,
-        "the publisher's and every listener's instance released: {released}"
+        "the publisher's instance released after the grace too: {released}"
     );
     assert_eq!(after.live, created.live - released);
 
-    // Media still flows, encrypted with the keys the released sessions exported.
+    // Media still flows after every release.
+    let received = b.received();
     for _ in 0..25 {
         b.prepare(1);
         b.feed_delivered();

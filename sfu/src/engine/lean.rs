@@ -185,7 +185,7 @@ impl LeanPeer {
                         Ok(s)
                     });
                 self.srtp = made.map_err(|e| debug!("no lean SRTP session: {e}")).ok();
-                self.rx = SrtpReceiver::new(keys.profile, &keys.material, role)
+                self.rx = SrtpReceiver::rtcp_only(keys.profile, &keys.material, role)
                     .map_err(|e| debug!("no lean SRTP receiver: {e}"))
                     .ok();
             }

@@ -155,6 +155,8 @@ impl Engine {
         if rx.unprotect_rtcp(data, &mut lean_bufs.rtcp).is_err() {
             return;
         }
+        // The client protects with its keys: it completed its DTLS handshake (`dtls`).
+        peer.lean.keys.set_peer_keyed();
         let mut items = std::mem::take(&mut lean_bufs.feedback);
         parse_feedback(&lean_bufs.rtcp, &mut items);
         for f in &items {
