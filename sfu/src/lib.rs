@@ -818,6 +818,8 @@ impl Sfu {
     /// * `greenroom_engine_parallel_fanouts_total`: fan-outs with at least
     ///   [`SfuOptions::parallel_fanout_min`] subscriber peers to drive, driven on the worker
     ///   pool (every core) instead of the shard's thread.
+    /// * `greenroom_engine_absorbed_total`: batches a lone shard read just before flushing its
+    ///   sends (they joined that pass's `sendmmsg`; see `io::inbox`).
     /// * `greenroom_dtls_sessions` (gauge): OpenSSL DTLS sessions held, process-wide;
     ///   `greenroom_dtls_released_total`: released after their handshake
     ///   ([`DTLS_RELEASE_GRACE`]); `greenroom_dtls_late_records_total`: DTLS records ignored
