@@ -208,7 +208,7 @@ impl SfuOptions {
 /// cores, else one per core. A lone shard reads the UDP socket itself (no receive thread,
 /// one wake-up per datagram: [`io::inbox`]) and its large fan-outs still spread over every
 /// core ([`SfuOptions::parallel_fanout_min`]); a second shard on two cores buys a receive
-/// thread competing for them, and measured no less CPU per packet and a higher p99 in the
+/// thread competing for them, and measured more CPU per packet and a higher p99 in the
 /// 1 x 600 audio room (docs/BENCHMARKS.md "The lone shard, finished"). Many small concurrent
 /// calls on a two-core machine share the one shard's thread: configure 2 there.
 pub fn default_shards(cores: usize) -> usize {
