@@ -210,7 +210,8 @@ pub struct RtcConfig {
     pub udp_addr: SocketAddr,
     /// IP advertised to clients in the host candidate (the node IP).
     pub node_ip: IpAddr,
-    /// Media engine shards (forwarding threads, calls pinned to one each); 0 = one per core.
+    /// Media engine shards (forwarding threads, calls pinned to one each); 0 = one up to two
+    /// cores, else one per core (`greenroom_sfu::default_shards`).
     pub shards: usize,
     /// Fan-outs to at least this many subscribers are driven on every core; 0 = never.
     pub parallel_fanout_min: usize,

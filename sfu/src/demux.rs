@@ -230,7 +230,6 @@ pub(crate) struct Reader {
     /// The buffer the next `recvmmsg` fills.
     recv: RxBatch,
     receiver: BatchReceiver,
-    got: Vec<(usize, Option<SocketAddr>)>,
     counters: Arc<DemuxCounters>,
 }
 
@@ -244,7 +243,6 @@ impl Reader {
             recv: pool.take(),
             pool,
             receiver: BatchReceiver::new(RX_BATCH, "UDP"),
-            got: Vec::with_capacity(RX_BATCH),
             counters,
         }
     }
@@ -260,26 +258,25 @@ impl Reader {
         block: bool,
         mut deliver: impl FnMut(usize, RxBatch),
     ) -> usize {
-        self.got.clear();
         let flags = if block {
             MsgFlags::MSG_WAITFORONE
         } else {
             MsgFlags::MSG_DONTWAIT
         };
         let recv = &mut self.recv;
-        self.got
-            .extend_from_slice(self.receiver.recv(fd, recv.slots_mut(), flags));
-        if self.got.is_empty() {
+        // What the read got, as the receiver holds it (no copy).
+        let got = self.receiver.recv(fd, recv.slots_mut(), flags);
+        if got.is_empty() {
             return 0;
         }
-        for (slot, (len, src)) in self.got.iter().enumerate() {
+        for (slot, (len, src)) in got.iter().enumerate() {
             // A datagram without a usable source keeps its slot but is never routed.
             let src = src.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
             recv.set_slot(slot, *len, src);
         }
         let now = Instant::now();
         let split = &mut self.split;
-        match split.route(&mut self.router, recv, &self.got, now, &self.counters) {
+        match split.route(&mut self.router, recv, got, now, &self.counters) {
             Routed::Nothing => {}
             Routed::One(shard) => {
                 // Zero copy: this buffer goes to the shard, the next recvmmsg gets a spare.
@@ -303,7 +300,7 @@ impl Reader {
                 }
             }
         }
-        self.got.len()
+        got.len()
     }
 }
 

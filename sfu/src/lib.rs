@@ -3,8 +3,9 @@
 //!
 //! # Engine structure
 //!
-//! [`Sfu::start`] binds the UDP socket and spawns N engine *shards* (one per core by default,
-//! [`SfuOptions::shards`]) and one receive thread. A shard is a dedicated thread that owns its
+//! [`Sfu::start`] binds the UDP socket and spawns N engine *shards* ([`default_shards`] by
+//! default, [`SfuOptions::shards`]) and, with more than one, one receive thread (a lone shard
+//! reads the socket itself: [`io::inbox`]). A shard is a dedicated thread that owns its
 //! peers' str0m `Rtc`s, producers and consumers; nothing in a shard is shared or locked except
 //! each participant's [`forward::GateCell`] (one atomic byte written by [`Sfu::set_gate`], read
 //! by the shard per packet), so a gate change applies to the very next packet the shard handles
@@ -109,7 +110,8 @@ pub struct SfuOptions {
     /// ICE + DTLS must complete within this time after a peer's SDP exchange, or the peer is
     /// dropped with [`SfuEvent::PeerFailed`]. Default 20 s.
     pub connect_timeout: std::time::Duration,
-    /// Engine shards (threads that forward media); 0 = one per available core.
+    /// Engine shards (threads that forward media); 0 = [`default_shards`] of the available
+    /// cores (one on a machine of one or two cores, else one per core).
     pub shards: usize,
     /// A fan-out that leaves at least this many subscriber peers to drive runs them on a
     /// worker pool over every core, so one large call is not limited to its shard's thread;
@@ -192,12 +194,28 @@ pub enum MediaStatus {
 }
 
 impl SfuOptions {
-    /// The number of shards these options start: `shards`, or the available cores when 0.
+    /// The number of shards these options start: `shards`, or [`default_shards`] of the
+    /// available cores when 0.
     pub fn shard_count(&self) -> usize {
         match self.shards {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            0 => default_shards(std::thread::available_parallelism().map_or(1, |n| n.get())),
             n => n,
         }
+    }
+}
+
+/// The shard count for a machine of `cores` cores when none is configured: ONE up to two
+/// cores, else one per core. A lone shard reads the UDP socket itself (no receive thread,
+/// one wake-up per datagram: [`io::inbox`]) and its large fan-outs still spread over every
+/// core ([`SfuOptions::parallel_fanout_min`]); a second shard on two cores buys a receive
+/// thread competing for them, and measured more CPU per packet and a higher p99 in the
+/// 1 x 600 audio room (docs/BENCHMARKS.md "The lone shard, finished"). Many small concurrent
+/// calls on a two-core machine share the one shard's thread: configure 2 there.
+pub fn default_shards(cores: usize) -> usize {
+    if cores <= 2 {
+        1
+    } else {
+        cores
     }
 }
 
@@ -818,6 +836,8 @@ impl Sfu {
     /// * `greenroom_engine_parallel_fanouts_total`: fan-outs with at least
     ///   [`SfuOptions::parallel_fanout_min`] subscriber peers to drive, driven on the worker
     ///   pool (every core) instead of the shard's thread.
+    /// * `greenroom_engine_absorbed_total`: batches a lone shard read just before flushing its
+    ///   sends (they joined that pass's `sendmmsg`; see `io::inbox`).
     /// * `greenroom_dtls_sessions` (gauge): OpenSSL DTLS sessions held, process-wide;
     ///   `greenroom_dtls_released_total`: released after their handshake
     ///   ([`DTLS_RELEASE_GRACE`]); `greenroom_dtls_late_records_total`: DTLS records ignored
@@ -1037,4 +1057,23 @@ fn relay_start(
         routes,
         counters,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_shard_up_to_two_cores_then_one_per_core() {
+        assert_eq!(default_shards(1), 1);
+        assert_eq!(default_shards(2), 1);
+        assert_eq!(default_shards(3), 3);
+        assert_eq!(default_shards(8), 8);
+        // A configured count wins.
+        let opts = SfuOptions {
+            shards: 2,
+            ..SfuOptions::default()
+        };
+        assert_eq!(opts.shard_count(), 2);
+    }
 }

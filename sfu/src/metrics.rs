@@ -192,6 +192,9 @@ pub(crate) struct SfuCounters {
     pub(crate) wakeups: [AtomicU64; 3],
     /// Fan-outs whose subscriber peers were driven on the worker pool.
     pub(crate) parallel_fanouts: AtomicU64,
+    /// Batches a lone shard read before flushing its sends (see `io::inbox`): they joined the
+    /// running pass instead of waking the shard.
+    pub(crate) absorbed: AtomicU64,
     /// Lean audio path: RTP packets the engine sent itself (no str0m drive), and RTCP sender
     /// reports for those streams.
     pub(crate) lean_packets: AtomicU64,
@@ -240,6 +243,7 @@ impl Default for SfuCounters {
             timer_reasons: zeros(),
             wakeups: zeros(),
             parallel_fanouts: AtomicU64::new(0),
+            absorbed: AtomicU64::new(0),
             lean_packets: AtomicU64::new(0),
             lean_reports: AtomicU64::new(0),
             lean_video_packets: AtomicU64::new(0),
@@ -458,6 +462,7 @@ impl SfuCounters {
         absorb_all(&self.timer_reasons, &o.timer_reasons);
         absorb_all(&self.wakeups, &o.wakeups);
         add(&self.parallel_fanouts, o.parallel_fanouts.load(Relaxed));
+        add(&self.absorbed, o.absorbed.load(Relaxed));
         add(&self.lean_packets, o.lean_packets.load(Relaxed));
         add(&self.lean_reports, o.lean_reports.load(Relaxed));
         add(&self.lean_video_packets, o.lean_video_packets.load(Relaxed));
@@ -592,6 +597,13 @@ impl SfuCounters {
             "counter",
             "Fan-outs large enough to drive their subscriber peers on the worker pool (all cores)",
             self.parallel_fanouts.load(Relaxed),
+        );
+        single(
+            &mut o,
+            "greenroom_engine_absorbed_total",
+            "counter",
+            "Batches (datagrams or messages) a lone shard read before flushing its sends: they joined that pass's sendmmsg instead of waking the shard for a pass of their own",
+            self.absorbed.load(Relaxed),
         );
         single(
             &mut o,

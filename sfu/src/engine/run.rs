@@ -1,11 +1,13 @@
 //! The shard thread's loop: fire due timers, housekeeping, wait for a datagram or a command
-//! (on its queue, or with one shard on the socket itself: [`crate::io::inbox`]);
-//! and how busy the thread is ([`Busy`], which decides whether a large fan-out goes to the
+//! (on its queue, or with one shard on the socket itself: [`crate::io::inbox`]; a lone shard
+//! also reads once more before its sends leave, so that what arrived while it worked joins
+//! them); and how busy the thread is ([`Busy`], which decides whether a large fan-out goes to the
 //! worker pool).
 
 use super::*;
 use crate::io::inbox::Woken;
 use crate::metrics::{add, DRIVE_OUTPUT, DRIVE_TIMER, WAKE_QUEUE, WAKE_SOCKET, WAKE_TIMER};
+use std::ops::ControlFlow;
 use str0m::net::Protocol;
 use str0m::Reason;
 use tracing::info;
@@ -13,6 +15,11 @@ use tracing::info;
 /// At most this many queued datagrams (and commands) are taken before the subscribers they
 /// wrote to are driven (bounds the latency a batch adds to its first packet).
 const BATCH: usize = 64;
+
+/// Most batches a lone shard absorbs (reads without sleeping, see [`crate::io::inbox`]) before
+/// what it queued to send leaves: datagrams that arrive while it works join the running
+/// `sendmmsg`, and the first packet queued waits for at most this many more batches of work.
+const ABSORB_ROUNDS: usize = 4;
 
 /// Most extra drive cycles one peer's pacer gets in a row (see [`Engine::pace_out`]): a
 /// frame's packets to one subscriber.
@@ -107,6 +114,8 @@ fn prune_stale<K: Ord + Copy>(
 
 impl Engine {
     pub(super) fn run(&mut self) {
+        // Batches a lone shard absorbed since it last flushed (see below).
+        let mut absorbed = 0;
         loop {
             let now = Instant::now();
             self.fire_timers(now);
@@ -116,6 +125,24 @@ impl Engine {
                 self.busy.tick(now);
             }
             self.settle(Instant::now());
+
+            // A lone shard reads what arrived while it worked before its sends leave: those
+            // datagrams join this pass's sendmmsg instead of waking the shard for a pass of
+            // their own (with several shards the receive thread queues them, and `try_next`
+            // takes them into the running batch). Bounded, so that what is queued to send
+            // waits at most ABSORB_ROUNDS batches of work.
+            if absorbed < ABSORB_ROUNDS {
+                if let Some(msg) = self.input.absorb() {
+                    absorbed += 1;
+                    add(&self.counters.absorbed, 1);
+                    if self.handle(msg).is_break() {
+                        return;
+                    }
+                    // Timers that fell due meanwhile, then another look.
+                    continue;
+                }
+            }
+            absorbed = 0;
 
             // A stale entry on top (its peer re-armed or gone) would wake the thread for
             // nothing: about a fifth of the wake-ups of a 4 x 4 meeting did.
@@ -151,48 +178,56 @@ impl Engine {
                 }
             };
             add(&self.counters.wakeups[cause], 1);
-            // A batch: this message and whatever else is queued (up to BATCH). Datagrams are
-            // received first, then every subscriber they wrote to is driven once.
-            let now = Instant::now();
-            let mut next_msg = Some(first);
-            let mut taken = 0;
-            while let Some(msg) = next_msg.take() {
-                taken += 1;
-                match msg {
-                    ShardMsg::Datagrams(batch) => {
-                        for (data, src) in batch.iter() {
-                            self.receive(data, src, now);
-                        }
-                        taken += batch.len().saturating_sub(1);
-                        // Dropping the batch hands its buffer back to the receive thread.
+            if self.handle(first).is_break() {
+                return;
+            }
+        }
+    }
+
+    /// One batch of work: `first` and whatever else is queued (up to [`BATCH`]). Datagrams are
+    /// received first, then every subscriber they wrote to is driven once. `Break` when the
+    /// shard is told to stop.
+    fn handle(&mut self, first: ShardMsg) -> ControlFlow<()> {
+        let now = Instant::now();
+        let mut next_msg = Some(first);
+        let mut taken = 0;
+        while let Some(msg) = next_msg.take() {
+            taken += 1;
+            match msg {
+                ShardMsg::Datagrams(batch) => {
+                    for (data, src) in batch.iter() {
+                        self.receive(data, src, now);
                     }
-                    ShardMsg::TcpPacket { data, src } => {
-                        self.receive_packet(Protocol::Tcp, &data, src, now)
-                    }
-                    ShardMsg::Relay(msgs) => {
-                        taken += msgs.len().saturating_sub(1);
-                        for msg in msgs {
-                            self.on_relay(msg, now);
-                        }
-                    }
-                    ShardMsg::Cmd(Cmd::Stop) => {
-                        info!(shard = self.shard, "media engine shard stopping");
-                        return;
-                    }
-                    ShardMsg::Cmd(cmd) => {
-                        // Commands see the datagrams before them fully handled.
-                        self.settle(now);
-                        self.on_cmd(cmd, now);
-                        self.settle(now);
-                        self.publish_gauges();
+                    taken += batch.len().saturating_sub(1);
+                    // Dropping the batch hands its buffer back to the receive thread.
+                }
+                ShardMsg::TcpPacket { data, src } => {
+                    self.receive_packet(Protocol::Tcp, &data, src, now)
+                }
+                ShardMsg::Relay(msgs) => {
+                    taken += msgs.len().saturating_sub(1);
+                    for msg in msgs {
+                        self.on_relay(msg, now);
                     }
                 }
-                if taken < BATCH {
-                    next_msg = self.input.try_next();
+                ShardMsg::Cmd(Cmd::Stop) => {
+                    info!(shard = self.shard, "media engine shard stopping");
+                    return ControlFlow::Break(());
+                }
+                ShardMsg::Cmd(cmd) => {
+                    // Commands see the datagrams before them fully handled.
+                    self.settle(now);
+                    self.on_cmd(cmd, now);
+                    self.settle(now);
+                    self.publish_gauges();
                 }
             }
-            self.settle(now);
+            if taken < BATCH {
+                next_msg = self.input.try_next();
+            }
         }
+        self.settle(now);
+        ControlFlow::Continue(())
     }
 
     /// Handles collected events and drives dirty peers until nothing is left.

@@ -5,7 +5,7 @@
 //! thread routes to it ([`crate::demux`]). Senders hold a [`ShardTx`].
 //!
 //! With ONE shard there is no receive thread: the shard reads the media socket itself
-//! ([`Inbox::with_socket`]). It sleeps in one `ppoll` on two file descriptors, the socket and an
+//! ([`InboxSetup::with_socket`]). It sleeps in one `ppoll` on two file descriptors, the socket and an
 //! eventfd (its *bell*), with the timeout of its next timer (nanosecond precision, as the
 //! channel's wait before it). Every [`ShardTx`] send rings the bell after queueing its message,
 //! so a command (a gate change), an ICE-TCP packet or a relay datagram wakes the shard at once.
@@ -22,6 +22,10 @@
 //!   (`greenroom_udp_unrouted_total`). A read that filled its batch is followed by another
 //!   before the shard sleeps again (more may be queued); the kernel's socket buffer bounds what
 //!   waits, and its drops are counted (`greenroom_udp_receive_drops_total`).
+//! * Before a pass ends in a `sendmmsg`, a lone shard looks once more ([`Inbox::absorb`]: the
+//!   queue, then a non-blocking `recvmmsg` whatever the last read got), so datagrams that
+//!   arrived while it worked join this pass's send batch instead of waking it again for a pass
+//!   (and a `sendmmsg`) of their own. The engine bounds how many such looks one pass takes.
 //! * `ppoll` is level-triggered: a datagram or a ring that arrives while the shard works makes
 //!   the next `ppoll` return at once; nothing is lost between the last check and the sleep.
 
@@ -257,6 +261,20 @@ impl Inbox {
         }
     }
 
+    /// A lone shard's last look before its sends leave (see [`crate::engine`]'s run loop): what
+    /// arrived while it worked, without waiting. A queued message first (a gate change takes
+    /// effect before the datagrams read after it), else one non-blocking `recvmmsg` of the
+    /// socket, whether or not the last read filled its batch. `None` when nothing arrived (or
+    /// only garbage, dropped and counted), and always for a queue-only inbox: its messages
+    /// are taken by [`Inbox::try_next`] while the shard works.
+    pub(crate) fn absorb(&mut self) -> Option<ShardMsg> {
+        let own = self.own.as_mut()?;
+        if let Ok(msg) = self.rx.try_recv() {
+            return Some(msg);
+        }
+        own.read().map(ShardMsg::Datagrams)
+    }
+
     /// What is ready without waiting: a queued message first, else (lone shard) datagrams if
     /// the last read filled its batch. `None` when nothing is (or the queue closed: the next
     /// [`Inbox::wait`] says so).
@@ -440,6 +458,104 @@ mod tests {
             l.inbox.try_next().is_none(),
             "a short read ends the follow-up"
         );
+    }
+
+    fn one_datagram(msg: Option<ShardMsg>) -> Vec<u8> {
+        match msg {
+            Some(ShardMsg::Datagrams(b)) => {
+                assert_eq!(b.len(), 1, "one datagram");
+                b.get(0).map(|(d, _)| d.to_vec()).unwrap()
+            }
+            Some(_) => panic!("a message, not datagrams"),
+            None => panic!("nothing absorbed"),
+        }
+    }
+
+    /// Absorbs until something comes (loopback usually queues a datagram within send_to, but a
+    /// loaded machine may defer it): never through [`Inbox::wait`].
+    fn absorb_soon(inbox: &mut Inbox) -> Option<ShardMsg> {
+        let deadline = Instant::now() + LONG;
+        loop {
+            if let Some(msg) = inbox.absorb() {
+                return Some(msg);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// A lone shard woken by a known client's first datagram, and that client.
+    fn lone_with_client() -> (Lone, UdpSocket) {
+        let mut l = lone();
+        let client = UdpSocket::bind("127.0.0.1:0").unwrap();
+        client.send_to(&stun("g000abcd:cl"), l.server).unwrap();
+        assert_eq!(datagrams(l.inbox.wait(LONG)).len(), 1);
+        (l, client)
+    }
+
+    #[test]
+    fn a_datagram_that_arrives_during_a_pass_joins_it_before_the_flush() {
+        let (mut l, client) = lone_with_client();
+        // The pass runs; a datagram arrives (loopback queues it within send_to).
+        client.send_to(&[0x80, 0, 0, 1], l.server).unwrap();
+        // The last read was short: try_next does not look at the socket, absorb does.
+        assert!(l.inbox.try_next().is_none());
+        assert_eq!(one_datagram(absorb_soon(&mut l.inbox)), vec![0x80, 0, 0, 1]);
+        assert!(l.inbox.absorb().is_none(), "read once");
+        // A message queued during the pass comes before a datagram that arrived after it.
+        l.tx.send(tcp(4)).unwrap();
+        client.send_to(&[0x80, 0, 0, 2], l.server).unwrap();
+        assert!(matches!(
+            l.inbox.absorb(),
+            Some(ShardMsg::TcpPacket { data, .. }) if data == 4u32.to_be_bytes()
+        ));
+        assert_eq!(one_datagram(absorb_soon(&mut l.inbox)), vec![0x80, 0, 0, 2]);
+        // Garbage is dropped and counted there too, and absorbs nothing.
+        let stranger = UdpSocket::bind("127.0.0.1:0").unwrap();
+        stranger.send_to(&[0x80, 7], l.server).unwrap();
+        assert!(l.inbox.absorb().is_none());
+        assert_eq!(l.counters.unrouted.load(Relaxed), 1);
+        // Nothing left for the next sleep but the bell rung by the absorbed message.
+        assert!(matches!(
+            l.inbox.wait(Duration::from_millis(20)),
+            Woken::Timeout
+        ));
+    }
+
+    #[test]
+    fn datagrams_raced_against_the_absorbing_read_are_never_lost() {
+        let (mut l, client) = lone_with_client();
+        let client = Arc::new(client);
+        for round in 0..300u32 {
+            let c = client.clone();
+            let server = l.server;
+            // The datagram lands before the absorbing read, during it, or after it, as the
+            // engine does it: absorb, and if nothing came, sleep.
+            let sender = std::thread::spawn(move || {
+                c.send_to(&round.to_be_bytes(), server).unwrap();
+            });
+            let got = match l.inbox.absorb() {
+                Some(msg) => one_datagram(Some(msg)),
+                // Not there yet: the shard flushes and sleeps, and the sleep gets it.
+                None => datagrams(l.inbox.wait(LONG)).concat(),
+            };
+            sender.join().unwrap();
+            assert_eq!(got, round.to_be_bytes(), "round {round}");
+        }
+        assert!(l.inbox.absorb().is_none(), "each datagram once");
+        assert_eq!(l.counters.unrouted.load(Relaxed), 0);
+    }
+
+    #[test]
+    fn a_queue_only_inbox_absorbs_nothing() {
+        let (tx, rx) = sync_channel(4);
+        let tx = ShardTx::new(tx, None);
+        let mut inbox = InboxSetup::queue(rx).open();
+        tx.send(tcp(1)).unwrap();
+        assert!(inbox.absorb().is_none(), "try_next takes it");
+        assert_eq!(tcp_n(Woken::Queue(inbox.try_next().unwrap())), 1);
     }
 
     #[test]
