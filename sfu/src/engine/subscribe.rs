@@ -232,6 +232,8 @@ impl Engine {
                     video: lean_video,
                 });
                 super::quiet::park(&mut peer.rtc, ssrc, &mut park);
+            } else {
+                peer.lean.forget(mid);
             }
             let Some(prod) = self.producers.get_mut(pk) else {
                 continue;
