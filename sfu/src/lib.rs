@@ -848,7 +848,9 @@ impl Sfu {
     /// * `greenroom_lean_video_packets_total`: video packets sent on the lean path;
     ///   `greenroom_lean_retransmits_total`: resent on RTX after a NACK;
     ///   `greenroom_lean_nacks_ignored_total`: NACKed and not resent (no RTX, not cached, over
-    ///   budget); `greenroom_lean_keyframe_requests_total`: PLI/FIR read by the engine.
+    ///   budget); `greenroom_lean_keyframe_requests_total`: PLI/FIR read by the engine;
+    ///   `greenroom_lean_rtcp_only_total`: SRTCP of subscribers whose every m-line is lean,
+    ///   read by the engine alone (no str0m drive).
     /// * `greenroom_lean_receiver_reports_total`: report blocks about lean audio and video
     ///   streams read from the subscribers' RTCP (their round trip, loss and jitter feed the
     ///   `egress` histograms below); `greenroom_lean_packets_lost_total`: packets of lean

@@ -205,6 +205,9 @@ pub(crate) struct SfuCounters {
     pub(crate) lean_retransmits: AtomicU64,
     pub(crate) lean_nacks_ignored: AtomicU64,
     pub(crate) lean_plis: AtomicU64,
+    /// SRTCP datagrams from subscribers whose every m-line is lean, read by the engine only
+    /// (no str0m drive: nothing in them concerns a stream str0m sends).
+    pub(crate) lean_rtcp_only: AtomicU64,
     /// Lean streams (audio and video): report blocks read from the subscribers' receiver
     /// reports, and the packets they report lost (increases of the cumulative count).
     pub(crate) lean_receiver_reports: AtomicU64,
@@ -250,6 +253,7 @@ impl Default for SfuCounters {
             lean_retransmits: AtomicU64::new(0),
             lean_nacks_ignored: AtomicU64::new(0),
             lean_plis: AtomicU64::new(0),
+            lean_rtcp_only: AtomicU64::new(0),
             lean_receiver_reports: AtomicU64::new(0),
             lean_packets_lost: AtomicU64::new(0),
             unrouted: AtomicU64::new(0),
@@ -469,6 +473,7 @@ impl SfuCounters {
         add(&self.lean_retransmits, o.lean_retransmits.load(Relaxed));
         add(&self.lean_nacks_ignored, o.lean_nacks_ignored.load(Relaxed));
         add(&self.lean_plis, o.lean_plis.load(Relaxed));
+        add(&self.lean_rtcp_only, o.lean_rtcp_only.load(Relaxed));
         add(
             &self.lean_receiver_reports,
             o.lean_receiver_reports.load(Relaxed),
@@ -646,6 +651,13 @@ impl SfuCounters {
             "counter",
             "PLI and FIR on lean video streams read by the engine from the subscriber's RTCP",
             self.lean_plis.load(Relaxed),
+        );
+        single(
+            &mut o,
+            "greenroom_lean_rtcp_only_total",
+            "counter",
+            "SRTCP datagrams from subscribers whose every m-line is lean, read by the engine only (no str0m drive)",
+            self.lean_rtcp_only.load(Relaxed),
         );
         single(
             &mut o,

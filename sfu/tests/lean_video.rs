@@ -335,6 +335,8 @@ async fn simulcast_consumers_stay_on_str0m() {
     assert_eq!(rx.vp8_payloads, rx.count);
     // Every packet bob got went through str0m: the lean path sent none.
     assert_eq!(metric(&sfu, "greenroom_lean_video_packets_total"), 0.0);
+    // bob's video m-line is str0m's: his SRTCP always goes on to str0m.
+    assert_eq!(metric(&sfu, "greenroom_lean_rtcp_only_total"), 0.0);
     events.assert_no_peer_failed();
 }
 
@@ -387,6 +389,12 @@ async fn the_rtx_stream_is_reported_and_receiver_reports_give_a_round_trip() {
     })
     .await;
     assert!(metric(&sfu, "greenroom_lean_receiver_reports_total") >= 1.0);
+    // Every m-line of bob's is lean: the engine read his SRTCP alone, without a str0m drive
+    // (counted just after the report is read: waited for, not raced).
+    wait_for("bob's SRTCP read by the engine alone", || {
+        metric(&sfu, "greenroom_lean_rtcp_only_total") >= 1.0
+    })
+    .await;
     // Only lean streams flow here (str0m samples none): each round trip includes the delay.
     assert!(egress("sum{direction=\"egress\"}") > 0.0);
     assert_eq!(

@@ -77,13 +77,28 @@ pub(super) const TIMER_GRAIN: Duration = Duration::from_millis(5);
 /// own; the rest of a shard's peers share one wake-up per grain.
 pub(super) const LAX_GRAIN: Duration = Duration::from_millis(20);
 
+/// The grid of the estimator's delay control on a subscriber none of whose media goes through
+/// str0m (every consumer lean, or none yet): only packets str0m sends carry a transport-wide
+/// sequence number, so such an estimator has no feedback to work on, and its 25 ms update
+/// would be about 25 drives a second per subscriber for nothing (docs/BENCHMARKS.md,
+/// *Per-subscriber fixed costs*). It returns to [`LAX_GRAIN`] as soon as a consumer goes
+/// through str0m (a simulcast source).
+pub(super) const IDLE_ESTIMATOR_GRAIN: Duration = Duration::from_millis(500);
+
 /// When to drive a peer whose str0m asked for a timeout at `t` (with `reason`): pacer timeouts
 /// that release media, probing, send-stream and DTLS timers and anything already due keep
 /// their time; padding and NACK checks are rounded up to the next multiple of [`TIMER_GRAIN`]
 /// since `epoch`, every other timer (reports, stats, ICE, TWCC feedback, the pacer's budget
-/// refresh, the estimator's delay control) to the next multiple of [`LAX_GRAIN`]. Never
-/// earlier than `t`.
-pub(super) fn coalesce(t: Instant, now: Instant, epoch: Instant, reason: Reason) -> Instant {
+/// refresh, the estimator's delay control) to the next multiple of [`LAX_GRAIN`], and the
+/// estimator's delay control of a peer whose estimator has nothing to work on
+/// (`estimator_idle`) to the next multiple of [`IDLE_ESTIMATOR_GRAIN`]. Never earlier than `t`.
+pub(super) fn coalesce(
+    t: Instant,
+    now: Instant,
+    epoch: Instant,
+    reason: Reason,
+    estimator_idle: bool,
+) -> Instant {
     let precise = matches!(
         reason,
         Reason::Pacer(
@@ -103,6 +118,7 @@ pub(super) fn coalesce(t: Instant, now: Instant, epoch: Instant, reason: Reason)
     }
     let grain = match reason {
         Reason::Pacer(PacerReason::Padding) | Reason::Nack => TIMER_GRAIN,
+        Reason::BweDelayControl if estimator_idle => IDLE_ESTIMATOR_GRAIN,
         _ => LAX_GRAIN,
     }
     .as_nanos();
@@ -193,9 +209,11 @@ impl Engine {
                 }
             }
         }
-        // Feedback about lean video streams: str0m does not know their SSRCs (see `lean_rtcp`).
-        if lean_rtcp::is_rtcp(data) {
-            self.lean_feedback(key, data, now);
+        // Feedback about lean streams: str0m does not know their SSRCs (see `lean_rtcp`). A
+        // subscriber all of whose m-lines are lean sends nothing str0m needs: no drive.
+        if lean_rtcp::is_rtcp(data) && self.lean_feedback(key, data, now) == lean_rtcp::Read::Only {
+            add(&self.counters.lean_rtcp_only, 1);
+            return;
         }
         add(&self.counters.drives[DRIVE_INPUT], 1);
         self.drive(key, Some(input), now);
@@ -270,7 +288,13 @@ impl Engine {
                 let Some(peer) = self.peers.get_mut(key) else {
                     return;
                 };
-                let t = coalesce(t, now, self.timer_epoch, peer.rtc.last_timeout_reason());
+                let reason = peer.rtc.last_timeout_reason();
+                // Whether the estimator has feedback to work on: only media str0m sends
+                // carries transport-wide sequence numbers.
+                let estimator_idle = matches!(reason, Reason::BweDelayControl)
+                    && peer.role == Role::Subscriber
+                    && peer.lean.covers(peer.sub_mids.keys());
+                let t = coalesce(t, now, self.timer_epoch, reason, estimator_idle);
                 if Some(t) != peer.timeout {
                     peer.timeout = Some(t);
                     self.timers.push(Reverse((t, key)));
@@ -306,15 +330,18 @@ mod tests {
         let ms = |n: u64| epoch + Duration::from_millis(n) + Duration::from_micros(300);
         let at = |n: u64| epoch + Duration::from_millis(n);
         // A report timer at 101.3 ms fires at 120 ms (the lax grid); one on the grid stays.
-        assert_eq!(coalesce(ms(101), now, epoch, Reason::Feedback), at(120));
-        assert_eq!(coalesce(at(140), now, epoch, Reason::Stats), at(140));
+        assert_eq!(
+            coalesce(ms(101), now, epoch, Reason::Feedback, false),
+            at(120)
+        );
+        assert_eq!(coalesce(at(140), now, epoch, Reason::Stats, false), at(140));
         // Many peers' timers within one lax grain share one wake-up.
-        let a = coalesce(ms(101), now, epoch, Reason::Twcc);
-        let b = coalesce(ms(119), now, epoch, Reason::Ice);
+        let a = coalesce(ms(101), now, epoch, Reason::Twcc, false);
+        let b = coalesce(ms(119), now, epoch, Reason::Ice, false);
         assert_eq!(a, b);
         // Padding and NACK checks keep the fine grid.
         for r in [Reason::Pacer(PacerReason::Padding), Reason::Nack] {
-            assert_eq!(coalesce(ms(101), now, epoch, r), at(105));
+            assert_eq!(coalesce(ms(101), now, epoch, r, false), at(105));
         }
         // Pacing that releases media and anything already due are not moved.
         for r in [
@@ -324,7 +351,7 @@ mod tests {
             Reason::SendStream,
             Reason::DTLS,
         ] {
-            assert_eq!(coalesce(ms(101), now, epoch, r), ms(101));
+            assert_eq!(coalesce(ms(101), now, epoch, r, false), ms(101));
         }
         // The pacer's periodic refresh, the estimator's update, TWCC and pause checks join the
         // lax grid.
@@ -334,14 +361,33 @@ mod tests {
             Reason::Twcc,
             Reason::PauseCheck,
         ] {
-            assert_eq!(coalesce(ms(101), now, epoch, r), at(120));
+            assert_eq!(coalesce(ms(101), now, epoch, r, false), at(120));
         }
-        assert_eq!(coalesce(ms(50), now, epoch, Reason::Feedback), ms(50));
+        assert_eq!(
+            coalesce(ms(50), now, epoch, Reason::Feedback, false),
+            ms(50)
+        );
+        // An estimator with nothing to work on joins the idle grid; only its delay control.
+        assert_eq!(
+            coalesce(ms(101), now, epoch, Reason::BweDelayControl, true),
+            at(500)
+        );
+        assert_eq!(coalesce(ms(101), now, epoch, Reason::Twcc, true), at(120));
+        assert_eq!(
+            coalesce(ms(101), now, epoch, Reason::BweProbeControl, true),
+            ms(101)
+        );
         // Never earlier than asked, never later than one grain.
         for n in 100..160 {
-            let t = coalesce(ms(n), now, epoch, Reason::Twcc);
+            let t = coalesce(ms(n), now, epoch, Reason::Twcc, false);
             assert!(t >= ms(n) && t < ms(n) + LAX_GRAIN);
-            let p = coalesce(ms(n), now, epoch, Reason::Pacer(PacerReason::Padding));
+            let p = coalesce(
+                ms(n),
+                now,
+                epoch,
+                Reason::Pacer(PacerReason::Padding),
+                false,
+            );
             assert!(p >= ms(n) && p < ms(n) + TIMER_GRAIN);
         }
     }

@@ -105,10 +105,14 @@ impl LeanPeer {
         self.streams.push(s);
     }
 
-    /// Forgets what m-line `mid` carried: it now carries a stream str0m sends (not lean), whose
-    /// feedback str0m reads.
-    pub(super) fn forget_mid(&mut self, mid: Mid) {
+    /// Forgets what m-line `mid` carried: it now carries a stream str0m sends.
+    pub(super) fn forget(&mut self, mid: Mid) {
         self.streams.retain(|o| o.mid != mid);
+    }
+
+    /// Whether every one of `mids` carries a lean stream (so str0m sends no media for them).
+    pub(super) fn covers<'a>(&self, mut mids: impl Iterator<Item = &'a Mid>) -> bool {
+        mids.all(|m| self.streams.iter().any(|s| s.mid == *m))
     }
 
     /// The lean stream with our SSRC `ssrc`, if any.
@@ -617,10 +621,34 @@ mod tests {
         assert_eq!(p.streams.len(), 2);
         // The m-line "0" reused for a stream str0m sends: no lean entry is left for it.
         let last0 = p.streams.iter().find(|x| x.mid == Mid::from("0")).copied();
-        p.forget_mid(Mid::from("0"));
+        p.forget(Mid::from("0"));
         assert_eq!(p.streams.len(), 1);
         assert!(last0.is_some_and(|x| p.stream(x.ssrc).is_none()));
         assert!(p.streams.iter().all(|x| x.mid == Mid::from("1")));
+    }
+
+    #[test]
+    fn the_index_covers_mlines_until_one_carries_a_stream_str0m_sends() {
+        let mut p = LeanPeer::default();
+        let s = |ssrc: u32, mid: &str| LeanStream {
+            ssrc: Ssrc::from(ssrc),
+            mid: Mid::from(mid),
+            pk: Key::default(),
+            video: false,
+        };
+        let mids = |v: &[&str]| v.iter().map(|m| Mid::from(*m)).collect::<Vec<_>>();
+        // No m-line yet, then only lean ones.
+        assert!(p.covers(mids(&[]).iter()));
+        p.add_stream(s(1, "0"));
+        p.add_stream(s(2, "1"));
+        assert!(p.covers(mids(&["0", "1"]).iter()));
+        // A third m-line str0m sends on (a simulcast source): not covered.
+        assert!(!p.covers(mids(&["0", "1", "2"]).iter()));
+        // The m-line "1" reused for a stream str0m sends: forgotten, so not covered either.
+        p.forget(Mid::from("1"));
+        assert!(!p.covers(mids(&["0", "1"]).iter()));
+        assert!(p.covers(mids(&["0"]).iter()));
+        assert_eq!(p.stream(Ssrc::from(2)), None);
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! path"). str0m does not know their SSRCs (their send streams are removed), so it reports no
 //! PLI, FIR or NACK and no round trip or loss for them: the engine reads the subscriber's SRTCP
 //! itself, with its own [`crate::srtp::SrtpReceiver`] on the same keys, before the datagram
-//! goes on to str0m unchanged (str0m still needs the reports about its own streams). Receiver
-//! report blocks about lean audio and video streams go to [`super::lean_stats`].
+//! goes on to str0m unchanged (str0m still needs the reports about its own streams), except
+//! from a subscriber whose every m-line is lean: nothing in it is str0m's then, and it gets no
+//! str0m drive ([`Read::Only`]). Receiver report blocks about lean audio and video streams go
+//! to [`super::lean_stats`].
 //!
 //! [`parse_feedback`] is pure and takes any bytes: a malformed compound packet ends the parse,
 //! never the server.
@@ -135,25 +137,54 @@ pub(super) fn nacked(pid: u16, blp: u16) -> impl Iterator<Item = u16> {
     )
 }
 
+/// Who an SRTCP datagram from a subscriber was for, once the engine read it
+/// ([`Engine::lean_feedback`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Read {
+    /// str0m gets it too: the peer has an m-line str0m sends media on (its reports and
+    /// feedback are str0m's), or the engine could not read it (no keys, not a subscriber on
+    /// the lean path, not authentic: str0m decides).
+    Str0mToo,
+    /// Only the engine: every m-line of the subscriber carries a lean stream, so nothing in
+    /// it concerns a stream str0m sends (no str0m stream has an SSRC it could name, and lean
+    /// packets carry no transport-wide sequence number to give TWCC feedback on).
+    Only,
+}
+
+/// Whether a subscriber whose m-lines are `all_lean` (every one carries a lean stream) needs
+/// str0m to read an SRTCP packet the engine has read: only when some m-line is str0m's.
+pub(super) fn str0m_needs_it(all_lean: bool) -> Read {
+    if all_lean {
+        Read::Only
+    } else {
+        Read::Str0mToo
+    }
+}
+
 impl Engine {
     /// An SRTCP datagram from subscriber peer `key` (already accepted by its `Rtc`): if the
     /// peer is on the lean path (it has the keys; publishers never do), unprotect it with the
     /// engine's receiver and act on what concerns its lean streams: keyframe requests and
-    /// retransmits (video), report blocks (audio and video, [`Engine::lean_report`]). The
-    /// datagram itself is left to str0m. A subscriber sends a few RTCP packets a second, so
-    /// this costs about one more SRTCP decryption per report, off the forwarding path.
-    pub(super) fn lean_feedback(&mut self, key: Key, data: &[u8], now: Instant) {
+    /// retransmits (video), report blocks (audio and video, [`Engine::lean_report`]). Returns
+    /// whether str0m needs the datagram as well ([`Read`]): a subscriber whose every m-line is
+    /// lean (a livestream viewer, a meeting's subscriber of single-layer sources) costs no
+    /// str0m drive per report, one SRTCP decryption instead of two.
+    pub(super) fn lean_feedback(&mut self, key: Key, data: &[u8], now: Instant) -> Read {
         let Engine {
             peers, lean_bufs, ..
         } = self;
         let Some(peer) = peers.get_mut(key) else {
-            return;
+            return Read::Str0mToo;
         };
+        if peer.role != Role::Subscriber {
+            return Read::Str0mToo;
+        }
+        let all_lean = peer.lean.covers(peer.sub_mids.keys());
         let Some(rx) = peer.lean.receiver(peer.connected) else {
-            return;
+            return Read::Str0mToo;
         };
         if rx.unprotect_rtcp(data, &mut lean_bufs.rtcp).is_err() {
-            return;
+            return Read::Str0mToo;
         }
         // The client protects with its keys: it completed its DTLS handshake (`dtls`).
         peer.lean.keys.set_peer_keyed();
@@ -190,6 +221,7 @@ impl Engine {
             }
         }
         self.lean_bufs.feedback = items;
+        str0m_needs_it(all_lean)
     }
 
     /// A report block from subscriber `sub`: if it is about one of its lean streams (audio or

@@ -234,7 +234,7 @@ impl Engine {
                 super::quiet::park(&mut peer.rtc, ssrc, &mut park);
             } else {
                 // A reused m-line that carried a lean stream now goes through str0m.
-                peer.lean.forget_mid(mid);
+                peer.lean.forget(mid);
             }
             let Some(prod) = self.producers.get_mut(pk) else {
                 continue;
