@@ -107,9 +107,11 @@ impl KeyShare {
 
     /// The client sent a packet that authenticates under its SRTP keys: it exported them, so it
     /// completed its handshake, so it received our last flight and will not retransmit its own.
-    /// The DTLS instance is then released without waiting for [`RELEASE_GRACE`] (module docs).
-    pub(crate) fn set_peer_keyed(&self) {
-        self.peer_keyed.store(true, Relaxed);
+    /// The DTLS instance is then released without waiting for [`RELEASE_GRACE`] (module docs),
+    /// at the next drive of its peer. Returns whether this call was the first (the caller makes
+    /// sure that drive happens).
+    pub(crate) fn set_peer_keyed(&self) -> bool {
+        !self.peer_keyed.swap(true, Relaxed)
     }
 
     /// Whether [`KeyShare::set_peer_keyed`] was called.
@@ -612,7 +614,8 @@ mod tests {
         let t1 = t0 + Duration::from_millis(300);
         server.handle_timeout(t1).unwrap();
         assert!(server.inner.is_some(), "no proof yet: kept");
-        slot.set_peer_keyed();
+        assert!(slot.set_peer_keyed(), "the first proof");
+        assert!(!slot.set_peer_keyed(), "a later packet is not the first");
         let (due, packets) = poll_timer(&mut server);
         assert_eq!(packets, 0);
         assert!(due <= t1, "due at once once the client proved its keys");

@@ -186,8 +186,10 @@ impl Engine {
         if rx.unprotect_rtcp(data, &mut lean_bufs.rtcp).is_err() {
             return Read::Str0mToo;
         }
-        // The client protects with its keys: it completed its DTLS handshake (`dtls`).
-        peer.lean.keys.set_peer_keyed();
+        // The client protects with its keys: it completed its DTLS handshake (`dtls`). Its
+        // DTLS instance releases its OpenSSL session when str0m next polls it, so the first
+        // such packet also goes to str0m (one drive), whatever the m-lines.
+        let first_proof = peer.lean.keys.set_peer_keyed();
         let mut items = std::mem::take(&mut lean_bufs.feedback);
         parse_feedback(&lean_bufs.rtcp, &mut items);
         for f in &items {
@@ -221,7 +223,11 @@ impl Engine {
             }
         }
         self.lean_bufs.feedback = items;
-        str0m_needs_it(all_lean)
+        if first_proof {
+            Read::Str0mToo
+        } else {
+            str0m_needs_it(all_lean)
+        }
     }
 
     /// A report block from subscriber `sub`: if it is about one of its lean streams (audio or
