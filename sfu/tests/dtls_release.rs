@@ -22,11 +22,7 @@ fn connected_peers_release_openssl_and_keep_forwarding() {
     assert_eq!(created.released, before.released, "nothing released yet");
     // Six seconds of audio: the listeners' clients receive it and send receiver reports (a
     // str0m client sends its first one 5 s after its receive stream started).
-    for _ in 0..300 {
-        b.prepare(1);
-        b.feed_delivered();
-        b.pump();
-    }
+    stream(&mut b, 300);
     let received = b.received();
     assert!(
         received >= 290 * listeners as u64,
@@ -43,12 +39,7 @@ fn connected_peers_release_openssl_and_keep_forwarding() {
 
     // Media still flows to the listeners, encrypted with the keys the released sessions
     // exported.
-    for _ in 0..25 {
-        b.prepare(1);
-        b.feed_delivered();
-        b.pump();
-    }
-    let more = b.received() - received;
+    let more = stream(&mut b, 25);
     assert!(
         more >= 20 * listeners as u64,
         "media arrived after the early release: {more}"
@@ -64,17 +55,23 @@ fn connected_peers_release_openssl_and_keep_forwarding() {
     assert_eq!(after.live, created.live - released);
 
     // Media still flows after every release.
-    let received = b.received();
-    for _ in 0..25 {
-        b.prepare(1);
-        b.feed_delivered();
-        b.pump();
-    }
-    let more = b.received() - received;
+    let more = stream(&mut b, 25);
     assert!(
         more >= 20 * listeners as u64,
         "media arrived after the release: {more}"
     );
     // Nothing needed DTLS after the handshake: no record arrived late, no SCTP data was sent.
     assert_eq!(dtls_stats().late_records, before.late_records);
+}
+
+/// Feeds `rounds` audio packets (20 ms apart) from the publisher through the shard; returns how
+/// many packets the listeners' clients received and decrypted meanwhile.
+fn stream(b: &mut ShardBench, rounds: usize) -> u64 {
+    let start = b.received();
+    for _ in 0..rounds {
+        b.prepare(1);
+        b.feed_delivered();
+        b.pump();
+    }
+    b.received() - start
 }

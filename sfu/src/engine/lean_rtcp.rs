@@ -151,16 +151,6 @@ pub(super) enum Read {
     Only,
 }
 
-/// Whether a subscriber whose m-lines are `all_lean` (every one carries a lean stream) needs
-/// str0m to read an SRTCP packet the engine has read: only when some m-line is str0m's.
-pub(super) fn str0m_needs_it(all_lean: bool) -> Read {
-    if all_lean {
-        Read::Only
-    } else {
-        Read::Str0mToo
-    }
-}
-
 impl Engine {
     /// An SRTCP datagram from subscriber peer `key` (already accepted by its `Rtc`): if the
     /// peer is on the lean path (it has the keys; publishers never do), unprotect it with the
@@ -223,10 +213,11 @@ impl Engine {
             }
         }
         self.lean_bufs.feedback = items;
-        if first_proof {
-            Read::Str0mToo
+        // str0m needs it when some m-line is str0m's, and once to release the DTLS session.
+        if all_lean && !first_proof {
+            Read::Only
         } else {
-            str0m_needs_it(all_lean)
+            Read::Str0mToo
         }
     }
 
