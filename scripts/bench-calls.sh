@@ -21,8 +21,11 @@
 # (default 2), --duration D (default 10s), --publishers P (video publishers per call, default 4),
 # --nice N (servers and load testers at this nice level), --smoke. LOADTEST_PROFILE=debug|release
 # (default release; debug with --smoke).
-# Output: target/loadtest/calls-<stamp>/ (each load tester's JSON and text, the servers' logs,
-# table.md).
+# The last three columns come from the server's /metrics, scraped 3 s after the load testers
+# start (joins done) and when they end: shard wake-ups per second (all causes), datagram batches
+# a lone shard absorbed before its flush, and `sendmmsg` calls.
+# Output: target/loadtest/calls-<stamp>/ (each load tester's JSON and text, the servers' logs and
+# metrics, table.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -101,10 +104,16 @@ for round in $(seq 1 "$ROUNDS"); do
         >"$OUT/$name-call$c.txt" 2>&1 &
       pids+=($!)
     done
+    # The server's counters over the steady state: from 3 s in (joins done) to the end.
+    sleep 3
+    date +%s.%N >"$OUT/$name-metrics-start.txt"
+    curl -fsS "$GR_URL/metrics" >>"$OUT/$name-metrics-start.txt" 2>/dev/null || true
     ok=1
     for p in "${pids[@]}"; do
       wait "$p" || ok=0
     done
+    date +%s.%N >"$OUT/$name-metrics-end.txt"
+    curl -fsS "$GR_URL/metrics" >>"$OUT/$name-metrics-end.txt" 2>/dev/null || true
     sockets_check "$OUT/$name-udp-sockets.txt" greenroom
     gr_stop
     if [ "$ok" = 1 ]; then
@@ -125,9 +134,38 @@ done
   python3 - "$OUT" "$CALLS" "${ROWS[@]}" <<'PY'
 import json, statistics, sys
 out, calls, rows = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
+def counters(path):
+    """The metrics file's timestamp and its counters, summed over labels by name."""
+    lines = open(path).read().splitlines()
+    t, vals = float(lines[0]), {}
+    for line in lines[1:]:
+        if line.startswith("#") or " " not in line:
+            continue
+        key, v = line.rsplit(" ", 1)
+        name = key.split("{", 1)[0]
+        if key.startswith("greenroom_engine_wakeups_total"):
+            name = key
+        try:
+            vals[name] = vals.get(name, 0.0) + float(v)
+        except ValueError:
+            pass
+    return t, vals
+
+def rates(name):
+    try:
+        t0, a = counters(f"{out}/{name}-metrics-start.txt")
+        t1, b = counters(f"{out}/{name}-metrics-end.txt")
+    except (OSError, ValueError, IndexError):
+        return "-", "-", "-"
+    per_s = lambda k: (b.get(k, 0.0) - a.get(k, 0.0)) / max(1e-9, t1 - t0)
+    wake = sum(per_s(k) for k in b if k.startswith("greenroom_engine_wakeups_total"))
+    return (f"{wake:.0f}", f"{per_s('greenroom_engine_absorbed_total'):.1f}",
+            f"{per_s('greenroom_udp_send_syscalls_total'):.0f}")
+
 print("| run | shards | load avg (1 min) | fwd pkt/s (expected), loss | worst p50 / p99 (ms) | "
-      "server CPU (% core) | **µs / fwd pkt** (x floor) | publishers' rate |")
-print("|---|---|---|---|---|---|---|---|")
+      "server CPU (% core) | **µs / fwd pkt** (x floor) | publishers' rate | shard wake-ups/s | "
+      "absorbed/s | `sendmmsg`/s |")
+print("|---|---|---|---|---|---|---|---|---|---|---|")
 for row in rows:
     name, shards, load = row.split("|")
     s = [json.load(open(f"{out}/{name}-call{c}-greenroom.json"))[0]["summary"] for c in range(1, calls + 1)]
@@ -144,7 +182,8 @@ for row in rows:
     p50 = max(x["latency_p50_ms"] for x in s)
     p99 = max(x["latency_p99_ms"] for x in s)
     print(f"| {name} | {shards} | {load} | {fwd:.0f} ({exp:.0f}), {loss:.2f} % | {p50:.2f} / {p99:.2f} | "
-          f"{cpu:.1f} | **{us:.2f}** ({us * 1000 / floor:.1f}x) | {rate:.1f} % |")
+          f"{cpu:.1f} | **{us:.2f}** ({us * 1000 / floor:.1f}x) | {rate:.1f} % | "
+          + " | ".join(rates(name)) + " |")
     if sent == 0 or fwd_pkts == 0:
         sys.exit(f"{name}: no media forwarded")
 PY
