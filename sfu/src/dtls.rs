@@ -50,7 +50,9 @@ mod session;
 use session::Session;
 
 /// The crypto provider every server-side peer uses: str0m's default (aws-lc-rs) for SRTP and
-/// hashing, OpenSSL for DTLS. Built once per process.
+/// hashing, its AES-GCM SRTP ciphers built on first use ([`crate::lazy_srtp`]: a lean listener's
+/// str0m never builds the seven of its eight it never uses), OpenSSL for DTLS. Built once per
+/// process.
 pub fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
     PROVIDER
@@ -58,6 +60,8 @@ pub fn provider() -> Arc<CryptoProvider> {
             static DTLS: OpensslDtls = OpensslDtls;
             let mut p = str0m::crypto::from_feature_flags();
             p.dtls_provider = &DTLS;
+            // Once per process (the `OnceLock`): the wrapper lives as long as the provider.
+            p.srtp_provider = Box::leak(Box::new(crate::lazy_srtp::LazySrtp::new(p.srtp_provider)));
             Arc::new(p)
         })
         .clone()

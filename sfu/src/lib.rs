@@ -55,6 +55,7 @@ pub mod forward;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod io;
+mod lazy_srtp;
 mod media;
 mod metrics;
 mod offer_plan;
