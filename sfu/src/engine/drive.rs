@@ -2,7 +2,7 @@
 //! it asks for a timeout. Transmits go to the socket, events are queued for the shard.
 
 use super::*;
-use crate::metrics::{add, DRIVE_INPUT, DRIVE_OUTPUT};
+use crate::metrics::{add, DRIVE_INPUT, DRIVE_OUTPUT, DRIVE_TIMER};
 use crate::routes::Candidate as Route;
 use rayon::prelude::*;
 use str0m::net::{Protocol, Receive};
@@ -210,10 +210,22 @@ impl Engine {
             }
         }
         // Feedback about lean streams: str0m does not know their SSRCs (see `lean_rtcp`). A
-        // subscriber all of whose m-lines are lean sends nothing str0m needs: no drive.
-        if lean_rtcp::is_rtcp(data) && self.lean_feedback(key, data, now) == lean_rtcp::Read::Only {
-            add(&self.counters.lean_rtcp_only, 1);
-            return;
+        // subscriber all of whose m-lines are lean sends nothing str0m needs: no drive, but a
+        // timer drive after its first authenticated packet (the DTLS release, `dtls`).
+        if lean_rtcp::is_rtcp(data) {
+            match self.lean_feedback(key, data, now) {
+                lean_rtcp::Read::Str0mToo => {}
+                lean_rtcp::Read::Only => {
+                    add(&self.counters.lean_rtcp_only, 1);
+                    return;
+                }
+                lean_rtcp::Read::OnlyFirstProof => {
+                    add(&self.counters.lean_rtcp_only, 1);
+                    add(&self.counters.drives[DRIVE_TIMER], 1);
+                    self.drive(key, None, now);
+                    return;
+                }
+            }
         }
         add(&self.counters.drives[DRIVE_INPUT], 1);
         self.drive(key, Some(input), now);

@@ -149,6 +149,11 @@ pub(super) enum Read {
     /// it concerns a stream str0m sends (no str0m stream has an SSRC it could name, and lean
     /// packets carry no transport-wide sequence number to give TWCC feedback on).
     Only,
+    /// Only the engine, as [`Read::Only`], and it was the client's first authenticated packet:
+    /// its DTLS instance releases its OpenSSL session when str0m next polls it, so the caller
+    /// drives str0m once with a timeout (not with the packet: str0m would keep an RTCP queue
+    /// of about 2 KiB for the rest of the peer's life to parse it).
+    OnlyFirstProof,
 }
 
 impl Engine {
@@ -178,7 +183,7 @@ impl Engine {
         }
         // The client protects with its keys: it completed its DTLS handshake (`dtls`). Its
         // DTLS instance releases its OpenSSL session when str0m next polls it, so the first
-        // such packet also goes to str0m (one drive), whatever the m-lines.
+        // such packet also drives str0m once (`Read::OnlyFirstProof`), whatever the m-lines.
         let first_proof = peer.lean.keys.set_peer_keyed();
         let mut items = std::mem::take(&mut lean_bufs.feedback);
         parse_feedback(&lean_bufs.rtcp, &mut items);
@@ -213,11 +218,12 @@ impl Engine {
             }
         }
         self.lean_bufs.feedback = items;
-        // str0m needs it when some m-line is str0m's, and once to release the DTLS session.
-        if all_lean && !first_proof {
-            Read::Only
-        } else {
-            Read::Str0mToo
+        // str0m needs it when some m-line is str0m's; a drive (not the packet) once to release
+        // the DTLS session.
+        match (all_lean, first_proof) {
+            (false, _) => Read::Str0mToo,
+            (true, false) => Read::Only,
+            (true, true) => Read::OnlyFirstProof,
         }
     }
 
