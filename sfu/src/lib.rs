@@ -54,6 +54,7 @@ mod engine;
 pub mod forward;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod ingress;
 pub mod io;
 mod media;
 mod metrics;

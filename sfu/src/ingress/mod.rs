@@ -1,0 +1,18 @@
+//! The receive side of a publisher's RTP, as pure state machines (docs/ARCHITECTURE.md,
+//! "Publisher ingress"): the feedback str0m writes about the RTP it receives, written by the
+//! engine instead once the engine opens a publisher's SRTP itself.
+//!
+//! * [`twcc`]: transport-wide congestion control feedback, one per publisher peer.
+//! * [`nack`]: generic NACKs for one video stream, sent when a gap is seen and retried only
+//!   while something is missing.
+//! * [`report`]: the receiver report block about one stream (loss, extended highest sequence
+//!   number, jitter, LSR/DLSR).
+//!
+//! No sockets and no clock: every time is passed in, so each is tested on a virtual clock.
+//! Not wired into the engine yet (issue 12, step 2 of the ingress path): only their tests use
+//! them, hence the `dead_code` allowance below, to be removed with the wiring.
+#![allow(dead_code)]
+
+pub(crate) mod nack;
+pub(crate) mod report;
+pub(crate) mod twcc;
