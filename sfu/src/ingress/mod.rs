@@ -7,12 +7,18 @@
 //!   while something is missing.
 //! * [`report`]: the receiver report block about one stream (loss, extended highest sequence
 //!   number, jitter, LSR/DLSR).
+//! * [`feedback`]: the three together for one publisher peer, written as one compound RTCP
+//!   packet (receiver report, NACKs, transport feedback) when due.
+//! * [`packet`]: reading an opened RTP packet (header, the extensions the fan-out and the
+//!   feedback need, payload without padding, RTX's original sequence number).
 //!
 //! No sockets and no clock: every time is passed in, so each is tested on a virtual clock.
 //! Not wired into the engine yet (issue 12, step 2 of the ingress path): only their tests use
 //! them, hence the `dead_code` allowance below, to be removed with the wiring.
 #![allow(dead_code)]
 
+pub(crate) mod feedback;
 pub(crate) mod nack;
+pub(crate) mod packet;
 pub(crate) mod report;
 pub(crate) mod twcc;
