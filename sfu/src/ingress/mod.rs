@@ -9,6 +9,8 @@
 //!   number, jitter, LSR/DLSR).
 //! * [`feedback`]: the three together for one publisher peer, written as one compound RTCP
 //!   packet (receiver report, NACKs, transport feedback) when due.
+//! * [`rtcp`]: keyframe requests to the publisher (PLI, FIR) and the NTP time of its sender
+//!   reports (for LSR).
 //! * [`packet`]: reading an opened RTP packet (header, the extensions the fan-out and the
 //!   feedback need, payload without padding, RTX's original sequence number).
 //!
@@ -21,4 +23,5 @@ pub(crate) mod feedback;
 pub(crate) mod nack;
 pub(crate) mod packet;
 pub(crate) mod report;
+pub(crate) mod rtcp;
 pub(crate) mod twcc;
