@@ -470,6 +470,28 @@ mod tests {
     }
 
     #[test]
+    fn a_long_leading_gap_fits_a_small_packet() {
+        let zero = Instant::now();
+        let mut fb = TwccFeedback::new(zero);
+        fb.on_packet(0, zero);
+        let mut out = Vec::new();
+        assert!(fb.write(1, 2, zero, 1200, &mut out));
+        // 1..=3000 lost, 3001 arrives: the gap is a run-length chunk, not 3000 statuses'
+        // worth of vectors, so even the smallest packet holds it and the arrival.
+        let at = zero + Duration::from_millis(10);
+        fb.on_packet(3001, at);
+        out.clear();
+        assert!(fb.write(1, 2, at, FIXED + 8, &mut out));
+        assert!(!fb.has_unreported());
+        let got = read(&out, zero, 0);
+        assert_eq!(got.len(), 3001);
+        assert_eq!(got[0].0, 1);
+        assert!(got[..3000].iter().all(|g| g.1.is_none()));
+        assert_eq!(got[3000].0, 3001);
+        assert!(close(got[3000].1.expect("received"), at));
+    }
+
+    #[test]
     fn extension_picks_the_nearest_cycle() {
         assert_eq!(extend(None, 7), 7);
         assert_eq!(extend(Some(65535), 0), 65536);
