@@ -69,7 +69,10 @@ impl PublisherFeedback {
         });
     }
 
-    /// Sets the round trip NACK retries follow.
+    /// Sets the round trip NACK retries follow. Not called by the engine yet: a lean
+    /// publisher reports no round trip to us (it receives nothing), so retries keep the
+    /// default pace.
+    #[allow(dead_code)]
     pub(crate) fn set_rtt(&mut self, rtt: Duration) {
         for n in self.streams.iter_mut().filter_map(|s| s.nack.as_mut()) {
             n.set_rtt(rtt);
@@ -124,6 +127,15 @@ impl PublisherFeedback {
             .min();
         let twcc = self.twcc.as_ref().and_then(TwccFeedback::due);
         [report, nacks, twcc].into_iter().flatten().min()
+    }
+
+    /// When the next NACK (or retry) is due, if anything is missing: the part of
+    /// [`PublisherFeedback::due`] that wants a fine timer (loss recovery).
+    pub(crate) fn nack_due(&self) -> Option<Instant> {
+        self.streams
+            .iter()
+            .filter_map(|s| s.nack.as_ref()?.due())
+            .min()
     }
 
     /// Writes what is due at `now` as one compound RTCP packet appended to `out`; returns

@@ -15,9 +15,7 @@
 //!   feedback need, payload without padding, RTX's original sequence number).
 //!
 //! No sockets and no clock: every time is passed in, so each is tested on a virtual clock.
-//! Not wired into the engine yet (issue 12, step 2 of the ingress path): only their tests use
-//! them, hence the `dead_code` allowance below, to be removed with the wiring.
-#![allow(dead_code)]
+//! The engine wires them (`engine::ingress`); a few accessors serve only the tests.
 
 pub(crate) mod feedback;
 pub(crate) mod nack;

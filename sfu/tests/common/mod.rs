@@ -139,6 +139,20 @@ pub struct UdpTransport {
     buf: Vec<u8>,
 }
 
+impl UdpTransport {
+    /// A transport on a new socket on 127.0.0.1 (an ephemeral port); its address too.
+    pub fn bind() -> (UdpTransport, SocketAddr) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let t = UdpTransport {
+            socket,
+            addr,
+            buf: vec![0u8; 2048],
+        };
+        (t, addr)
+    }
+}
+
 impl Transport for UdpTransport {
     fn transmit(&mut self, t: &Transmit) -> bool {
         let _ = self.socket.send_to(&t.contents, t.destination);
