@@ -20,14 +20,9 @@ use crate::ingress::rtcp;
 use crate::ingress::twcc::extend;
 use crate::metrics::add;
 use crate::srtp::{DtlsRole, SrtpReceiver, SrtpSession};
-use str0m::media::KeyframeRequestKind;
+use str0m::media::{KeyframeRequestKind, Rids};
 use str0m::net::Protocol;
 use tracing::debug;
-
-/// A stream is switched only while its extended sequence number (from str0m) is below this:
-/// our SRTP receiver takes a stream's first packet to have rollover counter 0, so it must not
-/// have wrapped yet, nor be about to.
-const MAX_SWITCH_SEQ: u64 = 60_000;
 
 /// Where a publisher peer's ingress stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -178,13 +173,24 @@ impl Engine {
         let Some(ssrc) = rtp_ssrc(data) else {
             return false;
         };
-        let Some(si) = ing.streams.iter().position(|s| s.ssrc == ssrc) else {
-            return false; // A stream str0m has not told us about.
-        };
         let (Some(rx), Some(fb)) = (ing.rx.as_mut(), ing.fb.as_mut()) else {
             return false;
         };
         let mut buf = std::mem::take(&mut ing.buf);
+        let Some(si) = ing.streams.iter().position(|s| s.ssrc == ssrc) else {
+            // libwebrtc's bandwidth probes on SSRC 0 carry no media and need only transport
+            // feedback: ours, not str0m's (one transport-wide register per publisher).
+            if ssrc == 0 && rx.unprotect_rtp(data, &mut buf).is_ok() {
+                if let Ok(r) = packet::read(&buf, &ing.ids) {
+                    fb.on_rtp(0, r.seq, r.ts, r.transport_cc, now, true);
+                    ing.buf = buf;
+                    self.ingress_feedback(key, now, false);
+                    return true;
+                }
+            }
+            ing.buf = buf;
+            return false; // A stream str0m has not told us about.
+        };
         let Ok(u) = rx.unprotect_rtp(data, &mut buf) else {
             ing.buf = buf;
             return false;
@@ -357,14 +363,20 @@ impl Engine {
             Phase::Never => {}
             Phase::Pending => {
                 match ing.seen.iter_mut().find(|(s, _)| *s == *ssrc) {
-                    Some(e) => e.1 = seq,
+                    Some(e) => e.1 = e.1.max(seq),
                     None => ing.seen.push((*ssrc, seq)),
                 }
                 self.try_switch(key, now);
             }
             Phase::Lean => {
-                if !ing.streams.iter().any(|s| s.ssrc == *ssrc) && seq < MAX_SWITCH_SEQ {
+                if !ing.streams.iter().any(|s| s.ssrc == *ssrc) {
                     self.take_over(key, ssrc, seq, now);
+                } else if let Some(p) = self.peers.get_mut(key) {
+                    // A packet ours could not open went to str0m, which made the stream
+                    // again: it must not report on it.
+                    let _ = catch_unwind(AssertUnwindSafe(|| {
+                        p.rtc.direct_api().remove_stream_rx(ssrc)
+                    }));
                 }
             }
         }
@@ -402,6 +414,15 @@ impl Engine {
             if prod.publisher != key {
                 continue;
             }
+            // A simulcast m-line (RIDs negotiated in its SDP) keeps the whole publisher on str0m.
+            let simulcast = peer
+                .rtc
+                .media(prod.mid)
+                .is_some_and(|m| matches!(m.rids_rx(), Rids::Specific(v) if !v.is_empty()));
+            if simulcast {
+                ing.phase = Phase::Never;
+                return;
+            }
             for (li, l) in prod.layers.iter().enumerate() {
                 if l.rid.is_some() {
                     ing.phase = Phase::Never;
@@ -413,10 +434,6 @@ impl Engine {
                 let Some(&(_, seq)) = ing.seen.iter().find(|(s, _)| *s == *ssrc) else {
                     return;
                 };
-                if seq >= MAX_SWITCH_SEQ {
-                    ing.phase = Phase::Never;
-                    return;
-                }
                 let li = li.min(usize::from(NO_LAYER - 1)) as u8;
                 media.push((ssrc, *pk, li, prod.kind == MediaKind::Video, seq));
             }
@@ -517,9 +534,14 @@ impl Engine {
             rtx
         }))
         .unwrap_or(None);
-        let Some(fb) = ing.fb.as_mut() else {
+        let (Some(fb), Some(rx)) = (ing.fb.as_mut(), ing.rx.as_mut()) else {
             return;
         };
+        // Our receiver goes on where str0m's left the stream (its rollover counter too).
+        if let Err(e) = rx.start_rtp_at(*ssrc, seq) {
+            debug!("lean ingress cannot take stream {ssrc} over: {e}");
+            return;
+        }
         let clock = if video { 90_000 } else { 48_000 };
         fb.add_stream(*ssrc, clock, video, now);
         // str0m's last packet of the stream starts our NACK window, so that a loss at the
