@@ -187,3 +187,26 @@ async fn a_packet_lost_on_the_uplink_is_nacked_by_the_engine_and_recovered() {
     assert!(metric(&sfu, FEEDBACK) >= lost as f64);
     events.assert_no_peer_failed();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishers_renegotiation_to_new_streams_stays_lean() {
+    let (sfu, mut events) = start(options(true)).await;
+    let call: CallCid = "default:lean-ingress-reneg".parse().unwrap();
+    let (alice, bob, mid) = camera_pair(&sfu, &mut events, &call, Client::new()).await;
+    wait_for("the switch", || metric(&sfu, LEAN) >= 5.0).await;
+    // Alice offers again: her camera moves to a new m-line with a new SSRC (str0m reports
+    // its first packets, then the engine takes it over).
+    publish_from(&sfu, "alice", &alice).await;
+    alice.call(|st| st.send.retain(|(_, c)| *c != str0m::format::Codec::Opus));
+    let (lean0, n0) = (metric(&sfu, LEAN), bob.count(&mid));
+    let m = mid.clone();
+    wait_for("60 more packets", || bob.count(&m) >= n0 + 60).await;
+    let lean = metric(&sfu, LEAN) - lean0;
+    assert!(lean >= 50.0, "{lean} lean packets after the renegotiation");
+    let rx = bob.received(&mid);
+    assert_eq!(
+        rx.vp8_payloads, rx.count,
+        "every payload is the publisher's"
+    );
+    events.assert_no_peer_failed();
+}

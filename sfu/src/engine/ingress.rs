@@ -45,9 +45,11 @@ struct Stream {
     media: u32,
     /// RTX (RFC 4588): its payload starts with the original sequence number.
     rtx: bool,
-    /// Its producer and layer.
+    /// Its producer and layer, and the producer's m-line (to find the producer again after
+    /// a renegotiation replaced it).
     pk: Key,
     layer: u8,
+    mid: Mid,
     /// Highest extended sequence number of the media stream (RTX OSNs extend near it).
     highest: Option<u64>,
 }
@@ -83,6 +85,18 @@ pub(super) struct Ingress {
 /// The first SSRC-like word of an RTP packet (bytes 8..12), without opening it.
 fn rtp_ssrc(data: &[u8]) -> Option<u32> {
     Some(u32::from_be_bytes(data.get(8..12)?.try_into().ok()?))
+}
+
+/// Sends one sealed packet to the publisher on its nominated path (over ICE-TCP when the path
+/// moved there after the switch).
+fn send(socket: &mut dyn crate::transport::Transport, path: super::lean::Path, out: Vec<u8>) {
+    let sent = match path.proto {
+        Protocol::Tcp => socket.send_tcp(&out, path.dest),
+        _ => socket.send_owned(out, path.dest),
+    };
+    if let Err(e) = sent {
+        debug!("feedback to {} failed: {e}", path.dest);
+    }
 }
 
 /// Rounds `t` up to the next multiple of `grain` since `epoch` (never earlier than `t`).
@@ -162,8 +176,85 @@ impl Engine {
         }
     }
 
+    /// Whether the producer and layer lean stream `st` forwards to still hold its SSRC; if
+    /// not (a renegotiation replaced the producer of its m-line), finds the m-line's current
+    /// producer and binds the stream (and its RTX) to it, as `resolve_ssrc` does for str0m's
+    /// streams. False when the m-line has no producer any more.
+    fn ingress_bound(&mut self, key: Key, st: Stream) -> bool {
+        let media = Ssrc::from(st.media);
+        let holds = self.producers.get(st.pk).is_some_and(|p| {
+            p.publisher == key
+                && p.layers
+                    .get(usize::from(st.layer))
+                    .is_some_and(|l| l.ssrc == Some(media))
+        });
+        if holds {
+            return true;
+        }
+        let Some(owner) = self.peers.get(key).map(|p| p.owner.clone()) else {
+            return false;
+        };
+        let Some(pk) = self.parts.get(&owner).and_then(|part| {
+            part.producers.iter().copied().find(|pk| {
+                self.producers
+                    .get(*pk)
+                    .is_some_and(|p| p.mid == st.mid && p.publisher == key)
+            })
+        }) else {
+            return false;
+        };
+        let Some(prod) = self.producers.get_mut(pk) else {
+            return false;
+        };
+        let li = match prod.layers.iter().position(|l| l.rid.is_none()) {
+            Some(i) => i,
+            None => {
+                prod.layers.push(Layer {
+                    rid: None,
+                    ssrc: None,
+                    last_keyframe_req: None,
+                    bytes: 0,
+                    rate_bps: 0.0,
+                });
+                prod.layers.len() - 1
+            }
+        };
+        let layer = &mut prod.layers[li];
+        if layer.ssrc.is_some_and(|s| s != media) {
+            prod.epoch = prod.epoch.wrapping_add(1);
+        }
+        layer.ssrc = Some(media);
+        let li = li.min(usize::from(NO_LAYER - 1)) as u8;
+        let Some(peer) = self.peers.get_mut(key) else {
+            return false;
+        };
+        peer.ssrcs.retain(|(s, _, _)| *s != media);
+        peer.ssrcs.push((media, pk, li));
+        if let Some(ing) = peer.ingress.as_deref_mut() {
+            for s in ing.streams.iter_mut().filter(|s| s.media == st.media) {
+                s.pk = pk;
+                s.layer = li;
+            }
+        }
+        true
+    }
+
     /// A lean publisher's RTP: true when handled here.
     fn ingress_rtp(&mut self, key: Key, data: &[u8], now: Instant) -> bool {
+        // The stream's producer first (a renegotiation may have replaced it).
+        let known = self
+            .peers
+            .get(key)
+            .and_then(|p| p.ingress.as_deref())
+            .and_then(|i| {
+                let ssrc = rtp_ssrc(data)?;
+                i.streams.iter().find(|s| s.ssrc == ssrc).copied()
+            });
+        if let Some(st) = known {
+            if !self.ingress_bound(key, st) {
+                return false;
+            }
+        }
         let Some(peer) = self.peers.get_mut(key) else {
             return false;
         };
@@ -289,9 +380,7 @@ impl Engine {
                 let mut out = Vec::with_capacity(plain.len() + tx.rtcp_overhead());
                 match (tx.protect_rtcp(&plain, &mut out), path) {
                     (Ok(()), Some(path)) => {
-                        if let Err(e) = socket.send_owned(out, path.dest) {
-                            debug!("ingress feedback to {} failed: {e}", path.dest);
-                        }
+                        send(&mut **socket, path, out);
                         add(&counters.lean_ingress_feedback, 1);
                     }
                     (Err(e), _) => debug!("ingress feedback not sealed: {e}"),
@@ -521,6 +610,9 @@ impl Engine {
         seq: u64,
         now: Instant,
     ) {
+        let Some(mid) = self.producers.get(pk).map(|p| p.mid) else {
+            return;
+        };
         let Some(peer) = self.peers.get_mut(key) else {
             return;
         };
@@ -554,6 +646,7 @@ impl Engine {
             rtx: false,
             pk,
             layer: li,
+            mid,
             highest: Some(seq),
         };
         ing.streams.push(s);
@@ -563,6 +656,23 @@ impl Engine {
                 rtx: true,
                 ..s
             });
+        }
+    }
+
+    /// Publisher peer `key` applied a new offer: str0m declares the offer's SSRCs again, so
+    /// the streams the engine reads are removed from it again (it must not report on them).
+    pub(super) fn ingress_renegotiated(&mut self, key: Key) {
+        let Some(peer) = self.peers.get_mut(key) else {
+            return;
+        };
+        let Some(ing) = peer.ingress.as_deref() else {
+            return;
+        };
+        let rtc = &mut peer.rtc;
+        for s in ing.streams.iter().filter(|s| !s.rtx) {
+            let _ = catch_unwind(AssertUnwindSafe(|| {
+                rtc.direct_api().remove_stream_rx(Ssrc::from(s.ssrc))
+            }));
         }
     }
 
@@ -605,9 +715,7 @@ impl Engine {
         if tx.protect_rtcp(&plain, &mut out).is_err() {
             return false;
         }
-        if let Err(e) = socket.send_owned(out, path.dest) {
-            debug!("keyframe request to {} failed: {e}", path.dest);
-        }
+        send(&mut **socket, path, out);
         add(&counters.lean_ingress_feedback, 1);
         true
     }
