@@ -297,8 +297,9 @@ impl Engine {
         let st = ing.streams[si];
         let (seq, pt, payload, retransmitted) = if st.rtx {
             let Some((osn, payload)) = packet::unwrap_rtx(r.payload) else {
-                // Padding-only RTX (a bandwidth probe): transport feedback only.
-                fb.on_rtp(st.media, r.seq, r.ts, r.transport_cc, now, true);
+                // Padding-only RTX (a bandwidth probe): transport feedback only (its SSRC
+                // names no stream of the feedback: no statistics, no NACK window moves).
+                fb.on_rtp(st.ssrc, r.seq, r.ts, r.transport_cc, now, true);
                 ing.buf = buf;
                 self.ingress_feedback(key, now, false);
                 return true;
@@ -377,6 +378,8 @@ impl Engine {
         if now_too || fb.due().is_some_and(|d| d <= now) {
             let mut plain = Vec::new();
             if fb.poll(now, &mut plain) {
+                // As str0m's ingress statistics counted them (`greenroom_nacks_total`).
+                add(&counters.nacks[crate::metrics::INGRESS], fb.take_nacked());
                 let mut out = Vec::with_capacity(plain.len() + tx.rtcp_overhead());
                 match (tx.protect_rtcp(&plain, &mut out), path) {
                     (Ok(()), Some(path)) => {

@@ -43,6 +43,8 @@ pub(crate) struct PublisherFeedback {
     next_report: Instant,
     /// Scratch: sequence numbers to NACK.
     seqs: Vec<u16>,
+    /// Sequence numbers NACKed (retries included) since [`PublisherFeedback::take_nacked`].
+    nacked: u64,
 }
 
 impl PublisherFeedback {
@@ -55,6 +57,7 @@ impl PublisherFeedback {
             streams: Vec::new(),
             next_report: zero + REPORT_INTERVAL,
             seqs: Vec::new(),
+            nacked: 0,
         }
     }
 
@@ -129,6 +132,11 @@ impl PublisherFeedback {
         [report, nacks, twcc].into_iter().flatten().min()
     }
 
+    /// The sequence numbers NACKed (retries included) since the last call.
+    pub(crate) fn take_nacked(&mut self) -> u64 {
+        std::mem::take(&mut self.nacked)
+    }
+
     /// When the next NACK (or retry) is due, if anything is missing: the part of
     /// [`PublisherFeedback::due`] that wants a fine timer (loss recovery).
     pub(crate) fn nack_due(&self) -> Option<Instant> {
@@ -163,6 +171,7 @@ impl PublisherFeedback {
             // At most 256 missing (the tracker's bound): 4 bytes each in the worst case.
             if !self.seqs.is_empty() && out.len() - start + 12 + 4 * self.seqs.len() <= MAX_RTCP {
                 write_nack(self.sender_ssrc, s.ssrc, &self.seqs, out);
+                self.nacked += self.seqs.len() as u64;
                 wrote = true;
             }
         }
@@ -243,6 +252,8 @@ mod tests {
         let pkts = read(&out);
         assert!(matches!(pkts[0], Rtcp::ReceiverReport(_)));
         assert_eq!(nacked(&pkts), vec![10, 11]);
+        assert_eq!(fb.take_nacked(), 2, "two sequence numbers asked for");
+        assert_eq!(fb.take_nacked(), 0);
         assert!(pkts.iter().any(|p| matches!(p, Rtcp::Twcc(_))));
         // The retransmissions (original sequence numbers) fill the gap: no NACK is due again.
         t += MS * 5;
