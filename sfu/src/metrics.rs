@@ -556,9 +556,10 @@ impl SfuCounters {
             &mut o,
             "greenroom_nacks_total",
             "counter",
-            "NACKs received from subscribers (egress) and sent to publishers (ingress), from str0m stats",
+            "NACKs received from subscribers (egress) and sent to publishers (ingress), from str0m stats and the lean ingress",
             "direction",
-            &["egress", "ingress"],
+            // In the cells' order (`INGRESS`, `EGRESS`).
+            &DIRECTIONS,
             &self.nacks,
         );
         single(

@@ -185,6 +185,8 @@ async fn a_packet_lost_on_the_uplink_is_nacked_by_the_engine_and_recovered() {
         "recovered payloads are the publisher's"
     );
     assert!(metric(&sfu, FEEDBACK) >= lost as f64);
+    let nacks = metric(&sfu, "greenroom_nacks_total{direction=\"ingress\"}");
+    assert!(nacks >= lost as f64, "{nacks} NACKed for {lost} lost");
     events.assert_no_peer_failed();
 }
 
