@@ -562,6 +562,14 @@ mod tests {
     }
 
     #[test]
+    fn lean_ingress_defaults_on_and_can_be_turned_off() {
+        assert!(Config::default().rtc.lean_ingress);
+        let off = Config::from_toml(Path::new("x.toml"), "[rtc]\nlean_ingress = false\n").unwrap();
+        assert!(!off.rtc.lean_ingress);
+        assert!(off.rtc.lean_video, "the other switches keep their defaults");
+    }
+
+    #[test]
     fn secrets_are_redacted() {
         let mut c = Config::default();
         c.webhooks.secret = "hook-secret".into();
