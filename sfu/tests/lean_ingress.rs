@@ -212,3 +212,38 @@ async fn a_publishers_renegotiation_to_new_streams_stays_lean() {
     );
     events.assert_no_peer_failed();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_switch_one_writer_sends_the_publisher_its_feedback() {
+    let (sfu, mut events) = start(options(true)).await;
+    let call: CallCid = "default:lean-ingress-feedback".parse().unwrap();
+    let client = Client::with_config(RtcConfig::new().enable_raw_packets(true));
+    let (alice, _bob, _mid) = camera_pair(&sfu, &mut events, &call, client).await;
+    wait_for("the switch", || metric(&sfu, LEAN) >= 5.0).await;
+    // str0m's last pending report (about packets before the switch) leaves within its TWCC
+    // interval; then only the engine writes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let t0 = Instant::now();
+    let after = |alice: &Client| -> Vec<(char, u32)> {
+        alice
+            .received(RAW_FEEDBACK)
+            .raw_feedback
+            .into_iter()
+            .filter(|(_, _, at)| *at > t0)
+            .map(|(k, s, _)| (k, s))
+            .collect()
+    };
+    wait_for("receiver reports and transport feedback", || {
+        let fb = after(&alice);
+        fb.iter().filter(|(k, _)| *k == 'r').count() >= 2
+            && fb.iter().filter(|(k, _)| *k == 't').count() >= 5
+    })
+    .await;
+    let fb = after(&alice);
+    let senders: HashSet<u32> = fb.iter().map(|(_, s)| *s).collect();
+    assert_eq!(senders.len(), 1, "one writer of feedback: {fb:?}");
+    // The engine: it sent at least as many compound packets as the reports counted here.
+    let rrs = fb.iter().filter(|(k, _)| *k == 'r').count();
+    assert!(metric(&sfu, FEEDBACK) >= rrs as f64);
+    events.assert_no_peer_failed();
+}
