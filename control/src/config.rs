@@ -227,6 +227,11 @@ pub struct RtcConfig {
     /// (docs/ARCHITECTURE.md, "Lean video path"). Default true; false: through str0m.
     /// Env: `GREENROOM_RTC__LEAN_VIDEO`.
     pub lean_video: bool,
+    /// A publisher's RTP (single-layer sources) skips str0m's per-packet drive: the engine
+    /// opens and forwards it and writes the publisher's feedback (receiver reports, NACKs,
+    /// transport-wide feedback) itself (docs/ARCHITECTURE.md, "Publisher ingress"). Default
+    /// true; false: every packet through str0m. Env: `GREENROOM_RTC__LEAN_INGRESS`.
+    pub lean_ingress: bool,
     /// Receive and send buffer size requested for the media UDP socket, in bytes (the kernel
     /// caps it at `net.core.rmem_max` / `wmem_max`; the effective size is exported).
     pub socket_buffer_bytes: usize,
@@ -406,6 +411,7 @@ impl Default for RtcConfig {
             parallel_busy: 0.5,
             lean_audio: true,
             lean_video: true,
+            lean_ingress: true,
             socket_buffer_bytes: 4 << 20,
             ice_tcp_port: None,
             send_batch: None,
@@ -553,6 +559,14 @@ mod tests {
         let e = Config::from_toml(Path::new("x.toml"), "[server]\nhttp_adr = \"1.2.3.4:5\"\n")
             .unwrap_err();
         assert!(e.to_string().contains("http_adr"), "{e}");
+    }
+
+    #[test]
+    fn lean_ingress_defaults_on_and_can_be_turned_off() {
+        assert!(Config::default().rtc.lean_ingress);
+        let off = Config::from_toml(Path::new("x.toml"), "[rtc]\nlean_ingress = false\n").unwrap();
+        assert!(!off.rtc.lean_ingress);
+        assert!(off.rtc.lean_video, "the other switches keep their defaults");
     }
 
     #[test]

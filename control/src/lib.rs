@@ -78,6 +78,7 @@ pub async fn start_state(
         parallel_busy: config.rtc.parallel_busy,
         lean_audio: config.rtc.lean_audio,
         lean_video: config.rtc.lean_video,
+        lean_ingress: config.rtc.lean_ingress,
         socket_buffer_bytes: config.rtc.socket_buffer_bytes,
         ice_tcp_port: Some(
             config

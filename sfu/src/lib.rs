@@ -54,6 +54,7 @@ mod engine;
 pub mod forward;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
+mod ingress;
 pub mod io;
 mod lazy_srtp;
 mod media;
@@ -150,6 +151,12 @@ pub struct SfuOptions {
     /// the subscriber's RTCP (docs/ARCHITECTURE.md, "Lean video path"). Default true. The
     /// server sets it from its configuration (`rtc.lean_video`).
     pub lean_video: bool,
+    /// The lean publisher ingress: a publisher's RTP (single-layer sources, all of its
+    /// streams or none) is opened, read and forwarded by the engine itself, which also writes
+    /// the receive feedback (receiver reports, NACKs, transport-wide feedback) instead of
+    /// one str0m drive per packet (docs/ARCHITECTURE.md, "Publisher ingress"). Default true.
+    /// The server sets it from its configuration (`rtc.lean_ingress`).
+    pub lean_ingress: bool,
 }
 
 impl Default for SfuOptions {
@@ -166,6 +173,7 @@ impl Default for SfuOptions {
             relay: None,
             lean_audio: true,
             lean_video: true,
+            lean_ingress: true,
         }
     }
 }
@@ -852,6 +860,9 @@ impl Sfu {
     ///   budget); `greenroom_lean_keyframe_requests_total`: PLI/FIR read by the engine;
     ///   `greenroom_lean_rtcp_only_total`: SRTCP of subscribers whose every m-line is lean,
     ///   read by the engine alone (no str0m drive).
+    /// * `greenroom_lean_ingress_packets_total`: publishers' RTP packets opened and forwarded
+    ///   by the engine (no str0m drive); `greenroom_lean_ingress_feedback_total`: feedback
+    ///   packets (RR, NACK, TWCC, PLI/FIR) the engine sent to those publishers.
     /// * `greenroom_lean_receiver_reports_total`: report blocks about lean audio and video
     ///   streams read from the subscribers' RTCP (their round trip, loss and jitter feed the
     ///   `egress` histograms below); `greenroom_lean_packets_lost_total`: packets of lean

@@ -208,6 +208,12 @@ pub(crate) struct SfuCounters {
     /// SRTCP datagrams from subscribers whose every m-line is lean, read by the engine only
     /// (no str0m drive: nothing in them concerns a stream str0m sends).
     pub(crate) lean_rtcp_only: AtomicU64,
+    /// Publishers' RTP packets opened and forwarded by the engine (lean ingress, no str0m
+    /// drive).
+    pub(crate) lean_ingress_packets: AtomicU64,
+    /// Feedback packets (compound RTCP: RR, NACK, TWCC; and PLI/FIR) the engine sent to lean
+    /// ingress publishers.
+    pub(crate) lean_ingress_feedback: AtomicU64,
     /// Lean streams (audio and video): report blocks read from the subscribers' receiver
     /// reports, and the packets they report lost (increases of the cumulative count).
     pub(crate) lean_receiver_reports: AtomicU64,
@@ -254,6 +260,8 @@ impl Default for SfuCounters {
             lean_nacks_ignored: AtomicU64::new(0),
             lean_plis: AtomicU64::new(0),
             lean_rtcp_only: AtomicU64::new(0),
+            lean_ingress_packets: AtomicU64::new(0),
+            lean_ingress_feedback: AtomicU64::new(0),
             lean_receiver_reports: AtomicU64::new(0),
             lean_packets_lost: AtomicU64::new(0),
             unrouted: AtomicU64::new(0),
@@ -475,6 +483,14 @@ impl SfuCounters {
         add(&self.lean_plis, o.lean_plis.load(Relaxed));
         add(&self.lean_rtcp_only, o.lean_rtcp_only.load(Relaxed));
         add(
+            &self.lean_ingress_packets,
+            o.lean_ingress_packets.load(Relaxed),
+        );
+        add(
+            &self.lean_ingress_feedback,
+            o.lean_ingress_feedback.load(Relaxed),
+        );
+        add(
             &self.lean_receiver_reports,
             o.lean_receiver_reports.load(Relaxed),
         );
@@ -540,9 +556,10 @@ impl SfuCounters {
             &mut o,
             "greenroom_nacks_total",
             "counter",
-            "NACKs received from subscribers (egress) and sent to publishers (ingress), from str0m stats",
+            "NACKs received from subscribers (egress) and sent to publishers (ingress), from str0m stats and the lean ingress",
             "direction",
-            &["egress", "ingress"],
+            // In the cells' order (`INGRESS`, `EGRESS`).
+            &DIRECTIONS,
             &self.nacks,
         );
         single(
@@ -658,6 +675,20 @@ impl SfuCounters {
             "counter",
             "SRTCP datagrams from subscribers whose every m-line is lean, read by the engine only (no str0m drive)",
             self.lean_rtcp_only.load(Relaxed),
+        );
+        single(
+            &mut o,
+            "greenroom_lean_ingress_packets_total",
+            "counter",
+            "Publishers' RTP packets opened and forwarded by the engine (lean ingress, no str0m drive)",
+            self.lean_ingress_packets.load(Relaxed),
+        );
+        single(
+            &mut o,
+            "greenroom_lean_ingress_feedback_total",
+            "counter",
+            "Feedback packets (RR, NACK, TWCC, PLI/FIR) the engine sent to lean ingress publishers",
+            self.lean_ingress_feedback.load(Relaxed),
         );
         single(
             &mut o,

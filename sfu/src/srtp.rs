@@ -905,6 +905,25 @@ impl SrtpReceiver {
         })
     }
 
+    /// Starts RTP stream `ssrc` at extended sequence number `ext_seq`, as received: another
+    /// receiver of the same keys (str0m, before the engine took the stream over) reached it, so
+    /// the rollover counter of the next packets is estimated from there instead of taken as 0
+    /// for the first one. Replaces the stream's window if it had one. Fails beyond the 48-bit
+    /// index or [`MAX_STREAMS`].
+    pub fn start_rtp_at(&mut self, ssrc: u32, ext_seq: u64) -> Result<(), SrtpError> {
+        if ext_seq > MAX_RTP_INDEX {
+            return Err(SrtpError::Replay {
+                ssrc,
+                index: ext_seq,
+            });
+        }
+        if !self.rtp.contains_key(&ssrc) && self.rtp.len() >= MAX_STREAMS {
+            return Err(SrtpError::TooManyStreams);
+        }
+        self.rtp.insert(ssrc, ReplayWindow::starting_at(ext_seq));
+        Ok(())
+    }
+
     /// SRTP → header ++ decrypted payload in `out` (cleared first). Rejects (with `out` empty)
     /// a malformed or short packet, a tag that does not verify, and a replayed or too old
     /// index; only an authentic packet moves the replay window.
@@ -1408,6 +1427,42 @@ mod tests {
                     assert_eq!(info.header_len, header.len());
                 }
             }
+        }
+    }
+
+    /// A stream taken over after another receiver saw it wrap: started at that receiver's
+    /// extended sequence number, ours opens the rest with the right rollover counter; a fresh
+    /// receiver (rollover counter 0) cannot.
+    #[test]
+    fn a_stream_started_where_another_receiver_left_it_keeps_its_rollover_counter() {
+        for profile in PROFILES {
+            let role = DtlsRole::Server;
+            let km = keying_material(profile);
+            let mut seeded = SrtpReceiver::new(profile, &km, role).unwrap();
+            let mut fresh = SrtpReceiver::new(profile, &km, role).unwrap();
+            let (mut theirs, _) = peer_contexts(profile, role);
+            let mut plain = Vec::new();
+            for ext_seq in 65_530u64..65_550 {
+                let header = rtp_header(ext_seq as u16, 0xcafe_0005, 0, 0);
+                let mut packet = header.clone();
+                packet.extend_from_slice(&payload(40, ext_seq));
+                let protected = theirs.encrypt_rtp(&packet).unwrap();
+                // The first ten went to the other receiver, across the wrap.
+                if ext_seq < 65_540 {
+                    continue;
+                }
+                if ext_seq == 65_540 {
+                    seeded.start_rtp_at(0xcafe_0005, 65_539).unwrap();
+                    assert!(fresh.unprotect_rtp(&protected, &mut plain).is_err());
+                }
+                let info = seeded.unprotect_rtp(&protected, &mut plain).unwrap();
+                assert_eq!(info.ext_seq, ext_seq);
+                assert_eq!(plain, packet);
+                // What the other receiver already had is a replay.
+                let replay = rtp_header(65_539u64 as u16, 0xcafe_0005, 0, 0);
+                assert!(seeded.unprotect_rtp(&replay, &mut plain).is_err());
+            }
+            assert!(seeded.start_rtp_at(1, MAX_RTP_INDEX + 1).is_err());
         }
     }
 

@@ -337,6 +337,8 @@ async fn simulcast_consumers_stay_on_str0m() {
     assert_eq!(metric(&sfu, "greenroom_lean_video_packets_total"), 0.0);
     // bob's video m-line is str0m's: his SRTCP always goes on to str0m.
     assert_eq!(metric(&sfu, "greenroom_lean_rtcp_only_total"), 0.0);
+    // A simulcast publisher stays on str0m's ingress, all of its streams.
+    assert_eq!(metric(&sfu, "greenroom_lean_ingress_packets_total"), 0.0);
     events.assert_no_peer_failed();
 }
 

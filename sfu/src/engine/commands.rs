@@ -273,6 +273,7 @@ impl Engine {
             }
         }
         self.mark_dirty(key);
+        self.ingress_renegotiated(key);
         if changed {
             self.renegotiate_call_of(pid, now);
         }

@@ -209,6 +209,10 @@ impl Engine {
                 }
             }
         }
+        // A lean publisher's RTP: opened and forwarded by the engine (see `ingress`).
+        if self.lean_ingress(key, proto, data, now) {
+            return;
+        }
         // Feedback about lean streams: str0m does not know their SSRCs (see `lean_rtcp`). A
         // subscriber all of whose m-lines are lean sends nothing str0m needs: no drive, but a
         // timer drive after its first authenticated packet (the DTLS release, `dtls`).

@@ -80,6 +80,9 @@ impl Engine {
         let Some((pk, layer)) = self.resolve_ssrc(key, pkt.header.ssrc) else {
             return;
         };
+        if self.opts.lean_ingress {
+            self.ingress_seen(key, pkt.header.ssrc, *pkt.seq_no, now);
+        }
         let ext = &pkt.header.ext_vals;
         let p = InPacket {
             ssrc: *pkt.header.ssrc,

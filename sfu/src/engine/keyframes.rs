@@ -33,19 +33,24 @@ impl Engine {
             return;
         }
         let li = layer.unwrap_or(0);
-        let rid = match prod.layers.get_mut(li) {
+        let (rid, ssrc) = match prod.layers.get_mut(li) {
             Some(l) => {
                 if !keyframe_due(l.last_keyframe_req, now, force) {
                     return;
                 }
                 l.last_keyframe_req = Some(now);
-                l.rid
+                (l.rid, l.ssrc)
             }
-            None => None,
+            None => (None, None),
         };
         let (publisher, mid) = (prod.publisher, prod.mid);
         // A remote producer's publisher is on another node: the request goes there.
         if self.relay_keyframe(pk, rid, kind, force) {
+            return;
+        }
+        // A lean ingress publisher: str0m no longer knows the stream; the engine asks.
+        if self.ingress_keyframe(publisher, ssrc, kind) {
+            add(&self.counters.plis, 1);
             return;
         }
         let Some(peer) = self.peers.get_mut(publisher) else {

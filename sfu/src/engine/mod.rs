@@ -17,6 +17,8 @@
 //! * [`housekeeping`]: the periodic tick (deadlines, layer rates, active speakers).
 //! * [`relay`]: the node-to-node relay's shard side (remote tracks, relaying local ones).
 //! * [`quiet`]: silent video send streams parked (no padding on a silent track).
+//! * [`ingress`]: the lean publisher ingress (a publisher's RTP opened and forwarded, its
+//!   feedback written, without a str0m drive per packet).
 //! * [`lean`]: the lean path (forwarded audio, and video of single-layer sources, sent
 //!   without a str0m drive); [`lean_video`] and [`lean_rtcp`]: what video needs beyond audio
 //!   (retransmits, the subscriber's feedback); [`lean_stats`]: round trip and loss of lean
@@ -27,6 +29,7 @@ mod drive;
 mod events;
 mod fanout;
 mod housekeeping;
+mod ingress;
 mod keyframes;
 mod lean;
 mod lean_rtcp;
@@ -235,6 +238,8 @@ struct Peer {
     untagged_ufrag: Option<String>,
     /// Subscriber: SRTP keys, path and lean video streams of the lean path.
     lean: lean::LeanPeer,
+    /// Publisher with the lean ingress on: its state (see [`ingress`]).
+    ingress: Option<Box<ingress::Ingress>>,
     /// Test hook: panic inside the next drive of this peer.
     #[cfg(feature = "fault-injection")]
     panic_next: bool,
@@ -340,6 +345,8 @@ pub(crate) struct Engine {
     /// Ufrag -> peer and ICE-validated address -> peer.
     routes: PeerRoutes<Key>,
     timers: BinaryHeap<Reverse<(Instant, Key)>>,
+    /// Lean ingress publishers' feedback timers (see [`ingress`]).
+    ingress_timers: BinaryHeap<Reverse<(Instant, Key)>>,
     /// Events collected while driving peers, handled after.
     pending_events: Vec<(Key, Event)>,
     dirty: Vec<Key>,
@@ -386,6 +393,7 @@ impl Engine {
             calls: HashMap::new(),
             routes: PeerRoutes::default(),
             timers: BinaryHeap::new(),
+            ingress_timers: BinaryHeap::new(),
             pending_events: Vec::new(),
             dirty: Vec::new(),
             next_tick: Instant::now() + TICK,

@@ -90,7 +90,9 @@ impl Engine {
         // in the peer's slot, for the lean audio path (subscribers only).
         let lean = lean::LeanPeer::default();
         let cfg = cfg.set_local_ice_credentials(creds);
-        let mut rtc = if role == Role::Subscriber && (self.opts.lean_audio || self.opts.lean_video)
+        let ingress = role == Role::Publisher && self.opts.lean_ingress;
+        let mut rtc = if ingress
+            || role == Role::Subscriber && (self.opts.lean_audio || self.opts.lean_video)
         {
             crate::dtls::with_key_slot(&lean.keys, || cfg.build(now))
         } else {
@@ -126,6 +128,7 @@ impl Engine {
             nacks_seen: Vec::new(),
             untagged_ufrag: None,
             lean,
+            ingress: ingress.then(Box::default),
             #[cfg(feature = "fault-injection")]
             panic_next: false,
         });

@@ -119,6 +119,7 @@ impl Engine {
         loop {
             let now = Instant::now();
             self.fire_timers(now);
+            self.fire_ingress_timers(now);
             if now >= self.next_tick {
                 self.housekeeping(now);
                 self.next_tick = now + TICK;
@@ -152,7 +153,8 @@ impl Engine {
                 .peek()
                 .map(|Reverse((t, _))| *t)
                 .unwrap_or(self.next_tick)
-                .min(self.next_tick);
+                .min(self.next_tick)
+                .min(self.ingress_next().unwrap_or(self.next_tick));
             // Sleep at least a millisecond: the timers that fall due meanwhile fire together
             // (str0m's deadlines tolerate that), instead of a wake-up per sub-ms deadline.
             let wait = next
@@ -327,6 +329,7 @@ impl Engine {
     #[cfg(feature = "fuzzing")]
     pub(crate) fn advance(&mut self, now: Instant) {
         self.fire_timers(now);
+        self.fire_ingress_timers(now);
         self.settle(now);
     }
 }

@@ -47,10 +47,17 @@ pub struct Rx {
     /// Under [`RAW_SRS`] only: every sender report received, whatever its SSRC (with
     /// `enable_raw_packets`): (SSRC, packet count, octet count).
     pub raw_srs: Vec<(u32, u32, u32)>,
+    /// Under [`RAW_FEEDBACK`] only: the receive feedback this client got about what it sends
+    /// (with `enable_raw_packets`): kind (`'r'` a receiver report with blocks, `'t'`
+    /// transport-wide feedback, `'n'` a NACK), the feedback's sender SSRC and when.
+    pub raw_feedback: Vec<(char, u32, Instant)>,
 }
 
 /// The key of [`Rx::repairs`] in a client's received map.
 pub const REPAIRS: &str = "(rtx)";
+
+/// The key of [`Rx::raw_feedback`] in a client's received map.
+pub const RAW_FEEDBACK: &str = "(feedback)";
 
 /// The key of [`Rx::raw_srs`] in a client's received map.
 pub const RAW_SRS: &str = "(sr)";
@@ -137,6 +144,20 @@ pub struct UdpTransport {
     socket: UdpSocket,
     addr: SocketAddr,
     buf: Vec<u8>,
+}
+
+impl UdpTransport {
+    /// A transport on a new socket on 127.0.0.1 (an ephemeral port); its address too.
+    pub fn bind() -> (UdpTransport, SocketAddr) {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let t = UdpTransport {
+            socket,
+            addr,
+            buf: vec![0u8; 2048],
+        };
+        (t, addr)
+    }
 }
 
 impl Transport for UdpTransport {
@@ -383,6 +404,23 @@ pub fn pump(
                             if !e.ssrcs.contains(&*header.ssrc) {
                                 e.ssrcs.push(*header.ssrc);
                             }
+                        }
+                    }
+                    RawPacket::RtcpRx(
+                        ref fb @ (Rtcp::ReceiverReport(_) | Rtcp::Twcc(_) | Rtcp::Nack(_)),
+                    ) => {
+                        let (kind, sender) = match fb {
+                            Rtcp::ReceiverReport(rr) if !rr.reports.is_empty() => {
+                                ('r', rr.sender_ssrc)
+                            }
+                            Rtcp::Twcc(t) => ('t', t.sender_ssrc),
+                            Rtcp::Nack(n) => ('n', n.sender_ssrc),
+                            _ => ('-', 0.into()),
+                        };
+                        if kind != '-' {
+                            let mut m = rx.lock().unwrap();
+                            let e = m.entry(RAW_FEEDBACK.to_owned()).or_default();
+                            e.raw_feedback.push((kind, *sender, Instant::now()));
                         }
                     }
                     RawPacket::RtcpRx(Rtcp::SenderReport(sr)) => {
