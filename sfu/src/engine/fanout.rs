@@ -50,27 +50,7 @@ impl Engine {
             .iter()
             .copied()
             .find(|pk| self.producers.get(*pk).is_some_and(|p| p.mid == mid))?;
-        let prod = self.producers.get_mut(pk)?;
-        let li = match prod.layers.iter().position(|l| l.rid == rid) {
-            Some(i) => i,
-            None => {
-                prod.layers.push(Layer {
-                    rid,
-                    ssrc: None,
-                    last_keyframe_req: None,
-                    bytes: 0,
-                    rate_bps: 0.0,
-                });
-                prod.layers.len() - 1
-            }
-        };
-        let layer = &mut prod.layers[li];
-        if layer.ssrc.is_some_and(|s| s != ssrc) {
-            // The publisher restarted this stream: new epoch for every consumer.
-            prod.epoch = prod.epoch.wrapping_add(1);
-        }
-        layer.ssrc = Some(ssrc);
-        let li = li.min(usize::from(NO_LAYER - 1)) as u8;
+        let li = self.producers.get_mut(pk)?.bind_layer(rid, ssrc);
         peer.ssrcs.push((ssrc, pk, li));
         Some((pk, li))
     }

@@ -206,25 +206,7 @@ impl Engine {
         let Some(prod) = self.producers.get_mut(pk) else {
             return false;
         };
-        let li = match prod.layers.iter().position(|l| l.rid.is_none()) {
-            Some(i) => i,
-            None => {
-                prod.layers.push(Layer {
-                    rid: None,
-                    ssrc: None,
-                    last_keyframe_req: None,
-                    bytes: 0,
-                    rate_bps: 0.0,
-                });
-                prod.layers.len() - 1
-            }
-        };
-        let layer = &mut prod.layers[li];
-        if layer.ssrc.is_some_and(|s| s != media) {
-            prod.epoch = prod.epoch.wrapping_add(1);
-        }
-        layer.ssrc = Some(media);
-        let li = li.min(usize::from(NO_LAYER - 1)) as u8;
+        let li = prod.bind_layer(None, media);
         let Some(peer) = self.peers.get_mut(key) else {
             return false;
         };

@@ -319,6 +319,30 @@ impl Producer {
     fn track_id(&self) -> String {
         format!("{}:{}", self.owner, self.source)
     }
+
+    /// The index of the layer of `rid` (added if new) once bound to `ssrc`: a new SSRC on a
+    /// layer that had one is a restarted stream (a new epoch for every consumer).
+    fn bind_layer(&mut self, rid: Option<Rid>, ssrc: Ssrc) -> u8 {
+        let li = match self.layers.iter().position(|l| l.rid == rid) {
+            Some(i) => i,
+            None => {
+                self.layers.push(Layer {
+                    rid,
+                    ssrc: None,
+                    last_keyframe_req: None,
+                    bytes: 0,
+                    rate_bps: 0.0,
+                });
+                self.layers.len() - 1
+            }
+        };
+        let layer = &mut self.layers[li];
+        if layer.ssrc.is_some_and(|s| s != ssrc) {
+            self.epoch = self.epoch.wrapping_add(1);
+        }
+        layer.ssrc = Some(ssrc);
+        li.min(usize::from(NO_LAYER - 1)) as u8
+    }
 }
 
 #[derive(Default)]
