@@ -48,6 +48,12 @@
 # The servers read the environment they are started with: GREENROOM_CONFIG=file.toml runs
 # Greenroom with that configuration (e.g. `[call_types.livestream] bandwidth_estimation = false`,
 # docs/BENCHMARKS.md "Per-subscriber fixed costs").
+# --batch-bots: run the load tester under SCHED_BATCH (`chrt -b 0`, for both servers alike): the
+# kernel then never lets a bot thread woken by a datagram preempt the server that sent it. On
+# loopback the bots share the server's two cores, and each wake-up preemption inside the
+# server's `sendmmsg` costs the server a context switch that receivers on other machines would
+# not (docs/BENCHMARKS.md, "Bots that do not preempt the server"); the default keeps today's
+# method.
 # Exit status 77 when Janus is not installed and cannot be (the smoke test skips).
 # Output: target/loadtest/issue12-<stamp>/ (JSON + HTML per run, servers' logs, table.md).
 set -euo pipefail
@@ -64,6 +70,7 @@ NICE=""
 REVOKE=0
 SETTLE=""
 PERF=0
+BOT_SCHED=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --duration) DURATION="$2"; shift 2 ;;
@@ -75,6 +82,7 @@ while [ $# -gt 0 ]; do
     --settle) SETTLE="$2"; shift 2 ;;
     --nice) NICE="$2"; shift 2 ;;
     --perf) PERF=1; shift ;;
+    --batch-bots) BOT_SCHED=(chrt -b 0); shift ;;
     *) echo "unknown option $1 (see the header of $0)" >&2; exit 2 ;;
   esac
 done
@@ -173,7 +181,7 @@ for entry in "${SCENARIOS[@]}"; do
       -o "$OUT/$name-greenroom.perf.data" 2>"$OUT/$name-greenroom.perf.log") &
     PERF_PID=$!
   fi
-  if "$BIN_DIR/greenroom-loadtest" --target greenroom --url "$GR_URL" --server-pid "$GR_PID" \
+  if "${BOT_SCHED[@]}" "$BIN_DIR/greenroom-loadtest" --target greenroom --url "$GR_URL" --server-pid "$GR_PID" \
     "${common[@]}" >"$OUT/$name-greenroom.txt"; then
     FILES+=("$OUT/$name-greenroom.json")
   else
@@ -199,7 +207,7 @@ for entry in "${SCENARIOS[@]}"; do
     echo "== $name on janus (pid $JANUS_PID, $JANUS_URL; load average $(loadavg))" >&2
     LOADS+=("$name janus: $(loadavg)")
     sockets_start "$JANUS_PID" "$OUT/$name-janus-udp-sockets.txt"
-    if "$BIN_DIR/greenroom-loadtest" --target janus --url "$JANUS_URL" \
+    if "${BOT_SCHED[@]}" "$BIN_DIR/greenroom-loadtest" --target janus --url "$JANUS_URL" \
       --server-pid "$JANUS_PID" --bind-ip "$JANUS_ICE_IP" "${common[@]}" \
       >"$OUT/$name-janus.txt"; then
       FILES+=("$OUT/$name-janus.json")
@@ -216,7 +224,7 @@ done
   echo "(Linux $(uname -r); $( (janus --version 2>/dev/null || echo 'janus: none') | sed -n 1p)); every server socket on 127.0.0.1."
   echo
   echo '```sh'
-  echo "scripts/bench-issue12.sh --duration $DURATION${ONLY:+ --only $ONLY}${NICE:+ --nice $NICE}$([ "$SMOKE" = 1 ] && echo ' --smoke')$([ "$REVOKE" = 1 ] && echo ' --revoke')${SETTLE:+ --settle $SETTLE}"
+  echo "scripts/bench-issue12.sh --duration $DURATION${ONLY:+ --only $ONLY}${NICE:+ --nice $NICE}$([ "$SMOKE" = 1 ] && echo ' --smoke')$([ "$REVOKE" = 1 ] && echo ' --revoke')${SETTLE:+ --settle $SETTLE}$([ "${#BOT_SCHED[@]}" -gt 0 ] && echo ' --batch-bots')"
   echo '```'
   echo
   if [ "${#FILES[@]}" -gt 0 ]; then
