@@ -223,16 +223,20 @@ impl Engine {
 
     /// A lean publisher's RTP: true when handled here.
     fn ingress_rtp(&mut self, key: Key, data: &[u8], now: Instant) -> bool {
-        // The stream's producer first (a renegotiation may have replaced it).
+        let Some(ssrc) = rtp_ssrc(data) else {
+            return false;
+        };
+        // The stream (one search per packet), then its producer (a renegotiation may have
+        // replaced it; `ingress_bound` rebinds in place, so the index stays valid).
         let known = self
             .peers
             .get(key)
             .and_then(|p| p.ingress.as_deref())
             .and_then(|i| {
-                let ssrc = rtp_ssrc(data)?;
-                i.streams.iter().find(|s| s.ssrc == ssrc).copied()
+                let si = i.streams.iter().position(|s| s.ssrc == ssrc)?;
+                Some((si, i.streams[si]))
             });
-        if let Some(st) = known {
+        if let Some((_, st)) = known {
             if !self.ingress_bound(key, st) {
                 return false;
             }
@@ -243,14 +247,11 @@ impl Engine {
         let Some(ing) = peer.ingress.as_deref_mut() else {
             return false;
         };
-        let Some(ssrc) = rtp_ssrc(data) else {
-            return false;
-        };
         let (Some(rx), Some(fb)) = (ing.rx.as_mut(), ing.fb.as_mut()) else {
             return false;
         };
         let mut buf = std::mem::take(&mut ing.buf);
-        let Some(si) = ing.streams.iter().position(|s| s.ssrc == ssrc) else {
+        let Some((si, _)) = known else {
             // libwebrtc's bandwidth probes on SSRC 0 carry no media and need only transport
             // feedback: ours, not str0m's (one transport-wide register per publisher).
             if ssrc == 0 && rx.unprotect_rtp(data, &mut buf).is_ok() {
