@@ -17,6 +17,94 @@ use greenroom_proto::{CallCid, Role};
 #[global_allocator]
 static ALLOC: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+/// jemalloc's options, compiled in (jemalloc reads this symbol at its first allocation; the
+/// `_RJEM_MALLOC_CONF` environment variable still overrides it). `tcache_max:1024`: a thread
+/// caches freed blocks of at most 1 KiB instead of 32 KiB. The control plane's threads handle a
+/// join burst and then sit idle with full caches of larger blocks that no other thread can use:
+/// measured 74-75 -> 69-70 KiB of RSS per listener in a 1 x 200 audio room, with no change in
+/// CPU per packet (docs/BENCHMARKS.md, *Memory per audio listener, fifth pass*).
+// SAFETY (the attribute below): jemalloc declares `malloc_conf` weak so that the program may
+// define it; this is that one definition, a pointer to a NUL-terminated 'static string, the
+// type jemalloc reads.
+#[cfg(all(unix, feature = "jemalloc"))]
+#[allow(unsafe_code)]
+#[export_name = "_rjem_malloc_conf"]
+#[used]
+static MALLOC_CONF: JemallocConf = JemallocConf(c"tcache_max:1024".as_ptr());
+
+/// A C string pointer that can live in a `static` (jemalloc's `const char *malloc_conf`).
+#[cfg(all(unix, feature = "jemalloc"))]
+#[repr(transparent)]
+struct JemallocConf(*const std::ffi::c_char);
+
+// SAFETY: the pointer is to a string literal ('static, immutable); sharing it between threads
+// only ever reads it.
+#[cfg(all(unix, feature = "jemalloc"))]
+#[allow(unsafe_code)]
+unsafe impl Sync for JemallocConf {}
+
+/// Routes aws-lc's allocations (`OPENSSL_malloc`, `OPENSSL_realloc`, `OPENSSL_free`) to
+/// jemalloc instead of glibc's malloc. aws-lc holds the SRTP ciphers (an `EVP_AEAD_CTX` per
+/// direction and peer, alive as long as the peer); in glibc's arena they sat between OpenSSL's
+/// short-lived DTLS handshake buffers and pinned the pages those left free, which
+/// `malloc_trim` cannot return (docs/BENCHMARKS.md, *Memory per audio listener, fifth pass*).
+/// Must run before aws-lc allocates anything (first thing in `main`): a block taken from glibc
+/// must never reach jemalloc's `free`. aws-lc refuses a second call, so the worst a late call
+/// can do is nothing.
+#[cfg(all(unix, feature = "jemalloc"))]
+fn aws_lc_on_jemalloc() {
+    use std::ffi::{c_char, c_int, c_void};
+
+    extern "C" fn lc_malloc(size: usize, _file: *const c_char, _line: c_int) -> *mut c_void {
+        // SAFETY: jemalloc's `malloc` takes any size and returns null on failure, which aws-lc
+        // checks.
+        #[allow(unsafe_code)]
+        unsafe {
+            tikv_jemalloc_sys::malloc(size)
+        }
+    }
+    extern "C" fn lc_realloc(
+        ptr: *mut c_void,
+        size: usize,
+        _file: *const c_char,
+        _line: c_int,
+    ) -> *mut c_void {
+        // SAFETY: `ptr` is null or came from `lc_malloc`/`lc_realloc` (jemalloc), as aws-lc
+        // only passes back its own blocks, and every aws-lc block is jemalloc's once these
+        // functions are installed before its first allocation.
+        #[allow(unsafe_code)]
+        unsafe {
+            tikv_jemalloc_sys::realloc(ptr, size)
+        }
+    }
+    extern "C" fn lc_free(ptr: *mut c_void, _file: *const c_char, _line: c_int) {
+        if ptr.is_null() {
+            return;
+        }
+        // SAFETY: as in `lc_realloc`, `ptr` is a live jemalloc block owned by aws-lc, which
+        // frees it once. Its usable size is what jemalloc reserved for it, all writable; it is
+        // wiped (aws-lc's own `OPENSSL_free` wipes key material too, but not when these
+        // functions replace it) and then freed.
+        #[allow(unsafe_code)]
+        unsafe {
+            let len = tikv_jemalloc_sys::malloc_usable_size(ptr);
+            let bytes = ptr.cast::<u8>();
+            for i in 0..len {
+                // Volatile, so that the wipe of a block about to be freed is not optimised out.
+                bytes.add(i).write_volatile(0);
+            }
+            tikv_jemalloc_sys::free(ptr);
+        }
+    }
+    // SAFETY: plain function pointers with the signatures aws-lc declares; called before any
+    // other thread exists and before aws-lc's first allocation.
+    #[allow(unsafe_code)]
+    let installed = unsafe {
+        aws_lc_sys::CRYPTO_set_mem_functions(Some(lc_malloc), Some(lc_realloc), Some(lc_free))
+    };
+    debug_assert_eq!(installed, 1, "aws-lc allocated before main");
+}
+
 /// How often the server checks whether glibc's malloc holds memory it could give back.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MALLOC_TRIM_EVERY: Duration = Duration::from_secs(5);
@@ -195,6 +283,8 @@ fn init_tracing() {
 }
 
 fn main() -> Result<()> {
+    #[cfg(all(unix, feature = "jemalloc"))]
+    aws_lc_on_jemalloc();
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve(ServeArgs::default()));
     let overrides = match &command {
