@@ -66,16 +66,29 @@ fn aws_lc_on_jemalloc() {
     extern "C" fn lc_realloc(
         ptr: *mut c_void,
         size: usize,
-        _file: *const c_char,
-        _line: c_int,
+        file: *const c_char,
+        line: c_int,
     ) -> *mut c_void {
-        // SAFETY: `ptr` is null or came from `lc_malloc`/`lc_realloc` (jemalloc), as aws-lc
-        // only passes back its own blocks, and every aws-lc block is jemalloc's once these
-        // functions are installed before its first allocation.
+        if ptr.is_null() {
+            return lc_malloc(size, file, line);
+        }
+        // A new block, the contents copied, the old block wiped and freed (as aws-lc's own
+        // realloc does, so that no key material is left behind in freed memory).
+        let new = lc_malloc(size, file, line);
+        if new.is_null() {
+            return new;
+        }
+        // SAFETY: `ptr` is a live jemalloc block owned by aws-lc (every aws-lc block is
+        // jemalloc's once these functions are installed before its first allocation); `new` is
+        // a fresh block of at least `size` bytes; they do not overlap. At most the smaller of
+        // the two sizes is copied.
         #[allow(unsafe_code)]
         unsafe {
-            tikv_jemalloc_sys::realloc(ptr, size)
+            let old = tikv_jemalloc_sys::malloc_usable_size(ptr);
+            std::ptr::copy_nonoverlapping(ptr.cast::<u8>(), new.cast::<u8>(), old.min(size));
         }
+        lc_free(ptr, file, line);
+        new
     }
     extern "C" fn lc_free(ptr: *mut c_void, _file: *const c_char, _line: c_int) {
         if ptr.is_null() {
